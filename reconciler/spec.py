@@ -1,0 +1,155 @@
+"""Desired-state schema v1: the contents of ``desired/<project-id>.yaml``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, NewType
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+ProjectId = NewType("ProjectId", str)
+
+PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+HASH8_RE = re.compile(r"^[0-9a-f]{8}$")
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=256)]
+
+
+class InvalidProjectId(ValueError):
+    pass
+
+
+def check_project_id(value: str) -> ProjectId:
+    """Return ``value`` as a ProjectId if it passes the allowlist; raise otherwise.
+
+    Every id is checked here before it is used in a path, a container name or a query.
+    """
+    if not isinstance(value, str) or not PROJECT_ID_RE.fullmatch(value):
+        shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
+        raise InvalidProjectId(
+            f"invalid project id {shown!r}: use 1-63 characters of a-z, 0-9, '-' and '_', "
+            "starting with a letter or digit"
+        )
+    return ProjectId(value)
+
+
+def is_hash8(value: object) -> bool:
+    return isinstance(value, str) and HASH8_RE.fullmatch(value) is not None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Production(_Model):
+    state: Literal["running", "stopped"] = "stopped"
+    version: str = Field(default="latest", description="'latest' or an 8-hex version to pin")
+    generation: int = Field(default=0, ge=0, description="bump to ask for a fresh build")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if value != "latest" and not is_hash8(value):
+            raise ValueError("version must be 'latest' or 8 lowercase hex characters")
+        return value
+
+    @property
+    def pinned(self) -> str | None:
+        return None if self.version == "latest" else self.version
+
+
+class Build(_Model):
+    command: str | None = Field(default=None, description="run by /bin/sh -c in the source dir")
+    output: str | None = Field(
+        default=None,
+        description="process: dir under source (default dist); docker: path in the image "
+        "(default /app/dist)",
+    )
+    timeout: float = Field(default=600, gt=0, le=86400)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("command must not be empty; omit it or use null")
+        return value
+
+
+class Start(_Model):
+    command: str | None = Field(default=None, description="gets $PORT; null = static server")
+    port: int | None = Field(default=None, ge=1, le=65535, description="docker: container port")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("command must not be empty; omit it or use null")
+        return value
+
+
+class Health(_Model):
+    path: str = "/"
+    timeout: float = Field(default=300, gt=0, le=3600)
+    interval: float = Field(default=2, gt=0, le=60)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "\r\n\t #"):
+            raise ValueError("path must start with '/' and hold no spaces, '#' or control chars")
+        return value
+
+
+class ProjectSpec(_Model):
+    """One desired-state file. ``source`` is kept as written; resolve it with ``source_dir``."""
+
+    source: str = Field(min_length=1, description="project source dir, relative to the file")
+    runtime: Literal["process", "docker"] | None = Field(
+        default=None, description="process | docker; default: the daemon's --runtime"
+    )
+    production: Production = Production()
+    build: Build = Build()
+    start: Start = Start()
+    health: Health = Health()
+    keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
+    env: dict[EnvName, str] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, val in value.items():
+            if "\0" in val:
+                raise ValueError(f"env {name} holds a NUL character")
+        return value
+
+    def source_dir(self, desired_file: Path) -> Path:
+        base = Path(self.source).expanduser()
+        if not base.is_absolute():
+            base = desired_file.parent / base
+        return Path(_normpath(base))
+
+    def build_output(self, runtime: str) -> str:
+        if self.build.output is not None:
+            return self.build.output
+        return "/app/dist" if runtime == "docker" else "dist"
+
+    def digest(self) -> str:
+        """Digest of the whole spec: a failure is tied to it, so any edit tries again."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _normpath(path: Path) -> str:
+    import os.path
+
+    return os.path.normpath(str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ProjectSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "reconciler desired state (schema v1)"
+    return schema

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import PYTHON, REPO, write
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "reconciler", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_validate_repo_desired_dir_passes() -> None:
+    result = run("validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "1 desired file(s) valid"
+
+
+def test_validate_prints_path_line_col_and_fails(tmp_path: Path) -> None:
+    good = write(tmp_path / "d" / "ok.yaml", "source: x\n")
+    bad = write(tmp_path / "d" / "bad.yaml", "source: x\nproduction:\n  state: up\n  foo: 1\n")
+    result = run("validate", str(tmp_path / "d"))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{bad}:3:10: production.state: Input should be 'running' or 'stopped'",
+        f"{bad}:4:3: unknown key 'foo' in production",
+    ]
+    assert "2 problem(s) in 2 file(s)" in result.stderr
+    assert run("validate", str(good)).returncode == 0
+
+
+def test_validate_missing_path(tmp_path: Path) -> None:
+    result = run("validate", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert "no such file or directory" in result.stdout
+
+
+def test_schema_is_json_schema() -> None:
+    result = run("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["additionalProperties"] is False
+    assert schema["required"] == ["source"]
+    assert set(schema["properties"]) == {
+        "source",
+        "runtime",
+        "production",
+        "build",
+        "start",
+        "health",
+        "keep",
+        "env",
+    }
+
+
+def test_usage_error_exits_2() -> None:
+    assert run("frobnicate").returncode == 2

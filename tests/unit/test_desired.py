@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reconciler.desired import (
+    DesiredFileError,
+    DesiredStore,
+    EditError,
+    ProjectNotFound,
+    parse,
+    set_values,
+)
+from reconciler.spec import ProjectId, ProjectSpec
+from tests.conftest import PYTHON, REPO, write
+
+COMMENTED = textwrap.dedent(
+    """\
+    # Marketing site. Owner: web team.
+    source: ../sites/www        # relative to this file
+
+    production:
+      # flip to stopped to take it down
+      state: stopped
+      version: latest
+      generation: 3   # bumped by deploys
+
+    health:
+      path: /healthz
+    keep: 3
+    """
+)
+
+SITE = ProjectId("www")
+
+
+def test_edit_changes_only_the_value(desired_dir: Path) -> None:
+    path = write(desired_dir / "www.yaml", COMMENTED)
+    store = DesiredStore(desired_dir)
+    result = store.edit(SITE, lambda s: {"production.generation": s.production.generation + 1})
+    assert result.changed and result.after.production.generation == 4
+    assert path.read_text() == COMMENTED.replace("generation: 3 ", "generation: 4 ")
+
+
+def test_edit_several_fields_and_insert_missing_key(desired_dir: Path) -> None:
+    text = "# c1\nsource: x  # c2\nproduction:\n  state: stopped  # c3\n\n# c4\nkeep: 2\n"
+    path = write(desired_dir / "www.yaml", text)
+    DesiredStore(desired_dir).edit(
+        SITE,
+        lambda s: {"production.state": "running", "production.version": "a1b2c3d4"},
+    )
+    assert path.read_text() == (
+        "# c1\nsource: x  # c2\nproduction:\n  state: running  # c3\n"
+        "  version: a1b2c3d4\n\n# c4\nkeep: 2\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        pytest.param("source: x\n", "source: x\nproduction:\n  generation: 5\n", id="no-section"),
+        pytest.param(
+            "source: x\nproduction:\nkeep: 2\n",
+            "source: x\nproduction:\n  generation: 5\nkeep: 2\n",
+            id="empty-section",
+        ),
+        pytest.param(
+            "source: x\nproduction: {state: running}\n",
+            "source: x\nproduction: {state: running, generation: 5}\n",
+            id="flow-section",
+        ),
+        pytest.param(
+            "source: x\nproduction:\n    state: running\n",
+            "source: x\nproduction:\n    state: running\n    generation: 5\n",
+            id="four-space-indent",
+        ),
+        pytest.param(
+            "source: x\nproduction:\n  generation: 0x10\n",
+            "source: x\nproduction:\n  generation: 5\n",
+            id="hex-literal",
+        ),
+    ],
+)
+def test_set_values_shapes(before: str, after: str) -> None:
+    assert set_values(before, {"production.generation": 5}, path=Path("x.yaml")) == after
+
+
+def test_edit_writes_strings_safely(desired_dir: Path) -> None:
+    write(desired_dir / "www.yaml", "source: x\n")
+    text = set_values("source: x\n", {"source": "a: b # c"}, path=Path("x.yaml"))
+    assert parse(Path("x.yaml"), text.encode()).source == "a: b # c"
+    for tricky in ["yes", "null", "123", "~", "-x", "'q'", '"', "\u00e9t\u00e9"]:
+        text = set_values("source: x\n", {"source": tricky}, path=Path("x.yaml"))
+        assert parse(Path("x.yaml"), text.encode()).source == tricky
+
+
+def test_edit_without_changes_writes_nothing(desired_dir: Path) -> None:
+    path = write(desired_dir / "www.yaml", COMMENTED)
+    before = os.stat(path)
+    result = DesiredStore(desired_dir).edit(SITE, lambda s: {})
+    assert not result.changed
+    result = DesiredStore(desired_dir).edit(SITE, lambda s: {"production.state": "stopped"})
+    assert not result.changed
+    assert os.stat(path).st_ino == before.st_ino
+
+
+def test_edit_refuses_invalid_result_and_invalid_file(desired_dir: Path) -> None:
+    path = write(desired_dir / "www.yaml", COMMENTED)
+    store = DesiredStore(desired_dir)
+    with pytest.raises(EditError):
+        store.edit(SITE, lambda s: {"production.state": "exploded"})
+    assert path.read_text() == COMMENTED
+    write(path, COMMENTED + "bogus: 1\n")
+    with pytest.raises(DesiredFileError, match="unknown key 'bogus'"):
+        store.edit(SITE, lambda s: {"production.generation": 9})
+    assert path.read_text().endswith("bogus: 1\n")
+
+
+def test_edit_unknown_project(desired_dir: Path) -> None:
+    with pytest.raises(ProjectNotFound):
+        DesiredStore(desired_dir).edit(ProjectId("nope"), lambda s: {})
+
+
+def test_edit_keeps_file_mode_and_leaves_no_temp_files(desired_dir: Path) -> None:
+    path = write(desired_dir / "www.yaml", COMMENTED)
+    path.chmod(0o640)
+    DesiredStore(desired_dir).edit(SITE, lambda s: {"production.generation": 10})
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in desired_dir.iterdir()) == [".locks", "www.yaml"]
+
+
+def test_fifty_processes_bump_generation_without_lost_updates(tmp_path: Path) -> None:
+    desired = tmp_path / "desired"
+    path = write(desired / "www.yaml", COMMENTED)
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from reconciler.desired import DesiredStore
+        go = Path({str(tmp_path / "go")!r})
+        while not go.exists():
+            time.sleep(0.001)
+        DesiredStore(Path({str(desired)!r})).edit(
+            "www", lambda s: {{"production.generation": s.production.generation + 1}}
+        )
+        """
+    )
+    procs = [subprocess.Popen([PYTHON, "-c", script]) for _ in range(50)]
+    (tmp_path / "go").touch()
+    codes = [p.wait(timeout=60) for p in procs]
+    assert codes == [0] * 50
+    text = path.read_text()
+    assert parse(path, text.encode()).production.generation == 53
+    assert text == COMMENTED.replace("generation: 3 ", "generation: 53 ")
+
+
+def test_truncated_file_never_replaces_last_good(desired_dir: Path) -> None:
+    full = COMMENTED.replace("state: stopped", "state: running")
+    path = write(desired_dir / "www.yaml", full)
+    store = DesiredStore(desired_dir)
+    good = store.load(SITE)
+    assert good is not None and good.spec is not None
+    line_ends = {i + 1 for i, c in enumerate(full) if c == "\n"}
+    for cut in range(len(full)):
+        if cut in line_ends:
+            continue
+        path.write_bytes(full[:cut].encode())
+        loaded = store.load(SITE)
+        assert loaded is not None
+        assert loaded.spec is None, f"truncated at {cut} was taken as valid"
+        assert loaded.in_force == good.spec
+        assert loaded.error is not None
+    path.write_text(full)
+    assert store.load(SITE) == good
+
+
+def test_invalid_edit_keeps_last_good(desired_dir: Path) -> None:
+    path = write(desired_dir / "www.yaml", "source: x\nproduction:\n  state: running\n")
+    store = DesiredStore(desired_dir)
+    first = store.load(SITE)
+    assert first is not None and first.spec is not None
+    write(path, "source: x\nproduction:\n  state: running\n  replicas: 3\n")
+    loaded = store.load(SITE)
+    assert loaded is not None and loaded.spec is None
+    assert loaded.in_force == first.spec
+    assert loaded.error == f"{path}:4:3: unknown key 'replicas' in production"
+    fresh = DesiredStore(desired_dir)
+    assert fresh.load(SITE).in_force is None  # type: ignore[union-attr]
+    fresh.remember(SITE, first.spec)
+    assert fresh.load(SITE).in_force == first.spec  # type: ignore[union-attr]
+
+
+def test_scan_reports_bad_names_duplicates_and_skips_hidden(desired_dir: Path) -> None:
+    write(desired_dir / "good.yaml", "source: x\n")
+    write(desired_dir / "twice.yaml", "source: x\n")
+    write(desired_dir / "twice.yml", "source: y\n")
+    write(desired_dir / "Bad Name.yaml", "source: x\n")
+    write(desired_dir / ".good.yaml.abc.tmp", "garbage")
+    write(desired_dir / ".hidden.yaml", "garbage")
+    write(desired_dir / "notes.txt", "garbage")
+    scan = DesiredStore(desired_dir).scan()
+    assert sorted(scan.projects) == ["good", "twice"]
+    assert scan.projects["good"].valid
+    assert "defined twice" in (scan.projects["twice"].error or "")
+    assert len(scan.orphans) == 1 and "invalid project id" in scan.orphans[0].message
+
+
+def test_fifo_and_directory_named_like_desired_files(desired_dir: Path) -> None:
+    os.mkfifo(desired_dir / "pipe.yaml")
+    (desired_dir / "dir.yaml").mkdir()
+    scan = DesiredStore(desired_dir).scan()  # must not block on the fifo
+    assert "not a regular file" in (scan.projects["pipe"].error or "")
+    assert scan.projects["dir"].error
+
+
+def test_spec_source_dir_relative_to_file(tmp_path: Path) -> None:
+    spec = ProjectSpec.model_validate({"source": "../sites/www"})
+    assert spec.source_dir(tmp_path / "desired" / "www.yaml") == tmp_path / "sites" / "www"
+    spec = ProjectSpec.model_validate({"source": "/srv/www"})
+    assert spec.source_dir(tmp_path / "desired" / "www.yaml") == Path("/srv/www")
