@@ -1,0 +1,489 @@
+"""The release store: immutable, content-addressed releases under ``data/production/<id>/``.
+
+::
+
+    <id>/<hash8>/           src/ dist/ logs/ manifest.json   (complete; never changed but logs/)
+    <id>/current -> <hash8> relative symlink, switched atomically, never partial
+    <id>/.staging-*         work in progress; removed at startup
+    <id>/.trash-*           a release being deleted; removed at startup
+    <id>/activations.json   when each version was last switched to (for retention)
+
+The version id is the first 8 hex characters of the dist hash: SHA-256 over a canonical walk
+of ``dist/`` in byte-sorted relative paths, each entry tagged by type with its path; files add
+the executable bit, size and contents; in-tree symlinks add their target text. Symlinks that
+leave ``dist/``, devices, fifos and sockets are refused and never opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from reconciler.desired import atomic_write, fsync_dir
+from reconciler.errors import ReleaseError
+from reconciler.spec import ProjectId, check_project_id, is_hash8
+from reconciler.timeutil import utcnow
+
+MANIFEST = "manifest.json"
+CURRENT = "current"
+ACTIVATIONS = "activations.json"
+STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+SOURCE_EXCLUDES = frozenset({".git", "node_modules"})
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_files: int = 200_000
+    max_bytes: int = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class Release:
+    project_id: ProjectId
+    hash: str
+    digest: str
+    path: Path
+    created_at: str
+    reused: bool = False
+
+    @property
+    def dist(self) -> Path:
+        return self.path / "dist"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+
+@dataclass(frozen=True)
+class Version:
+    hash: str
+    is_active: bool
+    created_at: str
+    activated_at: str | None
+
+
+@dataclass(frozen=True)
+class Staging:
+    project_id: ProjectId
+    path: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing and copying a dist tree
+
+
+def _is_inside(root_real: str, path: str) -> bool:
+    return path == root_real or path.startswith(root_real.rstrip("/") + "/")
+
+
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative posix path, lstat) for every entry below root, in byte-sorted order."""
+    stack: list[str] = [""]
+    entries: list[tuple[bytes, str, os.stat_result]] = []
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            for entry in it:
+                child = f"{rel}/{entry.name}" if rel else entry.name
+                st = entry.stat(follow_symlinks=False)
+                entries.append((os.fsencode(child), child, st))
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(child)
+    entries.sort(key=lambda e: e[0])
+    for _, child, st in entries:
+        yield child, st
+
+
+class _TreeHasher:
+    """Walk a dist tree once: validate, hash and (optionally) copy it."""
+
+    def __init__(self, root: Path, limits: Limits) -> None:
+        self.root = root
+        self.root_real = os.path.realpath(root)
+        self.limits = limits
+        self.sha = hashlib.sha256()
+        self.files = 0
+        self.bytes = 0
+
+    def run_into(self, dest: Path) -> str:
+        dest.mkdir()
+        return self.run(dest)
+
+    def run(self, dest: Path | None) -> str:
+        if not self.root.is_dir() or self.root.is_symlink():
+            raise ReleaseError(f"build output {self.root} is not a directory")
+        for rel, st in _walk(self.root):
+            self._entry(rel, st, dest)
+        return self.sha.hexdigest()
+
+    def _count(self, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        if self.files > self.limits.max_files:
+            raise ReleaseError(
+                f"dist has more than {self.limits.max_files} entries; raise the release limit "
+                "or build less"
+            )
+        if self.bytes > self.limits.max_bytes:
+            raise ReleaseError(f"dist is larger than {self.limits.max_bytes} bytes")
+
+    def _entry(self, rel: str, st: os.stat_result, dest: Path | None) -> None:
+        path = self.root / rel
+        name = os.fsencode(rel)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self._count(0)
+            self.sha.update(b"d\0" + name + b"\0")
+            if dest is not None:
+                (dest / rel).mkdir(mode=0o755)
+        elif stat.S_ISLNK(mode):
+            self._count(0)
+            target = os.readlink(path)
+            resolved = os.path.realpath(path)
+            if os.path.isabs(target) or not _is_inside(self.root_real, resolved):
+                raise ReleaseError(
+                    f"symlink dist/{rel} -> {target} leaves dist/; refusing to follow it"
+                )
+            self.sha.update(b"l\0" + name + b"\0" + os.fsencode(target) + b"\0")
+            if dest is not None:
+                os.symlink(target, dest / rel)
+        elif stat.S_ISREG(mode):
+            self._count(st.st_size)
+            executable = bool(mode & stat.S_IXUSR)
+            self._file(path, rel, name, executable, dest)
+        else:
+            kind = (
+                "fifo"
+                if stat.S_ISFIFO(mode)
+                else "socket"
+                if stat.S_ISSOCK(mode)
+                else "device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "special file"
+            )
+            raise ReleaseError(f"dist/{rel} is a {kind}; only files, dirs and symlinks are allowed")
+
+    def _file(self, path: Path, rel: str, name: bytes, executable: bool, dest: Path | None) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ReleaseError(f"cannot read dist/{rel}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as src:
+            st = os.fstat(src.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ReleaseError(f"dist/{rel} changed while it was read")
+            self.sha.update(b"f\0" + name + b"\0" + (b"x" if executable else b"-"))
+            self.sha.update(str(st.st_size).encode() + b"\0")
+            out: BinaryIO | None = None
+            if dest is not None:
+                out = open(dest / rel, "xb")  # noqa: SIM115 - closed below
+            try:
+                copied = 0
+                while chunk := src.read(CHUNK):
+                    copied += len(chunk)
+                    self.sha.update(chunk)
+                    if out is not None:
+                        out.write(chunk)
+                if copied != st.st_size:
+                    raise ReleaseError(f"dist/{rel} changed size while it was read")
+                if out is not None:
+                    out.flush()
+                    os.fchmod(out.fileno(), 0o755 if executable else 0o644)
+                    os.fsync(out.fileno())
+            finally:
+                if out is not None:
+                    out.close()
+
+
+def hash_dist(dist: Path, limits: Limits = Limits()) -> str:
+    """The full hex digest of a dist tree (see the module docstring)."""
+    return _TreeHasher(Path(dist), limits).run(None)
+
+
+def _copy_source(source: Path, dest: Path, exclude: Iterable[str]) -> None:
+    """Snapshot the source tree: files and symlinks (as links), skipping special files."""
+    skip_top = {p.strip("/") for p in exclude if p.strip("/")}
+    dest.mkdir()
+    for rel, st in _walk_pruned(source, skip_top):
+        target = dest / rel
+        if stat.S_ISDIR(st.st_mode):
+            target.mkdir()
+        elif stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source / rel), target)
+        elif stat.S_ISREG(st.st_mode):
+            fd = os.open(source / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as src, open(target, "xb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
+                os.fchmod(out.fileno(), st.st_mode & 0o755)
+
+
+def _walk_pruned(root: Path, skip_top: set[str]) -> Iterator[tuple[str, os.stat_result]]:
+    stack: list[str] = [""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(root / rel if rel else root) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.name in SOURCE_EXCLUDES or child in skip_top:
+                continue
+            st = entry.stat(follow_symlinks=False)
+            yield child, st
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(child)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(root):
+        fsync_dir(Path(dirpath))
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class ReleaseStore:
+    """Releases of every project under one root (``data/production``)."""
+
+    def __init__(self, root: Path, *, limits: Limits = Limits()) -> None:
+        self.root = Path(root)
+        self.limits = limits
+
+    def project_dir(self, project_id: ProjectId) -> Path:
+        return self.root / check_project_id(project_id)
+
+    def release_dir(self, project_id: ProjectId, version: str) -> Path:
+        if not is_hash8(version):
+            raise ReleaseError(f"invalid version {version!r}")
+        return self.project_dir(project_id) / version
+
+    # -- startup ---------------------------------------------------------------------------
+
+    def cleanup(self) -> list[Path]:
+        """Remove leftover staging and trash dirs and temp links of every project."""
+        removed: list[Path] = []
+        if not self.root.is_dir():
+            return removed
+        for project in sorted(self.root.iterdir()):
+            if not project.is_dir() or project.is_symlink():
+                continue
+            for entry in sorted(project.iterdir()):
+                if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+                elif entry.name.startswith(".current-"):
+                    entry.unlink(missing_ok=True)
+                    removed.append(entry)
+        return removed
+
+    # -- staging ---------------------------------------------------------------------------
+
+    def begin(self, project_id: ProjectId) -> Staging:
+        directory = self.project_dir(project_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+        path.mkdir()
+        (path / "logs").mkdir()
+        return Staging(project_id, path)
+
+    def abort(self, staging: Staging) -> None:
+        shutil.rmtree(staging.path, ignore_errors=True)
+
+    def commit(
+        self,
+        staging: Staging,
+        *,
+        dist: Path,
+        source: Path | None = None,
+        source_exclude: Iterable[str] = (),
+        generation: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Release:
+        """Copy ``dist`` (and a source snapshot) into staging, hash, and publish as <hash8>.
+
+        The same content again reuses the existing release (its logs get the new build log).
+        """
+        try:
+            digest = _TreeHasher(Path(dist), self.limits).run_into(staging.path / "dist")
+            if source is not None:
+                _copy_source(Path(source), staging.path / "src", source_exclude)
+            version = digest[:8]
+            created = utcnow()
+            manifest = {
+                "hash": version,
+                "digest": digest,
+                "createdAt": created,
+                "generation": generation,
+                **(details or {}),
+            }
+            atomic_write(staging.path / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+            _fsync_tree(staging.path)
+            final = self.project_dir(staging.project_id) / version
+            try:
+                os.rename(staging.path, final)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                return self._reuse(staging, final, digest)
+            fsync_dir(final.parent)
+            return Release(staging.project_id, version, digest, final, created)
+        except BaseException:
+            self.abort(staging)
+            raise
+
+    def _reuse(self, staging: Staging, final: Path, digest: str) -> Release:
+        existing = self._manifest(final)
+        if existing is None or existing.get("digest") != digest:
+            raise ReleaseError(
+                f"version {final.name} already exists with different content "
+                "(hash prefix collision); refusing to reuse it"
+            )
+        build_log = staging.logs / "build.log"
+        if build_log.exists():
+            final.joinpath("logs").mkdir(exist_ok=True)
+            os.replace(build_log, final / "logs" / "build.log")
+        self.abort(staging)
+        return Release(
+            staging.project_id, final.name, digest, final, str(existing["createdAt"]), reused=True
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _manifest(release: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads((release / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def get(self, project_id: ProjectId, version: str) -> Release | None:
+        if not is_hash8(version):
+            return None
+        path = self.project_dir(project_id) / version
+        if path.is_symlink() or not path.is_dir():
+            return None
+        manifest = self._manifest(path)
+        if manifest is None or manifest.get("hash") != version:
+            return None
+        return Release(
+            project_id, version, str(manifest["digest"]), path, str(manifest["createdAt"])
+        )
+
+    def versions(self, project_id: ProjectId) -> list[Release]:
+        directory = self.project_dir(project_id)
+        if not directory.is_dir():
+            return []
+        found = [self.get(project_id, entry.name) for entry in directory.iterdir()]
+        releases = [r for r in found if r is not None]
+        releases.sort(key=lambda r: (r.created_at, r.hash), reverse=True)
+        return releases
+
+    def current(self, project_id: ProjectId) -> str | None:
+        """The version ``current`` points at, if it points at a complete release."""
+        link = self.project_dir(project_id) / CURRENT
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return None
+        if not is_hash8(target) or self.get(project_id, target) is None:
+            return None
+        return target
+
+    def history(self, project_id: ProjectId, *, active: str | None = None) -> list[Version]:
+        """Versions newest first; ``active`` defaults to what ``current`` points at."""
+        if active is None:
+            active = self.current(project_id)
+        activations = self._activations(project_id)
+        return [
+            Version(r.hash, r.hash == active, r.created_at, activations.get(r.hash))
+            for r in self.versions(project_id)
+        ]
+
+    # -- switching -------------------------------------------------------------------------
+
+    def switch(self, project_id: ProjectId, version: str) -> None:
+        """Point ``current`` at a complete release, atomically, and record the activation."""
+        if self.get(project_id, version) is None:
+            raise ReleaseError(f"version {version} of {project_id} is not a complete release")
+        directory = self.project_dir(project_id)
+        tmp = directory / f".current-{secrets.token_hex(6)}"
+        os.symlink(version, tmp)
+        try:
+            os.replace(tmp, directory / CURRENT)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(directory)
+        activations = self._activations(project_id)
+        activations[version] = utcnow()
+        atomic_write(directory / ACTIVATIONS, json.dumps(activations, indent=2).encode() + b"\n")
+
+    def _activations(self, project_id: ProjectId) -> dict[str, str]:
+        try:
+            data = json.loads((self.project_dir(project_id) / ACTIVATIONS).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): str(v) for k, v in data.items() if is_hash8(k)}
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune(self, project_id: ProjectId, *, keep: int, protect: Iterable[str] = ()) -> list[str]:
+        """Delete all but the ``keep`` most recently active versions.
+
+        Never deletes the current version or anything in ``protect`` (a version being
+        deployed, a pinned version, one a running instance uses). Versions never activated
+        rank below every activated one, newest built first.
+        """
+        protected = {v for v in protect if v} | {self.current(project_id) or ""}
+        activations = self._activations(project_id)
+        ranked = sorted(
+            self.versions(project_id),
+            key=lambda r: (r.hash in activations, activations.get(r.hash, ""), r.created_at),
+            reverse=True,
+        )
+        kept = {r.hash for r in ranked[: max(keep, 1)]} | protected
+        removed = []
+        for release in ranked:
+            if release.hash in kept:
+                continue
+            self.remove(project_id, release.hash)
+            removed.append(release.hash)
+        if removed:
+            remaining = {k: v for k, v in activations.items() if k not in removed}
+            atomic_write(
+                self.project_dir(project_id) / ACTIVATIONS,
+                json.dumps(remaining, indent=2).encode() + b"\n",
+            )
+        return removed
+
+    def remove(self, project_id: ProjectId, version: str) -> None:
+        """Delete one release: rename it away first so no partial <hash8> is ever seen."""
+        path = self.release_dir(project_id, version)
+        trash = path.parent / f"{TRASH_PREFIX}{version}-{secrets.token_hex(4)}"
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return
+        fsync_dir(path.parent)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(trash)

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import socket
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import TransientError
+from reconciler.ports import PortAllocator, PortRange, port_is_free
+from reconciler.state import StateDB
+from tests.conftest import PYTHON, REPO, free_port
+
+
+def test_port_range_parse() -> None:
+    assert PortRange.parse("3001-3999") == PortRange(3001, 3999)
+    for bad in ("3001", "a-b", "5-1", "0-10", "1-70000"):
+        with pytest.raises(ValueError):
+            PortRange.parse(bad)
+
+
+def test_lowest_free_port_reserved_and_released(tmp_path: Path) -> None:
+    base = free_port()
+    db = StateDB(tmp_path / "state.db")
+    ports = PortAllocator(db, PortRange(base, base + 20))
+    first = ports.allocate("a")
+    second = ports.allocate("b")
+    assert first < second
+    assert ports.reserved() == {first: "a", second: "b"}
+    ports.release(first)
+    assert ports.allocate("c") == first
+
+
+def test_foreign_listener_is_skipped(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        assert not port_is_free("127.0.0.1", taken)
+        db = StateDB(tmp_path / "state.db")
+        ports = PortAllocator(db, PortRange(taken, taken + 50))
+        got = ports.allocate("a")
+        assert got != taken and got > taken
+
+
+def test_exhausted_range_is_transient(tmp_path: Path) -> None:
+    port = free_port()
+    ports = PortAllocator(StateDB(tmp_path / "state.db"), PortRange(port, port))
+    ports.allocate("a")
+    with pytest.raises(TransientError, match="no free port"):
+        ports.allocate("b")
+
+
+ALLOCATOR = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from reconciler.ports import PortAllocator, PortRange
+    from reconciler.state import StateDB
+    ports = PortAllocator(StateDB(Path({db!r})), PortRange({first}, {last}))
+    go = Path({go!r})
+    while not go.exists():
+        time.sleep(0.001)
+    print(" ".join(str(ports.allocate("p" + sys.argv[1])) for _ in range(50)))
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_eight_processes_never_share_a_port(tmp_path: Path) -> None:
+    first = 42000
+    db = tmp_path / "state.db"
+    StateDB(db).close()
+    script = ALLOCATOR.format(
+        repo=str(REPO), db=str(db), first=first, last=first + 999, go=str(tmp_path / "go")
+    )
+    procs = [
+        subprocess.Popen([PYTHON, "-c", script, str(i)], stdout=subprocess.PIPE, text=True)
+        for i in range(8)
+    ]
+    (tmp_path / "go").touch()
+    got: list[int] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=100)
+        assert proc.returncode == 0
+        got.extend(int(p) for p in out.split())
+    assert len(got) == 400
+    assert len(set(got)) == 400

@@ -1,0 +1,256 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import ReleaseError
+from reconciler.releases import ReleaseStore, hash_dist
+from reconciler.spec import ProjectId
+from tests.conftest import PYTHON, REPO
+
+P = ProjectId("site")
+
+
+def make_source(root: Path, content: str) -> Path:
+    (root / "dist" / "assets").mkdir(parents=True, exist_ok=True)
+    (root / "dist" / "index.html").write_text(content)
+    (root / "dist" / "assets" / "app.js").write_text("console.log(1)")
+    (root / "package.json").write_text("{}")
+    (root / ".git").mkdir(exist_ok=True)
+    (root / ".git" / "HEAD").write_text("ref")
+    (root / "node_modules" / "x").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def stage(store: ReleaseStore, source: Path, generation: int = 1):  # type: ignore[no-untyped-def]
+    staging = store.begin(P)
+    (staging.logs / "build.log").write_text(f"build {generation}\n")
+    return store.commit(
+        staging,
+        dist=source / "dist",
+        source=source,
+        source_exclude=["dist"],
+        generation=generation,
+        details={"runtime": "process"},
+    )
+
+
+def test_stage_layout_and_manifest(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    src = make_source(tmp_path / "src", "v1")
+    release = stage(store, src)
+    assert release.hash == release.digest[:8] == hash_dist(src / "dist")[:8]
+    assert sorted(p.name for p in release.path.iterdir()) == [
+        "dist",
+        "logs",
+        "manifest.json",
+        "src",
+    ]
+    assert sorted(p.name for p in (release.path / "src").iterdir()) == ["package.json"]
+    manifest = json.loads((release.path / "manifest.json").read_text())
+    assert manifest["digest"] == release.digest and manifest["generation"] == 1
+    assert manifest["createdAt"].endswith("Z") and manifest["runtime"] == "process"
+    assert hash_dist(release.dist) == release.digest
+    assert (release.logs / "build.log").read_text() == "build 1\n"
+    assert not [p for p in release.path.parent.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_same_content_reuses_release(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    src = make_source(tmp_path / "src", "v1")
+    first = stage(store, src, 1)
+    again = stage(store, src, 2)
+    assert again.reused and again.path == first.path and again.created_at == first.created_at
+    assert (again.logs / "build.log").read_text() == "build 2\n"
+    assert len(store.versions(P)) == 1
+
+
+def test_prefix_collision_is_an_error(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    src = make_source(tmp_path / "src", "v1")
+    release = stage(store, src)
+    manifest = json.loads((release.path / "manifest.json").read_text())
+    manifest["digest"] = release.hash + "0" * 56
+    (release.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ReleaseError, match="prefix collision"):
+        stage(store, src)
+    assert not [p for p in release.path.parent.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_failed_commit_leaves_nothing(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    src = make_source(tmp_path / "src", "v1")
+    os.symlink("/etc/passwd", src / "dist" / "evil")
+    with pytest.raises(ReleaseError):
+        stage(store, src)
+    assert [p.name for p in store.project_dir(P).iterdir()] == []
+
+
+def test_switch_history_and_current(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    a = stage(store, make_source(tmp_path / "a", "A"))
+    time.sleep(0.005)
+    b = stage(store, make_source(tmp_path / "b", "B"))
+    assert store.current(P) is None
+    store.switch(P, a.hash)
+    assert os.readlink(store.project_dir(P) / "current") == a.hash
+    store.switch(P, b.hash)
+    assert store.current(P) == b.hash
+    history = store.history(P)
+    assert [(v.hash, v.is_active) for v in history] == [(b.hash, True), (a.hash, False)]
+    with pytest.raises(ReleaseError):
+        store.switch(P, "deadbeef")
+    assert store.current(P) == b.hash
+
+
+def test_cleanup_removes_leftovers(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    release = stage(store, make_source(tmp_path / "a", "A"))
+    leftover = store.begin(P)
+    (leftover.path / "dist").mkdir()
+    os.symlink(release.hash, store.project_dir(P) / ".current-abc")
+    assert len(store.cleanup()) == 2
+    assert [p.name for p in store.project_dir(P).iterdir()] == [release.hash]
+
+
+def test_retention_keeps_most_recently_active_not_oldest_built(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    v = [stage(store, make_source(tmp_path / f"s{i}", f"v{i}"), i) for i in range(3)]
+    for release in v:
+        store.switch(P, release.hash)
+        time.sleep(0.002)
+    store.switch(P, v[0].hash)  # rollback to the oldest build
+    time.sleep(0.002)
+    v3 = stage(store, make_source(tmp_path / "s3", "v3"), 3)
+    store.switch(P, v3.hash)  # a new deploy
+    removed = store.prune(P, keep=2)
+    kept = {r.hash for r in store.versions(P)}
+    assert kept == {v3.hash, v[0].hash}, "the version that was running must be kept"
+    assert set(removed) == {v[1].hash, v[2].hash}
+
+
+def test_retention_never_removes_protected(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    v = [stage(store, make_source(tmp_path / f"s{i}", f"v{i}"), i) for i in range(4)]
+    store.switch(P, v[3].hash)
+    store.prune(P, keep=1, protect={v[0].hash, v[1].hash})
+    assert {r.hash for r in store.versions(P)} == {v[0].hash, v[1].hash, v[3].hash}
+    store.prune(P, keep=1)
+    assert [r.hash for r in store.versions(P)] == [v[3].hash]
+    assert not [p for p in store.project_dir(P).iterdir() if p.name.startswith(".trash-")]
+
+
+def test_never_activated_versions_go_first(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    old = stage(store, make_source(tmp_path / "a", "A"))
+    store.switch(P, old.hash)
+    failed = stage(store, make_source(tmp_path / "b", "B"))  # built later, never ran
+    current = stage(store, make_source(tmp_path / "c", "C"))
+    store.switch(P, current.hash)
+    store.prune(P, keep=2)
+    assert {r.hash for r in store.versions(P)} == {old.hash, current.hash}
+    assert failed.hash not in {v.hash for v in store.history(P)}
+
+
+CRASH_CHILD = textwrap.dedent(
+    """
+    import os, sys, random
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from reconciler.releases import ReleaseStore
+    store = ReleaseStore(Path({root!r}))
+    src = Path({src!r})
+    rng = random.Random(os.getpid())
+    print("go", flush=True)
+    for n in range(1000):
+        dist = src / "dist"
+        for i in range(20):
+            (dist / f"f{{i}}.txt").write_text(f"{{os.getpid()}}-{{n}}-{{i}}" * rng.randint(1, 50))
+        staging = store.begin("site")
+        release = store.commit(staging, dist=dist, source=None, generation=n)
+        store.switch("site", release.hash)
+        print(n, flush=True)
+    """
+)
+
+
+def _check_store(store: ReleaseStore) -> None:
+    project = store.project_dir(P)
+    current = store.current(P)
+    assert current is not None, "current is absent or points at an incomplete release"
+    for entry in project.iterdir():
+        if entry.name.startswith(".") or entry.name in ("current", "activations.json"):
+            continue
+        manifest = json.loads((entry / "manifest.json").read_text())
+        assert manifest["hash"] == entry.name
+        assert hash_dist(entry / "dist") == manifest["digest"], f"partial release {entry.name}"
+
+
+@pytest.mark.slow
+def test_sigkill_during_stage_and_switch_never_leaves_partial_state(tmp_path: Path) -> None:
+    root = tmp_path / "production"
+    src = tmp_path / "src"
+    (src / "dist").mkdir(parents=True)
+    script = CRASH_CHILD.format(repo=str(REPO), root=str(root), src=str(src))
+    store = ReleaseStore(root)
+    rng = random.Random(1234)
+    completed = 0
+    for _ in range(100):
+        child = subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        assert child.stdout.readline() == "go\n"
+        if store.current(P) is None:
+            assert child.stdout.readline() == "0\n"
+        time.sleep(rng.uniform(0.0, 0.05))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        completed += len(child.stdout.read().split())
+        child.stdout.close()
+        _check_store(store)
+        store.cleanup()
+        store.prune(P, keep=3)
+        _check_store(store)
+    assert completed > 20, "the kills did not land during staging and switching"
+
+
+def test_switch_is_atomic_for_readers(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    a = stage(store, make_source(tmp_path / "a", "A" * 50_000))
+    b = stage(store, make_source(tmp_path / "b", "B" * 50_000))
+    store.switch(P, a.hash)
+    index = store.project_dir(P) / "current" / "dist" / "index.html"
+    stop = threading.Event()
+    errors: list[str] = []
+    reads = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with open(index) as fh:
+                    data = fh.read()
+            except OSError as exc:
+                errors.append(repr(exc))
+                continue
+            reads[0] += 1
+            if data not in ("A" * 50_000, "B" * 50_000):
+                errors.append("mixed content")
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(1000):
+            store.switch(P, (a if i % 2 else b).hash)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert reads[0] > 0

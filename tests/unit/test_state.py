@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.spec import ProjectId
+from reconciler.state import InstanceRow, StateDB
+from tests.conftest import PYTHON, REPO
+
+P = ProjectId("site")
+
+
+def test_schema_wal_and_migrations(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "data" / "state.db")
+    assert db.schema_version == 1
+    assert db.read("PRAGMA journal_mode")[0][0] == "wal"
+    db.close()
+    again = StateDB(tmp_path / "data" / "state.db")  # idempotent
+    assert again.schema_version == 1
+    again.close()
+    conn = sqlite3.connect(tmp_path / "data" / "state.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this reconciler"):
+        StateDB(tmp_path / "data" / "state.db")
+
+
+def test_projects_columns(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    assert db.project(P) is None
+    row = db.update_project(P)
+    assert row.productionStatus == "stopped" and row.productionHash is None
+    row = db.update_project(
+        P,
+        productionStatus="running",
+        productionPort=3001,
+        productionUrl="http://localhost:3001",
+        productionHash="a1b2c3d4",
+        observedGeneration=3,
+    )
+    assert (row.productionStatus, row.productionPort, row.observedGeneration) == (
+        "running",
+        3001,
+        3,
+    )
+    assert row.updatedAt.endswith("Z")
+    with pytest.raises(ValueError, match="unknown project columns"):
+        db.update_project(P, productionStatus="x", evil="1")
+    with pytest.raises(ValueError):
+        db.update_project(ProjectId("../x"))
+    assert [p.id for p in db.projects()] == ["site"]
+
+
+def test_jobs_and_active_job(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    assert db.active_job(P) is None
+    build = db.create_job(P, "production.build", generation=2)
+    active = db.active_job(P)
+    assert active is not None and (active.id, active.type, active.state) == (
+        build,
+        "production.build",
+        "running",
+    )
+    assert active.startedAt is not None and active.startedAt.endswith("Z")
+    db.finish_job(build, "succeeded", hash="a1b2c3d4")
+    assert db.active_job(P) is None
+    assert db.jobs(P)[0].hash == "a1b2c3d4"
+    db.create_job(P, "production.start", generation=2)
+    assert db.interrupt_jobs() == 1
+    job = db.jobs(P)[0]
+    assert job.state == "cancelled" and "interrupted" in (job.error or "")
+    with pytest.raises(ValueError):
+        db.create_job(P, "production.explode", generation=1)
+
+
+def test_events_and_retention(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    dep = db.start_deployment(P, "deploy", generation=1)
+    ids = [
+        db.append_event(P, "production.building", {"message": f"m{i}"}, deployment=dep)
+        for i in range(10)
+    ]
+    other = db.append_event(ProjectId("other"), "production.building", {"message": "x"})
+    assert ids == sorted(ids) and other > ids[-1]
+    assert [e.id for e in db.events_after(P, ids[4])] == ids[5:]
+    assert db.events_after(P, ids[0])[0].payload() == {"message": "m1"}
+    assert [e.id for e in db.deployment_events(dep)] == ids
+    assert db.latest_deployment(P).id == dep  # type: ignore[union-attr]
+    db.prune(events_per_project=3)
+    assert [e.id for e in db.events_after(P, 0)] == ids[-3:]
+    new = db.append_event(P, "production.ready", {})
+    assert new > other, "ids are never reused after retention"
+
+
+def test_instances(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    inst = InstanceRow(
+        P, "a1b2c3d4", "process", 3001, 123, 456, None, "active", "2025-01-01T00:00:00.000Z"
+    )
+    db.put_instance(inst)
+    assert db.instances(P) == [inst]
+    db.put_instance(InstanceRow(**{**inst.__dict__, "role": "candidate"}))
+    assert db.instances()[0].role == "candidate"
+    db.remove_instance(P, "a1b2c3d4")
+    assert db.instances() == []
+
+
+WRITER = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from reconciler.state import StateDB
+    db = StateDB(Path({db!r}))
+    name, deadline, seq = sys.argv[1], time.monotonic() + float(sys.argv[2]), 0
+    while time.monotonic() < deadline:
+        job = db.create_job("site", "production.build", generation=seq)
+        db.append_event("site", "production.building", {{"writer": name, "seq": seq}})
+        db.finish_job(job, "succeeded")
+        if seq % 50 == 0:
+            db.prune(events_per_project=1_000_000, jobs_per_project=100)
+        seq += 1
+    print(seq)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_processes_write_concurrently_without_lock_errors(tmp_path: Path) -> None:
+    seconds = float(os.environ.get("RECONCILER_SOAK_SECONDS", "60"))
+    path = tmp_path / "state.db"
+    StateDB(path).close()
+    script = WRITER.format(repo=str(REPO), db=str(path))
+    writers = [
+        subprocess.Popen(
+            [PYTHON, "-c", script, name, str(seconds)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    reader_db = StateDB(path)
+    seen: list[tuple[int, str, int]] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        last = 0
+        while True:
+            finished = done.is_set()
+            for event in reader_db.events_after("site", last):
+                if event.id <= last:
+                    errors.append(f"id {event.id} after {last}")
+                last = event.id
+                data = json.loads(event.data)
+                seen.append((event.id, data["writer"], data["seq"]))
+            if finished:
+                return
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    outputs = [w.communicate(timeout=seconds + 60) for w in writers]
+    done.set()
+    thread.join()
+    reader_db.close()
+    for writer, (_out, err) in zip(writers, outputs, strict=True):
+        assert writer.returncode == 0, err
+        assert "locked" not in err
+    counts = {name: int(out) for name, (out, _) in zip("ab", outputs, strict=True)}
+    assert errors == []
+    for name, count in counts.items():
+        assert [s for _, w, s in seen if w == name] == list(range(count)), "gap or duplicate"
+    assert sum(counts.values()) > 200
