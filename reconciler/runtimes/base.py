@@ -1,0 +1,211 @@
+"""The runtime protocol: what builds and runs a release.
+
+Two implementations share it: ``process`` (local processes, the embedded default) and
+``docker`` (the docker SDK against a real engine). The controller uses them interchangeably;
+nothing above this package knows which one runs a project.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import httpx
+
+from reconciler.errors import Cancelled, StartFailed
+from reconciler.releases import Release
+from reconciler.spec import Health, ProjectId, ProjectSpec
+
+LineSink = Callable[[str], None]
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    project_id: ProjectId
+    spec: ProjectSpec
+    source: Path
+    log_dir: Path
+    work_dir: Path
+    cancel: threading.Event
+    on_line: LineSink = lambda _line: None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A built dist, ready to be hashed and staged. ``details`` go into the manifest."""
+
+    dist: Path
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One running (or once-running) instance of a release."""
+
+    project_id: ProjectId
+    hash: str
+    runtime: str
+    port: int | None
+    started_at: str
+    pid: int | None = None
+    pid_start: int | None = None
+    container_id: str | None = None
+
+
+class Runtime(Protocol):
+    name: str
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        """Produce a dist. Raises BuildFailed, TransientError or Cancelled."""
+
+    def finish_build(self, result: BuildResult, release: Release) -> None:
+        """Called once the dist was staged as ``release`` (docker: tag the image)."""
+
+    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
+        """Start ``release`` serving on ``port``. Raises StartFailed or TransientError."""
+
+    def stop(self, instance: Instance, *, timeout: float = 10) -> None:
+        """Stop gracefully, then forcibly; a no-op for an instance that is gone."""
+
+    def alive(self, instance: Instance) -> bool: ...
+
+    def observe(self, project_id: ProjectId) -> list[Instance]:
+        """Every instance of the project that really runs, adopted ones included."""
+
+    def describe_exit(self, instance: Instance) -> str:
+        """A short account of why a dead instance died (exit code, last log lines)."""
+
+    def remove_version(self, project_id: ProjectId, version: str) -> None:
+        """Free what a pruned version holds outside the release dir (docker: its image)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by both runtimes
+
+
+class OutputTail:
+    """Keep the last lines of a build's output for error messages, and forward each line."""
+
+    def __init__(self, sink: LineSink, log: IO[str] | None) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.sink = sink
+        self.log = log
+
+    def add(self, text: str) -> None:
+        for line in text.splitlines():
+            line = line.rstrip()
+            if not line:
+                continue
+            self.lines.append(line)
+            if self.log is not None:
+                self.log.write(line + "\n")
+                self.log.flush()
+            with contextlib.suppress(Exception):
+                self.sink(line)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def tail_file(path: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - 16384))
+            data = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def describe_seconds(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    value = int(seconds) if float(seconds).is_integer() else seconds
+    return f"{value} second{'s' if value != 1 else ''}"
+
+
+def with_tail(message: str, tail: str) -> str:
+    return f"{message}\n{tail}" if tail else message
+
+
+@dataclass
+class Clock:
+    """Injected time, so tests can run the probe schedule without sleeping."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+def wait_ready(
+    url: str,
+    health: Health,
+    *,
+    alive: Callable[[], bool],
+    why_dead: Callable[[], str],
+    cancel: threading.Event | None = None,
+    clock: Clock | None = None,
+    client: httpx.Client | None = None,
+) -> None:
+    """Poll ``GET url`` until it answers 2xx.
+
+    The first probe goes out at once; later ones back off exponentially from 50 ms up to
+    ``health.interval``. Raises StartFailed after ``health.timeout`` or as soon as the instance
+    dies, Cancelled if ``cancel`` is set.
+    """
+    clock = clock or Clock()
+    own = client is None
+    http = client or httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), follow_redirects=False)
+    deadline = clock.monotonic() + health.timeout
+    delay = 0.05
+    last = "no answer yet"
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("health check cancelled")
+            try:
+                response = http.get(url)
+                if 200 <= response.status_code < 300:
+                    return
+                last = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            if not alive():
+                raise StartFailed(why_dead())
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                raise StartFailed(
+                    f"Health check timeout after {describe_seconds(health.timeout)}: "
+                    f"GET {health.path} never answered 2xx (last: {last})"
+                )
+            step = min(delay, remaining)
+            if cancel is not None:
+                if cancel.wait(step):
+                    raise Cancelled("health check cancelled")
+            else:
+                clock.sleep(step)
+            delay = min(delay * 2, health.interval)
+    finally:
+        if own:
+            http.close()
+
+
+def probe_once(url: str, *, timeout: float = 3.0) -> bool:
+    try:
+        return 200 <= httpx.get(url, timeout=timeout).status_code < 300
+    except httpx.HTTPError:
+        return False
+
+
+def stop_all(runtime: Runtime, instances: Iterable[Instance], *, timeout: float = 10) -> None:
+    for instance in instances:
+        runtime.stop(instance, timeout=timeout)

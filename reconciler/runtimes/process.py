@@ -1,0 +1,353 @@
+"""The process runtime: builds and instances as local processes (no Docker needed).
+
+An instance runs in its own session (so it outlives the daemon) with stdout and stderr
+appended to ``<release>/logs/app.log``. Its pid and the process start time from
+``/proc/<pid>/stat`` are written to ``<release>/logs/instance.json``; observe() adopts it
+only when both still match, so a reused pid is never mistaken for ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+
+from reconciler.desired import atomic_write
+from reconciler.errors import BuildFailed, Cancelled, StartFailed
+from reconciler.releases import Release, ReleaseStore
+from reconciler.runtimes.base import (
+    BuildRequest,
+    BuildResult,
+    Instance,
+    OutputTail,
+    describe_seconds,
+    tail_file,
+    with_tail,
+)
+from reconciler.spec import ProjectId, ProjectSpec, is_hash8
+from reconciler.timeutil import utcnow
+
+logger = logging.getLogger(__name__)
+
+INSTANCE_FILE = "instance.json"
+KILL_GRACE = 0.5
+
+Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str], int]
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data.rsplit(b")", 1)[1].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def pid_alive(pid: int | None, start: int | None) -> bool:
+    return pid is not None and start is not None and process_start_time(pid) == start
+
+
+def kill_group(pid: int, *, timeout: float, alive: Callable[[], bool]) -> None:
+    """SIGTERM the process group, wait up to ``timeout``, then SIGKILL it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            break
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _output_dir(spec: ProjectSpec) -> str:
+    output = spec.build_output("process")
+    pure = PurePosixPath(output)
+    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+        raise BuildFailed(
+            f"build.output {output!r} must be a relative path inside the source dir, no '..'"
+        )
+    return output
+
+
+def spawn_detached(
+    argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path, _unit: str
+) -> int:
+    """Start a process in its own session with output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _reaper.watch(proc)
+    return proc.pid
+
+
+class _Reaper:
+    """Waits for the instances this process started, so they never linger as zombies."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+        self._exit_codes: dict[int, int] = {}
+
+    def watch(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.append(proc)
+
+    def poll(self) -> None:
+        with self._lock:
+            for proc in list(self._procs):
+                code = proc.poll()
+                if code is not None:
+                    self._exit_codes[proc.pid] = code
+                    self._procs.remove(proc)
+
+    def exit_code(self, pid: int) -> int | None:
+        self.poll()
+        with self._lock:
+            return self._exit_codes.get(pid)
+
+
+_reaper = _Reaper()
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(
+        self,
+        releases: ReleaseStore,
+        *,
+        bind_host: str = "127.0.0.1",
+        launcher: Launcher = spawn_detached,
+        python: str = sys.executable,
+    ) -> None:
+        self.releases = releases
+        self.bind_host = bind_host
+        self.launcher = launcher
+        self.python = python
+
+    # -- build -----------------------------------------------------------------------------
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        spec = request.spec
+        output = _output_dir(spec)
+        dist = request.source / output
+        if not request.source.is_dir():
+            raise BuildFailed(f"source dir {request.source} does not exist")
+        if spec.build.command is None:
+            if not dist.is_dir():
+                raise BuildFailed(
+                    f"no build.command and {output}/ does not exist in {request.source}; "
+                    "build it or set build.command"
+                )
+            request.on_line(f"No build command: using {output}/ as it is")
+            return BuildResult(dist, {"runtime": self.name, "output": output})
+        request.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
+            tail = OutputTail(request.on_line, log)
+            tail.add(f"$ {spec.build.command}")
+            code = self._run_build(request, tail)
+        if code != 0:
+            raise BuildFailed(
+                with_tail(
+                    f"Build failed: {spec.build.command} exited with code {code}", tail.text()
+                )
+            )
+        if not dist.is_dir():
+            raise BuildFailed(
+                f"Build failed: {spec.build.command} succeeded but produced no {output}/ "
+                f"in {request.source}"
+            )
+        return BuildResult(
+            dist, {"runtime": self.name, "output": output, "buildCommand": spec.build.command}
+        )
+
+    def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
+        spec = request.spec
+        env = {**os.environ, **spec.env}
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", spec.build.command or "true"],
+            cwd=request.source,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def pump() -> None:
+            for raw in iter(stdout.readline, b""):
+                tail.add(raw.decode("utf-8", "replace"))
+
+        reader = threading.Thread(
+            target=pump, name=f"build-output-{request.project_id}", daemon=True
+        )
+        reader.start()
+        deadline = time.monotonic() + spec.build.timeout
+        reason = None
+        while proc.poll() is None:
+            if request.cancel.wait(0.05):
+                reason = "cancelled"
+                break
+            if time.monotonic() > deadline:
+                reason = "timeout"
+                break
+        if reason is not None:
+            kill_group(proc.pid, timeout=KILL_GRACE, alive=lambda: proc.poll() is None)
+            proc.wait()
+            reader.join(2)
+            stdout.close()
+            if reason == "cancelled":
+                raise Cancelled("build cancelled")
+            raise BuildFailed(
+                with_tail(
+                    f"Build failed: {spec.build.command} timed out after "
+                    f"{describe_seconds(spec.build.timeout)}",
+                    tail.text(),
+                )
+            )
+        # The shell is gone; anything it left in the group is killed with the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.join(5)
+        stdout.close()
+        return proc.returncode
+
+    def finish_build(self, result: BuildResult, release: Release) -> None:
+        return None
+
+    # -- instances -------------------------------------------------------------------------
+
+    def _argv(self, release: Release, spec: ProjectSpec, port: int) -> list[str]:
+        if spec.start.command is None:
+            return [
+                self.python,
+                "-m",
+                "reconciler.static",
+                "--dir",
+                str(release.dist),
+                "--host",
+                self.bind_host,
+                "--port",
+                str(port),
+            ]
+        return ["/bin/sh", "-c", spec.start.command]
+
+    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
+        release.logs.mkdir(exist_ok=True)
+        env = {**os.environ, **spec.env, "PORT": str(port), "HOST": self.bind_host}
+        if spec.start.command is None:
+            package_root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
+            )
+        unit = f"reconciler-{release.project_id}-{release.hash}"
+        log = release.logs / "app.log"
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(f"--- {utcnow()} starting {release.hash} on port {port}\n")
+        try:
+            pid = self.launcher(self._argv(release, spec, port), release.path, env, log, unit)
+        except OSError as exc:
+            raise StartFailed(f"could not start {release.hash}: {exc}") from None
+        start = None
+        for _ in range(50):  # the process appears in /proc at once; allow a slow fork
+            start = process_start_time(pid)
+            if start is not None:
+                break
+            if _reaper.exit_code(pid) is not None:
+                break
+            time.sleep(0.01)
+        instance = Instance(
+            release.project_id,
+            release.hash,
+            self.name,
+            port,
+            utcnow(),
+            pid=pid,
+            pid_start=start,
+        )
+        record = {"pid": pid, "pidStart": start, "port": port, "startedAt": instance.started_at}
+        atomic_write(release.logs / INSTANCE_FILE, json.dumps(record).encode() + b"\n")
+        return instance
+
+    def alive(self, instance: Instance) -> bool:
+        _reaper.poll()
+        return pid_alive(instance.pid, instance.pid_start)
+
+    def describe_exit(self, instance: Instance) -> str:
+        code = _reaper.exit_code(instance.pid) if instance.pid else None
+        how = f"exited with code {code}" if code is not None else "exited"
+        log = self.releases.project_dir(instance.project_id) / instance.hash / "logs" / "app.log"
+        return with_tail(
+            f"Start failed: the instance of {instance.hash} {how} before it became ready",
+            tail_file(log),
+        )
+
+    def stop(self, instance: Instance, *, timeout: float = 10) -> None:
+        if instance.pid is not None and self.alive(instance):
+            logger.info("stopping %s %s (pid %s)", instance.project_id, instance.hash, instance.pid)
+            kill_group(instance.pid, timeout=timeout, alive=lambda: self.alive(instance))
+            deadline = time.monotonic() + 2
+            while self.alive(instance) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        record = self.releases.project_dir(instance.project_id) / instance.hash / "logs"
+        with contextlib.suppress(FileNotFoundError):
+            current = json.loads((record / INSTANCE_FILE).read_text())
+            if current.get("pid") == instance.pid:
+                (record / INSTANCE_FILE).unlink()
+
+    def observe(self, project_id: ProjectId) -> list[Instance]:
+        found = []
+        directory = self.releases.project_dir(project_id)
+        if not directory.is_dir():
+            return []
+        for entry in sorted(directory.iterdir()):
+            if not is_hash8(entry.name) or entry.is_symlink():
+                continue
+            try:
+                record = json.loads((entry / "logs" / INSTANCE_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(record, dict):
+                continue
+            pid, start = record.get("pid"), record.get("pidStart")
+            if isinstance(pid, int) and isinstance(start, int) and pid_alive(pid, start):
+                found.append(
+                    Instance(
+                        project_id,
+                        entry.name,
+                        self.name,
+                        record.get("port"),
+                        str(record.get("startedAt", "")),
+                        pid=pid,
+                        pid_start=start,
+                    )
+                )
+        return found
+
+    def remove_version(self, project_id: ProjectId, version: str) -> None:
+        return None

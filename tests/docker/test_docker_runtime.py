@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from reconciler.errors import BuildFailed, Cancelled, StartFailed, TransientError
+from reconciler.releases import Release, ReleaseStore
+from reconciler.runtimes.base import BuildRequest, wait_ready
+from reconciler.runtimes.docker import DockerRuntime, container_name
+from reconciler.spec import ProjectId, ProjectSpec
+from tests.conftest import free_port
+from tests.docker.conftest import make_project
+
+pytestmark = pytest.mark.docker
+P = ProjectId("dsite")
+
+
+def build_release(
+    runtime: DockerRuntime,
+    store: ReleaseStore,
+    source: Path,
+    s: ProjectSpec,
+    lines: list[str] | None = None,
+    cancel: threading.Event | None = None,
+) -> Release:
+    staging = store.begin(P)
+    work = store.project_dir(P) / f".staging-work-{time.monotonic_ns()}"
+    req = BuildRequest(
+        P,
+        s,
+        source,
+        staging.logs,
+        work,
+        cancel or threading.Event(),
+        (lines if lines is not None else []).append,
+    )
+    try:
+        result = runtime.build(req)
+        release = store.commit(staging, dist=result.dist, source=source, details=result.details)
+        runtime.finish_build(result, release)
+        return release
+    finally:
+        store.abort(staging)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def spec(**values: object) -> ProjectSpec:
+    return ProjectSpec.model_validate(
+        {"source": "src", "runtime": "docker", "health": {"timeout": 30}, **values}
+    )
+
+
+def test_build_start_health_adopt_stop_prune(
+    tmp_path: Path, docker_runtime: DockerRuntime, docker_client: docker.DockerClient, prefix: str
+) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    source = make_project(tmp_path / "src")
+    lines: list[str] = []
+    release = build_release(docker_runtime, store, source, spec(), lines)
+    assert any("Step 1/" in line for line in lines)
+    assert (release.dist / "index.html").read_text() == "hello from docker"
+    assert (release.logs / "build.log").read_text().count("Step ") >= 4
+    tags = docker_client.images.get(f"{prefix}-dsite:{release.hash}").tags
+    assert tags == [f"{prefix}-dsite:{release.hash}"], "the temporary build tag is gone"
+
+    port = free_port()
+    inst = docker_runtime.start(release, spec(), port=port)
+    wait_ready(
+        f"http://127.0.0.1:{port}/",
+        spec().health,
+        alive=lambda: docker_runtime.alive(inst),
+        why_dead=lambda: docker_runtime.describe_exit(inst),
+    )
+    assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello from docker"
+    container = docker_client.containers.get(container_name("dsite", release.hash))
+    assert container.labels["reconciler.project"] == "dsite"
+    assert container.labels["com.docker.compose.project"] == f"doce_prod_dsite_{release.hash}"
+    assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    compose = (release.path / "docker-compose.production.yml").read_text()
+    assert f"127.0.0.1:{port}:8080" in compose and f"{prefix}-dsite:{release.hash}" in compose
+
+    fresh = DockerRuntime(image_prefix=prefix)
+    adopted = fresh.observe(P)
+    assert [(i.hash, i.port, i.container_id) for i in adopted] == [
+        (release.hash, port, container.id)
+    ]
+    fresh.stop(adopted[0], timeout=2)
+    assert fresh.observe(P) == []
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(container.id)
+
+    fresh.remove_version(P, release.hash)
+    fresh.close()
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(f"{prefix}-dsite:{release.hash}")
+
+
+def test_port_conflict_leaves_no_container(
+    tmp_path: Path, docker_runtime: DockerRuntime, docker_client: docker.DockerClient
+) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    release = build_release(docker_runtime, store, make_project(tmp_path / "src"), spec())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(TransientError, match=f"Port {port} is already in use"):
+            docker_runtime.start(release, spec(), port=port)
+    assert (
+        docker_client.containers.list(
+            all=True, filters={"name": container_name("dsite", release.hash)}
+        )
+        == []
+    )
+
+
+def test_foreign_container_is_never_touched(
+    tmp_path: Path, docker_runtime: DockerRuntime, docker_client: docker.DockerClient, prefix: str
+) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    release = build_release(docker_runtime, store, make_project(tmp_path / "src"), spec())
+    name = container_name("dsite", release.hash)
+    foreign = docker_client.containers.create(
+        f"{prefix}-dsite:{release.hash}", name=name, labels={"reconciler.project": "dsite"}
+    )
+    try:
+        assert docker_runtime.observe(P) == []
+        with pytest.raises(StartFailed, match="not managed by reconciler"):
+            docker_runtime.start(release, spec(), port=free_port())
+        foreign.reload()
+        assert foreign.status == "created"
+    finally:
+        foreign.remove(force=True)
+
+
+def test_dead_container_is_reported_and_described(
+    tmp_path: Path, docker_runtime: DockerRuntime
+) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    source = make_project(
+        tmp_path / "src",
+        dockerfile='FROM scratch\nCOPY busybox /bin/busybox\nCOPY site /app/dist\nENTRYPOINT ["/bin/busybox", "sh", "-c", "echo boom >&2; exit 7"]\n',
+    )
+    release = build_release(docker_runtime, store, source, spec())
+    stop = threading.Event()
+    seen: list[object] = []
+    docker_runtime.watch(seen.append, stop)
+    try:
+        deadline = time.monotonic() + 10
+        while None not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        inst = docker_runtime.start(release, spec(), port=free_port())
+        with pytest.raises(StartFailed) as info:
+            wait_ready(
+                f"http://127.0.0.1:{inst.port}/",
+                spec().health,
+                alive=lambda: docker_runtime.alive(inst),
+                why_dead=lambda: docker_runtime.describe_exit(inst),
+            )
+        message = str(info.value)
+        assert "exited with code 7" in message or "Docker restarted it" in message
+        assert "boom" in message
+        deadline = time.monotonic() + 10
+        while P not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert P in seen, "the die event was not reported"
+        docker_runtime.stop(inst)
+    finally:
+        stop.set()
+        time.sleep(0.2)
+
+
+def test_failed_build_is_actionable(tmp_path: Path, docker_runtime: DockerRuntime) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    source = make_project(
+        tmp_path / "src",
+        dockerfile='FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sh", "-c", "echo compiling; exit 3"]\n',
+    )
+    with pytest.raises(BuildFailed) as info:
+        build_release(docker_runtime, store, source, spec())
+    assert "returned a non-zero code: 3" in str(info.value)
+    assert "compiling" in str(info.value)
+
+
+def test_missing_output_and_escaping_links_are_refused(
+    tmp_path: Path, docker_runtime: DockerRuntime
+) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    source = make_project(tmp_path / "src")
+    with pytest.raises(BuildFailed, match="/srv/out does not exist in the built image"):
+        build_release(docker_runtime, store, source, spec(build={"output": "/srv/out"}))
+    evil = make_project(
+        tmp_path / "evil",
+        dockerfile='FROM scratch\nCOPY busybox /bin/busybox\nCOPY site /app/dist\nRUN ["/bin/busybox", "ln", "-s", "/etc/passwd", "/app/dist/evil"]\n',
+    )
+    with pytest.raises(BuildFailed, match="refusing /app/dist from the image"):
+        build_release(docker_runtime, store, evil, spec())
+    with pytest.raises(BuildFailed, match="absolute path in the image"):
+        build_release(docker_runtime, store, source, spec(build={"output": "dist"}))
+
+
+def test_cancelled_build_stops_within_a_second(
+    tmp_path: Path, docker_runtime: DockerRuntime, docker_client: docker.DockerClient
+) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    source = make_project(
+        tmp_path / "src",
+        dockerfile='FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "sh", "-c", "echo sleeping; /bin/busybox sleep 600"]\n',
+    )
+    cancel = threading.Event()
+    lines: list[str] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            build_release(docker_runtime, store, source, spec(), lines, cancel)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while "sleeping" not in lines and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "sleeping" in lines
+    started = time.monotonic()
+    cancel.set()
+    thread.join(10)
+    assert time.monotonic() - started < 1.0
+    assert isinstance(errors[0], Cancelled)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        running = [
+            c
+            for c in docker_client.containers.list()
+            if "sleep 600" in " ".join(c.attrs["Config"].get("Cmd") or [])
+        ]
+        if not running:
+            break
+        time.sleep(0.2)
+    assert running == [], "the build's RUN container kept running after the cancel"
+
+
+def test_unreachable_engine_is_transient(tmp_path: Path) -> None:
+    runtime = DockerRuntime(base_url=f"unix://{tmp_path}/no.sock")
+    assert not runtime.ping()
+    with pytest.raises(TransientError, match="Docker engine unreachable"):
+        runtime.observe(P)
+    runtime.close()

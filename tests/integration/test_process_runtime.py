@@ -1,0 +1,298 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.errors import BuildFailed, Cancelled, StartFailed
+from reconciler.releases import Release, ReleaseStore
+from reconciler.runtimes.base import BuildRequest, Clock, wait_ready
+from reconciler.runtimes.process import ProcessRuntime, pid_alive, process_start_time
+from reconciler.spec import Health, ProjectId, ProjectSpec
+from tests.conftest import PYTHON, REPO, free_port
+
+P = ProjectId("site")
+
+
+def spec(**values: object) -> ProjectSpec:
+    return ProjectSpec.model_validate({"source": "src", **values})
+
+
+def request(
+    tmp_path: Path,
+    s: ProjectSpec,
+    lines: list[str] | None = None,
+    cancel: threading.Event | None = None,
+) -> BuildRequest:
+    sink = lines.append if lines is not None else (lambda _l: None)
+    return BuildRequest(
+        P,
+        s,
+        tmp_path / "src",
+        tmp_path / "logs",
+        tmp_path / "work",
+        cancel or threading.Event(),
+        sink,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ReleaseStore:
+    return ReleaseStore(tmp_path / "production")
+
+
+@pytest.fixture
+def runtime(store: ReleaseStore) -> ProcessRuntime:
+    return ProcessRuntime(store)
+
+
+def stage(store: ReleaseStore, tmp_path: Path, html: str = "hello") -> Release:
+    dist = tmp_path / f"dist-{html}"
+    dist.mkdir()
+    (dist / "index.html").write_text(html)
+    return store.commit(store.begin(P), dist=dist)
+
+
+def test_build_streams_lines_and_logs(tmp_path: Path, runtime: ProcessRuntime) -> None:
+    (tmp_path / "src").mkdir()
+    s = spec(
+        build={
+            "command": "echo one; echo two >&2; mkdir -p dist; echo $GREETING > dist/index.html"
+        },
+        env={"GREETING": "hi"},
+    )
+    lines: list[str] = []
+    result = runtime.build(request(tmp_path, s, lines))
+    assert result.dist == tmp_path / "src" / "dist"
+    assert (result.dist / "index.html").read_text() == "hi\n"
+    assert lines[1:] == ["one", "two"]
+    assert (tmp_path / "logs" / "build.log").read_text().splitlines()[1:] == ["one", "two"]
+
+
+def test_build_failure_is_actionable(tmp_path: Path, runtime: ProcessRuntime) -> None:
+    (tmp_path / "src").mkdir()
+    s = spec(build={"command": "echo installing; echo 'npm ERR! missing script' ; exit 3"})
+    with pytest.raises(BuildFailed) as info:
+        runtime.build(request(tmp_path, s))
+    message = str(info.value)
+    assert message.startswith(
+        "Build failed: echo installing; echo 'npm ERR! missing script' ; exit 3 exited with code 3"
+    )
+    assert message.endswith("installing\nnpm ERR! missing script")
+
+
+def test_build_without_command_uses_dist(tmp_path: Path, runtime: ProcessRuntime) -> None:
+    (tmp_path / "src" / "dist").mkdir(parents=True)
+    assert runtime.build(request(tmp_path, spec())).dist == tmp_path / "src" / "dist"
+    (tmp_path / "src" / "dist").rmdir()
+    with pytest.raises(BuildFailed, match="dist/ does not exist"):
+        runtime.build(request(tmp_path, spec()))
+
+
+@pytest.mark.parametrize("output", ["../x", "/abs", "a/../../b"])
+def test_build_output_must_stay_in_source(
+    tmp_path: Path, runtime: ProcessRuntime, output: str
+) -> None:
+    (tmp_path / "src").mkdir()
+    with pytest.raises(BuildFailed, match="must be a relative path"):
+        runtime.build(request(tmp_path, spec(build={"output": output})))
+
+
+def test_build_timeout(tmp_path: Path, runtime: ProcessRuntime) -> None:
+    (tmp_path / "src").mkdir()
+    s = spec(build={"command": "echo waiting; sleep 30", "timeout": 0.5})
+    start = time.monotonic()
+    with pytest.raises(BuildFailed, match=r"timed out after 0\.5 seconds"):
+        runtime.build(request(tmp_path, s))
+    assert time.monotonic() - start < 3
+
+
+def test_cancelled_build_dies_within_a_second_with_its_children(
+    tmp_path: Path, runtime: ProcessRuntime
+) -> None:
+    (tmp_path / "src").mkdir()
+    s = spec(build={"command": "sleep 600 & echo child $!; sleep 600"})
+    cancel = threading.Event()
+    lines: list[str] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runtime.build(request(tmp_path, s, lines, cancel))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("child ") for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child = int(next(line for line in lines if line.startswith("child ")).split()[1])
+    assert process_start_time(child) is not None
+    cancelled_at = time.monotonic()
+    cancel.set()
+    thread.join(5)
+    elapsed = time.monotonic() - cancelled_at
+    assert not thread.is_alive()
+    assert isinstance(errors[0], Cancelled)
+    assert elapsed < 1.0, f"cancel took {elapsed:.2f}s"
+    assert process_start_time(child) is None, "the build's child survived the cancel"
+
+
+def test_instance_outlives_its_starter_and_is_adopted(tmp_path: Path, store: ReleaseStore) -> None:
+    release = stage(store, tmp_path, "adopt me")
+    port = free_port()
+    helper = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from reconciler.releases import ReleaseStore
+        from reconciler.runtimes.process import ProcessRuntime
+        from reconciler.spec import ProjectSpec
+        store = ReleaseStore(Path({str(store.root)!r}))
+        release = store.get("site", {release.hash!r})
+        inst = ProcessRuntime(store).start(release, ProjectSpec(source="x"), port={port})
+        print(inst.pid)
+        """
+    )
+    out = subprocess.run(
+        [PYTHON, "-c", helper], capture_output=True, text=True, timeout=30, check=True
+    )
+    pid = int(out.stdout)
+    fresh = ProcessRuntime(store)
+    wait_ready(f"http://127.0.0.1:{port}/", Health(timeout=10), alive=lambda: True, why_dead=str)
+    assert httpx.get(f"http://127.0.0.1:{port}/").text == "adopt me"
+    found = fresh.observe(P)
+    assert [(i.hash, i.pid, i.port) for i in found] == [(release.hash, pid, port)]
+    fresh.stop(found[0], timeout=5)
+    assert not pid_alive(found[0].pid, found[0].pid_start)
+    assert fresh.observe(P) == []
+    assert "starting" in (release.logs / "app.log").read_text()
+
+
+def test_reused_pid_is_not_adopted(
+    tmp_path: Path, store: ReleaseStore, runtime: ProcessRuntime
+) -> None:
+    release = stage(store, tmp_path)
+    record = {
+        "pid": os.getpid(),
+        "pidStart": process_start_time(os.getpid()) + 1,
+        "port": 1,
+        "startedAt": "x",
+    }  # type: ignore[operator]
+    (release.logs / "instance.json").write_text(json.dumps(record))
+    assert runtime.observe(P) == []
+
+
+def test_start_command_gets_port_and_stop_kills_group(
+    tmp_path: Path, store: ReleaseStore, runtime: ProcessRuntime
+) -> None:
+    release = stage(store, tmp_path)
+    port = free_port()
+    s = spec(
+        start={
+            "command": f"sleep 600 & exec {PYTHON} -m http.server $PORT --bind 127.0.0.1 --directory dist"
+        },
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    inst = runtime.start(release, s, port=port)
+    wait_ready(
+        f"http://127.0.0.1:{port}/",
+        Health(timeout=10),
+        alive=lambda: runtime.alive(inst),
+        why_dead=lambda: runtime.describe_exit(inst),
+    )
+    group = [p for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == inst.pid]
+    assert len(group) == 2
+    runtime.stop(inst, timeout=5)
+    assert not runtime.alive(inst)
+    assert all(_pgid(int(p)) is None for p in group)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid) if process_start_time(pid) is not None else None
+    except ProcessLookupError:
+        return None
+
+
+def test_start_that_exits_at_once_fails_fast(
+    tmp_path: Path, store: ReleaseStore, runtime: ProcessRuntime
+) -> None:
+    release = stage(store, tmp_path)
+    s = spec(
+        start={"command": "echo 'Error: cannot find module server.js' >&2; exit 1"},
+        health={"timeout": 120},
+    )
+    inst = runtime.start(release, s, port=free_port())
+    started = time.monotonic()
+    with pytest.raises(StartFailed) as info:
+        wait_ready(
+            f"http://127.0.0.1:{inst.port}/",
+            s.health,
+            alive=lambda: runtime.alive(inst),
+            why_dead=lambda: runtime.describe_exit(inst),
+        )
+    assert time.monotonic() - started < 3
+    assert "exited with code 1 before it became ready" in str(info.value)
+    assert "cannot find module server.js" in str(info.value)
+
+
+def test_probe_schedule_backs_off_to_interval_and_times_out() -> None:
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    clock = Clock(monotonic=lambda: now[0], sleep=sleep)
+    port = free_port()  # nothing listens: every probe is refused at once
+    with pytest.raises(
+        StartFailed,
+        match=r"^Health check timeout after 5 minutes: GET / never answered 2xx \(last: ConnectError\)",
+    ):
+        wait_ready(
+            f"http://127.0.0.1:{port}/",
+            Health(timeout=300, interval=2),
+            alive=lambda: True,
+            why_dead=str,
+            clock=clock,
+        )
+    assert sleeps[:7] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2]
+    assert set(sleeps[7:-1]) == {2}
+    assert abs(sum(sleeps) - 300) < 1e-6
+
+
+def test_probe_counts_only_2xx(
+    tmp_path: Path, store: ReleaseStore, runtime: ProcessRuntime
+) -> None:
+    release = stage(store, tmp_path)
+    port = free_port()
+    inst = runtime.start(release, spec(), port=port)
+    try:
+        with pytest.raises(StartFailed, match="last: HTTP 404"):
+            wait_ready(
+                f"http://127.0.0.1:{port}/nope",
+                Health(timeout=1, interval=0.2),
+                alive=lambda: True,
+                why_dead=str,
+            )
+        first = time.monotonic()
+        wait_ready(
+            f"http://127.0.0.1:{port}/",
+            Health(timeout=10),
+            alive=lambda: runtime.alive(inst),
+            why_dead=str,
+        )
+        assert time.monotonic() - first < 1
+    finally:
+        runtime.stop(inst)
