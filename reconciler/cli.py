@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from reconciler.config import RUNTIMES, Config, env, parse_listen
 from reconciler.desired import SUFFIXES, DesiredFileError, Problem, load_file
+from reconciler.ports import PortRange
 from reconciler.spec import json_schema
 
 
@@ -62,6 +65,80 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     return 0
 
 
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """The options every long-running command shares (flags win over RECONCILER_* env)."""
+    parser.add_argument("--desired", default=env("DESIRED", "desired"), help="desired-state dir")
+    parser.add_argument("--data", default=env("DATA", "data"), help="data dir (state, releases)")
+    parser.add_argument(
+        "--listen", default=env("LISTEN", "127.0.0.1:3000"), help="API address HOST:PORT"
+    )
+    parser.add_argument(
+        "--port-range", default=env("PORT_RANGE", "3001-3999"), help="ports for instances"
+    )
+    parser.add_argument(
+        "--public-host", default=env("PUBLIC_HOST", "localhost"), help="host used in urls"
+    )
+    parser.add_argument(
+        "--bind-host", default=env("BIND_HOST", "127.0.0.1"), help="address instances listen on"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=env("RUNTIME", "process"),
+        help="runtime for files that name none",
+    )
+    parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=float(env("RESYNC_INTERVAL", "30") or 30),
+        help="seconds between full resyncs",
+    )
+    parser.add_argument(
+        "--no-watch", action="store_true", help="no file watcher: rely on the periodic resync"
+    )
+    parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    host, port = parse_listen(args.listen)
+    return Config(
+        desired_dir=Path(args.desired).absolute(),
+        data_dir=Path(args.data).absolute(),
+        listen_host=host,
+        listen_port=port,
+        port_range=PortRange.parse(args.port_range),
+        public_host=args.public_host,
+        bind_host=args.bind_host,
+        default_runtime=args.runtime,
+        resync_interval=args.resync_interval,
+        watch=not args.no_watch,
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("watchdog").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from reconciler.daemon import Daemon
+
+    setup_logging(args.log_level)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return 2
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler",
@@ -75,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the JSON Schema of a desired-state file")
     schema.set_defaults(func=cmd_schema)
+
+    daemon = sub.add_parser("daemon", help="run the reconcile loop")
+    add_server_options(daemon)
+    daemon.set_defaults(func=cmd_daemon)
+
+    run = sub.add_parser("run", help="run the daemon (and the API, once built) in one process")
+    add_server_options(run)
+    run.set_defaults(func=cmd_daemon)
     return parser
 
 

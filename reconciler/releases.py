@@ -263,7 +263,7 @@ class ReleaseStore:
     """Releases of every project under one root (``data/production``)."""
 
     def __init__(self, root: Path, *, limits: Limits = Limits()) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
         self.limits = limits
 
     def project_dir(self, project_id: ProjectId) -> Path:

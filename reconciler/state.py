@@ -40,6 +40,7 @@ MIGRATIONS: list[str] = [
         productionError TEXT,
         productionStartedAt TEXT,
         productionHash TEXT,
+        latestHash TEXT,
         observedGeneration INTEGER,
         failedDigest TEXT,
         desiredDigest TEXT,
@@ -107,6 +108,7 @@ PROJECT_COLUMNS = (
     "productionError",
     "productionStartedAt",
     "productionHash",
+    "latestHash",
     "observedGeneration",
     "failedDigest",
     "desiredDigest",
@@ -123,6 +125,7 @@ class ProjectRow:
     productionError: str | None
     productionStartedAt: str | None
     productionHash: str | None
+    latestHash: str | None
     observedGeneration: int | None
     failedDigest: str | None
     desiredDigest: str | None

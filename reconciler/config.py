@@ -1,0 +1,62 @@
+"""Configuration: built once from flags and ``RECONCILER_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.ports import PortRange
+
+RUNTIMES = ("process", "docker")
+
+
+@dataclass(frozen=True)
+class Config:
+    desired_dir: Path = Path("desired")
+    data_dir: Path = Path("data")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 3000
+    port_range: PortRange = PortRange(3001, 3999)  # noqa: RUF009 - frozen, immutable
+    public_host: str = "localhost"
+    bind_host: str = "127.0.0.1"
+    default_runtime: str = "process"
+    docker_prefix: str = "reconciler"
+    resync_interval: float = 30.0
+    health_interval: float = 5.0
+    debounce: float = 0.1
+    debounce_max_wait: float = 1.0
+    workers: int = 4
+    watch: bool = True
+    api_token: str | None = None
+    stream_cap: int = 64
+
+    @property
+    def state_db(self) -> Path:
+        return self.data_dir / "state.db"
+
+    @property
+    def releases_dir(self) -> Path:
+        return self.data_dir / "production"
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.data_dir / "locks"
+
+    def url_for(self, port: int | None) -> str | None:
+        return None if port is None else f"http://{self.public_host}:{port}"
+
+    @property
+    def probe_host(self) -> str:
+        return "127.0.0.1" if self.bind_host in ("0.0.0.0", "") else self.bind_host
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {text!r} must look like HOST:PORT, e.g. 127.0.0.1:3000")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"RECONCILER_{name}", default)

@@ -1,0 +1,165 @@
+"""The pure planner: ``plan(desired, observed) -> steps``.
+
+No I/O and no clock: everything it needs is in its two arguments, so every combination is a
+row in a table test. The controller gathers the facts (desired file, state DB, runtime,
+release store), calls plan(), and runs the steps in order. Reconciliation is level-based:
+plan() never knows which event caused it, and planning again after the steps ran yields
+nothing (or only a status record).
+
+Steps, in the order they may appear:
+
+- ``StopInstances``: stop instances and release their ports (stopped, deleted, strays).
+- ``Fail``: record a permanent failure for this exact desired spec (not retried).
+- ``Build``: build the source, stage a release, then activate it.
+- ``Activate``: start a kept release (if it is not running), wait ready, switch, stop others.
+- ``RestoreCurrent``: put back a deleted or wrong ``current`` link to the running version.
+- ``Record``: set the status columns only (e.g. ``running`` after a restart adopted it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.spec import ProjectSpec
+
+FLAP_LIMIT = 5
+FLAP_WINDOW = 300.0
+
+
+@dataclass(frozen=True)
+class DesiredView:
+    """What desired state asks for. ``spec`` is the spec in force (the last good one)."""
+
+    spec: ProjectSpec | None
+    digest: str | None
+    file_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ObservedInstance:
+    hash: str
+    alive: bool
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class ObservedView:
+    status: str = "stopped"
+    active_hash: str | None = None
+    latest_hash: str | None = None
+    observed_generation: int | None = None
+    failed_digest: str | None = None
+    current: str | None = None
+    instances: tuple[ObservedInstance, ...] = ()
+    releases: frozenset[str] = field(default_factory=frozenset)
+    recent_repairs: int = 0
+
+
+@dataclass(frozen=True)
+class StopInstances:
+    hashes: tuple[str, ...]
+    final: bool  # True: the project ends stopped (status stopped, port and url cleared)
+
+
+@dataclass(frozen=True)
+class Fail:
+    error: str
+
+
+@dataclass(frozen=True)
+class Build:
+    generation: int
+
+
+@dataclass(frozen=True)
+class Activate:
+    hash: str
+    repair: bool = False
+
+
+@dataclass(frozen=True)
+class RestoreCurrent:
+    hash: str
+
+
+@dataclass(frozen=True)
+class Record:
+    status: str
+    hash: str | None = None
+
+
+Step = StopInstances | Fail | Build | Activate | RestoreCurrent | Record
+
+
+def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
+    """The steps that move ``observed`` toward ``desired`` (None: the file was deleted)."""
+    alive = tuple(i.hash for i in observed.instances if i.alive)
+
+    if desired is None or desired.spec is None:
+        if desired is not None:
+            return []  # an invalid file and no last good spec: change nothing
+        return _stop(alive, observed)
+    spec = desired.spec
+    if spec.production.state == "stopped":
+        return _stop(alive, observed)
+
+    if observed.failed_digest is not None and observed.failed_digest == desired.digest:
+        return []  # this exact spec failed: wait for an edit or a new generation
+
+    pinned = spec.production.pinned
+    if pinned is not None:
+        if pinned not in observed.releases:
+            kept = ", ".join(sorted(observed.releases)) or "none"
+            return [Fail(f"version {pinned} is not kept (kept versions: {kept})")]
+        target = pinned
+    elif (
+        observed.observed_generation != spec.production.generation
+        or observed.latest_hash is None
+        or observed.latest_hash not in observed.releases
+    ):
+        strays = tuple(h for h in alive if h != observed.active_hash)
+        steps: list[Step] = [StopInstances(strays, final=False)] if strays else []
+        return [*steps, Build(spec.production.generation)]
+    else:
+        target = observed.latest_hash
+
+    others = tuple(h for h in alive if h != target)
+    if target not in alive:
+        repair = observed.active_hash == target and observed.status in ("running", "error")
+        if repair and observed.recent_repairs >= FLAP_LIMIT:
+            return [
+                Fail(
+                    f"the instance of {target} keeps dying: {observed.recent_repairs} repairs "
+                    f"in {int(FLAP_WINDOW // 60)} minutes; see its logs/app.log, then edit the "
+                    "desired file or deploy again"
+                )
+            ]
+        strays = tuple(h for h in others if h != observed.active_hash)
+        steps = [StopInstances(strays, final=False)] if strays else []
+        return [*steps, Activate(target, repair=repair)]
+
+    steps = []
+    if others:
+        steps.append(StopInstances(others, final=False))
+    if observed.current != target:
+        steps.append(RestoreCurrent(target))
+    if observed.active_hash != target or observed.status != "running":
+        steps.append(Record("running", target))
+    return steps
+
+
+def _stop(alive: tuple[str, ...], observed: ObservedView) -> list[Step]:
+    if alive:
+        return [StopInstances(alive, final=True)]
+    if observed.status != "stopped":
+        return [Record("stopped")]
+    return []
+
+
+def should_cancel(inflight_digest: str | None, desired: DesiredView | None) -> bool:
+    """A running pipeline is cancelled when the desired spec it works for changed."""
+    if desired is None:
+        return True
+    if desired.spec is None:
+        return False  # an invalid edit changes nothing
+    return desired.digest != inflight_digest

@@ -1,0 +1,132 @@
+"""Watch the desired dir (watchdog/inotify) and queue the projects whose files changed.
+
+Editors and git save by writing a temp file and renaming it over the target, so created,
+modified, deleted and moved events all count, for both ends of a move. Events are debounced
+per project: a reconcile fires ``debounce`` seconds after the last event, but never later than
+``max_wait`` after the first one, so a burst of writes gives a bounded number of reconciles
+that end on the last content.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from reconciler.desired import SUFFIXES
+from reconciler.spec import PROJECT_ID_RE
+
+logger = logging.getLogger(__name__)
+
+
+def project_for(path: str | bytes) -> str | None:
+    name = os.path.basename(os.fsdecode(path))
+    if name.startswith(".") or not name.endswith(SUFFIXES):
+        return None
+    stem = name.rsplit(".", 1)[0]
+    return stem if PROJECT_ID_RE.fullmatch(stem) else None
+
+
+class Debouncer:
+    def __init__(
+        self,
+        fire: Callable[[str], None],
+        *,
+        delay: float,
+        max_wait: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fire = fire
+        self.delay = delay
+        self.max_wait = max_wait
+        self.clock = clock
+        self._pending: dict[str, tuple[float, float]] = {}  # key -> (first, last)
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="debouncer", daemon=True)
+        self._thread.start()
+
+    def touch(self, key: str) -> None:
+        now = self.clock()
+        with self._cond:
+            first, _last = self._pending.get(key, (now, now))
+            self._pending[key] = (first, now)
+            self._cond.notify()
+
+    def _due(self, first: float, last: float) -> float:
+        return min(last + self.delay, first + self.max_wait)
+
+    def _run(self) -> None:
+        while True:
+            ready: list[str] = []
+            with self._cond:
+                if self._closed:
+                    return
+                now = self.clock()
+                wait = 0.5
+                for key, (first, last) in list(self._pending.items()):
+                    due = self._due(first, last)
+                    if due <= now:
+                        ready.append(key)
+                        del self._pending[key]
+                    else:
+                        wait = min(wait, due - now)
+                if not ready:
+                    self._cond.wait(wait)
+            for key in ready:
+                try:
+                    self.fire(key)
+                except Exception:
+                    logger.exception("debounced handler failed for %s", key)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(2)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, touch: Callable[[str], None]) -> None:
+        self.touch = touch
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                project = project_for(path)
+                if project is not None:
+                    self.touch(project)
+
+
+class DesiredWatcher:
+    """watchdog on the desired dir feeding a debouncer."""
+
+    def __init__(
+        self,
+        directory: Path,
+        notify: Callable[[str], None],
+        *,
+        debounce: float = 0.1,
+        max_wait: float = 1.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.debouncer = Debouncer(notify, delay=debounce, max_wait=max_wait)
+        self.observer = Observer()
+        self.observer.schedule(_Handler(self.debouncer.touch), str(self.directory), recursive=False)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.observer.start()
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(5)
+        self.debouncer.close()
