@@ -32,9 +32,8 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 check: lint test ## lint, then test
 
-run: $(STAMP) ## quickstart (for now: validate ./desired; the daemon and API are not built yet)
-	$(BIN)/reconciler validate desired
-	@echo "make run: the daemon and API are not built yet; desired/ was validated only."
+run: $(STAMP) ## quickstart: the daemon on ./desired and ./data (process runtime, no Docker)
+	$(BIN)/reconciler run --desired ./desired --data ./data
 
 clean: ## remove the venv and caches (keeps ./data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -93,7 +93,7 @@ class Daemon:
             seconds=self.config.resync_interval,
             id="resync",
             # a resync that comes late is still worth running, but never twice in a row
-            misfire_grace_time=int(self.config.resync_interval),
+            misfire_grace_time=max(1, int(self.config.resync_interval)),
             **common,
         )
         self.scheduler.add_job(
@@ -153,7 +153,7 @@ class Daemon:
     def shutdown(self) -> None:
         logger.info("shutting down: cancelling in-flight work; instances keep running")
         self._docker_stop.set()
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()

@@ -1,0 +1,115 @@
+"""The main GitOps flow with the Docker runtime against the real engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.docker.conftest import make_project
+from tests.integration.harness import desired_yaml, environment, get, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def _ours(client: docker.DockerClient, project: str) -> list[str]:
+    return [
+        c.name
+        for c in client.containers.list(
+            all=True,
+            filters={
+                "label": ["reconciler.managed-by=reconciler", f"reconciler.project={project}"]
+            },
+        )
+    ]
+
+
+@pytest.mark.timeout(240)
+def test_docker_flow_by_file_edits(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+    source = make_project(tmp_path / "src", "docker one")
+    project = f"dk{tmp_path.name[-6:].lower().replace('_', '')}"
+    keep2 = "keep: 2\n"
+    with environment(tmp_path, runtime="docker") as env:
+        prefix = env.config().docker_prefix
+        try:
+            env.start()
+            env.write(project, desired_yaml(source, runtime="docker", extra=keep2))
+            first = env.wait_serving(project, "docker one", timeout=120)
+            assert _ours(docker_client, project) == [f"doce_prod_{project}_{first.productionHash}"]
+
+            (source / "site" / "index.html").write_text("docker two")
+            env.write(project, desired_yaml(source, runtime="docker", generation=2, extra=keep2))
+            second = env.wait_serving(project, "docker two", timeout=120)
+            wait_for(
+                lambda: (
+                    _ours(docker_client, project)
+                    == [f"doce_prod_{project}_{second.productionHash}"]
+                ),
+                20,
+                "old container removed",
+            )
+            assert get(f"http://127.0.0.1:{first.productionPort}/") is None
+
+            # rollback by pin: the kept image starts again, no rebuild
+            env.write(
+                project,
+                desired_yaml(
+                    source,
+                    runtime="docker",
+                    generation=2,
+                    version=str(first.productionHash),
+                    extra=keep2,
+                ),
+            )
+            env.wait_serving(project, "docker one", timeout=60)
+            wait_for(
+                lambda: (
+                    _ours(docker_client, project) == [f"doce_prod_{project}_{first.productionHash}"]
+                ),
+                20,
+                "rolled back",
+            )
+
+            # forward to a third version; keep: 2 keeps it and v1 (last active), prunes v2 + image
+            (source / "site" / "index.html").write_text("docker three")
+            env.write(project, desired_yaml(source, runtime="docker", generation=3, extra=keep2))
+            third = env.wait_serving(project, "docker three", timeout=120)
+            wait_for(
+                lambda: (
+                    sorted(
+                        t
+                        for i in docker_client.images.list()
+                        for t in i.tags
+                        if t.startswith(f"{prefix}-{project}:")
+                    )
+                    == sorted(
+                        f"{prefix}-{project}:{h}"
+                        for h in (first.productionHash, third.productionHash)
+                    )
+                ),
+                20,
+                "images of pruned versions removed",
+            )
+
+            # a removed container is put back
+            docker_client.containers.get(f"doce_prod_{project}_{third.productionHash}").remove(
+                force=True
+            )
+            env.wait_serving(project, "docker three", timeout=60)
+            wait_for(lambda: len(_ours(docker_client, project)) == 1, 30, "container restored")
+
+            env.write(
+                project,
+                desired_yaml(source, runtime="docker", generation=3, state="stopped", extra=keep2),
+            )
+            env.wait_status(project, "stopped", timeout=60)
+            wait_for(lambda: _ours(docker_client, project) == [], 20, "container removed on stop")
+        finally:
+            env.stop()
+            for name in _ours(docker_client, project):
+                docker_client.containers.get(name).remove(force=True)
+            for image in docker_client.images.list():
+                for tag in image.tags:
+                    if tag.startswith(prefix):
+                        docker_client.images.remove(tag, force=True)

@@ -1,0 +1,220 @@
+"""A real daemon on tmp dirs, with helpers to edit desired files and wait for outcomes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from reconciler.config import Config
+from reconciler.daemon import Daemon
+from reconciler.ports import PortRange
+from reconciler.releases import ReleaseStore
+from reconciler.runtimes.process import ProcessRuntime
+from reconciler.spec import ProjectId
+from reconciler.state import ProjectRow, StateDB
+from tests.conftest import PYTHON, REPO, free_port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = predicate()
+            if last:
+                return last
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def get(url: str) -> str | None:
+    try:
+        response = httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response.text if response.status_code == 200 else None
+
+
+def make_site(root: Path, html: str) -> Path:
+    (root / "dist").mkdir(parents=True, exist_ok=True)
+    (root / "dist" / "index.html").write_text(html)
+    return root
+
+
+def desired_yaml(
+    source: Path,
+    *,
+    state: str = "running",
+    version: str = "latest",
+    generation: int = 1,
+    extra: str = "",
+    runtime: str = "process",
+) -> str:
+    return (
+        f"# managed by the tests\nsource: {source}\nruntime: {runtime}\n"
+        f"production:\n  state: {state}\n  version: {version}\n  generation: {generation}\n"
+        f"health:\n  timeout: 20\n  interval: 0.2\n{extra}"
+    )
+
+
+@dataclass
+class Env:
+    root: Path
+    first_port: int
+    watch: bool = True
+    resync: float = 30.0
+    runtime: str = "process"
+    daemon: Daemon | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    _db: StateDB | None = field(default=None, repr=False)
+
+    @property
+    def desired(self) -> Path:
+        return self.root / "desired"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def db(self) -> StateDB:
+        if self._db is None:
+            self._db = StateDB(self.data / "state.db")
+        return self._db
+
+    def config(self) -> Config:
+        return Config(
+            desired_dir=self.desired,
+            data_dir=self.data,
+            port_range=PortRange(self.first_port, self.first_port + 199),
+            default_runtime=self.runtime,
+            resync_interval=self.resync,
+            health_interval=0.5,
+            watch=self.watch,
+            docker_prefix=f"rtest{self.first_port}",
+        )
+
+    # -- in-process daemon -----------------------------------------------------------------
+
+    def start(self) -> Daemon:
+        self.desired.mkdir(parents=True, exist_ok=True)
+        self.daemon = Daemon(self.config())
+        self.daemon.start()
+        return self.daemon
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.shutdown()
+            self.daemon = None
+
+    # -- daemon as a separate process ------------------------------------------------------
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        self.desired.mkdir(parents=True, exist_ok=True)
+        args = [
+            PYTHON, "-m", "reconciler", "daemon",
+            "--desired", str(self.desired), "--data", str(self.data),
+            "--port-range", f"{self.first_port}-{self.first_port + 199}",
+            "--resync-interval", str(self.resync),
+        ]  # fmt: skip
+        log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self.proc
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(15)
+        self.proc = None
+        return code
+
+    # -- files and facts -------------------------------------------------------------------
+
+    def write(self, project: str, text: str) -> Path:
+        path = self.desired / f"{project}.yaml"
+        tmp = self.desired / f".{project}.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path)  # like an editor or git: write a temp file, rename it over
+        return path
+
+    def row(self, project: str) -> ProjectRow | None:
+        return self.db.project(project)
+
+    def status(self, project: str) -> str | None:
+        row = self.row(project)
+        return row.productionStatus if row else None
+
+    def wait_status(self, project: str, status: str, timeout: float = 30) -> ProjectRow:
+        def check() -> ProjectRow | None:
+            row = self.row(project)
+            return row if row is not None and row.productionStatus == status else None
+
+        try:
+            return wait_for(check, timeout, f"{project} to be {status}")  # type: ignore[no-any-return]
+        except AssertionError:
+            row = self.row(project)
+            raise AssertionError(
+                f"{project} is {row.productionStatus if row else None}, not {status}; "
+                f"error={row.productionError if row else None}"
+            ) from None
+
+    def wait_serving(self, project: str, text: str, timeout: float = 30) -> ProjectRow:
+        def check() -> ProjectRow | None:
+            row = self.row(project)
+            if row is None or row.productionStatus != "running" or row.productionPort is None:
+                return None
+            body = get(f"http://127.0.0.1:{row.productionPort}/")
+            return row if body is not None and text in body else None
+
+        return wait_for(check, timeout, f"{project} to serve {text!r}")  # type: ignore[no-any-return]
+
+    def releases(self) -> ReleaseStore:
+        return ReleaseStore(self.data / "production")
+
+    def instances(self, project: str) -> list[Any]:
+        return ProcessRuntime(self.releases()).observe(ProjectId(project))
+
+    def cleanup(self) -> None:
+        """Stop every instance the tests left running (sites outlive the daemon by design)."""
+        self.stop()
+        if self.proc is not None:
+            self.kill9()
+        production = self.data / "production"
+        runtime = ProcessRuntime(self.releases())
+        if production.is_dir():
+            for project in production.iterdir():
+                for instance in runtime.observe(ProjectId(project.name)):
+                    runtime.stop(instance, timeout=2)
+        if self._db is not None:
+            self._db.close()
+
+
+@contextlib.contextmanager
+def environment(tmp_path: Path, **options: Any) -> Iterator[Env]:
+    env = Env(tmp_path, _port_block(), **options)
+    try:
+        yield env
+    finally:
+        env.cleanup()
+
+
+def _port_block() -> int:
+    """A block of 200 ports that nothing listens on now (tests run one at a time)."""
+    base = free_port()
+    return max(20000, min(base, 60000))
