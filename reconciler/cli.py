@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.config import RUNTIMES, Config, env, parse_listen
 from reconciler.desired import SUFFIXES, DesiredFileError, Problem, load_file
 from reconciler.ports import PortRange
 from reconciler.spec import json_schema
+
+if TYPE_CHECKING:
+    from reconciler.api.server import ApiServer
 
 
 def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem]]:
@@ -96,6 +103,17 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-watch", action="store_true", help="no file watcher: rely on the periodic resync"
     )
+    parser.add_argument(
+        "--api-token-file",
+        default=env("API_TOKEN_FILE"),
+        help="file holding the bearer token writes need (or RECONCILER_API_TOKEN)",
+    )
+    parser.add_argument(
+        "--stream-cap",
+        type=int,
+        default=int(env("STREAM_CAP", "64") or 64),
+        help="most event streams open at once",
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
@@ -112,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         default_runtime=args.runtime,
         resync_interval=args.resync_interval,
         watch=not args.no_watch,
+        stream_cap=max(1, args.stream_cap),
     )
 
 
@@ -125,18 +144,83 @@ def setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def cmd_daemon(args: argparse.Namespace) -> int:
-    from reconciler.daemon import Daemon
-
+def _prepare(args: argparse.Namespace, *, api: bool) -> tuple[Config, str | None] | int:
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
+        token = None
+        if api:
+            from reconciler.api.server import check_exposure, load_token
+
+            token = load_token(args.api_token_file, os.environ.get("RECONCILER_API_TOKEN"))
+            check_exposure(config, token)
     except ValueError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return 2
-    daemon = Daemon(config)
+    return config, token
+
+
+def _start_api(config: Config, token: str | None) -> ApiServer:
+    from reconciler.api import create_app
+    from reconciler.api.server import ApiServer
+
+    server = ApiServer(create_app(config, token=token), config)
+    server.start()
+    return server
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from reconciler.daemon import Daemon
+
+    prepared = _prepare(args, api=False)
+    if isinstance(prepared, int):
+        return prepared
+    daemon = Daemon(prepared[0])
     daemon.install_signal_handlers()
     return daemon.run()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon and the API in one process (local use and the quickstart)."""
+    from reconciler.daemon import Daemon
+
+    prepared = _prepare(args, api=True)
+    if isinstance(prepared, int):
+        return prepared
+    config, token = prepared
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    try:
+        server = _start_api(config, token)
+    except OSError as exc:
+        print(f"reconciler: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        return daemon.run()
+    finally:
+        server.stop()
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    """The API sidecar alone."""
+    prepared = _prepare(args, api=True)
+    if isinstance(prepared, int):
+        return prepared
+    config, token = prepared
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        server = _start_api(config, token)
+    except OSError as exc:
+        print(f"reconciler: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,9 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(daemon)
     daemon.set_defaults(func=cmd_daemon)
 
-    run = sub.add_parser("run", help="run the daemon (and the API, once built) in one process")
+    api = sub.add_parser("api", help="serve the HTTP API sidecar")
+    add_server_options(api)
+    api.set_defaults(func=cmd_api)
+
+    run = sub.add_parser("run", help="run the daemon and the HTTP API in one process")
     add_server_options(run)
-    run.set_defaults(func=cmd_daemon)
+    run.set_defaults(func=cmd_run)
     return parser
 
 

@@ -1,0 +1,158 @@
+"""OpenAPI 3.1 description of the API; schemas come from the pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from reconciler import __version__
+from reconciler.api.models import (
+    ErrorBody,
+    Health,
+    History,
+    ProductionStatus,
+    ProjectList,
+    RollbackRequest,
+    RollbackResult,
+)
+
+MODELS: list[type[BaseModel]] = [
+    ProductionStatus,
+    History,
+    RollbackRequest,
+    RollbackResult,
+    ProjectList,
+    ErrorBody,
+    Health,
+]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "bad input (id, body or hash)",
+        401: "a write without a bearer token (when a token is configured)",
+        403: "a wrong bearer token",
+        404: "unknown project (no desired file) or version",
+        409: "the desired file is invalid; fix it first",
+        413: "body too large",
+        415: "a write body that is not JSON",
+        500: "unexpected error",
+        503: "too many open event streams (see Retry-After)",
+    }
+    return {str(code): _json("ErrorBody", text[code]) for code in codes}
+
+
+def document() -> dict[str, Any]:
+    modes: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        (m, "serialization") for m in MODELS
+    ]
+    _, defs = models_json_schema(modes, ref_template="#/components/schemas/{model}")
+    schemas = defs.get("$defs", {})
+    pid = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+    }
+    writes = _errors(400, 401, 403, 404, 409, 413, 415)
+    body = {
+        "required": False,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    paths: dict[str, Any] = {
+        "/healthz": {
+            "get": {"summary": "Liveness of the API", "responses": {"200": _json("Health", "ok")}}
+        },
+        "/api/projects": {
+            "get": {
+                "summary": "Every desired file with its production status",
+                "responses": {"200": _json("ProjectList", "projects")},
+            }
+        },
+        "/api/projects/{id}/production": {
+            "get": {
+                "summary": "Current production status",
+                "parameters": [pid],
+                "responses": {"200": _json("ProductionStatus", "status"), **_errors(400, 404)},
+            }
+        },
+        "/api/projects/{id}/deploy": {
+            "post": {
+                "summary": "Build and deploy the latest source (bumps production.generation)",
+                "parameters": [pid],
+                "requestBody": body,
+                "responses": {"200": _json("ProductionStatus", "status after the edit"), **writes},
+            }
+        },
+        "/api/projects/{id}/stop-production": {
+            "post": {
+                "summary": "Stop production (sets production.state: stopped)",
+                "parameters": [pid],
+                "requestBody": body,
+                "responses": {"200": _json("ProductionStatus", "status after the edit"), **writes},
+            }
+        },
+        "/api/projects/{id}/production-history": {
+            "get": {
+                "summary": "Kept versions, newest first",
+                "parameters": [pid],
+                "responses": {"200": _json("History", "versions"), **_errors(400, 404)},
+            }
+        },
+        "/api/projects/{id}/rollback-production": {
+            "post": {
+                "summary": "Pin a kept version and wait until it serves",
+                "parameters": [pid],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("RollbackRequest")}},
+                },
+                "responses": {
+                    "200": _json("RollbackResult", "rolled back"),
+                    **writes,
+                    "500": _json("RollbackResult", "the rollback failed"),
+                },
+            }
+        },
+        "/api/projects/{id}/production-stream": {
+            "get": {
+                "summary": "Server-Sent Events of the current deployment",
+                "parameters": [
+                    pid,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "events: production.building, production.starting, "
+                        "production.ready, production.error, production.stopped, stream.end",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "reconciler API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,87 @@
+"""Serve the API with waitress: a threaded, pure-Python production WSGI server.
+
+Waitress (not gunicorn) because ``reconciler run`` embeds the API in the daemon's process,
+which gunicorn's pre-fork model does not allow, and because it streams (SSE) from threads.
+Waitress 3 flushes every write at once (``send_bytes`` defaults to 1), so event-stream lines
+are not held back; the pin in pyproject keeps that version.
+Threads exceed the stream cap, so open streams never take every thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from waitress.server import create_server
+
+from reconciler.config import Config
+
+logger = logging.getLogger(__name__)
+SPARE_THREADS = 16
+
+
+class TokenError(ValueError):
+    pass
+
+
+def load_token(path: str | None, env_value: str | None) -> str | None:
+    if path:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise TokenError(f"cannot read --api-token-file {path}: {exc.strerror}") from None
+        if not token:
+            raise TokenError(f"--api-token-file {path} is empty")
+        return token
+    if env_value:
+        return env_value.strip() or None
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: Config, token: str | None) -> None:
+    if token is None and not is_loopback(config.listen_host):
+        raise TokenError(
+            f"refusing to listen on {config.listen_host} without a token: anyone who can reach "
+            "it could deploy and stop sites. Set RECONCILER_API_TOKEN or --api-token-file "
+            "(e.g. `openssl rand -hex 32 > /etc/reconciler/api-token`), or listen on 127.0.0.1"
+        )
+
+
+class ApiServer:
+    def __init__(self, app: Any, config: Config) -> None:
+        self.server = create_server(
+            app,
+            host=config.listen_host,
+            port=config.listen_port,
+            threads=config.stream_cap + SPARE_THREADS,
+            channel_timeout=60,
+            ident="reconciler",
+            clear_untrusted_proxy_headers=True,
+        )
+        self.thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.effective_port)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
+        self.thread.start()
+        logger.info("API listening on http://%s:%s", self.server.effective_host, self.port)
+
+    def stop(self) -> None:
+        self.server.close()
+        if self.thread is not None:
+            self.thread.join(5)

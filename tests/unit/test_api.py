@@ -1,0 +1,556 @@
+"""Every endpoint and status code through Flask's test client: real files, real SQLite, no daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from reconciler.api import create_app
+from reconciler.api.app import Services
+from reconciler.api.server import ApiServer, TokenError, check_exposure
+from reconciler.config import Config
+from reconciler.releases import ReleaseStore
+from reconciler.spec import ProjectId
+from reconciler.state import StateDB
+from tests.conftest import free_port
+
+SITE = """\
+# the marketing site
+source: ../site   # relative to this file
+
+production:
+  state: stopped   # flipped by the API
+  version: latest
+  generation: 3
+
+health:
+  timeout: 1
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    desired = tmp_path / "desired"
+    desired.mkdir()
+    (desired / "www.yaml").write_text(SITE)
+    return Config(desired_dir=desired, data_dir=tmp_path / "data", stream_cap=3)
+
+
+@pytest.fixture
+def app(config: Config) -> Iterator[Flask]:
+    app = create_app(config)
+    svc: Services = app.extensions["reconciler"]
+    svc.poll_interval = 0.02
+    svc.rollback_grace = 0.0
+    yield app
+    svc.db.close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def db(app: Flask) -> StateDB:
+    return app.extensions["reconciler"].db  # type: ignore[no-any-return]
+
+
+def stage(config: Config, html: str, tmp_path: Path) -> str:
+    store = ReleaseStore(config.releases_dir)
+    dist = tmp_path / f"dist-{html}"
+    dist.mkdir()
+    (dist / "index.html").write_text(html)
+    return store.commit(store.begin(ProjectId("www")), dist=dist).hash
+
+
+STATUS_KEYS = ["status", "url", "port", "error", "startedAt", "activeJob", "hash"]
+
+
+def test_status_of_a_new_project(client: FlaskClient) -> None:
+    response = client.get("/api/projects/www/production")
+    assert response.status_code == 200
+    assert response.content_type == "application/json"
+    assert list(response.json) == STATUS_KEYS  # type: ignore[arg-type]
+    assert response.json == {
+        "status": "stopped", "url": None, "port": None, "error": None,
+        "startedAt": None, "activeJob": None, "hash": None,
+    }  # fmt: skip
+
+
+def test_status_of_a_running_project(client: FlaskClient, app: Flask, config: Config) -> None:
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    db(app).update_project(
+        ProjectId("www"), productionStatus="running", productionPort=3001,
+        productionUrl="http://localhost:3001", productionStartedAt="2025-12-27T10:30:45.000Z",
+        productionHash="a1b2c3d4", observedGeneration=3,
+    )  # fmt: skip
+    db(app).create_job("www", "production.waitReady", generation=3)
+    assert client.get("/api/projects/www/production").json == {
+        "status": "running", "url": "http://localhost:3001", "port": 3001, "error": None,
+        "startedAt": "2025-12-27T10:30:45.000Z",
+        "activeJob": {"type": "production.waitReady", "state": "running"}, "hash": "a1b2c3d4",
+    }  # fmt: skip
+    # a stop the daemon has not picked up yet wins over the running job
+    (config.desired_dir / "www.yaml").write_text(SITE)
+    status = client.get("/api/projects/www/production").json
+    assert (status["status"], status["url"], status["activeJob"]) == (
+        "stopped",
+        None,
+        {"type": "production.stop", "state": "queued"},
+    )  # type: ignore[index]
+
+
+def test_deploy_bumps_generation_and_reports_queued_at_once(
+    client: FlaskClient, config: Config
+) -> None:
+    response = client.post("/api/projects/www/deploy", json={})
+    assert response.status_code == 200
+    assert response.json == {
+        "status": "queued", "url": None, "port": None, "error": None, "startedAt": None,
+        "activeJob": {"type": "production.build", "state": "queued"}, "hash": None,
+    }  # fmt: skip
+    text = (config.desired_dir / "www.yaml").read_text()
+    assert text == SITE.replace("state: stopped ", "state: running ").replace(
+        "generation: 3", "generation: 4"
+    )
+    # in progress: a second deploy returns the status and bumps nothing
+    again = client.post("/api/projects/www/deploy")
+    assert again.json["status"] == "queued"  # type: ignore[index]
+    assert (config.desired_dir / "www.yaml").read_text() == text
+    assert client.get("/api/projects/www/production").json["status"] == "queued"  # type: ignore[index]
+
+
+def test_deploy_while_running_bumps(client: FlaskClient, app: Flask, config: Config) -> None:
+    client.post("/api/projects/www/deploy")
+    db(app).update_project(
+        ProjectId("www"),
+        productionStatus="running",
+        observedGeneration=4,
+        productionHash="a1b2c3d4",
+    )
+    assert client.get("/api/projects/www/production").json["status"] == "running"  # type: ignore[index]
+    response = client.post("/api/projects/www/deploy", json={})
+    assert response.json["status"] == "queued"  # type: ignore[index]
+    assert "generation: 5" in (config.desired_dir / "www.yaml").read_text()
+
+
+def test_fifty_concurrent_deploys_bump_once(config: Config) -> None:
+    config = Config(**{**config.__dict__, "listen_port": free_port()})
+    app = create_app(config)
+    server = ApiServer(app, config)
+    server.start()
+    try:
+        barrier = threading.Barrier(50)
+        codes: list[int] = []
+
+        def call() -> None:
+            barrier.wait()
+            codes.append(
+                httpx.post(
+                    f"http://127.0.0.1:{server.port}/api/projects/www/deploy", json={}, timeout=30
+                ).status_code
+            )
+
+        threads = [threading.Thread(target=call) for _ in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes == [200] * 50
+        assert "generation: 4" in (config.desired_dir / "www.yaml").read_text()
+        assert "# relative to this file" in (config.desired_dir / "www.yaml").read_text()
+    finally:
+        server.stop()
+        app.extensions["reconciler"].db.close()
+
+
+def test_stop_production(client: FlaskClient, app: Flask, config: Config) -> None:
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    db(app).update_project(
+        ProjectId("www"), productionStatus="running", productionPort=3001, observedGeneration=3,
+        productionUrl="http://localhost:3001", productionHash="a1b2c3d4",
+    )  # fmt: skip
+    response = client.post("/api/projects/www/stop-production", json={})
+    assert response.json == {
+        "status": "stopped", "url": None, "port": None, "error": None, "startedAt": None,
+        "activeJob": {"type": "production.stop", "state": "queued"}, "hash": "a1b2c3d4",
+    }  # fmt: skip
+    assert (config.desired_dir / "www.yaml").read_text() == SITE
+    db(app).update_project(
+        ProjectId("www"), productionStatus="stopped", productionPort=None, productionUrl=None
+    )
+    again = client.post("/api/projects/www/stop-production")
+    assert again.json["activeJob"] is None and again.json["hash"] == "a1b2c3d4"  # type: ignore[index]
+
+
+def test_history_newest_first(
+    client: FlaskClient, app: Flask, config: Config, tmp_path: Path
+) -> None:
+    assert client.get("/api/projects/www/production-history").json == {"versions": []}
+    old = stage(config, "old", tmp_path)
+    time.sleep(0.002)
+    new = stage(config, "new", tmp_path)
+    db(app).update_project(ProjectId("www"), productionStatus="running", productionHash=new)
+    versions = client.get("/api/projects/www/production-history").json["versions"]  # type: ignore[index]
+    assert [(v["hash"], v["isActive"]) for v in versions] == [(new, True), (old, False)]
+    assert all(
+        list(v) == ["hash", "isActive", "createdAt"] and v["createdAt"].endswith("Z")
+        for v in versions
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        (b"", "application/json", 400, "a JSON body is required"),
+        (b"{bad", "application/json", 400, "not valid JSON"),
+        (b'{"toHash": "XYZ"}', "application/json", 400, "toHash"),
+        (b'{"toHash": 12345678}', "application/json", 400, "toHash"),
+        (b'{"toHash": "a1b2c3d4", "x": 1}', "application/json", 400, "toHash"),
+        (b'["a1b2c3d4"]', "application/json", 400, "toHash"),
+        (b"toHash=a1b2c3d4", "application/x-www-form-urlencoded", 415, "application/json"),
+        (b'{"toHash": "a1b2c3d4"}', "application/json", 404, "version a1b2c3d4 not found"),
+    ],
+)
+def test_rollback_bad_requests(
+    client: FlaskClient, body: bytes, content_type: str, status: int, message: str
+) -> None:
+    response = client.post(
+        "/api/projects/www/rollback-production", data=body, content_type=content_type
+    )
+    assert response.status_code == status
+    assert message in response.json["error"]  # type: ignore[index]
+
+
+def test_rollback_to_the_active_version_is_400(
+    client: FlaskClient, app: Flask, config: Config, tmp_path: Path
+) -> None:
+    active = stage(config, "a", tmp_path)
+    db(app).update_project(ProjectId("www"), productionStatus="running", productionHash=active)
+    response = client.post("/api/projects/www/rollback-production", json={"toHash": active})
+    assert response.status_code == 400 and "already active" in response.json["error"]  # type: ignore[index]
+
+
+def test_rollback_without_a_daemon_pins_then_reports_500(
+    client: FlaskClient, config: Config, tmp_path: Path
+) -> None:
+    target = stage(config, "b", tmp_path)
+    started = time.monotonic()
+    response = client.post("/api/projects/www/rollback-production", json={"toHash": target})
+    assert time.monotonic() - started < 5
+    assert response.status_code == 500
+    assert response.json["success"] is False and "did not converge" in response.json["error"]  # type: ignore[index]
+    text = (config.desired_dir / "www.yaml").read_text()
+    assert (
+        f"version: {target}" in text and "state: running" in text and "# the marketing site" in text
+    )
+
+
+def test_comments_survive_deploy_stop_and_rollback(
+    client: FlaskClient, config: Config, tmp_path: Path
+) -> None:
+    target = stage(config, "c", tmp_path)
+    client.post("/api/projects/www/deploy")
+    client.post("/api/projects/www/stop-production")
+    client.post("/api/projects/www/rollback-production", json={"toHash": target})
+    text = (config.desired_dir / "www.yaml").read_text()
+    for comment in ("# the marketing site", "# relative to this file", "# flipped by the API"):
+        assert comment in text
+    assert text.splitlines()[3:] == [
+        "production:",
+        "  state: running   # flipped by the API",
+        f"  version: {target}",
+        "  generation: 4",
+        "",
+        "health:",
+        "  timeout: 1",
+    ]
+
+
+def events(response: Any) -> list[tuple[str | None, str | None, dict[str, Any] | None]]:
+    found = []
+    for block in response.get_data(as_text=True).split("\n\n"):
+        fields = dict(
+            line.split(": ", 1)
+            for line in block.splitlines()
+            if ": " in line and not line.startswith(":")
+        )
+        if "event" in fields:
+            found.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
+    return found
+
+
+def test_stream_with_nothing_in_progress_sends_state_then_end(
+    client: FlaskClient, app: Flask
+) -> None:
+    response = client.get("/api/projects/www/production-stream")
+    assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    body = response.get_data(as_text=True)
+    assert body.startswith("retry: 3000\n\n")
+    assert [e[1] for e in events(response)] == ["production.stopped", "stream.end"]
+    db(app).update_project(
+        ProjectId("www"),
+        productionStatus="running",
+        productionUrl="http://localhost:3001",
+        productionPort=3001,
+        observedGeneration=3,
+    )
+    (app.extensions["reconciler"].desired.directory / "www.yaml").write_text(
+        SITE.replace("state: stopped", "state: running")
+    )
+    got = events(client.get("/api/projects/www/production-stream"))
+    assert got[0][1:] == (
+        "production.ready",
+        {"status": "running", "url": "http://localhost:3001", "port": 3001, "hash": None},
+    )
+
+
+def test_stream_replays_the_deployment_and_resumes_by_last_event_id(
+    client: FlaskClient, app: Flask
+) -> None:
+    store = db(app)
+    dep = store.start_deployment("www", "deploy", generation=4)
+    ids = [
+        store.append_event("www", "production.building", {"message": f"line {i}"}, deployment=dep)
+        for i in range(3)
+    ]
+
+    def finish() -> None:
+        time.sleep(0.3)
+        ids.append(
+            store.append_event(
+                "www", "production.starting", {"message": "Starting"}, deployment=dep
+            )
+        )
+        ids.append(
+            store.append_event("www", "production.ready", {"status": "running"}, deployment=dep)
+        )
+
+    threading.Thread(target=finish).start()
+    got = events(client.get("/api/projects/www/production-stream"))
+    assert [e[1] for e in got] == ["production.building"] * 3 + [
+        "production.starting",
+        "production.ready",
+        "stream.end",
+    ]
+    assert [int(e[0]) for e in got[:-1]] == ids  # type: ignore[arg-type]
+    resumed = events(
+        client.get("/api/projects/www/production-stream", headers={"Last-Event-ID": str(ids[1])})
+    )
+    assert [int(e[0]) for e in resumed[:-1]] == ids[2:]  # type: ignore[arg-type]
+    assert (
+        client.get(
+            "/api/projects/www/production-stream", headers={"Last-Event-ID": "x"}
+        ).status_code
+        == 400
+    )
+
+
+def test_stream_cap_then_503_and_status_still_fast(config: Config) -> None:
+    config = Config(**{**config.__dict__, "listen_port": free_port(), "stream_cap": 3})
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    app = create_app(config)
+    svc: Services = app.extensions["reconciler"]
+    svc.db.start_deployment("www", "deploy", generation=3)  # in progress: streams stay open
+    server = ApiServer(app, config)
+    server.start()
+    base = f"http://127.0.0.1:{server.port}/api/projects/www"
+    clients = [httpx.Client(timeout=10) for _ in range(4)]
+    streams = []
+    try:
+        for c in clients[:3]:
+            stream = c.stream("GET", f"{base}/production-stream")
+            response = stream.__enter__()
+            assert response.status_code == 200
+            next(response.iter_lines())  # headers and the first line arrive at once
+            streams.append(stream)
+        extra = httpx.get(f"{base}/production-stream", timeout=5)
+        assert extra.status_code == 503 and extra.headers["Retry-After"] == "5"
+        started = time.monotonic()
+        assert httpx.get(f"{base}/production", timeout=5).status_code == 200
+        assert time.monotonic() - started < 0.5
+    finally:
+        for stream in streams:
+            stream.__exit__(None, None, None)
+        for c in clients:
+            c.close()
+        server.stop()
+        svc.db.close()
+
+
+HOSTILE = [
+    "..%2fetc",
+    "%2e%2e",
+    "..",
+    "WWW",
+    "a" * 300,
+    "www;rm",
+    "www%00",
+    "%00",
+    "w w",
+    "%2e%2e%2f%2e%2e",
+]
+ROUTES = [
+    ("GET", "/api/projects/{}/production"),
+    ("POST", "/api/projects/{}/deploy"),
+    ("POST", "/api/projects/{}/stop-production"),
+    ("GET", "/api/projects/{}/production-history"),
+    ("POST", "/api/projects/{}/rollback-production"),
+    ("GET", "/api/projects/{}/production-stream"),
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE)
+@pytest.mark.parametrize(("method", "route"), ROUTES)
+def test_hostile_ids(
+    client: FlaskClient, app: Flask, config: Config, method: str, route: str, raw: str
+) -> None:
+    before = sorted(p.name for p in config.desired_dir.iterdir())
+    response = client.open(route.format(raw), method=method, json={"toHash": "a1b2c3d4"})
+    assert response.status_code in (400, 404)
+    assert "error" in response.json  # type: ignore[operator]
+    assert sorted(p.name for p in config.desired_dir.iterdir() if p.name != ".locks") == [
+        n for n in before if n != ".locks"
+    ]
+    assert [r.id for r in db(app).projects()] == []
+
+
+def test_unknown_project_404(client: FlaskClient) -> None:
+    response = client.get("/api/projects/nope/production")
+    assert response.status_code == 404 and response.json == {
+        "error": "project 'nope' not found: there is no desired file for it"
+    }
+
+
+def test_405_413_415(client: FlaskClient) -> None:
+    assert client.delete("/api/projects/www/production").status_code == 405
+    assert client.get("/api/projects/www/deploy").json == {
+        "error": "method GET is not allowed here"
+    }
+    big = client.post(
+        "/api/projects/www/deploy", data=b"{" + b" " * 20000 + b"}", content_type="application/json"
+    )
+    assert big.status_code == 413 and "larger than" in big.json["error"]  # type: ignore[index]
+    assert (
+        client.post("/api/projects/www/deploy", data=b"x", content_type="text/plain").status_code
+        == 415
+    )
+
+
+def test_invalid_desired_file_blocks_edits_with_409(client: FlaskClient, config: Config) -> None:
+    (config.desired_dir / "www.yaml").write_text(SITE + "bogus: 1\n")
+    response = client.post("/api/projects/www/deploy")
+    assert response.status_code == 409 and "unknown key 'bogus'" in response.json["error"]  # type: ignore[index]
+    assert (config.desired_dir / "www.yaml").read_text().endswith("bogus: 1\n")
+
+
+def test_500_logs_a_request_id_and_leaks_nothing(
+    client: FlaskClient, app: Flask, config: Config
+) -> None:
+    db(app).close()
+    (config.data_dir / "state.db").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (config.data_dir / f"state.db{suffix}").unlink(missing_ok=True)
+    response = client.get("/api/projects/www/production")
+    assert response.status_code == 500
+    assert response.json["error"].startswith("internal error (request id ")  # type: ignore[index]
+    assert str(config.data_dir) not in response.get_data(as_text=True)
+
+
+def test_auth(config: Config) -> None:
+    app = create_app(config, token="s3cret")
+    client = app.test_client()
+    assert client.get("/api/projects/www/production").status_code == 200
+    missing = client.post("/api/projects/www/deploy")
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    assert (
+        client.post(
+            "/api/projects/www/deploy", headers={"Authorization": "Bearer nope"}
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            "/api/projects/www/deploy", headers={"Authorization": "Basic s3cret"}
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            "/api/projects/www/deploy", headers={"Authorization": "Bearer s3cret"}
+        ).status_code
+        == 200
+    )
+    app.extensions["reconciler"].db.close()
+
+
+def test_refuses_public_listen_without_token(config: Config) -> None:
+    public = Config(**{**config.__dict__, "listen_host": "0.0.0.0"})
+    with pytest.raises(TokenError, match="RECONCILER_API_TOKEN or --api-token-file"):
+        check_exposure(public, None)
+    check_exposure(public, "token")
+    check_exposure(config, None)
+
+
+def test_projects_list_includes_invalid_files(client: FlaskClient, config: Config) -> None:
+    (config.desired_dir / "broken.yaml").write_text("source: x\nkeep: zero\n")
+    (config.desired_dir / "Bad Name.yaml").write_text("source: x\n")
+    projects = client.get("/api/projects").json["projects"]  # type: ignore[index]
+    by_file = {p["file"]: p for p in projects}
+    assert by_file["www.yaml"]["valid"] and by_file["www.yaml"]["production"]["status"] == "stopped"
+    assert (
+        by_file["broken.yaml"]["error"] == "broken.yaml:2:7: keep: Input should be a valid integer"
+    )
+    assert (
+        by_file["Bad Name.yaml"]["id"] is None
+        and "invalid project id" in by_file["Bad Name.yaml"]["error"]
+    )
+
+
+def test_healthz_and_openapi(client: FlaskClient) -> None:
+    assert client.get("/healthz").json == {"status": "ok", "database": True}
+    doc = client.get("/openapi.json").json
+    assert doc["openapi"] == "3.1.0"  # type: ignore[index]
+    assert set(doc["paths"]) == {  # type: ignore[index]
+        "/healthz", "/api/projects", "/api/projects/{id}/production", "/api/projects/{id}/deploy",
+        "/api/projects/{id}/stop-production", "/api/projects/{id}/production-history",
+        "/api/projects/{id}/rollback-production", "/api/projects/{id}/production-stream",
+    }  # fmt: skip
+    schemas = doc["components"]["schemas"]  # type: ignore[index]
+    assert {
+        "ProductionStatus",
+        "ActiveJob",
+        "History",
+        "Version",
+        "RollbackRequest",
+        "RollbackResult",
+    } <= set(schemas)
+    assert set(schemas["ProductionStatus"]["required"]) >= {
+        "status",
+        "url",
+        "port",
+        "error",
+        "startedAt",
+        "activeJob",
+    }
+
+
+def test_api_never_imports_a_runtime() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, reconciler.api, reconciler.api.server; print([m for m in sys.modules if m.startswith('reconciler.runtimes') or m == 'docker'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ}
+    )
+    assert out.stdout.strip() == "[]"
