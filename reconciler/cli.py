@@ -161,7 +161,7 @@ def _prepare(args: argparse.Namespace, *, api: bool) -> tuple[Config, str | None
 
 
 def _start_api(config: Config, token: str | None) -> ApiServer:
-    from reconciler.api import create_app
+    from reconciler.api.app import create_app
     from reconciler.api.server import ApiServer
 
     server = ApiServer(create_app(config, token=token), config)

@@ -15,10 +15,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from reconciler.api import create_app
-from reconciler.api.app import Services
+from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer, TokenError, check_exposure
 from reconciler.config import Config
+from reconciler.operations import Operations as Services
 from reconciler.releases import ReleaseStore
 from reconciler.spec import ProjectId
 from reconciler.state import StateDB
