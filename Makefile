@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format check run clean
+.PHONY: help install test lint format check run install-systemd clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ check: lint test ## lint, then test
 
 run: $(STAMP) ## quickstart: the daemon on ./desired and ./data (process runtime, no Docker)
 	$(BIN)/reconciler run --desired ./desired --data ./data
+
+install-systemd: ## (root) system user, dirs, /opt/reconciler venv, units, polkit rule
+	systemd/install.sh
 
 clean: ## remove the venv and caches (keeps ./data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -114,6 +114,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=int(env("STREAM_CAP", "64") or 64),
         help="most event streams open at once",
     )
+    parser.add_argument(
+        "--systemd-run",
+        action="store_true",
+        default=env("SYSTEMD_RUN", "") in ("1", "true", "yes"),
+        help="start process-runtime sites as transient systemd units (outlive daemon restarts)",
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
@@ -131,6 +137,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         resync_interval=args.resync_interval,
         watch=not args.no_watch,
         stream_cap=max(1, args.stream_cap),
+        systemd_run=args.systemd_run,
     )
 
 
@@ -196,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"reconciler: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        return daemon.run()
+        return daemon.run(listening=server.alive)
     finally:
         server.stop()
 
@@ -215,10 +222,16 @@ def cmd_api(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"reconciler: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
         return 1
+    from reconciler.sdnotify import Notifier
+
+    notifier = Notifier()
+    notifier.notify("READY=1", f"STATUS=API listening on {config.listen_host}:{server.port}")
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop.wait(min(1.0, notifier.watchdog_interval or 1.0)):
+            if notifier.watchdog_interval is not None and server.alive():
+                notifier.notify("WATCHDOG=1")
     finally:
+        notifier.notify("STOPPING=1")
         server.stop()
     return 0
 

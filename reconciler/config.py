@@ -30,6 +30,7 @@ class Config:
     watch: bool = True
     api_token: str | None = None
     stream_cap: int = 64
+    systemd_run: bool = False
 
     @property
     def state_db(self) -> Path:

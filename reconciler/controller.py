@@ -189,8 +189,10 @@ class Controller:
         self._repairs: dict[str, collections.deque[float]] = {}
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self.last_progress = clock()
         self.reconciles = 0
+        self.seen: set[str] = set()
+        self._busy: dict[str, tuple[float, float]] = {}  # key -> (started, budget)
+        self._busy_lock = threading.Lock()
 
     # -- runtimes --------------------------------------------------------------------------
 
@@ -242,20 +244,36 @@ class Controller:
     def _work(self) -> None:
         while not self._stopping.is_set():
             key = self.queue.get(timeout=0.5)
-            self.last_progress = self.clock()
             if key is None:
                 continue
+            with self._busy_lock:
+                self._busy[key] = (self.clock(), self._budget(key))
             try:
                 delay = self.reconcile(ProjectId(key))
             except Exception:
                 logger.exception("%s: reconcile crashed", key)
                 delay = self._backoff(key)
             finally:
+                with self._busy_lock:
+                    self._busy.pop(key, None)
                 self.queue.done(key)
-                self.last_progress = self.clock()
+                self.seen.add(key)
                 self.reconciles += 1
             if delay is not None and not self._stopping.is_set():
                 self.queue.add(key, delay)
+
+    def _budget(self, key: str) -> float:
+        """The longest one reconcile of ``key`` may take: its timeouts plus a margin."""
+        spec = self.desired.last_good(ProjectId(key))
+        if spec is None:
+            return 3600.0
+        return spec.build.timeout + spec.health.timeout + 120.0
+
+    def hung(self) -> list[str]:
+        """Keys whose reconcile outlived every timeout it could be waiting on."""
+        now = self.clock()
+        with self._busy_lock:
+            return [k for k, (start, budget) in self._busy.items() if now - start > budget]
 
     def _backoff(self, key: str) -> float:
         count = self._failures.get(key, 0) + 1

@@ -3,13 +3,22 @@
 Signal handlers only set a flag; ``Daemon.run`` notices it and shuts down in one place:
 in-flight pipelines are cancelled, workers joined (within 10 s), and deployed instances are
 left running.
+
+Under systemd (``Type=notify``) the main loop speaks the notify protocol: ``READY=1`` once the
+API listens (``reconciler run``) and every project known at startup has been reconciled once;
+``WATCHDOG=1`` only while the loop makes progress (a pulse job that takes a database write
+lock ran recently, and no reconcile outlived every timeout it could be waiting on), so a hung
+loop stops the pings and systemd restarts the daemon; ``STATUS=`` with a one-line summary;
+``STOPPING=1`` on shutdown.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +30,7 @@ from reconciler.desired import DesiredStore
 from reconciler.ports import PortAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Runtime
+from reconciler.sdnotify import Notifier
 from reconciler.state import StateDB
 from reconciler.watch import DesiredWatcher
 
@@ -30,9 +40,14 @@ logger = logging.getLogger(__name__)
 def make_runtime_factory(config: Config, releases: ReleaseStore) -> Callable[[str], Runtime]:
     def factory(name: str) -> Runtime:
         if name == "process":
-            from reconciler.runtimes.process import ProcessRuntime
+            from reconciler.runtimes.process import ProcessRuntime, spawn_detached
 
-            return ProcessRuntime(releases, bind_host=config.bind_host)
+            launcher = spawn_detached
+            if config.systemd_run:
+                from reconciler.runtimes.systemd import spawn_transient_unit
+
+                launcher = spawn_transient_unit
+            return ProcessRuntime(releases, bind_host=config.bind_host, launcher=launcher)
         if name == "docker":
             from reconciler.runtimes.docker import DockerRuntime
 
@@ -64,6 +79,10 @@ class Daemon:
         self.ready = threading.Event()
         self._docker_stop = threading.Event()
         self.resyncs = 0
+        self.pulse_interval = 2.0
+        self.last_pulse = time.monotonic()
+        self._initial: set[str] = set()
+        self.notifier = Notifier()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -75,6 +94,7 @@ class Daemon:
         if interrupted:
             logger.info("closed %d job(s) interrupted by a restart", interrupted)
         self.controller.adopt()
+        self._initial = self.controller.known_projects()
         self.controller.start()
         if self.config.watch:
             self.watcher = DesiredWatcher(
@@ -102,6 +122,14 @@ class Daemon:
             seconds=self.config.health_interval,
             id="health",
             misfire_grace_time=max(1, int(self.config.health_interval)),
+            **common,
+        )
+        self.scheduler.add_job(
+            self.pulse,
+            "interval",
+            seconds=self.pulse_interval,
+            id="pulse",
+            misfire_grace_time=1,
             **common,
         )
         self.scheduler.add_job(
@@ -143,6 +171,30 @@ class Daemon:
 
             runtime.watch(notify, self._docker_stop)
 
+    def pulse(self) -> None:
+        """Proof of progress for the watchdog: the database takes a write lock, quickly."""
+        with self.db.write():
+            pass
+        self.last_pulse = time.monotonic()
+
+    def healthy(self) -> bool:
+        fresh = time.monotonic() - self.last_pulse < max(10.0, 3 * self.pulse_interval)
+        return fresh and not self.controller.hung()
+
+    def first_pass_done(self) -> bool:
+        return self._initial <= self.controller.seen
+
+    def status_line(self) -> str:
+        counts: dict[str, int] = {}
+        for row in self.db.projects():
+            counts[row.productionStatus] = counts.get(row.productionStatus, 0) + 1
+        busy = counts.get("queued", 0) + counts.get("building", 0)
+        line = (
+            f"{counts.get('running', 0)} running, {counts.get('failed', 0)} failed, "
+            f"{busy} deploying, {counts.get('error', 0)} repairing"
+        )
+        return line if self.healthy() else line + "; reconcile loop not making progress"
+
     def resync(self) -> None:
         self.resyncs += 1
         self.controller.resync()
@@ -165,14 +217,27 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
 
-    def run(self, *, tick: Callable[[], None] | None = None) -> int:
-        """Start, wait for a stop request, shut down. Returns the exit code."""
+    def run(self, *, listening: Callable[[], bool] = lambda: True) -> int:
+        """Start, speak to systemd, wait for a stop request, shut down. Returns the exit code."""
         self.start()
+        notify = self.notifier
+        step = min(1.0, notify.watchdog_interval or 1.0)
+        ready_sent = False
+        last_status = 0.0
         try:
-            while not self.stop_requested.wait(1.0):
-                if tick is not None:
-                    tick()
+            while not self.stop_requested.wait(step):
+                if not ready_sent and listening() and self.first_pass_done():
+                    notify.notify("READY=1", f"STATUS={self.status_line()}")
+                    ready_sent = True
+                    logger.info("ready")
+                if notify.watchdog_interval is not None and self.healthy():
+                    notify.notify("WATCHDOG=1")
+                if notify.enabled and time.monotonic() - last_status >= 5:
+                    with contextlib.suppress(Exception):
+                        notify.notify(f"STATUS={self.status_line()}")
+                    last_status = time.monotonic()
         finally:
+            notify.notify("STOPPING=1")
             self.shutdown()
         return 0
 

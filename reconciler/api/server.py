@@ -76,6 +76,9 @@ class ApiServer:
     def port(self) -> int:
         return int(self.server.effective_port)
 
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
     def start(self) -> None:
         self.thread = threading.Thread(target=self.server.run, name="api-server", daemon=True)
         self.thread.start()

@@ -39,6 +39,14 @@ logger = logging.getLogger(__name__)
 
 INSTANCE_FILE = "instance.json"
 KILL_GRACE = 0.5
+# The daemon's own settings and systemd's protocol variables never reach builds or sites.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+               "LISTEN_FDNAMES", "INVOCATION_ID", "RECONCILER_")  # fmt: skip
+
+
+def base_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
+
 
 Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str], int]
 
@@ -84,7 +92,7 @@ def _output_dir(spec: ProjectSpec) -> str:
 
 
 def spawn_detached(
-    argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path, _unit: str
+    argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path, unit: str
 ) -> int:
     """Start a process in its own session with output appended to ``log_path``."""
     with open(log_path, "ab") as log:
@@ -185,7 +193,7 @@ class ProcessRuntime:
 
     def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
         spec = request.spec
-        env = {**os.environ, **spec.env}
+        env = {**base_environ(), **spec.env}
         proc = subprocess.Popen(
             ["/bin/sh", "-c", spec.build.command or "true"],
             cwd=request.source,
@@ -259,13 +267,13 @@ class ProcessRuntime:
 
     def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
         release.logs.mkdir(exist_ok=True)
-        env = {**os.environ, **spec.env, "PORT": str(port), "HOST": self.bind_host}
+        env = {**base_environ(), **spec.env, "PORT": str(port), "HOST": self.bind_host}
         if spec.start.command is None:
             package_root = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
             )
-        unit = f"reconciler-{release.project_id}-{release.hash}"
+        unit = f"reconciler-site-{release.project_id}-{release.hash}"
         log = release.logs / "app.log"
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"--- {utcnow()} starting {release.hash} on port {port}\n")
