@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon and the HTTP API in one process")
     add_server_options(run)
     run.set_defaults(func=cmd_run)
+    from reconciler import commands
+
+    commands.register(sub)
     return parser
 
 

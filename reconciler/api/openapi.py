@@ -124,6 +124,24 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/api/projects/{id}/production-logs": {
+            "get": {
+                "summary": "Build or app log of the current release (tail, or from an offset)",
+                "parameters": [
+                    pid,
+                    {"name": "log", "in": "query", "schema": {"enum": ["build", "app"]}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "{log, hash, offset, text}; pass offset back to follow",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(400, 404),
+                },
+            }
+        },
         "/api/projects/{id}/production-stream": {
             "get": {
                 "summary": "Server-Sent Events of the current deployment",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import PYTHON, REPO, free_port
-from tests.integration.harness import Env, environment, get, make_site, wait_for
+from tests.integration.harness import Env, get, make_site, wait_for
 
 Event = tuple[int, str, dict[str, Any]]
 
@@ -42,25 +40,6 @@ def stream(
     ) as response:
         assert response.status_code == 200
         return list(read_events(response, limit))
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[Env, str]]:
-    with environment(tmp_path) as env:
-        env.desired.mkdir(parents=True)
-        port = free_port()
-        args = [
-            PYTHON, "-m", "reconciler", "run", "--listen", f"127.0.0.1:{port}",
-            "--desired", str(env.desired), "--data", str(env.data),
-            "--port-range", f"{env.first_port}-{env.first_port + 199}",
-        ]  # fmt: skip
-        log = open(tmp_path / "run.log", "ab")  # noqa: SIM115
-        env.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 20, "API up")
-        yield env, base
-        env.terminate()
 
 
 def desired(site: Path, build: str | None = None) -> str:

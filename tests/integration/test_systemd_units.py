@@ -60,7 +60,7 @@ def test_unit_exposure_is_low(tmp_path: Path, unit: str) -> None:
         text=True,
         timeout=60,
     )
-    line = [ln for ln in result.stdout.splitlines() if "Overall exposure level" in ln][0]
+    line = next(ln for ln in result.stdout.splitlines() if "Overall exposure level" in ln)
     score = float(line.split(":")[1].split()[0])
     print(f"{unit}: {line.strip()}")
     assert score <= 3.0, line

@@ -1,0 +1,296 @@
+"""The operator's CLI: status, deploy, stop, history, rollback, logs.
+
+Exit codes: 0 ok; 1 the operation failed (a failed deploy or rollback, an unknown project, an
+unreachable API, a project whose status is ``failed``); 2 usage (bad arguments or ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from reconciler.client import Client, LocalClient, RemoteClient
+from reconciler.config import env
+from reconciler.operations import Event, OperationError
+
+OK, FAILED, USAGE = 0, 1, 2
+STEP = {
+    "production.building": "build",
+    "production.starting": "start",
+    "production.ready": "ready",
+    "production.error": "error",
+    "production.stopping": "stop",
+    "production.stopped": "stopped",
+    "production.cancelled": "cancel",
+}
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--desired", default=env("DESIRED", "desired"), help="desired-state dir (local)"
+    )
+    parser.add_argument("--data", default=env("DATA", "data"), help="data dir (local)")
+    parser.add_argument("--api", default=env("API"), metavar="URL", help="talk to this API instead")
+    parser.add_argument(
+        "--token-file", default=env("API_TOKEN_FILE"), help="bearer token file (--api)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def register(sub: Any) -> None:
+    status = sub.add_parser("status", help="production status of one project or all")
+    status.add_argument("project", nargs="?")
+    add_client_options(status)
+    status.set_defaults(func=run_command(cmd_status))
+
+    deploy = sub.add_parser("deploy", help="build and deploy the latest source")
+    deploy.add_argument("project")
+    deploy.add_argument("--follow", "-f", action="store_true", help="show live progress")
+    add_client_options(deploy)
+    deploy.set_defaults(func=run_command(cmd_deploy))
+
+    stop = sub.add_parser("stop", help="stop a project's production instance")
+    stop.add_argument("project")
+    stop.add_argument("--follow", "-f", action="store_true", help="wait until it is stopped")
+    add_client_options(stop)
+    stop.set_defaults(func=run_command(cmd_stop))
+
+    history = sub.add_parser("history", help="kept versions, newest first")
+    history.add_argument("project")
+    add_client_options(history)
+    history.set_defaults(func=run_command(cmd_history))
+
+    rollback = sub.add_parser("rollback", help="run a kept version (and wait until it serves)")
+    rollback.add_argument("project")
+    rollback.add_argument("hash", metavar="HASH")
+    add_client_options(rollback)
+    rollback.set_defaults(func=run_command(cmd_rollback))
+
+    logs = sub.add_parser("logs", help="build and app logs of the current release")
+    logs.add_argument("project")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing the app log")
+    logs.add_argument("--lines", "-n", type=int, default=50, help="lines of each log (default 50)")
+    logs.add_argument("--log", choices=("build", "app", "both"), default="both")
+    add_client_options(logs)
+    logs.set_defaults(func=run_command(cmd_logs))
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    if args.api:
+        token = os.environ.get("RECONCILER_API_TOKEN")
+        if args.token_file:
+            token = Path(args.token_file).read_text().strip()
+        return RemoteClient(args.api, token=token)
+    return LocalClient(Path(args.desired).absolute(), Path(args.data).absolute())
+
+
+def run_command(
+    command: Callable[[Client, argparse.Namespace, TextIO], int],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        out = sys.stdout
+        try:
+            client = make_client(args)
+        except (OperationError, OSError) as exc:
+            print(f"reconciler: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return FAILED
+        try:
+            return command(client, args, out)
+        except OperationError as exc:
+            if args.json:
+                print(json.dumps({"error": exc.message, "status": exc.status}), file=out)
+            else:
+                print(f"reconciler: {exc.message}", file=sys.stderr)
+            return USAGE if exc.status == 400 else FAILED
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            client.close()
+
+    return run
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(value, indent=2), file=out)
+
+
+def _status_lines(project: str, status: dict[str, Any]) -> list[str]:
+    line = f"{project}  {status['status']}"
+    if status.get("hash"):
+        line += f"  {status['hash']}"
+    if status.get("url"):
+        line += f"  {status['url']}"
+    if status.get("startedAt"):
+        line += f"  since {status['startedAt']}"
+    lines = [line]
+    job = status.get("activeJob")
+    if job:
+        lines.append(f"  job: {job['type']} ({job['state']})")
+    if status.get("error"):
+        first, *rest = str(status["error"]).splitlines()
+        lines.append(f"  error: {first}")
+        lines.extend(f"    {extra}" for extra in rest[-10:])
+    return lines
+
+
+def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    if args.project:
+        status = client.status(args.project)
+        if args.json:
+            _print_json(status, out)
+        else:
+            print("\n".join(_status_lines(args.project, status)), file=out)
+        return FAILED if status["status"] == "failed" else OK
+    listing = client.projects()
+    if args.json:
+        _print_json(listing, out)
+        return OK
+    if not listing["projects"]:
+        print("no desired files", file=out)
+    for item in listing["projects"]:
+        if item["production"] is not None:
+            print("\n".join(_status_lines(item["id"], item["production"])), file=out)
+        if item["error"]:
+            print(f"  invalid: {item['error']}", file=out)
+    return OK
+
+
+def cmd_deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    status = client.deploy(args.project)
+    if not args.follow:
+        if args.json:
+            _print_json(status, out)
+        else:
+            print("\n".join(_status_lines(args.project, status)), file=out)
+        return OK
+    return _follow(client, args, out)
+
+
+def cmd_stop(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    status = client.stop(args.project)
+    if not args.follow:
+        if args.json:
+            _print_json(status, out)
+        else:
+            print("\n".join(_status_lines(args.project, status)), file=out)
+        return OK
+    return _follow(client, args, out)
+
+
+def _follow(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """Print the deployment's progress; end with the URL (0) or the error (1)."""
+    started = time.monotonic()
+    result = FAILED
+    for event in client.follow(args.project):
+        elapsed = time.monotonic() - started
+        if event is None:
+            if not args.json:
+                print(
+                    f"[{elapsed:6.1f}s] ...    still waiting (is `reconciler daemon` running?)",
+                    file=out,
+                )
+            continue
+        if args.json:
+            print(
+                json.dumps({"id": event.id, "event": event.type, "data": event.data}),
+                file=out,
+                flush=True,
+            )
+        else:
+            _render(event, elapsed, out)
+        if event.type == "production.ready":
+            result = OK
+            if not args.json:
+                print(f"Deployed {event.data.get('hash')}: {event.data.get('url')}", file=out)
+        elif event.type == "production.stopped":
+            result = OK
+            if not args.json:
+                print(f"Stopped {args.project}", file=out)
+        elif event.type == "production.error":
+            result = FAILED
+            if not args.json:
+                print(f"Failed: {event.data.get('error')}", file=out)
+        if event.type == "stream.end":
+            break
+        out.flush()
+    return result
+
+
+def _render(event: Event, elapsed: float, out: TextIO) -> None:
+    if event.type == "stream.end":
+        return
+    step = STEP.get(event.type, event.type.removeprefix("production."))
+    data = event.data
+    if event.type == "production.ready":
+        text = f"running {data.get('hash')} at {data.get('url')}"
+    elif event.type == "production.error":
+        text = str(data.get("error", "")).splitlines()[0] if data.get("error") else "failed"
+    else:
+        text = str(data.get("message") or data.get("status") or data)
+    print(f"[{elapsed:6.1f}s] {step:<7} {text}", file=out)
+
+
+def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    history = client.history(args.project)
+    if args.json:
+        _print_json(history, out)
+        return OK
+    if not history["versions"]:
+        print(f"{args.project}: no kept versions", file=out)
+    for version in history["versions"]:
+        mark = "*" if version["isActive"] else " "
+        active = "  (active)" if version["isActive"] else ""
+        print(f"{mark} {version['hash']}  {version['createdAt']}{active}", file=out)
+    return OK
+
+
+def cmd_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    result = client.rollback(args.project, args.hash)
+    if args.json:
+        _print_json(result, out)
+    elif result.get("success"):
+        print(result.get("message"), file=out)
+    else:
+        print(f"Rollback failed: {result.get('error')}", file=out)
+    return OK if result.get("success") else FAILED
+
+
+def cmd_logs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    names = ["build", "app"] if args.log == "both" else [args.log]
+    offsets: dict[str, int] = {}
+    for name in names:
+        chunk = client.log(args.project, name, offset=None, tail=max(0, args.lines))
+        offsets[name] = int(chunk["offset"])
+        if args.json:
+            print(json.dumps(chunk), file=out)
+            continue
+        if len(names) > 1:
+            print(f"==> {name}.log ({chunk['hash'] or 'no current release'}) <==", file=out)
+        if chunk["text"]:
+            out.write(chunk["text"] if chunk["text"].endswith("\n") else chunk["text"] + "\n")
+    if not args.follow:
+        return OK
+    follow_name = "app" if "app" in names else names[0]
+    offset = offsets[follow_name]
+    version = client.log(args.project, follow_name, offset=offset, tail=0)["hash"]
+    while True:
+        out.flush()
+        time.sleep(0.5)
+        chunk = client.log(args.project, follow_name, offset=offset, tail=0)
+        if chunk["hash"] != version or int(chunk["offset"]) < offset:
+            version, offset = chunk["hash"], 0  # a new release: read its log from the start
+            if not args.json:
+                print(f"==> {follow_name}.log ({version}) <==", file=out)
+            continue
+        offset = int(chunk["offset"])
+        if chunk["text"]:
+            if args.json:
+                print(json.dumps(chunk), file=out)
+            else:
+                out.write(chunk["text"])
