@@ -167,11 +167,16 @@ def _prepare(args: argparse.Namespace, *, api: bool) -> tuple[Config, str | None
     return config, token
 
 
-def _start_api(config: Config, token: str | None) -> ApiServer:
+def _start_api(config: Config, token: str | None) -> ApiServer | None:
     from reconciler.api.app import create_app
     from reconciler.api.server import ApiServer
 
-    server = ApiServer(create_app(config, token=token), config)
+    try:
+        server = ApiServer(create_app(config, token=token), config)
+    except OSError as exc:
+        where = f"{config.listen_host}:{config.listen_port}"
+        print(f"reconciler: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
+        return None
     server.start()
     return server
 
@@ -197,10 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, token = prepared
     daemon = Daemon(config)
     daemon.install_signal_handlers()
-    try:
-        server = _start_api(config, token)
-    except OSError as exc:
-        print(f"reconciler: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+    server = _start_api(config, token)
+    if server is None:
         return 1
     try:
         return daemon.run(listening=server.alive)
@@ -217,10 +220,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        server = _start_api(config, token)
-    except OSError as exc:
-        print(f"reconciler: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+    server = _start_api(config, token)
+    if server is None:
         return 1
     from reconciler.sdnotify import Notifier
 

@@ -162,25 +162,23 @@ def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    status = client.deploy(args.project)
-    if not args.follow:
-        if args.json:
-            _print_json(status, out)
-        else:
-            print("\n".join(_status_lines(args.project, status)), file=out)
-        return OK
-    return _follow(client, args, out)
+    return _write_then_follow(client.deploy(args.project), client, args, out)
 
 
 def cmd_stop(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    status = client.stop(args.project)
-    if not args.follow:
-        if args.json:
-            _print_json(status, out)
-        else:
-            print("\n".join(_status_lines(args.project, status)), file=out)
-        return OK
-    return _follow(client, args, out)
+    return _write_then_follow(client.stop(args.project), client, args, out)
+
+
+def _write_then_follow(
+    status: dict[str, Any], client: Client, args: argparse.Namespace, out: TextIO
+) -> int:
+    if args.follow:
+        return _follow(client, args, out)
+    if args.json:
+        _print_json(status, out)
+    else:
+        print("\n".join(_status_lines(args.project, status)), file=out)
+    return OK
 
 
 def _follow(client: Client, args: argparse.Namespace, out: TextIO) -> int:

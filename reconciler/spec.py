@@ -61,6 +61,12 @@ class Production(_Model):
         return None if self.version == "latest" else self.version
 
 
+def _non_blank_command(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("command must not be empty; omit it or use null")
+    return value
+
+
 class Build(_Model):
     command: str | None = Field(default=None, description="run by /bin/sh -c in the source dir")
     output: str | None = Field(
@@ -70,24 +76,14 @@ class Build(_Model):
     )
     timeout: float = Field(default=600, gt=0, le=86400)
 
-    @field_validator("command")
-    @classmethod
-    def _command(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("command must not be empty; omit it or use null")
-        return value
+    _command = field_validator("command")(_non_blank_command)
 
 
 class Start(_Model):
     command: str | None = Field(default=None, description="gets $PORT; null = static server")
     port: int | None = Field(default=None, ge=1, le=65535, description="docker: container port")
 
-    @field_validator("command")
-    @classmethod
-    def _command(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("command must not be empty; omit it or use null")
-        return value
+    _command = field_validator("command")(_non_blank_command)
 
 
 class Health(_Model):
