@@ -123,10 +123,6 @@ class WorkQueue:
             self._closed = True
             self._cond.notify_all()
 
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._ready) + len(self._processing) + len(self._delayed)
-
 
 @dataclass
 class Inflight:
@@ -740,7 +736,7 @@ class Controller:
     # -- startup, resync, health -----------------------------------------------------------
 
     def known_projects(self) -> set[str]:
-        ids: set[str] = set(self.desired.scan().projects)
+        ids: set[str] = set(self.desired.ids())
         ids |= {row.id for row in self.db.projects()}
         ids |= {row.project for row in self.db.instances()}
         if self.releases.root.is_dir():

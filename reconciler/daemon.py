@@ -240,6 +240,3 @@ class Daemon:
             notify.notify("STOPPING=1")
             self.shutdown()
         return 0
-
-    def idle(self) -> bool:
-        return self.controller.queue.pending() == 0

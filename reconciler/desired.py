@@ -480,10 +480,6 @@ class DesiredStore:
         with self._mutex:
             return self._last_good.get(project_id)
 
-    def forget(self, project_id: ProjectId) -> None:
-        with self._mutex:
-            self._last_good.pop(project_id, None)
-
     def _loaded(self, project_id: ProjectId, path: Path, problems: list[Problem]) -> Loaded:
         return Loaded(project_id, path, None, tuple(problems), self.last_good(project_id))
 
@@ -504,18 +500,26 @@ class DesiredStore:
             self._last_good[project_id] = spec
         return Loaded(project_id, paths[0], spec, (), spec)
 
-    def scan(self) -> Scan:
-        """Load every desired file."""
-        result = Scan()
-        by_id: dict[ProjectId, list[Path]] = {}
+    def _ids(self, orphans: list[Problem]) -> list[ProjectId]:
+        ids: list[ProjectId] = []
         for path in self._candidates():
             try:
                 project_id = check_project_id(path.stem)
             except InvalidProjectId as exc:
-                result.orphans.append(Problem(path, 1, 1, str(exc)))
+                orphans.append(Problem(path, 1, 1, str(exc)))
                 continue
-            by_id.setdefault(project_id, []).append(path)
-        for project_id in by_id:
+            if project_id not in ids:
+                ids.append(project_id)
+        return ids
+
+    def ids(self) -> list[ProjectId]:
+        """The project ids that have a desired file, without parsing any of them."""
+        return self._ids([])
+
+    def scan(self) -> Scan:
+        """Load every desired file."""
+        result = Scan()
+        for project_id in self._ids(result.orphans):
             loaded = self.load(project_id)
             if loaded is not None:
                 result.projects[project_id] = loaded

@@ -48,9 +48,6 @@ class Event:
     data: dict[str, Any]
 
 
-Heartbeat = None  # what follow() yields when nothing happened for a while
-
-
 @dataclass
 class Operations:
     db: StateDB
@@ -237,7 +234,7 @@ class Operations:
                 quiet_since = time.monotonic()
                 continue
             if time.monotonic() - quiet_since >= self.heartbeat:
-                yield Heartbeat
+                yield None  # a heartbeat
                 quiet_since = time.monotonic()
             time.sleep(self.poll_interval)
 

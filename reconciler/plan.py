@@ -117,9 +117,7 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
         or observed.latest_hash is None
         or observed.latest_hash not in observed.releases
     ):
-        strays = tuple(h for h in alive if h != observed.active_hash)
-        steps: list[Step] = [StopInstances(strays, final=False)] if strays else []
-        return [*steps, Build(spec.production.generation)]
+        return _after_strays(alive, observed, Build(spec.production.generation))
     else:
         target = observed.latest_hash
 
@@ -134,11 +132,9 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
                     "desired file or deploy again"
                 )
             ]
-        strays = tuple(h for h in others if h != observed.active_hash)
-        steps = [StopInstances(strays, final=False)] if strays else []
-        return [*steps, Activate(target, repair=repair)]
+        return _after_strays(alive, observed, Activate(target, repair=repair))
 
-    steps = []
+    steps: list[Step] = []
     if others:
         steps.append(StopInstances(others, final=False))
     if observed.current != target:
@@ -146,6 +142,13 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     if observed.active_hash != target or observed.status != "running":
         steps.append(Record("running", target))
     return steps
+
+
+def _after_strays(alive: tuple[str, ...], observed: ObservedView, step: Step) -> list[Step]:
+    """``step``, preceded by stopping instances that are neither serving nor wanted (left by
+    a crashed pipeline); the serving one keeps serving until the new one is ready."""
+    strays = tuple(h for h in alive if h != observed.active_hash)
+    return [StopInstances(strays, final=False), step] if strays else [step]
 
 
 def _stop(alive: tuple[str, ...], observed: ObservedView) -> list[Step]:

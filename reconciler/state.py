@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from reconciler.spec import ProjectId, check_project_id
 from reconciler.timeutil import utcnow
@@ -26,8 +26,7 @@ from reconciler.timeutil import utcnow
 JobType = Literal["production.build", "production.start", "production.waitReady", "production.stop"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Status = Literal["stopped", "queued", "building", "running", "failed", "error"]
-JOB_TYPES = ("production.build", "production.start", "production.waitReady", "production.stop")
-ACTIVE_JOB_STATES = ("queued", "running")
+JOB_TYPES: tuple[str, ...] = get_args(JobType)
 
 MIGRATIONS: list[str] = [
     # 1: initial schema
@@ -295,10 +294,6 @@ class StateDB:
                 )
             row = conn.execute("SELECT * FROM projects WHERE id = ?", (project_id,)).fetchone()
         return _row(ProjectRow, row)  # type: ignore[no-any-return]
-
-    def delete_project(self, project_id: str) -> None:
-        with self.write() as conn:
-            conn.execute("DELETE FROM projects WHERE id = ?", (project_id,))
 
     # -- deployments -----------------------------------------------------------------------
 

@@ -6,9 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobType = Literal["production.build", "production.start", "production.waitReady", "production.stop"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Status = Literal["stopped", "queued", "building", "running", "failed", "error"]
+from reconciler.state import JobState, JobType, Status
 
 
 class _Out(BaseModel):

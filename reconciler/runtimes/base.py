@@ -11,7 +11,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -197,15 +197,3 @@ def wait_ready(
     finally:
         if own:
             http.close()
-
-
-def probe_once(url: str, *, timeout: float = 3.0) -> bool:
-    try:
-        return 200 <= httpx.get(url, timeout=timeout).status_code < 300
-    except httpx.HTTPError:
-        return False
-
-
-def stop_all(runtime: Runtime, instances: Iterable[Instance], *, timeout: float = 10) -> None:
-    for instance in instances:
-        runtime.stop(instance, timeout=timeout)

@@ -24,6 +24,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests
+import yaml
 
 from reconciler.desired import atomic_write
 from reconciler.errors import BuildFailed, Cancelled, StartFailed, TransientError
@@ -409,8 +410,6 @@ class DockerRuntime:
     def _write_compose(
         self, release: Release, image_id: str, cport: int, port: int, spec: ProjectSpec
     ) -> None:
-        import yaml
-
         labels = self._labels(release.project_id, release.hash, port)
         document = {
             "name": container_name(release.project_id, release.hash),
