@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.config import RUNTIMES, Config, env, parse_listen
+from reconciler.config import Config, env, parse_listen
 from reconciler.desired import SUFFIXES, DesiredFileError, Problem, load_file
+from reconciler.kinds import RuntimeName
 from reconciler.ports import PortRange
 from reconciler.spec import json_schema
 
@@ -90,7 +91,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runtime",
-        choices=RUNTIMES,
+        type=RuntimeName,
+        choices=list(RuntimeName),
         default=env("RUNTIME", "process"),
         help="runtime for files that name none",
     )

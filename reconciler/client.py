@@ -15,9 +15,22 @@ from typing import Any, Protocol
 import httpx
 
 from reconciler.desired import DesiredStore
-from reconciler.operations import Event, OperationError, Operations
+from reconciler.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.releases import ReleaseStore
 from reconciler.state import StateDB
+
+
+def kind_of(http_status: int) -> ErrorKind:
+    """The kind of an API error answer (the inverse of the API's mapping)."""
+    if http_status in (400, 413, 415, 422):
+        return ErrorKind.INVALID
+    if http_status in (401, 403):
+        return ErrorKind.DENIED
+    if http_status == 404:
+        return ErrorKind.NOT_FOUND
+    if http_status == 409:
+        return ErrorKind.CONFLICT
+    return ErrorKind.UNAVAILABLE
 
 
 class Client(Protocol):
@@ -36,7 +49,7 @@ class LocalClient:
     def __init__(self, desired: Path, data: Path) -> None:
         if not (data / "state.db").exists():
             raise OperationError(
-                503,
+                ErrorKind.UNAVAILABLE,
                 f"no state database at {data / 'state.db'}: has the daemon run with --data {data}?",
             )
         self.ops = Operations(
@@ -46,22 +59,22 @@ class LocalClient:
         )
 
     def projects(self) -> dict[str, Any]:
-        return self.ops.projects().model_dump()
+        return self.ops.projects().model_dump(mode="json")
 
     def status(self, project: str) -> dict[str, Any]:
-        return self.ops.status(self.ops.project(project)).model_dump()
+        return self.ops.status(self.ops.project(project)).model_dump(mode="json")
 
     def deploy(self, project: str) -> dict[str, Any]:
-        return self.ops.deploy(self.ops.project(project)).model_dump()
+        return self.ops.deploy(self.ops.project(project)).model_dump(mode="json")
 
     def stop(self, project: str) -> dict[str, Any]:
-        return self.ops.stop(self.ops.project(project)).model_dump()
+        return self.ops.stop(self.ops.project(project)).model_dump(mode="json")
 
     def history(self, project: str) -> dict[str, Any]:
-        return self.ops.history(self.ops.project(project)).model_dump()
+        return self.ops.history(self.ops.project(project)).model_dump(mode="json")
 
     def rollback(self, project: str, version: str) -> dict[str, Any]:
-        return self.ops.rollback(self.ops.project(project), version).model_dump()
+        return self.ops.rollback(self.ops.project(project), version).model_dump(mode="json")
 
     def follow(self, project: str, last_id: int | None = None) -> Iterator[Event | None]:
         return self.ops.follow(self.ops.project(project), last_id)
@@ -83,7 +96,9 @@ class RemoteClient:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise OperationError(503, f"cannot reach the API at {self.base}: {exc}") from None
+            raise OperationError(
+                ErrorKind.UNAVAILABLE, f"cannot reach the API at {self.base}: {exc}"
+            ) from None
         try:
             body = response.json()
         except ValueError:
@@ -92,7 +107,9 @@ class RemoteClient:
             response.status_code == 500 and isinstance(body, dict) and "success" in body
         ):
             message = body.get("error") if isinstance(body, dict) else None
-            raise OperationError(response.status_code, str(message or response.reason_phrase))
+            raise OperationError(
+                kind_of(response.status_code), str(message or response.reason_phrase)
+            )
         return body  # type: ignore[no-any-return]
 
     def projects(self) -> dict[str, Any]:
@@ -139,7 +156,7 @@ class RemoteClient:
                         message = response.json().get("error")
                     except ValueError:
                         message = response.reason_phrase
-                    raise OperationError(response.status_code, str(message))
+                    raise OperationError(kind_of(response.status_code), str(message))
                 block: dict[str, str] = {}
                 for line in response.iter_lines():
                     if line == "":
@@ -158,7 +175,9 @@ class RemoteClient:
                         key, value = line.split(": ", 1)
                         block[key] = value
         except httpx.HTTPError as exc:
-            raise OperationError(503, f"the event stream from {self.base} broke: {exc}") from None
+            raise OperationError(
+                ErrorKind.UNAVAILABLE, f"the event stream from {self.base} broke: {exc}"
+            ) from None
 
     def close(self) -> None:
         self.http.close()

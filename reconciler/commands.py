@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from reconciler.client import Client, LocalClient, RemoteClient
 from reconciler.config import env
-from reconciler.operations import Event, OperationError
+from reconciler.operations import ErrorKind, Event, OperationError
 
 OK, FAILED, USAGE = 0, 1, 2
 STEP = {
@@ -104,10 +104,10 @@ def run_command(
             return command(client, args, out)
         except OperationError as exc:
             if args.json:
-                print(json.dumps({"error": exc.message, "status": exc.status}), file=out)
+                print(json.dumps({"error": exc.message, "kind": exc.kind.value}), file=out)
             else:
                 print(f"reconciler: {exc.message}", file=sys.stderr)
-            return USAGE if exc.status == 400 else FAILED
+            return USAGE if exc.kind == ErrorKind.INVALID else FAILED
         except KeyboardInterrupt:
             return 130
         finally:

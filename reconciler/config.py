@@ -6,9 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.kinds import RuntimeName
 from reconciler.ports import PortRange
-
-RUNTIMES = ("process", "docker")
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,7 @@ class Config:
     port_range: PortRange = PortRange(3001, 3999)  # noqa: RUF009 - frozen, immutable
     public_host: str = "localhost"
     bind_host: str = "127.0.0.1"
-    default_runtime: str = "process"
+    default_runtime: RuntimeName = RuntimeName.PROCESS
     docker_prefix: str = "reconciler"
     resync_interval: float = 30.0
     health_interval: float = 5.0

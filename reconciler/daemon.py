@@ -20,68 +20,82 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config import Config
 from reconciler.controller import Controller
+from reconciler.controller.observe import Runtimes
 from reconciler.desired import DesiredStore
+from reconciler.kinds import RuntimeName
 from reconciler.ports import PortAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Runtime
 from reconciler.sdnotify import Notifier
+from reconciler.spec import ProjectId
 from reconciler.state import StateDB
 from reconciler.watch import DesiredWatcher
 
 logger = logging.getLogger(__name__)
 
 
-def make_runtime_factory(config: Config, releases: ReleaseStore) -> Callable[[str], Runtime]:
-    def factory(name: str) -> Runtime:
-        if name == "process":
-            from reconciler.runtimes.process import ProcessRuntime, spawn_detached
+def make_runtime_factory(
+    config: Config, releases: ReleaseStore
+) -> Callable[[RuntimeName], Runtime]:
+    def factory(name: RuntimeName) -> Runtime:
+        match name:
+            case RuntimeName.PROCESS:
+                from reconciler.runtimes.process import ProcessRuntime, spawn_detached
 
-            launcher = spawn_detached
-            if config.systemd_run:
-                from reconciler.runtimes.systemd import spawn_transient_unit
+                launcher = spawn_detached
+                if config.systemd_run:
+                    from reconciler.runtimes.systemd import spawn_transient_unit
 
-                launcher = spawn_transient_unit
-            return ProcessRuntime(releases, bind_host=config.bind_host, launcher=launcher)
-        if name == "docker":
-            from reconciler.runtimes.docker import DockerRuntime
+                    launcher = spawn_transient_unit
+                return ProcessRuntime(releases, bind_host=config.bind_host, launcher=launcher)
+            case RuntimeName.DOCKER:
+                from reconciler.runtimes.docker import DockerRuntime
 
-            return DockerRuntime(image_prefix=config.docker_prefix, bind_host=config.bind_host)
-        raise ValueError(f"unknown runtime {name!r}")
+                return DockerRuntime(image_prefix=config.docker_prefix, bind_host=config.bind_host)
+            case _:
+                assert_never(name)
 
     return factory
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = StateDB(config.state_db)
         self.desired = DesiredStore(config.desired_dir, lock_dir=config.lock_dir)
         self.releases = ReleaseStore(config.releases_dir)
         self.ports = PortAllocator(self.db, config.port_range, bind_host=config.bind_host)
+        self._engines_stop = threading.Event()
+        runtimes = Runtimes(
+            make_runtime_factory(config, self.releases),
+            config.default_runtime,
+            on_new=self._watch_runtime,
+        )
         self.controller = Controller(
             config,
             desired=self.desired,
             db=self.db,
             releases=self.releases,
             ports=self.ports,
-            runtime_factory=make_runtime_factory(config, self.releases),
+            runtimes=runtimes,
+            clock=clock,
         )
         self.watcher: DesiredWatcher | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
-        self._docker_stop = threading.Event()
-        self.resyncs = 0
         self.pulse_interval = 2.0
-        self.last_pulse = time.monotonic()
-        self._initial: set[str] = set()
+        self.pulse_stale = max(10.0, 3 * self.pulse_interval)
+        self.last_pulse = clock()
+        self._initial: set[ProjectId] = set()
         self.notifier = Notifier()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -104,7 +118,6 @@ class Daemon:
                 max_wait=self.config.debounce_max_wait,
             )
             self.watcher.start()
-        self._watch_docker()
         self.scheduler = BackgroundScheduler(timezone="UTC")
         common: dict[str, Any] = {"coalesce": True, "max_instances": 1}
         self.scheduler.add_job(
@@ -151,38 +164,29 @@ class Daemon:
             self.config.default_runtime,
         )
 
-    def _watch_docker(self) -> None:
-        uses_docker = self.config.default_runtime == "docker" or any(
-            loaded.in_force is not None and loaded.in_force.runtime == "docker"
-            for loaded in self.desired.scan().projects.values()
-        )
-        if not uses_docker:
-            return
-        from reconciler.runtimes.docker import DockerRuntime
+    def _watch_runtime(self, runtime: Runtime) -> None:
+        """Listen to a runtime's engine from the moment a project first needs it."""
 
-        runtime = self.controller.runtime("docker")
-        if isinstance(runtime, DockerRuntime):
+        def notify(project: ProjectId | None) -> None:
+            if project is None:
+                self.resync()
+            else:
+                self.controller.enqueue(project)
 
-            def notify(project: str | None) -> None:
-                if project is None:
-                    self.resync()
-                else:
-                    self.controller.enqueue(project)
-
-            runtime.watch(notify, self._docker_stop)
+        runtime.watch(notify, self._engines_stop)
 
     def pulse(self) -> None:
         """Proof of progress for the watchdog: the database takes a write lock, quickly."""
         with self.db.write():
             pass
-        self.last_pulse = time.monotonic()
+        self.last_pulse = self.clock()
 
     def healthy(self) -> bool:
-        fresh = time.monotonic() - self.last_pulse < max(10.0, 3 * self.pulse_interval)
+        fresh = self.clock() - self.last_pulse < self.pulse_stale
         return fresh and not self.controller.hung()
 
     def first_pass_done(self) -> bool:
-        return self._initial <= self.controller.seen
+        return all(self.controller.workers.handled(key) > 0 for key in self._initial)
 
     def status_line(self) -> str:
         counts: dict[str, int] = {}
@@ -196,7 +200,6 @@ class Daemon:
         return line if self.healthy() else line + "; reconcile loop not making progress"
 
     def resync(self) -> None:
-        self.resyncs += 1
         self.controller.resync()
 
     def request_stop(self, *_args: object) -> None:
@@ -204,12 +207,14 @@ class Daemon:
 
     def shutdown(self) -> None:
         logger.info("shutting down: cancelling in-flight work; instances keep running")
-        self._docker_stop.set()
+        self._engines_stop.set()
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
         self.controller.stop(timeout=10)
+        for runtime in self.controller.runtimes.made():
+            runtime.close()
         self.db.close()
         logger.info("stopped")
 

@@ -3,41 +3,55 @@
 One implementation for both the HTTP API and the local CLI: status, deploy, stop, history,
 rollback, the event stream and logs. Changes go through ``DesiredStore.edit`` only; nothing
 here touches processes, containers or runtimes, so it all works while the daemon is down.
+Errors carry a kind (not found, invalid, conflict, unavailable, denied) that the API maps to
+an HTTP status and the CLI to an exit code.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from reconciler.api.models import (
+from reconciler.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
+from reconciler.kinds import TERMINAL_EVENTS, EventType, JobState, Status
+from reconciler.releases import ReleaseStore
+from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, is_hash8
+from reconciler.state import StateDB
+from reconciler.views import (
     History,
     ProductionStatus,
     ProjectList,
     ProjectSummary,
+    Reader,
     RollbackResult,
     Version,
+    in_progress,
+    state_event,
 )
-from reconciler.api.status import in_progress, production_status
-from reconciler.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
-from reconciler.releases import ReleaseStore
-from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, is_hash8
-from reconciler.state import StateDB
 
-TERMINAL = ("production.ready", "production.error", "production.stopped")
+STREAM_END = "stream.end"
 LOG_NAMES = ("build", "app")
 MAX_LOG_CHUNK = 256 * 1024
 
 
-class OperationError(Exception):
-    """A request that cannot be served; ``status`` is the HTTP status it maps to."""
+class ErrorKind(StrEnum):
+    NOT_FOUND = "not-found"  # no such project or version
+    INVALID = "invalid"  # the request itself is wrong (an id, a hash, a body)
+    CONFLICT = "conflict"  # the request is fine, the state refuses it (an invalid file)
+    UNAVAILABLE = "unavailable"  # something needed cannot be reached now
+    DENIED = "denied"  # not allowed (no or a wrong token)
 
-    def __init__(self, status: int, message: str) -> None:
+
+class OperationError(Exception):
+    """A request that cannot be served, and which kind of failure that is."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
         self.message = message
 
 
@@ -56,6 +70,10 @@ class Operations:
     poll_interval: float = 0.2
     heartbeat: float = 15.0
     rollback_grace: float = 30.0
+    reader: Reader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = Reader(self.db, self.desired, self.releases)
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -64,14 +82,12 @@ class Operations:
         try:
             pid = check_project_id(raw)
         except InvalidProjectId as exc:
-            raise OperationError(400, str(exc)) from None
+            raise OperationError(ErrorKind.INVALID, str(exc)) from None
         if self.desired.path_for(pid) is None:
-            raise OperationError(404, f"project {pid!r} not found: there is no desired file for it")
+            raise OperationError(
+                ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
+            )
         return pid
-
-    def spec(self, pid: ProjectId) -> ProjectSpec | None:
-        loaded = self.desired.load(pid)
-        return loaded.in_force if loaded else None
 
     def relative(self, message: str) -> str:
         """Name desired files relative to the desired dir: never leak absolute paths."""
@@ -80,7 +96,7 @@ class Operations:
     # -- reads -----------------------------------------------------------------------------
 
     def status(self, pid: ProjectId) -> ProductionStatus:
-        status = production_status(self.spec(pid), self.db.project(pid), self.db.active_job(pid))
+        status = self.reader.snapshot(pid).status()
         if status.error:
             status = status.model_copy(update={"error": self.relative(status.error)})
         return status
@@ -88,14 +104,14 @@ class Operations:
     def projects(self) -> ProjectList:
         scan = self.desired.scan()
         items = []
-        for pid, loaded in sorted(scan.projects.items()):
+        for pid, desired in sorted(scan.projects.items()):
             items.append(
                 ProjectSummary(
                     id=pid,
-                    file=loaded.path.name,
-                    valid=loaded.valid,
+                    file=desired.path.name,
+                    valid=desired.valid,
                     production=self.status(pid),
-                    error=loaded.error and self.relative(loaded.error),
+                    error=desired.error and self.relative(desired.error),
                 )
             )
         for problem in scan.orphans:
@@ -112,7 +128,7 @@ class Operations:
 
     def history(self, pid: ProjectId) -> History:
         row = self.db.project(pid)
-        active = row.productionHash if row and row.productionStatus != "stopped" else ""
+        active = row.productionHash if row and row.productionStatus != Status.STOPPED else ""
         return History(
             versions=[
                 Version(hash=v.hash, isActive=v.is_active, createdAt=v.created_at)
@@ -127,21 +143,21 @@ class Operations:
             self.desired.edit(pid, mutate)
         except ProjectNotFound:
             raise OperationError(
-                404, f"project {pid!r} not found: there is no desired file for it"
+                ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
             ) from None
         except DesiredFileError as exc:
             raise OperationError(
-                409, f"the desired file is invalid; fix it first: {exc.problems[0].message}"
+                ErrorKind.CONFLICT,
+                f"the desired file is invalid; fix it first: {exc.problems[0].message}",
             ) from None
         except EditError as exc:
-            raise OperationError(409, self.relative(str(exc))) from None
+            raise OperationError(ErrorKind.CONFLICT, self.relative(str(exc))) from None
 
     def deploy(self, pid: ProjectId) -> ProductionStatus:
         """Bump the generation unless a deploy is already in progress."""
 
         def mutate(spec: ProjectSpec) -> dict[str, object]:
-            status = production_status(spec, self.db.project(pid), self.db.active_job(pid))
-            if in_progress(status):
+            if in_progress(self.reader.snapshot(pid).status()):
                 return {}
             return {
                 "production.state": "running",
@@ -159,29 +175,32 @@ class Operations:
     def rollback(self, pid: ProjectId, target: str, *, wait: bool = True) -> RollbackResult:
         """Pin a kept version; wait until it serves (or fails, or the wait runs out)."""
         if not is_hash8(target):
-            raise OperationError(400, "toHash must be 8 lowercase hex characters")
+            raise OperationError(
+                ErrorKind.INVALID, "the version must be 8 lowercase hex characters"
+            )
         if self.releases.get(pid, target) is None:
-            raise OperationError(404, f"version {target} not found (not kept)")
+            raise OperationError(ErrorKind.NOT_FOUND, f"version {target} not found (not kept)")
         row = self.db.project(pid)
         if row is not None and row.productionHash == target and row.productionStatus == "running":
-            raise OperationError(400, f"version {target} is already active")
+            raise OperationError(ErrorKind.INVALID, f"version {target} is already active")
         self._edit(pid, lambda spec: {"production.state": "running", "production.version": target})
         if not wait:
             return RollbackResult(success=True, hash=target, message=f"Pinned version {target}")
-        spec = self.spec(pid)
+        spec = self.reader.snapshot(pid).spec
         assert spec is not None
         digest = spec.digest()
         budget = spec.health.timeout + self.rollback_grace
         deadline = time.monotonic() + budget
         while time.monotonic() < deadline:
-            row = self.db.project(pid)
+            snap = self.reader.snapshot(pid)
+            row = snap.row
             if row is not None:
-                converged = row.productionHash == target and row.productionStatus == "running"
-                if converged and self.db.active_job(pid) is None:
-                    return RollbackResult(
-                        success=True, hash=target, message=f"Rolled back to version {target}"
-                    )
-                if row.productionStatus == "failed" and row.failedDigest == digest:
+                if row.productionHash == target and row.productionStatus == Status.RUNNING:
+                    if snap.converged():
+                        return RollbackResult(
+                            success=True, hash=target, message=f"Rolled back to version {target}"
+                        )
+                elif row.productionStatus == Status.FAILED and row.failedDigest == digest:
                     error = self.relative(row.productionError or "rollback failed")
                     return RollbackResult(success=False, error=error)
             time.sleep(self.poll_interval / 2)
@@ -194,42 +213,51 @@ class Operations:
     # -- events and logs -------------------------------------------------------------------
 
     def follow(self, pid: ProjectId, last_id: int | None = None) -> Iterator[Event | None]:
-        """The current deployment's events, then new ones until it ends.
+        """The events of the deployment that serves the current desired state, until it ends.
 
-        Without ``last_id``: replay the deployment in progress; or follow the one desired
-        state asks for; or, with nothing in progress, one event with the current state. With
-        ``last_id``: every later event (resume after a disconnect). Ends with ``stream.end``.
-        Yields None (a heartbeat) after ``heartbeat`` seconds without events.
+        Without ``last_id``: replay that deployment if it is open, or wait for it if the
+        daemon has yet to start it; with nothing to do, send one event with the current state.
+        Events of other deployments (an older one finishing its cleanup) are left out; when
+        ours is cancelled by a newer edit, follow the newer one. With ``last_id``: every later
+        event (resume after a disconnect). Ends with ``stream.end``; yields None (a heartbeat)
+        after ``heartbeat`` seconds without events.
         """
         db = self.db
+        target: str | None = None
         if last_id is None:
-            deployment = db.latest_deployment(pid)
-            status = self.status(pid)
-            if deployment is not None and deployment.finishedAt is None:
-                replay = db.deployment_events(deployment.id)
+            last_id = db.last_event_id(pid)  # before the snapshot: nothing can fall between
+            snap = self.reader.snapshot(pid)
+            target = snap.desired.digest if snap.desired else None
+            status = snap.status()
+            ours = snap.deployment is not None and snap.deployment.digest == target
+            if snap.deployment is not None and ours:
+                replay = db.deployment_events(snap.deployment.id)
                 for row in replay:
                     yield Event(row.id, row.type, row.payload())
-                    if row.type in TERMINAL:
-                        yield Event(row.id, "stream.end", {})
+                    if row.type in TERMINAL_EVENTS:
+                        yield Event(row.id, STREAM_END, {})
                         return
-                last_id = replay[-1].id if replay else db.last_event_id(pid)
-            elif status.activeJob is not None and status.activeJob.state == "queued":
-                last_id = db.last_event_id(pid)
-            else:
-                marker = db.last_event_id(pid)
+                last_id = max([last_id, *(row.id for row in replay)])
+            elif status.activeJob is None or status.activeJob.state != JobState.QUEUED:
                 kind, data = state_event(status)
-                yield Event(marker, kind, data)
-                yield Event(marker, "stream.end", {})
+                yield Event(last_id, kind, data)
+                yield Event(last_id, STREAM_END, {})
                 return
+        digests: dict[int, str | None] = {}
         quiet_since = time.monotonic()
         while True:
             batch = db.events_after(pid, last_id, limit=500)
             for row in batch:
                 last_id = row.id
+                if target is not None and self._digest_of(row.deployment, digests) != target:
+                    continue
                 yield Event(row.id, row.type, row.payload())
-                if row.type in TERMINAL:
-                    yield Event(row.id, "stream.end", {})
+                if row.type in TERMINAL_EVENTS:
+                    yield Event(row.id, STREAM_END, {})
                     return
+                if row.type == EventType.CANCELLED and target is not None:
+                    snap = self.reader.snapshot(pid)  # a newer edit: follow what it starts
+                    target = snap.desired.digest if snap.desired else None
             if batch:
                 quiet_since = time.monotonic()
                 continue
@@ -238,9 +266,17 @@ class Operations:
                 quiet_since = time.monotonic()
             time.sleep(self.poll_interval)
 
+    def _digest_of(self, deployment: int | None, cache: dict[int, str | None]) -> str | None:
+        if deployment is None:
+            return None
+        if deployment not in cache:
+            row = self.db.deployment(deployment)
+            cache[deployment] = row.digest if row else None
+        return cache[deployment]
+
     def log_path(self, pid: ProjectId, name: str) -> tuple[str | None, Path | None]:
         if name not in LOG_NAMES:
-            raise OperationError(400, f"log must be one of: {', '.join(LOG_NAMES)}")
+            raise OperationError(ErrorKind.INVALID, f"log must be one of: {', '.join(LOG_NAMES)}")
         version = self.releases.current(pid)
         if version is None:
             return None, None
@@ -270,15 +306,3 @@ class Operations:
             "offset": offset + len(data),
             "text": data.decode("utf-8", "replace"),
         }
-
-
-def state_event(status: ProductionStatus) -> tuple[str, dict[str, Any]]:
-    if status.status == "running":
-        return "production.ready", {
-            "status": "running", "url": status.url, "port": status.port, "hash": status.hash,
-        }  # fmt: skip
-    if status.status == "failed":
-        return "production.error", {"error": status.error, "status": "failed"}
-    if status.status == "stopped":
-        return "production.stopped", {"status": "stopped"}
-    return "production.status", status.model_dump()

@@ -14,12 +14,17 @@ Steps, in the order they may appear:
 - ``Activate``: start a kept release (if it is not running), wait ready, switch, stop others.
 - ``RestoreCurrent``: put back a deleted or wrong ``current`` link to the running version.
 - ``Record``: set the status columns only (e.g. ``running`` after a restart adopted it).
+
+``deployment_of(steps)`` names what a plan amounts to (deploy, activate, repair, stop): the
+controller records it as one deployment, and the API answers an operator by it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import assert_never
 
+from reconciler.kinds import DeploymentKind, Status
 from reconciler.spec import ProjectSpec
 
 FLAP_LIMIT = 5
@@ -37,14 +42,15 @@ class DesiredView:
 
 @dataclass(frozen=True)
 class ObservedInstance:
+    """An instance that really runs."""
+
     hash: str
-    alive: bool
     port: int | None = None
 
 
 @dataclass(frozen=True)
 class ObservedView:
-    status: str = "stopped"
+    status: Status = Status.STOPPED
     active_hash: str | None = None
     latest_hash: str | None = None
     observed_generation: int | None = None
@@ -84,7 +90,7 @@ class RestoreCurrent:
 
 @dataclass(frozen=True)
 class Record:
-    status: str
+    status: Status
     hash: str | None = None
 
 
@@ -93,7 +99,7 @@ Step = StopInstances | Fail | Build | Activate | RestoreCurrent | Record
 
 def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     """The steps that move ``observed`` toward ``desired`` (None: the file was deleted)."""
-    alive = tuple(i.hash for i in observed.instances if i.alive)
+    alive = tuple(i.hash for i in observed.instances)
 
     if desired is None or desired.spec is None:
         if desired is not None:
@@ -123,7 +129,10 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
 
     others = tuple(h for h in alive if h != target)
     if target not in alive:
-        repair = observed.active_hash == target and observed.status in ("running", "error")
+        repair = observed.active_hash == target and observed.status in (
+            Status.RUNNING,
+            Status.ERROR,
+        )
         if repair and observed.recent_repairs >= FLAP_LIMIT:
             return [
                 Fail(
@@ -139,8 +148,8 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
         steps.append(StopInstances(others, final=False))
     if observed.current != target:
         steps.append(RestoreCurrent(target))
-    if observed.active_hash != target or observed.status != "running":
-        steps.append(Record("running", target))
+    if observed.active_hash != target or observed.status != Status.RUNNING:
+        steps.append(Record(Status.RUNNING, target))
     return steps
 
 
@@ -154,8 +163,8 @@ def _after_strays(alive: tuple[str, ...], observed: ObservedView, step: Step) ->
 def _stop(alive: tuple[str, ...], observed: ObservedView) -> list[Step]:
     if alive:
         return [StopInstances(alive, final=True)]
-    if observed.status != "stopped":
-        return [Record("stopped")]
+    if observed.status != Status.STOPPED:
+        return [Record(Status.STOPPED)]
     return []
 
 
@@ -166,3 +175,23 @@ def should_cancel(inflight_digest: str | None, desired: DesiredView | None) -> b
     if desired.spec is None:
         return False  # an invalid edit changes nothing
     return desired.digest != inflight_digest
+
+
+def deployment_of(steps: list[Step]) -> DeploymentKind | None:
+    """What a run of ``steps`` is, as an operator would name it; None for housekeeping alone
+    (stopping strays, restoring ``current``, recording a status that already holds)."""
+    for step in steps:
+        match step:
+            case Build() | Fail():
+                return DeploymentKind.DEPLOY
+            case Activate(repair=True):
+                return DeploymentKind.REPAIR
+            case Activate():
+                return DeploymentKind.ACTIVATE
+            case StopInstances(final=True) | Record(status=Status.STOPPED):
+                return DeploymentKind.STOP
+            case StopInstances() | RestoreCurrent() | Record():
+                continue
+            case _:
+                assert_never(step)
+    return None

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from reconciler.desired import atomic_write, fsync_dir
 from reconciler.errors import ReleaseError
-from reconciler.spec import ProjectId, check_project_id, is_hash8
+from reconciler.fileio import atomic_write, fsync_dir
+from reconciler.spec import ProjectId, is_hash8
 from reconciler.timeutil import utcnow
 
 MANIFEST = "manifest.json"
@@ -267,7 +267,7 @@ class ReleaseStore:
         self.limits = limits
 
     def project_dir(self, project_id: ProjectId) -> Path:
-        return self.root / check_project_id(project_id)
+        return self.root / project_id
 
     def release_dir(self, project_id: ProjectId, version: str) -> Path:
         if not is_hash8(version):

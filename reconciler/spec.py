@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, NewType
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from reconciler.kinds import RuntimeName
+
 ProjectId = NewType("ProjectId", str)
 
 PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -25,7 +27,8 @@ class InvalidProjectId(ValueError):
 def check_project_id(value: str) -> ProjectId:
     """Return ``value`` as a ProjectId if it passes the allowlist; raise otherwise.
 
-    Every id is checked here before it is used in a path, a container name or a query.
+    Called once where an id enters: a desired file's name, a URL, a CLI argument, a directory
+    or label read back from disk or an engine. Code that takes a ``ProjectId`` trusts it.
     """
     if not isinstance(value, str) or not PROJECT_ID_RE.fullmatch(value):
         shown = value if isinstance(value, str) and len(value) <= 80 else f"{str(value)[:80]}..."
@@ -103,8 +106,10 @@ class ProjectSpec(_Model):
     """One desired-state file. ``source`` is kept as written; resolve it with ``source_dir``."""
 
     source: str = Field(min_length=1, description="project source dir, relative to the file")
-    runtime: Literal["process", "docker"] | None = Field(
-        default=None, description="process | docker; default: the daemon's --runtime"
+    runtime: RuntimeName | None = Field(
+        default=None,
+        strict=False,  # the enum's values as plain strings
+        description="process | docker; default: the daemon's --runtime",
     )
     production: Production = Production()
     build: Build = Build()
@@ -127,10 +132,10 @@ class ProjectSpec(_Model):
             base = desired_file.parent / base
         return Path(_normpath(base))
 
-    def build_output(self, runtime: str) -> str:
+    def build_output(self, runtime: RuntimeName) -> str:
         if self.build.output is not None:
             return self.build.output
-        return "/app/dist" if runtime == "docker" else "dist"
+        return "/app/dist" if runtime == RuntimeName.DOCKER else "dist"
 
     def digest(self) -> str:
         """Digest of the whole spec: a failure is tied to it, so any edit tries again."""

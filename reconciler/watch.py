@@ -13,30 +13,40 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from reconciler.desired import SUFFIXES
-from reconciler.spec import PROJECT_ID_RE
+from reconciler.spec import InvalidProjectId, ProjectId, check_project_id
 
 logger = logging.getLogger(__name__)
 
+K = TypeVar("K", bound=Hashable)
 
-def project_for(path: str | bytes) -> str | None:
+
+def project_for(path: str | bytes) -> ProjectId | None:
+    """The project a changed path in the desired dir belongs to (None: not a desired file)."""
     name = os.path.basename(os.fsdecode(path))
     if name.startswith(".") or not name.endswith(SUFFIXES):
         return None
-    stem = name.rsplit(".", 1)[0]
-    return stem if PROJECT_ID_RE.fullmatch(stem) else None
+    try:
+        return check_project_id(name.rsplit(".", 1)[0])
+    except InvalidProjectId:
+        return None
 
 
-class Debouncer:
+class Debouncer(Generic[K]):
+    """Fire ``fire(key)`` once per burst of ``touch(key)``: ``delay`` after the last touch,
+    never later than ``max_wait`` after the first. ``due(now)`` is the decision alone; the
+    thread (``start()``) calls it as time passes."""
+
     def __init__(
         self,
-        fire: Callable[[str], None],
+        fire: Callable[[K], None],
         *,
         delay: float,
         max_wait: float,
@@ -46,37 +56,41 @@ class Debouncer:
         self.delay = delay
         self.max_wait = max_wait
         self.clock = clock
-        self._pending: dict[str, tuple[float, float]] = {}  # key -> (first, last)
+        self._pending: dict[K, tuple[float, float]] = {}  # key -> (first, last)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="debouncer", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
-    def touch(self, key: str) -> None:
+    def touch(self, key: K) -> None:
         now = self.clock()
         with self._cond:
             first, _last = self._pending.get(key, (now, now))
             self._pending[key] = (first, now)
             self._cond.notify()
 
-    def _due(self, first: float, last: float) -> float:
-        return min(last + self.delay, first + self.max_wait)
+    def due(self, now: float) -> tuple[list[K], float]:
+        """Take the keys due at ``now``; also how long until the next one is (at most 0.5 s)."""
+        ready: list[K] = []
+        wait = 0.5
+        with self._cond:
+            for key, (first, last) in list(self._pending.items()):
+                due = min(last + self.delay, first + self.max_wait)
+                if due <= now:
+                    ready.append(key)
+                    del self._pending[key]
+                else:
+                    wait = min(wait, due - now)
+        return ready, wait
 
     def _run(self) -> None:
         while True:
-            ready: list[str] = []
+            ready, wait = self.due(self.clock())
             with self._cond:
                 if self._closed:
                     return
-                now = self.clock()
-                wait = 0.5
-                for key, (first, last) in list(self._pending.items()):
-                    due = self._due(first, last)
-                    if due <= now:
-                        ready.append(key)
-                        del self._pending[key]
-                    else:
-                        wait = min(wait, due - now)
                 if not ready:
                     self._cond.wait(wait)
             for key in ready:
@@ -89,11 +103,12 @@ class Debouncer:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join(2)
+        if self._thread.is_alive():
+            self._thread.join(2)
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, touch: Callable[[str], None]) -> None:
+    def __init__(self, touch: Callable[[ProjectId], None]) -> None:
         self.touch = touch
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -112,18 +127,19 @@ class DesiredWatcher:
     def __init__(
         self,
         directory: Path,
-        notify: Callable[[str], None],
+        notify: Callable[[ProjectId], None],
         *,
         debounce: float = 0.1,
         max_wait: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
-        self.debouncer = Debouncer(notify, delay=debounce, max_wait=max_wait)
+        self.debouncer: Debouncer[ProjectId] = Debouncer(notify, delay=debounce, max_wait=max_wait)
         self.observer = Observer()
         self.observer.schedule(_Handler(self.debouncer.touch), str(self.directory), recursive=False)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.debouncer.start()
         self.observer.start()
 
     def stop(self) -> None:

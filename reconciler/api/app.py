@@ -21,13 +21,20 @@ from werkzeug.exceptions import HTTPException
 from reconciler.api.models import Health, RollbackRequest
 from reconciler.config import Config
 from reconciler.desired import DesiredStore
-from reconciler.operations import Event, OperationError, Operations
+from reconciler.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.releases import ReleaseStore
 from reconciler.state import StateDB
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
+HTTP_STATUS = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.DENIED: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.UNAVAILABLE: 503,
+}
 
 
 class ApiError(Exception):
@@ -217,7 +224,7 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
 
     @app.errorhandler(OperationError)
     def _operation_error(exc: OperationError) -> Response:
-        return json_response({"error": exc.message}, exc.status)
+        return json_response({"error": exc.message}, HTTP_STATUS[exc.kind])
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:

@@ -8,15 +8,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from reconciler import __version__
-from reconciler.api.models import (
-    ErrorBody,
-    Health,
-    History,
-    ProductionStatus,
-    ProjectList,
-    RollbackRequest,
-    RollbackResult,
-)
+from reconciler.api.models import ErrorBody, Health, RollbackRequest
+from reconciler.views import History, ProductionStatus, ProjectList, RollbackResult
 
 MODELS: list[type[BaseModel]] = [
     ProductionStatus,

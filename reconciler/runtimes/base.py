@@ -1,8 +1,9 @@
 """The runtime protocol: what builds and runs a release.
 
 Two implementations share it: ``process`` (local processes, the embedded default) and
-``docker`` (the docker SDK against a real engine). The controller uses them interchangeably;
-nothing above this package knows which one runs a project.
+``docker`` (the docker SDK against a real engine). The controller uses them interchangeably:
+what differs between them (where a build's output sits in the source, whether the engine
+reports deaths by itself) is said through this protocol, never by asking which one it is.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import IO, Any, Protocol
 import httpx
 
 from reconciler.errors import Cancelled, StartFailed
+from reconciler.kinds import RuntimeName
 from reconciler.releases import Release
 from reconciler.spec import Health, ProjectId, ProjectSpec
 
 LineSink = Callable[[str], None]
+Notify = Callable[[ProjectId | None], None]
 TAIL_LINES = 20
 
 
@@ -39,10 +42,15 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """A built dist, ready to be hashed and staged. ``details`` go into the manifest."""
+    """A built dist, ready to be hashed and staged. ``details`` go into the manifest.
+
+    ``source_exclude``: paths under the source dir that the release's source snapshot leaves
+    out (the build output, when it was built inside the source tree).
+    """
 
     dist: Path
     details: dict[str, Any] = field(default_factory=dict)
+    source_exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class Instance:
 
     project_id: ProjectId
     hash: str
-    runtime: str
+    runtime: RuntimeName
     port: int | None
     started_at: str
     pid: int | None = None
@@ -60,7 +68,7 @@ class Instance:
 
 
 class Runtime(Protocol):
-    name: str
+    name: RuntimeName
 
     def build(self, request: BuildRequest) -> BuildResult:
         """Produce a dist. Raises BuildFailed, TransientError or Cancelled."""
@@ -84,6 +92,14 @@ class Runtime(Protocol):
 
     def remove_version(self, project_id: ProjectId, version: str) -> None:
         """Free what a pruned version holds outside the release dir (docker: its image)."""
+
+    def watch(self, notify: Notify, stop: threading.Event) -> None:
+        """Report instances that change outside the daemon's hands, until ``stop`` is set:
+        ``notify(project)`` for one, ``notify(None)`` to re-check every project. A runtime
+        whose engine reports nothing returns at once (the health poll covers it)."""
+
+    def close(self) -> None:
+        """Release connections to the engine; instances keep running."""
 
 
 # ---------------------------------------------------------------------------------------------

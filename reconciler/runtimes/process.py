@@ -20,13 +20,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
-from reconciler.desired import atomic_write
 from reconciler.errors import BuildFailed, Cancelled, StartFailed
+from reconciler.fileio import atomic_write
+from reconciler.kinds import RuntimeName
 from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import (
     BuildRequest,
     BuildResult,
     Instance,
+    Notify,
     OutputTail,
     describe_seconds,
     tail_file,
@@ -82,7 +84,7 @@ def kill_group(pid: int, *, timeout: float, alive: Callable[[], bool]) -> None:
 
 
 def _output_dir(spec: ProjectSpec) -> str:
-    output = spec.build_output("process")
+    output = spec.build_output(RuntimeName.PROCESS)
     pure = PurePosixPath(output)
     if pure.is_absolute() or ".." in pure.parts or not pure.parts:
         raise BuildFailed(
@@ -140,7 +142,7 @@ _reaper = _Reaper()
 
 
 class ProcessRuntime:
-    name = "process"
+    name = RuntimeName.PROCESS
 
     def __init__(
         self,
@@ -170,7 +172,7 @@ class ProcessRuntime:
                     "build it or set build.command"
                 )
             request.on_line(f"No build command: using {output}/ as it is")
-            return BuildResult(dist, {"runtime": self.name, "output": output})
+            return BuildResult(dist, {"runtime": self.name, "output": output}, (output,))
         request.log_dir.mkdir(parents=True, exist_ok=True)
         with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
             tail = OutputTail(request.on_line, log)
@@ -188,7 +190,9 @@ class ProcessRuntime:
                 f"in {request.source}"
             )
         return BuildResult(
-            dist, {"runtime": self.name, "output": output, "buildCommand": spec.build.command}
+            dist,
+            {"runtime": self.name, "output": output, "buildCommand": spec.build.command},
+            (output,),
         )
 
     def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
@@ -358,4 +362,10 @@ class ProcessRuntime:
         return found
 
     def remove_version(self, project_id: ProjectId, version: str) -> None:
+        return None
+
+    def watch(self, notify: Notify, stop: threading.Event) -> None:
+        return None  # processes report nothing by themselves: the health poll notices deaths
+
+    def close(self) -> None:
         return None

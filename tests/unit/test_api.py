@@ -18,10 +18,12 @@ from flask.testing import FlaskClient
 from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer, TokenError, check_exposure
 from reconciler.config import Config
-from reconciler.operations import Operations as Services
+from reconciler.desired import parse
+from reconciler.kinds import DeploymentKind, InstanceRole, JobType, RuntimeName, Status
+from reconciler.operations import Operations
 from reconciler.releases import ReleaseStore
 from reconciler.spec import ProjectId
-from reconciler.state import StateDB
+from reconciler.state import InstanceRow, StateDB
 from tests.conftest import free_port
 
 SITE = """\
@@ -49,7 +51,7 @@ def config(tmp_path: Path) -> Config:
 @pytest.fixture
 def app(config: Config) -> Iterator[Flask]:
     app = create_app(config)
-    svc: Services = app.extensions["reconciler"]
+    svc: Operations = app.extensions["reconciler"]
     svc.poll_interval = 0.02
     svc.rollback_grace = 0.0
     yield app
@@ -87,19 +89,44 @@ def test_status_of_a_new_project(client: FlaskClient) -> None:
     }  # fmt: skip
 
 
-def test_status_of_a_running_project(client: FlaskClient, app: Flask, config: Config) -> None:
-    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+def serving(app: Flask, config: Config, tmp_path: Path, html: str = "live") -> str:
+    """Record a project that runs a kept release, as the daemon leaves it after a deploy."""
+    version = stage(config, html, tmp_path)
+    ReleaseStore(config.releases_dir).switch(ProjectId("www"), version)
     db(app).update_project(
-        ProjectId("www"), productionStatus="running", productionPort=3001,
+        ProjectId("www"), productionStatus=Status.RUNNING, productionPort=3001,
         productionUrl="http://localhost:3001", productionStartedAt="2025-12-27T10:30:45.000Z",
-        productionHash="a1b2c3d4", observedGeneration=3,
+        productionHash=version, latestHash=version, observedGeneration=3,
     )  # fmt: skip
-    db(app).create_job("www", "production.waitReady", generation=3)
-    assert client.get("/api/projects/www/production").json == {
+    db(app).put_instance(
+        InstanceRow("www", version, RuntimeName.PROCESS, 3001, 1, 1, None,
+                    InstanceRole.ACTIVE, "2025-12-27T10:30:45.000Z")
+    )  # fmt: skip
+    return version
+
+
+def test_status_of_a_running_project(
+    client: FlaskClient, app: Flask, config: Config, tmp_path: Path
+) -> None:
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    version = serving(app, config, tmp_path)
+    running = {
         "status": "running", "url": "http://localhost:3001", "port": 3001, "error": None,
-        "startedAt": "2025-12-27T10:30:45.000Z",
-        "activeJob": {"type": "production.waitReady", "state": "running"}, "hash": "a1b2c3d4",
+        "startedAt": "2025-12-27T10:30:45.000Z", "activeJob": None, "hash": version,
     }  # fmt: skip
+    assert client.get("/api/projects/www/production").json == running
+    # housekeeping (a job outside any deployment) is not an operator's request
+    db(app).create_job("www", JobType.STOP, generation=None, hash="0badf00d")
+    assert client.get("/api/projects/www/production").json == running
+    # a deployment for the current desired spec shows its running job
+    digest = parse(config.desired_dir / "www.yaml", (config.desired_dir / "www.yaml").read_bytes())
+    dep = db(app).start_deployment("www", DeploymentKind.ACTIVATE, generation=3,
+                                   digest=digest.digest())  # fmt: skip
+    db(app).create_job("www", JobType.WAIT_READY, generation=3, deployment=dep)
+    assert client.get("/api/projects/www/production").json == {
+        **running,
+        "activeJob": {"type": "production.waitReady", "state": "running"},
+    }
     # a stop the daemon has not picked up yet wins over the running job
     (config.desired_dir / "www.yaml").write_text(SITE)
     status = client.get("/api/projects/www/production").json
@@ -108,6 +135,32 @@ def test_status_of_a_running_project(client: FlaskClient, app: Flask, config: Co
         None,
         {"type": "production.stop", "state": "queued"},
     )  # type: ignore[index]
+
+
+def test_next_job_comes_from_the_planner(
+    client: FlaskClient, app: Flask, config: Config, tmp_path: Path
+) -> None:
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    version = serving(app, config, tmp_path)
+    # the latest release is no longer kept: the daemon will build again
+    ReleaseStore(config.releases_dir).remove(ProjectId("www"), version)
+    status = client.get("/api/projects/www/production").json
+    assert (status["status"], status["activeJob"]) == (
+        "queued",
+        {"type": "production.build", "state": "queued"},
+    )  # type: ignore[index]
+    # a pin of a kept version: the daemon will start it
+    other = stage(config, "other", tmp_path)
+    (config.desired_dir / "www.yaml").write_text(
+        SITE.replace("state: stopped", "state: running").replace("latest", other)
+    )
+    status = client.get("/api/projects/www/production").json
+    assert status["activeJob"] == {"type": "production.start", "state": "queued"}  # type: ignore[index]
+    # a pin of a version that is not kept: the daemon will fail it; nothing to wait for
+    (config.desired_dir / "www.yaml").write_text(
+        SITE.replace("state: stopped", "state: running").replace("latest", "0badf00d")
+    )
+    assert client.get("/api/projects/www/production").json["activeJob"] is None  # type: ignore[index]
 
 
 def test_deploy_bumps_generation_and_reports_queued_at_once(
@@ -130,18 +183,15 @@ def test_deploy_bumps_generation_and_reports_queued_at_once(
     assert client.get("/api/projects/www/production").json["status"] == "queued"  # type: ignore[index]
 
 
-def test_deploy_while_running_bumps(client: FlaskClient, app: Flask, config: Config) -> None:
-    client.post("/api/projects/www/deploy")
-    db(app).update_project(
-        ProjectId("www"),
-        productionStatus="running",
-        observedGeneration=4,
-        productionHash="a1b2c3d4",
-    )
+def test_deploy_while_running_bumps(
+    client: FlaskClient, app: Flask, config: Config, tmp_path: Path
+) -> None:
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    serving(app, config, tmp_path)
     assert client.get("/api/projects/www/production").json["status"] == "running"  # type: ignore[index]
     response = client.post("/api/projects/www/deploy", json={})
     assert response.json["status"] == "queued"  # type: ignore[index]
-    assert "generation: 5" in (config.desired_dir / "www.yaml").read_text()
+    assert "generation: 4" in (config.desired_dir / "www.yaml").read_text()
 
 
 def test_fifty_concurrent_deploys_bump_once(config: Config) -> None:
@@ -291,27 +341,19 @@ def events(response: Any) -> list[tuple[str | None, str | None, dict[str, Any] |
 
 
 def test_stream_with_nothing_in_progress_sends_state_then_end(
-    client: FlaskClient, app: Flask
+    client: FlaskClient, app: Flask, config: Config, tmp_path: Path
 ) -> None:
     response = client.get("/api/projects/www/production-stream")
     assert response.status_code == 200 and response.mimetype == "text/event-stream"
     body = response.get_data(as_text=True)
     assert body.startswith("retry: 3000\n\n")
     assert [e[1] for e in events(response)] == ["production.stopped", "stream.end"]
-    db(app).update_project(
-        ProjectId("www"),
-        productionStatus="running",
-        productionUrl="http://localhost:3001",
-        productionPort=3001,
-        observedGeneration=3,
-    )
-    (app.extensions["reconciler"].desired.directory / "www.yaml").write_text(
-        SITE.replace("state: stopped", "state: running")
-    )
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    version = serving(app, config, tmp_path)
     got = events(client.get("/api/projects/www/production-stream"))
     assert got[0][1:] == (
         "production.ready",
-        {"status": "running", "url": "http://localhost:3001", "port": 3001, "hash": None},
+        {"status": "running", "url": "http://localhost:3001", "port": 3001, "hash": version},
     )
 
 
@@ -319,7 +361,8 @@ def test_stream_replays_the_deployment_and_resumes_by_last_event_id(
     client: FlaskClient, app: Flask
 ) -> None:
     store = db(app)
-    dep = store.start_deployment("www", "deploy", generation=4)
+    digest = parse(Path("www.yaml"), SITE.encode()).digest()
+    dep = store.start_deployment("www", DeploymentKind.DEPLOY, generation=4, digest=digest)
     ids = [
         store.append_event("www", "production.building", {"message": f"line {i}"}, deployment=dep)
         for i in range(3)
@@ -360,8 +403,11 @@ def test_stream_cap_then_503_and_status_still_fast(config: Config) -> None:
     config = Config(**{**config.__dict__, "listen_port": free_port(), "stream_cap": 3})
     (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
     app = create_app(config)
-    svc: Services = app.extensions["reconciler"]
-    svc.db.start_deployment("www", "deploy", generation=3)  # in progress: streams stay open
+    svc: Operations = app.extensions["reconciler"]
+    running = parse(Path("www.yaml"), SITE.replace("state: stopped", "state: running").encode())
+    svc.db.start_deployment(  # in progress: streams stay open
+        "www", DeploymentKind.DEPLOY, generation=3, digest=running.digest()
+    )
     server = ApiServer(app, config)
     server.start()
     base = f"http://127.0.0.1:{server.port}/api/projects/www"

@@ -11,6 +11,7 @@ from reconciler.desired import (
     DesiredFileError,
     DesiredStore,
     EditError,
+    LastGood,
     ProjectNotFound,
     parse,
     set_values,
@@ -163,36 +164,42 @@ def test_truncated_file_never_replaces_last_good(desired_dir: Path) -> None:
     full = COMMENTED.replace("state: stopped", "state: running")
     path = write(desired_dir / "www.yaml", full)
     store = DesiredStore(desired_dir)
-    good = store.load(SITE)
+    last_good = LastGood()
+    good = store.read(SITE)
     assert good is not None and good.spec is not None
+    last_good.remember(SITE, good.spec)
     line_ends = {i + 1 for i, c in enumerate(full) if c == "\n"}
     for cut in range(len(full)):
         if cut in line_ends:
             continue
         path.write_bytes(full[:cut].encode())
-        loaded = store.load(SITE)
-        assert loaded is not None
-        assert loaded.spec is None, f"truncated at {cut} was taken as valid"
-        assert loaded.in_force == good.spec
-        assert loaded.error is not None
+        desired = store.read(SITE)
+        assert desired is not None
+        assert desired.spec is None, f"truncated at {cut} was taken as valid"
+        assert last_good.in_force(desired) == good.spec
+        assert desired.error is not None
     path.write_text(full)
-    assert store.load(SITE) == good
+    assert store.read(SITE) == good
 
 
-def test_invalid_edit_keeps_last_good(desired_dir: Path) -> None:
+def test_reading_remembers_nothing_last_good_is_explicit(desired_dir: Path) -> None:
     path = write(desired_dir / "www.yaml", "source: x\nproduction:\n  state: running\n")
     store = DesiredStore(desired_dir)
-    first = store.load(SITE)
+    first = store.read(SITE)
     assert first is not None and first.spec is not None
     write(path, "source: x\nproduction:\n  state: running\n  replicas: 3\n")
-    loaded = store.load(SITE)
-    assert loaded is not None and loaded.spec is None
-    assert loaded.in_force == first.spec
-    assert loaded.error == f"{path}:4:3: unknown key 'replicas' in production"
-    fresh = DesiredStore(desired_dir)
-    assert fresh.load(SITE).in_force is None  # type: ignore[union-attr]
-    fresh.remember(SITE, first.spec)
-    assert fresh.load(SITE).in_force == first.spec  # type: ignore[union-attr]
+    desired = store.read(SITE)
+    assert desired is not None and desired.spec is None
+    assert desired.error == f"{path}:4:3: unknown key 'replicas' in production"
+    last_good = LastGood()
+    assert last_good.in_force(desired) is None  # nothing was remembered by reading
+    last_good.seed(SITE, first.spec)
+    assert last_good.in_force(desired) == first.spec
+    newer = first.spec.model_copy(update={"keep": 5})
+    last_good.seed(SITE, newer)  # a seed never replaces what is known
+    assert last_good.get(SITE) == first.spec
+    last_good.remember(SITE, newer)
+    assert last_good.get(SITE) == newer
 
 
 def test_scan_reports_bad_names_duplicates_and_skips_hidden(desired_dir: Path) -> None:

@@ -34,11 +34,7 @@ def want(state: str = "running", version: str = "latest", generation: int = 1) -
 
 
 def up(*hashes: str) -> tuple[ObservedInstance, ...]:
-    return tuple(ObservedInstance(h, True, 3000 + i) for i, h in enumerate(hashes))
-
-
-def dead(*hashes: str) -> tuple[ObservedInstance, ...]:
-    return tuple(ObservedInstance(h, False) for h in hashes)
+    return tuple(ObservedInstance(h, 3000 + i) for i, h in enumerate(hashes))
 
 
 RUNNING_A = ObservedView(
@@ -109,9 +105,7 @@ CASES = [
         [Build(3)],
         id="failed-then-new-generation",
     ),
-    pytest.param(
-        want(), seen(instances=dead(A)), [Activate(A, repair=True)], id="instance-died-repair"
-    ),
+    pytest.param(want(), seen(instances=()), [Activate(A, repair=True)], id="instance-died-repair"),
     pytest.param(
         want(),
         seen(instances=(), status="error"),
@@ -120,7 +114,7 @@ CASES = [
     ),
     pytest.param(
         want(),
-        seen(instances=dead(A), recent_repairs=5),
+        seen(instances=(), recent_repairs=5),
         [
             Fail(
                 "the instance of aaaaaaaa keeps dying: 5 repairs in 5 minutes; see its logs/app.log, then edit the desired file or deploy again"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.kinds import DeploymentKind, DeploymentState
 from reconciler.spec import ProjectId
-from reconciler.state import InstanceRow, StateDB
+from reconciler.state import MIGRATIONS, InstanceRow, StateDB
 from tests.conftest import PYTHON, REPO
 
 P = ProjectId("site")
@@ -20,11 +21,11 @@ P = ProjectId("site")
 
 def test_schema_wal_and_migrations(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "data" / "state.db")
-    assert db.schema_version == 1
+    assert db.schema_version == len(MIGRATIONS) == 2
     assert db.read("PRAGMA journal_mode")[0][0] == "wal"
     db.close()
     again = StateDB(tmp_path / "data" / "state.db")  # idempotent
-    assert again.schema_version == 1
+    assert again.schema_version == 2
     again.close()
     conn = sqlite3.connect(tmp_path / "data" / "state.db")
     conn.execute("PRAGMA user_version = 99")
@@ -54,9 +55,30 @@ def test_projects_columns(tmp_path: Path) -> None:
     assert row.updatedAt.endswith("Z")
     with pytest.raises(ValueError, match="unknown project columns"):
         db.update_project(P, productionStatus="x", evil="1")
-    with pytest.raises(ValueError):
-        db.update_project(ProjectId("../x"))
     assert [p.id for p in db.projects()] == ["site"]
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute(
+        "INSERT INTO deployments (project, kind, generation, state, createdAt) "
+        "VALUES ('site', 'deploy', 1, 'succeeded', '2025-01-01T00:00:00.000Z')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    db = StateDB(path)
+    assert db.schema_version == 2
+    old = db.latest_deployment(P)
+    assert old is not None and (old.kind, old.digest, old.error) == ("deploy", None, None)
+    new = db.start_deployment(P, DeploymentKind.STOP, generation=None, digest="abc")
+    db.finish_deployment(new, DeploymentState.FAILED, error="boom")
+    row = db.deployment(new)
+    assert row is not None and (row.digest, row.state, row.error) == ("abc", "failed", "boom")
+    assert isinstance(row.kind, DeploymentKind) and isinstance(row.state, DeploymentState)
+    db.close()
 
 
 def test_jobs_and_active_job(tmp_path: Path) -> None:

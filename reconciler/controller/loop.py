@@ -1,0 +1,212 @@
+"""The controller: a work queue of project ids, and ``reconcile(id)`` = observe -> plan -> execute.
+
+``reconcile`` never branches on the event that queued it: file watcher, periodic resync,
+health monitor, engine events and startup all just ``enqueue(id)``. A pipeline in flight is
+cancelled (within a second: the build's process group or the docker build is killed, a
+half-started instance removed) when an enqueue finds that the desired spec it works for has
+changed; the reconcile that follows applies the new desired state.
+
+Also here: startup adoption of instances that outlived the daemon, the full resync, and the
+health poll that notices a dead instance or a drifted ``current``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from reconciler.config import Config
+from reconciler.controller.observe import Observer, RepairLog, Runtimes, instance_from_row
+from reconciler.controller.pipeline import Pipeline
+from reconciler.controller.queue import Done, RateLimiter, Result, Workers, WorkQueue
+from reconciler.controller.recorder import Recorder
+from reconciler.desired import DesiredStore, LastGood
+from reconciler.errors import TransientError
+from reconciler.kinds import InstanceRole, Status
+from reconciler.plan import plan, should_cancel
+from reconciler.ports import PortAllocator
+from reconciler.releases import ReleaseStore
+from reconciler.spec import InvalidProjectId, ProjectId, check_project_id, is_hash8
+from reconciler.state import StateDB
+
+logger = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        desired: DesiredStore,
+        db: StateDB,
+        releases: ReleaseStore,
+        ports: PortAllocator,
+        runtimes: Runtimes,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.desired = desired
+        self.db = db
+        self.releases = releases
+        self.ports = ports
+        self.runtimes = runtimes
+        self.last_good = LastGood()
+        repairs = RepairLog(clock)
+        self.observer = Observer(
+            desired=desired,
+            db=db,
+            releases=releases,
+            runtimes=self.runtimes,
+            last_good=self.last_good,
+            repairs=repairs,
+        )
+        self.pipeline = Pipeline(
+            config, db=db, releases=releases, ports=ports, runtimes=self.runtimes, repairs=repairs
+        )
+        self.queue = WorkQueue(clock)
+        self.workers = Workers(
+            self.queue,
+            lambda key: self.reconcile(ProjectId(key)),
+            count=config.workers,
+            budget=lambda key: self._budget(ProjectId(key)),
+            limiter=RateLimiter(),
+            clock=clock,
+        )
+        self._inflight: dict[ProjectId, tuple[str | None, threading.Event]] = {}
+        self._inflight_lock = threading.Lock()
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def enqueue(self, project_id: ProjectId, delay: float = 0.0) -> None:
+        """Ask for a reconcile; cancels a pipeline whose desired spec just changed."""
+        with self._inflight_lock:
+            inflight = self._inflight.get(project_id)
+        if inflight is not None and delay == 0:
+            digest, cancel = inflight
+            with contextlib.suppress(Exception):
+                if should_cancel(digest, self.observer.desired_now(project_id)):
+                    logger.info("%s: desired state changed; cancelling the pipeline", project_id)
+                    cancel.set()
+        self.queue.add(project_id, delay)
+
+    def start(self) -> None:
+        self.workers.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel in-flight work and wait for the workers. Instances keep running."""
+        with self._inflight_lock:
+            for _digest, cancel in self._inflight.values():
+                cancel.set()
+        self.workers.stop(timeout)
+
+    def hung(self) -> list[str]:
+        return self.workers.hung()
+
+    def _budget(self, project_id: ProjectId) -> float:
+        """The longest one reconcile may take: its timeouts plus a margin."""
+        spec = self.last_good.get(project_id)
+        if spec is None:
+            return 3600.0
+        return spec.build.timeout + spec.health.timeout + 120.0
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def reconcile(self, project_id: ProjectId) -> Result:
+        """Converge one project: observe, plan, execute."""
+        if self.workers.stopping:
+            return Done()
+        facts = self.observer.observe(project_id)
+        if facts is None:
+            return Done()
+        steps = plan(facts.view, facts.observed)
+        if facts.desired is not None and facts.desired.spec is not None:
+            self.last_good.remember(project_id, facts.desired.spec)
+            Recorder(self.db, project_id, digest=facts.digest).remember_spec(
+                facts.desired.spec, facts.row
+            )
+        with self._inflight_scope(project_id, facts.digest) as cancel:
+            return self.pipeline.execute(facts, steps, cancel)
+
+    @contextlib.contextmanager
+    def _inflight_scope(
+        self, project_id: ProjectId, digest: str | None
+    ) -> Iterator[threading.Event]:
+        cancel = threading.Event()
+        entry = (digest, cancel)
+        with self._inflight_lock:
+            self._inflight[project_id] = entry
+        try:
+            yield cancel
+        finally:
+            with self._inflight_lock:
+                if self._inflight.get(project_id) is entry:
+                    del self._inflight[project_id]
+
+    # -- startup, resync, health -----------------------------------------------------------
+
+    def known_projects(self) -> set[ProjectId]:
+        """Every project with a desired file, a row, an instance or a release dir."""
+        ids: set[ProjectId] = set(self.desired.ids())
+        ids |= {ProjectId(row.id) for row in self.db.projects()}
+        ids |= {ProjectId(row.project) for row in self.db.instances()}
+        if self.releases.root.is_dir():
+            for entry in self.releases.root.iterdir():
+                with contextlib.suppress(InvalidProjectId):
+                    ids.add(check_project_id(entry.name))
+        return ids
+
+    def adopt(self) -> None:
+        """At startup: record what really runs and free port reservations nothing holds."""
+        keep_ports: set[int] = set()
+        for project_id in sorted(self.known_projects()):
+            desired = self.desired.read(project_id)
+            spec = self.last_good.in_force(desired) if desired else None
+            row = self.db.project(project_id)
+            try:
+                alive, gone = self.observer.live(project_id, spec)
+            except TransientError as exc:
+                logger.warning("%s: cannot observe instances yet: %s", project_id, exc)
+                keep_ports |= {r.port for r in self.db.instances(project_id) if r.port is not None}
+                continue
+            recorder = Recorder(self.db, project_id, digest=None)
+            for stale in gone:
+                recorder.forget_instance(stale.hash)
+            for version, (instance, _rt) in alive.items():
+                active = row is not None and row.productionHash == version
+                recorder.put_instance(
+                    instance, InstanceRole.ACTIVE if active else InstanceRole.CANDIDATE
+                )
+                if instance.port is not None:
+                    keep_ports.add(instance.port)
+                logger.info("%s: adopted %s on port %s", project_id, version, instance.port)
+        freed = self.ports.release_unused(keep_ports)
+        if freed:
+            logger.info("released %d port reservation(s) nothing holds", len(freed))
+
+    def resync(self) -> None:
+        for project_id in sorted(self.known_projects()):
+            self.enqueue(project_id)
+
+    def check_health(self) -> None:
+        """Queue every project whose active instance is gone or whose ``current`` drifted."""
+        for project in self.db.projects():
+            pid = ProjectId(project.id)
+            if (
+                project.productionStatus == Status.RUNNING
+                and project.productionHash
+                and self.releases.current(pid) != project.productionHash
+            ):
+                self.enqueue(pid)
+        for row in self.db.instances():
+            if row.role != InstanceRole.ACTIVE or not is_hash8(row.hash):
+                continue
+            try:
+                alive = self.runtimes.get(row.runtime).alive(instance_from_row(row))
+            except TransientError:
+                continue
+            if not alive:
+                logger.warning("%s: instance of %s is gone", row.project, row.hash)
+                self.enqueue(ProjectId(row.project))

@@ -1,0 +1,188 @@
+"""Observation: what desired state asks for and what really runs, as the planner's two views.
+
+The desired file is read fresh on every reconcile; the spec in force is the file's when it is
+valid, else the last good one (kept in a ``LastGood`` the controller writes explicitly, seeded
+from the state database after a restart). Instances are what the runtimes report, never what
+the database remembers: rows of instances that are gone are returned for the caller to forget.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from reconciler.desired import DesiredFile, DesiredStore, LastGood
+from reconciler.facts import desired_view, observed_view, spec_from_row
+from reconciler.kinds import RuntimeName
+from reconciler.plan import FLAP_WINDOW, DesiredView, ObservedInstance, ObservedView
+from reconciler.releases import ReleaseStore
+from reconciler.runtimes.base import Instance, Runtime
+from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.state import InstanceRow, ProjectRow, StateDB
+
+Live = dict[str, tuple[Instance, Runtime]]
+
+
+class Runtimes:
+    """The runtime of each name, made on first use; ``on_new`` sees each one once (the daemon
+    starts its engine watch there)."""
+
+    def __init__(
+        self,
+        factory: Callable[[RuntimeName], Runtime],
+        default: RuntimeName,
+        *,
+        on_new: Callable[[Runtime], None] = lambda _runtime: None,
+    ) -> None:
+        self._factory = factory
+        self.default = default
+        self.on_new = on_new
+        self._made: dict[RuntimeName, Runtime] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: RuntimeName) -> Runtime:
+        with self._lock:
+            runtime = self._made.get(name)
+            if runtime is None:
+                runtime = self._made[name] = self._factory(name)
+                new = True
+            else:
+                new = False
+        if new:
+            self.on_new(runtime)
+        return runtime
+
+    def name_for(self, spec: ProjectSpec | None) -> RuntimeName:
+        if spec is not None and spec.runtime is not None:
+            return spec.runtime
+        return self.default
+
+    def for_spec(self, spec: ProjectSpec | None) -> Runtime:
+        return self.get(self.name_for(spec))
+
+    def made(self) -> list[Runtime]:
+        with self._lock:
+            return list(self._made.values())
+
+
+class RepairLog:
+    """When each project's instance was last put back after dying, for the flap limit."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._times: dict[ProjectId, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def note(self, project_id: ProjectId) -> None:
+        with self._lock:
+            self._times.setdefault(project_id, collections.deque()).append(self.clock())
+
+    def recent(self, project_id: ProjectId) -> int:
+        now = self.clock()
+        with self._lock:
+            times = self._times.get(project_id)
+            if not times:
+                return 0
+            while times and now - times[0] > FLAP_WINDOW:
+                times.popleft()
+            return len(times)
+
+
+def instance_from_row(row: InstanceRow) -> Instance:
+    return Instance(
+        ProjectId(row.project),
+        row.hash,
+        row.runtime,
+        row.port,
+        row.startedAt,
+        pid=row.pid,
+        pid_start=row.pidStart,
+        container_id=row.containerId,
+    )
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything one reconcile of one project knows before it plans."""
+
+    project_id: ProjectId
+    desired: DesiredFile | None
+    spec: ProjectSpec | None  # in force: the file's, or the last good one
+    view: DesiredView | None
+    row: ProjectRow | None
+    live: Live
+    gone: tuple[InstanceRow, ...]  # database rows of instances that no longer run
+    observed: ObservedView
+
+    @property
+    def digest(self) -> str | None:
+        return self.view.digest if self.view else None
+
+
+class Observer:
+    def __init__(
+        self,
+        *,
+        desired: DesiredStore,
+        db: StateDB,
+        releases: ReleaseStore,
+        runtimes: Runtimes,
+        last_good: LastGood,
+        repairs: RepairLog,
+    ) -> None:
+        self.desired = desired
+        self.db = db
+        self.releases = releases
+        self.runtimes = runtimes
+        self.last_good = last_good
+        self.repairs = repairs
+
+    def desired_now(self, project_id: ProjectId) -> DesiredView | None:
+        """What the desired file asks for now (a read; remembers nothing)."""
+        desired = self.desired.read(project_id)
+        return desired_view(desired, self.last_good.in_force(desired) if desired else None)
+
+    def live(
+        self, project_id: ProjectId, spec: ProjectSpec | None
+    ) -> tuple[Live, list[InstanceRow]]:
+        """Instances that really run (asking every runtime that may hold one), and the database
+        rows of instances that do not."""
+        rows = self.db.instances(project_id)
+        names = {self.runtimes.name_for(spec)} | {r.runtime for r in rows}
+        alive: Live = {}
+        for name in sorted(names):
+            runtime = self.runtimes.get(name)
+            for instance in runtime.observe(project_id):
+                alive[instance.hash] = (instance, runtime)
+        return alive, [r for r in rows if r.hash not in alive]
+
+    def observe(self, project_id: ProjectId) -> Facts | None:
+        """None when nothing is known of the project: no file, no row, no instance."""
+        row = self.db.project(project_id)
+        desired = self.desired.read(project_id)
+        if desired is None and row is None and not self.db.instances(project_id):
+            return None
+        if self.last_good.get(project_id) is None and (from_row := spec_from_row(row)):
+            self.last_good.seed(project_id, from_row)  # after a restart, before a valid read
+        spec = self.last_good.in_force(desired) if desired is not None else None
+        live, gone = self.live(project_id, spec)
+        observed = observed_view(
+            row,
+            instances=(ObservedInstance(h, inst.port) for h, (inst, _rt) in live.items()),
+            current=self.releases.current(project_id),
+            releases=frozenset(r.hash for r in self.releases.versions(project_id)),
+            recent_repairs=self.repairs.recent(project_id),
+        )
+        return Facts(
+            project_id,
+            desired,
+            spec,
+            desired_view(desired, spec),
+            row,
+            live,
+            tuple(gone),
+            observed,
+        )

@@ -1,0 +1,217 @@
+"""The pipeline: one executor per planned ``Step``, run in order inside one deployment.
+
+``Pipeline.execute(facts, steps)`` names the deployment (``deployment_of``), runs each step's
+executor (dispatched exhaustively: a new step type fails the type check until it is handled)
+and turns the outcome into the work queue's ``Result``:
+
+- ``PermanentError``: the project is ``failed`` for this exact desired spec (the running
+  version keeps serving); not retried until the spec changes.
+- ``TransientError`` and any unexpected error: status ``error`` with the message, retried with
+  backoff. Nothing is left open: the recorder closes the deployment and its jobs.
+- ``Cancelled``: the desired state changed mid-way; reconcile again at once.
+
+Deploy order (failure isolation): build -> stage release -> start the new instance on a new
+port while the old one serves -> wait ready -> switch ``current`` and the status -> stop the
+old instance -> prune. A failure before the switch leaves the old version serving, untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import assert_never
+
+from reconciler.config import Config
+from reconciler.controller.activate import Activator
+from reconciler.controller.build import Builder
+from reconciler.controller.observe import Facts, RepairLog, Runtimes
+from reconciler.controller.queue import Done, Permanent, RequeueAfter, Result, Retry
+from reconciler.controller.recorder import Recorder, describe
+from reconciler.controller.run import Run
+from reconciler.errors import Cancelled, PermanentError, TransientError
+from reconciler.kinds import DeploymentKind, EventType, InstanceRole, Status
+from reconciler.plan import (
+    Activate,
+    Build,
+    Fail,
+    Record,
+    RestoreCurrent,
+    Step,
+    StopInstances,
+    deployment_of,
+)
+from reconciler.ports import PortAllocator
+from reconciler.releases import ReleaseStore
+from reconciler.state import StateDB
+from reconciler.timeutil import utcnow
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        db: StateDB,
+        releases: ReleaseStore,
+        ports: PortAllocator,
+        runtimes: Runtimes,
+        repairs: RepairLog,
+    ) -> None:
+        self.db = db
+        self.releases = releases
+        self.ports = ports
+        self.repairs = repairs
+        self.builder = Builder(releases=releases, runtimes=runtimes)
+        self.activator = Activator(config, db=db, releases=releases, ports=ports, runtimes=runtimes)
+        self.url_for = config.url_for
+
+    def execute(self, facts: Facts, steps: list[Step], cancel: threading.Event) -> Result:
+        recorder = Recorder(self.db, facts.project_id, digest=facts.digest)
+        run = Run(facts, recorder, cancel, dict(facts.live))
+        for stale in facts.gone:
+            recorder.forget_instance(stale.hash)
+            self.ports.release(stale.port)
+        kind = deployment_of(steps)
+        generation = next((s.generation for s in steps if isinstance(s, Build)), None)
+        if generation is None and kind not in (None, DeploymentKind.STOP) and facts.spec:
+            generation = facts.spec.production.generation
+        try:
+            with recorder.deployment(kind, generation=generation):
+                self._run_all(run, steps)
+        except Cancelled:
+            return RequeueAfter(0.01)
+        except PermanentError as exc:
+            return Permanent(str(exc))
+        except TransientError as exc:
+            return Retry(str(exc), at_least=exc.delay or 0.0)
+        except Exception as exc:
+            return Retry(describe(exc))
+        self._show_file_error(run)
+        return Done()
+
+    def _run_all(self, run: Run, steps: list[Step]) -> None:
+        pid = run.facts.project_id
+        try:
+            for step in steps:
+                run.check()
+                self.run(run, step)
+        except Cancelled:
+            logger.info("%s: pipeline cancelled; applying the new desired state", pid)
+            raise
+        except PermanentError as exc:
+            message = str(exc)
+            logger.warning("%s: failed: %s", pid, message.splitlines()[0])
+            run.recorder.update(
+                productionStatus=Status.FAILED,
+                productionError=message,
+                failedDigest=run.facts.digest,
+                desiredDigest=run.facts.digest,
+            )
+            raise
+        except TransientError as exc:
+            logger.warning("%s: %s (will retry)", pid, exc)
+            run.recorder.update(productionStatus=Status.ERROR, productionError=str(exc))
+            raise
+        except Exception as exc:
+            logger.exception("%s: unexpected error", pid)
+            run.recorder.update(
+                productionStatus=Status.ERROR,
+                productionError=f"unexpected error (will retry): {describe(exc)}",
+            )
+            raise
+
+    def run(self, run: Run, step: Step) -> None:
+        match step:
+            case StopInstances():
+                self.stop_instances(run, step)
+            case Fail(error=error):
+                raise PermanentError(error)
+            case Build(generation=generation):
+                release = self.builder.build(run, generation)
+                self.activator.activate(run, release, generation=generation, built=True)
+            case Activate():
+                self.activate_kept(run, step)
+            case RestoreCurrent(hash=version):
+                logger.info("%s: restoring current -> %s", run.facts.project_id, version)
+                self.releases.switch(run.facts.project_id, version)
+            case Record():
+                self.record(run, step)
+            case _:
+                assert_never(step)
+
+    # -- executors -------------------------------------------------------------------------
+
+    def stop_instances(self, run: Run, step: StopInstances) -> None:
+        if step.final:
+            run.recorder.emit(EventType.STOPPING, {"message": "Stopping production..."})
+        self.activator.stop(run, step.hashes)
+        if step.final:
+            self._stopped(run)
+
+    def activate_kept(self, run: Run, step: Activate) -> None:
+        pid, rec, row = run.facts.project_id, run.recorder, run.facts.row
+        release = self.releases.get(pid, step.hash)
+        if release is None:
+            raise PermanentError(f"version {step.hash} is not kept")
+        if step.repair:
+            self.repairs.note(pid)
+            message = f"The instance of {step.hash} is not running; starting it again"
+            logger.warning("%s: %s", pid, message)
+            rec.update(productionStatus=Status.ERROR, productionError=message)
+        elif row is None or row.productionStatus in (Status.STOPPED, Status.FAILED):
+            rec.update(productionStatus=Status.QUEUED, productionError=None)
+        self.activator.activate(run, release, generation=None, built=False)
+
+    def record(self, run: Run, step: Record) -> None:
+        if step.status != Status.RUNNING or step.hash is None:
+            self._stopped(run)
+            return
+        instance, _rt = run.live[step.hash]
+        row = run.facts.row
+        started = (
+            row.productionStartedAt
+            if row is not None and row.productionHash == step.hash and row.productionStartedAt
+            else instance.started_at or utcnow()
+        )
+        logger.info("%s: running %s on port %s", run.facts.project_id, step.hash, instance.port)
+        run.recorder.update(
+            productionStatus=Status.RUNNING,
+            productionHash=step.hash,
+            productionPort=instance.port,
+            productionUrl=self.url_for(instance.port),
+            productionStartedAt=started,
+            productionError=None,
+        )
+        run.recorder.put_instance(instance, InstanceRole.ACTIVE)
+
+    # -- shared pieces ---------------------------------------------------------------------
+
+    def _stopped(self, run: Run) -> None:
+        run.recorder.update(
+            productionStatus=Status.STOPPED,
+            productionPort=None,
+            productionUrl=None,
+            productionError=None,
+            productionStartedAt=None,
+            failedDigest=None,
+            desiredDigest=run.facts.digest,
+        )
+        run.recorder.emit(EventType.STOPPED, {"status": "stopped"})
+
+    def _show_file_error(self, run: Run) -> None:
+        """An invalid desired file shows in the status while the last good spec runs."""
+        row = self.db.project(run.facts.project_id)
+        if row is None:
+            return
+        desired = run.facts.desired
+        if desired is not None and desired.error is not None:
+            if row.productionError != desired.error:
+                run.recorder.update(productionError=desired.error)
+        elif (
+            row.productionError is not None
+            and row.productionStatus in (Status.RUNNING, Status.STOPPED)
+            and row.failedDigest is None
+        ):
+            run.recorder.update(productionError=None)

@@ -1,0 +1,243 @@
+"""The work queue, its per-key rate limiter, and the workers that serve it.
+
+The queue holds keys (project ids), never events: a key added while it waits is not added
+twice, and a key added while a worker reconciles it is handed out once more afterwards, to
+one worker at a time. A handler returns a typed :data:`Result`:
+
+::
+
+    Done()                   converged (or nothing to do): forget the key's failures
+    RequeueAfter(seconds)    come back after exactly this delay (e.g. after a cancel)
+    Retry(reason, at_least)  a transient failure: back off per key (1 s, 2 s, 4 s ... 60 s),
+                             never sooner than ``at_least``
+    Permanent(reason)        recorded and not retried until something enqueues the key again
+
+A handler that raises is treated as ``Retry``: the loop never dies of one project's fault.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import assert_never
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+@dataclass(frozen=True)
+class RequeueAfter:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Retry:
+    reason: str
+    at_least: float = 0.0
+
+
+@dataclass(frozen=True)
+class Permanent:
+    reason: str
+
+
+Result = Done | RequeueAfter | Retry | Permanent
+
+
+class RateLimiter:
+    """Per-key exponential backoff: ``base * 2**(failures-1)``, capped; reset by ``forget``."""
+
+    def __init__(self, *, base: float = 1.0, cap: float = 60.0) -> None:
+        self.base = base
+        self.cap = cap
+        self._failures: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def when(self, key: str) -> float:
+        with self._lock:
+            count = self._failures.get(key, 0) + 1
+            self._failures[key] = count
+        return float(min(self.cap, self.base * 2 ** (count - 1)))
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        with self._lock:
+            return self._failures.get(key, 0)
+
+
+class WorkQueue:
+    """De-duplicated keys, one worker per key at a time, delayed re-adds."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._ready: collections.deque[str] = collections.deque()
+        self._queued: set[str] = set()
+        self._processing: set[str] = set()
+        self._dirty: set[str] = set()
+        self._delayed: list[tuple[float, str]] = []
+        self._closed = False
+
+    def add(self, key: str, delay: float = 0.0) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            if delay > 0:
+                heapq.heappush(self._delayed, (self._clock() + delay, key))
+            else:
+                self._add_now(key)
+            self._cond.notify_all()
+
+    def _add_now(self, key: str) -> None:
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._ready.append(key)
+
+    def get(self, timeout: float | None = None) -> str | None:
+        """The next ready key (now processing), or None on timeout or close."""
+        deadline = None if timeout is None else self._clock() + timeout
+        with self._cond:
+            while not self._closed:
+                now = self._clock()
+                while self._delayed and self._delayed[0][0] <= now:
+                    self._add_now(heapq.heappop(self._delayed)[1])
+                if self._ready:
+                    key = self._ready.popleft()
+                    self._queued.discard(key)
+                    self._processing.add(key)
+                    return key
+                waits = [0.5]
+                if self._delayed:
+                    waits.append(self._delayed[0][0] - now)
+                if deadline is not None:
+                    if now >= deadline:
+                        return None
+                    waits.append(deadline - now)
+                self._cond.wait(max(0.001, min(waits)))
+            return None
+
+    def done(self, key: str) -> None:
+        with self._cond:
+            self._processing.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self._add_now(key)
+                self._cond.notify_all()
+
+    def depth(self) -> int:
+        """Keys waiting (ready, delayed or re-added while processing)."""
+        with self._cond:
+            return len(self._ready) + len(self._delayed) + len(self._dirty)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Workers:
+    """Threads that take keys from a queue, run the handler, and apply its Result.
+
+    Also what a watchdog needs: which keys are busy past their time budget (``hung``), and how
+    many times each key has been handled (``handled``).
+    """
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        handler: Callable[[str], Result],
+        *,
+        count: int,
+        budget: Callable[[str], float],
+        limiter: RateLimiter | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.count = count
+        self.budget = budget
+        self.limiter = limiter or RateLimiter()
+        self.clock = clock
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._busy: dict[str, tuple[float, float]] = {}  # key -> (started, budget)
+        self._handled: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for index in range(self.count):
+            thread = threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self.queue.close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def handled(self, key: str) -> int:
+        with self._lock:
+            return self._handled[key]
+
+    def hung(self) -> list[str]:
+        """Keys whose handler outlived every timeout it could be waiting on."""
+        now = self.clock()
+        with self._lock:
+            return [k for k, (start, budget) in self._busy.items() if now - start > budget]
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            with self._lock:
+                self._busy[key] = (self.clock(), self.budget(key))
+            try:
+                result = self.handler(key)
+            except Exception as exc:
+                logger.exception("%s: reconcile crashed", key)
+                result = Retry(f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._lock:
+                    self._busy.pop(key, None)
+                    self._handled[key] += 1
+                self.queue.done(key)
+            self.apply(key, result)
+
+    def apply(self, key: str, result: Result) -> None:
+        """Requeue ``key`` as ``result`` says."""
+        match result:
+            case Done() | Permanent():
+                self.limiter.forget(key)
+            case RequeueAfter(seconds=seconds):
+                if not self._stopping.is_set():
+                    self.queue.add(key, seconds)
+            case Retry(at_least=at_least):
+                delay = max(at_least, self.limiter.when(key))
+                if not self._stopping.is_set():
+                    self.queue.add(key, delay)
+            case _:
+                assert_never(result)

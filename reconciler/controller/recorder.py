@@ -1,0 +1,141 @@
+"""The bookkeeping of one reconcile: its deployment, job and event rows, and status writes.
+
+Business logic says what happens; the recorder writes it down, and closes every row it opened
+whatever happens inside::
+
+    with recorder.deployment(DeploymentKind.DEPLOY, generation=4):
+        with recorder.job(JobType.BUILD, generation=4) as job:
+            job.hash = build()
+
+A job or deployment left by an exception is closed as ``cancelled`` (``Cancelled``) or
+``failed`` (anything else, with its message); a deployment's end also becomes the SSE stream's
+last event (``production.error`` or ``production.cancelled``). Jobs outside a deployment are
+the pipeline's housekeeping (stopping strays), never an operator's request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Unpack
+
+from reconciler.errors import Cancelled
+from reconciler.kinds import (
+    DeploymentKind,
+    DeploymentState,
+    EventType,
+    InstanceRole,
+    JobState,
+    JobType,
+)
+from reconciler.runtimes.base import Instance
+from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.state import InstanceRow, ProjectChanges, ProjectRow, StateDB
+from reconciler.timeutil import utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    id: int
+    hash: str | None = None  # set by the step when it learns it (a build's version)
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class Recorder:
+    def __init__(self, db: StateDB, project_id: ProjectId, *, digest: str | None) -> None:
+        self.db = db
+        self.project_id = project_id
+        self.digest = digest
+        self.current: int | None = None  # the open deployment
+
+    # -- deployments and jobs --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def deployment(self, kind: DeploymentKind | None, *, generation: int | None) -> Iterator[None]:
+        """One deployment row around the body (no row for ``None``: housekeeping)."""
+        if kind is None:
+            yield
+            return
+        self.current = self.db.start_deployment(
+            self.project_id, kind, generation=generation, digest=self.digest
+        )
+        try:
+            yield
+        except Cancelled:
+            self.emit(EventType.CANCELLED, {"message": "Cancelled: the desired state changed"})
+            self._close(DeploymentState.CANCELLED, "cancelled: the desired state changed")
+            raise
+        except BaseException as exc:
+            self.emit(EventType.ERROR, {"error": describe(exc)})
+            self._close(DeploymentState.FAILED, describe(exc))
+            raise
+        self._close(DeploymentState.SUCCEEDED, None)
+
+    def _close(self, state: DeploymentState, error: str | None) -> None:
+        if self.current is not None:
+            self.db.finish_deployment(self.current, state, error=error)
+            self.current = None
+
+    @contextlib.contextmanager
+    def job(
+        self, job_type: JobType, *, hash: str | None = None, generation: int | None = None
+    ) -> Iterator[Job]:
+        job = Job(
+            self.db.create_job(
+                self.project_id,
+                job_type,
+                generation=generation,
+                hash=hash,
+                deployment=self.current,
+            ),
+            hash,
+        )
+        try:
+            yield job
+        except Cancelled as exc:
+            self.db.finish_job(job.id, JobState.CANCELLED, error=describe(exc))
+            raise
+        except BaseException as exc:
+            self.db.finish_job(job.id, JobState.FAILED, error=describe(exc))
+            raise
+        self.db.finish_job(job.id, JobState.SUCCEEDED, hash=job.hash)
+
+    def emit(self, event: EventType, data: dict[str, Any]) -> None:
+        self.db.append_event(self.project_id, event, data, deployment=self.current)
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def update(self, **changes: Unpack[ProjectChanges]) -> ProjectRow:
+        return self.db.update_project(self.project_id, **changes)
+
+    def put_instance(self, instance: Instance, role: InstanceRole) -> None:
+        self.db.put_instance(
+            InstanceRow(
+                instance.project_id,
+                instance.hash,
+                instance.runtime,
+                instance.port,
+                instance.pid,
+                instance.pid_start,
+                instance.container_id,
+                role,
+                instance.started_at or utcnow(),
+            )
+        )
+
+    def forget_instance(self, version: str) -> None:
+        self.db.remove_instance(self.project_id, version)
+
+    def remember_spec(self, spec: ProjectSpec, row: ProjectRow | None) -> None:
+        """Keep the applied spec in the database: it stays in force across a restart while the
+        file is invalid."""
+        text = spec.model_dump_json()
+        if row is None or row.lastGoodSpec != text:
+            self.update(lastGoodSpec=text)

@@ -1,0 +1,32 @@
+"""The context one execution of a plan carries from step to step."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from reconciler.controller.observe import Facts, Live
+from reconciler.controller.recorder import Recorder
+from reconciler.errors import Cancelled, PermanentError
+from reconciler.spec import ProjectSpec
+
+
+@dataclass
+class Run:
+    """One execution of a plan for one project."""
+
+    facts: Facts
+    recorder: Recorder
+    cancel: threading.Event
+    live: Live  # instances that run now; executors keep it current
+
+    @property
+    def spec(self) -> ProjectSpec:
+        spec = self.facts.spec
+        if spec is None:
+            raise PermanentError("no valid desired spec is in force")
+        return spec
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("desired state changed")

@@ -1,0 +1,37 @@
+"""Desired state: the strict reader (``parse``), the in-place editor (``edit``) and the
+directory of desired files with its lock (``store``)."""
+
+from reconciler.desired.edit import EditError, set_values
+from reconciler.desired.parse import (
+    MAX_FILE_BYTES,
+    SUFFIXES,
+    DesiredFileError,
+    Problem,
+    load_file,
+    parse,
+)
+from reconciler.desired.store import (
+    DesiredFile,
+    DesiredStore,
+    EditResult,
+    LastGood,
+    ProjectNotFound,
+    Scan,
+)
+
+__all__ = [
+    "MAX_FILE_BYTES",
+    "SUFFIXES",
+    "DesiredFile",
+    "DesiredFileError",
+    "DesiredStore",
+    "EditError",
+    "EditResult",
+    "LastGood",
+    "Problem",
+    "ProjectNotFound",
+    "Scan",
+    "load_file",
+    "parse",
+    "set_values",
+]

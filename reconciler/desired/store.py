@@ -1,0 +1,235 @@
+"""The desired-state directory: find, read and edit ``desired/<project-id>.yaml`` files.
+
+Reads are pure: :meth:`DesiredStore.read` says what a file holds now and remembers nothing.
+What stays in force while a file is invalid is the caller's business, kept in a
+:class:`LastGood` that only its owner writes (the controller, from the reconcile that applied a
+spec; the state database holds a copy across restarts).
+
+Writing goes through one function, :meth:`DesiredStore.edit`: a read-modify-write of chosen
+fields under a per-project lock that also holds across processes (``flock``). The new text is
+the old text with only the changed values replaced, validated before it is written, and
+replaces the file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.desired.edit import EditError, set_values
+from reconciler.desired.parse import (
+    SUFFIXES,
+    DesiredFileError,
+    Problem,
+    decode,
+    load_file,
+    parse,
+    read_file,
+)
+from reconciler.fileio import atomic_write
+from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
+
+
+class ProjectNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    """What one project's desired file says now: a valid spec, or the problems found."""
+
+    project_id: ProjectId
+    path: Path
+    spec: ProjectSpec | None
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def valid(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(str(p) for p in self.problems) or None
+
+
+@dataclass
+class Scan:
+    """All desired files: read projects, and files that cannot be tied to a project id."""
+
+    projects: dict[ProjectId, DesiredFile] = field(default_factory=dict)
+    orphans: list[Problem] = field(default_factory=list)
+
+    def problems(self) -> list[Problem]:
+        found = list(self.orphans)
+        for desired in self.projects.values():
+            found.extend(desired.problems)
+        return found
+
+
+@dataclass(frozen=True)
+class EditResult:
+    before: ProjectSpec
+    after: ProjectSpec
+    changed: bool
+
+
+Mutation = Callable[[ProjectSpec], Mapping[str, object]]
+
+
+class LastGood:
+    """The last valid spec of each project: what stays in force while its file is invalid."""
+
+    def __init__(self) -> None:
+        self._specs: dict[ProjectId, ProjectSpec] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, project_id: ProjectId, spec: ProjectSpec) -> None:
+        with self._lock:
+            self._specs[project_id] = spec
+
+    def seed(self, project_id: ProjectId, spec: ProjectSpec) -> None:
+        """Remember ``spec`` unless a newer one is known (e.g. from the database at startup)."""
+        with self._lock:
+            self._specs.setdefault(project_id, spec)
+
+    def get(self, project_id: ProjectId) -> ProjectSpec | None:
+        with self._lock:
+            return self._specs.get(project_id)
+
+    def forget(self, project_id: ProjectId) -> None:
+        with self._lock:
+            self._specs.pop(project_id, None)
+
+    def in_force(self, desired: DesiredFile) -> ProjectSpec | None:
+        """The file's spec when it is valid, else the last good one."""
+        return desired.spec if desired.spec is not None else self.get(desired.project_id)
+
+
+class DesiredStore:
+    """A desired-state directory. Safe to share between threads and processes."""
+
+    def __init__(self, directory: Path, *, lock_dir: Path | None = None) -> None:
+        self.directory = Path(directory)
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else self.directory / ".locks"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _candidates(self) -> Iterator[Path]:
+        try:
+            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
+                continue
+            yield Path(entry.path)
+
+    def paths_for(self, project_id: ProjectId) -> list[Path]:
+        return [
+            self.directory / f"{project_id}{suffix}"
+            for suffix in SUFFIXES
+            if (self.directory / f"{project_id}{suffix}").exists()
+        ]
+
+    def path_for(self, project_id: ProjectId) -> Path | None:
+        found = self.paths_for(project_id)
+        return found[0] if found else None
+
+    def read(self, project_id: ProjectId) -> DesiredFile | None:
+        """Read one project's file; None when it has none."""
+        paths = self.paths_for(project_id)
+        if not paths:
+            return None
+        if len(paths) > 1:
+            return DesiredFile(project_id, paths[0], None, (_duplicate_problem(paths),))
+        try:
+            _, spec = load_file(paths[0])
+        except FileNotFoundError:
+            return None
+        except DesiredFileError as exc:
+            return DesiredFile(project_id, paths[0], None, tuple(exc.problems))
+        return DesiredFile(project_id, paths[0], spec)
+
+    def _ids(self, orphans: list[Problem]) -> list[ProjectId]:
+        ids: list[ProjectId] = []
+        for path in self._candidates():
+            try:
+                project_id = check_project_id(path.stem)
+            except InvalidProjectId as exc:
+                orphans.append(Problem(path, 1, 1, str(exc)))
+                continue
+            if project_id not in ids:
+                ids.append(project_id)
+        return ids
+
+    def ids(self) -> list[ProjectId]:
+        """The project ids that have a desired file, without parsing any of them."""
+        return self._ids([])
+
+    def scan(self) -> Scan:
+        """Read every desired file."""
+        result = Scan()
+        for project_id in self._ids(result.orphans):
+            desired = self.read(project_id)
+            if desired is not None:
+                result.projects[project_id] = desired
+        return result
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, project_id: ProjectId) -> Iterator[None]:
+        """Exclusive per-project lock, held across threads and processes."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_dir / f"{project_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def edit(self, project_id: ProjectId, mutate: Mutation) -> EditResult:
+        """Read-modify-write of chosen fields of one desired file.
+
+        ``mutate`` sees the current spec (under the lock) and returns dotted keys with new
+        scalar values, e.g. ``{"production.generation": 4}``; an empty mapping writes nothing.
+        Raises ProjectNotFound, DesiredFileError (the file is invalid now) or EditError.
+        """
+        with self.lock(project_id):
+            paths = self.paths_for(project_id)
+            if not paths:
+                raise ProjectNotFound(project_id)
+            if len(paths) > 1:
+                raise DesiredFileError([_duplicate_problem(paths)])
+            path = paths[0]
+            data = read_file(path)
+            before = parse(path, data)
+            changes = dict(mutate(before))
+            if not changes:
+                return EditResult(before, before, changed=False)
+            text = set_values(decode(path, data), changes, path=path)
+            try:
+                after = parse(path, text.encode())
+            except DesiredFileError as exc:
+                raise EditError(f"the edit would make {path.name} invalid: {exc}") from None
+            for dotted, value in changes.items():
+                obj: Any = after
+                for part in dotted.split("."):
+                    obj = getattr(obj, part)
+                if obj != value:
+                    raise EditError(f"the edit of {dotted} did not take in {path.name}")
+            if after == before:
+                return EditResult(before, after, changed=False)
+            atomic_write(path, text.encode())
+            return EditResult(before, after, changed=True)
+
+
+def _duplicate_problem(paths: list[Path]) -> Problem:
+    names = " and ".join(p.name for p in paths)
+    return Problem(paths[0], 1, 1, f"project id {paths[0].stem!r} is defined twice ({names})")

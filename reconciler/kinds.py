@@ -1,0 +1,80 @@
+"""The closed sets of names the rest of the code speaks in: one source for each.
+
+Rows, steps, read models and the schema all carry these enums, so a typo such as
+``"runing"`` fails the type check instead of reaching the database. Being ``StrEnum`` s they
+compare equal to, serialize as and are stored as their plain string values.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A project's production status (the spec's ``productionStatus``)."""
+
+    STOPPED = "stopped"
+    QUEUED = "queued"
+    BUILDING = "building"
+    RUNNING = "running"
+    FAILED = "failed"
+    ERROR = "error"  # transient: repairing or retrying
+
+
+class JobType(StrEnum):
+    """The spec's pipeline steps; one job row per step run."""
+
+    BUILD = "production.build"
+    START = "production.start"
+    WAIT_READY = "production.waitReady"
+    STOP = "production.stop"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DeploymentKind(StrEnum):
+    """What one reconcile set out to do; the unit an operator's request is answered by."""
+
+    DEPLOY = "deploy"  # build the source, then activate the new release
+    ACTIVATE = "activate"  # run a kept release (a pin, or a stopped project started again)
+    REPAIR = "repair"  # start the serving release again after its instance died
+    STOP = "stop"  # stop the project
+
+
+class DeploymentState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class InstanceRole(StrEnum):
+    ACTIVE = "active"  # the one serving
+    CANDIDATE = "candidate"  # started, not switched to yet
+
+
+class RuntimeName(StrEnum):
+    PROCESS = "process"
+    DOCKER = "docker"
+
+
+class EventType(StrEnum):
+    """Progress events of a deployment (the SSE stream's event names)."""
+
+    BUILDING = "production.building"
+    STARTING = "production.starting"
+    READY = "production.ready"
+    ERROR = "production.error"
+    STOPPING = "production.stopping"
+    STOPPED = "production.stopped"
+    CANCELLED = "production.cancelled"
+    STATUS = "production.status"  # a status with nothing in progress (streams only)
+
+
+TERMINAL_EVENTS = frozenset({EventType.READY, EventType.ERROR, EventType.STOPPED})

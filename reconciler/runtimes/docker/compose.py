@@ -1,0 +1,45 @@
+"""``docker-compose.production.yml`` in a release: the same service, described for humans and
+for ``docker compose`` (reconciler itself runs the container)."""
+
+from __future__ import annotations
+
+import yaml
+
+from reconciler.fileio import atomic_write
+from reconciler.releases import Release
+from reconciler.runtimes.docker.labels import SERVICE, container_name, instance_labels
+from reconciler.spec import ProjectSpec
+
+COMPOSE_FILE = "docker-compose.production.yml"
+
+
+def write_compose(
+    release: Release,
+    *,
+    image_tag: str,
+    image_id: str,
+    bind_host: str,
+    container_port: int,
+    port: int,
+    spec: ProjectSpec,
+) -> None:
+    labels = instance_labels(release.project_id, release.hash, port)
+    name = container_name(release.project_id, release.hash)
+    document = {
+        "name": name,
+        "services": {
+            SERVICE: {
+                "image": image_tag,
+                "container_name": name,
+                "restart": "unless-stopped",
+                "ports": [f"{bind_host}:{port}:{container_port}"],
+                "environment": {**spec.env, "PORT": str(container_port)},
+                "labels": {
+                    k: v for k, v in labels.items() if not k.startswith("com.docker.compose")
+                },
+            }
+        },
+    }
+    header = f"# Written by reconciler for image {image_id}; reconciler runs this service.\n"
+    text = header + yaml.safe_dump(document, sort_keys=False)
+    atomic_write(release.path / COMPOSE_FILE, text.encode())

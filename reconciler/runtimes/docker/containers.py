@@ -1,0 +1,180 @@
+"""Instances as containers: create and start, find, describe a death, stop and remove.
+
+A container is named ``doce_prod_<id>_<hash8>`` and labelled with the project, hash and
+published port. A failed start leaves no Created container behind; a name held by a container
+we do not own is an error, never a removal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import docker.errors
+
+from reconciler.errors import StartFailed, TransientError
+from reconciler.kinds import RuntimeName
+from reconciler.runtimes.base import Instance, with_tail
+from reconciler.runtimes.docker.engine import Engine, engine_calls
+from reconciler.runtimes.docker.labels import (
+    LABEL_HASH,
+    LABEL_PORT,
+    LABEL_PROJECT,
+    MANAGED_BY,
+    MANAGER,
+    container_name,
+    instance_labels,
+    owned,
+)
+from reconciler.spec import ProjectId, ProjectSpec, is_hash8
+from reconciler.timeutil import utcnow
+
+logger = logging.getLogger(__name__)
+
+
+def container_port(spec: ProjectSpec, image: Any) -> int:
+    """The port the app listens on: ``start.port``, else the image's EXPOSE, else 3000."""
+    if spec.start.port is not None:
+        return spec.start.port
+    exposed = (image.attrs.get("Config") or {}).get("ExposedPorts") or {}
+    for key in sorted(exposed):
+        number, _, proto = key.partition("/")
+        if proto in ("", "tcp") and number.isdigit():
+            return int(number)
+    return 3000
+
+
+def run_container(
+    engine: Engine,
+    *,
+    project_id: ProjectId,
+    version: str,
+    image: Any,
+    spec: ProjectSpec,
+    bind_host: str,
+    port: int,
+    cport: int,
+) -> Any:
+    """Create and start the instance's container; remove it again if the start fails."""
+    name = container_name(project_id, version)
+    client = engine.client
+    _clear_name(client, name, project_id)
+    try:
+        container = client.containers.create(
+            image.id,
+            name=name,
+            labels=instance_labels(project_id, version, port),
+            environment={**spec.env, "PORT": str(cport)},
+            ports={f"{cport}/tcp": (bind_host, port)},
+            restart_policy={"Name": "unless-stopped"},
+            detach=True,
+        )
+    except docker.errors.APIError as exc:
+        raise StartFailed(f"Start failed: cannot create {name}: {exc.explanation}") from None
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        with contextlib.suppress(docker.errors.DockerException):
+            container.remove(force=True)
+        text = str(exc.explanation or exc)
+        if "port is already allocated" in text or "address already in use" in text:
+            raise TransientError(f"Port {port} is already in use: {text}", delay=2) from None
+        raise StartFailed(f"Start failed: {name}: {text}") from None
+    return container
+
+
+def _clear_name(client: Any, name: str, project_id: ProjectId) -> None:
+    try:
+        existing = client.containers.get(name)
+    except docker.errors.NotFound:
+        return
+    if not owned(existing, project_id):
+        raise StartFailed(
+            f"Start failed: a container named {name} exists and is not managed by "
+            "reconciler; rename or remove it"
+        )
+    existing.remove(force=True)
+
+
+def find(engine: Engine, instance: Instance) -> Any | None:
+    """The instance's container, if it exists and is ours."""
+    ref = instance.container_id or container_name(instance.project_id, instance.hash)
+    try:
+        container = engine.client.containers.get(ref)
+    except docker.errors.NotFound:
+        return None
+    return container if owned(container, instance.project_id) else None
+
+
+def is_running(engine: Engine, instance: Instance) -> bool:
+    with engine_calls():
+        container = find(engine, instance)
+        return container is not None and container.status == "running"
+
+
+def describe_exit(engine: Engine, instance: Instance) -> str:
+    try:
+        with engine_calls():
+            container = find(engine, instance)
+            if container is None:
+                return f"Start failed: the container of {instance.hash} disappeared"
+            state = container.attrs.get("State", {})
+            restarts = int(container.attrs.get("RestartCount") or 0)
+            logs = container.logs(tail=20).decode("utf-8", "replace").strip()
+    except (TransientError, docker.errors.DockerException) as exc:
+        return f"Start failed: the container of {instance.hash} stopped ({exc})"
+    if state.get("Running") and not state.get("Restarting") and restarts:
+        how = f"kept exiting (Docker restarted it {restarts} times)"
+    else:
+        how = f"exited with code {state.get('ExitCode')}"
+    return with_tail(
+        f"Start failed: the container of {instance.hash} {how} before it became ready", logs
+    )
+
+
+def stop_container(engine: Engine, instance: Instance, *, timeout: float) -> None:
+    with engine_calls():
+        container = find(engine, instance)
+        if container is None:
+            return
+        logger.info("stopping container %s", container.name)
+        with contextlib.suppress(docker.errors.NotFound):
+            container.stop(timeout=max(1, int(timeout)))
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
+    """Every running container of the project that carries our labels."""
+    with engine_calls():
+        containers = engine.client.containers.list(
+            all=True,
+            filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{LABEL_PROJECT}={project_id}"]},
+        )
+    found = []
+    for container in containers:
+        labels = container.labels or {}
+        version = labels.get(LABEL_HASH, "")
+        if not owned(container, project_id) or not is_hash8(version):
+            continue
+        if container.status != "running":
+            continue
+        port_text = labels.get(LABEL_PORT, "")
+        found.append(
+            Instance(
+                project_id,
+                version,
+                RuntimeName.DOCKER,
+                int(port_text) if port_text.isdigit() else None,
+                str(container.attrs.get("State", {}).get("StartedAt", "")),
+                container_id=container.id,
+            )
+        )
+    return found
+
+
+def started_instance(project_id: ProjectId, version: str, port: int, container: Any) -> Instance:
+    return Instance(
+        project_id, version, RuntimeName.DOCKER, port, utcnow(), container_id=container.id
+    )

@@ -1,0 +1,87 @@
+"""The engine's event stream: our containers that die, stop or disappear, as they happen.
+
+When dockerd restarts, the stream ends silently: reconnect with backoff, then ask for a full
+re-check (the engine may have changed anything while we were not listening). The client is
+closed on every path: at the end of each connection, on errors, and when ``stop`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+import docker
+
+from reconciler.runtimes.base import Notify
+from reconciler.runtimes.docker.engine import Engine
+from reconciler.runtimes.docker.labels import LABEL_PROJECT, MANAGED_BY, MANAGER
+from reconciler.spec import InvalidProjectId, check_project_id
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = frozenset({"die", "destroy", "stop", "kill", "oom", "start"})
+
+
+def watch_events(engine: Engine, notify: Notify, stop: threading.Event) -> threading.Thread:
+    """Follow container events in a thread until ``stop`` is set; returns the thread."""
+    current: list[docker.DockerClient] = []
+    lock = threading.Lock()
+
+    def close_current() -> None:
+        with lock:
+            clients = list(current)
+            current.clear()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def close_on_stop() -> None:
+        stop.wait()
+        close_current()
+
+    def follow() -> None:
+        client = docker.DockerClient(timeout=30, **engine.kwargs())
+        with lock:
+            current.append(client)
+        if stop.is_set():
+            close_current()
+            return
+        try:
+            events = client.events(
+                decode=True, filters={"type": "container", "label": f"{MANAGED_BY}={MANAGER}"}
+            )
+            notify(None)
+            for event in events:
+                if stop.is_set():
+                    break
+                _dispatch(event, notify)
+        finally:
+            close_current()
+
+    def loop() -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                follow()
+                delay = 0.5
+            except Exception as exc:
+                logger.debug("docker events: %s", exc)
+            if stop.wait(delay):
+                return
+            delay = min(delay * 2, 10)
+
+    threading.Thread(target=close_on_stop, name="docker-events-closer", daemon=True).start()
+    thread = threading.Thread(target=loop, name="docker-events", daemon=True)
+    thread.start()
+    return thread
+
+
+def _dispatch(event: dict[str, Any], notify: Notify) -> None:
+    action = str(event.get("Action", ""))
+    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+    project = attrs.get(LABEL_PROJECT)
+    if action in ACTIONS and project:
+        with contextlib.suppress(InvalidProjectId):
+            notify(check_project_id(project))

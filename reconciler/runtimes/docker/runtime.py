@@ -1,0 +1,155 @@
+"""The docker runtime: ``docker build`` of the source dir, one container per instance.
+
+This module only composes the pieces: ``engine`` (the client), ``build`` and ``extract``
+(image, then its dist), ``containers`` (instances), ``compose`` (the release's compose file),
+``events`` (deaths as they happen) and ``labels`` (what we own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+from pathlib import PurePosixPath
+
+import docker.errors
+import requests
+
+from reconciler.errors import BuildFailed, StartFailed
+from reconciler.kinds import RuntimeName
+from reconciler.releases import Release
+from reconciler.runtimes.base import (
+    BuildRequest,
+    BuildResult,
+    Instance,
+    Notify,
+    OutputTail,
+)
+from reconciler.runtimes.docker import containers
+from reconciler.runtimes.docker.build import build_image
+from reconciler.runtimes.docker.compose import write_compose
+from reconciler.runtimes.docker.engine import Engine, engine_calls
+from reconciler.runtimes.docker.events import watch_events
+from reconciler.runtimes.docker.extract import extract_dist
+from reconciler.spec import ProjectId, ProjectSpec
+
+logger = logging.getLogger(__name__)
+
+
+class DockerRuntime:
+    name = RuntimeName.DOCKER
+
+    def __init__(
+        self,
+        *,
+        image_prefix: str = "reconciler",
+        bind_host: str = "127.0.0.1",
+        base_url: str | None = None,
+    ) -> None:
+        self.image_prefix = image_prefix
+        self.bind_host = bind_host
+        self.engine = Engine(base_url)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def ping(self) -> bool:
+        return self.engine.ping()
+
+    def image_tag(self, project_id: str, version: str) -> str:
+        return f"{self.image_prefix}-{project_id}:{version}"
+
+    # -- build -----------------------------------------------------------------------------
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        output = request.spec.build_output(self.name)
+        pure = PurePosixPath(output)
+        if not pure.is_absolute() or ".." in pure.parts:
+            raise BuildFailed(f"build.output {output!r} must be an absolute path in the image")
+        if not (request.source / "Dockerfile").is_file():
+            raise BuildFailed(f"Build failed: no Dockerfile in {request.source}")
+        temp_tag = self.image_tag(request.project_id, f"build-{secrets.token_hex(4)}")
+        request.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
+                tail = OutputTail(request.on_line, log)
+                tail.add(f"$ docker build {request.source}")
+                image_id = build_image(self.engine, request, temp_tag, tail)
+            dist = extract_dist(self.engine, image_id, output, request.work_dir)
+        except BaseException:
+            self._untag(temp_tag)
+            raise
+        return BuildResult(
+            dist,
+            {"runtime": self.name, "image": image_id, "output": output, "buildTag": temp_tag},
+        )
+
+    def _untag(self, tag: str) -> None:
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+            self.engine.client.images.remove(tag, noprune=False)
+
+    def finish_build(self, result: BuildResult, release: Release) -> None:
+        image = str(result.details["image"])
+        repo, version = self.image_tag(release.project_id, release.hash).rsplit(":", 1)
+        with engine_calls():
+            self.engine.client.images.get(image).tag(repo, version)
+        self._untag(str(result.details["buildTag"]))
+
+    # -- instances -------------------------------------------------------------------------
+
+    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
+        tag = self.image_tag(release.project_id, release.hash)
+        with engine_calls():
+            try:
+                image = self.engine.client.images.get(tag)
+            except docker.errors.ImageNotFound:
+                raise StartFailed(
+                    f"Start failed: image {tag} is missing; deploy again to rebuild it"
+                ) from None
+            cport = containers.container_port(spec, image)
+            container = containers.run_container(
+                self.engine,
+                project_id=release.project_id,
+                version=release.hash,
+                image=image,
+                spec=spec,
+                bind_host=self.bind_host,
+                port=port,
+                cport=cport,
+            )
+        write_compose(
+            release,
+            image_tag=tag,
+            image_id=str(image.id),
+            bind_host=self.bind_host,
+            container_port=cport,
+            port=port,
+            spec=spec,
+        )
+        return containers.started_instance(release.project_id, release.hash, port, container)
+
+    def alive(self, instance: Instance) -> bool:
+        return containers.is_running(self.engine, instance)
+
+    def describe_exit(self, instance: Instance) -> str:
+        return containers.describe_exit(self.engine, instance)
+
+    def stop(self, instance: Instance, *, timeout: float = 10) -> None:
+        containers.stop_container(self.engine, instance, timeout=timeout)
+
+    def observe(self, project_id: ProjectId) -> list[Instance]:
+        return containers.running_instances(self.engine, project_id)
+
+    def remove_version(self, project_id: ProjectId, version: str) -> None:
+        tag = self.image_tag(project_id, version)
+        with engine_calls():
+            try:
+                self.engine.client.images.remove(tag)
+            except docker.errors.ImageNotFound:
+                return
+            except docker.errors.APIError as exc:
+                logger.warning("could not remove image %s: %s", tag, exc)
+
+    def watch(self, notify: Notify, stop: threading.Event) -> None:
+        watch_events(self.engine, notify, stop)

@@ -1,0 +1,25 @@
+"""Observed state: SQLite at ``data/state.db`` (see ``connection`` for how it is shared)."""
+
+from reconciler.state.db import StateDB
+from reconciler.state.rows import (
+    PROJECT_COLUMNS,
+    DeploymentRow,
+    EventRow,
+    InstanceRow,
+    JobRow,
+    ProjectChanges,
+    ProjectRow,
+)
+from reconciler.state.schema import MIGRATIONS
+
+__all__ = [
+    "MIGRATIONS",
+    "PROJECT_COLUMNS",
+    "DeploymentRow",
+    "EventRow",
+    "InstanceRow",
+    "JobRow",
+    "ProjectChanges",
+    "ProjectRow",
+    "StateDB",
+]

@@ -1,0 +1,140 @@
+"""The rows of the state database as frozen dataclasses, closed-set columns as their enums."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, TypedDict, TypeVar, get_type_hints
+
+from reconciler.kinds import (
+    DeploymentKind,
+    DeploymentState,
+    EventType,
+    InstanceRole,
+    JobState,
+    JobType,
+    RuntimeName,
+    Status,
+)
+
+
+class ProjectChanges(TypedDict, total=False):
+    """The columns of ``projects`` that may be set, with their types."""
+
+    productionStatus: Status
+    productionPort: int | None
+    productionUrl: str | None
+    productionError: str | None
+    productionStartedAt: str | None
+    productionHash: str | None
+    latestHash: str | None
+    observedGeneration: int | None
+    failedDigest: str | None
+    desiredDigest: str | None
+    lastGoodSpec: str | None
+
+
+PROJECT_COLUMNS = frozenset(ProjectChanges.__annotations__)
+
+
+@dataclass(frozen=True)
+class ProjectRow:
+    id: str
+    productionStatus: Status
+    productionPort: int | None
+    productionUrl: str | None
+    productionError: str | None
+    productionStartedAt: str | None
+    productionHash: str | None
+    latestHash: str | None
+    observedGeneration: int | None
+    failedDigest: str | None
+    desiredDigest: str | None
+    lastGoodSpec: str | None
+    updatedAt: str
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    project: str
+    deployment: int | None
+    type: JobType
+    state: JobState
+    generation: int | None
+    hash: str | None
+    createdAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    id: int
+    project: str
+    kind: DeploymentKind
+    generation: int | None
+    state: DeploymentState
+    createdAt: str
+    finishedAt: str | None
+    digest: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    project: str
+    deployment: int | None
+    type: EventType
+    data: str
+    createdAt: str
+
+    def payload(self) -> dict[str, Any]:
+        value = json.loads(self.data)
+        return value if isinstance(value, dict) else {"value": value}
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    project: str
+    hash: str
+    runtime: RuntimeName
+    port: int | None
+    pid: int | None
+    pidStart: int | None
+    containerId: str | None
+    role: InstanceRole
+    startedAt: str
+
+
+R = TypeVar("R")
+
+
+_ENUM_FIELDS: dict[type[Any], dict[str, type[StrEnum]]] = {}
+
+
+def _enum_fields(cls: type[Any]) -> dict[str, type[StrEnum]]:
+    found = _ENUM_FIELDS.get(cls)
+    if found is None:
+        found = _ENUM_FIELDS[cls] = {
+            name: hint
+            for name, hint in get_type_hints(cls).items()
+            if isinstance(hint, type) and issubclass(hint, StrEnum)
+        }
+    return found
+
+
+def as_row(cls: type[R], row: sqlite3.Row) -> R:
+    """A row as its dataclass, with the closed-set columns as their enums."""
+    values = {f.name: row[f.name] for f in fields(cls)}  # type: ignore[arg-type]
+    for name, enum in _enum_fields(cls).items():
+        values[name] = enum(values[name])
+    return cls(**values)
+
+
+def first_row(cls: type[R], rows: list[sqlite3.Row]) -> R | None:
+    return as_row(cls, rows[0]) if rows else None

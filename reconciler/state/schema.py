@@ -1,0 +1,79 @@
+"""The state database's schema, as numbered migrations (``PRAGMA user_version`` is the count
+applied). Append only: a released migration is never edited."""
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE projects (
+        id TEXT PRIMARY KEY,
+        productionStatus TEXT NOT NULL DEFAULT 'stopped',
+        productionPort INTEGER,
+        productionUrl TEXT,
+        productionError TEXT,
+        productionStartedAt TEXT,
+        productionHash TEXT,
+        latestHash TEXT,
+        observedGeneration INTEGER,
+        failedDigest TEXT,
+        desiredDigest TEXT,
+        lastGoodSpec TEXT,
+        updatedAt TEXT NOT NULL
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        deployment INTEGER,
+        type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        generation INTEGER,
+        hash TEXT,
+        createdAt TEXT NOT NULL,
+        startedAt TEXT,
+        finishedAt TEXT,
+        error TEXT
+    );
+    CREATE INDEX jobs_by_project ON jobs (project, id);
+    CREATE TABLE deployments (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        generation INTEGER,
+        state TEXT NOT NULL,
+        createdAt TEXT NOT NULL,
+        finishedAt TEXT
+    );
+    CREATE INDEX deployments_by_project ON deployments (project, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        deployment INTEGER,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        createdAt TEXT NOT NULL
+    );
+    CREATE INDEX events_by_project ON events (project, id);
+    CREATE TABLE instances (
+        project TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        port INTEGER,
+        pid INTEGER,
+        pidStart INTEGER,
+        containerId TEXT,
+        role TEXT NOT NULL,
+        startedAt TEXT NOT NULL,
+        PRIMARY KEY (project, hash)
+    );
+    CREATE TABLE ports (
+        port INTEGER PRIMARY KEY,
+        project TEXT NOT NULL,
+        hash TEXT,
+        reservedAt TEXT NOT NULL
+    );
+    """,
+    # 2: a deployment names the desired spec it works for, and why it failed
+    """
+    ALTER TABLE deployments ADD COLUMN digest TEXT;
+    ALTER TABLE deployments ADD COLUMN error TEXT
+    """,
+]

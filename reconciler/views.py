@@ -1,0 +1,215 @@
+"""Read models: what the API and the CLI report about a project, and how it is derived.
+
+Observed state comes from the state database. Desired state may be ahead of it (the daemon has
+not picked up an edit yet, or is down), and a client that reads right after a write must not
+see a stale answer. So "what will the daemon do next" is not guessed here: it is ``plan()``
+itself, asked with the desired file and the database's record of what runs (the same planner
+the daemon runs, through the same ``facts`` conversions), and the first step that means work
+becomes the status's pending ``activeJob``.
+
+A deployment the daemon has open for the current desired spec is reported as it runs; jobs
+outside a deployment (stopping a stray instance) are housekeeping and never shown as an
+operator's request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reconciler.desired import DesiredStore
+from reconciler.facts import desired_view, observed_view, spec_from_row
+from reconciler.kinds import DeploymentKind, EventType, JobState, JobType, Status
+from reconciler.plan import (
+    Activate,
+    Build,
+    DesiredView,
+    Fail,
+    ObservedInstance,
+    Record,
+    RestoreCurrent,
+    Step,
+    StopInstances,
+    plan,
+)
+from reconciler.releases import ReleaseStore
+from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.state import DeploymentRow, JobRow, ProjectRow, StateDB
+
+IN_PROGRESS = (Status.QUEUED, Status.BUILDING)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActiveJob(_Out):
+    type: JobType
+    state: JobState
+
+
+class ProductionStatus(_Out):
+    status: Status
+    url: str | None
+    port: int | None
+    error: str | None
+    startedAt: str | None = Field(description="ISO 8601 UTC; when the serving instance got ready")
+    activeJob: ActiveJob | None
+    hash: str | None = Field(description="the version serving now (kept when stopped)")
+
+
+class Version(_Out):
+    hash: str
+    isActive: bool
+    createdAt: str
+
+
+class History(_Out):
+    versions: list[Version]
+
+
+class RollbackResult(_Out):
+    success: bool
+    hash: str | None = None
+    message: str | None = None
+    error: str | None = None
+
+
+class ProjectSummary(_Out):
+    id: str | None
+    file: str
+    valid: bool
+    production: ProductionStatus | None
+    error: str | None
+
+
+class ProjectList(_Out):
+    projects: list[ProjectSummary]
+
+
+# ---------------------------------------------------------------------------------------------
+# Deriving the status
+
+
+def next_job(steps: Sequence[Step]) -> ActiveJob | None:
+    """The job the daemon will run next for ``steps`` (None: nothing an operator waits on)."""
+    for step in steps:
+        match step:
+            case Build():
+                return ActiveJob(type=JobType.BUILD, state=JobState.QUEUED)
+            case Activate():
+                return ActiveJob(type=JobType.START, state=JobState.QUEUED)
+            case StopInstances(final=True) | Record(status=Status.STOPPED):
+                return ActiveJob(type=JobType.STOP, state=JobState.QUEUED)
+            case Fail():
+                return None  # the daemon will record the failure; nothing to wait for
+            case StopInstances() | RestoreCurrent() | Record():
+                continue
+            case _:
+                assert_never(step)
+    return None
+
+
+def _stopping(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
+    return status.model_copy(
+        update={"status": Status.STOPPED, "url": None, "port": None, "startedAt": None,
+                "error": None, "activeJob": job}
+    )  # fmt: skip
+
+
+def production_status(
+    desired: DesiredView | None,
+    row: ProjectRow | None,
+    deployment: DeploymentRow | None,
+    job: JobRow | None,
+    steps: Sequence[Step],
+) -> ProductionStatus:
+    """The status an operator sees: the row, the open deployment, or what comes next."""
+    status = ProductionStatus(
+        status=row.productionStatus if row else Status.STOPPED,
+        url=row.productionUrl if row else None,
+        port=row.productionPort if row else None,
+        error=row.productionError if row else None,
+        startedAt=row.productionStartedAt if row else None,
+        activeJob=None,
+        hash=row.productionHash if row else None,
+    )
+    digest = desired.digest if desired is not None else None
+    if deployment is not None and digest is not None and deployment.digest == digest:
+        active = ActiveJob(type=job.type, state=job.state) if job is not None else None
+        if deployment.kind == DeploymentKind.STOP:
+            return _stopping(status, active or ActiveJob(type=JobType.STOP, state=JobState.RUNNING))
+        return status.model_copy(update={"activeJob": active})
+    pending = next_job(steps)
+    if pending is None:
+        return status
+    if pending.type == JobType.STOP:
+        return _stopping(status, pending)
+    return status.model_copy(update={"status": Status.QUEUED, "error": None, "activeJob": pending})
+
+
+def in_progress(status: ProductionStatus) -> bool:
+    """A deploy, start or repair is queued or running (a stop is not)."""
+    return status.status in IN_PROGRESS or (
+        status.activeJob is not None and status.activeJob.type != JobType.STOP
+    )
+
+
+def state_event(status: ProductionStatus) -> tuple[EventType, dict[str, Any]]:
+    """The current state as the one event a stream sends when nothing is in progress."""
+    if status.status == Status.RUNNING:
+        return EventType.READY, {
+            "status": "running", "url": status.url, "port": status.port, "hash": status.hash,
+        }  # fmt: skip
+    if status.status == Status.FAILED:
+        return EventType.ERROR, {"error": status.error, "status": "failed"}
+    if status.status == Status.STOPPED:
+        return EventType.STOPPED, {"status": "stopped"}
+    return EventType.STATUS, status.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One project as the stores record it, with what the planner would do next."""
+
+    desired: DesiredView | None
+    spec: ProjectSpec | None
+    row: ProjectRow | None
+    deployment: DeploymentRow | None
+    job: JobRow | None
+    steps: tuple[Step, ...]
+
+    def status(self) -> ProductionStatus:
+        return production_status(self.desired, self.row, self.deployment, self.job, self.steps)
+
+    def converged(self) -> bool:
+        """Nothing open and nothing left to do."""
+        return self.deployment is None and not self.steps
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Reads a project's snapshot from the stores (the state database, desired files and
+    release store); never from a runtime, so it answers the same while the daemon is down."""
+
+    db: StateDB
+    desired: DesiredStore
+    releases: ReleaseStore
+
+    def snapshot(self, pid: ProjectId) -> Snapshot:
+        row = self.db.project(pid)
+        desired = self.desired.read(pid)
+        spec = (desired.spec or spec_from_row(row)) if desired is not None else None
+        view = desired_view(desired, spec)
+        observed = observed_view(
+            row,
+            instances=(ObservedInstance(r.hash, r.port) for r in self.db.instances(pid)),
+            current=self.releases.current(pid),
+            releases=frozenset(r.hash for r in self.releases.versions(pid)),
+        )
+        deployment = self.db.open_deployment(pid)
+        job = self.db.active_job(pid, deployment=deployment.id) if deployment else None
+        return Snapshot(view, spec, row, deployment, job, tuple(plan(view, observed)))
