@@ -21,10 +21,11 @@ install: $(STAMP) ## create .venv and install reconciler with its dev tools
 test: $(STAMP) ## run the whole test suite (installs first if needed)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict
+lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, the import layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -76,6 +77,7 @@ class Env:
     daemon: Daemon | None = None
     proc: subprocess.Popen[bytes] | None = None
     _db: StateDB | None = field(default=None, repr=False)
+    _notify: socket.socket | None = field(default=None, repr=False)
 
     @property
     def desired(self) -> Path:
@@ -116,10 +118,25 @@ class Env:
             self.daemon.shutdown()
             self.daemon = None
 
+    def resync_and_wait(self, project: str, timeout: float = 10) -> None:
+        """Ask the in-process daemon for a full resync and wait until ``project`` has been
+        reconciled once more (an observable event, not a sleep)."""
+        assert self.daemon is not None
+        workers = self.daemon.controller.workers
+        before = workers.handled(project)
+        self.daemon.resync()
+        wait_for(lambda: workers.handled(project) > before, timeout, f"{project} reconciled")
+
     # -- daemon as a separate process ------------------------------------------------------
 
     def spawn(self) -> subprocess.Popen[bytes]:
+        """The daemon as its own process, speaking the notify protocol to a socket of ours."""
         self.desired.mkdir(parents=True, exist_ok=True)
+        if self._notify is not None:
+            self._notify.close()
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        address = self.root / f"notify-{time.monotonic_ns()}.sock"
+        self._notify.bind(str(address))
         args = [
             PYTHON, "-m", "reconciler", "daemon",
             "--desired", str(self.desired), "--data", str(self.data),
@@ -127,9 +144,26 @@ class Env:
             "--resync-interval", str(self.resync),
         ]  # fmt: skip
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        environ = {**os.environ, "NOTIFY_SOCKET": str(address)}
+        self.proc = subprocess.Popen(
+            args, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         return self.proc
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until the spawned daemon sends READY=1: every project known at its start has been
+        reconciled once."""
+        assert self._notify is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._notify.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                if "READY=1" in self._notify.recv(4096).decode().splitlines():
+                    return
+            except TimeoutError:
+                break
+        raise AssertionError(f"the daemon sent no READY=1 within {timeout}s")
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -203,6 +237,8 @@ class Env:
                     runtime.stop(instance, timeout=2)
         if self._db is not None:
             self._db.close()
+        if self._notify is not None:
+            self._notify.close()
 
 
 @contextlib.contextmanager

@@ -129,8 +129,7 @@ def test_failed_build_and_health_timeout_keep_the_old_version(tmp_path: Path) ->
 
         # the same failing spec is not retried in a loop
         builds = len([j for j in env.db.jobs("www") if j.type == "production.build"])
-        env.daemon.resync()  # type: ignore[union-attr]
-        time.sleep(1)
+        env.resync_and_wait("www")
         assert len([j for j in env.db.jobs("www") if j.type == "production.build"]) == builds
 
         # a health check that times out: new instance gone, its port released
@@ -186,8 +185,7 @@ def test_stop_during_a_long_build(tmp_path: Path) -> None:
         env.wait_status("www", "stopped")
         builds = [j for j in env.db.jobs("www") if j.type == "production.build"]
         assert builds[0].state == "cancelled"
-        env.daemon.resync()  # type: ignore[union-attr]
-        time.sleep(1)
+        env.resync_and_wait("www")
         assert env.status("www") == "stopped"
         assert not _pids_running("sleep 600")
         assert env.instances("www") == []
@@ -285,7 +283,7 @@ def test_daemon_restart_adopts_and_leaves_sites_running(tmp_path: Path) -> None:
         assert env.terminate() == 0
         assert get(f"http://127.0.0.1:{row.productionPort}/") == "survivor"
         env.spawn()
-        time.sleep(2)
+        env.wait_ready()
         again = env.wait_serving("www", "survivor")
         assert again.productionPort == row.productionPort
         assert len(env.instances("www")) == 1
@@ -320,8 +318,8 @@ def test_kill9_then_restart_converges(tmp_path: Path, moment: str) -> None:
             wait_for(lambda: os.readlink(current) != first.productionHash, 15, "switch")
         env.kill9()
         env.spawn()
+        env.wait_ready(60)
         done = env.wait_serving("www", "two", timeout=60)
-        time.sleep(1.5)  # let any leftover work settle
         instances = env.instances("www")
         assert [i.hash for i in instances] == [done.productionHash], "exactly one instance"
         reserved = {int(r[0]) for r in env.db.read("SELECT port FROM ports")}

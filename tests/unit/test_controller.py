@@ -1,0 +1,293 @@
+"""``Controller.reconcile`` end to end: real files, real SQLite, real HTTP; a fake runtime at the
+runtime boundary (the one place a fake is allowed) so every outcome can be forced."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.config import Config
+from reconciler.controller import Controller
+from reconciler.controller.observe import Runtimes
+from reconciler.controller.queue import Done, Permanent, RequeueAfter, Retry
+from reconciler.desired import DesiredStore
+from reconciler.errors import BuildFailed, Cancelled, TransientError
+from reconciler.kinds import (
+    DeploymentKind,
+    DeploymentState,
+    JobState,
+    JobType,
+    RuntimeName,
+    Status,
+)
+from reconciler.ports import PortAllocator, PortRange
+from reconciler.releases import Release, ReleaseStore
+from reconciler.runtimes.base import BuildRequest, BuildResult, Instance, Notify
+from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.state import StateDB
+from reconciler.timeutil import utcnow
+from tests.conftest import free_port
+
+P = ProjectId("www")
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@dataclass
+class FakeRuntime:
+    """Builds by taking ``dist/`` as it is; runs each instance as a real HTTP server thread."""
+
+    name: RuntimeName = RuntimeName.PROCESS
+    fail_build: BaseException | None = None
+    block_build: threading.Event | None = None
+    servers: dict[str, http.server.ThreadingHTTPServer] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        request.on_line("building")
+        if self.block_build is not None:
+            while not self.block_build.wait(0.01):
+                if request.cancel.is_set():
+                    raise Cancelled("build cancelled")
+        if self.fail_build is not None:
+            raise self.fail_build
+        return BuildResult(request.source / "dist", {"runtime": "fake"}, ("dist",))
+
+    def finish_build(self, result: BuildResult, release: Release) -> None:
+        return None
+
+    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
+        handler = functools.partial(_Quiet, directory=str(release.dist))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.servers[release.hash] = server
+        instance = Instance(release.project_id, release.hash, self.name, port, utcnow())
+        self.instances[release.hash] = instance
+        return instance
+
+    def stop(self, instance: Instance, *, timeout: float = 10) -> None:
+        server = self.servers.pop(instance.hash, None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        self.instances.pop(instance.hash, None)
+
+    def alive(self, instance: Instance) -> bool:
+        return instance.hash in self.servers
+
+    def observe(self, project_id: ProjectId) -> list[Instance]:
+        return [i for i in self.instances.values() if i.project_id == project_id]
+
+    def describe_exit(self, instance: Instance) -> str:
+        return f"the instance of {instance.hash} is gone"
+
+    def remove_version(self, project_id: ProjectId, version: str) -> None:
+        return None
+
+    def watch(self, notify: Notify, stop: threading.Event) -> None:
+        return None
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+        self.servers.clear()
+
+
+@dataclass
+class World:
+    root: Path
+    controller: Controller
+    runtime: FakeRuntime
+    db: StateDB
+    releases: ReleaseStore
+
+    def write(self, html: str, **production: object) -> None:
+        (self.root / "site" / "dist").mkdir(parents=True, exist_ok=True)
+        (self.root / "site" / "dist" / "index.html").write_text(html)
+        values = {"state": "running", "generation": 1, **production}
+        block = "".join(f"  {k}: {v}\n" for k, v in values.items())
+        text = f"source: ../site\nproduction:\n{block}health:\n  timeout: 5\n  interval: 0.05\n"
+        (self.root / "desired" / "www.yaml").write_text(text)
+
+    def serving(self) -> str:
+        row = self.db.project(P)
+        assert row is not None and row.productionPort is not None
+        return httpx.get(f"http://127.0.0.1:{row.productionPort}/", timeout=5).text
+
+    def deployments(self) -> list[tuple[DeploymentKind, DeploymentState, str | None]]:
+        rows = self.db.read("SELECT id FROM deployments ORDER BY id")
+        found = [self.db.deployment(int(r["id"])) for r in rows]
+        return [(d.kind, d.state, d.error) for d in found if d is not None]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    (tmp_path / "desired").mkdir()
+    first = max(20000, min(free_port(), 60000))
+    config = Config(
+        desired_dir=tmp_path / "desired",
+        data_dir=tmp_path / "data",
+        port_range=PortRange(first, first + 49),
+    )
+    db = StateDB(config.state_db)
+    releases = ReleaseStore(config.releases_dir)
+    runtime = FakeRuntime()
+    controller = Controller(
+        config,
+        desired=DesiredStore(config.desired_dir, lock_dir=config.lock_dir),
+        db=db,
+        releases=releases,
+        ports=PortAllocator(db, config.port_range),
+        runtimes=Runtimes(lambda _name: runtime, RuntimeName.PROCESS),
+    )
+    yield World(tmp_path, controller, runtime, db, releases)
+    runtime.close()
+    db.close()
+
+
+def test_deploy_then_nothing_to_do(world: World) -> None:
+    world.write("one")
+    assert world.controller.reconcile(P) == Done()
+    row = world.db.project(P)
+    assert row is not None and row.productionStatus == Status.RUNNING
+    assert world.serving() == "one"
+    assert world.deployments() == [(DeploymentKind.DEPLOY, DeploymentState.SUCCEEDED, None)]
+    jobs = [(j.type, j.state) for j in reversed(world.db.jobs(P))]
+    assert jobs == [
+        (JobType.BUILD, JobState.SUCCEEDED),
+        (JobType.START, JobState.SUCCEEDED),
+        (JobType.WAIT_READY, JobState.SUCCEEDED),
+    ]
+    assert all(j.deployment is not None for j in world.db.jobs(P))
+    events = [e.type for e in world.db.events_after(P, 0)]
+    assert events[0] == "production.building" and events[-1] == "production.ready"
+    # level-based: a second pass finds nothing to do and records nothing
+    assert world.controller.reconcile(P) == Done()
+    assert len(world.deployments()) == 1 and len(world.db.jobs(P)) == 3
+
+
+def test_redeploy_stops_the_old_instance_inside_the_deployment(world: World) -> None:
+    world.write("one")
+    world.controller.reconcile(P)
+    old = world.db.project(P)
+    world.write("two", generation=2)
+    assert world.controller.reconcile(P) == Done()
+    assert world.serving() == "two"
+    assert list(world.runtime.instances) == [world.db.project(P).productionHash]  # type: ignore[union-attr]
+    stop = next(j for j in world.db.jobs(P) if j.type == JobType.STOP)
+    assert stop.hash == old.productionHash and stop.deployment is not None  # type: ignore[union-attr]
+    assert world.db.deployment(stop.deployment).kind == DeploymentKind.DEPLOY  # type: ignore[union-attr]
+
+
+def test_a_failed_build_keeps_the_old_version_and_is_not_retried(world: World) -> None:
+    world.write("one")
+    world.controller.reconcile(P)
+    world.runtime.fail_build = BuildFailed("Build failed: exit 1")
+    world.write("two", generation=2)
+    result = world.controller.reconcile(P)
+    assert result == Permanent("Build failed: exit 1")
+    row = world.db.project(P)
+    assert row is not None and row.productionStatus == Status.FAILED
+    assert row.failedDigest is not None and world.serving() == "one"
+    assert world.deployments()[-1] == (
+        DeploymentKind.DEPLOY,
+        DeploymentState.FAILED,
+        "Build failed: exit 1",
+    )
+    assert world.db.events_after(P, 0)[-1].type == "production.error"
+    assert world.controller.reconcile(P) == Done()
+    assert len(world.deployments()) == 2, "the same failing spec is not tried again"
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        pytest.param(TransientError("engine down", delay=3), "engine down", id="transient"),
+        pytest.param(
+            OSError(errno.ENOSPC, "No space left on device"),
+            "unexpected error (will retry): [Errno 28] No space left on device",
+            id="unexpected-oserror",
+        ),
+    ],
+)
+def test_retryable_errors_close_everything_and_show_the_error(
+    world: World, error: BaseException, shown: str
+) -> None:
+    world.write("one")
+    world.runtime.fail_build = error
+    result = world.controller.reconcile(P)
+    assert isinstance(result, Retry)
+    row = world.db.project(P)
+    assert row is not None and (row.productionStatus, row.productionError) == (Status.ERROR, shown)
+    assert world.db.open_deployment(P) is None
+    assert world.db.active_job(P) is None
+    assert [p.name for p in world.releases.project_dir(P).iterdir()] == [], "staging removed"
+    world.runtime.fail_build = None
+    assert world.controller.reconcile(P) == Done()
+    assert world.serving() == "one"
+
+
+def test_stop_is_one_stop_deployment_and_frees_the_port(world: World) -> None:
+    world.write("one")
+    world.controller.reconcile(P)
+    port = world.db.project(P).productionPort  # type: ignore[union-attr]
+    world.write("one", state="stopped")
+    assert world.controller.reconcile(P) == Done()
+    row = world.db.project(P)
+    assert row is not None and (row.productionStatus, row.productionPort) == (Status.STOPPED, None)
+    assert world.deployments()[-1][:2] == (DeploymentKind.STOP, DeploymentState.SUCCEEDED)
+    assert world.runtime.instances == {}
+    assert port not in world.controller.ports.reserved()
+
+
+def test_a_changed_spec_cancels_the_running_build(world: World) -> None:
+    world.write("one")
+    world.runtime.block_build = threading.Event()
+    outcome: list[object] = []
+    worker = threading.Thread(target=lambda: outcome.append(world.controller.reconcile(P)))
+    worker.start()
+    deadline = 5.0
+    while not world.db.active_job(P) and deadline > 0:
+        threading.Event().wait(0.01)
+        deadline -= 0.01
+    world.write("one", state="stopped")
+    world.controller.enqueue(P)  # what the watcher does
+    worker.join(5)
+    assert outcome == [RequeueAfter(0.01)]
+    assert world.deployments() == [
+        (DeploymentKind.DEPLOY, DeploymentState.CANCELLED, "cancelled: the desired state changed")
+    ]
+    assert world.db.jobs(P)[0].state == JobState.CANCELLED
+    assert world.controller.reconcile(P) == Done()
+    assert world.db.project(P).productionStatus == Status.STOPPED  # type: ignore[union-attr]
+
+
+def test_a_dead_instance_is_repaired_as_a_repair_deployment(world: World) -> None:
+    world.write("one")
+    world.controller.reconcile(P)
+    world.runtime.close()
+    world.runtime.instances.clear()
+    assert world.controller.reconcile(P) == Done()
+    assert world.serving() == "one"
+    assert world.deployments()[-1][:2] == (DeploymentKind.REPAIR, DeploymentState.SUCCEEDED)
+
+
+def test_a_deleted_file_stops_the_project(world: World) -> None:
+    world.write("one")
+    world.controller.reconcile(P)
+    (world.root / "desired" / "www.yaml").unlink()
+    assert world.controller.reconcile(P) == Done()
+    assert world.runtime.instances == {}
+    assert world.db.project(P).productionStatus == Status.STOPPED  # type: ignore[union-attr]
