@@ -1,3 +1,5 @@
+"""Timestamps as the API and the database write them: ISO 8601 UTC with milliseconds and ``Z``."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime

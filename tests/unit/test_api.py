@@ -18,7 +18,15 @@ from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer, TokenError, check_exposure
 from reconciler.config import Config
 from reconciler.desired import parse
-from reconciler.kinds import DeploymentKind, InstanceRole, JobType, RuntimeName, Status
+from reconciler.kinds import (
+    DeploymentKind,
+    DeploymentState,
+    InstanceRole,
+    JobState,
+    JobType,
+    RuntimeName,
+    Status,
+)
 from reconciler.operations import Operations
 from reconciler.releases import ReleaseStore
 from reconciler.spec import ProjectId
@@ -589,3 +597,49 @@ def test_healthz_and_openapi(client: FlaskClient) -> None:
         "startedAt",
         "activeJob",
     }
+
+
+def test_rollback_answers_only_when_its_deployment_has_closed(
+    app: Flask, config: Config, tmp_path: Path
+) -> None:
+    """The row already shows the target running while the old instance's stop still runs in
+    the same deployment: the rollback must not answer yet, and a stop right after it must be
+    reported as the operator's stop, not as that housekeeping."""
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    old = serving(app, config, tmp_path, "old")
+    target = stage(config, "target", tmp_path)
+    ops: Operations = app.extensions["reconciler"]
+    ops.rollback_grace = 30.0
+    answers: list[Any] = []
+    caller = threading.Thread(target=lambda: answers.append(ops.rollback(ProjectId("www"), target)))
+    caller.start()
+    # the daemon: the pin's deployment switches, records running, then stops the old instance
+    text = (config.desired_dir / "www.yaml").read_bytes()
+    wait = time.monotonic() + 5
+    while f"version: {target}".encode() not in text and time.monotonic() < wait:
+        time.sleep(0.01)
+        text = (config.desired_dir / "www.yaml").read_bytes()
+    digest = parse(config.desired_dir / "www.yaml", text).digest()
+    store = db(app)
+    dep = store.start_deployment("www", DeploymentKind.ACTIVATE, generation=3, digest=digest)
+    ReleaseStore(config.releases_dir).switch(ProjectId("www"), target)
+    store.update_project(ProjectId("www"), productionHash=target, productionPort=3002)
+    store.put_instance(
+        InstanceRow("www", target, RuntimeName.PROCESS, 3002, 2, 2, None,
+                    InstanceRole.ACTIVE, "2025-12-27T10:31:00.000Z")
+    )  # fmt: skip
+    time.sleep(0.3)  # the gap between waitReady and the old instance's stop: no job runs
+    assert answers == [], "answered while its deployment was still open"
+    stop = store.create_job("www", JobType.STOP, generation=None, hash=old, deployment=dep)
+    time.sleep(0.1)
+    assert answers == []
+    store.finish_job(stop, JobState.SUCCEEDED)
+    store.remove_instance("www", old)
+    store.finish_deployment(dep, DeploymentState.SUCCEEDED)
+    caller.join(5)
+    assert answers and answers[0].success and answers[0].hash == target
+    stopped = app.test_client().post("/api/projects/www/stop-production", json={}).json
+    assert (stopped["status"], stopped["activeJob"]) == (  # type: ignore[index]
+        "stopped",
+        {"type": "production.stop", "state": "queued"},
+    )
