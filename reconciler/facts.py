@@ -10,17 +10,46 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from reconciler.desired import DesiredFile
-from reconciler.kinds import Status
+from reconciler.kinds import EdgeMode, RuntimeName, ServeMode, Status
 from reconciler.plan import DesiredView, ObservedInstance, ObservedView
 from reconciler.spec import ProjectSpec
-from reconciler.state import ProjectRow
+from reconciler.state import ProjectRow, SiteRow
 
 
-def desired_view(desired: DesiredFile | None, in_force: ProjectSpec | None) -> DesiredView | None:
+def serve_mode(edge: EdgeMode, spec: ProjectSpec | None, default_runtime: RuntimeName) -> ServeMode:
+    """Static sites (process runtime, no start command) are served by the edge itself;
+    everything else runs an instance the edge proxies to; without an edge, its own port."""
+    if edge == EdgeMode.OFF or spec is None:
+        return ServeMode.PORT
+    runtime = spec.runtime or default_runtime
+    if runtime == RuntimeName.PROCESS and spec.start.command is None:
+        return ServeMode.STATIC
+    return ServeMode.DYNAMIC
+
+
+def desired_view(
+    desired: DesiredFile | None,
+    in_force: ProjectSpec | None,
+    *,
+    edge: EdgeMode = EdgeMode.OFF,
+    default_runtime: RuntimeName = RuntimeName.PROCESS,
+) -> DesiredView | None:
     """None when the project has no desired file (it was deleted)."""
     if desired is None:
         return None
-    return DesiredView(in_force, in_force.digest() if in_force else None, desired.error)
+    return DesiredView(
+        in_force,
+        in_force.digest() if in_force else None,
+        desired.error,
+        serve_mode(edge, in_force, default_runtime),
+    )
+
+
+def slot_port(site: SiteRow | None, slot: str | None) -> int | None:
+    """The internal port the edge routes the project to now (None: no slot yet)."""
+    if site is None or site.slots is None or slot is None:
+        return None
+    return site.slots[0] if slot == "a" else site.slots[1]
 
 
 def spec_from_row(row: ProjectRow | None) -> ProjectSpec | None:
@@ -40,15 +69,25 @@ def observed_view(
     current: str | None,
     releases: frozenset[str],
     recent_repairs: int = 0,
+    site: SiteRow | None = None,
+    slot: str | None = None,
 ) -> ObservedView:
+    found = tuple(sorted(instances, key=lambda i: i.hash))
+    routed_port = slot_port(site, slot)
+    routed = next(
+        (i.hash for i in found if routed_port is not None and i.port == routed_port), None
+    )
     return ObservedView(
         status=row.productionStatus if row else Status.STOPPED,
+        port=row.productionPort if row else None,
         active_hash=row.productionHash if row else None,
         latest_hash=row.latestHash if row else None,
         observed_generation=row.observedGeneration if row else None,
         failed_digest=row.failedDigest if row else None,
         current=current,
-        instances=tuple(sorted(instances, key=lambda i: i.hash)),
+        instances=found,
         releases=releases,
         recent_repairs=recent_repairs,
+        public_port=site.publicPort if site else None,
+        routed=routed,
     )

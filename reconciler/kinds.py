@@ -57,11 +57,28 @@ class DeploymentState(StrEnum):
 class InstanceRole(StrEnum):
     ACTIVE = "active"  # the one serving
     CANDIDATE = "candidate"  # started, not switched to yet
+    DRAINING = "draining"  # taken out of routing; stopped once in-flight requests are done
 
 
 class RuntimeName(StrEnum):
     PROCESS = "process"
     DOCKER = "docker"
+
+
+class EdgeMode(StrEnum):
+    """Who serves the sites' stable addresses."""
+
+    ON = "on"  # the daemon runs one Caddy for every site, and adopts or restarts it
+    EXTERNAL = "external"  # a Caddy someone else runs (a systemd unit); the daemon configures it
+    OFF = "off"  # no edge: each instance listens on its own public port
+
+
+class ServeMode(StrEnum):
+    """How one project's release reaches its users."""
+
+    PORT = "port"  # edge off: the instance's own port is the address
+    STATIC = "static"  # the edge serves current/dist itself; no process
+    DYNAMIC = "dynamic"  # the edge proxies to the instance on the project's active slot
 
 
 class EventType(StrEnum):

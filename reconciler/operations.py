@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
-from reconciler.kinds import TERMINAL_EVENTS, EventType, JobState, Status
+from reconciler.kinds import TERMINAL_EVENTS, EdgeMode, EventType, JobState, RuntimeName, Status
 from reconciler.releases import ReleaseStore
 from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, is_hash8
 from reconciler.state import StateDB
@@ -34,7 +34,7 @@ from reconciler.views import (
 )
 
 STREAM_END = "stream.end"
-LOG_NAMES = ("build", "app")
+LOG_NAMES = ("build", "app", "access")
 MAX_LOG_CHUNK = 256 * 1024
 
 
@@ -70,10 +70,12 @@ class Operations:
     poll_interval: float = 0.2
     heartbeat: float = 15.0
     rollback_grace: float = 30.0
+    edge: EdgeMode = EdgeMode.OFF
+    default_runtime: RuntimeName = RuntimeName.PROCESS
     reader: Reader = field(init=False)
 
     def __post_init__(self) -> None:
-        self.reader = Reader(self.db, self.desired, self.releases)
+        self.reader = Reader(self.db, self.desired, self.releases, self.edge, self.default_runtime)
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -277,6 +279,8 @@ class Operations:
     def log_path(self, pid: ProjectId, name: str) -> tuple[str | None, Path | None]:
         if name not in LOG_NAMES:
             raise OperationError(ErrorKind.INVALID, f"log must be one of: {', '.join(LOG_NAMES)}")
+        if name == "access":  # the edge's, per site, across versions
+            return None, self.releases.project_dir(pid) / "logs" / "access.log"
         version = self.releases.current(pid)
         if version is None:
             return None, None

@@ -8,10 +8,13 @@ nothing (or only a status record).
 
 Steps, in the order they may appear:
 
-- ``StopInstances``: stop instances and release their ports (stopped, deleted, strays).
+- ``StopInstances``: stop instances and release their ports (stopped, deleted, strays); at
+  the edge, strays and replaced instances are drained first.
 - ``Fail``: record a permanent failure for this exact desired spec (not retried).
 - ``Build``: build the source, stage a release, then activate it.
-- ``Activate``: start a kept release (if it is not running), wait ready, switch, stop others.
+- ``Activate``: bring a kept release live: start its instance (if it is not running), wait
+  ready, switch; for a static release at the edge, check it through the edge and flip
+  ``current``; for a dynamic one, flip the slot the edge routes to.
 - ``RestoreCurrent``: put back a deleted or wrong ``current`` link to the running version.
 - ``Record``: set the status columns only (e.g. ``running`` after a restart adopted it).
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import assert_never
 
-from reconciler.kinds import DeploymentKind, Status
+from reconciler.kinds import DeploymentKind, ServeMode, Status
 from reconciler.spec import ProjectSpec
 
 FLAP_LIMIT = 5
@@ -33,24 +36,31 @@ FLAP_WINDOW = 300.0
 
 @dataclass(frozen=True)
 class DesiredView:
-    """What desired state asks for. ``spec`` is the spec in force (the last good one)."""
+    """What desired state asks for. ``spec`` is the spec in force (the last good one);
+    ``mode`` how its releases reach users (from the daemon's edge setting and the spec)."""
 
     spec: ProjectSpec | None
     digest: str | None
     file_error: str | None = None
+    mode: ServeMode = ServeMode.PORT
 
 
 @dataclass(frozen=True)
 class ObservedInstance:
-    """An instance that really runs."""
+    """An instance that really runs; a draining one is on its way out and planned around."""
 
     hash: str
     port: int | None = None
+    draining: bool = False
 
 
 @dataclass(frozen=True)
 class ObservedView:
+    """What is: the status row, the release store, live instances, and at the edge the
+    project's stable port (``public_port``) and the version its active slot routes to."""
+
     status: Status = Status.STOPPED
+    port: int | None = None
     active_hash: str | None = None
     latest_hash: str | None = None
     observed_generation: int | None = None
@@ -59,6 +69,8 @@ class ObservedView:
     instances: tuple[ObservedInstance, ...] = ()
     releases: frozenset[str] = field(default_factory=frozenset)
     recent_repairs: int = 0
+    public_port: int | None = None
+    routed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,15 +111,16 @@ Step = StopInstances | Fail | Build | Activate | RestoreCurrent | Record
 
 def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     """The steps that move ``observed`` toward ``desired`` (None: the file was deleted)."""
-    alive = tuple(i.hash for i in observed.instances)
+    everything = tuple(i.hash for i in observed.instances)
+    live = tuple(i.hash for i in observed.instances if not i.draining)
 
     if desired is None or desired.spec is None:
         if desired is not None:
             return []  # an invalid file and no last good spec: change nothing
-        return _stop(alive, observed)
+        return _stop(everything, observed)
     spec = desired.spec
     if spec.production.state == "stopped":
-        return _stop(alive, observed)
+        return _stop(everything, observed)
 
     if observed.failed_digest is not None and observed.failed_digest == desired.digest:
         return []  # this exact spec failed: wait for an edit or a new generation
@@ -123,15 +136,18 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
         or observed.latest_hash is None
         or observed.latest_hash not in observed.releases
     ):
-        return _after_strays(alive, observed, Build(spec.production.generation))
+        return _after_strays(live, observed, Build(spec.production.generation))
     else:
         target = observed.latest_hash
 
-    others = tuple(h for h in alive if h != target)
-    if target not in alive:
-        repair = observed.active_hash == target and observed.status in (
-            Status.RUNNING,
-            Status.ERROR,
+    if not _serving(desired.mode, target, live, observed):
+        gone = (
+            observed.current != target if desired.mode == ServeMode.STATIC else target not in live
+        )
+        repair = (
+            gone
+            and observed.active_hash == target
+            and observed.status in (Status.RUNNING, Status.ERROR)
         )
         if repair and observed.recent_repairs >= FLAP_LIMIT:
             return [
@@ -141,16 +157,31 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
                     "desired file or deploy again"
                 )
             ]
-        return _after_strays(alive, observed, Activate(target, repair=repair))
+        return _after_strays(live, observed, Activate(target, repair=repair))
 
     steps: list[Step] = []
+    others = tuple(h for h in live if h != target or desired.mode == ServeMode.STATIC)
     if others:
         steps.append(StopInstances(others, final=False))
-    if observed.current != target:
+    if desired.mode != ServeMode.STATIC and observed.current != target:
         steps.append(RestoreCurrent(target))
     if observed.active_hash != target or observed.status != Status.RUNNING:
         steps.append(Record(Status.RUNNING, target))
     return steps
+
+
+def _serving(mode: ServeMode, target: str, live: tuple[str, ...], observed: ObservedView) -> bool:
+    """Does ``target`` serve the project's address now?"""
+    at_edge = observed.public_port is not None and observed.port == observed.public_port
+    match mode:
+        case ServeMode.PORT:
+            return target in live
+        case ServeMode.STATIC:
+            return at_edge and observed.current == target
+        case ServeMode.DYNAMIC:
+            return at_edge and target in live and observed.routed == target
+        case _:
+            assert_never(mode)
 
 
 def _after_strays(alive: tuple[str, ...], observed: ObservedView, step: Step) -> list[Step]:

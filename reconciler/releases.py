@@ -7,6 +7,10 @@
     <id>/.staging-*         work in progress; removed at startup
     <id>/.trash-*           a release being deleted; removed at startup
     <id>/activations.json   when each version was last switched to (for retention)
+    <id>/preview -> <hash8> the release being checked through the edge before it goes live
+    <id>/slot -> slots/a|b  which blue-green slot the edge routes to (slots/a/a, slots/b/b
+                            are the marker files its ``file`` matcher looks for)
+    <id>/logs/              the edge's access log of the site
 
 The version id is the first 8 hex characters of the dist hash: SHA-256 over a canonical walk
 of ``dist/`` in byte-sorted relative paths, each entry tagged by type with its path; files add
@@ -36,6 +40,10 @@ from reconciler.timeutil import utcnow
 
 MANIFEST = "manifest.json"
 CURRENT = "current"
+PREVIEW = "preview"
+SLOT = "slot"
+SLOTS = "slots"
+SLOT_NAMES = ("a", "b")
 ACTIVATIONS = "activations.json"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
@@ -288,7 +296,7 @@ class ReleaseStore:
                 if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
-                elif entry.name.startswith(".current-"):
+                elif entry.name.startswith((".current-", ".link-")):
                     entry.unlink(missing_ok=True)
                     removed.append(entry)
         return removed
@@ -419,22 +427,55 @@ class ReleaseStore:
 
     # -- switching -------------------------------------------------------------------------
 
-    def switch(self, project_id: ProjectId, version: str) -> None:
-        """Point ``current`` at a complete release, atomically, and record the activation."""
-        if self.get(project_id, version) is None:
-            raise ReleaseError(f"version {version} of {project_id} is not a complete release")
+    def _point(self, project_id: ProjectId, name: str, target: str) -> None:
+        """Point the link ``<id>/<name>`` at ``target``: a temp link renamed over it, so a
+        reader sees the old target or the new one, never none."""
         directory = self.project_dir(project_id)
-        tmp = directory / f".current-{secrets.token_hex(6)}"
-        os.symlink(version, tmp)
+        tmp = directory / f".link-{name}-{secrets.token_hex(6)}"
+        os.symlink(target, tmp)
         try:
-            os.replace(tmp, directory / CURRENT)
+            os.replace(tmp, directory / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         fsync_dir(directory)
+
+    def switch(self, project_id: ProjectId, version: str) -> None:
+        """Point ``current`` at a complete release, atomically, and record the activation."""
+        if self.get(project_id, version) is None:
+            raise ReleaseError(f"version {version} of {project_id} is not a complete release")
+        self._point(project_id, CURRENT, version)
+        directory = self.project_dir(project_id)
         activations = self._activations(project_id)
         activations[version] = utcnow()
         atomic_write(directory / ACTIVATIONS, json.dumps(activations, indent=2).encode() + b"\n")
+
+    def preview(self, project_id: ProjectId, version: str) -> None:
+        """Point ``preview`` at a complete release (the edge serves it on its check route)."""
+        if self.get(project_id, version) is None:
+            raise ReleaseError(f"version {version} of {project_id} is not a complete release")
+        self._point(project_id, PREVIEW, version)
+
+    def slot(self, project_id: ProjectId) -> str | None:
+        """The slot the edge routes to (``a`` or ``b``), None when there is none yet."""
+        try:
+            target = os.readlink(self.project_dir(project_id) / SLOT)
+        except OSError:
+            return None
+        name = target.removeprefix(f"{SLOTS}/")
+        return name if name in SLOT_NAMES else None
+
+    def set_slot(self, project_id: ProjectId, slot: str) -> None:
+        """Route the project's edge traffic to ``slot`` (one atomic link flip)."""
+        if slot not in SLOT_NAMES:
+            raise ValueError(f"slot must be one of {SLOT_NAMES}")
+        slots = self.project_dir(project_id) / SLOTS
+        for name in SLOT_NAMES:
+            marker = slots / name / name
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+        self._point(project_id, SLOT, f"{SLOTS}/{slot}")
 
     def _activations(self, project_id: ProjectId) -> dict[str, str]:
         try:

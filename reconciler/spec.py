@@ -15,6 +15,7 @@ from reconciler.kinds import RuntimeName
 ProjectId = NewType("ProjectId", str)
 
 PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+HOST_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 HASH8_RE = re.compile(r"^[0-9a-f]{8}$")
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN, max_length=256)]
@@ -37,6 +38,22 @@ def check_project_id(value: str) -> ProjectId:
             "starting with a letter or digit"
         )
     return ProjectId(value)
+
+
+def check_hostname(name: str) -> str:
+    """A lowercase DNS host name (RFC 1123 labels), as the edge will route it; raise otherwise."""
+    labels = name.split(".")
+    if (
+        not 1 <= len(name) <= 253
+        or len(labels) < 2
+        or not all(HOST_LABEL_RE.fullmatch(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise ValueError(
+            f"domain {name[:80]!r} is not a host name: use lowercase labels of a-z, 0-9 and "
+            "'-' separated by dots, e.g. www.example.com"
+        )
+    return name
 
 
 def is_hash8(value: object) -> bool:
@@ -117,6 +134,22 @@ class ProjectSpec(_Model):
     health: Health = Health()
     keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
     env: dict[EnvName, str] = Field(default_factory=dict)
+    domains: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="host names the edge serves this site on (HTTPS), besides its port",
+    )
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in value:
+            check_hostname(name)
+            if name in seen:
+                raise ValueError(f"domain {name!r} is listed twice")
+            seen.add(name)
+        return value
 
     @field_validator("env")
     @classmethod

@@ -22,7 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.desired import DesiredStore
 from reconciler.facts import desired_view, observed_view, spec_from_row
-from reconciler.kinds import DeploymentKind, EventType, JobState, JobType, Status
+from reconciler.kinds import (
+    DeploymentKind,
+    EdgeMode,
+    EventType,
+    InstanceRole,
+    JobState,
+    JobType,
+    RuntimeName,
+    Status,
+)
 from reconciler.plan import (
     Activate,
     Build,
@@ -193,22 +202,36 @@ class Snapshot:
 @dataclass(frozen=True)
 class Reader:
     """Reads a project's snapshot from the stores (the state database, desired files and
-    release store); never from a runtime, so it answers the same while the daemon is down."""
+    release store); never from a runtime or the edge, so it answers the same while the daemon
+    is down. The edge mode is the one the daemon last recorded (``edge`` until it has)."""
 
     db: StateDB
     desired: DesiredStore
     releases: ReleaseStore
+    edge: EdgeMode = EdgeMode.OFF
+    default_runtime: RuntimeName = RuntimeName.PROCESS
+
+    def edge_mode(self) -> EdgeMode:
+        row = self.db.edge()
+        return row.mode if row is not None else self.edge
 
     def snapshot(self, pid: ProjectId) -> Snapshot:
         row = self.db.project(pid)
         desired = self.desired.read(pid)
         spec = (desired.spec or spec_from_row(row)) if desired is not None else None
-        view = desired_view(desired, spec)
+        view = desired_view(
+            desired, spec, edge=self.edge_mode(), default_runtime=self.default_runtime
+        )
+        instances = self.db.instances(pid)
         observed = observed_view(
             row,
-            instances=(ObservedInstance(r.hash, r.port) for r in self.db.instances(pid)),
+            instances=(
+                ObservedInstance(r.hash, r.port, r.role == InstanceRole.DRAINING) for r in instances
+            ),
             current=self.releases.current(pid),
             releases=frozenset(r.hash for r in self.releases.versions(pid)),
+            site=self.db.site(pid),
+            slot=self.releases.slot(pid),
         )
         deployment = self.db.open_deployment(pid)
         job = self.db.active_job(pid, deployment=deployment.id) if deployment else None

@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from reconciler.api.models import Health, RollbackRequest
+from reconciler.api.models import EdgeHealth, Health, RollbackRequest
 from reconciler.config import Config
 from reconciler.desired import DesiredStore
 from reconciler.operations import ErrorKind, Event, OperationError, Operations
@@ -74,11 +74,18 @@ def json_body(*, required: bool) -> Any:
 @bp.get("/healthz")
 def healthz() -> Response:
     ok = True
+    edge = None
     try:
         ops().db.read("SELECT 1")
+        row = ops().db.edge()
+        if row is not None:
+            edge = EdgeHealth(
+                mode=row.mode, status=row.status, pid=row.pid, version=row.version,
+                sites=row.sites, error=row.error, checkedAt=row.updatedAt,
+            )  # fmt: skip
     except Exception:
         ok = False
-    return json_response(Health(status="ok", database=ok), 200 if ok else 503)
+    return json_response(Health(status="ok", database=ok, edge=edge), 200 if ok else 503)
 
 
 @bp.get("/api/projects")
@@ -212,6 +219,8 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
         db=db or StateDB(config.state_db),
         desired=DesiredStore(config.desired_dir, lock_dir=config.lock_dir),
         releases=ReleaseStore(config.releases_dir),
+        edge=config.edge,
+        default_runtime=config.default_runtime,
     )
     app.config["RECONCILER_TOKEN"] = token
     app.config["RECONCILER_STREAMS"] = threading.BoundedSemaphore(config.stream_cap)

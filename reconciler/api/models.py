@@ -18,7 +18,21 @@ class ErrorBody(BaseModel):
     error: str
 
 
+class EdgeHealth(BaseModel):
+    """The edge as the daemon last saw it (the API never talks to the edge itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["on", "external", "off"]
+    status: Literal["up", "down", "off"]
+    pid: int | None
+    version: str | None
+    sites: int
+    error: str | None
+    checkedAt: str
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["ok"]
     database: bool
+    edge: EdgeHealth | None = None

@@ -1,26 +1,41 @@
-"""Bringing a release live: start (or reuse) its instance, wait until it answers, switch
-``current`` and the status, then stop the instances it replaces and prune old releases.
+"""Bringing a release live, whatever serves it: go live (``golive``), then switch the status,
+retire the instances it replaces and prune old releases.
 
-A failure before the switch removes what was started for it and frees its port; the
-version that served keeps serving, untouched.
+Retiring: without the edge the old instance is stopped at once (its port was the address);
+at the edge it is drained in the background (``drain``), so the deploy is reported running,
+and a rollback answers, as soon as the edge serves the new version.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 
 from reconciler.config import Config
+from reconciler.controller.drain import Drainer
+from reconciler.controller.golive import GoLive, OnPort, Slots, Static, site_for
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
-from reconciler.kinds import EventType, InstanceRole, JobType, Status
-from reconciler.ports import PortAllocator
+from reconciler.edge.manager import Edge
+from reconciler.kinds import EventType, InstanceRole, JobType, ServeMode, Status
+from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import Release, ReleaseStore
-from reconciler.runtimes.base import Instance, Runtime, wait_ready
 from reconciler.state import ProjectChanges, StateDB
 from reconciler.timeutil import utcnow
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AtEdge:
+    """What serving through the edge takes: the edge, the ports reserved for each site, the
+    drainer, and the edge's check listener."""
+
+    edge: Edge
+    sites: SiteAllocator
+    drainer: Drainer
+    control_port: int
 
 
 class Activator:
@@ -32,24 +47,41 @@ class Activator:
         releases: ReleaseStore,
         ports: PortAllocator,
         runtimes: Runtimes,
+        at_edge: AtEdge | None = None,
     ) -> None:
         self.config = config
         self.db = db
         self.releases = releases
         self.ports = ports
         self.runtimes = runtimes
+        self.edge = at_edge.edge if at_edge else None
+        self.sites = at_edge.sites if at_edge else None
+        self.drainer = at_edge.drainer if at_edge else None
+        self.ways: dict[ServeMode, GoLive] = {
+            ServeMode.PORT: OnPort(config, ports=ports, runtimes=runtimes)
+        }
+        if at_edge is not None:
+            self.ways[ServeMode.STATIC] = Static(
+                config, releases=releases, sites=at_edge.sites, edge=at_edge.edge,
+                control_port=at_edge.control_port,
+            )  # fmt: skip
+            self.ways[ServeMode.DYNAMIC] = Slots(
+                config, releases=releases, sites=at_edge.sites, edge=at_edge.edge,
+                runtimes=runtimes, drainer=at_edge.drainer,
+            )  # fmt: skip
 
     def activate(self, run: Run, release: Release, *, generation: int | None, built: bool) -> None:
-        """Start (or reuse) an instance of ``release``, wait ready, switch, stop the others."""
+        """Bring ``release`` live, record it, retire what it replaces, prune."""
         pid, rec = run.facts.project_id, run.recorder
-        runtime = self.runtimes.for_spec(run.spec)
-        instance = self._start_ready(run, runtime, release, generation)
-        self.releases.switch(pid, release.hash)
-        url = self.config.url_for(instance.port)
+        mode = run.mode
+        instance, port = self.ways[mode].go_live(run, release, generation)
+        if mode == ServeMode.PORT:
+            self.releases.switch(pid, release.hash)
+        url = self.config.site_url(port, run.spec.domains)
         changes: ProjectChanges = {
             "productionStatus": Status.RUNNING,
             "productionHash": release.hash,
-            "productionPort": instance.port,
+            "productionPort": port,
             "productionUrl": url,
             "productionStartedAt": utcnow(),
             "productionError": None,
@@ -60,76 +92,73 @@ class Activator:
             changes["observedGeneration"] = generation
             changes["latestHash"] = release.hash
         rec.update(**changes)
-        rec.put_instance(instance, InstanceRole.ACTIVE)
+        if instance is not None:
+            rec.put_instance(instance, InstanceRole.ACTIVE)
         logger.info("%s: running %s at %s", pid, release.hash, url)
         rec.emit(
-            EventType.READY,
-            {"status": "running", "url": url, "port": instance.port, "hash": release.hash},
+            EventType.READY, {"status": "running", "url": url, "port": port, "hash": release.hash}
         )
-        others = tuple(h for h in run.live if h != release.hash)
-        run.live[release.hash] = (instance, runtime)
-        self.stop(run, others)
+        others = tuple(h for h in run.live if h != release.hash or instance is None)
+        if instance is not None:
+            run.live[release.hash] = (instance, self.runtimes.for_spec(run.spec))
+        self.retire(run, others)
         self._prune(run, release.hash)
 
-    def _start_ready(
-        self, run: Run, runtime: Runtime, release: Release, generation: int | None
-    ) -> Instance:
-        """The production.start and production.waitReady jobs. A failure removes what they
-        started and frees its port; an instance that was already running is left alone."""
-        pid, rec, spec = run.facts.project_id, run.recorder, run.spec
-        existing = run.live.get(release.hash)
-        reused = existing[0] if existing is not None and existing[0].port is not None else None
-        started: Instance | None = None
-        port: int | None = None
-        try:
-            with rec.job(JobType.START, hash=release.hash, generation=generation):
-                if reused is not None:
-                    port = reused.port
-                    message = f"Reusing the running instance of {release.hash} on port {port}"
-                    rec.emit(EventType.STARTING, {"message": message, "port": port})
-                    instance = reused
-                else:
-                    port = self.ports.allocate(pid, hash=release.hash)
-                    logger.info("%s: start %s on port %s", pid, release.hash, port)
-                    rec.emit(
-                        EventType.STARTING,
-                        {"message": f"Starting {release.hash} on port {port}...", "port": port},
-                    )
-                    instance = started = runtime.start(release, spec, port=port)
-                    rec.put_instance(started, InstanceRole.CANDIDATE)
-            with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
-                wait_ready(
-                    f"http://{self.config.probe_host}:{port}{spec.health.path}",
-                    spec.health,
-                    alive=lambda: runtime.alive(instance),
-                    why_dead=lambda: runtime.describe_exit(instance),
-                    cancel=run.cancel,
-                )
-        except BaseException:
-            if reused is None:
-                if started is not None:
-                    with contextlib.suppress(Exception):
-                        runtime.stop(started, timeout=2)
-                    rec.forget_instance(release.hash)
-                self.ports.release(port)
-            raise
-        return instance
+    def retire(self, run: Run, hashes: tuple[str, ...]) -> None:
+        """Instances no longer wanted: drained at the edge, stopped at once without it."""
+        if run.mode == ServeMode.PORT or self.drainer is None:
+            self.stop(run, hashes)
+            return
+        for version in hashes:
+            entry = run.live.pop(version, None)
+            if entry is not None:
+                self.drainer.drain(*entry)
 
     def stop(self, run: Run, hashes: tuple[str, ...]) -> None:
+        """Stop instances now (inside the deployment), and free their ports."""
         for version in hashes:
             entry = run.live.pop(version, None)
             if entry is None:
                 continue
             instance, runtime = entry
+            if self.drainer is not None and version in self.drainer.pending(run.facts.project_id):
+                self.drainer.finish(run.facts.project_id, version)
+                continue
             with run.recorder.job(JobType.STOP, hash=version):
                 logger.info("%s: stop %s (port %s)", instance.project_id, version, instance.port)
-                runtime.stop(instance)
+                runtime.stop(instance, timeout=self.config.stop_grace)
             run.recorder.forget_instance(version)
             self.ports.release(instance.port)
+
+    def serve(self, run: Run) -> None:
+        """Make the edge serve a project that runs, with its current settings (domains);
+        level-based: nothing happens when it already does."""
+        row = self.db.project(run.facts.project_id)
+        if self.edge is None or self.sites is None or row is None or row.productionPort is None:
+            return
+        mode = run.mode
+        if mode == ServeMode.PORT or run.facts.spec is None:
+            return
+        site = self.sites.reserve(run.facts.project_id)
+        if site.publicPort != row.productionPort:
+            return  # not yet served at the edge (e.g. before an upgrade's first activation)
+        slots = site.slots if mode == ServeMode.DYNAMIC else None
+        if mode == ServeMode.DYNAMIC and slots is None:
+            return
+        self.edge.put(site_for(run, site.publicPort, mode, slots))
+
+    def unserve(self, run: Run) -> None:
+        """The project stops: the edge closes its port; a deleted project gives its ports back."""
+        if self.edge is not None:
+            self.edge.drop(run.facts.project_id)
+        if self.sites is not None and run.facts.view is None:
+            self.sites.release(run.facts.project_id)
 
     def _prune(self, run: Run, active: str) -> None:
         pid, spec = run.facts.project_id, run.spec
         protect = {active, *run.live}
+        if self.drainer is not None:
+            protect |= set(self.drainer.pending(pid))
         if spec.production.pinned:
             protect.add(spec.production.pinned)
         row = self.db.project(pid)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from reconciler.config import Config
+from reconciler.controller.activate import Activator, AtEdge
 from reconciler.controller.observe import Observer, RepairLog, Runtimes, instance_from_row
 from reconciler.controller.pipeline import Pipeline
 from reconciler.controller.queue import Done, RateLimiter, Result, Workers, WorkQueue
@@ -45,6 +46,7 @@ class Controller:
         releases: ReleaseStore,
         ports: PortAllocator,
         runtimes: Runtimes,
+        at_edge: AtEdge | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -62,9 +64,19 @@ class Controller:
             runtimes=self.runtimes,
             last_good=self.last_good,
             repairs=repairs,
+            edge=config.edge,
         )
+        self.at_edge = at_edge
         self.pipeline = Pipeline(
-            config, db=db, releases=releases, ports=ports, runtimes=self.runtimes, repairs=repairs
+            config,
+            db=db,
+            releases=releases,
+            ports=ports,
+            runtimes=self.runtimes,
+            repairs=repairs,
+            activator=Activator(
+                config, db=db, releases=releases, ports=ports, runtimes=runtimes, at_edge=at_edge
+            ),
         )
         self.queue = WorkQueue(clock)
         self.workers = Workers(
@@ -101,6 +113,8 @@ class Controller:
             for _digest, cancel in self._inflight.values():
                 cancel.set()
         self.workers.stop(timeout)
+        if self.at_edge is not None:
+            self.at_edge.drainer.close()
 
     def hung(self) -> list[str]:
         return self.workers.hung()
@@ -174,7 +188,13 @@ class Controller:
             recorder = Recorder(self.db, project_id, digest=None)
             for stale in gone:
                 recorder.forget_instance(stale.hash)
-            for version, (instance, _rt) in alive.items():
+            draining = {
+                r.hash for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING
+            }
+            for version, (instance, runtime) in alive.items():
+                if version in draining and self.at_edge is not None:
+                    self.at_edge.drainer.drain(instance, runtime, after=0)
+                    continue
                 active = row is not None and row.productionHash == version
                 recorder.put_instance(
                     instance, InstanceRole.ACTIVE if active else InstanceRole.CANDIDATE

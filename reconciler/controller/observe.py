@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from reconciler.desired import DesiredFile, DesiredStore, LastGood
 from reconciler.facts import desired_view, observed_view, spec_from_row
-from reconciler.kinds import RuntimeName
+from reconciler.kinds import EdgeMode, InstanceRole, RuntimeName
 from reconciler.plan import FLAP_WINDOW, DesiredView, ObservedInstance, ObservedView
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Instance, Runtime
 from reconciler.spec import ProjectId, ProjectSpec
-from reconciler.state import InstanceRow, ProjectRow, StateDB
+from reconciler.state import InstanceRow, ProjectRow, SiteRow, StateDB
 
 Live = dict[str, tuple[Instance, Runtime]]
 
@@ -113,9 +113,10 @@ class Facts:
     spec: ProjectSpec | None  # in force: the file's, or the last good one
     view: DesiredView | None
     row: ProjectRow | None
-    live: Live
+    live: Live  # instances that run, draining ones included
     gone: tuple[InstanceRow, ...]  # database rows of instances that no longer run
     observed: ObservedView
+    site: SiteRow | None = None  # the project's reserved ports at the edge
 
     @property
     def digest(self) -> str | None:
@@ -132,6 +133,7 @@ class Observer:
         runtimes: Runtimes,
         last_good: LastGood,
         repairs: RepairLog,
+        edge: EdgeMode = EdgeMode.OFF,
     ) -> None:
         self.desired = desired
         self.db = db
@@ -139,11 +141,15 @@ class Observer:
         self.runtimes = runtimes
         self.last_good = last_good
         self.repairs = repairs
+        self.edge = edge
+
+    def view(self, desired: DesiredFile | None, spec: ProjectSpec | None) -> DesiredView | None:
+        return desired_view(desired, spec, edge=self.edge, default_runtime=self.runtimes.default)
 
     def desired_now(self, project_id: ProjectId) -> DesiredView | None:
         """What the desired file asks for now (a read; remembers nothing)."""
         desired = self.desired.read(project_id)
-        return desired_view(desired, self.last_good.in_force(desired) if desired else None)
+        return self.view(desired, self.last_good.in_force(desired) if desired else None)
 
     def live(
         self, project_id: ProjectId, spec: ProjectSpec | None
@@ -169,20 +175,29 @@ class Observer:
             self.last_good.seed(project_id, from_row)  # after a restart, before a valid read
         spec = self.last_good.in_force(desired) if desired is not None else None
         live, gone = self.live(project_id, spec)
+        draining = {
+            r.hash for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING
+        }
+        site = self.db.site(project_id)
         observed = observed_view(
             row,
-            instances=(ObservedInstance(h, inst.port) for h, (inst, _rt) in live.items()),
+            instances=(
+                ObservedInstance(h, inst.port, h in draining) for h, (inst, _rt) in live.items()
+            ),
             current=self.releases.current(project_id),
             releases=frozenset(r.hash for r in self.releases.versions(project_id)),
             recent_repairs=self.repairs.recent(project_id),
+            site=site,
+            slot=self.releases.slot(project_id),
         )
         return Facts(
             project_id,
             desired,
             spec,
-            desired_view(desired, spec),
+            self.view(desired, spec),
             row,
             live,
             tuple(gone),
             observed,
+            site,
         )

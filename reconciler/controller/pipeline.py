@@ -29,7 +29,7 @@ from reconciler.controller.queue import Done, Permanent, RequeueAfter, Result, R
 from reconciler.controller.recorder import Recorder, describe
 from reconciler.controller.run import Run
 from reconciler.errors import Cancelled, PermanentError, TransientError
-from reconciler.kinds import DeploymentKind, EventType, InstanceRole, Status
+from reconciler.kinds import DeploymentKind, EventType, InstanceRole, ServeMode, Status
 from reconciler.plan import (
     Activate,
     Build,
@@ -58,14 +58,15 @@ class Pipeline:
         ports: PortAllocator,
         runtimes: Runtimes,
         repairs: RepairLog,
+        activator: Activator,
     ) -> None:
         self.db = db
         self.releases = releases
         self.ports = ports
         self.repairs = repairs
         self.builder = Builder(releases=releases, runtimes=runtimes)
-        self.activator = Activator(config, db=db, releases=releases, ports=ports, runtimes=runtimes)
-        self.url_for = config.url_for
+        self.activator = activator
+        self.site_url = config.site_url
 
     def execute(self, facts: Facts, steps: list[Step], cancel: threading.Event) -> Result:
         recorder = Recorder(self.db, facts.project_id, digest=facts.digest)
@@ -88,6 +89,12 @@ class Pipeline:
             return Retry(str(exc), at_least=exc.delay or 0.0)
         except Exception as exc:
             return Retry(describe(exc))
+        try:
+            self.activator.serve(run)
+        except TransientError as exc:
+            logger.warning("%s: %s", facts.project_id, exc)
+            recorder.update(productionStatus=Status.ERROR, productionError=str(exc))
+            return Retry(str(exc), at_least=exc.delay or 0.0)
         self._show_file_error(run)
         return Done()
 
@@ -144,11 +151,13 @@ class Pipeline:
     # -- executors -------------------------------------------------------------------------
 
     def stop_instances(self, run: Run, step: StopInstances) -> None:
-        if step.final:
-            run.recorder.emit(EventType.STOPPING, {"message": "Stopping production..."})
+        if not step.final:
+            self.activator.retire(run, step.hashes)
+            return
+        run.recorder.emit(EventType.STOPPING, {"message": "Stopping production..."})
+        self.activator.unserve(run)
         self.activator.stop(run, step.hashes)
-        if step.final:
-            self._stopped(run)
+        self._stopped(run)
 
     def activate_kept(self, run: Run, step: Activate) -> None:
         pid, rec, row = run.facts.project_id, run.recorder, run.facts.row
@@ -166,25 +175,33 @@ class Pipeline:
 
     def record(self, run: Run, step: Record) -> None:
         if step.status != Status.RUNNING or step.hash is None:
+            self.activator.unserve(run)
             self._stopped(run)
             return
-        instance, _rt = run.live[step.hash]
+        entry = run.live.get(step.hash)
+        instance = entry[0] if entry is not None and run.mode != ServeMode.STATIC else None
         row = run.facts.row
+        if run.mode == ServeMode.PORT:
+            assert instance is not None  # planned only for a live instance
+            port = instance.port
+        else:
+            port = run.facts.observed.public_port
         started = (
             row.productionStartedAt
             if row is not None and row.productionHash == step.hash and row.productionStartedAt
-            else instance.started_at or utcnow()
+            else (instance.started_at if instance else None) or utcnow()
         )
-        logger.info("%s: running %s on port %s", run.facts.project_id, step.hash, instance.port)
+        logger.info("%s: running %s on port %s", run.facts.project_id, step.hash, port)
         run.recorder.update(
             productionStatus=Status.RUNNING,
             productionHash=step.hash,
-            productionPort=instance.port,
-            productionUrl=self.url_for(instance.port),
+            productionPort=port,
+            productionUrl=self.site_url(port, run.spec.domains),
             productionStartedAt=started,
             productionError=None,
         )
-        run.recorder.put_instance(instance, InstanceRole.ACTIVE)
+        if instance is not None:
+            run.recorder.put_instance(instance, InstanceRole.ACTIVE)
 
     # -- shared pieces ---------------------------------------------------------------------
 

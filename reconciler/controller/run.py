@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from reconciler.controller.observe import Facts, Live
 from reconciler.controller.recorder import Recorder
 from reconciler.errors import Cancelled, PermanentError
+from reconciler.kinds import ServeMode
 from reconciler.spec import ProjectSpec
 
 
@@ -26,6 +27,10 @@ class Run:
         if spec is None:
             raise PermanentError("no valid desired spec is in force")
         return spec
+
+    @property
+    def mode(self) -> ServeMode:
+        return self.facts.view.mode if self.facts.view is not None else ServeMode.PORT
 
     def check(self) -> None:
         if self.cancel.is_set():

@@ -4,11 +4,13 @@ from reconciler.state.db import StateDB
 from reconciler.state.rows import (
     PROJECT_COLUMNS,
     DeploymentRow,
+    EdgeRow,
     EventRow,
     InstanceRow,
     JobRow,
     ProjectChanges,
     ProjectRow,
+    SiteRow,
 )
 from reconciler.state.schema import MIGRATIONS
 
@@ -16,10 +18,12 @@ __all__ = [
     "MIGRATIONS",
     "PROJECT_COLUMNS",
     "DeploymentRow",
+    "EdgeRow",
     "EventRow",
     "InstanceRow",
     "JobRow",
     "ProjectChanges",
     "ProjectRow",
+    "SiteRow",
     "StateDB",
 ]

@@ -6,7 +6,7 @@ from dataclasses import fields
 from typing import Unpack
 
 from reconciler.spec import ProjectId
-from reconciler.state.history import History
+from reconciler.state.edge import EdgeTables
 from reconciler.state.rows import (
     PROJECT_COLUMNS,
     InstanceRow,
@@ -18,11 +18,11 @@ from reconciler.state.rows import (
 from reconciler.timeutil import utcnow
 
 
-class StateDB(History):
+class StateDB(EdgeTables):
     """The state database. One instance per process; safe to use from any thread.
 
-    Projects and instances here; deployments, jobs and events in ``History``; connections,
-    transactions and migrations in ``Database``.
+    Projects and instances here; sites and the edge status in ``EdgeTables``; deployments,
+    jobs and events in ``History``; connections, transactions and migrations in ``Database``.
     """
 
     def project(self, project_id: str) -> ProjectRow | None:

@@ -11,6 +11,7 @@ from typing import Any, TypedDict, TypeVar, get_type_hints
 from reconciler.kinds import (
     DeploymentKind,
     DeploymentState,
+    EdgeMode,
     EventType,
     InstanceRole,
     JobState,
@@ -109,6 +110,37 @@ class InstanceRow:
     containerId: str | None
     role: InstanceRole
     startedAt: str
+
+
+@dataclass(frozen=True)
+class SiteRow:
+    """A project's reserved ports at the edge: public from --port-range, slots internal."""
+
+    project: str
+    publicPort: int
+    slotA: int | None
+    slotB: int | None
+    reservedAt: str
+
+    @property
+    def slots(self) -> tuple[int, int] | None:
+        if self.slotA is None or self.slotB is None:
+            return None
+        return (self.slotA, self.slotB)
+
+
+@dataclass(frozen=True)
+class EdgeRow:
+    """What the daemon last saw of the edge (for the API, which never talks to it)."""
+
+    mode: EdgeMode
+    status: str  # up | down | off
+    pid: int | None
+    version: str | None
+    sites: int
+    error: str | None
+    loadedAt: str | None
+    updatedAt: str
 
 
 R = TypeVar("R")

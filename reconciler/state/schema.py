@@ -76,4 +76,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE deployments ADD COLUMN digest TEXT;
     ALTER TABLE deployments ADD COLUMN error TEXT
     """,
+    # 3: the edge: each project's stable public port and its two internal slot ports, and
+    # how the edge process is doing (one row)
+    """
+    CREATE TABLE sites (
+        project TEXT PRIMARY KEY,
+        publicPort INTEGER NOT NULL UNIQUE,
+        slotA INTEGER UNIQUE,
+        slotB INTEGER UNIQUE,
+        reservedAt TEXT NOT NULL
+    );
+    CREATE TABLE edge (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        mode TEXT NOT NULL,
+        status TEXT NOT NULL,
+        pid INTEGER,
+        version TEXT,
+        sites INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        loadedAt TEXT,
+        updatedAt TEXT NOT NULL
+    )
+    """,
 ]

@@ -21,7 +21,7 @@ def live(tmp_path: Path) -> Iterator[tuple[Env, str]]:
         args = [
             PYTHON, "-m", "reconciler", "run", "--listen", f"127.0.0.1:{port}",
             "--desired", str(env.desired), "--data", str(env.data),
-            "--port-range", f"{env.first_port}-{env.first_port + 199}",
+            "--port-range", f"{env.first_port}-{env.first_port + 199}", "--edge", "off",
         ]  # fmt: skip
         log = open(tmp_path / "run.log", "ab")  # noqa: SIM115
         env.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

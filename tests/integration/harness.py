@@ -17,6 +17,8 @@ import httpx
 
 from reconciler.config import Config
 from reconciler.daemon import Daemon
+from reconciler.edge.caddy import CaddyProcess, Paths, default_binary
+from reconciler.kinds import EdgeMode
 from reconciler.ports import PortRange
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.process import ProcessRuntime
@@ -74,6 +76,7 @@ class Env:
     watch: bool = True
     resync: float = 30.0
     runtime: str = "process"
+    edge: EdgeMode = EdgeMode.OFF
     daemon: Daemon | None = None
     proc: subprocess.Popen[bytes] | None = None
     _db: StateDB | None = field(default=None, repr=False)
@@ -103,6 +106,10 @@ class Env:
             health_interval=0.5,
             watch=self.watch,
             docker_prefix=f"rtest{self.first_port}",
+            edge=self.edge,
+            internal_port_range=PortRange(self.first_port + 200, self.first_port + 399),
+            drain=0.2,
+            stop_grace=3,
         )
 
     # -- in-process daemon -----------------------------------------------------------------
@@ -134,6 +141,8 @@ class Env:
         self.desired.mkdir(parents=True, exist_ok=True)
         if self._notify is not None:
             self._notify.close()
+        if self.edge == EdgeMode.ON and (binary := default_binary()) is not None:
+            CaddyProcess(binary, Paths(self.data / "edge")).kill()  # the edge outlives daemons
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         address = self.root / f"notify-{time.monotonic_ns()}.sock"
         self._notify.bind(str(address))
@@ -141,7 +150,9 @@ class Env:
             PYTHON, "-m", "reconciler", "daemon",
             "--desired", str(self.desired), "--data", str(self.data),
             "--port-range", f"{self.first_port}-{self.first_port + 199}",
-            "--resync-interval", str(self.resync),
+            "--internal-port-range", f"{self.first_port + 200}-{self.first_port + 399}",
+            "--resync-interval", str(self.resync), "--edge", self.edge.value,
+            "--drain", "0.2", "--stop-grace", "3",
         ]  # fmt: skip
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - owned by the process
         environ = {**os.environ, "NOTIFY_SOCKET": str(address)}
@@ -239,6 +250,8 @@ class Env:
             self._db.close()
         if self._notify is not None:
             self._notify.close()
+        if self.edge == EdgeMode.ON and (binary := default_binary()) is not None:
+            CaddyProcess(binary, Paths(self.data / "edge")).kill()  # the edge outlives daemons
 
 
 @contextlib.contextmanager
@@ -251,6 +264,7 @@ def environment(tmp_path: Path, **options: Any) -> Iterator[Env]:
 
 
 def _port_block() -> int:
-    """A block of 200 ports that nothing listens on now (tests run one at a time)."""
+    """A block of 400 ports that nothing listens on now (tests run one at a time): 200 public,
+    200 internal."""
     base = free_port()
-    return max(20000, min(base, 60000))
+    return max(30000, min(base, 60000))

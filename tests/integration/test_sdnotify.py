@@ -48,7 +48,7 @@ def test_ready_watchdog_status_stopping(tmp_path: Path) -> None:
         args = [
             PYTHON, "-m", "reconciler", "run", "--listen", f"127.0.0.1:{api_port}",
             "--desired", str(env.desired), "--data", str(env.data),
-            "--port-range", f"{env.first_port}-{env.first_port + 199}",
+            "--port-range", f"{env.first_port}-{env.first_port + 199}", "--edge", "off",
         ]  # fmt: skip
         env.proc = subprocess.Popen(
             args, cwd=REPO, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

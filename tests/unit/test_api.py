@@ -20,6 +20,7 @@ from reconciler.config import Config
 from reconciler.desired import parse
 from reconciler.kinds import (
     DeploymentKind,
+    EdgeMode,
     DeploymentState,
     InstanceRole,
     JobState,
@@ -52,7 +53,9 @@ def config(tmp_path: Path) -> Config:
     desired = tmp_path / "desired"
     desired.mkdir()
     (desired / "www.yaml").write_text(SITE)
-    return Config(desired_dir=desired, data_dir=tmp_path / "data", stream_cap=3)
+    return Config(
+        desired_dir=desired, data_dir=tmp_path / "data", stream_cap=3, edge=EdgeMode.OFF
+    )
 
 
 @pytest.fixture
@@ -570,8 +573,11 @@ def test_projects_list_includes_invalid_files(client: FlaskClient, config: Confi
     )
 
 
-def test_healthz_and_openapi(client: FlaskClient) -> None:
-    assert client.get("/healthz").json == {"status": "ok", "database": True}
+def test_healthz_and_openapi(client: FlaskClient, app: Flask) -> None:
+    assert client.get("/healthz").json == {"status": "ok", "database": True, "edge": None}
+    db(app).set_edge(EdgeMode.ON, "down", pid=None, version="v2.11.7", sites=0, error="no answer")
+    edge = client.get("/healthz").json["edge"]  # type: ignore[index]
+    assert (edge["mode"], edge["status"], edge["error"]) == ("on", "down", "no answer")
     doc = client.get("/openapi.json").json
     assert doc["openapi"] == "3.1.0"  # type: ignore[index]
     assert set(doc["paths"]) == {  # type: ignore[index]

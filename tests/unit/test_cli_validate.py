@@ -53,6 +53,7 @@ def test_schema_is_json_schema() -> None:
         "health",
         "keep",
         "env",
+        "domains",
     }
 
 

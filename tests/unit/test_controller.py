@@ -22,6 +22,7 @@ from reconciler.desired import DesiredStore
 from reconciler.errors import BuildFailed, Cancelled, TransientError
 from reconciler.kinds import (
     DeploymentKind,
+    EdgeMode,
     DeploymentState,
     JobState,
     JobType,
@@ -140,6 +141,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         desired_dir=tmp_path / "desired",
         data_dir=tmp_path / "data",
         port_range=PortRange(first, first + 49),
+        edge=EdgeMode.OFF,
     )
     db = StateDB(config.state_db)
     releases = ReleaseStore(config.releases_dir)

@@ -18,6 +18,7 @@ from reconciler.plan import (
     plan,
     should_cancel,
 )
+from reconciler.kinds import ServeMode
 from reconciler.spec import ProjectSpec
 
 A, B, C = "aaaaaaaa", "bbbbbbbb", "cccccccc"
@@ -155,7 +156,68 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("desired", "observed", "expected"), CASES)
+def at_edge(mode: ServeMode, **changes: object) -> tuple[DesiredView, ObservedView]:
+    desired = want()
+    return (
+        DesiredView(desired.spec, desired.digest, mode=mode),
+        seen(**{"port": 3001, "public_port": 3001, **changes}),
+    )
+
+
+EDGE_CASES = [
+    pytest.param(
+        *at_edge(ServeMode.STATIC, instances=()),
+        [],
+        id="static-serving-noop",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, instances=up(A)),
+        [StopInstances((A,), final=False)],
+        id="static-needs-no-process",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, instances=(), current=None),
+        [Activate(A, repair=True)],
+        id="static-current-deleted-repair",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, instances=up(A), port=3005),
+        [Activate(A)],
+        id="static-upgrade-from-a-port-keeps-the-old-process-until-the-edge-serves",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, instances=(), status="error"),
+        [Record("running", A)],
+        id="static-status-recorded",
+    ),
+    pytest.param(*at_edge(ServeMode.DYNAMIC, routed=A), [], id="dynamic-routed-noop"),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None),
+        [Activate(A)],
+        id="dynamic-alive-not-routed-flips",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=A, instances=(*up(A), ObservedInstance(B, 9, True))),
+        [],
+        id="dynamic-draining-instance-planned-around",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=()),
+        [Activate(A, repair=True)],
+        id="dynamic-instance-died-repair",
+    ),
+    pytest.param(
+        DesiredView(
+            want(state="stopped").spec, want(state="stopped").digest, mode=ServeMode.DYNAMIC
+        ),
+        seen(instances=(ObservedInstance(B, 9, True),)),
+        [StopInstances((B,), final=True)],
+        id="stop-also-stops-draining",
+    ),
+]
+
+
+@pytest.mark.parametrize(("desired", "observed", "expected"), CASES + EDGE_CASES)
 def test_plan(desired: DesiredView | None, observed: ObservedView, expected: list[Step]) -> None:
     assert plan(desired, observed) == expected
 

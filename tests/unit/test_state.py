@@ -21,11 +21,11 @@ P = ProjectId("site")
 
 def test_schema_wal_and_migrations(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "data" / "state.db")
-    assert db.schema_version == len(MIGRATIONS) == 2
+    assert db.schema_version == len(MIGRATIONS) == 3
     assert db.read("PRAGMA journal_mode")[0][0] == "wal"
     db.close()
     again = StateDB(tmp_path / "data" / "state.db")  # idempotent
-    assert again.schema_version == 2
+    assert again.schema_version == 3
     again.close()
     conn = sqlite3.connect(tmp_path / "data" / "state.db")
     conn.execute("PRAGMA user_version = 99")
@@ -70,7 +70,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     db = StateDB(path)
-    assert db.schema_version == 2
+    assert db.schema_version == len(MIGRATIONS)
     old = db.latest_deployment(P)
     assert old is not None and (old.kind, old.digest, old.error) == ("deploy", None, None)
     new = db.start_deployment(P, DeploymentKind.STOP, generation=None, digest="abc")

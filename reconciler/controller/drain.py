@@ -1,0 +1,158 @@
+"""Draining: instances the edge no longer routes to are stopped in the background.
+
+A deploy or rollback is done (and answered) as soon as the edge serves the new version; the
+instance it replaced is marked ``draining``, left ``drain`` seconds to finish the requests it
+is serving, then stopped gracefully (``grace`` seconds before it is killed), outside any
+deployment. A draining instance is planned around; a new instance that needs its port or its
+version waits for its stop (``finish``). After a daemon restart, instances still marked
+draining are drained again.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from reconciler.kinds import InstanceRole, JobState, JobType
+from reconciler.runtimes.base import Instance, Runtime
+from reconciler.state import InstanceRow, StateDB
+from reconciler.timeutil import utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(order=True)
+class _Item:
+    due: float
+    key: tuple[str, str] = field(compare=False)
+    instance: Instance = field(compare=False)
+    runtime: Runtime = field(compare=False)
+
+
+class Drainer:
+    def __init__(
+        self,
+        db: StateDB,
+        *,
+        drain: float,
+        grace: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.drain_seconds = drain
+        self.grace = grace
+        self.clock = clock
+        self._heap: list[_Item] = []
+        self._pending: dict[tuple[str, str], _Item] = {}
+        self._stopping_now: dict[tuple[str, str], Future[None]] = {}
+        self._cond = threading.Condition()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drain")
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
+        self._thread.start()
+
+    def drain(self, instance: Instance, runtime: Runtime, *, after: float | None = None) -> None:
+        """Take ``instance`` out of service: mark it, stop it after the drain period."""
+        self.db.put_instance(
+            InstanceRow(
+                instance.project_id,
+                instance.hash,
+                instance.runtime,
+                instance.port,
+                instance.pid,
+                instance.pid_start,
+                instance.container_id,
+                InstanceRole.DRAINING,
+                instance.started_at or utcnow(),
+            )
+        )
+        delay = self.drain_seconds if after is None else after
+        item = _Item(self.clock() + delay, (instance.project_id, instance.hash), instance, runtime)
+        with self._cond:
+            if item.key in self._pending or item.key in self._stopping_now:
+                return
+            self._pending[item.key] = item
+            heapq.heappush(self._heap, item)
+            self._cond.notify_all()
+        logger.info(
+            "%s: draining %s (port %s) for %.1f s",
+            instance.project_id,
+            instance.hash,
+            instance.port,
+            delay,
+        )
+
+    def pending(self, project_id: str) -> dict[str, Instance]:
+        """The project's instances being drained or stopped, by version."""
+        with self._cond:
+            found = {k[1]: i.instance for k, i in self._pending.items() if k[0] == project_id}
+            return found
+
+    def finish(self, project_id: str, version: str) -> None:
+        """Stop a draining instance now (its port or version is needed) and wait for it."""
+        key = (project_id, version)
+        with self._cond:
+            item = self._pending.get(key)
+            future = self._begin(item) if item is not None else self._stopping_now.get(key)
+        if future is not None:
+            future.result()
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Finish the stops under way; leave the rest (still marked draining: a restarted
+        daemon drains them again). Nothing is left half-stopped."""
+        with self._cond:
+            self._closed = True
+            self._pending.clear()
+            self._cond.notify_all()
+        self._pool.shutdown(wait=True)
+        self._thread.join(timeout)
+
+    def _begin(self, item: _Item) -> Future[None]:
+        """Hand one item to the pool (under the lock)."""
+        self._pending.pop(item.key, None)
+        future = self._pool.submit(self._stop, item)
+        self._stopping_now[item.key] = future
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                now = self.clock()
+                while self._heap and (
+                    self._heap[0].key not in self._pending
+                    or self._pending[self._heap[0].key] is not self._heap[0]
+                ):
+                    heapq.heappop(self._heap)  # finished early or replaced
+                if self._heap and self._heap[0].due <= now:
+                    self._begin(heapq.heappop(self._heap))
+                    continue
+                wait = self._heap[0].due - now if self._heap else 0.5
+                self._cond.wait(max(0.005, min(wait, 0.5)))
+
+    def _stop(self, item: _Item) -> None:
+        instance, runtime = item.instance, item.runtime
+        job = self.db.create_job(
+            instance.project_id, JobType.STOP, generation=None, hash=instance.hash
+        )
+        try:
+            runtime.stop(instance, timeout=self.grace)
+        except Exception as exc:
+            logger.warning("%s: stopping %s failed: %s", instance.project_id, instance.hash, exc)
+            self.db.finish_job(job, JobState.FAILED, error=str(exc))
+        else:
+            self.db.finish_job(job, JobState.SUCCEEDED)
+            rows = [r for r in self.db.instances(instance.project_id) if r.hash == instance.hash]
+            if rows and rows[0].role == InstanceRole.DRAINING:
+                self.db.remove_instance(instance.project_id, instance.hash)
+            logger.info("%s: stopped %s after draining", instance.project_id, instance.hash)
+        finally:
+            with self._cond:
+                self._stopping_now.pop(item.key, None)
+                self._cond.notify_all()

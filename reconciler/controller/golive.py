@@ -1,0 +1,293 @@
+"""How a release goes live, one class per way a project is served (its ``ServeMode``).
+
+Each ``go_live(run, release, generation)`` runs the ``production.start`` and
+``production.waitReady`` jobs and returns what now serves: the instance (None for a static
+site) and the port users reach it on.
+
+- ``OnPort`` (no edge): a new instance on a newly allocated public port; the port is the
+  address, so it moves with every version.
+- ``Static`` (edge): no process. ``preview`` is pointed at the release and its health path
+  is fetched through the edge's check route; only then ``current`` flips, and the edge,
+  which serves ``current/dist`` for the project's stable port, serves the new files.
+- ``Slots`` (edge): blue-green on the project's two slot ports. The new instance starts on
+  the slot the edge does not route to, must answer there, then ``slot`` flips and the edge
+  routes the stable port to it; the answer through the edge is checked for the slot.
+
+A failure before the switch removes what was started for it; the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Protocol
+
+import httpx
+
+from reconciler.config import Config
+from reconciler.controller.drain import Drainer
+from reconciler.controller.observe import Runtimes
+from reconciler.controller.run import Run
+from reconciler.edge.config import SLOT_HEADER, Site
+from reconciler.edge.manager import Edge
+from reconciler.errors import StartFailed, TransientError
+from reconciler.kinds import EventType, InstanceRole, JobType, ServeMode
+from reconciler.ports import PortAllocator, SiteAllocator
+from reconciler.releases import Release, ReleaseStore
+from reconciler.runtimes.base import Instance, Runtime, describe_seconds, wait_ready
+from reconciler.spec import ProjectSpec
+
+logger = logging.getLogger(__name__)
+
+EDGE_CHECK_TIMEOUT = 5.0
+
+
+class GoLive(Protocol):
+    def go_live(
+        self, run: Run, release: Release, generation: int | None
+    ) -> tuple[Instance | None, int]: ...
+
+
+def start_and_wait(
+    run: Run,
+    runtime: Runtime,
+    release: Release,
+    generation: int | None,
+    *,
+    port: int,
+    probe_host: str,
+) -> Instance:
+    """Start an instance on ``port`` and wait until its health path answers there. On failure
+    the instance is stopped and forgotten; the caller frees the port if it owns it."""
+    pid, rec, spec = run.facts.project_id, run.recorder, run.spec
+    started: Instance | None = None
+    try:
+        with rec.job(JobType.START, hash=release.hash, generation=generation):
+            logger.info("%s: start %s on port %s", pid, release.hash, port)
+            rec.emit(
+                EventType.STARTING,
+                {"message": f"Starting {release.hash} on port {port}...", "port": port},
+            )
+            started = runtime.start(release, spec, port=port)
+            rec.put_instance(started, InstanceRole.CANDIDATE)
+        instance = started
+        with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
+            wait_ready(
+                f"http://{probe_host}:{port}{spec.health.path}",
+                spec.health,
+                alive=lambda: runtime.alive(instance),
+                why_dead=lambda: runtime.describe_exit(instance),
+                cancel=run.cancel,
+            )
+    except BaseException:
+        if started is not None:
+            with contextlib.suppress(Exception):
+                runtime.stop(started, timeout=2)
+            rec.forget_instance(release.hash)
+        raise
+    return instance
+
+
+def reuse(run: Run, release: Release, instance: Instance, generation: int | None) -> Instance:
+    """Record that an instance already running the release is taken as it is."""
+    with run.recorder.job(JobType.START, hash=release.hash, generation=generation):
+        message = f"Reusing the running instance of {release.hash} on port {instance.port}"
+        run.recorder.emit(EventType.STARTING, {"message": message, "port": instance.port})
+    return instance
+
+
+class OnPort:
+    def __init__(self, config: Config, *, ports: PortAllocator, runtimes: Runtimes) -> None:
+        self.config = config
+        self.ports = ports
+        self.runtimes = runtimes
+
+    def go_live(
+        self, run: Run, release: Release, generation: int | None
+    ) -> tuple[Instance | None, int]:
+        runtime = self.runtimes.for_spec(run.spec)
+        existing = run.live.get(release.hash)
+        if existing is not None and existing[0].port is not None:
+            instance = reuse(run, release, existing[0], generation)
+            assert instance.port is not None
+            return instance, instance.port
+        port = self.ports.allocate(run.facts.project_id, hash=release.hash)
+        try:
+            instance = start_and_wait(
+                run, runtime, release, generation, port=port, probe_host=self.config.probe_host
+            )
+        except BaseException:
+            self.ports.release(port)
+            raise
+        return instance, port
+
+
+def site_for(run: Run, port: int, mode: ServeMode, slots: tuple[int, int] | None) -> Site:
+    return Site(run.facts.project_id, port, mode, slots, tuple(run.spec.domains))
+
+
+def check_through_edge(
+    url: str, *, slot: str | None = None, timeout: float = EDGE_CHECK_TIMEOUT
+) -> None:
+    """The edge answers ``url`` with 2xx (from ``slot``, when given)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0)) as http:
+        while True:
+            try:
+                response = http.get(url)
+                served_by = response.headers.get(SLOT_HEADER)
+                if 200 <= response.status_code < 300 and (slot is None or served_by == slot):
+                    return
+                last = f"HTTP {response.status_code}" + (f" from slot {served_by}" if slot else "")
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            if time.monotonic() > deadline:
+                raise TransientError(f"the edge does not serve the new version at {url} ({last})")
+            time.sleep(0.02)
+
+
+class Static:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        releases: ReleaseStore,
+        sites: SiteAllocator,
+        edge: Edge,
+        control_port: int,
+    ) -> None:
+        self.config = config
+        self.releases = releases
+        self.sites = sites
+        self.edge = edge
+        self.control_port = control_port
+
+    def preview_url(self, run: Run) -> str:
+        path = run.spec.health.path
+        return f"http://127.0.0.1:{self.control_port}/{run.facts.project_id}/preview/dist{path}"
+
+    def go_live(
+        self, run: Run, release: Release, generation: int | None
+    ) -> tuple[Instance | None, int]:
+        pid, rec, spec = run.facts.project_id, run.recorder, run.spec
+        site = self.sites.reserve(pid)
+        with rec.job(JobType.START, hash=release.hash, generation=generation):
+            self.releases.preview(pid, release.hash)
+            rec.emit(
+                EventType.STARTING,
+                {"message": f"Checking {release.hash} through the edge (no process needed)"},
+            )
+        with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
+            check_static(self.preview_url(run), release, spec, run)
+        self.releases.switch(pid, release.hash)
+        self.edge.put(site_for(run, site.publicPort, ServeMode.STATIC, None))
+        check_through_edge(f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}")
+        return None, site.publicPort
+
+
+def check_static(url: str, release: Release, spec: ProjectSpec, run: Run) -> None:
+    """The release's health path, fetched through the edge's check route: a definite answer
+    other than 2xx fails at once (the file is not in the release); no answer is retried
+    until the health timeout (the edge may be restarting)."""
+    deadline = time.monotonic() + spec.health.timeout
+    delay = 0.01
+    last = "no answer"
+    with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0)) as http:
+        while True:
+            run.check()
+            try:
+                response = http.get(url)
+                if 200 <= response.status_code < 300:
+                    return
+                if response.status_code < 500:
+                    raise StartFailed(
+                        f"Start failed: GET {spec.health.path} answered {response.status_code} "
+                        f"from version {release.hash} (checked through the edge at {url}); "
+                        "is it in the build output?"
+                    )
+                last = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            if time.monotonic() > deadline:
+                raise TransientError(
+                    f"the edge did not answer GET {url} within "
+                    f"{describe_seconds(spec.health.timeout)} (last: {last})"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, spec.health.interval)
+
+
+class Slots:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        releases: ReleaseStore,
+        sites: SiteAllocator,
+        edge: Edge,
+        runtimes: Runtimes,
+        drainer: Drainer,
+    ) -> None:
+        self.config = config
+        self.releases = releases
+        self.sites = sites
+        self.edge = edge
+        self.runtimes = runtimes
+        self.drainer = drainer
+
+    def go_live(
+        self, run: Run, release: Release, generation: int | None
+    ) -> tuple[Instance | None, int]:
+        pid, spec = run.facts.project_id, run.spec
+        runtime = self.runtimes.for_spec(spec)
+        site = self.sites.reserve(pid)
+        pending = self.drainer.pending(pid)
+        existing = run.live.get(release.hash)
+        if existing is not None and release.hash in pending:
+            existing = None  # being drained: it will be stopped, not reused
+        adopt = existing[0].port if existing is not None and site.slots is None else None
+        slots = self.sites.reserve_slots(pid, adopt=adopt)
+        by_port = {slots[0]: "a", slots[1]: "b"}
+        active = self.releases.slot(pid)
+        if existing is not None and existing[0].port in by_port:
+            instance = reuse(run, release, existing[0], generation)
+            target = by_port[existing[0].port]
+        else:
+            target = "b" if active == "a" else "a"
+            port = slots[0] if target == "a" else slots[1]
+            self._clear(run, port, release.hash)
+            instance = start_and_wait(
+                run, runtime, release, generation, port=port, probe_host="127.0.0.1"
+            )
+        try:
+            self.edge.put(site_for(run, site.publicPort, ServeMode.DYNAMIC, slots))
+        except BaseException:
+            if existing is None:
+                with contextlib.suppress(Exception):
+                    runtime.stop(instance, timeout=2)
+                run.recorder.forget_instance(release.hash)
+            raise
+        self.releases.set_slot(pid, target)
+        check_through_edge(
+            f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}", slot=target
+        )
+        self.releases.switch(pid, release.hash)
+        return instance, site.publicPort
+
+    def _clear(self, run: Run, port: int, version: str) -> None:
+        """Free ``port`` and ``version`` for a new instance: a draining instance holding
+        either is stopped now; a stray one too."""
+        pid = run.facts.project_id
+        for pending_version, pending in self.drainer.pending(pid).items():
+            if pending.port == port or pending_version == version:
+                self.drainer.finish(pid, pending_version)
+                run.live.pop(pending_version, None)
+        for other, (instance, runtime) in list(run.live.items()):
+            if instance.port == port or other == version:
+                logger.info("%s: stopping %s to free port %s", pid, other, port)
+                with run.recorder.job(JobType.STOP, hash=other):
+                    runtime.stop(instance, timeout=self.config.stop_grace)
+                run.live.pop(other, None)
+                run.recorder.forget_instance(other)

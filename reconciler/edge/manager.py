@@ -1,0 +1,276 @@
+"""The edge, kept level-based like everything else: one thread makes Caddy run the config that
+``edge_config`` computes for the sites that should be served, and nothing more.
+
+- ``put(site)`` / ``drop(project)`` change the wanted set and wait until the edge runs it.
+  Changes that arrive together are loaded together (one load for many sites), because every
+  load briefly costs every site on the host a few queued connections.
+- The edge process is started when its socket does not answer (``--edge on``), adopted when
+  it does, and restarted when it dies, at most ``RESTART_LIMIT`` times in ``RESTART_WINDOW``
+  seconds before it waits ``RESTART_PAUSE`` between tries. With ``--edge external`` someone
+  else runs it (a systemd unit) and the manager only configures it.
+- Every ``verify_interval`` seconds the running configuration is read back and compared, so
+  a hand change through the admin API is reverted.
+- A site whose public port another process holds is left out of the load (a port that cannot
+  be bound would fail the whole load, for every site) and its ``put`` fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from reconciler.edge.caddy import (
+    CaddyAdmin,
+    CaddyProcess,
+    EdgeRefused,
+    EdgeUnavailable,
+    caddy_version,
+)
+from reconciler.edge.config import EdgeSettings, Site, bootstrap_config, edge_config, server_name
+from reconciler.errors import TransientError
+from reconciler.kinds import EdgeMode
+from reconciler.ports import port_is_free
+from reconciler.spec import ProjectId
+from reconciler.state import StateDB
+
+logger = logging.getLogger(__name__)
+
+RESTART_LIMIT = 5
+RESTART_WINDOW = 300.0
+RESTART_PAUSE = 60.0
+BATCH = 0.02  # gather changes that arrive together into one load
+APPLY_TIMEOUT = 60.0
+
+
+class Edge:
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        *,
+        mode: EdgeMode,
+        admin: CaddyAdmin,
+        process: CaddyProcess | None,
+        db: StateDB,
+        check_interval: float = 1.0,
+        verify_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.admin = admin
+        self.process = process
+        self.db = db
+        self.check_interval = check_interval
+        self.verify_interval = verify_interval
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._sites: dict[ProjectId, Site] = {}
+        self._wanted = 0  # generation of the wanted set
+        self._applied = 0  # generation the edge runs
+        self._failed: tuple[int, str] | None = None  # (generation, why) of the last failure
+        self._refused: dict[ProjectId, str] = {}  # sites left out of the last load, and why
+        self._loaded: dict[str, Any] | None = None  # what we last loaded (or verified)
+        self._served: set[ProjectId] = set()
+        self._restarts: collections.deque[float] = collections.deque()
+        self._pause_until = 0.0
+        self._last_verify = -1e9
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._version: str | None = None
+        self._recorded: tuple[Any, ...] | None = None
+        self.loads = 0  # loads pushed since start (reported by benchmarks and tests)
+
+    # -- the wanted set --------------------------------------------------------------------
+
+    def seed(self, sites: Iterable[Site]) -> None:
+        """The sites served before a restart (from the database), before the first sync."""
+        with self._cond:
+            for site in sites:
+                self._sites[site.project_id] = site
+            self._wanted += 1
+
+    def sites(self) -> dict[ProjectId, Site]:
+        with self._cond:
+            return dict(self._sites)
+
+    def serves(self, project_id: ProjectId) -> bool:
+        with self._cond:
+            return project_id in self._served
+
+    def put(self, site: Site) -> None:
+        """Serve ``site`` (or its new settings); returns once the edge does."""
+        with self._cond:
+            if self._sites.get(site.project_id) == site and site.project_id in self._served:
+                return
+            self._sites[site.project_id] = site
+            self._wait(site.project_id)
+
+    def drop(self, project_id: ProjectId) -> None:
+        """Stop serving the project (its port closes); returns once the edge has."""
+        with self._cond:
+            if project_id not in self._sites and project_id not in self._served:
+                return
+            self._sites.pop(project_id, None)
+            self._wait(project_id)
+
+    def _wait(self, project_id: ProjectId) -> None:
+        self._wanted += 1
+        generation = self._wanted
+        self._cond.notify_all()
+        deadline = time.monotonic() + APPLY_TIMEOUT
+        while self._applied < generation:
+            if self._failed is not None and self._failed[0] >= generation:
+                raise EdgeUnavailable(self._failed[1])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EdgeUnavailable(
+                    f"the edge did not take the new configuration within {APPLY_TIMEOUT:.0f} s"
+                )
+            self._cond.wait(min(left, 0.5))
+        refused = self._refused.get(project_id)
+        if refused is not None and project_id in self._sites:
+            raise EdgeRefused(refused)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """One sync now (adopt or start the edge, load if needed), then the loop thread."""
+        try:
+            self.sync(verify=True)
+        except TransientError as exc:
+            logger.warning("edge: %s", exc)
+        self._thread = threading.Thread(target=self._loop, name="edge", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop managing the edge; it keeps running and serving."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._cond:
+                if self._wanted == self._applied:
+                    self._cond.wait(self.check_interval)
+            if self._stopping.is_set():
+                return
+            time.sleep(BATCH)
+            verify = self.clock() - self._last_verify >= self.verify_interval
+            try:
+                self.sync(verify=verify)
+            except TransientError as exc:
+                logger.warning("edge: %s", exc)
+            except Exception:
+                logger.exception("edge: sync failed")
+
+    def sync(self, *, verify: bool = False) -> None:
+        """Make the edge run the wanted configuration (level-based; safe to call any time)."""
+        with self._cond:
+            generation = self._wanted
+            sites = dict(self._sites)
+        try:
+            restarted = self._ensure_running()
+            if not (verify or restarted or self._loaded is None or generation != self._applied):
+                self._record("up", "; ".join(self._refused.values()) or None)
+                return  # alive, and nothing changed
+            if verify or restarted or self._loaded is None:
+                self._loaded = self.admin.config()
+                self._last_verify = self.clock()
+            refused = self._refusals(sites)
+            served = {pid: s for pid, s in sites.items() if pid not in refused}
+            wanted = edge_config(self.settings, list(served.values()))
+            if wanted != self._loaded:
+                if verify and self._loaded and not restarted and self.loads:
+                    logger.warning("edge: its configuration was changed by hand; restoring it")
+                started = time.monotonic()
+                self.admin.load(wanted)
+                self.loads += 1
+                logger.info(
+                    "edge: loaded %d site(s) in %.0f ms",
+                    len(served),
+                    (time.monotonic() - started) * 1000,
+                )
+                self._loaded = wanted
+        except TransientError as exc:
+            with self._cond:
+                self._failed = (generation, str(exc))
+                self._cond.notify_all()
+            self._record("down", str(exc))
+            raise
+        with self._cond:
+            self._served = set(served)
+            self._refused = refused
+            self._applied = max(self._applied, generation)
+            self._failed = None
+            self._cond.notify_all()
+        self._record("up", "; ".join(refused.values()) or None)
+
+    def _refusals(self, sites: dict[ProjectId, Site]) -> dict[ProjectId, str]:
+        """Sites whose public port another process holds (the edge does not serve it yet)."""
+        running = (self._loaded or {}).get("apps", {}).get("http", {}).get("servers", {})
+        refused = {}
+        for pid, site in sites.items():
+            listen = running.get(server_name(pid), {}).get("listen", [])
+            if any(entry.endswith(f":{site.port}") for entry in listen):
+                continue  # the edge holds it already
+            if not port_is_free(self.settings.bind_host, site.port):
+                refused[pid] = (
+                    f"port {site.port} ({self.settings.bind_host}) is held by another process; "
+                    "the edge cannot serve this site until it is free"
+                )
+        return refused
+
+    def _ensure_running(self) -> bool:
+        """Start or restart the edge when it does not answer. True when it was (re)started."""
+        if self.admin.alive():
+            return False
+        if self.mode != EdgeMode.ON or self.process is None:
+            raise EdgeUnavailable(
+                f"the edge does not answer on {self.admin.socket}; start it "
+                "(`systemctl start reconciler-edge` or `reconciler edge`)"
+            )
+        now = self.clock()
+        if now < self._pause_until:
+            raise EdgeUnavailable("the edge keeps dying; waiting before starting it again")
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
+            self._restarts.popleft()
+        if len(self._restarts) >= RESTART_LIMIT:
+            self._pause_until = now + RESTART_PAUSE
+            self._restarts.clear()
+            raise EdgeUnavailable(
+                f"the edge died {RESTART_LIMIT} times in {RESTART_WINDOW / 60:.0f} minutes; "
+                f"trying again in {RESTART_PAUSE:.0f} s (see {self.process.paths.stderr})"
+            )
+        stale = self.process.pid()
+        if stale is not None:
+            logger.warning("edge: pid %s does not answer; restarting it", stale)
+            self.process.kill(stale)
+        self._restarts.append(now)
+        self.process.write_bootstrap(bootstrap_config(self.settings))
+        pid = self.process.start(self.admin)
+        logger.info("edge: started caddy (pid %s)", pid)
+        return True
+
+    def _record(self, status: str, error: str | None) -> None:
+        if self._version is None and self.process is not None:
+            self._version = caddy_version(self.process.binary)
+        pid = self.process.pid() if self.process is not None else None
+        with self._cond:
+            count = len(self._served)
+        state = (status, error, pid, count)
+        if state == self._recorded:
+            return
+        self._recorded = state
+        try:
+            self.db.set_edge(
+                self.mode, status, pid=pid, version=self._version, sites=count, error=error
+            )
+        except Exception:
+            logger.debug("edge: could not record its status", exc_info=True)

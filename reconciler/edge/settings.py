@@ -1,0 +1,51 @@
+"""The edge's settings from the daemon's configuration, shared by the daemon and by
+``reconciler edge`` (what a systemd unit runs), so both describe the same edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reconciler.config import Config
+from reconciler.edge.caddy import Paths
+from reconciler.edge.config import EdgeSettings
+from reconciler.fileio import atomic_write
+from reconciler.ports import port_is_free
+
+CONTROL_PORT_FILE = "control-port"
+
+
+def control_port(config: Config, paths: Paths) -> int:
+    """The 127.0.0.1 port of the edge's check listener: given, or chosen once (the highest
+    free port of the internal range) and kept in ``data/edge/control-port``, so that a
+    restart does not change the edge's configuration."""
+    if config.edge_control_port:
+        return config.edge_control_port
+    record = paths.root / CONTROL_PORT_FILE
+    try:
+        return int(record.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    span = config.internal_port_range
+    for port in range(span.last, span.first - 1, -1):
+        if port_is_free("127.0.0.1", port):
+            paths.prepare()
+            atomic_write(record, f"{port}\n".encode())
+            return port
+    raise RuntimeError(f"no free port in {span} for the edge's check listener")
+
+
+def edge_settings(config: Config) -> EdgeSettings:
+    paths = Paths(config.edge_dir)
+    paths.prepare()
+    return EdgeSettings(
+        admin_socket=paths.socket,
+        storage=paths.storage,
+        log_file=paths.log,
+        releases=Path(config.releases_dir).absolute(),
+        bind_host=config.bind_host,
+        control_port=control_port(config, paths),
+        domains_http_port=config.domains_http_port,
+        domains_https_port=config.domains_https_port,
+        domains_tls=config.domains_tls,
+        acme_email=config.acme_email,
+    )

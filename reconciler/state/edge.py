@@ -1,0 +1,48 @@
+"""The edge's rows: each project's reserved ports (``sites``) and the edge's status (``edge``)."""
+
+from __future__ import annotations
+
+from reconciler.kinds import EdgeMode
+from reconciler.state.history import History
+from reconciler.state.rows import EdgeRow, SiteRow, as_row, first_row
+from reconciler.timeutil import utcnow
+
+
+class EdgeTables(History):
+    """Sites and the edge status row."""
+
+    def site(self, project_id: str) -> SiteRow | None:
+        return first_row(SiteRow, self.read("SELECT * FROM sites WHERE project = ?", (project_id,)))
+
+    def sites(self) -> list[SiteRow]:
+        return [as_row(SiteRow, r) for r in self.read("SELECT * FROM sites ORDER BY project")]
+
+    def remove_site(self, project_id: str) -> None:
+        with self.write() as conn:
+            conn.execute("DELETE FROM sites WHERE project = ?", (project_id,))
+
+    def set_edge(
+        self,
+        mode: EdgeMode,
+        status: str,
+        *,
+        pid: int | None,
+        version: str | None,
+        sites: int,
+        error: str | None,
+        loaded: bool = False,
+    ) -> None:
+        now = utcnow()
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO edge (id, mode, status, pid, version, sites, error, loadedAt,"
+                " updatedAt) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " mode = excluded.mode, status = excluded.status, pid = excluded.pid,"
+                " version = excluded.version, sites = excluded.sites, error = excluded.error,"
+                " loadedAt = COALESCE(excluded.loadedAt, edge.loadedAt),"
+                " updatedAt = excluded.updatedAt",
+                (mode, status, pid, version, sites, error, now if loaded else None, now),
+            )
+
+    def edge(self) -> EdgeRow | None:
+        return first_row(EdgeRow, self.read("SELECT * FROM edge WHERE id = 1"))
