@@ -35,6 +35,7 @@ def kind_of(http_status: int) -> ErrorKind:
 
 class Client(Protocol):
     def projects(self) -> dict[str, Any]: ...
+    def health(self) -> dict[str, Any]: ...
     def status(self, project: str) -> dict[str, Any]: ...
     def deploy(self, project: str) -> dict[str, Any]: ...
     def stop(self, project: str) -> dict[str, Any]: ...
@@ -60,6 +61,14 @@ class LocalClient:
 
     def projects(self) -> dict[str, Any]:
         return self.ops.projects().model_dump(mode="json")
+
+    def health(self) -> dict[str, Any]:
+        row = self.ops.db.edge()
+        edge = None
+        if row is not None:
+            edge = {"mode": row.mode.value, "status": row.status, "pid": row.pid,
+                    "version": row.version, "sites": row.sites, "error": row.error}  # fmt: skip
+        return {"status": "ok", "database": True, "edge": edge}
 
     def status(self, project: str) -> dict[str, Any]:
         return self.ops.status(self.ops.project(project)).model_dump(mode="json")
@@ -114,6 +123,9 @@ class RemoteClient:
 
     def projects(self) -> dict[str, Any]:
         return self._call("GET", "/api/projects")
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/healthz")
 
     def status(self, project: str) -> dict[str, Any]:
         return self._call("GET", f"/api/projects/{project}/production")

@@ -76,7 +76,12 @@ def register(sub: Any) -> None:
     logs.add_argument("project")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing the app log")
     logs.add_argument("--lines", "-n", type=int, default=50, help="lines of each log (default 50)")
-    logs.add_argument("--log", choices=("build", "app", "both"), default="both")
+    logs.add_argument(
+        "--log",
+        choices=("build", "app", "access", "both"),
+        default="both",
+        help="both = build and app; access = the edge's access log of the site (JSON lines)",
+    )
     add_client_options(logs)
     logs.set_defaults(func=run_command(cmd_logs))
 
@@ -151,6 +156,13 @@ def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json(listing, out)
         return OK
+    edge = client.health().get("edge")
+    if edge is not None and edge.get("mode") != "off":
+        line = f"edge: {edge['status']} (caddy {edge.get('version') or '?'}, pid {edge.get('pid')}"
+        line += f", {edge.get('sites', 0)} site(s))"
+        if edge.get("error"):
+            line += f"  error: {edge['error']}"
+        print(line, file=out)
     if not listing["projects"]:
         print("no desired files", file=out)
     for item in listing["projects"]:

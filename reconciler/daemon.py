@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 def make_runtime_factory(
     config: Config, releases: ReleaseStore
 ) -> Callable[[RuntimeName], Runtime]:
+    # behind the edge, instances listen on 127.0.0.1 only; the edge holds the public ports
+    bind_host = config.bind_host if config.edge == EdgeMode.OFF else "127.0.0.1"
+
     def factory(name: RuntimeName) -> Runtime:
         match name:
             case RuntimeName.PROCESS:
@@ -60,11 +63,11 @@ def make_runtime_factory(
                     from reconciler.runtimes.systemd import spawn_transient_unit
 
                     launcher = spawn_transient_unit
-                return ProcessRuntime(releases, bind_host=config.bind_host, launcher=launcher)
+                return ProcessRuntime(releases, bind_host=bind_host, launcher=launcher)
             case RuntimeName.DOCKER:
                 from reconciler.runtimes.docker import DockerRuntime
 
-                return DockerRuntime(image_prefix=config.docker_prefix, bind_host=config.bind_host)
+                return DockerRuntime(image_prefix=config.docker_prefix, bind_host=bind_host)
             case _:
                 assert_never(name)
 

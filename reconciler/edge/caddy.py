@@ -10,10 +10,12 @@ daemon like the sites do, and records its pid and start time so a restarted daem
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from reconciler.errors import TransientError
 from reconciler.fileio import atomic_write
 
 ADMIN_TIMEOUT = 30.0
+# Edge processes this process started: kept referenced (and reaped by ``poll``) for as long as
+# they run, so one that exits is never left a zombie and one that outlives us is not warned of.
+_children: list[subprocess.Popen[bytes]] = []
 
 
 class EdgeUnavailable(TransientError):
@@ -57,54 +60,72 @@ def caddy_version(binary: Path) -> str | None:
     return first[0] if first else None
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (stdlib: closes its socket on every path)."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class CaddyAdmin:
-    def __init__(self, socket: Path, *, timeout: float = ADMIN_TIMEOUT) -> None:
-        self.socket = socket
+    def __init__(self, socket_path: Path, *, timeout: float = ADMIN_TIMEOUT) -> None:
+        self.socket = socket_path
         self.timeout = timeout
 
-    def _client(self) -> httpx.Client:
-        return httpx.Client(
-            transport=httpx.HTTPTransport(uds=str(self.socket)),
-            base_url="http://localhost",
-            timeout=self.timeout,
-        )
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         if not self.socket.exists():
             raise EdgeUnavailable(f"the edge's admin socket {self.socket} does not exist")
+        connection = _UnixConnection(self.socket, self.timeout)
         try:
-            with self._client() as client:
-                return client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
             raise EdgeUnavailable(f"the edge does not answer on {self.socket}: {exc}") from None
+        finally:
+            connection.close()
 
     def alive(self) -> bool:
         try:
-            return self._call("GET", "/config/admin").status_code == 200
+            return self._call("GET", "/config/admin")[0] == 200
         except EdgeUnavailable:
             return False
 
     def config(self) -> dict[str, Any]:
         """The configuration the edge runs now ({} when it has none)."""
-        response = self._call("GET", "/config/")
-        if response.status_code != 200:
-            raise EdgeUnavailable(f"the edge answered {response.status_code} to GET /config/")
-        value = response.json()
+        status, body = self._call("GET", "/config/")
+        if status != 200:
+            raise EdgeUnavailable(f"the edge answered {status} to GET /config/")
+        try:
+            value = json.loads(body)
+        except ValueError:
+            raise EdgeUnavailable(
+                "the edge answered GET /config/ with something not JSON"
+            ) from None
         return value if isinstance(value, dict) else {}
 
     def load(self, config: dict[str, Any]) -> None:
         """Replace the whole configuration (Caddy keeps the old one if this fails)."""
-        response = self._call(
-            "POST",
-            "/load",
-            content=json.dumps(config, separators=(",", ":")),
-            headers={"Content-Type": "application/json"},
+        status, body = self._call(
+            "POST", "/load", json.dumps(config, separators=(",", ":")).encode()
         )
-        if response.status_code != 200:
+        if status != 200:
             try:
-                message = str(response.json().get("error"))
-            except ValueError:
-                message = response.text[:500]
+                message = str(json.loads(body).get("error"))
+            except (ValueError, AttributeError):
+                message = body[:500].decode("utf-8", "replace")
             raise EdgeRefused(f"the edge refused the configuration: {message}")
 
 
@@ -181,7 +202,10 @@ class CaddyProcess:
 
     def pid(self) -> int | None:
         """The recorded edge process, if it is still that process."""
-        if self._proc is not None and self._proc.poll() is not None:
+        for child in list(_children):
+            if child.poll() is not None:
+                _children.remove(child)
+        if self._proc is not None and self._proc.returncode is not None:
             self._proc = None
         try:
             record = json.loads(self.paths.record.read_text())
@@ -205,6 +229,7 @@ class CaddyProcess:
                 close_fds=True,
             )
         self._proc = proc
+        _children.append(proc)
         start = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -235,12 +260,15 @@ class CaddyProcess:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _start_time(pid) is not None:
-            if self._proc is not None and self._proc.pid == pid:
-                self._proc.poll()
+            for child in _children:
+                child.poll()
             time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        for child in list(_children):
+            if child.pid == pid:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(5)
+                _children.remove(child)
         if self._proc is not None and self._proc.pid == pid:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(5)
             self._proc = None

@@ -112,7 +112,7 @@ def edge_config(settings: EdgeSettings, sites: list[Site]) -> dict[str, Any]:
         "default": {
             "writer": _writer(settings, settings.log_file),
             "encoder": {"format": "json"},
-            "exclude": ["http.log.access"],
+            "exclude": ["http.log.access", "admin.api"],
         }
     }
     servers: dict[str, Any] = {

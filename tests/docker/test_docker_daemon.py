@@ -7,8 +7,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from reconciler.kinds import EdgeMode
 from tests.docker.conftest import make_project
 from tests.integration.harness import desired_yaml, environment, get, wait_for
+from tests.integration.test_edge_daemon import Loop
 
 pytestmark = pytest.mark.docker
 
@@ -25,12 +27,15 @@ def _ours(client: docker.DockerClient, project: str) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("edge", [EdgeMode.OFF, EdgeMode.ON])
 @pytest.mark.timeout(240)
-def test_docker_flow_by_file_edits(tmp_path: Path, docker_client: docker.DockerClient) -> None:
+def test_docker_flow_by_file_edits(
+    tmp_path: Path, docker_client: docker.DockerClient, edge: EdgeMode
+) -> None:
     source = make_project(tmp_path / "src", "docker one")
     project = f"dk{tmp_path.name[-6:].lower().replace('_', '')}"
     keep2 = "keep: 2\n"
-    with environment(tmp_path, runtime="docker") as env:
+    with environment(tmp_path, runtime="docker", edge=edge) as env:
         prefix = env.config().docker_prefix
         try:
             env.start()
@@ -49,7 +54,10 @@ def test_docker_flow_by_file_edits(tmp_path: Path, docker_client: docker.DockerC
                 20,
                 "old container removed",
             )
-            assert get(f"http://127.0.0.1:{first.productionPort}/") is None
+            if edge == EdgeMode.OFF:
+                assert get(f"http://127.0.0.1:{first.productionPort}/") is None
+            else:
+                assert second.productionPort == first.productionPort, "a stable address"
 
             # rollback by pin: the kept image starts again, no rebuild
             env.write(
@@ -105,6 +113,60 @@ def test_docker_flow_by_file_edits(tmp_path: Path, docker_client: docker.DockerC
             )
             env.wait_status(project, "stopped", timeout=60)
             wait_for(lambda: _ours(docker_client, project) == [], 20, "container removed on stop")
+        finally:
+            env.stop()
+            for name in _ours(docker_client, project):
+                docker_client.containers.get(name).remove(force=True)
+            for image in docker_client.images.list():
+                for tag in image.tags:
+                    if tag.startswith(prefix):
+                        docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.timeout(300)
+def test_docker_zero_failed_requests_through_the_edge(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    source = make_project(tmp_path / "src", "docker 1")
+    other = tmp_path / "other" / "dist"
+    other.mkdir(parents=True)
+    (other / "index.html").write_text("unrelated")
+    project = f"dz{tmp_path.name[-6:].lower().replace('_', '')}"
+    keep = "keep: 5\n"
+    with environment(tmp_path, runtime="docker", edge=EdgeMode.ON) as env:
+        prefix = env.config().docker_prefix
+        try:
+            env.start()
+            env.write("other", desired_yaml(other.parent, runtime="process"))
+            bystander_row = env.wait_serving("other", "unrelated")
+            env.write(project, desired_yaml(source, runtime="docker", extra=keep))
+            row = env.wait_serving(project, "docker 1", timeout=120)
+            versions = {"docker 1": str(row.productionHash)}
+            main = Loop(f"http://127.0.0.1:{row.productionPort}/").start()
+            bystander = Loop(f"http://127.0.0.1:{bystander_row.productionPort}/").start()
+            try:
+                for number in (2, 3):
+                    (source / "site" / "index.html").write_text(f"docker {number}")
+                    env.write(
+                        project,
+                        desired_yaml(source, runtime="docker", generation=number, extra=keep),
+                    )
+                    done = env.wait_serving(project, f"docker {number}", timeout=120)
+                    versions[f"docker {number}"] = str(done.productionHash)
+                for number in (1, 3):
+                    env.write(
+                        project,
+                        desired_yaml(source, runtime="docker", generation=3,
+                                     version=versions[f"docker {number}"], extra=keep),
+                    )  # fmt: skip
+                    env.wait_serving(project, f"docker {number}", timeout=60)
+            finally:
+                main.finish()
+                bystander.finish()
+            assert main.failures == [], main.failures[:5]
+            assert bystander.failures == [], bystander.failures[:5]
+            assert set(main.bodies) <= set(versions) and sum(main.bodies.values()) > 50
+            wait_for(lambda: len(_ours(docker_client, project)) == 1, 30, "old containers drained")
         finally:
             env.stop()
             for name in _ours(docker_client, project):

@@ -77,6 +77,7 @@ class Env:
     resync: float = 30.0
     runtime: str = "process"
     edge: EdgeMode = EdgeMode.OFF
+    extra_config: dict[str, Any] = field(default_factory=dict)
     daemon: Daemon | None = None
     proc: subprocess.Popen[bytes] | None = None
     _db: StateDB | None = field(default=None, repr=False)
@@ -110,6 +111,7 @@ class Env:
             internal_port_range=PortRange(self.first_port + 200, self.first_port + 399),
             drain=0.2,
             stop_grace=3,
+            **self.extra_config,
         )
 
     # -- in-process daemon -----------------------------------------------------------------

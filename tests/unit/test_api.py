@@ -20,8 +20,8 @@ from reconciler.config import Config
 from reconciler.desired import parse
 from reconciler.kinds import (
     DeploymentKind,
-    EdgeMode,
     DeploymentState,
+    EdgeMode,
     InstanceRole,
     JobState,
     JobType,
@@ -53,9 +53,7 @@ def config(tmp_path: Path) -> Config:
     desired = tmp_path / "desired"
     desired.mkdir()
     (desired / "www.yaml").write_text(SITE)
-    return Config(
-        desired_dir=desired, data_dir=tmp_path / "data", stream_cap=3, edge=EdgeMode.OFF
-    )
+    return Config(desired_dir=desired, data_dir=tmp_path / "data", stream_cap=3, edge=EdgeMode.OFF)
 
 
 @pytest.fixture

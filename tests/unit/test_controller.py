@@ -22,8 +22,8 @@ from reconciler.desired import DesiredStore
 from reconciler.errors import BuildFailed, Cancelled, TransientError
 from reconciler.kinds import (
     DeploymentKind,
-    EdgeMode,
     DeploymentState,
+    EdgeMode,
     JobState,
     JobType,
     RuntimeName,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler.kinds import ServeMode
 from reconciler.plan import (
     Activate,
     Build,
@@ -18,7 +19,6 @@ from reconciler.plan import (
     plan,
     should_cancel,
 )
-from reconciler.kinds import ServeMode
 from reconciler.spec import ProjectSpec
 
 A, B, C = "aaaaaaaa", "bbbbbbbb", "cccccccc"

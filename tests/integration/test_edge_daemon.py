@@ -1,0 +1,293 @@
+"""The daemon with the edge (a real Caddy): stable addresses, static sites without a process,
+blue-green dynamic sites, zero failed requests across deploys and rollbacks, upgrade in place
+from a data dir that ran without the edge, domains with Caddy's internal CA, access logs."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.kinds import EdgeMode
+from reconciler.spec import ProjectId
+from tests.conftest import PYTHON, REPO, free_port
+from tests.integration.harness import Env, desired_yaml, environment, get, make_site, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+SERVE_DIST = (
+    "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1 --directory dist\n"
+)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with environment(tmp_path, edge=EdgeMode.ON) as e:
+        e.start()
+        yield e
+
+
+def refused(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_a_static_site_keeps_its_address_through_everything(env: Env, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "one")
+    env.write("www", desired_yaml(site, generation=1))
+    first = env.wait_serving("www", "one")
+    port = first.productionPort
+    assert port is not None and first.productionUrl == f"http://localhost:{port}"
+    assert env.instances("www") == [], "a static site needs no process"
+
+    (site / "dist" / "index.html").write_text("two")
+    env.write("www", desired_yaml(site, generation=2))
+    second = env.wait_serving("www", "two")
+    assert second.productionPort == port and second.productionHash != first.productionHash
+
+    env.write("www", desired_yaml(site, generation=2, version=str(first.productionHash)))
+    env.wait_serving("www", "one")
+    assert env.row("www").productionPort == port  # type: ignore[union-attr]
+
+    env.write("www", desired_yaml(site, generation=2, state="stopped"))
+    stopped = env.wait_status("www", "stopped")
+    assert (stopped.productionPort, stopped.productionUrl) == (None, None)
+    wait_for(lambda: refused(port), 10, "nothing listens on a stopped site's port")
+
+    env.write("www", desired_yaml(site, generation=2, version=str(first.productionHash)))
+    assert env.wait_serving("www", "one").productionPort == port, "the same port after a stop"
+
+    caddy = env.data / "edge" / "caddy.json"
+    pid = int(__import__("json").loads(caddy.read_text())["pid"])
+    os.kill(pid, 9)
+    wait_for(lambda: get(f"http://127.0.0.1:{port}/") == "one", 20, "the edge restarted")
+
+    (env.desired / "www.yaml").unlink()
+    wait_for(lambda: env.db.site("www") is None, 20, "the port reservation released")
+    assert not (env.data / "production" / "www" / "site.json").exists()
+    assert refused(port)
+
+
+def test_a_release_without_its_health_path_never_goes_live(env: Env, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "good")
+    env.write("www", desired_yaml(site, generation=1))
+    good = env.wait_serving("www", "good")
+    (site / "dist" / "index.html").unlink()
+    (site / "dist" / "other.html").write_text("no index")
+    env.write("www", desired_yaml(site, generation=2))
+    failed = env.wait_status("www", "failed")
+    assert "answered 404" in (failed.productionError or "")
+    assert "checked through the edge" in (failed.productionError or "")
+    assert (failed.productionHash, failed.productionPort) == (
+        good.productionHash,
+        good.productionPort,
+    )
+    assert get(f"http://127.0.0.1:{good.productionPort}/") == "good"
+
+
+@dataclass
+class Loop:
+    """A bounded loopback request loop: counts answers by body, and every failure."""
+
+    url: str
+    bodies: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, clients: int = 2, limit: float = 120) -> Loop:
+        for index in range(clients):
+            thread = threading.Thread(target=self._run, args=(index % 2 == 0, limit))
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def _run(self, keep_alive: bool, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        with httpx.Client(timeout=5) as client:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    response = (
+                        client.get(self.url) if keep_alive else httpx.get(self.url, timeout=5)
+                    )
+                    if response.status_code != 200:
+                        self.failures.append(f"HTTP {response.status_code}")
+                    else:
+                        self.bodies[response.text] = self.bodies.get(response.text, 0) + 1
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.002)
+
+    def finish(self) -> Loop:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+        return self
+
+
+@pytest.mark.parametrize("kind", ["static", "process"])
+def test_zero_failed_requests_across_deploys_and_rollbacks(
+    env: Env, tmp_path: Path, kind: str
+) -> None:
+    extra = (SERVE_DIST if kind == "process" else "") + "keep: 5\n"
+    other = make_site(tmp_path / "other", "unrelated")
+    env.write("other", desired_yaml(other, generation=1))
+    other_row = env.wait_serving("other", "unrelated")
+    site = make_site(tmp_path / "site", "version 1")
+    env.write("www", desired_yaml(site, generation=1, extra=extra))
+    row = env.wait_serving("www", "version 1")
+    port = row.productionPort
+    versions = {"version 1": str(row.productionHash)}
+    main = Loop(f"http://127.0.0.1:{port}/").start()
+    bystander = Loop(f"http://127.0.0.1:{other_row.productionPort}/").start()
+    try:
+        generation = 1
+        for number in range(2, 5):  # three deploys
+            generation += 1
+            (site / "dist" / "index.html").write_text(f"version {number}")
+            env.write("www", desired_yaml(site, generation=generation, extra=extra))
+            deployed = env.wait_serving("www", f"version {number}")
+            versions[f"version {number}"] = str(deployed.productionHash)
+        for number in (3, 1, 4):  # three rollbacks among kept versions
+            pin = versions[f"version {number}"]
+            env.write("www", desired_yaml(site, generation=generation, version=pin, extra=extra))
+            env.wait_serving("www", f"version {number}")
+    finally:
+        main.finish()
+        bystander.finish()
+    assert main.failures == [], main.failures[:5]
+    assert bystander.failures == [], bystander.failures[:5]
+    assert set(main.bodies) <= set(versions), f"a response from no single version: {main.bodies}"
+    assert sum(main.bodies.values()) > 100 and set(bystander.bodies) == {"unrelated"}
+    assert env.row("www").productionPort == port  # type: ignore[union-attr]
+
+
+def test_a_dynamic_site_is_blue_green_and_answers_at_once(env: Env, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "blue")
+    env.write("www", desired_yaml(site, generation=1, extra=SERVE_DIST))
+    blue = env.wait_serving("www", "blue")
+    slots = env.db.site("www").slots  # type: ignore[union-attr]
+    assert slots is not None
+    first = httpx.get(f"http://127.0.0.1:{blue.productionPort}/")
+    assert first.headers["Reconciler-Slot"] == "a"
+    (site / "dist" / "index.html").write_text("green")
+    env.write("www", desired_yaml(site, generation=2, extra=SERVE_DIST))
+    green = env.wait_serving("www", "green")
+    assert httpx.get(f"http://127.0.0.1:{green.productionPort}/").headers["Reconciler-Slot"] == "b"
+    wait_for(
+        lambda: [i.hash for i in env.instances("www")] == [green.productionHash],
+        10,
+        "the blue instance drained and stopped",
+    )
+    assert {i.port for i in env.instances("www")} == {slots[1]}
+
+
+def test_upgrade_in_place_from_a_data_dir_without_the_edge(tmp_path: Path) -> None:
+    """Sites started by a daemon with --edge off are taken over by one with the edge, with
+    no moment where neither the old address nor the new one answers."""
+    static = make_site(tmp_path / "static", "static site")
+    dynamic = make_site(tmp_path / "dynamic", "dynamic site")
+    with environment(tmp_path, edge=EdgeMode.OFF) as env:
+        env.spawn()
+        env.write("st", desired_yaml(static, generation=1))
+        env.write("dy", desired_yaml(dynamic, generation=1, extra=SERVE_DIST))
+        old = {p: env.wait_serving(p, text) for p, text in (("st", "static"), ("dy", "dynamic"))}
+        assert env.terminate() == 0
+        gaps: list[str] = []
+        stop = threading.Event()
+
+        def watch(project: str, text: str) -> None:
+            old_url = f"http://127.0.0.1:{old[project].productionPort}/"
+            while not stop.is_set():
+                row = env.db.project(project)
+                urls = {old_url, f"http://127.0.0.1:{row.productionPort}/" if row else old_url}
+                if not any(text in (get(url) or "") for url in urls):
+                    gaps.append(f"{project} answered on none of {sorted(urls)}")
+                time.sleep(0.005)
+
+        watchers = [
+            threading.Thread(target=watch, args=(p, t))
+            for p, t in (("st", "static"), ("dy", "dynamic"))
+        ]
+        for thread in watchers:
+            thread.start()
+        try:
+            env.edge = EdgeMode.ON
+            env.spawn()
+            env.wait_ready(60)
+            for project in ("st", "dy"):
+                site = env.db.site(project)
+                assert site is not None
+                wait_for(
+                    lambda p=project, s=site: env.row(p).productionPort == s.publicPort,  # type: ignore[union-attr,misc]
+                    30,
+                    f"{project} behind the edge",
+                )
+            wait_for(lambda: env.instances("st") == [], 20, "the static site's process retired")
+        finally:
+            stop.set()
+            for thread in watchers:
+                thread.join(10)
+        assert gaps == [], gaps[:5]
+        dy = env.db.site("dy")
+        assert dy is not None and dy.slotA == old["dy"].productionPort, "adopted as slot a"
+        assert get(f"http://127.0.0.1:{env.row('st').productionPort}/") == "static site"  # type: ignore[union-attr]
+
+
+def test_domains_are_served_with_certificates_from_the_internal_ca(tmp_path: Path) -> None:
+    https_port, http_port = free_port(), free_port()
+    with environment(tmp_path, edge=EdgeMode.ON) as env:
+        env.extra_config = {
+            "domains_https_port": https_port,
+            "domains_http_port": http_port,
+            "domains_tls": "internal",
+        }
+        env.start()
+        site = make_site(tmp_path / "site", "by name")
+        env.write("www", desired_yaml(site, extra="domains: [www.example.test]\n"))
+        row = env.wait_serving("www", "by name")
+        assert row.productionUrl == f"https://www.example.test:{https_port}"
+        root = env.data / "edge" / "storage" / "pki" / "authorities" / "local" / "root.crt"
+
+        def by_name() -> str | None:
+            trust = ssl.create_default_context(cafile=str(root))
+            with httpx.Client(verify=trust, timeout=5) as client:
+                response = client.get(
+                    f"https://127.0.0.1:{https_port}/",
+                    headers={"Host": "www.example.test"},
+                    extensions={"sni_hostname": "www.example.test"},
+                )
+                return response.text if response.status_code == 200 else None
+
+        assert wait_for(by_name, 30, "the site by its name, over HTTPS") == "by name"
+
+
+def test_access_logs_through_the_cli(env: Env, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "logged")
+    env.write("www", desired_yaml(site))
+    row = env.wait_serving("www", "logged")
+    httpx.get(f"http://127.0.0.1:{row.productionPort}/?probe=access-log-test")
+    result = lambda: subprocess.run(  # noqa: E731
+        [PYTHON, "-m", "reconciler", "logs", "www", "--log", "access",
+         "--desired", str(env.desired), "--data", str(env.data)],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    out = wait_for(lambda: "access-log-test" in result().stdout and result(), 10, "the access log")
+    assert out.returncode == 0 and '"logger":"http.log.access.site-www"' in out.stdout
+    status = subprocess.run(
+        [PYTHON, "-m", "reconciler", "status", "--desired", str(env.desired), "--data", str(env.data)],
+        cwd=REPO, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "edge: up" in status.stdout, status.stdout
+    assert ProjectId("www") in status.stdout
