@@ -152,6 +152,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
     edge.add_argument("--acme-email", default=env("ACME_EMAIL"))
     edge.add_argument(
+        "--access-logs",
+        choices=("on", "off"),
+        default=env("ACCESS_LOGS", "on"),
+        help="per-site JSON access logs at the edge (data/production/<id>/logs/access.log)",
+    )
+    edge.add_argument(
         "--drain",
         type=float,
         default=float(env("DRAIN", "0.5") or 0.5),
@@ -188,6 +194,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         domains_https_port=args.domains_https_port,
         domains_tls=args.domains_tls,
         acme_email=args.acme_email,
+        access_logs=args.access_logs == "on",
         drain=max(0.0, args.drain),
         stop_grace=max(0.0, args.stop_grace),
     )
@@ -310,7 +317,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     atomic_write(paths.bootstrap, json.dumps(bootstrap_config(settings), indent=2).encode())
     paths.socket.unlink(missing_ok=True)
     argv = run_argv(binary, paths)
-    os.execve(argv[0], argv, caddy_environment(paths))  # noqa: S606 - argv, no shell
+    os.execve(argv[0], argv, caddy_environment(paths, notify=True))  # noqa: S606 - argv, no shell
 
 
 def build_parser() -> argparse.ArgumentParser:

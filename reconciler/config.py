@@ -39,6 +39,7 @@ class Config:
     domains_https_port: int = 443
     domains_tls: Literal["acme", "internal"] = "acme"
     acme_email: str | None = None
+    access_logs: bool = True  # per-site access logs at the edge
     drain: float = 0.5  # seconds a replaced instance keeps its in-flight requests
     stop_grace: float = 10.0  # seconds between SIGTERM (docker stop) and the kill
 

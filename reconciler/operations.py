@@ -17,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
-from reconciler.kinds import TERMINAL_EVENTS, EdgeMode, EventType, JobState, RuntimeName, Status
+from reconciler.kinds import (
+    TERMINAL_EVENTS,
+    EdgeMode,
+    EventType,
+    JobState,
+    JobType,
+    RuntimeName,
+    Status,
+)
 from reconciler.releases import ReleaseStore
 from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, is_hash8
 from reconciler.state import StateDB
 from reconciler.views import (
+    ActiveJob,
     History,
     ProductionStatus,
     ProjectList,
@@ -30,7 +39,9 @@ from reconciler.views import (
     RollbackResult,
     Version,
     in_progress,
+    queued,
     state_event,
+    stopping,
 )
 
 STREAM_END = "stream.end"
@@ -140,9 +151,10 @@ class Operations:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _edit(self, pid: ProjectId, mutate: Callable[[ProjectSpec], dict[str, object]]) -> None:
+    def _edit(self, pid: ProjectId, mutate: Callable[[ProjectSpec], dict[str, object]]) -> bool:
+        """Edit the desired file; True when it changed."""
         try:
-            self.desired.edit(pid, mutate)
+            return self.desired.edit(pid, mutate).changed
         except ProjectNotFound:
             raise OperationError(
                 ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
@@ -167,12 +179,18 @@ class Operations:
                 "production.generation": spec.production.generation + 1,
             }
 
-        self._edit(pid, mutate)
-        return self.status(pid)
+        changed = self._edit(pid, mutate)
+        status = self.status(pid)
+        if changed:  # answer for this request (the daemon may already have moved on)
+            return queued(status, ActiveJob(type=JobType.BUILD, state=JobState.QUEUED))
+        return status
 
     def stop(self, pid: ProjectId) -> ProductionStatus:
-        self._edit(pid, lambda spec: {"production.state": "stopped"})
-        return self.status(pid)
+        changed = self._edit(pid, lambda spec: {"production.state": "stopped"})
+        status = self.status(pid)
+        if changed:
+            return stopping(status, ActiveJob(type=JobType.STOP, state=JobState.QUEUED))
+        return status
 
     def rollback(self, pid: ProjectId, target: str, *, wait: bool = True) -> RollbackResult:
         """Pin a kept version; wait until it serves (or fails, or the wait runs out)."""
@@ -193,6 +211,7 @@ class Operations:
         digest = spec.digest()
         budget = spec.health.timeout + self.rollback_grace
         deadline = time.monotonic() + budget
+        pause = 0.005  # a rollback is often done in tens of ms: look often, then less so
         while time.monotonic() < deadline:
             snap = self.reader.snapshot(pid)
             row = snap.row
@@ -205,7 +224,8 @@ class Operations:
                 elif row.productionStatus == Status.FAILED and row.failedDigest == digest:
                     error = self.relative(row.productionError or "rollback failed")
                     return RollbackResult(success=False, error=error)
-            time.sleep(self.poll_interval / 2)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.025)
         return RollbackResult(
             success=False,
             error=f"version {target} is pinned, but the daemon did not converge within "

@@ -122,7 +122,13 @@ def next_job(steps: Sequence[Step]) -> ActiveJob | None:
     return None
 
 
-def _stopping(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
+def queued(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
+    """The status of a project whose next job waits to run."""
+    return status.model_copy(update={"status": Status.QUEUED, "error": None, "activeJob": job})
+
+
+def stopping(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
+    """The status of a project being stopped: no address any more; the version is kept."""
     return status.model_copy(
         update={"status": Status.STOPPED, "url": None, "port": None, "startedAt": None,
                 "error": None, "activeJob": job}
@@ -147,17 +153,19 @@ def production_status(
         hash=row.productionHash if row else None,
     )
     digest = desired.digest if desired is not None else None
-    if deployment is not None and digest is not None and deployment.digest == digest:
-        active = ActiveJob(type=job.type, state=job.state) if job is not None else None
-        if deployment.kind == DeploymentKind.STOP:
-            return _stopping(status, active or ActiveJob(type=JobType.STOP, state=JobState.RUNNING))
+    ours = deployment is not None and digest is not None and deployment.digest == digest
+    if ours and job is not None:
+        active = ActiveJob(type=job.type, state=job.state)
+        if deployment is not None and deployment.kind == DeploymentKind.STOP:
+            return stopping(status, active)
         return status.model_copy(update={"activeJob": active})
+    # no job runs now (the daemon has not started, or is between two jobs): what comes next
     pending = next_job(steps)
     if pending is None:
         return status
     if pending.type == JobType.STOP:
-        return _stopping(status, pending)
-    return status.model_copy(update={"status": Status.QUEUED, "error": None, "activeJob": pending})
+        return stopping(status, pending)
+    return queued(status, pending)
 
 
 def in_progress(status: ProductionStatus) -> bool:

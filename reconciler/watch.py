@@ -1,10 +1,11 @@
 """Watch the desired dir (watchdog/inotify) and queue the projects whose files changed.
 
 Editors and git save by writing a temp file and renaming it over the target, so created,
-modified, deleted and moved events all count, for both ends of a move. Events are debounced
-per project: a reconcile fires ``debounce`` seconds after the last event, but never later than
-``max_wait`` after the first one, so a burst of writes gives a bounded number of reconciles
-that end on the last content.
+modified, deleted and moved events all count, for both ends of a move. A write known to be
+complete (a rename into place, a writer closing the file) queues its project at once; other
+events are debounced per project: a reconcile fires ``debounce`` seconds after the last event,
+but never later than ``max_wait`` after the first one, so a burst of writes gives a bounded
+number of reconciles that end on the last content.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class Debouncer(Generic[K]):
             self._pending[key] = (first, now)
             self._cond.notify()
 
+    def now(self, key: K) -> None:
+        """Fire for ``key`` at once (a write known to be complete), folding pending touches."""
+        now = self.clock()
+        with self._cond:
+            self._pending[key] = (now - self.max_wait, now - self.delay)
+            self._cond.notify()
+
     def due(self, now: float) -> tuple[list[K], float]:
         """Take the keys due at ``now``; also how long until the next one is (at most 0.5 s)."""
         ready: list[K] = []
@@ -107,18 +115,30 @@ class Debouncer(Generic[K]):
             self._thread.join(2)
 
 
+COMPLETE = ("moved", "closed")  # a rename into place, or a writer closing the file
+
+
 class _Handler(FileSystemEventHandler):
-    def __init__(self, touch: Callable[[ProjectId], None]) -> None:
-        self.touch = touch
+    """A rename into place (editors, git) or a closed write is a complete file: react at
+    once. Anything else (a create, a write still going on, a delete) waits out the burst."""
+
+    def __init__(self, debouncer: Debouncer[ProjectId]) -> None:
+        self.debouncer = debouncer
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type in ("opened", "closed_no_write"):
             return
+        complete = event.event_type in COMPLETE
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if path:
                 project = project_for(path)
-                if project is not None:
-                    self.touch(project)
+                if project is None:
+                    continue
+                moved_away = event.event_type == "moved" and path == event.src_path
+                if complete and not moved_away:
+                    self.debouncer.now(project)
+                else:
+                    self.debouncer.touch(project)
 
 
 class DesiredWatcher:
@@ -135,7 +155,7 @@ class DesiredWatcher:
         self.directory = Path(directory)
         self.debouncer: Debouncer[ProjectId] = Debouncer(notify, delay=debounce, max_wait=max_wait)
         self.observer = Observer()
-        self.observer.schedule(_Handler(self.debouncer.touch), str(self.directory), recursive=False)
+        self.observer.schedule(_Handler(self.debouncer), str(self.directory), recursive=False)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

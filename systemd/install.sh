@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install reconciler as systemd services: a system user, the directories, a venv in
-# /opt/reconciler, the two units and the polkit rule for transient site units.
-#   sudo systemd/install.sh            # install (then: systemctl enable --now reconciler reconciler-api)
+# /opt/reconciler, the three units (daemon, API, edge) and the polkit rule for transient
+# site units.
+#   sudo systemd/install.sh   # then: systemctl enable --now reconciler-edge reconciler reconciler-api
 #   DESTDIR=/tmp/stage SKIP_SYSTEM=1 systemd/install.sh   # lay out files only (packaging, tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,8 @@ PYTHON="${PYTHON:-python3}"
 install -d -m 0755 "$DESTDIR$PREFIX" "$DESTDIR/etc/systemd/system" "$DESTDIR/etc/polkit-1/rules.d"
 install -d -m 0750 "$DESTDIR/etc/reconciler" "$DESTDIR/etc/reconciler/desired" \
     "$DESTDIR/var/lib/reconciler" "$DESTDIR/srv/reconciler"
-install -m 0644 systemd/reconciler.service systemd/reconciler-api.service "$DESTDIR/etc/systemd/system/"
+install -m 0644 systemd/reconciler.service systemd/reconciler-api.service \
+    systemd/reconciler-edge.service "$DESTDIR/etc/systemd/system/"
 install -m 0644 systemd/reconciler-polkit.rules "$DESTDIR/etc/polkit-1/rules.d/50-reconciler.rules"
 install -m 0644 README.md "$DESTDIR$PREFIX/README.md"
 if [ ! -e "$DESTDIR/etc/reconciler/reconciler.env" ]; then
@@ -35,5 +37,5 @@ if [ -z "$SKIP_SYSTEM" ]; then
   chown root:reconciler /etc/reconciler /etc/reconciler/api-token /etc/reconciler/reconciler.env
   chmod 0640 /etc/reconciler/api-token /etc/reconciler/reconciler.env
   systemctl daemon-reload
-  echo "installed; start with: systemctl enable --now reconciler reconciler-api"
+  echo "installed; start with: systemctl enable --now reconciler-edge reconciler reconciler-api"
 fi

@@ -32,6 +32,7 @@ class _Item:
     key: tuple[str, str] = field(compare=False)
     instance: Instance = field(compare=False)
     runtime: Runtime = field(compare=False)
+    grace: float | None = field(default=None, compare=False)  # None: the drainer's own
 
 
 class Drainer:
@@ -50,6 +51,7 @@ class Drainer:
         self._heap: list[_Item] = []
         self._pending: dict[tuple[str, str], _Item] = {}
         self._stopping_now: dict[tuple[str, str], Future[None]] = {}
+        self._stopping: dict[tuple[str, str], _Item] = {}
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drain")
         self._closed = False
@@ -88,17 +90,28 @@ class Drainer:
         )
 
     def pending(self, project_id: str) -> dict[str, Instance]:
-        """The project's instances being drained or stopped, by version."""
+        """The project's instances being drained or stopped, by version: none of them may be
+        routed to again."""
         with self._cond:
-            found = {k[1]: i.instance for k, i in self._pending.items() if k[0] == project_id}
-            return found
+            items = [*self._pending.values(), *self._stopping.values()]
+            return {i.key[1]: i.instance for i in items if i.key[0] == project_id}
 
     def finish(self, project_id: str, version: str) -> None:
-        """Stop a draining instance now (its port or version is needed) and wait for it."""
+        """Stop a draining instance now, without its grace period (its port or version is
+        needed; its drain period is over or it is given up), and wait until it is gone."""
         key = (project_id, version)
+        future: Future[None] | None
+        stopping: _Item | None = None
         with self._cond:
             item = self._pending.get(key)
-            future = self._begin(item) if item is not None else self._stopping_now.get(key)
+            if item is not None:
+                item = _Item(item.due, item.key, item.instance, item.runtime, grace=0.0)
+                future = self._begin(item)
+            else:
+                future = self._stopping_now.get(key)
+                stopping = self._stopping.get(key)
+        if stopping is not None:
+            stopping.runtime.stop(stopping.instance, timeout=0)  # cut its grace short
         if future is not None:
             future.result()
 
@@ -117,6 +130,7 @@ class Drainer:
         self._pending.pop(item.key, None)
         future = self._pool.submit(self._stop, item)
         self._stopping_now[item.key] = future
+        self._stopping[item.key] = item
         return future
 
     def _run(self) -> None:
@@ -142,7 +156,7 @@ class Drainer:
             instance.project_id, JobType.STOP, generation=None, hash=instance.hash
         )
         try:
-            runtime.stop(instance, timeout=self.grace)
+            runtime.stop(instance, timeout=self.grace if item.grace is None else item.grace)
         except Exception as exc:
             logger.warning("%s: stopping %s failed: %s", instance.project_id, instance.hash, exc)
             self.db.finish_job(job, JobState.FAILED, error=str(exc))
@@ -155,4 +169,5 @@ class Drainer:
         finally:
             with self._cond:
                 self._stopping_now.pop(item.key, None)
+                self._stopping.pop(item.key, None)
                 self._cond.notify_all()

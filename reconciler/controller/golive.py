@@ -35,7 +35,13 @@ from reconciler.errors import StartFailed, TransientError
 from reconciler.kinds import EventType, InstanceRole, JobType, ServeMode
 from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import Release, ReleaseStore
-from reconciler.runtimes.base import Instance, Runtime, describe_seconds, wait_ready
+from reconciler.runtimes.base import (
+    Instance,
+    Runtime,
+    describe_seconds,
+    loopback_client,
+    wait_ready,
+)
 from reconciler.spec import ProjectSpec
 
 logger = logging.getLogger(__name__)
@@ -133,7 +139,7 @@ def check_through_edge(
     """The edge answers ``url`` with 2xx (from ``slot``, when given)."""
     deadline = time.monotonic() + timeout
     last = "no answer"
-    with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0)) as http:
+    with loopback_client() as http:
         while True:
             try:
                 response = http.get(url)
@@ -194,7 +200,7 @@ def check_static(url: str, release: Release, spec: ProjectSpec, run: Run) -> Non
     deadline = time.monotonic() + spec.health.timeout
     delay = 0.01
     last = "no answer"
-    with httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0)) as http:
+    with loopback_client() as http:
         while True:
             run.check()
             try:

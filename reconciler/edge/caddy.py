@@ -173,9 +173,12 @@ class Paths:
         os.chmod(self.root, 0o700)
 
 
-def caddy_environment(paths: Paths) -> dict[str, str]:
-    """Caddy's home, config and data dirs inside ``data/edge`` (nothing in the user's home)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+def caddy_environment(paths: Paths, *, notify: bool = False) -> dict[str, str]:
+    """Caddy's home, config and data dirs inside ``data/edge`` (nothing in the user's home).
+    ``notify``: keep systemd's notify socket (Caddy speaks it: a unit may be Type=notify);
+    never when the daemon starts it (the daemon's socket is the daemon's)."""
+    private = ("WATCHDOG_",) if notify else ("NOTIFY_", "WATCHDOG_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(private)}
     env.update(
         HOME=str(paths.root),
         XDG_CONFIG_HOME=str(paths.root / "config"),

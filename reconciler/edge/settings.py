@@ -48,4 +48,5 @@ def edge_settings(config: Config) -> EdgeSettings:
         domains_https_port=config.domains_https_port,
         domains_tls=config.domains_tls,
         acme_email=config.acme_email,
+        access_logs=config.access_logs,
     )

@@ -24,6 +24,8 @@ from reconciler.kinds import RuntimeName
 from reconciler.releases import Release
 from reconciler.spec import Health, ProjectId, ProjectSpec
 
+FIRST_PROBE_DELAY = 0.005
+PROBE_GROWTH = 1.2
 LineSink = Callable[[str], None]
 Notify = Callable[[ProjectId | None], None]
 TAIL_LINES = 20
@@ -154,6 +156,17 @@ def with_tail(message: str, tail: str) -> str:
     return f"{message}\n{tail}" if tail else message
 
 
+def loopback_client(timeout: float = 5.0) -> httpx.Client:
+    """A client for plain-HTTP probes of our own listeners: no TLS context to build (that
+    costs ~40 ms per client) and no proxy from the environment."""
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=2.0),
+        follow_redirects=False,
+        verify=False,  # noqa: S501 - plain HTTP to 127.0.0.1 only
+        trust_env=False,
+    )
+
+
 @dataclass
 class Clock:
     """Injected time, so tests can run the probe schedule without sleeping."""
@@ -174,15 +187,16 @@ def wait_ready(
 ) -> None:
     """Poll ``GET url`` until it answers 2xx.
 
-    The first probe goes out at once; later ones back off exponentially from 50 ms up to
-    ``health.interval``. Raises StartFailed after ``health.timeout`` or as soon as the instance
-    dies, Cancelled if ``cancel`` is set.
+    The first probe goes out at once; later ones follow after 5 ms, growing by a fifth each time
+    up to ``health.interval``, so an app that answers quickly is seen within a few ms of it and
+    a slow one is not polled hard. Raises StartFailed after ``health.timeout`` or as soon as the
+    instance dies, Cancelled if ``cancel`` is set.
     """
     clock = clock or Clock()
     own = client is None
-    http = client or httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), follow_redirects=False)
+    http = client or loopback_client()
     deadline = clock.monotonic() + health.timeout
-    delay = 0.05
+    delay = FIRST_PROBE_DELAY
     last = "no answer yet"
     try:
         while True:
@@ -209,7 +223,7 @@ def wait_ready(
                     raise Cancelled("health check cancelled")
             else:
                 clock.sleep(step)
-            delay = min(delay * 2, health.interval)
+            delay = min(delay * PROBE_GROWTH, health.interval)
     finally:
         if own:
             http.close()

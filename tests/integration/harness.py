@@ -222,12 +222,19 @@ class Env:
             ) from None
 
     def wait_serving(self, project: str, text: str, timeout: float = 30) -> ProjectRow:
+        """Until the project serves ``text`` and its status names the version that holds it
+        (the edge may serve a new version a few ms before the status is written)."""
+
         def check() -> ProjectRow | None:
             row = self.row(project)
             if row is None or row.productionStatus != "running" or row.productionPort is None:
                 return None
             body = get(f"http://127.0.0.1:{row.productionPort}/")
-            return row if body is not None and text in body else None
+            index = self.data / "production" / project / str(row.productionHash) / "dist"
+            recorded = (
+                (index / "index.html").read_text() if (index / "index.html").exists() else text
+            )
+            return row if body is not None and text in body and text in recorded else None
 
         return wait_for(check, timeout, f"{project} to serve {text!r}")  # type: ignore[no-any-return]
 

@@ -291,3 +291,31 @@ def test_access_logs_through_the_cli(env: Env, tmp_path: Path) -> None:
     )  # fmt: skip
     assert "edge: up" in status.stdout, status.stdout
     assert ProjectId("www") in status.stdout
+
+
+def test_an_external_edge_run_by_reconciler_edge(tmp_path: Path) -> None:
+    """What the systemd units do: `reconciler edge` runs Caddy; the daemon (--edge external)
+    only configures it, and says so when it is not there."""
+    with environment(tmp_path, edge=EdgeMode.EXTERNAL) as env:
+        env.desired.mkdir(parents=True)
+        edge = subprocess.Popen(
+            [PYTHON, "-m", "reconciler", "edge", "--data", str(env.data),
+             "--internal-port-range", f"{env.first_port + 200}-{env.first_port + 399}"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: (env.data / "edge" / "admin.sock").exists(), 20, "the edge's socket")
+            env.start()
+            site = make_site(tmp_path / "site", "external edge")
+            env.write("www", desired_yaml(site))
+            row = env.wait_serving("www", "external edge")
+            assert env.db.edge().mode == "external"  # type: ignore[union-attr]
+            edge.terminate()
+            edge.wait(10)
+            wait_for(lambda: env.db.edge().status == "down", 20, "the edge reported down")  # type: ignore[union-attr]
+            assert "reconciler-edge" in (env.db.edge().error or "")  # type: ignore[union-attr]
+            assert get(f"http://127.0.0.1:{row.productionPort}/") is None, "not restarted by us"
+        finally:
+            if edge.poll() is None:
+                edge.kill()
+            edge.wait(10)

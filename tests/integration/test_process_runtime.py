@@ -267,8 +267,10 @@ def test_probe_schedule_backs_off_to_interval_and_times_out() -> None:
             why_dead=str,
             clock=clock,
         )
-    assert sleeps[:7] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2]
-    assert set(sleeps[7:-1]) == {2}
+    growing = [round(0.005 * 1.2**n, 6) for n in range(30)]  # 5 ms, growing by a fifth
+    assert [round(s, 6) for s in sleeps[:30]] == growing
+    assert max(sleeps) == 2 and sleeps.index(2) == 33
+    assert set(sleeps[33:-1]) == {2}
     assert abs(sum(sleeps) - 300) < 1e-6
 
 

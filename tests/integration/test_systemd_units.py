@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-UNITS = ["reconciler.service", "reconciler-api.service"]
+UNITS = ["reconciler.service", "reconciler-api.service", "reconciler-edge.service"]
 ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -83,13 +83,20 @@ def test_units_keep_the_promises() -> None:
         ):
             assert key in text
     assert "--systemd-run" in daemon  # sites outlive `systemctl restart reconciler`
+    assert "--edge external" in daemon and "reconciler-edge.service" in daemon
     assert "--api-token-file" in api
+    edge = (REPO / "systemd" / "reconciler-edge.service").read_text()
+    for key in ("Type=notify", "Restart=always", "ProtectSystem=strict",
+                "ReadWritePaths=/var/lib/reconciler\n", "NoNewPrivileges=yes",
+                "CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "reconciler edge --data"):  # fmt: skip
+        assert key in edge, key
 
 
 def test_installer_lays_out_files(tmp_path: Path) -> None:
     env = {**os.environ, "DESTDIR": str(tmp_path), "SKIP_SYSTEM": "1", "PYTHON": sys.executable}
     subprocess.run([str(REPO / "systemd" / "install.sh")], env=env, check=True, timeout=60)
     for path in ("etc/systemd/system/reconciler.service", "etc/systemd/system/reconciler-api.service",
+                 "etc/systemd/system/reconciler-edge.service",
                  "etc/polkit-1/rules.d/50-reconciler.rules", "etc/reconciler/desired", "var/lib/reconciler",
                  "etc/reconciler/reconciler.env", "opt/reconciler/README.md"):  # fmt: skip
         assert (tmp_path / path).exists(), path

@@ -131,3 +131,13 @@ def test_bootstrap_is_the_admin_socket_and_the_log_only() -> None:
     config = bootstrap_config(SETTINGS)
     assert set(config) == {"admin", "storage", "logging"}
     assert config["admin"]["listen"] == "unix//d/edge/admin.sock"
+
+
+def test_access_logs_can_be_turned_off() -> None:
+    settings = EdgeSettings(**{**SETTINGS.__dict__, "access_logs": False})
+    site = Site(ProjectId("www"), 3001, ServeMode.STATIC, domains=("example.com",))
+    config = edge_config(settings, [site])
+    assert "logs" not in servers(config)["site-www"]
+    assert "logs" not in servers(config)["domains"]
+    assert set(config["logging"]["logs"]) == {"default"}
+    assert config["apps"]["tls"]["automation"]["policies"][0]["subjects"] == ["example.com"]

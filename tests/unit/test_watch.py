@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,45 @@ def test_watcher_sees_renames_and_in_place_writes(tmp_path: Path) -> None:
     finally:
         watcher.stop()
     assert seen == ["www", "api", "www"]
+
+
+def test_now_fires_at_once_and_folds_pending_touches() -> None:
+    clock = FakeClock()
+    d = debouncer(clock)
+    d.touch("a")
+    d.now("a")
+    assert d.due(clock.now)[0] == ["a"]
+    assert d.due(clock.now + 10)[0] == []
+
+
+@pytest.mark.timeout(30)
+def test_complete_writes_skip_the_debounce(tmp_path: Path) -> None:
+    seen: list[tuple[ProjectId, float]] = []
+    changed = threading.Event()
+
+    def notify(project: ProjectId) -> None:
+        seen.append((project, time.monotonic()))
+        changed.set()
+
+    watcher = DesiredWatcher(tmp_path, notify, debounce=3.0, max_wait=10.0)
+    watcher.start()
+    try:
+        tmp = tmp_path / ".www.yaml.tmp"
+        tmp.write_text("source: x\n")
+        started = time.monotonic()
+        os.replace(tmp, tmp_path / "www.yaml")
+        assert changed.wait(2), "a rename into place is complete: no 3 s debounce"
+        assert seen[0][1] - started < 1.0
+        changed.clear()
+        started = time.monotonic()
+        with open(tmp_path / "www.yaml", "a") as fh:  # written in place, then closed
+            fh.write("keep: 3\n")
+        assert changed.wait(2)
+        assert seen[-1][1] - started < 1.0
+        changed.clear()
+        started = time.monotonic()
+        (tmp_path / "www.yaml").unlink()  # not a complete write: waits out the burst
+        assert changed.wait(6)
+        assert seen[-1][1] - started >= 2.5
+    finally:
+        watcher.stop()

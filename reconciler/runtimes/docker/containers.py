@@ -139,8 +139,11 @@ def stop_container(engine: Engine, instance: Instance, *, timeout: float) -> Non
         if container is None:
             return
         logger.info("stopping container %s", container.name)
-        with contextlib.suppress(docker.errors.NotFound):
-            container.stop(timeout=max(1, int(timeout)))
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            if timeout <= 0:
+                container.kill()  # no grace: it is out of routing and its port is needed
+            else:
+                container.stop(timeout=max(1, round(timeout)))
         with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
 
