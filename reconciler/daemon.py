@@ -97,21 +97,35 @@ def make_edge(config: Config, db: StateDB) -> Edge:
     )
 
 
-def served_sites(db: StateDB, config: Config) -> list[Site]:
-    """What the edge served before a restart: every project whose recorded address is its
-    reserved public port, as its last applied spec describes it."""
+def served_sites(
+    db: StateDB, config: Config, desired: DesiredStore, releases: ReleaseStore
+) -> list[Site]:
+    """What the edge served before a restart, so that starting the daemon never changes it:
+    every project whose recorded address is its reserved public port, as its last applied
+    spec describes it. A reservation whose database row was lost (``site.json`` restored it)
+    counts when the project has something to serve (``current``, or a slot) and its desired
+    file describes it; its first reconcile then decides."""
     found = []
-    reserved = {row.project: row for row in db.sites()}
-    for row in db.projects():
-        site = reserved.get(row.id)
-        if site is None or row.productionPort is None or row.productionPort != site.publicPort:
-            continue
-        spec = spec_from_row(row)
+    rows = {row.id: row for row in db.projects()}
+    for site in db.sites():
+        pid = ProjectId(site.project)
+        row = rows.get(site.project)
+        if row is not None:
+            if row.productionPort != site.publicPort:
+                continue
+            spec = spec_from_row(row)
+        else:
+            file = desired.read(pid)
+            spec = file.spec if file is not None else None
+            if releases.current(pid) is None:
+                continue
         mode = serve_mode(config.edge, spec, config.default_runtime)
-        if spec is None or mode == ServeMode.PORT or (mode == ServeMode.DYNAMIC and not site.slots):
+        if spec is None or mode == ServeMode.PORT:
+            continue
+        if mode == ServeMode.DYNAMIC and (not site.slots or releases.slot(pid) is None):
             continue
         slots = site.slots if mode == ServeMode.DYNAMIC else None
-        found.append(Site(ProjectId(row.id), site.publicPort, mode, slots, tuple(spec.domains)))
+        found.append(Site(pid, site.publicPort, mode, slots, tuple(spec.domains)))
     return found
 
 
@@ -179,7 +193,7 @@ class Daemon:
         if restored:
             logger.info("restored the port reservations of %s from site.json", ", ".join(restored))
         if self.edge is not None:
-            self.edge.seed(served_sites(self.db, self.config))
+            self.edge.seed(served_sites(self.db, self.config, self.desired, self.releases))
             self.edge.start()
         else:
             self.db.set_edge(EdgeMode.OFF, "off", pid=None, version=None, sites=0, error=None)

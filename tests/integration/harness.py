@@ -143,8 +143,6 @@ class Env:
         self.desired.mkdir(parents=True, exist_ok=True)
         if self._notify is not None:
             self._notify.close()
-        if self.edge == EdgeMode.ON and (binary := default_binary()) is not None:
-            CaddyProcess(binary, Paths(self.data / "edge")).kill()  # the edge outlives daemons
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         address = self.root / f"notify-{time.monotonic_ns()}.sock"
         self._notify.bind(str(address))

@@ -319,3 +319,26 @@ def test_an_external_edge_run_by_reconciler_edge(tmp_path: Path) -> None:
             if edge.poll() is None:
                 edge.kill()
             edge.wait(10)
+
+
+def test_a_lost_state_database_keeps_ports_and_serving(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "survives")
+    with environment(tmp_path, edge=EdgeMode.ON) as env:
+        env.spawn()
+        env.write("www", desired_yaml(site))
+        before = env.wait_serving("www", "survives")
+        assert env.terminate() == 0
+        env.db.close()
+        env._db = None
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            (env.data / name).unlink(missing_ok=True)
+        loop = Loop(f"http://127.0.0.1:{before.productionPort}/").start(clients=1)
+        try:
+            env.spawn()
+            env.wait_ready(60)
+            after = env.wait_serving("www", "survives", timeout=60)
+        finally:
+            loop.finish()
+        assert after.productionPort == before.productionPort, "site.json gave the port back"
+        assert loop.failures == [], loop.failures[:5]
+        assert set(loop.bodies) == {"survives"}
