@@ -299,8 +299,8 @@ class Operations:
     def log_path(self, pid: ProjectId, name: str) -> tuple[str | None, Path | None]:
         if name not in LOG_NAMES:
             raise OperationError(ErrorKind.INVALID, f"log must be one of: {', '.join(LOG_NAMES)}")
-        if name == "access":  # the edge's, per site, across versions
-            return None, self.releases.project_dir(pid) / "logs" / "access.log"
+        if name == "access":  # the edge's, shared by every site, across versions
+            return None, self.releases.root.parent / "edge" / "access.log"
         version = self.releases.current(pid)
         if version is None:
             return None, None
@@ -309,24 +309,35 @@ class Operations:
     def read_log(
         self, pid: ProjectId, name: str, *, offset: int | None, tail: int
     ) -> dict[str, Any]:
-        """A chunk of the current release's build or app log, from ``offset`` or the tail."""
+        """A chunk of the current release's build or app log, or of the site's access log,
+        from ``offset`` or the tail."""
         version, path = self.log_path(pid, name)
         if path is None or not path.is_file():
             return {"log": name, "hash": version, "offset": 0, "text": ""}
+        keep = _site_lines(pid) if name == "access" else None
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
-            if offset is None or offset > size:
-                start = max(0, size - MAX_LOG_CHUNK)
-                fh.seek(start)
-                data = fh.read()
-                lines = data.decode("utf-8", "replace").splitlines(keepends=True)
+            if offset is None or offset > size:  # the tail (or the file was rotated)
+                span = MAX_LOG_CHUNK * (8 if keep else 1)
+                fh.seek(max(0, size - span))
+                lines = fh.read().decode("utf-8", "replace").splitlines(keepends=True)
+                if keep:
+                    lines = [line for line in lines if keep(line)]
                 text = "".join(lines[-tail:]) if tail > 0 else ""
                 return {"log": name, "hash": version, "offset": size, "text": text}
             fh.seek(offset)
             data = fh.read(MAX_LOG_CHUNK)
-        return {
-            "log": name,
-            "hash": version,
-            "offset": offset + len(data),
-            "text": data.decode("utf-8", "replace"),
-        }
+        if keep:  # whole lines only, and only this site's
+            data = data[: data.rfind(b"\n") + 1]
+            text = "".join(
+                line for line in data.decode("utf-8", "replace").splitlines(True) if keep(line)
+            )
+        else:
+            text = data.decode("utf-8", "replace")
+        return {"log": name, "hash": version, "offset": offset + len(data), "text": text}
+
+
+def _site_lines(pid: ProjectId) -> Callable[[str], bool]:
+    """Lines of the shared access log that belong to ``pid`` (its server's logger name)."""
+    marker = f'"logger":"http.log.access.site-{pid}"'
+    return lambda line: marker in line

@@ -273,6 +273,7 @@ class ReleaseStore:
     def __init__(self, root: Path, *, limits: Limits = Limits()) -> None:
         self.root = Path(root).absolute()
         self.limits = limits
+        self._manifests: dict[Path, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
 
     def project_dir(self, project_id: ProjectId) -> Path:
         return self.root / project_id
@@ -374,13 +375,25 @@ class ReleaseStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _manifest(release: Path) -> dict[str, Any] | None:
+    def _manifest(self, release: Path) -> dict[str, Any] | None:
+        """A release's manifest; memoized on the file's identity (releases are immutable,
+        and a release deleted and built again is a new file)."""
+        path = release / MANIFEST
         try:
-            data = json.loads((release / MANIFEST).read_text())
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        memo = self._manifests.get(path)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        try:
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return data if isinstance(data, dict) else None
+        manifest = data if isinstance(data, dict) else None
+        self._manifests[path] = (key, manifest)
+        return manifest
 
     def get(self, project_id: ProjectId, version: str) -> Release | None:
         if not is_hash8(version):

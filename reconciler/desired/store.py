@@ -28,7 +28,6 @@ from reconciler.desired.parse import (
     DesiredFileError,
     Problem,
     decode,
-    load_file,
     parse,
     read_file,
 )
@@ -117,6 +116,8 @@ class DesiredStore:
     def __init__(self, directory: Path, *, lock_dir: Path | None = None) -> None:
         self.directory = Path(directory)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else self.directory / ".locks"
+        self._memo: dict[Path, tuple[bytes, DesiredFile]] = {}
+        self._memo_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -142,19 +143,36 @@ class DesiredStore:
         return found[0] if found else None
 
     def read(self, project_id: ProjectId) -> DesiredFile | None:
-        """Read one project's file; None when it has none."""
+        """Read one project's file; None when it has none.
+
+        The file is read every time; parsing is memoized on its exact bytes (a resync of a
+        thousand unchanged files parses none of them)."""
         paths = self.paths_for(project_id)
         if not paths:
             return None
+        path = paths[0]
         if len(paths) > 1:
-            return DesiredFile(project_id, paths[0], None, (_duplicate_problem(paths),))
+            return DesiredFile(project_id, path, None, (_duplicate_problem(paths),))
         try:
-            _, spec = load_file(paths[0])
+            data = read_file(path)
         except FileNotFoundError:
             return None
         except DesiredFileError as exc:
-            return DesiredFile(project_id, paths[0], None, tuple(exc.problems))
-        return DesiredFile(project_id, paths[0], spec)
+            return DesiredFile(project_id, path, None, tuple(exc.problems))
+        except OSError as exc:
+            problem = Problem(path, 1, 1, f"cannot read: {exc.strerror}")
+            return DesiredFile(project_id, path, None, (problem,))
+        with self._memo_lock:
+            memo = self._memo.get(path)
+        if memo is not None and memo[0] == data:
+            return memo[1]
+        try:
+            result = DesiredFile(project_id, path, parse(path, data))
+        except DesiredFileError as exc:
+            result = DesiredFile(project_id, path, None, tuple(exc.problems))
+        with self._memo_lock:
+            self._memo[path] = (data, result)
+        return result
 
     def _ids(self, orphans: list[Problem]) -> list[ProjectId]:
         ids: list[ProjectId] = []

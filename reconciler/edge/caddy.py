@@ -165,6 +165,10 @@ class Paths:
         return self.root / "caddy.log"
 
     @property
+    def access_log(self) -> Path:
+        return self.root / "access.log"
+
+    @property
     def storage(self) -> Path:
         return self.root / "storage"
 

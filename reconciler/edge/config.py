@@ -6,7 +6,8 @@ changes: versions switch by links the routes read on every request (``current`` 
 releases, ``slot`` for dynamic ones), so a deploy or rollback never reloads Caddy. A load
 happens when the set of served sites, their ports or their domains change.
 
-Per site (``site-<id>``), one server on its stable public port:
+Per site (``site-<id>``), one server on its stable public port (its access log lines carry
+``"logger": "http.log.access.site-<id>"`` in the one shared access log):
 
 - static: ``file_server`` rooted at ``<releases>/<id>/current/dist``;
 - dynamic: two routes, the first taken when ``<id>/slot/a`` exists (``slot -> slots/a``), each
@@ -38,6 +39,7 @@ class EdgeSettings:
     storage: Path
     log_file: Path
     releases: Path
+    access_log: Path
     bind_host: str
     control_port: int
     domains_http_port: int = 80
@@ -46,7 +48,7 @@ class EdgeSettings:
     acme_email: str | None = None
     log_roll_mb: int = 10
     log_roll_keep: int = 5
-    access_logs: bool = True  # one JSON line per request per site (costs ~20% of throughput)
+    access_logs: bool = True  # one JSON line per request (costs ~20 % of static throughput)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,14 @@ def edge_config(settings: EdgeSettings, sites: list[Site]) -> dict[str, Any]:
             "exclude": ["http.log.access", "admin.api"],
         }
     }
+    if settings.access_logs and sites:
+        # One writer for every site (a writer per site made each load reopen 1,000 files):
+        # each line names its site in "logger" (http.log.access.site-<id>).
+        logs["access"] = {
+            "writer": _writer(settings, settings.access_log),
+            "encoder": {"format": "json"},
+            "include": ["http.log.access"],
+        }
     servers: dict[str, Any] = {
         "control": {
             "listen": [_listen("127.0.0.1", settings.control_port)],
@@ -142,13 +152,6 @@ def edge_config(settings: EdgeSettings, sites: list[Site]) -> dict[str, Any]:
         }
         if settings.access_logs:
             servers[name]["logs"] = {"default_logger_name": name}
-            logs[name] = {
-                "writer": _writer(
-                    settings, settings.releases / site.project_id / "logs" / "access.log"
-                ),
-                "encoder": {"format": "json"},
-                "include": [f"http.log.access.{name}"],
-            }
         if site.domains:
             host_routes.append(
                 {

@@ -181,14 +181,15 @@ class Edge:
                 self._record("up", "; ".join(self._refused.values()) or None)
                 return  # alive, and nothing changed
             if verify or restarted or self._loaded is None:
-                self._loaded = self.admin.config()
+                running = self.admin.config()
+                if self._loaded is not None and not restarted and running != self._loaded:
+                    logger.warning("edge: its configuration was changed by hand; restoring it")
+                self._loaded = running
                 self._last_verify = self.clock()
             refused = self._refusals(sites)
             served = {pid: s for pid, s in sites.items() if pid not in refused}
             wanted = edge_config(self.settings, list(served.values()))
             if wanted != self._loaded:
-                if verify and self._loaded and not restarted and self.loads:
-                    logger.warning("edge: its configuration was changed by hand; restoring it")
                 started = time.monotonic()
                 self.admin.load(wanted)
                 self.loads += 1

@@ -41,6 +41,7 @@ def edge_settings(config: Config) -> EdgeSettings:
         admin_socket=paths.socket,
         storage=paths.storage,
         log_file=paths.log,
+        access_log=paths.access_log,
         releases=Path(config.releases_dir).absolute(),
         bind_host=config.bind_host,
         control_port=control_port(config, paths),

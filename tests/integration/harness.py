@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,12 +20,12 @@ from reconciler.config import Config
 from reconciler.daemon import Daemon
 from reconciler.edge.caddy import CaddyProcess, Paths, default_binary
 from reconciler.kinds import EdgeMode
-from reconciler.ports import PortRange
+from reconciler.ports import PortRange, port_is_free
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.process import ProcessRuntime
 from reconciler.spec import ProjectId
 from reconciler.state import ProjectRow, StateDB
-from tests.conftest import PYTHON, REPO, free_port
+from tests.conftest import PYTHON, REPO
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
@@ -98,21 +99,21 @@ class Env:
         return self._db
 
     def config(self) -> Config:
-        return Config(
-            desired_dir=self.desired,
-            data_dir=self.data,
-            port_range=PortRange(self.first_port, self.first_port + 199),
-            default_runtime=self.runtime,
-            resync_interval=self.resync,
-            health_interval=0.5,
-            watch=self.watch,
-            docker_prefix=f"rtest{self.first_port}",
-            edge=self.edge,
-            internal_port_range=PortRange(self.first_port + 200, self.first_port + 399),
-            drain=0.2,
-            stop_grace=3,
-            **self.extra_config,
-        )
+        values: dict[str, Any] = {
+            "desired_dir": self.desired,
+            "data_dir": self.data,
+            "port_range": PortRange(self.first_port, self.first_port + 199),
+            "default_runtime": self.runtime,
+            "resync_interval": self.resync,
+            "health_interval": 0.5,
+            "watch": self.watch,
+            "docker_prefix": f"rtest{self.first_port}",
+            "edge": self.edge,
+            "internal_port_range": PortRange(self.first_port + 200, self.first_port + 399),
+            "drain": 0.2,
+            "stop_grace": 3,
+        }
+        return Config(**{**values, **self.extra_config})
 
     # -- in-process daemon -----------------------------------------------------------------
 
@@ -271,7 +272,11 @@ def environment(tmp_path: Path, **options: Any) -> Iterator[Env]:
 
 
 def _port_block() -> int:
-    """A block of 400 ports that nothing listens on now (tests run one at a time): 200 public,
-    200 internal."""
-    base = free_port()
-    return max(30000, min(base, 60000))
+    """A block of 400 ports (200 public, 200 internal) below Linux's ephemeral range (32768+),
+    so that no outgoing connection can be given one of them as its local port; its first
+    ports are checked free (tests run one at a time)."""
+    for _ in range(100):
+        base = random.randrange(10000, 32000 - 400, 400)
+        if all(port_is_free("127.0.0.1", base + i) for i in (0, 1, 2, 200, 201, 202)):
+            return base
+    raise RuntimeError("no free port block")

@@ -276,7 +276,10 @@ def test_domains_are_served_with_certificates_from_the_internal_ca(tmp_path: Pat
 def test_access_logs_through_the_cli(env: Env, tmp_path: Path) -> None:
     site = make_site(tmp_path / "site", "logged")
     env.write("www", desired_yaml(site))
+    env.write("api", desired_yaml(make_site(tmp_path / "other", "other")))
     row = env.wait_serving("www", "logged")
+    other = env.wait_serving("api", "other")
+    httpx.get(f"http://127.0.0.1:{other.productionPort}/?probe=another-site")
     httpx.get(f"http://127.0.0.1:{row.productionPort}/?probe=access-log-test")
     result = lambda: subprocess.run(  # noqa: E731
         [PYTHON, "-m", "reconciler", "logs", "www", "--log", "access",
@@ -285,6 +288,7 @@ def test_access_logs_through_the_cli(env: Env, tmp_path: Path) -> None:
     )  # fmt: skip
     out = wait_for(lambda: "access-log-test" in result().stdout and result(), 10, "the access log")
     assert out.returncode == 0 and '"logger":"http.log.access.site-www"' in out.stdout
+    assert "another-site" not in out.stdout, "only this site's lines"
     status = subprocess.run(
         [PYTHON, "-m", "reconciler", "status", "--desired", str(env.desired), "--data", str(env.data)],
         cwd=REPO, capture_output=True, text=True, timeout=30,

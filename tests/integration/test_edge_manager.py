@@ -42,6 +42,7 @@ class World:
             admin_socket=self.paths.socket,
             storage=self.paths.storage,
             log_file=self.paths.log,
+            access_log=self.paths.access_log,
             releases=root / "production",
             bind_host="127.0.0.1",
             control_port=free_port(),

@@ -22,6 +22,7 @@ SETTINGS = EdgeSettings(
     admin_socket=Path("/d/edge/admin.sock"),
     storage=Path("/d/edge/storage"),
     log_file=Path("/d/edge/caddy.log"),
+    access_log=Path("/d/edge/access.log"),
     releases=Path("/d/production"),
     bind_host="127.0.0.1",
     control_port=29999,
@@ -49,18 +50,20 @@ def test_no_sites_still_has_the_admin_socket_and_the_check_listener() -> None:
     assert "tls" not in config["apps"]
 
 
-def test_static_site_serves_current_dist_on_its_port_with_its_access_log() -> None:
-    config = edge_config(SETTINGS, [WWW])
+def test_static_site_serves_current_dist_on_its_port_naming_it_in_the_access_log() -> None:
+    config = edge_config(SETTINGS, [WWW, API])
     server = servers(config)["site-www"]
     assert server["listen"] == ["127.0.0.1:3001"]
     assert server["automatic_https"] == {"disable": True}
     assert server["routes"] == [
         {"handle": [{"handler": "file_server", "root": "/d/production/www/current/dist"}]}
     ]
-    log = config["logging"]["logs"]["site-www"]
-    assert log["writer"]["filename"] == "/d/production/www/logs/access.log"
-    assert log["include"] == ["http.log.access.site-www"]
-    assert config["logging"]["logs"]["default"]["exclude"] == ["http.log.access", "admin.api"]
+    assert server["logs"] == {"default_logger_name": "site-www"}
+    logs = config["logging"]["logs"]
+    assert set(logs) == {"default", "access"}, "one access writer for every site"
+    assert logs["access"]["writer"]["filename"] == "/d/edge/access.log"
+    assert logs["access"]["include"] == ["http.log.access"]
+    assert logs["default"]["exclude"] == ["http.log.access", "admin.api"]
 
 
 def test_dynamic_site_routes_by_slot_marker_to_fixed_ports() -> None:
