@@ -26,7 +26,7 @@ class Config:
     health_interval: float = 5.0
     debounce: float = 0.1
     debounce_max_wait: float = 1.0
-    workers: int = 4
+    workers: int = 8
     watch: bool = True
     api_token: str | None = None
     stream_cap: int = 64

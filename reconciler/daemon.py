@@ -46,6 +46,8 @@ from reconciler.watch import DesiredWatcher
 
 logger = logging.getLogger(__name__)
 
+FULL_EVERY = 10  # every 10th periodic resync queues every project, moved or not
+
 
 def make_runtime_factory(
     config: Config, releases: ReleaseStore
@@ -174,6 +176,7 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
+        self._resyncs = 0
         self.pulse_interval = 2.0
         self.pulse_stale = max(10.0, 3 * self.pulse_interval)
         self.last_pulse = clock()
@@ -211,7 +214,7 @@ class Daemon:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         common: dict[str, Any] = {"coalesce": True, "max_instances": 1}
         self.scheduler.add_job(
-            self.resync,
+            self.periodic_resync,
             "interval",
             seconds=self.config.resync_interval,
             id="resync",
@@ -290,7 +293,16 @@ class Daemon:
         return line if self.healthy() else line + "; reconcile loop not making progress"
 
     def resync(self) -> None:
-        self.controller.resync()
+        """Every project (at startup, after an engine reconnects, every FULL_EVERY resyncs)."""
+        self.controller.resync(full=True)
+
+    def periodic_resync(self) -> None:
+        """The safety net for missed file events: projects whose inputs moved, and every
+        project every FULL_EVERY-th time."""
+        self._resyncs += 1
+        queued = self.controller.resync(full=self._resyncs % FULL_EVERY == 0)
+        if queued:
+            logger.debug("resync queued %d project(s)", queued)
 
     def request_stop(self, *_args: object) -> None:
         self.stop_requested.set()

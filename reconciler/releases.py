@@ -428,6 +428,14 @@ class ReleaseStore:
             return None
         return target
 
+    def points_at(self, project_id: ProjectId, version: str) -> bool:
+        """Does ``current`` name ``version``? One readlink: the cheap check a health poll of
+        every project can afford (``current()`` also checks the release is complete)."""
+        try:
+            return os.readlink(self.project_dir(project_id) / CURRENT) == version
+        except OSError:
+            return False
+
     def history(self, project_id: ProjectId, *, active: str | None = None) -> list[Version]:
         """Versions newest first; ``active`` defaults to what ``current`` points at."""
         if active is None:

@@ -147,8 +147,8 @@ class Drainer:
                 if self._heap and self._heap[0].due <= now:
                     self._begin(heapq.heappop(self._heap))
                     continue
-                wait = self._heap[0].due - now if self._heap else 0.5
-                self._cond.wait(max(0.005, min(wait, 0.5)))
+                wait = self._heap[0].due - now if self._heap else 5.0  # drain() notifies
+                self._cond.wait(max(0.005, min(wait, 5.0)))
 
     def _stop(self, item: _Item) -> None:
         instance, runtime = item.instance, item.runtime

@@ -20,13 +20,19 @@ from collections.abc import Callable, Iterator
 
 from reconciler.config import Config
 from reconciler.controller.activate import Activator, AtEdge
-from reconciler.controller.observe import Observer, RepairLog, Runtimes, instance_from_row
+from reconciler.controller.observe import (
+    Fingerprints,
+    Observer,
+    RepairLog,
+    Runtimes,
+    instance_from_row,
+)
 from reconciler.controller.pipeline import Pipeline
 from reconciler.controller.queue import Done, RateLimiter, Result, Workers, WorkQueue
 from reconciler.controller.recorder import Recorder
 from reconciler.desired import DesiredStore, LastGood
 from reconciler.errors import TransientError
-from reconciler.kinds import InstanceRole, Status
+from reconciler.kinds import InstanceRole
 from reconciler.plan import plan, should_cancel
 from reconciler.ports import PortAllocator
 from reconciler.releases import ReleaseStore
@@ -57,6 +63,7 @@ class Controller:
         self.runtimes = runtimes
         self.last_good = LastGood()
         repairs = RepairLog(clock)
+        self.fingerprints = Fingerprints(desired, releases)
         self.observer = Observer(
             desired=desired,
             db=db,
@@ -132,6 +139,11 @@ class Controller:
         """Converge one project: observe, plan, execute."""
         if self.workers.stopping:
             return Done()
+        result = self._reconcile(project_id)
+        self.fingerprints.converged(project_id, isinstance(result, Done))
+        return result
+
+    def _reconcile(self, project_id: ProjectId) -> Result:
         facts = self.observer.observe(project_id)
         if facts is None:
             return Done()
@@ -206,19 +218,21 @@ class Controller:
         if freed:
             logger.info("released %d port reservation(s) nothing holds", len(freed))
 
-    def resync(self) -> None:
+    def resync(self, *, full: bool = True) -> int:
+        """Queue every known project (``full``), or those whose inputs moved since they last
+        converged. Returns how many were queued."""
+        queued = 0
         for project_id in sorted(self.known_projects()):
+            if not full and not self.fingerprints.moved(project_id):
+                continue
             self.enqueue(project_id)
+            queued += 1
+        return queued
 
     def check_health(self) -> None:
         """Queue every project whose active instance is gone or whose ``current`` drifted."""
-        for project in self.db.projects():
-            pid = ProjectId(project.id)
-            if (
-                project.productionStatus == Status.RUNNING
-                and project.productionHash
-                and self.releases.current(pid) != project.productionHash
-            ):
+        for pid, version in self.db.running():
+            if not self.releases.points_at(pid, version):
                 self.enqueue(pid)
         for row in self.db.instances():
             if row.role != InstanceRole.ACTIVE or not is_hash8(row.hash):

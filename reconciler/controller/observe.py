@@ -9,10 +9,12 @@ the database remembers: rows of instances that are gone are returned for the cal
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from reconciler.desired import DesiredFile, DesiredStore, LastGood
 from reconciler.facts import desired_view, observed_view, spec_from_row
@@ -89,6 +91,52 @@ class RepairLog:
             while times and now - times[0] > FLAP_WINDOW:
                 times.popleft()
             return len(times)
+
+
+Sign = tuple[object, ...]
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Fingerprints:
+    """Cheap signs that a project's inputs moved since it last converged: its desired file's
+    identity (a save replaces or rewrites it) and its release dir's listing (releases and
+    the ``current`` and ``slot`` links are entries of it, so a hand change shows). The rows
+    are the daemon's own writes and not inputs. The periodic resync queues only projects
+    whose sign moved, and every project on a full resync; what runs is watched by the
+    health poll and the engines' events, not by the resync."""
+
+    def __init__(self, desired: DesiredStore, releases: ReleaseStore) -> None:
+        self.desired = desired
+        self.releases = releases
+        self._converged: dict[ProjectId, Sign] = {}
+        self._lock = threading.Lock()
+
+    def sign(self, project_id: ProjectId) -> Sign:
+        return (
+            tuple(_identity(p) for p in self.desired.paths_for(project_id)),
+            _identity(self.releases.project_dir(project_id)),
+        )
+
+    def converged(self, project_id: ProjectId, done: bool) -> None:
+        """After a reconcile: remember the sign it left (converged), or forget it."""
+        sign = self.sign(project_id) if done else None
+        with self._lock:
+            if sign is None:
+                self._converged.pop(project_id, None)
+            else:
+                self._converged[project_id] = sign
+
+    def moved(self, project_id: ProjectId) -> bool:
+        sign = self.sign(project_id)
+        with self._lock:
+            return self._converged.get(project_id) != sign
 
 
 def instance_from_row(row: InstanceRow) -> Instance:

@@ -29,6 +29,7 @@ from typing import assert_never
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+IDLE_WAIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class WorkQueue:
                     self._queued.discard(key)
                     self._processing.add(key)
                     return key
-                waits = [0.5]
+                waits = [IDLE_WAIT]  # add() and close() notify; this only bounds a missed one
                 if self._delayed:
                     waits.append(self._delayed[0][0] - now)
                 if deadline is not None:
@@ -210,7 +211,7 @@ class Workers:
 
     def _work(self) -> None:
         while not self._stopping.is_set():
-            key = self.queue.get(timeout=0.5)
+            key = self.queue.get(timeout=IDLE_WAIT)
             if key is None:
                 continue
             with self._lock:

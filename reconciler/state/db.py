@@ -30,6 +30,14 @@ class StateDB(EdgeTables):
             ProjectRow, self.read("SELECT * FROM projects WHERE id = ?", (project_id,))
         )
 
+    def running(self) -> list[tuple[ProjectId, str]]:
+        """(project, version) of every project whose status is running."""
+        rows = self.read(
+            "SELECT id, productionHash FROM projects "
+            "WHERE productionStatus = 'running' AND productionHash IS NOT NULL"
+        )
+        return [(ProjectId(r[0]), str(r[1])) for r in rows]
+
     def projects(self) -> list[ProjectRow]:
         return [as_row(ProjectRow, r) for r in self.read("SELECT * FROM projects ORDER BY id")]
 

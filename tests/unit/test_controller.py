@@ -293,3 +293,15 @@ def test_a_deleted_file_stops_the_project(world: World) -> None:
     assert world.controller.reconcile(P) == Done()
     assert world.runtime.instances == {}
     assert world.db.project(P).productionStatus == Status.STOPPED  # type: ignore[union-attr]
+
+
+def test_a_resync_queues_only_projects_whose_inputs_moved(world: World) -> None:
+    world.write("one")
+    assert world.controller.reconcile(P) == Done()
+    assert world.controller.reconcile(P) == Done()  # converged from an unchanged sign
+    assert world.controller.resync(full=False) == 0
+    assert world.controller.resync(full=True) == 1
+    world.controller.queue.get(timeout=0)
+    world.controller.queue.done(P)
+    world.write("one", generation=2)  # a file event the watcher missed
+    assert world.controller.resync(full=False) == 1
