@@ -340,7 +340,7 @@ def main() -> None:
             results["rollback_static"] = rollbacks(daemon, "st", static, "", args.rollbacks)
             process = root / "process"
             (process / "dist").mkdir(parents=True)
-            serve = "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1 --directory dist\n"
+            serve = "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n"
             results["rollback_process"] = rollbacks(daemon, "pr", process, serve, args.rollbacks)
             if BUSYBOX and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
                 docker_src = root / "docker"

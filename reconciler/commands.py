@@ -129,6 +129,8 @@ def _status_lines(project: str, status: dict[str, Any]) -> list[str]:
     line = f"{project}  {status['status']}"
     if status.get("hash"):
         line += f"  {status['hash']}"
+        if status.get("config"):
+            line += f" (config {status['config']})"
     if status.get("url"):
         line += f"  {status['url']}"
     if status.get("startedAt"):
@@ -256,6 +258,8 @@ def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     for version in history["versions"]:
         mark = "*" if version["isActive"] else " "
         active = "  (active)" if version["isActive"] else ""
+        if version["isActive"] and version.get("config"):
+            active = f"  (active, config {version['config']})"
         print(f"{mark} {version['hash']}  {version['createdAt']}{active}", file=out)
     return OK
 

@@ -37,11 +37,15 @@ def desired_view(
     """None when the project has no desired file (it was deleted)."""
     if desired is None:
         return None
+    mode = serve_mode(edge, in_force, default_runtime)
     return DesiredView(
         in_force,
         in_force.digest() if in_force else None,
         desired.error,
-        serve_mode(edge, in_force, default_runtime),
+        mode,
+        None
+        if in_force is None or mode == ServeMode.STATIC
+        else in_force.instance_config(default_runtime),
     )
 
 
@@ -75,7 +79,12 @@ def observed_view(
     found = tuple(sorted(instances, key=lambda i: i.hash))
     routed_port = slot_port(site, slot)
     routed = next(
-        (i.hash for i in found if routed_port is not None and i.port == routed_port), None
+        (
+            i.key
+            for i in found
+            if routed_port is not None and i.port == routed_port and not i.draining
+        ),
+        None,
     )
     return ObservedView(
         status=row.productionStatus if row else Status.STOPPED,

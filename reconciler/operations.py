@@ -142,9 +142,15 @@ class Operations:
     def history(self, pid: ProjectId) -> History:
         row = self.db.project(pid)
         active = row.productionHash if row and row.productionStatus != Status.STOPPED else ""
+        config = self.status(pid).config if active else None
         return History(
             versions=[
-                Version(hash=v.hash, isActive=v.is_active, createdAt=v.created_at)
+                Version(
+                    hash=v.hash,
+                    isActive=v.is_active,
+                    createdAt=v.created_at,
+                    config=config if v.is_active else None,
+                )
                 for v in self.releases.history(pid, active=active or "")
             ]
         )

@@ -43,15 +43,22 @@ class DesiredView:
     digest: str | None
     file_error: str | None = None
     mode: ServeMode = ServeMode.PORT
+    config: str | None = None  # settings an instance must run with (instance_config)
 
 
 @dataclass(frozen=True)
 class ObservedInstance:
-    """An instance that really runs; a draining one is on its way out and planned around."""
+    """An instance that really runs; a draining one is on its way out and planned around.
+    ``config``: the settings it runs with (None: started before instances named them)."""
 
     hash: str
     port: int | None = None
     draining: bool = False
+    config: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.hash if self.config is None else f"{self.hash}-{self.config}"
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,12 @@ class ObservedView:
     releases: frozenset[str] = field(default_factory=frozenset)
     recent_repairs: int = 0
     public_port: int | None = None
-    routed: str | None = None
+    routed: str | None = None  # the key of the instance the edge routes to
 
 
 @dataclass(frozen=True)
 class StopInstances:
-    hashes: tuple[str, ...]
+    keys: tuple[str, ...]  # instance keys (ObservedInstance.key)
     final: bool  # True: the project ends stopped (status stopped, port and url cleared)
 
 
@@ -111,8 +118,8 @@ Step = StopInstances | Fail | Build | Activate | RestoreCurrent | Record
 
 def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     """The steps that move ``observed`` toward ``desired`` (None: the file was deleted)."""
-    everything = tuple(i.hash for i in observed.instances)
-    live = tuple(i.hash for i in observed.instances if not i.draining)
+    everything = tuple(i.key for i in observed.instances)
+    live = tuple(i for i in observed.instances if not i.draining)
 
     if desired is None or desired.spec is None:
         if desired is not None:
@@ -140,10 +147,12 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     else:
         target = observed.latest_hash
 
-    if not _serving(desired.mode, target, live, observed):
-        gone = (
-            observed.current != target if desired.mode == ServeMode.STATIC else target not in live
-        )
+    serving = _serving(desired, target, live, observed)
+    if serving is None:
+        if desired.mode == ServeMode.STATIC:
+            gone = observed.current != target
+        else:
+            gone = all(i.hash != target for i in live)  # not a settings change: it died
         repair = (
             gone
             and observed.active_hash == target
@@ -160,7 +169,7 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
         return _after_strays(live, observed, Activate(target, repair=repair))
 
     steps: list[Step] = []
-    others = tuple(h for h in live if h != target or desired.mode == ServeMode.STATIC)
+    others = tuple(i.key for i in live if i.key != serving)
     if others:
         steps.append(StopInstances(others, final=False))
     if desired.mode != ServeMode.STATIC and observed.current != target:
@@ -170,30 +179,43 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     return steps
 
 
-def _serving(mode: ServeMode, target: str, live: tuple[str, ...], observed: ObservedView) -> bool:
-    """Does ``target`` serve the project's address now?"""
+def _serving(
+    desired: DesiredView, target: str, live: tuple[ObservedInstance, ...], observed: ObservedView
+) -> str | None:
+    """What serves ``target`` with the wanted settings at the project's address now: the
+    instance's key, ``""`` for a static release (no instance), None when nothing does."""
     at_edge = observed.public_port is not None and observed.port == observed.public_port
-    match mode:
+    match desired.mode:
         case ServeMode.PORT:
-            return target in live
+            wanted = [i for i in live if i.hash == target and i.config == desired.config]
+            return wanted[0].key if wanted else None
         case ServeMode.STATIC:
-            return at_edge and observed.current == target
+            return "" if at_edge and observed.current == target else None
         case ServeMode.DYNAMIC:
-            return at_edge and target in live and observed.routed == target
+            routed = [i for i in live if i.key == observed.routed]
+            fits = routed and routed[0].hash == target and routed[0].config == desired.config
+            return routed[0].key if at_edge and fits else None
         case _:
-            assert_never(mode)
+            assert_never(desired.mode)
 
 
-def _after_strays(alive: tuple[str, ...], observed: ObservedView, step: Step) -> list[Step]:
+def _after_strays(
+    live: tuple[ObservedInstance, ...], observed: ObservedView, step: Step
+) -> list[Step]:
     """``step``, preceded by stopping instances that are neither serving nor wanted (left by
     a crashed pipeline); the serving one keeps serving until the new one is ready."""
-    strays = tuple(h for h in alive if h != observed.active_hash)
+    serving = observed.routed if observed.routed is not None else None
+    strays = tuple(
+        i.key
+        for i in live
+        if i.hash != observed.active_hash and (serving is None or i.key != serving)
+    )
     return [StopInstances(strays, final=False), step] if strays else [step]
 
 
-def _stop(alive: tuple[str, ...], observed: ObservedView) -> list[Step]:
-    if alive:
-        return [StopInstances(alive, final=True)]
+def _stop(everything: tuple[str, ...], observed: ObservedView) -> list[Step]:
+    if everything:
+        return [StopInstances(everything, final=True)]
     if observed.status != Status.STOPPED:
         return [Record(Status.STOPPED)]
     return []

@@ -2,7 +2,7 @@
 
 ::
 
-    <id>/<hash8>/           src/ dist/ logs/ manifest.json   (complete; never changed but logs/)
+    <id>/<hash8>/           dist/ logs/ manifest.json   (complete; never changed but logs/)
     <id>/current -> <hash8> relative symlink, switched atomically, never partial
     <id>/.staging-*         work in progress; removed at startup
     <id>/.trash-*           a release being deleted; removed at startup
@@ -16,6 +16,11 @@ The version id is the first 8 hex characters of the dist hash: SHA-256 over a ca
 of ``dist/`` in byte-sorted relative paths, each entry tagged by type with its path; files add
 the executable bit, size and contents; in-tree symlinks add their target text. Symlinks that
 leave ``dist/``, devices, fifos and sockets are refused and never opened.
+
+A release holds what was built and nothing else: what runs is ``dist/``. (The source is not
+snapshotted: many sources build the same dist, so a snapshot beside it could only be stale.)
+When the build output is the source dir itself (``build.output: .``), its top-level
+``.git`` is left out of the hash and the copy, so a commit alone does not make a new version.
 """
 
 from __future__ import annotations
@@ -47,7 +52,6 @@ SLOT_NAMES = ("a", "b")
 ACTIVATIONS = "activations.json"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
-SOURCE_EXCLUDES = frozenset({".git", "node_modules"})
 CHUNK = 1 << 20
 
 
@@ -101,8 +105,11 @@ def _is_inside(root_real: str, path: str) -> bool:
     return path == root_real or path.startswith(root_real.rstrip("/") + "/")
 
 
-def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield (relative posix path, lstat) for every entry below root, in byte-sorted order."""
+def _walk(
+    root: Path, skip_top: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative posix path, lstat) for every entry below root, in byte-sorted order,
+    leaving out the top-level names in ``skip_top`` and everything under them."""
     stack: list[str] = [""]
     entries: list[tuple[bytes, str, os.stat_result]] = []
     while stack:
@@ -110,6 +117,8 @@ def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
         with os.scandir(root / rel if rel else root) as it:
             for entry in it:
                 child = f"{rel}/{entry.name}" if rel else entry.name
+                if not rel and entry.name in skip_top:
+                    continue
                 st = entry.stat(follow_symlinks=False)
                 entries.append((os.fsencode(child), child, st))
                 if stat.S_ISDIR(st.st_mode):
@@ -122,8 +131,9 @@ def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
 class _TreeHasher:
     """Walk a dist tree once: validate, hash and (optionally) copy it."""
 
-    def __init__(self, root: Path, limits: Limits) -> None:
+    def __init__(self, root: Path, limits: Limits, skip_top: frozenset[str] = frozenset()) -> None:
         self.root = root
+        self.skip_top = skip_top
         self.root_real = os.path.realpath(root)
         self.limits = limits
         self.sha = hashlib.sha256()
@@ -137,7 +147,7 @@ class _TreeHasher:
     def run(self, dest: Path | None) -> str:
         if not self.root.is_dir() or self.root.is_symlink():
             raise ReleaseError(f"build output {self.root} is not a directory")
-        for rel, st in _walk(self.root):
+        for rel, st in _walk(self.root, self.skip_top):
             self._entry(rel, st, dest)
         return self.sha.hexdigest()
 
@@ -220,42 +230,9 @@ class _TreeHasher:
                     out.close()
 
 
-def hash_dist(dist: Path, limits: Limits = Limits()) -> str:
+def hash_dist(dist: Path, limits: Limits = Limits(), skip_top: Iterable[str] = ()) -> str:
     """The full hex digest of a dist tree (see the module docstring)."""
-    return _TreeHasher(Path(dist), limits).run(None)
-
-
-def _copy_source(source: Path, dest: Path, exclude: Iterable[str]) -> None:
-    """Snapshot the source tree: files and symlinks (as links), skipping special files."""
-    skip_top = {p.strip("/") for p in exclude if p.strip("/")}
-    dest.mkdir()
-    for rel, st in _walk_pruned(source, skip_top):
-        target = dest / rel
-        if stat.S_ISDIR(st.st_mode):
-            target.mkdir()
-        elif stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(source / rel), target)
-        elif stat.S_ISREG(st.st_mode):
-            fd = os.open(source / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as src, open(target, "xb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
-                os.fchmod(out.fileno(), st.st_mode & 0o755)
-
-
-def _walk_pruned(root: Path, skip_top: set[str]) -> Iterator[tuple[str, os.stat_result]]:
-    stack: list[str] = [""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(root / rel if rel else root) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            child = f"{rel}/{entry.name}" if rel else entry.name
-            if entry.name in SOURCE_EXCLUDES or child in skip_top:
-                continue
-            st = entry.stat(follow_symlinks=False)
-            yield child, st
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(child)
+    return _TreeHasher(Path(dist), limits, frozenset(skip_top)).run(None)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -320,19 +297,18 @@ class ReleaseStore:
         staging: Staging,
         *,
         dist: Path,
-        source: Path | None = None,
-        source_exclude: Iterable[str] = (),
+        dist_exclude: Iterable[str] = (),
         generation: int | None = None,
         details: dict[str, Any] | None = None,
     ) -> Release:
-        """Copy ``dist`` (and a source snapshot) into staging, hash, and publish as <hash8>.
+        """Copy ``dist`` (less its top-level ``dist_exclude`` names) into staging, hash, and
+        publish it as <hash8>.
 
         The same content again reuses the existing release (its logs get the new build log).
         """
         try:
-            digest = _TreeHasher(Path(dist), self.limits).run_into(staging.path / "dist")
-            if source is not None:
-                _copy_source(Path(source), staging.path / "src", source_exclude)
+            hasher = _TreeHasher(Path(dist), self.limits, frozenset(dist_exclude))
+            digest = hasher.run_into(staging.path / "dist")
             version = digest[:8]
             created = utcnow()
             manifest = {

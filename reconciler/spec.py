@@ -170,6 +170,18 @@ class ProjectSpec(_Model):
             return self.build.output
         return "/app/dist" if runtime == RuntimeName.DOCKER else "dist"
 
+    def instance_config(self, default_runtime: RuntimeName) -> str:
+        """What starts an instance besides its release: the runtime, ``start`` and ``env``.
+        An instance is a release run with these settings; when they change, a new instance of
+        the same release replaces the old one (8 hex characters, shown beside the version)."""
+        settings = {
+            "runtime": self.runtime or default_runtime,
+            "start": self.start.model_dump(mode="json"),
+            "env": self.env,
+        }
+        canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
     def digest(self) -> str:
         """Digest of the whole spec: a failure is tied to it, so any edit tries again."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

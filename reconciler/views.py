@@ -68,12 +68,20 @@ class ProductionStatus(_Out):
     startedAt: str | None = Field(description="ISO 8601 UTC; when the serving instance got ready")
     activeJob: ActiveJob | None
     hash: str | None = Field(description="the version serving now (kept when stopped)")
+    config: str | None = Field(
+        default=None,
+        description="digest of the settings the serving instance runs with (runtime, start, "
+        "env); None for a static site served by the edge",
+    )
 
 
 class Version(_Out):
     hash: str
     isActive: bool
     createdAt: str
+    config: str | None = Field(
+        default=None, description="the active version: digest of the settings it runs with"
+    )
 
 
 class History(_Out):
@@ -131,7 +139,7 @@ def stopping(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
     """The status of a project being stopped: no address any more; the version is kept."""
     return status.model_copy(
         update={"status": Status.STOPPED, "url": None, "port": None, "startedAt": None,
-                "error": None, "activeJob": job}
+                "error": None, "activeJob": job, "config": None}
     )  # fmt: skip
 
 
@@ -141,8 +149,10 @@ def production_status(
     deployment: DeploymentRow | None,
     job: JobRow | None,
     steps: Sequence[Step],
+    config: str | None = None,
 ) -> ProductionStatus:
-    """The status an operator sees: the row, the open deployment, or what comes next."""
+    """The status an operator sees: the row, the open deployment, or what comes next.
+    ``config``: the settings digest of the instance serving the row's version."""
     status = ProductionStatus(
         status=row.productionStatus if row else Status.STOPPED,
         url=row.productionUrl if row else None,
@@ -151,6 +161,7 @@ def production_status(
         startedAt=row.productionStartedAt if row else None,
         activeJob=None,
         hash=row.productionHash if row else None,
+        config=config if row and row.productionStatus != Status.STOPPED else None,
     )
     digest = desired.digest if desired is not None else None
     ours = deployment is not None and digest is not None and deployment.digest == digest
@@ -198,9 +209,12 @@ class Snapshot:
     deployment: DeploymentRow | None
     job: JobRow | None
     steps: tuple[Step, ...]
+    config: str | None = None  # the settings digest of the instance serving the row's version
 
     def status(self) -> ProductionStatus:
-        return production_status(self.desired, self.row, self.deployment, self.job, self.steps)
+        return production_status(
+            self.desired, self.row, self.deployment, self.job, self.steps, self.config
+        )
 
     def converged(self) -> bool:
         """Nothing open and nothing left to do."""
@@ -234,7 +248,8 @@ class Reader:
         observed = observed_view(
             row,
             instances=(
-                ObservedInstance(r.hash, r.port, r.role == InstanceRole.DRAINING) for r in instances
+                ObservedInstance(r.hash, r.port, r.role == InstanceRole.DRAINING, r.config)
+                for r in instances
             ),
             current=self.releases.current(pid),
             releases=frozenset(r.hash for r in self.releases.versions(pid)),
@@ -243,4 +258,12 @@ class Reader:
         )
         deployment = self.db.open_deployment(pid)
         job = self.db.active_job(pid, deployment=deployment.id) if deployment else None
-        return Snapshot(view, spec, row, deployment, job, tuple(plan(view, observed)))
+        serving = [
+            r.config
+            for r in instances
+            if row is not None and r.hash == row.productionHash and r.role == InstanceRole.ACTIVE
+        ]
+        return Snapshot(
+            view, spec, row, deployment, job, tuple(plan(view, observed)),
+            serving[0] if serving else None,
+        )  # fmt: skip

@@ -85,6 +85,16 @@ class ApiServer:
         logger.info("API listening on http://%s:%s", self.server.effective_host, self.port)
 
     def stop(self) -> None:
-        self.server.close()
-        if self.thread is not None:
-            self.thread.join(5)
+        """Close every socket from the server's own loop thread (closing them from another
+        thread races its select() on a closed descriptor), then its worker threads."""
+        if self.thread is None or not self.thread.is_alive():
+            self.server.close()
+            return
+
+        def close_all() -> None:
+            for channel in list(self.server._map.values()):
+                channel.close()
+
+        self.server.trigger.pull_trigger(close_all)
+        self.thread.join(5)
+        self.server.task_dispatcher.shutdown(timeout=5)

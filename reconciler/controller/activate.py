@@ -98,36 +98,36 @@ class Activator:
         rec.emit(
             EventType.READY, {"status": "running", "url": url, "port": port, "hash": release.hash}
         )
-        others = tuple(h for h in run.live if h != release.hash or instance is None)
+        others = tuple(k for k in run.live if instance is None or k != instance.key)
         if instance is not None:
-            run.live[release.hash] = (instance, self.runtimes.for_spec(run.spec))
+            run.live[instance.key] = (instance, self.runtimes.for_spec(run.spec))
         self.retire(run, others)
         self._prune(run, release.hash)
 
-    def retire(self, run: Run, hashes: tuple[str, ...]) -> None:
+    def retire(self, run: Run, keys: tuple[str, ...]) -> None:
         """Instances no longer wanted: drained at the edge, stopped at once without it."""
         if run.mode == ServeMode.PORT or self.drainer is None:
-            self.stop(run, hashes)
+            self.stop(run, keys)
             return
-        for version in hashes:
-            entry = run.live.pop(version, None)
+        for key in keys:
+            entry = run.live.pop(key, None)
             if entry is not None:
                 self.drainer.drain(*entry)
 
-    def stop(self, run: Run, hashes: tuple[str, ...]) -> None:
+    def stop(self, run: Run, keys: tuple[str, ...]) -> None:
         """Stop instances now (inside the deployment), and free their ports."""
-        for version in hashes:
-            entry = run.live.pop(version, None)
+        for key in keys:
+            entry = run.live.pop(key, None)
             if entry is None:
                 continue
             instance, runtime = entry
-            if self.drainer is not None and version in self.drainer.pending(run.facts.project_id):
-                self.drainer.finish(run.facts.project_id, version)
+            if self.drainer is not None and key in self.drainer.pending(run.facts.project_id):
+                self.drainer.finish(run.facts.project_id, key)
                 continue
-            with run.recorder.job(JobType.STOP, hash=version):
-                logger.info("%s: stop %s (port %s)", instance.project_id, version, instance.port)
+            with run.recorder.job(JobType.STOP, hash=instance.hash):
+                logger.info("%s: stop %s (port %s)", instance.project_id, key, instance.port)
                 runtime.stop(instance, timeout=self.config.stop_grace)
-            run.recorder.forget_instance(version)
+            run.recorder.forget_instance(key)
             self.ports.release(instance.port)
 
     def serve(self, run: Run) -> None:
@@ -156,9 +156,9 @@ class Activator:
 
     def _prune(self, run: Run, active: str) -> None:
         pid, spec = run.facts.project_id, run.spec
-        protect = {active, *run.live}
+        protect = {active, *(i.hash for i, _rt in run.live.values())}
         if self.drainer is not None:
-            protect |= set(self.drainer.pending(pid))
+            protect |= {i.hash for i in self.drainer.pending(pid).values()}
         if spec.production.pinned:
             protect.add(spec.production.pinned)
         row = self.db.project(pid)

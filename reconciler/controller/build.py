@@ -63,8 +63,7 @@ class Builder:
             release = self.releases.commit(
                 staging,
                 dist=result.dist,
-                source=source,
-                source_exclude=result.source_exclude,
+                dist_exclude=result.dist_exclude,
                 generation=generation,
                 details={**result.details, "desiredDigest": run.facts.digest},
             )

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from reconciler.controller.recorder import instance_row
 from reconciler.kinds import InstanceRole, JobState, JobType
 from reconciler.runtimes.base import Instance, Runtime
-from reconciler.state import InstanceRow, StateDB
-from reconciler.timeutil import utcnow
+from reconciler.state import StateDB
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +60,9 @@ class Drainer:
 
     def drain(self, instance: Instance, runtime: Runtime, *, after: float | None = None) -> None:
         """Take ``instance`` out of service: mark it, stop it after the drain period."""
-        self.db.put_instance(
-            InstanceRow(
-                instance.project_id,
-                instance.hash,
-                instance.runtime,
-                instance.port,
-                instance.pid,
-                instance.pid_start,
-                instance.container_id,
-                InstanceRole.DRAINING,
-                instance.started_at or utcnow(),
-            )
-        )
+        self.db.put_instance(instance_row(instance, InstanceRole.DRAINING))
         delay = self.drain_seconds if after is None else after
-        item = _Item(self.clock() + delay, (instance.project_id, instance.hash), instance, runtime)
+        item = _Item(self.clock() + delay, (instance.project_id, instance.key), instance, runtime)
         with self._cond:
             if item.key in self._pending or item.key in self._stopping_now:
                 return
@@ -90,26 +78,26 @@ class Drainer:
         )
 
     def pending(self, project_id: str) -> dict[str, Instance]:
-        """The project's instances being drained or stopped, by version: none of them may be
+        """The project's instances being drained or stopped, by key: none of them may be
         routed to again."""
         with self._cond:
             items = [*self._pending.values(), *self._stopping.values()]
             return {i.key[1]: i.instance for i in items if i.key[0] == project_id}
 
-    def finish(self, project_id: str, version: str) -> None:
+    def finish(self, project_id: str, key: str) -> None:
         """Stop a draining instance now, without its grace period (its port or version is
         needed; its drain period is over or it is given up), and wait until it is gone."""
-        key = (project_id, version)
+        item_key = (project_id, key)
         future: Future[None] | None
         stopping: _Item | None = None
         with self._cond:
-            item = self._pending.get(key)
+            item = self._pending.get(item_key)
             if item is not None:
                 item = _Item(item.due, item.key, item.instance, item.runtime, grace=0.0)
                 future = self._begin(item)
             else:
-                future = self._stopping_now.get(key)
-                stopping = self._stopping.get(key)
+                future = self._stopping_now.get(item_key)
+                stopping = self._stopping.get(item_key)
         if stopping is not None:
             stopping.runtime.stop(stopping.instance, timeout=0)  # cut its grace short
         if future is not None:
@@ -162,9 +150,9 @@ class Drainer:
             self.db.finish_job(job, JobState.FAILED, error=str(exc))
         else:
             self.db.finish_job(job, JobState.SUCCEEDED)
-            rows = [r for r in self.db.instances(instance.project_id) if r.hash == instance.hash]
+            rows = [r for r in self.db.instances(instance.project_id) if r.key == instance.key]
             if rows and rows[0].role == InstanceRole.DRAINING:
-                self.db.remove_instance(instance.project_id, instance.hash)
+                self.db.remove_instance(instance.project_id, instance.key)
             logger.info("%s: stopped %s after draining", instance.project_id, instance.hash)
         finally:
             with self._cond:

@@ -75,7 +75,7 @@ def start_and_wait(
                 EventType.STARTING,
                 {"message": f"Starting {release.hash} on port {port}...", "port": port},
             )
-            started = runtime.start(release, spec, port=port)
+            started = runtime.start(release, spec, port=port, config=run.config)
             rec.put_instance(started, InstanceRole.CANDIDATE)
         instance = started
         with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
@@ -90,7 +90,7 @@ def start_and_wait(
         if started is not None:
             with contextlib.suppress(Exception):
                 runtime.stop(started, timeout=2)
-            rec.forget_instance(release.hash)
+            rec.forget_instance(started.key)
         raise
     return instance
 
@@ -113,7 +113,7 @@ class OnPort:
         self, run: Run, release: Release, generation: int | None
     ) -> tuple[Instance | None, int]:
         runtime = self.runtimes.for_spec(run.spec)
-        existing = run.live.get(release.hash)
+        existing = run.find(release.hash)
         if existing is not None and existing[0].port is not None:
             instance = reuse(run, release, existing[0], generation)
             assert instance.port is not None
@@ -250,8 +250,8 @@ class Slots:
         runtime = self.runtimes.for_spec(spec)
         site = self.sites.reserve(pid)
         pending = self.drainer.pending(pid)
-        existing = run.live.get(release.hash)
-        if existing is not None and release.hash in pending:
+        existing = run.find(release.hash)
+        if existing is not None and existing[0].key in pending:
             existing = None  # being drained: it will be stopped, not reused
         adopt = existing[0].port if existing is not None and site.slots is None else None
         slots = self.sites.reserve_slots(pid, adopt=adopt)
@@ -263,7 +263,7 @@ class Slots:
         else:
             target = "b" if active == "a" else "a"
             port = slots[0] if target == "a" else slots[1]
-            self._clear(run, port, release.hash)
+            self._clear(run, port, f"{release.hash}-{run.config}")
             instance = start_and_wait(
                 run, runtime, release, generation, port=port, probe_host="127.0.0.1"
             )
@@ -273,7 +273,7 @@ class Slots:
             if existing is None:
                 with contextlib.suppress(Exception):
                     runtime.stop(instance, timeout=2)
-                run.recorder.forget_instance(release.hash)
+                run.recorder.forget_instance(instance.key)
             raise
         self.releases.set_slot(pid, target)
         check_through_edge(
@@ -282,16 +282,16 @@ class Slots:
         self.releases.switch(pid, release.hash)
         return instance, site.publicPort
 
-    def _clear(self, run: Run, port: int, version: str) -> None:
-        """Free ``port`` and ``version`` for a new instance: a draining instance holding
-        either is stopped now; a stray one too."""
+    def _clear(self, run: Run, port: int, key: str) -> None:
+        """Free ``port`` and the instance identity ``key`` for a new instance: a draining
+        instance holding either is stopped now; a stray one too."""
         pid = run.facts.project_id
-        for pending_version, pending in self.drainer.pending(pid).items():
-            if pending.port == port or pending_version == version:
-                self.drainer.finish(pid, pending_version)
-                run.live.pop(pending_version, None)
+        for pending_key, pending in self.drainer.pending(pid).items():
+            if pending.port == port or pending_key == key:
+                self.drainer.finish(pid, pending_key)
+                run.live.pop(pending_key, None)
         for other, (instance, runtime) in list(run.live.items()):
-            if instance.port == port or other == version:
+            if instance.port == port or other == key:
                 logger.info("%s: stopping %s to free port %s", pid, other, port)
                 with run.recorder.job(JobType.STOP, hash=other):
                     runtime.stop(instance, timeout=self.config.stop_grace)

@@ -199,21 +199,21 @@ class Controller:
                 continue
             recorder = Recorder(self.db, project_id, digest=None)
             for stale in gone:
-                recorder.forget_instance(stale.hash)
+                recorder.forget_instance(stale.key)
             draining = {
-                r.hash for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING
+                r.key for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING
             }
-            for version, (instance, runtime) in alive.items():
-                if version in draining and self.at_edge is not None:
+            for key, (instance, runtime) in alive.items():
+                if key in draining and self.at_edge is not None:
                     self.at_edge.drainer.drain(instance, runtime, after=0)
                     continue
-                active = row is not None and row.productionHash == version
+                active = row is not None and row.productionHash == instance.hash
                 recorder.put_instance(
                     instance, InstanceRole.ACTIVE if active else InstanceRole.CANDIDATE
                 )
                 if instance.port is not None:
                     keep_ports.add(instance.port)
-                logger.info("%s: adopted %s on port %s", project_id, version, instance.port)
+                logger.info("%s: adopted %s on port %s", project_id, key, instance.port)
         freed = self.ports.release_unused(keep_ports)
         if freed:
             logger.info("released %d port reservation(s) nothing holds", len(freed))

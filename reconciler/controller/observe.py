@@ -25,7 +25,7 @@ from reconciler.runtimes.base import Instance, Runtime
 from reconciler.spec import ProjectId, ProjectSpec
 from reconciler.state import InstanceRow, ProjectRow, SiteRow, StateDB
 
-Live = dict[str, tuple[Instance, Runtime]]
+Live = dict[str, tuple[Instance, Runtime]]  # by Instance.key
 
 
 class Runtimes:
@@ -149,6 +149,7 @@ def instance_from_row(row: InstanceRow) -> Instance:
         pid=row.pid,
         pid_start=row.pidStart,
         container_id=row.containerId,
+        config=row.config,
     )
 
 
@@ -210,8 +211,8 @@ class Observer:
         for name in sorted(names):
             runtime = self.runtimes.get(name)
             for instance in runtime.observe(project_id):
-                alive[instance.hash] = (instance, runtime)
-        return alive, [r for r in rows if r.hash not in alive]
+                alive[instance.key] = (instance, runtime)
+        return alive, [r for r in rows if r.key not in alive]
 
     def observe(self, project_id: ProjectId) -> Facts | None:
         """None when nothing is known of the project: no file, no row, no instance."""
@@ -223,14 +224,13 @@ class Observer:
             self.last_good.seed(project_id, from_row)  # after a restart, before a valid read
         spec = self.last_good.in_force(desired) if desired is not None else None
         live, gone = self.live(project_id, spec)
-        draining = {
-            r.hash for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING
-        }
+        draining = {r.key for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING}
         site = self.db.site(project_id)
         observed = observed_view(
             row,
             instances=(
-                ObservedInstance(h, inst.port, h in draining) for h, (inst, _rt) in live.items()
+                ObservedInstance(i.hash, i.port, k in draining, i.config)
+                for k, (i, _rt) in live.items()
             ),
             current=self.releases.current(project_id),
             releases=frozenset(r.hash for r in self.releases.versions(project_id)),

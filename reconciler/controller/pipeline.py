@@ -72,7 +72,7 @@ class Pipeline:
         recorder = Recorder(self.db, facts.project_id, digest=facts.digest)
         run = Run(facts, recorder, cancel, dict(facts.live))
         for stale in facts.gone:
-            recorder.forget_instance(stale.hash)
+            recorder.forget_instance(stale.key)
             self.ports.release(stale.port)
         kind = deployment_of(steps)
         generation = next((s.generation for s in steps if isinstance(s, Build)), None)
@@ -152,11 +152,11 @@ class Pipeline:
 
     def stop_instances(self, run: Run, step: StopInstances) -> None:
         if not step.final:
-            self.activator.retire(run, step.hashes)
+            self.activator.retire(run, step.keys)
             return
         run.recorder.emit(EventType.STOPPING, {"message": "Stopping production..."})
         self.activator.unserve(run)
-        self.activator.stop(run, step.hashes)
+        self.activator.stop(run, step.keys)
         self._stopped(run)
 
     def activate_kept(self, run: Run, step: Activate) -> None:
@@ -178,8 +178,8 @@ class Pipeline:
             self.activator.unserve(run)
             self._stopped(run)
             return
-        entry = run.live.get(step.hash)
-        instance = entry[0] if entry is not None and run.mode != ServeMode.STATIC else None
+        entry = run.find(step.hash) if run.mode != ServeMode.STATIC else None
+        instance = entry[0] if entry is not None else None
         row = run.facts.row
         if run.mode == ServeMode.PORT:
             assert instance is not None  # planned only for a live instance

@@ -44,6 +44,22 @@ class Job:
     hash: str | None = None  # set by the step when it learns it (a build's version)
 
 
+def instance_row(instance: Instance, role: InstanceRole) -> InstanceRow:
+    return InstanceRow(
+        instance.project_id,
+        instance.key,
+        instance.hash,
+        instance.config,
+        instance.runtime,
+        instance.port,
+        instance.pid,
+        instance.pid_start,
+        instance.container_id,
+        role,
+        instance.started_at or utcnow(),
+    )
+
+
 def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -116,22 +132,10 @@ class Recorder:
         return self.db.update_project(self.project_id, **changes)
 
     def put_instance(self, instance: Instance, role: InstanceRole) -> None:
-        self.db.put_instance(
-            InstanceRow(
-                instance.project_id,
-                instance.hash,
-                instance.runtime,
-                instance.port,
-                instance.pid,
-                instance.pid_start,
-                instance.container_id,
-                role,
-                instance.started_at or utcnow(),
-            )
-        )
+        self.db.put_instance(instance_row(instance, role))
 
-    def forget_instance(self, version: str) -> None:
-        self.db.remove_instance(self.project_id, version)
+    def forget_instance(self, key: str) -> None:
+        self.db.remove_instance(self.project_id, key)
 
     def remember_spec(self, spec: ProjectSpec, row: ProjectRow | None) -> None:
         """Keep the applied spec in the database: it stays in force across a restart while the

@@ -9,6 +9,7 @@ from reconciler.controller.observe import Facts, Live
 from reconciler.controller.recorder import Recorder
 from reconciler.errors import Cancelled, PermanentError
 from reconciler.kinds import ServeMode
+from reconciler.runtimes.base import Instance, Runtime
 from reconciler.spec import ProjectSpec
 
 
@@ -31,6 +32,22 @@ class Run:
     @property
     def mode(self) -> ServeMode:
         return self.facts.view.mode if self.facts.view is not None else ServeMode.PORT
+
+    @property
+    def config(self) -> str:
+        """The settings an instance of this project must run with."""
+        view = self.facts.view
+        if view is None or view.config is None:
+            raise PermanentError("no instance settings for a project without one")
+        return view.config
+
+    def find(self, version: str) -> tuple[Instance, Runtime] | None:
+        """A live instance of ``version`` running with the wanted settings."""
+        want = self.facts.view.config if self.facts.view is not None else None
+        for instance, runtime in self.live.values():
+            if instance.hash == version and instance.config == want:
+                return instance, runtime
+        return None
 
     def check(self) -> None:
         if self.cancel.is_set():

@@ -46,18 +46,19 @@ class BuildRequest:
 class BuildResult:
     """A built dist, ready to be hashed and staged. ``details`` go into the manifest.
 
-    ``source_exclude``: paths under the source dir that the release's source snapshot leaves
-    out (the build output, when it was built inside the source tree).
+    ``dist_exclude``: top-level names under ``dist`` that the release leaves out (``.git``
+    when the build output is the source dir itself).
     """
 
     dist: Path
     details: dict[str, Any] = field(default_factory=dict)
-    source_exclude: tuple[str, ...] = ()
+    dist_exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Instance:
-    """One running (or once-running) instance of a release."""
+    """One running (or once-running) instance: a release run with some settings (``config``,
+    see ``ProjectSpec.instance_config``; None for one started before instances had it)."""
 
     project_id: ProjectId
     hash: str
@@ -67,6 +68,16 @@ class Instance:
     pid: int | None = None
     pid_start: int | None = None
     container_id: str | None = None
+    config: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Unique among the project's instances: the version, and the settings it runs with."""
+        return instance_key(self.hash, self.config)
+
+
+def instance_key(version: str, config: str | None) -> str:
+    return version if config is None else f"{version}-{config}"
 
 
 class Runtime(Protocol):
@@ -78,8 +89,9 @@ class Runtime(Protocol):
     def finish_build(self, result: BuildResult, release: Release) -> None:
         """Called once the dist was staged as ``release`` (docker: tag the image)."""
 
-    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
-        """Start ``release`` serving on ``port``. Raises StartFailed or TransientError."""
+    def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
+        """Start ``release`` serving on ``port`` with the settings ``config`` names (from
+        ``spec``). Raises StartFailed or TransientError."""
 
     def stop(self, instance: Instance, *, timeout: float = 10) -> None:
         """Stop gracefully, then forcibly; a no-op for an instance that is gone."""

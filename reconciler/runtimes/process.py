@@ -39,7 +39,14 @@ from reconciler.timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 
-INSTANCE_FILE = "instance.json"
+INSTANCE_FILE = "instance.json"  # an instance started before instances named their config
+
+
+def instance_file(config: str | None) -> str:
+    """The record of one instance, in its release's ``logs/`` (one per config)."""
+    return INSTANCE_FILE if config is None else f"instance-{config}.json"
+
+
 KILL_GRACE = 0.5
 # The daemon's own settings and systemd's protocol variables never reach builds or sites.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
@@ -84,13 +91,21 @@ def kill_group(pid: int, *, timeout: float, alive: Callable[[], bool]) -> None:
 
 
 def _output_dir(spec: ProjectSpec) -> str:
+    """The build output under the source dir; ``.`` is the source dir itself (an app that
+    runs from its source tree)."""
     output = spec.build_output(RuntimeName.PROCESS)
     pure = PurePosixPath(output)
-    if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+    if pure.is_absolute() or ".." in pure.parts:
         raise BuildFailed(
             f"build.output {output!r} must be a relative path inside the source dir, no '..'"
         )
-    return output
+    return str(pure)
+
+
+def _dist_exclude(output: str) -> tuple[str, ...]:
+    """What a release leaves out of the build output: the repository's ``.git`` when the
+    output is the whole source dir."""
+    return (".git",) if output == "." else ()
 
 
 def spawn_detached(
@@ -172,7 +187,9 @@ class ProcessRuntime:
                     "build it or set build.command"
                 )
             request.on_line(f"No build command: using {output}/ as it is")
-            return BuildResult(dist, {"runtime": self.name, "output": output}, (output,))
+            return BuildResult(
+                dist, {"runtime": self.name, "output": output}, _dist_exclude(output)
+            )
         request.log_dir.mkdir(parents=True, exist_ok=True)
         with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
             tail = OutputTail(request.on_line, log)
@@ -192,7 +209,7 @@ class ProcessRuntime:
         return BuildResult(
             dist,
             {"runtime": self.name, "output": output, "buildCommand": spec.build.command},
-            (output,),
+            _dist_exclude(output),
         )
 
     def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
@@ -269,7 +286,9 @@ class ProcessRuntime:
             ]
         return ["/bin/sh", "-c", spec.start.command]
 
-    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
+    def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
+        """The start command runs in the release's ``dist/`` (what was built), never in the
+        release root, so nothing of the release's bookkeeping is reachable by its paths."""
         release.logs.mkdir(exist_ok=True)
         env = {**base_environ(), **spec.env, "PORT": str(port), "HOST": self.bind_host}
         if spec.start.command is None:
@@ -277,12 +296,12 @@ class ProcessRuntime:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
             )
-        unit = f"reconciler-site-{release.project_id}-{release.hash}"
+        unit = f"reconciler-site-{release.project_id}-{release.hash}-{config}"
         log = release.logs / "app.log"
         with open(log, "a", encoding="utf-8") as fh:
-            fh.write(f"--- {utcnow()} starting {release.hash} on port {port}\n")
+            fh.write(f"--- {utcnow()} starting {release.hash} ({config}) on port {port}\n")
         try:
-            pid = self.launcher(self._argv(release, spec, port), release.path, env, log, unit)
+            pid = self.launcher(self._argv(release, spec, port), release.dist, env, log, unit)
         except OSError as exc:
             raise StartFailed(f"could not start {release.hash}: {exc}") from None
         start = None
@@ -301,9 +320,16 @@ class ProcessRuntime:
             utcnow(),
             pid=pid,
             pid_start=start,
+            config=config,
         )
-        record = {"pid": pid, "pidStart": start, "port": port, "startedAt": instance.started_at}
-        atomic_write(release.logs / INSTANCE_FILE, json.dumps(record).encode() + b"\n")
+        record = {
+            "pid": pid,
+            "pidStart": start,
+            "port": port,
+            "startedAt": instance.started_at,
+            "config": config,
+        }
+        atomic_write(release.logs / instance_file(config), json.dumps(record).encode() + b"\n")
         return instance
 
     def alive(self, instance: Instance) -> bool:
@@ -326,11 +352,15 @@ class ProcessRuntime:
             deadline = time.monotonic() + 2
             while self.alive(instance) and time.monotonic() < deadline:
                 time.sleep(0.02)
-        record = self.releases.project_dir(instance.project_id) / instance.hash / "logs"
-        with contextlib.suppress(FileNotFoundError):
-            current = json.loads((record / INSTANCE_FILE).read_text())
-            if current.get("pid") == instance.pid:
-                (record / INSTANCE_FILE).unlink()
+        record = (
+            self.releases.project_dir(instance.project_id)
+            / instance.hash
+            / "logs"
+            / instance_file(instance.config)
+        )
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if json.loads(record.read_text()).get("pid") == instance.pid:
+                record.unlink()
 
     def observe(self, project_id: ProjectId) -> list[Instance]:
         found = []
@@ -340,25 +370,30 @@ class ProcessRuntime:
         for entry in sorted(directory.iterdir()):
             if not is_hash8(entry.name) or entry.is_symlink():
                 continue
-            try:
-                record = json.loads((entry / "logs" / INSTANCE_FILE).read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(record, dict):
-                continue
-            pid, start = record.get("pid"), record.get("pidStart")
-            if isinstance(pid, int) and isinstance(start, int) and pid_alive(pid, start):
-                found.append(
-                    Instance(
-                        project_id,
-                        entry.name,
-                        self.name,
-                        record.get("port"),
-                        str(record.get("startedAt", "")),
-                        pid=pid,
-                        pid_start=start,
+            for path in sorted((entry / "logs").glob("instance*.json")):
+                try:
+                    record = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if not isinstance(record, dict):
+                    continue
+                pid, start = record.get("pid"), record.get("pidStart")
+                config = record.get("config")
+                if path.name != instance_file(config if isinstance(config, str) else None):
+                    continue  # a record under a name that does not match what it says
+                if isinstance(pid, int) and isinstance(start, int) and pid_alive(pid, start):
+                    found.append(
+                        Instance(
+                            project_id,
+                            entry.name,
+                            self.name,
+                            record.get("port"),
+                            str(record.get("startedAt", "")),
+                            pid=pid,
+                            pid_start=start,
+                            config=config if isinstance(config, str) else None,
+                        )
                     )
-                )
         return found
 
     def remove_version(self, project_id: ProjectId, version: str) -> None:

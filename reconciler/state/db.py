@@ -72,9 +72,9 @@ class StateDB(EdgeTables):
                 tuple(getattr(instance, n) for n in names),
             )
 
-    def remove_instance(self, project_id: str, hash: str) -> None:
+    def remove_instance(self, project_id: str, key: str) -> None:
         with self.write() as conn:
-            conn.execute("DELETE FROM instances WHERE project = ? AND hash = ?", (project_id, hash))
+            conn.execute("DELETE FROM instances WHERE project = ? AND key = ?", (project_id, key))
 
     def instances(self, project_id: str | None = None) -> list[InstanceRow]:
         if project_id is None:

@@ -102,7 +102,9 @@ class EventRow:
 @dataclass(frozen=True)
 class InstanceRow:
     project: str
+    key: str  # version, or version-config (see Instance.key)
     hash: str
+    config: str | None
     runtime: RuntimeName
     port: int | None
     pid: int | None

@@ -98,4 +98,28 @@ MIGRATIONS: list[str] = [
         updatedAt TEXT NOT NULL
     )
     """,
+    # 4: an instance is a version run with some settings (config): two of one version may
+    # run side by side while one replaces the other, so the key is version + config
+    """
+    CREATE TABLE instances_v4 (
+        project TEXT NOT NULL,
+        key TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        config TEXT,
+        runtime TEXT NOT NULL,
+        port INTEGER,
+        pid INTEGER,
+        pidStart INTEGER,
+        containerId TEXT,
+        role TEXT NOT NULL,
+        startedAt TEXT NOT NULL,
+        PRIMARY KEY (project, key)
+    );
+    INSERT INTO instances_v4 (project, key, hash, config, runtime, port, pid, pidStart,
+        containerId, role, startedAt)
+        SELECT project, hash, hash, NULL, runtime, port, pid, pidStart, containerId, role,
+        startedAt FROM instances;
+    DROP TABLE instances;
+    ALTER TABLE instances_v4 RENAME TO instances
+    """,
 ]

@@ -27,6 +27,13 @@ def _ours(client: docker.DockerClient, project: str) -> list[str]:
     ]
 
 
+def _versions(client: docker.DockerClient, project: str) -> list[str]:
+    """Our containers' names without the config suffix (`doce_prod_<id>_<hash>`)."""
+    names = _ours(client, project)
+    assert all(n.count("_") == 4 for n in names), names
+    return [n.rsplit("_", 1)[0] for n in names]
+
+
 @pytest.mark.parametrize("edge", [EdgeMode.OFF, EdgeMode.ON])
 @pytest.mark.timeout(240)
 def test_docker_flow_by_file_edits(
@@ -41,14 +48,16 @@ def test_docker_flow_by_file_edits(
             env.start()
             env.write(project, desired_yaml(source, runtime="docker", extra=keep2))
             first = env.wait_serving(project, "docker one", timeout=120)
-            assert _ours(docker_client, project) == [f"doce_prod_{project}_{first.productionHash}"]
+            assert _versions(docker_client, project) == [
+                f"doce_prod_{project}_{first.productionHash}"
+            ]
 
             (source / "site" / "index.html").write_text("docker two")
             env.write(project, desired_yaml(source, runtime="docker", generation=2, extra=keep2))
             second = env.wait_serving(project, "docker two", timeout=120)
             wait_for(
                 lambda: (
-                    _ours(docker_client, project)
+                    _versions(docker_client, project)
                     == [f"doce_prod_{project}_{second.productionHash}"]
                 ),
                 20,
@@ -73,7 +82,8 @@ def test_docker_flow_by_file_edits(
             env.wait_serving(project, "docker one", timeout=60)
             wait_for(
                 lambda: (
-                    _ours(docker_client, project) == [f"doce_prod_{project}_{first.productionHash}"]
+                    _versions(docker_client, project)
+                    == [f"doce_prod_{project}_{first.productionHash}"]
                 ),
                 20,
                 "rolled back",
@@ -101,9 +111,12 @@ def test_docker_flow_by_file_edits(
             )
 
             # a removed container is put back
-            docker_client.containers.get(f"doce_prod_{project}_{third.productionHash}").remove(
-                force=True
-            )
+            (name,) = [
+                n
+                for n in _ours(docker_client, project)
+                if n.startswith(f"doce_prod_{project}_{third.productionHash}_")
+            ]
+            docker_client.containers.get(name).remove(force=True)
             env.wait_serving(project, "docker three", timeout=60)
             wait_for(lambda: len(_ours(docker_client, project)) == 1, 30, "container restored")
 
@@ -112,7 +125,9 @@ def test_docker_flow_by_file_edits(
                 desired_yaml(source, runtime="docker", generation=3, state="stopped", extra=keep2),
             )
             env.wait_status(project, "stopped", timeout=60)
-            wait_for(lambda: _ours(docker_client, project) == [], 20, "container removed on stop")
+            wait_for(
+                lambda: _versions(docker_client, project) == [], 20, "container removed on stop"
+            )
         finally:
             env.stop()
             for name in _ours(docker_client, project):

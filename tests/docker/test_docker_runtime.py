@@ -42,7 +42,7 @@ def build_release(
     )
     try:
         result = runtime.build(req)
-        release = store.commit(staging, dist=result.dist, source=source, details=result.details)
+        release = store.commit(staging, dist=result.dist, details=result.details)
         runtime.finish_build(result, release)
         return release
     finally:
@@ -72,7 +72,7 @@ def test_build_start_health_adopt_stop_prune(
     assert tags == [f"{prefix}-dsite:{release.hash}"], "the temporary build tag is gone"
 
     port = free_port()
-    inst = docker_runtime.start(release, spec(), port=port)
+    inst = docker_runtime.start(release, spec(), port=port, config="c0ffee00")
     wait_ready(
         f"http://127.0.0.1:{port}/",
         spec().health,
@@ -80,7 +80,7 @@ def test_build_start_health_adopt_stop_prune(
         why_dead=lambda: docker_runtime.describe_exit(inst),
     )
     assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello from docker"
-    container = docker_client.containers.get(container_name("dsite", release.hash))
+    container = docker_client.containers.get(container_name("dsite", release.hash, "c0ffee00"))
     assert container.labels["reconciler.project"] == "dsite"
     assert container.labels["com.docker.compose.project"] == f"doce_prod_dsite_{release.hash}"
     assert container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
@@ -113,10 +113,10 @@ def test_port_conflict_leaves_no_container(
         sock.listen()
         port = sock.getsockname()[1]
         with pytest.raises(TransientError, match=f"Port {port} is already in use"):
-            docker_runtime.start(release, spec(), port=port)
+            docker_runtime.start(release, spec(), port=port, config="c0ffee00")
     assert (
         docker_client.containers.list(
-            all=True, filters={"name": container_name("dsite", release.hash)}
+            all=True, filters={"name": container_name("dsite", release.hash, "c0ffee00")}
         )
         == []
     )
@@ -127,14 +127,14 @@ def test_foreign_container_is_never_touched(
 ) -> None:
     store = ReleaseStore(tmp_path / "production")
     release = build_release(docker_runtime, store, make_project(tmp_path / "src"), spec())
-    name = container_name("dsite", release.hash)
+    name = container_name("dsite", release.hash, "c0ffee00")
     foreign = docker_client.containers.create(
         f"{prefix}-dsite:{release.hash}", name=name, labels={"reconciler.project": "dsite"}
     )
     try:
         assert docker_runtime.observe(P) == []
         with pytest.raises(StartFailed, match="not managed by reconciler"):
-            docker_runtime.start(release, spec(), port=free_port())
+            docker_runtime.start(release, spec(), port=free_port(), config="c0ffee00")
         foreign.reload()
         assert foreign.status == "created"
     finally:
@@ -157,7 +157,7 @@ def test_dead_container_is_reported_and_described(
         deadline = time.monotonic() + 10
         while None not in seen and time.monotonic() < deadline:
             time.sleep(0.02)
-        inst = docker_runtime.start(release, spec(), port=free_port())
+        inst = docker_runtime.start(release, spec(), port=free_port(), config="c0ffee00")
         with pytest.raises(StartFailed) as info:
             wait_ready(
                 f"http://127.0.0.1:{inst.port}/",

@@ -294,7 +294,7 @@ def test_daemon_restart_adopts_and_leaves_sites_running(tmp_path: Path) -> None:
 def test_kill9_then_restart_converges(tmp_path: Path, moment: str) -> None:
     site = make_site(tmp_path / "site", "one")
     slow_build = "build:\n  command: sleep 3; echo built\n"
-    slow_start = "start:\n  command: sleep 2; exec python3 -m http.server $PORT --bind 127.0.0.1 --directory dist\n"
+    slow_start = "start:\n  command: sleep 2; exec python3 -m http.server $PORT --bind 127.0.0.1\n"
     with environment(tmp_path) as env:
         env.spawn()
         env.write("www", desired_yaml(site, generation=1))

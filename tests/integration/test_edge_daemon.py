@@ -23,9 +23,7 @@ from tests.integration.harness import Env, desired_yaml, environment, get, make_
 
 pytestmark = pytest.mark.timeout(180)
 
-SERVE_DIST = (
-    "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1 --directory dist\n"
-)
+SERVE_DIST = "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n"
 
 
 @pytest.fixture

@@ -159,7 +159,7 @@ def test_instance_outlives_its_starter_and_is_adopted(tmp_path: Path, store: Rel
         from reconciler.spec import ProjectSpec
         store = ReleaseStore(Path({str(store.root)!r}))
         release = store.get("site", {release.hash!r})
-        inst = ProcessRuntime(store).start(release, ProjectSpec(source="x"), port={port})
+        inst = ProcessRuntime(store).start(release, ProjectSpec(source="x"), port={port}, config="c0ffee00")
         print(inst.pid)
         """
     )
@@ -198,12 +198,10 @@ def test_start_command_gets_port_and_stop_kills_group(
     release = stage(store, tmp_path)
     port = free_port()
     s = spec(
-        start={
-            "command": f"sleep 600 & exec {PYTHON} -m http.server $PORT --bind 127.0.0.1 --directory dist"
-        },
+        start={"command": f"sleep 600 & exec {PYTHON} -m http.server $PORT --bind 127.0.0.1"},
         env={"PYTHONDONTWRITEBYTECODE": "1"},
     )
-    inst = runtime.start(release, s, port=port)
+    inst = runtime.start(release, s, port=port, config="c0ffee00")
     wait_ready(
         f"http://127.0.0.1:{port}/",
         Health(timeout=10),
@@ -232,7 +230,7 @@ def test_start_that_exits_at_once_fails_fast(
         start={"command": "echo 'Error: cannot find module server.js' >&2; exit 1"},
         health={"timeout": 120},
     )
-    inst = runtime.start(release, s, port=free_port())
+    inst = runtime.start(release, s, port=free_port(), config="c0ffee00")
     started = time.monotonic()
     with pytest.raises(StartFailed) as info:
         wait_ready(
@@ -279,7 +277,7 @@ def test_probe_counts_only_2xx(
 ) -> None:
     release = stage(store, tmp_path)
     port = free_port()
-    inst = runtime.start(release, spec(), port=port)
+    inst = runtime.start(release, spec(), port=port, config="c0ffee00")
     try:
         with pytest.raises(StartFailed, match="last: HTTP 404"):
             wait_ready(
@@ -298,3 +296,39 @@ def test_probe_counts_only_2xx(
         assert time.monotonic() - first < 1
     finally:
         runtime.stop(inst)
+
+
+def test_app_from_its_source_tree_runs_in_dist_with_no_bookkeeping_reachable(
+    tmp_path: Path, store: ReleaseStore, runtime: ProcessRuntime
+) -> None:
+    """``build.output: .``: the source tree (less ``.git``) is the release, and the start
+    command runs in the release's ``dist/``: a plain file server shows the app's files and
+    none of ``logs/`` or ``manifest.json``."""
+    src = tmp_path / "src"
+    (src / ".git").mkdir(parents=True)
+    (src / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (src / "server.py").write_text(
+        "import http.server, os\n"
+        "http.server.test(http.server.SimpleHTTPRequestHandler, port=int(os.environ['PORT']),"
+        " bind='127.0.0.1')\n"
+    )
+    (src / "index.html").write_text("from source")
+    s = spec(build={"output": "."}, start={"command": f"exec {PYTHON} server.py"})
+    result = runtime.build(request(tmp_path, s))
+    release = store.commit(store.begin(P), dist=result.dist, dist_exclude=result.dist_exclude)
+    assert sorted(p.name for p in release.dist.iterdir()) == ["index.html", "server.py"]
+    port = free_port()
+    inst = runtime.start(release, s, port=port, config="c0ffee00")
+    try:
+        wait_ready(
+            f"http://127.0.0.1:{port}/",
+            Health(timeout=10),
+            alive=lambda: runtime.alive(inst),
+            why_dead=lambda: runtime.describe_exit(inst),
+        )
+        assert httpx.get(f"http://127.0.0.1:{port}/index.html").text == "from source"
+        for leak in ("manifest.json", "logs/app.log", "dist/index.html", ".git/HEAD"):
+            assert httpx.get(f"http://127.0.0.1:{port}/{leak}").status_code == 404, leak
+        assert "../" not in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        runtime.stop(inst, timeout=5)

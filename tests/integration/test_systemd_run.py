@@ -72,7 +72,9 @@ def test_sites_start_as_transient_units(tmp_path: Path, fake_systemd: Path) -> N
     release = store.commit(store.begin(ProjectId("www")), dist=dist)
     runtime = ProcessRuntime(store, launcher=spawn_transient_unit)
     port = free_port()
-    instance = runtime.start(release, ProjectSpec(source="x", env={"GREETING": "hi"}), port=port)
+    instance = runtime.start(
+        release, ProjectSpec(source="x", env={"GREETING": "hi"}), port=port, config="c0ffee00"
+    )
     try:
         wait_ready(
             f"http://127.0.0.1:{port}/",
@@ -82,12 +84,12 @@ def test_sites_start_as_transient_units(tmp_path: Path, fake_systemd: Path) -> N
         )
         assert httpx.get(f"http://127.0.0.1:{port}/").text == "from a unit"
         record = json.loads(
-            (fake_systemd / f"reconciler-site-www-{release.hash}.service").read_text()
+            (fake_systemd / f"reconciler-site-www-{release.hash}-c0ffee00.service").read_text()
         )
         argv = record["argv"]
         assert record["pid"] == instance.pid
-        assert argv[0] == f"--unit=reconciler-site-www-{release.hash}.service"
-        for flag in ("--collect", f"--uid={os.getuid()}", f"--property=WorkingDirectory={release.path}",
+        assert argv[0] == f"--unit=reconciler-site-www-{release.hash}-c0ffee00.service"
+        for flag in ("--collect", f"--uid={os.getuid()}", f"--property=WorkingDirectory={release.dist}",
                      f"--property=StandardOutput=append:{release.logs / 'app.log'}", "--property=KillMode=control-group",
                      "--property=NoNewPrivileges=yes", f"--setenv=PORT={port}", "--setenv=GREETING=hi"):  # fmt: skip
             assert flag in argv

@@ -83,7 +83,7 @@ def stage(config: Config, html: str, tmp_path: Path) -> str:
     return store.commit(store.begin(ProjectId("www")), dist=dist).hash
 
 
-STATUS_KEYS = ["status", "url", "port", "error", "startedAt", "activeJob", "hash"]
+STATUS_KEYS = ["status", "url", "port", "error", "startedAt", "activeJob", "hash", "config"]
 
 
 def test_status_of_a_new_project(client: FlaskClient) -> None:
@@ -93,12 +93,14 @@ def test_status_of_a_new_project(client: FlaskClient) -> None:
     assert list(response.json) == STATUS_KEYS  # type: ignore[arg-type]
     assert response.json == {
         "status": "stopped", "url": None, "port": None, "error": None,
-        "startedAt": None, "activeJob": None, "hash": None,
+        "startedAt": None, "activeJob": None, "hash": None, "config": None,
     }  # fmt: skip
 
 
 def serving(app: Flask, config: Config, tmp_path: Path, html: str = "live") -> str:
     """Record a project that runs a kept release, as the daemon leaves it after a deploy."""
+    path = config.desired_dir / "www.yaml"
+    settings = parse(path, path.read_bytes()).instance_config(RuntimeName.PROCESS)
     version = stage(config, html, tmp_path)
     ReleaseStore(config.releases_dir).switch(ProjectId("www"), version)
     db(app).update_project(
@@ -107,7 +109,8 @@ def serving(app: Flask, config: Config, tmp_path: Path, html: str = "live") -> s
         productionHash=version, latestHash=version, observedGeneration=3,
     )  # fmt: skip
     db(app).put_instance(
-        InstanceRow("www", version, RuntimeName.PROCESS, 3001, 1, 1, None,
+        InstanceRow("www", f"{version}-{settings}", version, settings, RuntimeName.PROCESS,
+                    3001, 1, 1, None,
                     InstanceRole.ACTIVE, "2025-12-27T10:30:45.000Z")
     )  # fmt: skip
     return version
@@ -118,9 +121,12 @@ def test_status_of_a_running_project(
 ) -> None:
     (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
     version = serving(app, config, tmp_path)
+    path = config.desired_dir / "www.yaml"
+    settings = parse(path, path.read_bytes()).instance_config(RuntimeName.PROCESS)
     running = {
         "status": "running", "url": "http://localhost:3001", "port": 3001, "error": None,
         "startedAt": "2025-12-27T10:30:45.000Z", "activeJob": None, "hash": version,
+        "config": settings,
     }  # fmt: skip
     assert client.get("/api/projects/www/production").json == running
     # housekeeping (a job outside any deployment) is not an operator's request
@@ -179,6 +185,7 @@ def test_deploy_bumps_generation_and_reports_queued_at_once(
     assert response.json == {
         "status": "queued", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.build", "state": "queued"}, "hash": None,
+        "config": None,
     }  # fmt: skip
     text = (config.desired_dir / "www.yaml").read_text()
     assert text == SITE.replace("state: stopped ", "state: running ").replace(
@@ -242,6 +249,7 @@ def test_stop_production(client: FlaskClient, app: Flask, config: Config) -> Non
     assert response.json == {
         "status": "stopped", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.stop", "state": "queued"}, "hash": "a1b2c3d4",
+        "config": None,
     }  # fmt: skip
     assert (config.desired_dir / "www.yaml").read_text() == SITE
     db(app).update_project(
@@ -262,7 +270,7 @@ def test_history_newest_first(
     versions = client.get("/api/projects/www/production-history").json["versions"]  # type: ignore[index]
     assert [(v["hash"], v["isActive"]) for v in versions] == [(new, True), (old, False)]
     assert all(
-        list(v) == ["hash", "isActive", "createdAt"] and v["createdAt"].endswith("Z")
+        list(v) == ["hash", "isActive", "createdAt", "config"] and v["createdAt"].endswith("Z")
         for v in versions
     )
 
@@ -624,12 +632,13 @@ def test_rollback_answers_only_when_its_deployment_has_closed(
         time.sleep(0.01)
         text = (config.desired_dir / "www.yaml").read_bytes()
     digest = parse(config.desired_dir / "www.yaml", text).digest()
+    cfg = parse(config.desired_dir / "www.yaml", text).instance_config(RuntimeName.PROCESS)
     store = db(app)
     dep = store.start_deployment("www", DeploymentKind.ACTIVATE, generation=3, digest=digest)
     ReleaseStore(config.releases_dir).switch(ProjectId("www"), target)
     store.update_project(ProjectId("www"), productionHash=target, productionPort=3002)
     store.put_instance(
-        InstanceRow("www", target, RuntimeName.PROCESS, 3002, 2, 2, None,
+        InstanceRow("www", f"{target}-{cfg}", target, cfg, RuntimeName.PROCESS, 3002, 2, 2, None,
                     InstanceRole.ACTIVE, "2025-12-27T10:31:00.000Z")
     )  # fmt: skip
     time.sleep(0.3)  # the gap between waitReady and the old instance's stop: no job runs
@@ -638,7 +647,7 @@ def test_rollback_answers_only_when_its_deployment_has_closed(
     time.sleep(0.1)
     assert answers == []
     store.finish_job(stop, JobState.SUCCEEDED)
-    store.remove_instance("www", old)
+    store.remove_instance("www", f"{old}-{cfg}")
     store.finish_deployment(dep, DeploymentState.SUCCEEDED)
     caller.join(5)
     assert answers and answers[0].success and answers[0].hash == target

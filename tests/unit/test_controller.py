@@ -63,29 +63,31 @@ class FakeRuntime:
                     raise Cancelled("build cancelled")
         if self.fail_build is not None:
             raise self.fail_build
-        return BuildResult(request.source / "dist", {"runtime": "fake"}, ("dist",))
+        return BuildResult(request.source / "dist", {"runtime": "fake"})
 
     def finish_build(self, result: BuildResult, release: Release) -> None:
         return None
 
-    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
+    def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
         handler = functools.partial(_Quiet, directory=str(release.dist))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.servers[release.hash] = server
-        instance = Instance(release.project_id, release.hash, self.name, port, utcnow())
-        self.instances[release.hash] = instance
+        instance = Instance(
+            release.project_id, release.hash, self.name, port, utcnow(), config=config
+        )
+        self.servers[instance.key] = server
+        self.instances[instance.key] = instance
         return instance
 
     def stop(self, instance: Instance, *, timeout: float = 10) -> None:
-        server = self.servers.pop(instance.hash, None)
+        server = self.servers.pop(instance.key, None)
         if server is not None:
             server.shutdown()
             server.server_close()
-        self.instances.pop(instance.hash, None)
+        self.instances.pop(instance.key, None)
 
     def alive(self, instance: Instance) -> bool:
-        return instance.hash in self.servers
+        return instance.key in self.servers
 
     def observe(self, project_id: ProjectId) -> list[Instance]:
         return [i for i in self.instances.values() if i.project_id == project_id]
@@ -187,7 +189,9 @@ def test_redeploy_stops_the_old_instance_inside_the_deployment(world: World) -> 
     world.write("two", generation=2)
     assert world.controller.reconcile(P) == Done()
     assert world.serving() == "two"
-    assert list(world.runtime.instances) == [world.db.project(P).productionHash]  # type: ignore[union-attr]
+    assert [i.hash for i in world.runtime.instances.values()] == [
+        world.db.project(P).productionHash
+    ]  # type: ignore[union-attr]
     stop = next(j for j in world.db.jobs(P) if j.type == JobType.STOP)
     assert stop.hash == old.productionHash and stop.deployment is not None  # type: ignore[union-attr]
     assert world.db.deployment(stop.deployment).kind == DeploymentKind.DEPLOY  # type: ignore[union-attr]

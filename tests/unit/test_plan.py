@@ -197,7 +197,9 @@ EDGE_CASES = [
         id="dynamic-alive-not-routed-flips",
     ),
     pytest.param(
-        *at_edge(ServeMode.DYNAMIC, routed=A, instances=(*up(A), ObservedInstance(B, 9, True))),
+        *at_edge(
+            ServeMode.DYNAMIC, routed=A, instances=(*up(A), ObservedInstance(B, 9, draining=True))
+        ),
         [],
         id="dynamic-draining-instance-planned-around",
     ),
@@ -210,7 +212,7 @@ EDGE_CASES = [
         DesiredView(
             want(state="stopped").spec, want(state="stopped").digest, mode=ServeMode.DYNAMIC
         ),
-        seen(instances=(ObservedInstance(B, 9, True),)),
+        seen(instances=(ObservedInstance(B, 9, draining=True),)),
         [StopInstances((B,), final=True)],
         id="stop-also-stops-draining",
     ),

@@ -37,8 +37,6 @@ def stage(store: ReleaseStore, source: Path, generation: int = 1):  # type: igno
     return store.commit(
         staging,
         dist=source / "dist",
-        source=source,
-        source_exclude=["dist"],
         generation=generation,
         details={"runtime": "process"},
     )
@@ -49,13 +47,7 @@ def test_stage_layout_and_manifest(tmp_path: Path) -> None:
     src = make_source(tmp_path / "src", "v1")
     release = stage(store, src)
     assert release.hash == release.digest[:8] == hash_dist(src / "dist")[:8]
-    assert sorted(p.name for p in release.path.iterdir()) == [
-        "dist",
-        "logs",
-        "manifest.json",
-        "src",
-    ]
-    assert sorted(p.name for p in (release.path / "src").iterdir()) == ["package.json"]
+    assert sorted(p.name for p in release.path.iterdir()) == ["dist", "logs", "manifest.json"]
     manifest = json.loads((release.path / "manifest.json").read_text())
     assert manifest["digest"] == release.digest and manifest["generation"] == 1
     assert manifest["createdAt"].endswith("Z") and manifest["runtime"] == "process"
@@ -72,6 +64,24 @@ def test_same_content_reuses_release(tmp_path: Path) -> None:
     assert again.reused and again.path == first.path and again.created_at == first.created_at
     assert (again.logs / "build.log").read_text() == "build 2\n"
     assert len(store.versions(P)) == 1
+
+
+def test_source_dir_as_output_leaves_out_git(tmp_path: Path) -> None:
+    """``build.output: .``: the release is the source tree less its ``.git``, so a commit
+    alone (a new ``.git``) is no new version."""
+    store = ReleaseStore(tmp_path / "production")
+    src = make_source(tmp_path / "src", "v1")
+    staging = store.begin(P)
+    release = store.commit(staging, dist=src, dist_exclude=[".git"], generation=1)
+    assert sorted(p.name for p in release.dist.iterdir()) == [
+        "dist",
+        "node_modules",
+        "package.json",
+    ]
+    (src / ".git" / "HEAD").write_text("another commit")
+    again = store.commit(store.begin(P), dist=src, dist_exclude=[".git"], generation=2)
+    assert again.reused and again.hash == release.hash
+    assert hash_dist(src, skip_top=[".git"]) == release.digest != hash_dist(src)
 
 
 def test_prefix_collision_is_an_error(tmp_path: Path) -> None:
@@ -176,7 +186,7 @@ CRASH_CHILD = textwrap.dedent(
         for i in range(20):
             (dist / f"f{{i}}.txt").write_text(f"{{os.getpid()}}-{{n}}-{{i}}" * rng.randint(1, 50))
         staging = store.begin("site")
-        release = store.commit(staging, dist=dist, source=None, generation=n)
+        release = store.commit(staging, dist=dist, generation=n)
         store.switch("site", release.hash)
         print(n, flush=True)
     """

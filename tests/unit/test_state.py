@@ -21,11 +21,11 @@ P = ProjectId("site")
 
 def test_schema_wal_and_migrations(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "data" / "state.db")
-    assert db.schema_version == len(MIGRATIONS) == 3
+    assert db.schema_version == len(MIGRATIONS) == 4
     assert db.read("PRAGMA journal_mode")[0][0] == "wal"
     db.close()
     again = StateDB(tmp_path / "data" / "state.db")  # idempotent
-    assert again.schema_version == 3
+    assert again.schema_version == 4
     again.close()
     conn = sqlite3.connect(tmp_path / "data" / "state.db")
     conn.execute("PRAGMA user_version = 99")
@@ -73,6 +73,8 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     assert db.schema_version == len(MIGRATIONS)
     old = db.latest_deployment(P)
     assert old is not None and (old.kind, old.digest, old.error) == ("deploy", None, None)
+    instance = db.instances(P)
+    assert instance == [], "no instance rows in the old file; the v4 table replaced v1's"
     new = db.start_deployment(P, DeploymentKind.STOP, generation=None, digest="abc")
     db.finish_deployment(new, DeploymentState.FAILED, error="boom")
     row = db.deployment(new)
@@ -125,14 +127,18 @@ def test_events_and_retention(tmp_path: Path) -> None:
 def test_instances(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "state.db")
     inst = InstanceRow(
-        P, "a1b2c3d4", "process", 3001, 123, 456, None, "active", "2025-01-01T00:00:00.000Z"
-    )
+        P, "a1b2c3d4-0f0f0f0f", "a1b2c3d4", "0f0f0f0f", "process", 3001, 123, 456, None,
+        "active", "2025-01-01T00:00:00.000Z",
+    )  # fmt: skip
     db.put_instance(inst)
     assert db.instances(P) == [inst]
     db.put_instance(InstanceRow(**{**inst.__dict__, "role": "candidate"}))
     assert db.instances()[0].role == "candidate"
-    db.remove_instance(P, "a1b2c3d4")
-    assert db.instances() == []
+    other = InstanceRow(**{**inst.__dict__, "key": "a1b2c3d4-1e1e1e1e", "config": "1e1e1e1e"})
+    db.put_instance(other)
+    assert len(db.instances(P)) == 2, "one version, two settings: two instances"
+    db.remove_instance(P, "a1b2c3d4-0f0f0f0f")
+    assert db.instances() == [other]
 
 
 WRITER = textwrap.dedent(

@@ -7,7 +7,12 @@ import yaml
 
 from reconciler.fileio import atomic_write
 from reconciler.releases import Release
-from reconciler.runtimes.docker.labels import SERVICE, container_name, instance_labels
+from reconciler.runtimes.docker.labels import (
+    SERVICE,
+    compose_project,
+    container_name,
+    instance_labels,
+)
 from reconciler.spec import ProjectSpec
 
 COMPOSE_FILE = "docker-compose.production.yml"
@@ -22,11 +27,12 @@ def write_compose(
     container_port: int,
     port: int,
     spec: ProjectSpec,
+    config: str,
 ) -> None:
-    labels = instance_labels(release.project_id, release.hash, port)
-    name = container_name(release.project_id, release.hash)
+    labels = instance_labels(release.project_id, release.hash, port, config)
+    name = container_name(release.project_id, release.hash, config)
     document = {
-        "name": name,
+        "name": compose_project(release.project_id, release.hash),
         "services": {
             SERVICE: {
                 "image": image_tag,

@@ -18,6 +18,7 @@ from reconciler.kinds import RuntimeName
 from reconciler.runtimes.base import Instance, with_tail
 from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.labels import (
+    LABEL_CONFIG,
     LABEL_HASH,
     LABEL_PORT,
     LABEL_PROJECT,
@@ -31,6 +32,9 @@ from reconciler.spec import ProjectId, ProjectSpec, is_hash8
 from reconciler.timeutil import utcnow
 
 logger = logging.getLogger(__name__)
+
+# Docker keeps each container's output in json-file logs, rotated by size: bounded like ours.
+LOG_LIMITS = {"max-size": "10m", "max-file": "5"}
 
 
 def container_port(spec: ProjectSpec, image: Any) -> int:
@@ -55,16 +59,18 @@ def run_container(
     bind_host: str,
     port: int,
     cport: int,
+    config: str,
 ) -> Any:
     """Create and start the instance's container; remove it again if the start fails."""
-    name = container_name(project_id, version)
+    name = container_name(project_id, version, config)
     client = engine.client
     _clear_name(client, name, project_id)
     try:
         container = client.containers.create(
             image.id,
             name=name,
-            labels=instance_labels(project_id, version, port),
+            labels=instance_labels(project_id, version, port, config),
+            log_config={"type": "json-file", "config": LOG_LIMITS},
             environment={**spec.env, "PORT": str(cport)},
             ports={f"{cport}/tcp": (bind_host, port)},
             restart_policy={"Name": "unless-stopped"},
@@ -99,7 +105,9 @@ def _clear_name(client: Any, name: str, project_id: ProjectId) -> None:
 
 def find(engine: Engine, instance: Instance) -> Any | None:
     """The instance's container, if it exists and is ours."""
-    ref = instance.container_id or container_name(instance.project_id, instance.hash)
+    ref = instance.container_id or container_name(
+        instance.project_id, instance.hash, instance.config
+    )
     try:
         container = engine.client.containers.get(ref)
     except docker.errors.NotFound:
@@ -172,12 +180,21 @@ def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
                 int(port_text) if port_text.isdigit() else None,
                 str(container.attrs.get("State", {}).get("StartedAt", "")),
                 container_id=container.id,
+                config=labels.get(LABEL_CONFIG) or None,
             )
         )
     return found
 
 
-def started_instance(project_id: ProjectId, version: str, port: int, container: Any) -> Instance:
+def started_instance(
+    project_id: ProjectId, version: str, port: int, container: Any, config: str
+) -> Instance:
     return Instance(
-        project_id, version, RuntimeName.DOCKER, port, utcnow(), container_id=container.id
+        project_id,
+        version,
+        RuntimeName.DOCKER,
+        port,
+        utcnow(),
+        container_id=container.id,
+        config=config,
     )

@@ -98,7 +98,7 @@ class DockerRuntime:
 
     # -- instances -------------------------------------------------------------------------
 
-    def start(self, release: Release, spec: ProjectSpec, *, port: int) -> Instance:
+    def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
         tag = self.image_tag(release.project_id, release.hash)
         with engine_calls():
             try:
@@ -117,6 +117,7 @@ class DockerRuntime:
                 bind_host=self.bind_host,
                 port=port,
                 cport=cport,
+                config=config,
             )
         write_compose(
             release,
@@ -126,8 +127,11 @@ class DockerRuntime:
             container_port=cport,
             port=port,
             spec=spec,
+            config=config,
         )
-        return containers.started_instance(release.project_id, release.hash, port, container)
+        return containers.started_instance(
+            release.project_id, release.hash, port, container, config
+        )
 
     def alive(self, instance: Instance) -> bool:
         return containers.is_running(self.engine, instance)
