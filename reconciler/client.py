@@ -68,7 +68,9 @@ class LocalClient:
         if row is not None:
             edge = {"mode": row.mode.value, "status": row.status, "pid": row.pid,
                     "version": row.version, "sites": row.sites, "error": row.error}  # fmt: skip
-        return {"status": "ok", "database": True, "edge": edge}
+        running, message = self.ops.daemon()
+        daemon = {"running": running, "message": message}
+        return {"status": "ok", "database": True, "edge": edge, "daemon": daemon}
 
     def status(self, project: str) -> dict[str, Any]:
         return self.ops.status(self.ops.project(project)).model_dump(mode="json")

@@ -20,6 +20,7 @@ from reconciler.config import env
 from reconciler.operations import ErrorKind, Event, OperationError
 
 OK, FAILED, USAGE = 0, 1, 2
+READY, STOPPED = "production.ready", "production.stopped"
 STEP = {
     "production.building": "build",
     "production.starting": "start",
@@ -28,6 +29,7 @@ STEP = {
     "production.stopping": "stop",
     "production.stopped": "stopped",
     "production.cancelled": "cancel",
+    "production.waiting": "wait",
 }
 
 
@@ -125,7 +127,9 @@ def _print_json(value: Any, out: TextIO) -> None:
     print(json.dumps(value, indent=2), file=out)
 
 
-def _status_lines(project: str, status: dict[str, Any]) -> list[str]:
+def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "") -> list[str]:
+    """A project's status as an operator reads it. ``file_error``: the invalid desired file's
+    error, printed once by the caller (the status repeats it while the last good spec runs)."""
     line = f"{project}  {status['status']}"
     if status.get("hash"):
         line += f"  {status['hash']}"
@@ -139,14 +143,21 @@ def _status_lines(project: str, status: dict[str, Any]) -> list[str]:
     job = status.get("activeJob")
     if job:
         lines.append(f"  job: {job['type']} ({job['state']})")
-    if status.get("error"):
-        first, *rest = str(status["error"]).splitlines()
+    error = status.get("error")
+    if error and not (file_error and error.endswith(file_error)):
+        first, *rest = str(error).splitlines()
         lines.append(f"  error: {first}")
         lines.extend(f"    {extra}" for extra in rest[-10:])
+    if status["status"] == "failed" and status.get("url"):
+        lines.append(f"  still serving: {status['hash']} at {status['url']}")
+    if status.get("note"):
+        lines.append(f"  note: {status['note']}")
     return lines
 
 
 def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """One project (1 when it failed), or every desired file (1 when any project failed or
+    any file is invalid), with the daemon and the edge first."""
     if args.project:
         status = client.status(args.project)
         if args.json:
@@ -155,10 +166,19 @@ def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             print("\n".join(_status_lines(args.project, status)), file=out)
         return FAILED if status["status"] == "failed" else OK
     listing = client.projects()
+    bad = any(
+        not item["valid"]
+        or (item["production"] is not None and item["production"]["status"] == "failed")
+        for item in listing["projects"]
+    )
     if args.json:
         _print_json(listing, out)
-        return OK
-    edge = client.health().get("edge")
+        return FAILED if bad else OK
+    health = client.health()
+    daemon = health.get("daemon")
+    if daemon is not None:
+        print(f"daemon: {daemon['message']}", file=out)
+    edge = health.get("edge")
     if edge is not None and edge.get("mode") != "off":
         line = f"edge: {edge['status']} (caddy {edge.get('version') or '?'}, pid {edge.get('pid')}"
         line += f", {edge.get('sites', 0)} site(s))"
@@ -169,25 +189,26 @@ def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         print("no desired files", file=out)
     for item in listing["projects"]:
         if item["production"] is not None:
-            print("\n".join(_status_lines(item["id"], item["production"])), file=out)
+            lines = _status_lines(item["id"], item["production"], file_error=item["error"] or "")
+            print("\n".join(lines), file=out)
         if item["error"]:
             print(f"  invalid: {item['error']}", file=out)
-    return OK
+    return FAILED if bad else OK
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    return _write_then_follow(client.deploy(args.project), client, args, out)
+    return _write_then_follow(client.deploy(args.project), client, args, out, READY)
 
 
 def cmd_stop(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    return _write_then_follow(client.stop(args.project), client, args, out)
+    return _write_then_follow(client.stop(args.project), client, args, out, STOPPED)
 
 
 def _write_then_follow(
-    status: dict[str, Any], client: Client, args: argparse.Namespace, out: TextIO
+    status: dict[str, Any], client: Client, args: argparse.Namespace, out: TextIO, want: str
 ) -> int:
     if args.follow:
-        return _follow(client, args, out)
+        return _follow(client, args, out, want)
     if args.json:
         _print_json(status, out)
     else:
@@ -195,18 +216,17 @@ def _write_then_follow(
     return OK
 
 
-def _follow(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    """Print the deployment's progress; end with the URL (0) or the error (1)."""
+def _follow(client: Client, args: argparse.Namespace, out: TextIO, want: str) -> int:
+    """Print the progress of what was just asked; end with the URL or ``Stopped`` (0), or the
+    error (1). The stream ends on its own when the daemon is not running or the wait is
+    longer than the project's timeouts allow; that is a 1 with the reason."""
     started = time.monotonic()
     result = FAILED
     for event in client.follow(args.project):
         elapsed = time.monotonic() - started
         if event is None:
             if not args.json:
-                print(
-                    f"[{elapsed:6.1f}s] ...    still waiting (is `reconciler daemon` running?)",
-                    file=out,
-                )
+                print(f"[{elapsed:6.1f}s] ...     still waiting", file=out, flush=True)
             continue
         if args.json:
             print(
@@ -216,12 +236,12 @@ def _follow(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             )
         else:
             _render(event, elapsed, out)
-        if event.type == "production.ready":
-            result = OK
+        if event.type == READY:
+            result = OK if want == READY else FAILED
             if not args.json:
                 print(f"Deployed {event.data.get('hash')}: {event.data.get('url')}", file=out)
-        elif event.type == "production.stopped":
-            result = OK
+        elif event.type == STOPPED:
+            result = OK if want == STOPPED else FAILED
             if not args.json:
                 print(f"Stopped {args.project}", file=out)
         elif event.type == "production.error":
@@ -229,6 +249,10 @@ def _follow(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             if not args.json:
                 print(f"Failed: {event.data.get('error')}", file=out)
         if event.type == "stream.end":
+            if event.data.get("reason"):
+                result = FAILED
+                if not args.json:
+                    print(f"Not done yet: {event.data.get('message')}", file=out)
             break
         out.flush()
     return result
@@ -275,6 +299,17 @@ def cmd_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return OK if result.get("success") else FAILED
 
 
+def _which(name: str, chunk: dict[str, Any]) -> str:
+    """Which run a log chunk is of, in an operator's words."""
+    if name == "access":
+        return "the edge, every version"
+    if chunk["hash"]:
+        return f"version {chunk['hash']}"
+    if name == "build" and (chunk["text"] or int(chunk["offset"])):
+        return "the last build, which failed (no version)"
+    return "nothing yet (no build has run)"
+
+
 def cmd_logs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     names = ["build", "app"] if args.log == "both" else [args.log]
     offsets: dict[str, int] = {}
@@ -284,8 +319,7 @@ def cmd_logs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         if args.json:
             print(json.dumps(chunk), file=out)
             continue
-        if len(names) > 1:
-            print(f"==> {name}.log ({chunk['hash'] or 'no current release'}) <==", file=out)
+        print(f"==> {name}.log: {_which(name, chunk)} <==", file=out)
         if chunk["text"]:
             out.write(chunk["text"] if chunk["text"].endswith("\n") else chunk["text"] + "\n")
     if not args.follow:
@@ -300,7 +334,7 @@ def cmd_logs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         if chunk["hash"] != version or int(chunk["offset"]) < offset:
             version, offset = chunk["hash"], 0  # a new release: read its log from the start
             if not args.json:
-                print(f"==> {follow_name}.log ({version}) <==", file=out)
+                print(f"==> {follow_name}.log: version {version} <==", file=out)
             continue
         offset = int(chunk["offset"])
         if chunk["text"]:

@@ -189,6 +189,7 @@ class Daemon:
         removed = self.releases.cleanup()
         if removed:
             logger.info("removed %d leftover staging dir(s)", len(removed))
+        self.db.daemon_started(self.config.default_runtime)
         interrupted = self.db.interrupt_jobs("interrupted: the daemon stopped before it finished")
         if interrupted:
             logger.info("closed %d job(s) interrupted by a restart", interrupted)
@@ -269,9 +270,9 @@ class Daemon:
         runtime.watch(notify, self._engines_stop)
 
     def pulse(self) -> None:
-        """Proof of progress for the watchdog: the database takes a write lock, quickly."""
-        with self.db.write():
-            pass
+        """Proof of progress for the watchdog and for readers (the API, the CLI): the
+        database takes a write, quickly."""
+        self.db.daemon_pulse()
         self.last_pulse = self.clock()
 
     def healthy(self) -> bool:
@@ -319,6 +320,8 @@ class Daemon:
             self.edge.stop()
         for runtime in self.controller.runtimes.made():
             runtime.close()
+        with contextlib.suppress(Exception):
+            self.db.daemon_stopped()
         self.db.close()
         logger.info("stopped")
 

@@ -45,6 +45,7 @@ from reconciler.views import (
 )
 
 STREAM_END = "stream.end"
+WAITING = "production.waiting"  # made up by the stream (never stored): why nothing moves
 LOG_NAMES = ("build", "app", "access")
 MAX_LOG_CHUNK = 256 * 1024
 
@@ -81,6 +82,8 @@ class Operations:
     poll_interval: float = 0.2
     heartbeat: float = 15.0
     rollback_grace: float = 30.0
+    down_limit: float = 10.0  # a follow ends this long after it finds the daemon not running
+    follow_grace: float = 120.0  # beyond the build and health timeouts, before a follow ends
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
     reader: Reader = field(init=False)
@@ -240,6 +243,18 @@ class Operations:
 
     # -- events and logs -------------------------------------------------------------------
 
+    def daemon(self) -> tuple[bool, str]:
+        """Whether the daemon runs (by the pulse it writes), and how an operator is told."""
+        row = self.db.daemon()
+        if row is None:
+            return False, "not running (it has never run with this data dir)"
+        if row.stoppedAt is not None:
+            return False, f"not running (it stopped at {row.stoppedAt})"
+        silence = row.silence(time.time())
+        if not row.alive(time.time()):
+            return False, f"not running (no sign of it for {int(silence)} s)"
+        return True, f"running (pid {row.pid}, since {row.startedAt})"
+
     def follow(self, pid: ProjectId, last_id: int | None = None) -> Iterator[Event | None]:
         """The events of the deployment that serves the current desired state, until it ends.
 
@@ -247,14 +262,24 @@ class Operations:
         daemon has yet to start it; with nothing to do, send one event with the current state.
         Events of other deployments (an older one finishing its cleanup) are left out; when
         ours is cancelled by a newer edit, follow the newer one. With ``last_id``: every later
-        event (resume after a disconnect). Ends with ``stream.end``; yields None (a heartbeat)
-        after ``heartbeat`` seconds without events.
+        event (resume after a disconnect). Yields None (a heartbeat) after ``heartbeat``
+        seconds without events.
+
+        Every follow ends, with ``stream.end``: after the outcome; ``down_limit`` seconds
+        after it finds the daemon not running (told at once by a ``production.waiting``
+        event; the edit is saved and acted on when the daemon starts); or when the build and
+        health timeouts and ``follow_grace`` have passed. An end without an outcome carries
+        ``{reason, message}``.
         """
         db = self.db
         target: str | None = None
+        resume = last_id is not None
         if last_id is None:
             last_id = db.last_event_id(pid)  # before the snapshot: nothing can fall between
-            snap = self.reader.snapshot(pid)
+        snap = self.reader.snapshot(pid)
+        spec = snap.spec
+        budget = (spec.build.timeout + spec.health.timeout if spec else 900) + self.follow_grace
+        if not resume:
             target = snap.desired.digest if snap.desired else None
             status = snap.status()
             ours = snap.deployment is not None and snap.deployment.digest == target
@@ -272,7 +297,9 @@ class Operations:
                 yield Event(last_id, STREAM_END, {})
                 return
         digests: dict[int, str | None] = {}
-        quiet_since = time.monotonic()
+        started = quiet_since = time.monotonic()
+        checked = -1.0
+        down_since: float | None = None
         while True:
             batch = db.events_after(pid, last_id, limit=500)
             for row in batch:
@@ -286,12 +313,33 @@ class Operations:
                 if row.type == EventType.CANCELLED and target is not None:
                     snap = self.reader.snapshot(pid)  # a newer edit: follow what it starts
                     target = snap.desired.digest if snap.desired else None
+            now = time.monotonic()
             if batch:
-                quiet_since = time.monotonic()
+                quiet_since = now
                 continue
-            if time.monotonic() - quiet_since >= self.heartbeat:
+            if now - checked >= 1.0:  # the daemon's liveness, once a second
+                checked = now
+                alive, how = self.daemon()
+                why = f"the daemon is {how}"
+                if alive:
+                    down_since = None
+                elif down_since is None:
+                    down_since = now
+                    yield Event(last_id, WAITING, {"message": why, "daemon": False})
+                elif now - down_since >= self.down_limit:
+                    message = f"{why}; the change is saved and is acted on when it starts"
+                    yield Event(last_id, STREAM_END, {"reason": "daemon-down", "message": message})
+                    return
+            if now - started >= budget:
+                message = (
+                    f"no outcome within {int(budget)} s (the build and health timeouts and "
+                    f"{int(self.follow_grace)} s); `reconciler status {pid}` shows where it is"
+                )
+                yield Event(last_id, STREAM_END, {"reason": "timeout", "message": message})
+                return
+            if now - quiet_since >= self.heartbeat:
                 yield None  # a heartbeat
-                quiet_since = time.monotonic()
+                quiet_since = now
             time.sleep(self.poll_interval)
 
     def _digest_of(self, deployment: int | None, cache: dict[int, str | None]) -> str | None:
@@ -303,11 +351,25 @@ class Operations:
         return cache[deployment]
 
     def log_path(self, pid: ProjectId, name: str) -> tuple[str | None, Path | None]:
+        """The log an operator wants by ``name``: of the latest attempt (the version the
+        project last built or started, which may not be the one serving), else of the
+        current release; the build log of a build that failed is kept beside the releases."""
         if name not in LOG_NAMES:
             raise OperationError(ErrorKind.INVALID, f"log must be one of: {', '.join(LOG_NAMES)}")
         if name == "access":  # the edge's, shared by every site, across versions
             return None, self.releases.root.parent / "edge" / "access.log"
-        version = self.releases.current(pid)
+        attempt = self.db.latest_attempt(pid)
+        failed_build = (
+            attempt is not None
+            and attempt.type == JobType.BUILD
+            and attempt.state == JobState.FAILED
+            and attempt.hash is None
+        )
+        if failed_build and name == "build":
+            return None, self.releases.failed_build_log(pid)
+        version = attempt.hash if attempt is not None and attempt.hash else None
+        if version is None or self.releases.get(pid, version) is None:
+            version = self.releases.current(pid)
         if version is None:
             return None, None
         return version, self.releases.project_dir(pid) / version / "logs" / f"{name}.log"

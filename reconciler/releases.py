@@ -10,7 +10,7 @@
     <id>/preview -> <hash8> the release being checked through the edge before it goes live
     <id>/slot -> slots/a|b  which blue-green slot the edge routes to (slots/a/a, slots/b/b
                             are the marker files its ``file`` matcher looks for)
-    <id>/logs/              the edge's access log of the site
+    <id>/logs/build.log     the output of the last build that failed (no release to hold it)
 
 The version id is the first 8 hex characters of the dist hash: SHA-256 over a canonical walk
 of ``dist/`` in byte-sorted relative paths, each entry tagged by type with its path; files add
@@ -291,6 +291,20 @@ class ReleaseStore:
 
     def abort(self, staging: Staging) -> None:
         shutil.rmtree(staging.path, ignore_errors=True)
+
+    def failed_build_log(self, project_id: ProjectId) -> Path:
+        """Where the output of the last failed build is kept (a failed build makes no
+        release to hold its log)."""
+        return self.project_dir(project_id) / "logs" / "build.log"
+
+    def keep_failed_build_log(self, staging: Staging) -> None:
+        """Keep a failed build's log (replacing the previous failure's) before the staging
+        dir goes."""
+        log = staging.logs / "build.log"
+        if log.is_file():
+            target = self.failed_build_log(staging.project_id)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(log, target)
 
     def commit(
         self,

@@ -73,6 +73,9 @@ class ProductionStatus(_Out):
         description="digest of the settings the serving instance runs with (runtime, start, "
         "env); None for a static site served by the edge",
     )
+    note: str | None = Field(
+        default=None, description="something an operator should know that is not an error"
+    )
 
 
 class Version(_Out):
@@ -212,9 +215,16 @@ class Snapshot:
     config: str | None = None  # the settings digest of the instance serving the row's version
 
     def status(self) -> ProductionStatus:
-        return production_status(
+        status = production_status(
             self.desired, self.row, self.deployment, self.job, self.steps, self.config
         )
+        if self.spec is not None and "production" not in self.spec.model_fields_set:
+            note = (
+                "the desired file has no production: block, so the project stays stopped; "
+                "set production.state: running (or run `reconciler deploy`)"
+            )
+            status = status.model_copy(update={"note": note})
+        return status
 
     def converged(self) -> bool:
         """Nothing open and nothing left to do."""
@@ -237,13 +247,19 @@ class Reader:
         row = self.db.edge()
         return row.mode if row is not None else self.edge
 
+    def runtime(self) -> RuntimeName:
+        """The daemon's default runtime, as it last recorded it (``default_runtime`` until
+        it has): a file without ``runtime:`` runs on it, and its settings digest says so."""
+        row = self.db.daemon()
+        if row is not None and row.runtime in {r.value for r in RuntimeName}:
+            return RuntimeName(row.runtime)
+        return self.default_runtime
+
     def snapshot(self, pid: ProjectId) -> Snapshot:
         row = self.db.project(pid)
         desired = self.desired.read(pid)
         spec = (desired.spec or spec_from_row(row)) if desired is not None else None
-        view = desired_view(
-            desired, spec, edge=self.edge_mode(), default_runtime=self.default_runtime
-        )
+        view = desired_view(desired, spec, edge=self.edge_mode(), default_runtime=self.runtime())
         instances = self.db.instances(pid)
         observed = observed_view(
             row,

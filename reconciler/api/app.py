@@ -18,7 +18,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from reconciler.api.models import EdgeHealth, Health, RollbackRequest
+from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequest
 from reconciler.config import Config
 from reconciler.desired import DesiredStore
 from reconciler.operations import ErrorKind, Event, OperationError, Operations
@@ -74,7 +74,7 @@ def json_body(*, required: bool) -> Any:
 @bp.get("/healthz")
 def healthz() -> Response:
     ok = True
-    edge = None
+    edge = daemon = None
     try:
         ops().db.read("SELECT 1")
         row = ops().db.edge()
@@ -83,9 +83,12 @@ def healthz() -> Response:
                 mode=row.mode, status=row.status, pid=row.pid, version=row.version,
                 sites=row.sites, error=row.error, checkedAt=row.updatedAt,
             )  # fmt: skip
+        running, message = ops().daemon()
+        daemon = DaemonHealth(running=running, message=message)
     except Exception:
         ok = False
-    return json_response(Health(status="ok", database=ok, edge=edge), 200 if ok else 503)
+    health = Health(status="ok", database=ok, edge=edge, daemon=daemon)
+    return json_response(health, 200 if ok else 503)
 
 
 @bp.get("/api/projects")

@@ -31,8 +31,17 @@ class EdgeHealth(BaseModel):
     checkedAt: str
 
 
+class DaemonHealth(BaseModel):
+    """The daemon by the pulse it writes every few seconds (the API never talks to it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    running: bool
+    message: str
+
+
 class Health(BaseModel):
     model_config = ConfigDict(extra="forbid")
     status: Literal["ok"]
     database: bool
     edge: EdgeHealth | None = None
+    daemon: DaemonHealth | None = None

@@ -7,6 +7,7 @@ import shutil
 
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
+from reconciler.errors import PermanentError
 from reconciler.kinds import EventType, JobType, Status
 from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import BuildRequest, Runtime
@@ -69,7 +70,10 @@ class Builder:
             )
             runtime.finish_build(result, release)
             return release
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, PermanentError):
+                self.releases.keep_failed_build_log(staging)
+                exc.args = (f"{exc}\nFull log: reconciler logs {pid} --log build",)
             self.releases.abort(staging)
             raise
         finally:

@@ -86,11 +86,13 @@ def start_and_wait(
                 why_dead=lambda: runtime.describe_exit(instance),
                 cancel=run.cancel,
             )
-    except BaseException:
+    except BaseException as exc:
         if started is not None:
             with contextlib.suppress(Exception):
                 runtime.stop(started, timeout=2)
             rec.forget_instance(started.key)
+        if isinstance(exc, StartFailed):
+            exc.args = (f"{exc}\nFull log: reconciler logs {pid} --log app",)
         raise
     return instance
 

@@ -108,7 +108,8 @@ class Pipeline:
             logger.info("%s: pipeline cancelled; applying the new desired state", pid)
             raise
         except PermanentError as exc:
-            message = str(exc)
+            message = _with_serving(str(exc), run)
+            exc.args = (message,)  # the deployment's error event says it too
             logger.warning("%s: failed: %s", pid, message.splitlines()[0])
             run.recorder.update(
                 productionStatus=Status.FAILED,
@@ -232,3 +233,21 @@ class Pipeline:
             and row.failedDigest is None
         ):
             run.recorder.update(productionError=None)
+
+
+def _with_serving(message: str, run: Run) -> str:
+    """A failure as an operator must read it: with the version that keeps serving (at the
+    end of its first line), when one does."""
+    row, observed = run.facts.row, run.facts.observed
+    if row is None or row.productionStatus == Status.STOPPED or not row.productionUrl:
+        return message
+    version = row.productionHash
+    if run.mode == ServeMode.STATIC:
+        serving = observed.current == version
+    else:
+        serving = any(i.hash == version and not i.draining for i in observed.instances)
+    if not serving:
+        return message
+    first, _, rest = message.partition("\n")
+    first = f"{first.rstrip('.')}; version {version} keeps serving at {row.productionUrl}"
+    return f"{first}\n{rest}" if rest else first

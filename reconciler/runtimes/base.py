@@ -220,14 +220,14 @@ def wait_ready(
                     return
                 last = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
-                last = type(exc).__name__
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if not alive():
                 raise StartFailed(why_dead())
             remaining = deadline - clock.monotonic()
             if remaining <= 0:
                 raise StartFailed(
                     f"Health check timeout after {describe_seconds(health.timeout)}: "
-                    f"GET {health.path} never answered 2xx (last: {last})"
+                    f"GET {url} never answered 2xx (last: {last})"
                 )
             step = min(delay, remaining)
             if cancel is not None:

@@ -1,15 +1,40 @@
-"""The edge's rows: each project's reserved ports (``sites``) and the edge's status (``edge``)."""
+"""The host's rows: each project's reserved ports (``sites``), the edge's status (``edge``)
+and the daemon's liveness (``daemon``)."""
 
 from __future__ import annotations
 
+import os
+import time
+
 from reconciler.kinds import EdgeMode
 from reconciler.state.history import History
-from reconciler.state.rows import EdgeRow, SiteRow, as_row, first_row
+from reconciler.state.rows import DaemonRow, EdgeRow, SiteRow, as_row, first_row
 from reconciler.timeutil import utcnow
 
 
 class EdgeTables(History):
-    """Sites and the edge status row."""
+    """Sites, the edge status row and the daemon's liveness row."""
+
+    def daemon_started(self, runtime: str) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO daemon (id, pid, runtime, startedAt, pulse, stoppedAt)"
+                " VALUES (1, ?, ?, ?, ?, NULL) ON CONFLICT(id) DO UPDATE SET pid = excluded.pid,"
+                " runtime = excluded.runtime, startedAt = excluded.startedAt,"
+                " pulse = excluded.pulse, stoppedAt = NULL",
+                (os.getpid(), runtime, utcnow(), time.time()),
+            )
+
+    def daemon_pulse(self) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE daemon SET pulse = ? WHERE id = 1", (time.time(),))
+
+    def daemon_stopped(self) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE daemon SET stoppedAt = ? WHERE id = 1", (utcnow(),))
+
+    def daemon(self) -> DaemonRow | None:
+        return first_row(DaemonRow, self.read("SELECT * FROM daemon WHERE id = 1"))
 
     def site(self, project_id: str) -> SiteRow | None:
         return first_row(SiteRow, self.read("SELECT * FROM sites WHERE project = ?", (project_id,)))

@@ -123,6 +123,14 @@ class History(Database):
             )
         return first_row(JobRow, rows)
 
+    def latest_attempt(self, project_id: str) -> JobRow | None:
+        """The newest build or start job: what the project last tried to run."""
+        rows = self.read(
+            "SELECT * FROM jobs WHERE project = ? AND type IN (?, ?, ?) ORDER BY id DESC LIMIT 1",
+            (project_id, JobType.BUILD, JobType.START, JobType.WAIT_READY),
+        )
+        return first_row(JobRow, rows)
+
     def jobs(self, project_id: str, *, limit: int = 50) -> list[JobRow]:
         rows = self.read(
             "SELECT * FROM jobs WHERE project = ? ORDER BY id DESC LIMIT ?", (project_id, limit)

@@ -38,6 +38,7 @@ class ProjectChanges(TypedDict, total=False):
 
 
 PROJECT_COLUMNS = frozenset(ProjectChanges.__annotations__)
+DAEMON_STALE = 10.0  # seconds without a pulse before a reader says the daemon is not running
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,26 @@ class EdgeRow:
     error: str | None
     loadedAt: str | None
     updatedAt: str
+
+
+@dataclass(frozen=True)
+class DaemonRow:
+    """The daemon's liveness: it writes ``pulse`` (Unix time) every few seconds while its
+    loop makes progress, and ``stoppedAt`` when it shuts down cleanly. ``runtime`` is its
+    default runtime (what a desired file without ``runtime:`` runs on)."""
+
+    pid: int
+    runtime: str
+    startedAt: str
+    pulse: float
+    stoppedAt: str | None
+
+    def silence(self, now: float) -> float:
+        """Seconds since the last pulse."""
+        return max(0.0, now - self.pulse)
+
+    def alive(self, now: float, stale: float = DAEMON_STALE) -> bool:
+        return self.stoppedAt is None and self.silence(now) < stale
 
 
 R = TypeVar("R")

@@ -122,4 +122,15 @@ MIGRATIONS: list[str] = [
     DROP TABLE instances;
     ALTER TABLE instances_v4 RENAME TO instances
     """,
+    # 5: the daemon's liveness, for readers that never talk to it (the API, the CLI)
+    """
+    CREATE TABLE daemon (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER NOT NULL,
+        runtime TEXT NOT NULL,
+        startedAt TEXT NOT NULL,
+        pulse REAL NOT NULL,
+        stoppedAt TEXT
+    )
+    """,
 ]

@@ -29,4 +29,5 @@ def live(tmp_path: Path) -> Iterator[tuple[Env, str]]:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 20, "API up")
         yield env, base
-        env.terminate()
+        if env.proc is not None:  # a test may have stopped it
+            env.terminate()

@@ -95,7 +95,9 @@ def test_cli_commands(live: tuple[Env, str], tmp_path: Path, mode: str) -> None:
     wait_for(lambda: env.status("www") == "stopped", 10, "stopped")
 
     everything = cli(env, base, mode, "status")
-    assert everything.returncode == 0 and everything.stdout.startswith("www  stopped")
+    assert everything.returncode == 0
+    assert everything.stdout.startswith("daemon: running (pid ")
+    assert everything.stdout.splitlines()[1] == f"www  stopped  {first}"
 
     unknown = cli(env, base, mode, "status", "nope")
     assert unknown.returncode == 1 and "not found" in unknown.stderr
@@ -113,7 +115,9 @@ def test_failed_deploy_exits_1(live: tuple[Env, str], tmp_path: Path) -> None:
     lines = result.stdout.splitlines()
     failed = next(i for i, ln in enumerate(lines) if ln.startswith("Failed: "))
     assert lines[failed] == "Failed: Build failed: echo oops; exit 2 exited with code 2"
-    assert lines[-1] == "oops", "the error ends with the build's last output lines"
+    assert lines[-2:] == ["oops", "Full log: reconciler logs www --log build"], (
+        "the error ends with the build's last output lines and where the rest is"
+    )
     status = cli(env, base, "local", "status", "www")
     assert status.returncode == 1 and "error: Build failed" in status.stdout
 

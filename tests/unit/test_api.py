@@ -83,7 +83,7 @@ def stage(config: Config, html: str, tmp_path: Path) -> str:
     return store.commit(store.begin(ProjectId("www")), dist=dist).hash
 
 
-STATUS_KEYS = ["status", "url", "port", "error", "startedAt", "activeJob", "hash", "config"]
+STATUS_KEYS = ["status", "url", "port", "error", "startedAt", "activeJob", "hash", "config", "note"]
 
 
 def test_status_of_a_new_project(client: FlaskClient) -> None:
@@ -93,7 +93,7 @@ def test_status_of_a_new_project(client: FlaskClient) -> None:
     assert list(response.json) == STATUS_KEYS  # type: ignore[arg-type]
     assert response.json == {
         "status": "stopped", "url": None, "port": None, "error": None,
-        "startedAt": None, "activeJob": None, "hash": None, "config": None,
+        "startedAt": None, "activeJob": None, "hash": None, "config": None, "note": None,
     }  # fmt: skip
 
 
@@ -126,7 +126,7 @@ def test_status_of_a_running_project(
     running = {
         "status": "running", "url": "http://localhost:3001", "port": 3001, "error": None,
         "startedAt": "2025-12-27T10:30:45.000Z", "activeJob": None, "hash": version,
-        "config": settings,
+        "config": settings, "note": None,
     }  # fmt: skip
     assert client.get("/api/projects/www/production").json == running
     # housekeeping (a job outside any deployment) is not an operator's request
@@ -185,7 +185,7 @@ def test_deploy_bumps_generation_and_reports_queued_at_once(
     assert response.json == {
         "status": "queued", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.build", "state": "queued"}, "hash": None,
-        "config": None,
+        "config": None, "note": None,
     }  # fmt: skip
     text = (config.desired_dir / "www.yaml").read_text()
     assert text == SITE.replace("state: stopped ", "state: running ").replace(
@@ -249,7 +249,7 @@ def test_stop_production(client: FlaskClient, app: Flask, config: Config) -> Non
     assert response.json == {
         "status": "stopped", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.stop", "state": "queued"}, "hash": "a1b2c3d4",
-        "config": None,
+        "config": None, "note": None,
     }  # fmt: skip
     assert (config.desired_dir / "www.yaml").read_text() == SITE
     db(app).update_project(
@@ -377,6 +377,7 @@ def test_stream_replays_the_deployment_and_resumes_by_last_event_id(
     client: FlaskClient, app: Flask
 ) -> None:
     store = db(app)
+    store.daemon_started("process")  # a daemon that runs (its pulse is fresh)
     digest = parse(Path("www.yaml"), SITE.encode()).digest()
     dep = store.start_deployment("www", DeploymentKind.DEPLOY, generation=4, digest=digest)
     ids = [
@@ -580,10 +581,19 @@ def test_projects_list_includes_invalid_files(client: FlaskClient, config: Confi
 
 
 def test_healthz_and_openapi(client: FlaskClient, app: Flask) -> None:
-    assert client.get("/healthz").json == {"status": "ok", "database": True, "edge": None}
+    never = {"running": False, "message": "not running (it has never run with this data dir)"}
+    assert client.get("/healthz").json == {
+        "status": "ok", "database": True, "edge": None, "daemon": never,
+    }  # fmt: skip
+    db(app).daemon_started("process")
+    daemon = client.get("/healthz").json["daemon"]  # type: ignore[index]
+    assert daemon["running"] is True and daemon["message"].startswith("running (pid ")
     db(app).set_edge(EdgeMode.ON, "down", pid=None, version="v2.11.7", sites=0, error="no answer")
     edge = client.get("/healthz").json["edge"]  # type: ignore[index]
     assert (edge["mode"], edge["status"], edge["error"]) == ("on", "down", "no answer")
+    db(app).daemon_stopped()
+    daemon = client.get("/healthz").json["daemon"]  # type: ignore[index]
+    assert daemon["running"] is False and "it stopped at" in daemon["message"]
     doc = client.get("/openapi.json").json
     assert doc["openapi"] == "3.1.0"  # type: ignore[index]
     assert set(doc["paths"]) == {  # type: ignore[index]

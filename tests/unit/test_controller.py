@@ -202,16 +202,20 @@ def test_a_failed_build_keeps_the_old_version_and_is_not_retried(world: World) -
     world.controller.reconcile(P)
     world.runtime.fail_build = BuildFailed("Build failed: exit 1")
     world.write("two", generation=2)
+    before = world.db.project(P)
+    assert before is not None
     result = world.controller.reconcile(P)
-    assert result == Permanent("Build failed: exit 1")
+    told = (
+        f"Build failed: exit 1; version {before.productionHash} keeps serving at "
+        f"{before.productionUrl}\nFull log: reconciler logs www --log build"
+    )
+    assert result == Permanent(told)
     row = world.db.project(P)
     assert row is not None and row.productionStatus == Status.FAILED
+    assert row.productionError == told
+    assert (row.productionHash, row.productionUrl) == (before.productionHash, before.productionUrl)
     assert row.failedDigest is not None and world.serving() == "one"
-    assert world.deployments()[-1] == (
-        DeploymentKind.DEPLOY,
-        DeploymentState.FAILED,
-        "Build failed: exit 1",
-    )
+    assert world.deployments()[-1] == (DeploymentKind.DEPLOY, DeploymentState.FAILED, told)
     assert world.db.events_after(P, 0)[-1].type == "production.error"
     assert world.controller.reconcile(P) == Done()
     assert len(world.deployments()) == 2, "the same failing spec is not tried again"

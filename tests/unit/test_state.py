@@ -21,11 +21,11 @@ P = ProjectId("site")
 
 def test_schema_wal_and_migrations(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "data" / "state.db")
-    assert db.schema_version == len(MIGRATIONS) == 4
+    assert db.schema_version == len(MIGRATIONS) == 5
     assert db.read("PRAGMA journal_mode")[0][0] == "wal"
     db.close()
     again = StateDB(tmp_path / "data" / "state.db")  # idempotent
-    assert again.schema_version == 4
+    assert again.schema_version == 5
     again.close()
     conn = sqlite3.connect(tmp_path / "data" / "state.db")
     conn.execute("PRAGMA user_version = 99")
@@ -210,3 +210,20 @@ def test_two_processes_write_concurrently_without_lock_errors(tmp_path: Path) ->
     for name, count in counts.items():
         assert [s for _, w, s in seen if w == name] == list(range(count)), "gap or duplicate"
     assert sum(counts.values()) > 200
+
+
+def test_daemon_liveness_row(tmp_path: Path) -> None:
+    db = StateDB(tmp_path / "state.db")
+    assert db.daemon() is None
+    db.daemon_started("docker")
+    row = db.daemon()
+    assert row is not None and row.pid == os.getpid() and row.runtime == "docker"
+    assert row.alive(time.time()) and not row.alive(time.time() + 11)
+    db.daemon_pulse()
+    assert db.daemon().pulse >= row.pulse  # type: ignore[union-attr]
+    db.daemon_stopped()
+    stopped = db.daemon()
+    assert stopped is not None and stopped.stoppedAt is not None
+    assert not stopped.alive(time.time())
+    db.daemon_started("process")  # a restart clears the stop
+    assert db.daemon().alive(time.time())  # type: ignore[union-attr]
