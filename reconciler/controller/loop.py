@@ -28,8 +28,9 @@ from reconciler.controller.observe import (
     instance_from_row,
 )
 from reconciler.controller.pipeline import Pipeline
-from reconciler.controller.queue import Done, RateLimiter, Result, Workers, WorkQueue
+from reconciler.controller.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
 from reconciler.controller.recorder import Recorder
+from reconciler.controller.refusals import Refusals
 from reconciler.desired import DesiredStore, LastGood
 from reconciler.errors import TransientError
 from reconciler.kinds import InstanceRole
@@ -96,6 +97,7 @@ class Controller:
         )
         self._inflight: dict[ProjectId, tuple[str | None, threading.Event]] = {}
         self._inflight_lock = threading.Lock()
+        self.refusals = Refusals()
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -147,14 +149,20 @@ class Controller:
         facts = self.observer.observe(project_id)
         if facts is None:
             return Done()
+        desired = facts.desired
+        self.refusals.project(project_id, desired)
         steps = plan(facts.view, facts.observed)
-        if facts.desired is not None and facts.desired.spec is not None:
-            self.last_good.remember(project_id, facts.desired.spec)
+        if desired is not None and desired.spec is not None:
+            self.last_good.remember(project_id, desired.spec)
             Recorder(self.db, project_id, digest=facts.digest).remember_spec(
-                facts.desired.spec, facts.row
+                desired.spec, facts.row
             )
         with self._inflight_scope(project_id, facts.digest) as cancel:
-            return self.pipeline.execute(facts, steps, cancel)
+            result = self.pipeline.execute(facts, steps, cancel)
+        if desired is not None and desired.settles_at is not None and isinstance(result, Done):
+            # saved without a final newline: read it again once it has settled
+            return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01))
+        return result
 
     @contextlib.contextmanager
     def _inflight_scope(
@@ -222,6 +230,8 @@ class Controller:
         """Queue every known project (``full``), or those whose inputs moved since they last
         converged. Returns how many were queued."""
         queued = 0
+        if full:
+            self.refusals.orphans(self.desired.scan_names())
         for project_id in sorted(self.known_projects()):
             if not full and not self.fingerprints.moved(project_id):
                 continue

@@ -7,6 +7,8 @@ and column. Nothing here touches the desired directory beyond reading one named 
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from reconciler.fileio import NotRegularFile, read_bounded
 from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
 
 MAX_FILE_BYTES = 1024 * 1024
+SETTLE = 1.0  # seconds a file without a final newline must stay unchanged to be read
 SUFFIXES = (".yaml", ".yml")
 _ALLOWED_TAGS = {
     "tag:yaml.org,2002:str",
@@ -83,8 +86,10 @@ def _offset_to_line_col(data: bytes, offset: int) -> tuple[int, int]:
     return line, offset - start + 1
 
 
-def decode(path: Path, data: bytes) -> str:
-    """Check size, encoding and whitespace rules; return the text."""
+def decode(path: Path, data: bytes, *, settled: bool = False) -> str:
+    """Check size, encoding and whitespace rules; return the text. A file without a final
+    newline may be a write still under way; ``settled`` (unchanged for SETTLE seconds, as
+    editors that leave the newline out write) accepts it."""
     if len(data) > MAX_FILE_BYTES:
         raise DesiredFileError(
             [Problem(path, 1, 1, f"file is larger than {MAX_FILE_BYTES} bytes; refused")]
@@ -107,15 +112,15 @@ def decode(path: Path, data: bytes) -> str:
             )
         if "\0" in text_line:
             problems.append(Problem(path, lineno, text_line.index("\0") + 1, "NUL character"))
-    if not text.endswith("\n"):
+    if not text.endswith("\n") and not settled:
         last_line = text.count("\n") + 1
         problems.append(
             Problem(
                 path,
                 last_line,
                 len(text) - text.rfind("\n"),
-                "file does not end with a newline (an incomplete write?); "
-                "the last good desired state stays in force",
+                "file does not end with a newline (an incomplete write?); it is read once "
+                f"unchanged for {SETTLE:g} s; the last good desired state stays in force",
             )
         )
     if problems:
@@ -229,9 +234,9 @@ def _validation_problems(path: Path, root: MappingNode, exc: ValidationError) ->
     return problems
 
 
-def parse(path: Path, data: bytes) -> ProjectSpec:
+def parse(path: Path, data: bytes, *, settled: bool = False) -> ProjectSpec:
     """Parse and validate one desired file's bytes. Raises DesiredFileError."""
-    text = decode(path, data)
+    text = decode(path, data, settled=settled)
     root = compose(path, text)
     try:
         return ProjectSpec.model_validate(_construct(root))
@@ -247,6 +252,14 @@ def read_file(path: Path) -> bytes:
         raise DesiredFileError([Problem(path, 1, 1, "not a regular file")]) from None
 
 
+def is_settled(path: Path) -> bool:
+    """Unchanged for SETTLE seconds: a file without a final newline is read as it is then."""
+    try:
+        return os.stat(path, follow_symlinks=False).st_mtime + SETTLE <= time.time()
+    except OSError:
+        return False
+
+
 def load_file(path: Path) -> tuple[ProjectId, ProjectSpec]:
     """Load one desired file: id from the stem, then the spec. Raises DesiredFileError."""
     try:
@@ -259,4 +272,4 @@ def load_file(path: Path) -> tuple[ProjectId, ProjectSpec]:
         raise
     except OSError as exc:
         raise DesiredFileError([Problem(path, 1, 1, f"cannot read: {exc.strerror}")]) from None
-    return project_id, parse(path, data)
+    return project_id, parse(path, data, settled=data.endswith(b"\n") or is_settled(path))

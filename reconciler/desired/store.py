@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,12 @@ from typing import Any
 
 from reconciler.desired.edit import EditError, set_values
 from reconciler.desired.parse import (
+    SETTLE,
     SUFFIXES,
     DesiredFileError,
     Problem,
     decode,
+    is_settled,
     parse,
     read_file,
 )
@@ -47,6 +50,7 @@ class DesiredFile:
     path: Path
     spec: ProjectSpec | None
     problems: tuple[Problem, ...] = ()
+    settles_at: float | None = None  # Unix time a file without a final newline is read
 
     @property
     def valid(self) -> bool:
@@ -162,14 +166,23 @@ class DesiredStore:
         except OSError as exc:
             problem = Problem(path, 1, 1, f"cannot read: {exc.strerror}")
             return DesiredFile(project_id, path, None, (problem,))
+        settles_at = None
+        if not data.endswith(b"\n"):  # being written, or saved by an editor that omits it
+            try:
+                settles_at = os.stat(path, follow_symlinks=False).st_mtime + SETTLE
+            except OSError:
+                return None
+            if settles_at <= time.time():
+                settles_at = None  # unchanged long enough: read it as it is
         with self._memo_lock:
             memo = self._memo.get(path)
-        if memo is not None and memo[0] == data:
+        if memo is not None and memo[0] == data and memo[1].settles_at == settles_at:
             return memo[1]
         try:
-            result = DesiredFile(project_id, path, parse(path, data))
+            spec = parse(path, data, settled=settles_at is None)
+            result = DesiredFile(project_id, path, spec)
         except DesiredFileError as exc:
-            result = DesiredFile(project_id, path, None, tuple(exc.problems))
+            result = DesiredFile(project_id, path, None, tuple(exc.problems), settles_at)
         with self._memo_lock:
             self._memo[path] = (data, result)
         return result
@@ -185,6 +198,12 @@ class DesiredStore:
             if project_id not in ids:
                 ids.append(project_id)
         return ids
+
+    def scan_names(self) -> list[Problem]:
+        """Files whose names are no project id (they are never read)."""
+        orphans: list[Problem] = []
+        self._ids(orphans)
+        return orphans
 
     def ids(self) -> list[ProjectId]:
         """The project ids that have a desired file, without parsing any of them."""
@@ -227,11 +246,14 @@ class DesiredStore:
                 raise DesiredFileError([_duplicate_problem(paths)])
             path = paths[0]
             data = read_file(path)
-            before = parse(path, data)
+            settled = data.endswith(b"\n") or is_settled(path)
+            before = parse(path, data, settled=settled)
             changes = dict(mutate(before))
             if not changes:
                 return EditResult(before, before, changed=False)
-            text = set_values(decode(path, data), changes, path=path)
+            text = set_values(decode(path, data, settled=settled), changes, path=path)
+            if not text.endswith("\n"):
+                text += "\n"
             try:
                 after = parse(path, text.encode())
             except DesiredFileError as exc:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -210,3 +211,49 @@ def test_failures_say_what_keeps_serving_and_where_the_full_log_is(
     assert build.returncode == 0, build.stderr
     assert "==> build.log: the last build, which failed (no version) <==" in build.stdout
     assert "boom-output" in build.stdout
+
+
+def test_the_daemon_log_tells_refusals_once_and_a_file_without_final_newline_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = tmp_path / "site"
+    (site / "dist").mkdir(parents=True)
+    (site / "dist" / "index.html").write_text("saved by an editor")
+    caplog.set_level(logging.INFO)
+    with environment(tmp_path) as env:
+        env.start()
+        # saved without a final newline, as some editors do by default: read once settled
+        env.write("www", desired_yaml(site).rstrip("\n"))
+        env.wait_serving("www", "saved by an editor", timeout=15)
+        assert not [r for r in caplog.records if "refused" in r.getMessage()]
+
+        # a typo: one warning with path:line:col, however many times the file is read
+        env.write(
+            "www", desired_yaml(site, generation=2).replace("health:", "buidl:\n  x: 1\nhealth:")
+        )
+        env.resync_and_wait("www")
+        env.resync_and_wait("www")
+        refused = [
+            r.getMessage() for r in caplog.records if "refused desired file" in r.getMessage()
+        ]
+        assert len(refused) == 1, refused
+        path = env.desired / "www.yaml"
+        assert f"{path}:" in refused[0] and "buidl" in refused[0]
+        assert "the last good desired state stays in force" in refused[0]
+
+        # fixed: one line saying so
+        env.write("www", desired_yaml(site, generation=2))
+        wait_for(
+            lambda: any(f"accepted {path} again" in r.getMessage() for r in caplog.records),
+            10,
+            "the recovery logged",
+        )
+
+        # a file whose name is no project id: said once
+        (env.desired / "Bad Name.yaml").write_text("source: x\n")
+        env.resync_and_wait("www")
+        env.resync_and_wait("www")
+        ignored = [
+            r.getMessage() for r in caplog.records if "ignored desired file" in r.getMessage()
+        ]
+        assert len(ignored) == 1 and "Bad Name.yaml" in ignored[0], ignored

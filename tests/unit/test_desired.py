@@ -230,3 +230,24 @@ def test_spec_source_dir_relative_to_file(tmp_path: Path) -> None:
     assert spec.source_dir(tmp_path / "desired" / "www.yaml") == tmp_path / "sites" / "www"
     spec = ProjectSpec.model_validate({"source": "/srv/www"})
     assert spec.source_dir(tmp_path / "desired" / "www.yaml") == Path("/srv/www")
+
+
+def test_a_file_without_final_newline_is_read_once_settled(desired_dir: Path) -> None:
+    """A write under way is refused; the same bytes unchanged for SETTLE seconds (an editor
+    that leaves the newline out) are read, and an edit through the store adds the newline."""
+    path = write(desired_dir / "www.yaml", COMMENTED.rstrip("\n"))
+    store = DesiredStore(desired_dir)
+    fresh = store.read(SITE)
+    assert fresh is not None and fresh.spec is None and fresh.settles_at is not None
+    assert "does not end with a newline" in str(fresh.problems[0])
+    with pytest.raises(DesiredFileError):
+        store.edit(SITE, lambda s: {"production.state": "running"})
+    old = path.stat().st_mtime - 5
+    os.utime(path, (old, old))
+    settled = store.read(SITE)
+    assert settled is not None and settled.spec is not None and settled.settles_at is None
+    assert settled.spec.production.generation == 3
+    store.edit(SITE, lambda s: {"production.state": "running"})
+    assert path.read_text().endswith(
+        "generation: 3   # bumped by deploys\n\nhealth:\n  path: /healthz\nkeep: 3\n"
+    )
