@@ -23,9 +23,11 @@ if TYPE_CHECKING:
     from reconciler.api.server import ApiServer
 
 
-def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem]]:
+def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem], list[str]]:
+    """(files read, problems, warnings): a problem refuses a file, a warning does not."""
     files: list[Path] = []
     problems: list[Problem] = []
+    warnings: list[str] = []
     for path in paths:
         if path.is_dir():
             files.extend(
@@ -42,10 +44,16 @@ def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem]]:
     seen: dict[str, Path] = {}
     for file in files:
         try:
-            project_id, _spec = load_file(file)
+            project_id, spec = load_file(file)
         except DesiredFileError as exc:
             problems.extend(exc.problems)
             continue
+        source = spec.source_dir(file)
+        if not source.is_dir():
+            warnings.append(
+                f"{file}: warning: source {spec.source} is not a directory here "
+                f"(resolved: {source}); the daemon reads it on the host it runs on"
+            )
         if project_id in seen and seen[project_id].parent == file.parent:
             problems.append(
                 Problem(
@@ -53,14 +61,16 @@ def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem]]:
                 )
             )
         seen[project_id] = file
-    return len(files), problems
+    return len(files), problems, warnings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [Path("desired")]
-    count, problems = _validate_paths(paths)
+    count, problems, warnings = _validate_paths(paths)
     for problem in problems:
         print(problem)
+    for warning in warnings:
+        print(warning)
     if problems:
         print(f"{len(problems)} problem(s) in {count} file(s)", file=sys.stderr)
         return 1

@@ -118,9 +118,11 @@ class RemoteClient:
             response.status_code == 500 and isinstance(body, dict) and "success" in body
         ):
             message = body.get("error") if isinstance(body, dict) else None
-            raise OperationError(
-                kind_of(response.status_code), str(message or response.reason_phrase)
-            )
+            kind = kind_of(response.status_code)
+            named = body.get("kind") if isinstance(body, dict) else None
+            if named in {k.value for k in ErrorKind}:
+                kind = ErrorKind(named)
+            raise OperationError(kind, str(message or response.reason_phrase))
         return body  # type: ignore[no-any-return]
 
     def projects(self) -> dict[str, Any]:

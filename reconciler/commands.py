@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from reconciler.client import Client, LocalClient, RemoteClient
 from reconciler.config import env
 from reconciler.operations import ErrorKind, Event, OperationError
+from reconciler.spec import is_hash8
 
 OK, FAILED, USAGE = 0, 1, 2
 READY, STOPPED = "production.ready", "production.stopped"
@@ -289,6 +290,12 @@ def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    if not is_hash8(args.hash):
+        raise OperationError(
+            ErrorKind.INVALID,
+            f"HASH must be a version: 8 lowercase hex characters (`reconciler history "
+            f"{args.project}` lists the kept ones), not {args.hash!r}",
+        )
     result = client.rollback(args.project, args.hash)
     if args.json:
         _print_json(result, out)

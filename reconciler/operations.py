@@ -54,6 +54,7 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not-found"  # no such project or version
     INVALID = "invalid"  # the request itself is wrong (an id, a hash, a body)
     CONFLICT = "conflict"  # the request is fine, the state refuses it (an invalid file)
+    REFUSED = "refused"  # well formed, but pointless now (roll back to the active version)
     UNAVAILABLE = "unavailable"  # something needed cannot be reached now
     DENIED = "denied"  # not allowed (no or a wrong token)
 
@@ -211,7 +212,7 @@ class Operations:
             raise OperationError(ErrorKind.NOT_FOUND, f"version {target} not found (not kept)")
         row = self.db.project(pid)
         if row is not None and row.productionHash == target and row.productionStatus == "running":
-            raise OperationError(ErrorKind.INVALID, f"version {target} is already active")
+            raise OperationError(ErrorKind.REFUSED, f"version {target} is already active")
         self._edit(pid, lambda spec: {"production.state": "running", "production.version": target})
         if not wait:
             return RollbackResult(success=True, hash=target, message=f"Pinned version {target}")

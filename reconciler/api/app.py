@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 HTTP_STATUS = {
     ErrorKind.INVALID: 400,
+    ErrorKind.REFUSED: 400,
     ErrorKind.DENIED: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
@@ -58,13 +59,15 @@ def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> Respo
 
 
 def json_body(*, required: bool) -> Any:
+    """The JSON body of a write. Every write says ``Content-Type: application/json``, an
+    empty one too (a browser cannot send that cross-origin without asking first)."""
+    if not request.is_json:
+        raise ApiError(415, "send the body as Content-Type: application/json")
     data = request.get_data(cache=True)
     if not data.strip():
         if required:
             raise ApiError(400, "a JSON body is required")
         return {}
-    if not request.is_json:
-        raise ApiError(415, "send the body as Content-Type: application/json")
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -236,7 +239,7 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
 
     @app.errorhandler(OperationError)
     def _operation_error(exc: OperationError) -> Response:
-        return json_response({"error": exc.message}, HTTP_STATUS[exc.kind])
+        return json_response({"error": exc.message, "kind": exc.kind}, HTTP_STATUS[exc.kind])
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:

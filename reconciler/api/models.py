@@ -16,6 +16,10 @@ class RollbackRequest(BaseModel):
 class ErrorBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     error: str
+    kind: str | None = Field(
+        default=None,
+        description="not-found, invalid, conflict, refused, unavailable or denied, when known",
+    )
 
 
 class EdgeHealth(BaseModel):

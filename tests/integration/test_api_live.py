@@ -78,7 +78,7 @@ def test_deploy_stream_history_rollback_stop(live: tuple[Env, str], tmp_path: Pa
 
     # redeploy with new content
     (site / "dist" / "index.html").write_text("second")
-    assert httpx.post(f"{api}/deploy").json()["status"] == "queued"
+    assert httpx.post(f"{api}/deploy", json={}).json()["status"] == "queued"
     assert stream(base, "www")[-2][1] == "production.ready"
     second = httpx.get(f"{api}/production").json()
     assert second["hash"] != first_hash and get(f"http://127.0.0.1:{second['port']}/") == "second"
@@ -105,7 +105,7 @@ def test_deploy_stream_history_rollback_stop(live: tuple[Env, str], tmp_path: Pa
     assert fwd.status_code == 200 and fwd.json()["hash"] == second["hash"]
 
     # stop
-    stopped = httpx.post(f"{api}/stop-production").json()
+    stopped = httpx.post(f"{api}/stop-production", json={}).json()
     assert stopped["status"] == "stopped" and stopped["activeJob"] == {
         "type": "production.stop",
         "state": "queued",
@@ -122,7 +122,7 @@ def test_failing_build_stream_ends_with_error(live: tuple[Env, str], tmp_path: P
     env, base = live
     site = make_site(tmp_path / "site", "x")
     env.write("www", desired(site, build="echo npm install; exit 1"))
-    httpx.post(f"{base}/api/projects/www/deploy")
+    httpx.post(f"{base}/api/projects/www/deploy", json={})
     got = stream(base, "www")
     assert [e[1] for e in got][-2:] == ["production.error", "stream.end"]
     assert got[-2][2]["error"].startswith(
@@ -139,7 +139,7 @@ def test_resume_with_last_event_id_has_no_gap_or_duplicate(
     env, base = live
     site = make_site(tmp_path / "site", "x")
     env.write("www", desired(site, build="for i in $(seq 1 30); do echo line $i; sleep 0.05; done"))
-    httpx.post(f"{base}/api/projects/www/deploy")
+    httpx.post(f"{base}/api/projects/www/deploy", json={})
     first = stream(base, "www", limit=6)  # then the client disconnects
     rest = stream(base, "www", last_id=first[-1][0])
     both = first + rest

@@ -81,7 +81,11 @@ def test_cli_commands(live: tuple[Env, str], tmp_path: Path, mode: str) -> None:
     assert back.returncode == 0, back.stderr
     assert back.stdout.strip() == f"Rolled back to version {first}"
     assert get(f"http://127.0.0.1:{env.row('www').productionPort}/") == "cli one"  # type: ignore[union-attr]
-    assert cli(env, base, mode, "rollback", "www", first).returncode == 2  # already active: 400
+    active = cli(env, base, mode, "rollback", "www", first)  # already active: 400, refused
+    assert active.returncode == 1 and f"version {first} is already active" in active.stderr
+    bad = cli(env, base, mode, "rollback", "www", "NOTAHASH")
+    assert bad.returncode == 2 and "toHash" not in bad.stderr
+    assert "HASH must be a version: 8 lowercase hex characters" in bad.stderr
     assert cli(env, base, mode, "rollback", "www", "deadbeef").returncode == 1  # not kept: 404
 
     logs = cli(env, base, mode, "logs", "www")

@@ -192,7 +192,7 @@ def test_deploy_bumps_generation_and_reports_queued_at_once(
         "generation: 3", "generation: 4"
     )
     # in progress: a second deploy returns the status and bumps nothing
-    again = client.post("/api/projects/www/deploy")
+    again = client.post("/api/projects/www/deploy", json={})
     assert again.json["status"] == "queued"  # type: ignore[index]
     assert (config.desired_dir / "www.yaml").read_text() == text
     assert client.get("/api/projects/www/production").json["status"] == "queued"  # type: ignore[index]
@@ -255,7 +255,7 @@ def test_stop_production(client: FlaskClient, app: Flask, config: Config) -> Non
     db(app).update_project(
         ProjectId("www"), productionStatus="stopped", productionPort=None, productionUrl=None
     )
-    again = client.post("/api/projects/www/stop-production")
+    again = client.post("/api/projects/www/stop-production", json={})
     assert again.json["activeJob"] is None and again.json["hash"] == "a1b2c3d4"  # type: ignore[index]
 
 
@@ -326,8 +326,8 @@ def test_comments_survive_deploy_stop_and_rollback(
     client: FlaskClient, config: Config, tmp_path: Path
 ) -> None:
     target = stage(config, "c", tmp_path)
-    client.post("/api/projects/www/deploy")
-    client.post("/api/projects/www/stop-production")
+    client.post("/api/projects/www/deploy", json={})
+    client.post("/api/projects/www/stop-production", json={})
     client.post("/api/projects/www/rollback-production", json={"toHash": target})
     text = (config.desired_dir / "www.yaml").read_text()
     for comment in ("# the marketing site", "# relative to this file", "# flipped by the API"):
@@ -491,7 +491,8 @@ def test_hostile_ids(
 def test_unknown_project_404(client: FlaskClient) -> None:
     response = client.get("/api/projects/nope/production")
     assert response.status_code == 404 and response.json == {
-        "error": "project 'nope' not found: there is no desired file for it"
+        "error": "project 'nope' not found: there is no desired file for it",
+        "kind": "not-found",
     }
 
 
@@ -508,11 +509,17 @@ def test_405_413_415(client: FlaskClient) -> None:
         client.post("/api/projects/www/deploy", data=b"x", content_type="text/plain").status_code
         == 415
     )
+    # every write is JSON, an empty one too: no body and no content type, or a blank
+    # text/plain one (what a cross-origin page can send without asking), are refused
+    for data, kind in ((b"", None), (b" ", "text/plain"), (b"", "text/plain")):
+        refused = client.post("/api/projects/www/deploy", data=data, content_type=kind)
+        assert refused.status_code == 415, (data, kind)
+    assert client.post("/api/projects/www/deploy", json={}).status_code == 200
 
 
 def test_invalid_desired_file_blocks_edits_with_409(client: FlaskClient, config: Config) -> None:
     (config.desired_dir / "www.yaml").write_text(SITE + "bogus: 1\n")
-    response = client.post("/api/projects/www/deploy")
+    response = client.post("/api/projects/www/deploy", json={})
     assert response.status_code == 409 and "unknown key 'bogus'" in response.json["error"]  # type: ignore[index]
     assert (config.desired_dir / "www.yaml").read_text().endswith("bogus: 1\n")
 
@@ -534,7 +541,7 @@ def test_auth(config: Config) -> None:
     app = create_app(config, token="s3cret")
     client = app.test_client()
     assert client.get("/api/projects/www/production").status_code == 200
-    missing = client.post("/api/projects/www/deploy")
+    missing = client.post("/api/projects/www/deploy", json={})
     assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
     assert (
         client.post(
@@ -550,7 +557,7 @@ def test_auth(config: Config) -> None:
     )
     assert (
         client.post(
-            "/api/projects/www/deploy", headers={"Authorization": "Bearer s3cret"}
+            "/api/projects/www/deploy", headers={"Authorization": "Bearer s3cret"}, json={}
         ).status_code
         == 200
     )

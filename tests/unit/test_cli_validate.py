@@ -20,6 +20,7 @@ def test_validate_repo_desired_dir_passes() -> None:
 
 
 def test_validate_prints_path_line_col_and_fails(tmp_path: Path) -> None:
+    (tmp_path / "d" / "x").mkdir(parents=True)
     good = write(tmp_path / "d" / "ok.yaml", "source: x\n")
     bad = write(tmp_path / "d" / "bad.yaml", "source: x\nproduction:\n  state: up\n  foo: 1\n")
     result = run("validate", str(tmp_path / "d"))
@@ -30,6 +31,18 @@ def test_validate_prints_path_line_col_and_fails(tmp_path: Path) -> None:
     ]
     assert "2 problem(s) in 2 file(s)" in result.stderr
     assert run("validate", str(good)).returncode == 0
+
+
+def test_validate_warns_about_a_source_that_does_not_exist(tmp_path: Path) -> None:
+    path = write(tmp_path / "d" / "www.yaml", "source: ../sites/www\n")
+    result = run("validate", str(path))
+    assert result.returncode == 0, "a warning: the daemon may run where the source exists"
+    resolved = tmp_path / "sites" / "www"
+    assert result.stdout.splitlines() == [
+        f"{path}: warning: source ../sites/www is not a directory here (resolved: {resolved}); "
+        "the daemon reads it on the host it runs on",
+        "1 desired file(s) valid",
+    ]
 
 
 def test_validate_missing_path(tmp_path: Path) -> None:
