@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from reconciler.config import Config, env, parse_listen
 from reconciler.desired import SUFFIXES, DesiredFileError, Problem, load_file
 from reconciler.kinds import EdgeMode, RuntimeName
+from reconciler.logfiles import LogLimits
 from reconciler.ports import PortRange
 from reconciler.spec import json_schema
 
@@ -179,6 +180,18 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=float(env("STOP_GRACE", "10") or 10),
         help="seconds between asking an instance to stop and killing it",
     )
+    parser.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=int(env("LOG_MAX_BYTES", str(10 * 1024 * 1024)) or 10 * 1024 * 1024),
+        help="rotate a site's app.log (and build logs, Docker json logs) past this size",
+    )
+    parser.add_argument(
+        "--log-keep",
+        type=int,
+        default=int(env("LOG_KEEP", "5") or 5),
+        help="rotated log files kept (app.log.1 ... app.log.N)",
+    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
@@ -207,6 +220,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         access_logs=args.access_logs == "on",
         drain=max(0.0, args.drain),
         stop_grace=max(0.0, args.stop_grace),
+        logs=LogLimits(max_bytes=max(1024, args.log_max_bytes), keep=max(1, args.log_keep)),
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from reconciler.kinds import EdgeMode, RuntimeName
+from reconciler.logfiles import LogLimits
 from reconciler.ports import PortRange
 
 
@@ -42,6 +43,7 @@ class Config:
     access_logs: bool = True  # per-site access logs at the edge
     drain: float = 0.5  # seconds a replaced instance keeps its in-flight requests
     stop_grace: float = 10.0  # seconds between SIGTERM (docker stop) and the kill
+    logs: LogLimits = LogLimits()  # rotation of app and build logs  # noqa: RUF009
 
     @property
     def state_db(self) -> Path:

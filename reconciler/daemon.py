@@ -69,7 +69,9 @@ def make_runtime_factory(
             case RuntimeName.DOCKER:
                 from reconciler.runtimes.docker import DockerRuntime
 
-                return DockerRuntime(image_prefix=config.docker_prefix, bind_host=bind_host)
+                return DockerRuntime(
+                    image_prefix=config.docker_prefix, bind_host=bind_host, log_limits=config.logs
+                )
             case _:
                 assert_never(name)
 
@@ -237,6 +239,14 @@ class Daemon:
             seconds=self.pulse_interval,
             id="pulse",
             misfire_grace_time=1,
+            **common,
+        )
+        self.scheduler.add_job(
+            self.controller.rotate_logs,
+            "interval",
+            seconds=30,
+            id="logs",
+            misfire_grace_time=30,
             **common,
         )
         self.scheduler.add_job(

@@ -9,6 +9,7 @@ from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
 from reconciler.errors import PermanentError
 from reconciler.kinds import EventType, JobType, Status
+from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import BuildRequest, Runtime
 
@@ -16,9 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 class Builder:
-    def __init__(self, *, releases: ReleaseStore, runtimes: Runtimes) -> None:
+    def __init__(
+        self, *, releases: ReleaseStore, runtimes: Runtimes, log_limits: LogLimits = DEFAULT_LIMITS
+    ) -> None:
         self.releases = releases
         self.runtimes = runtimes
+        self.log_limits = log_limits
 
     def build(self, run: Run, generation: int) -> Release:
         spec, rec = run.spec, run.recorder
@@ -58,6 +62,7 @@ class Builder:
                     work,
                     run.cancel,
                     lambda line: run.recorder.emit(EventType.BUILDING, {"message": line}),
+                    self.log_limits,
                 )
             )
             run.check()

@@ -33,7 +33,8 @@ from reconciler.controller.recorder import Recorder
 from reconciler.controller.refusals import Refusals
 from reconciler.desired import DesiredStore, LastGood
 from reconciler.errors import TransientError
-from reconciler.kinds import InstanceRole
+from reconciler.kinds import InstanceRole, RuntimeName
+from reconciler.logfiles import rotate
 from reconciler.plan import plan, should_cancel
 from reconciler.ports import PortAllocator
 from reconciler.releases import ReleaseStore
@@ -238,6 +239,19 @@ class Controller:
             self.enqueue(project_id)
             queued += 1
         return queued
+
+    def rotate_logs(self) -> int:
+        """Rotate the app logs of running process instances past their size limit (their
+        processes keep writing: copy and truncate). Returns how many were rotated."""
+        done = 0
+        for row in self.db.instances():
+            if row.runtime != RuntimeName.PROCESS or not is_hash8(row.hash):
+                continue
+            log = self.releases.project_dir(ProjectId(row.project)) / row.hash / "logs" / "app.log"
+            if rotate(log, self.config.logs):
+                logger.info("%s: rotated %s", row.project, log)
+                done += 1
+        return done
 
     def check_health(self) -> None:
         """Queue every project whose active instance is gone or whose ``current`` drifted."""

@@ -64,7 +64,7 @@ class Pipeline:
         self.releases = releases
         self.ports = ports
         self.repairs = repairs
-        self.builder = Builder(releases=releases, runtimes=runtimes)
+        self.builder = Builder(releases=releases, runtimes=runtimes, log_limits=config.logs)
         self.activator = activator
         self.site_url = config.site_url
 

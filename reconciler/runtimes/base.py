@@ -21,6 +21,7 @@ import httpx
 
 from reconciler.errors import Cancelled, StartFailed
 from reconciler.kinds import RuntimeName
+from reconciler.logfiles import DEFAULT_LIMITS, LogLimits, rotate
 from reconciler.releases import Release
 from reconciler.spec import Health, ProjectId, ProjectSpec
 
@@ -40,6 +41,7 @@ class BuildRequest:
     work_dir: Path
     cancel: threading.Event
     on_line: LineSink = lambda _line: None
+    log_limits: LogLimits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -121,12 +123,16 @@ class Runtime(Protocol):
 
 
 class OutputTail:
-    """Keep the last lines of a build's output for error messages, and forward each line."""
+    """Keep the last lines of a build's output for error messages, and forward each line;
+    the log file is rotated by ``limits`` as it grows."""
 
-    def __init__(self, sink: LineSink, log: IO[str] | None) -> None:
+    def __init__(
+        self, sink: LineSink, log: IO[str] | None, limits: LogLimits | None = None
+    ) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.sink = sink
         self.log = log
+        self.limits = limits or DEFAULT_LIMITS
 
     def add(self, text: str) -> None:
         for line in text.splitlines():
@@ -137,6 +143,8 @@ class OutputTail:
             if self.log is not None:
                 self.log.write(line + "\n")
                 self.log.flush()
+                if self.log.tell() > self.limits.max_bytes:
+                    rotate(Path(self.log.name), self.limits)
             with contextlib.suppress(Exception):
                 self.sink(line)
 

@@ -192,7 +192,7 @@ class ProcessRuntime:
             )
         request.log_dir.mkdir(parents=True, exist_ok=True)
         with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
-            tail = OutputTail(request.on_line, log)
+            tail = OutputTail(request.on_line, log, request.log_limits)
             tail.add(f"$ {spec.build.command}")
             code = self._run_build(request, tail)
         if code != 0:

@@ -12,6 +12,7 @@ import pytest
 
 from reconciler.client import LocalClient
 from reconciler.kinds import EdgeMode
+from reconciler.logfiles import LogLimits
 from tests.integration.harness import Env, desired_yaml, environment, get, wait_for
 from tests.integration.test_cli_client import cli
 
@@ -257,3 +258,31 @@ def test_the_daemon_log_tells_refusals_once_and_a_file_without_final_newline_is_
             r.getMessage() for r in caplog.records if "ignored desired file" in r.getMessage()
         ]
         assert len(ignored) == 1 and "Bad Name.yaml" in ignored[0], ignored
+
+
+def test_a_running_sites_app_log_is_rotated_by_size(tmp_path: Path) -> None:
+    site = app_site(tmp_path / "app")
+    # an app that logs a line per request
+    (site / "dist" / "server.py").write_text(SERVER.replace("pass", "print('GET', 'x' * 500, flush=True)"))
+    limits = LogLimits(max_bytes=2000, keep=2)
+    with environment(tmp_path, extra_config={"logs": limits}) as env:
+        env.start()
+        assert env.daemon is not None
+        env.write("app", app_yaml(site, "chatty"))
+        row = env.wait_serving("app", "chatty")
+        log = env.data / "production" / "app" / str(row.productionHash) / "logs" / "app.log"
+        url = f"http://127.0.0.1:{row.productionPort}/"
+        for _round in range(3):
+            with httpx.Client() as client:
+                for _ in range(8):
+                    client.get(url)
+            wait_for(lambda: log.stat().st_size > limits.max_bytes, 10, "the log grew")
+            assert env.daemon.controller.rotate_logs() == 1
+        assert log.stat().st_size < limits.max_bytes
+        assert sorted(p.name for p in log.parent.glob("app.log*")) == [
+            "app.log",
+            "app.log.1",
+            "app.log.2",
+        ]
+        httpx.get(url)
+        wait_for(lambda: "GET" in log.read_text(), 10, "the app goes on writing to app.log")

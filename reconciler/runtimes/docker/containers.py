@@ -15,6 +15,7 @@ import docker.errors
 
 from reconciler.errors import StartFailed, TransientError
 from reconciler.kinds import RuntimeName
+from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.runtimes.base import Instance, with_tail
 from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.labels import (
@@ -34,7 +35,6 @@ from reconciler.timeutil import utcnow
 logger = logging.getLogger(__name__)
 
 # Docker keeps each container's output in json-file logs, rotated by size: bounded like ours.
-LOG_LIMITS = {"max-size": "10m", "max-file": "5"}
 
 
 def container_port(spec: ProjectSpec, image: Any) -> int:
@@ -60,6 +60,7 @@ def run_container(
     port: int,
     cport: int,
     config: str,
+    log_limits: LogLimits = DEFAULT_LIMITS,
 ) -> Any:
     """Create and start the instance's container; remove it again if the start fails."""
     name = container_name(project_id, version, config)
@@ -70,7 +71,7 @@ def run_container(
             image.id,
             name=name,
             labels=instance_labels(project_id, version, port, config),
-            log_config={"type": "json-file", "config": LOG_LIMITS},
+            log_config={"type": "json-file", "config": log_limits.docker()},
             environment={**spec.env, "PORT": str(cport)},
             ports={f"{cport}/tcp": (bind_host, port)},
             restart_policy={"Name": "unless-stopped"},

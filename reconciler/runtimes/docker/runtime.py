@@ -18,6 +18,7 @@ import requests
 
 from reconciler.errors import BuildFailed, StartFailed
 from reconciler.kinds import RuntimeName
+from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.releases import Release
 from reconciler.runtimes.base import (
     BuildRequest,
@@ -46,9 +47,11 @@ class DockerRuntime:
         image_prefix: str = "reconciler",
         bind_host: str = "127.0.0.1",
         base_url: str | None = None,
+        log_limits: LogLimits = DEFAULT_LIMITS,
     ) -> None:
         self.image_prefix = image_prefix
         self.bind_host = bind_host
+        self.log_limits = log_limits
         self.engine = Engine(base_url)
 
     def close(self) -> None:
@@ -73,7 +76,7 @@ class DockerRuntime:
         request.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
-                tail = OutputTail(request.on_line, log)
+                tail = OutputTail(request.on_line, log, request.log_limits)
                 tail.add(f"$ docker build {request.source}")
                 image_id = build_image(self.engine, request, temp_tag, tail)
             dist = extract_dist(self.engine, image_id, output, request.work_dir)
@@ -118,6 +121,7 @@ class DockerRuntime:
                 port=port,
                 cport=cport,
                 config=config,
+                log_limits=self.log_limits,
             )
         write_compose(
             release,
