@@ -398,6 +398,14 @@ class ReleaseStore:
             project_id, version, str(manifest["digest"]), path, str(manifest["createdAt"])
         )
 
+    def generation(self, project_id: ProjectId, version: str) -> int | None:
+        """The generation a kept release was built for (from its manifest)."""
+        if not is_hash8(version):
+            return None
+        manifest = self._manifest(self.project_dir(project_id) / version)
+        value = manifest.get("generation") if manifest else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     def versions(self, project_id: ProjectId) -> list[Release]:
         directory = self.project_dir(project_id)
         if not directory.is_dir():

@@ -20,7 +20,7 @@ from typing import Any, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reconciler.desired import DesiredStore
+from reconciler.desired import DesiredStore, keep_production
 from reconciler.facts import desired_view, observed_view, spec_from_row
 from reconciler.kinds import (
     DeploymentKind,
@@ -213,16 +213,24 @@ class Snapshot:
     job: JobRow | None
     steps: tuple[Step, ...]
     config: str | None = None  # the settings digest of the instance serving the row's version
+    file_spec: ProjectSpec | None = None  # what the file itself says (valid files only)
 
     def status(self) -> ProductionStatus:
         status = production_status(
             self.desired, self.row, self.deployment, self.job, self.steps, self.config
         )
-        if self.spec is not None and "production" not in self.spec.model_fields_set:
-            note = (
-                "the desired file has no production: block, so the project stays stopped; "
-                "set production.state: running (or run `reconciler deploy`)"
-            )
+        file_spec = self.file_spec
+        if file_spec is not None and "production" not in file_spec.model_fields_set:
+            if self.spec is not None and "production" in self.spec.model_fields_set:
+                note = (
+                    "the desired file has no production: block; the project keeps its last "
+                    f"production state ({self.spec.production.state}); add one to change it"
+                )
+            else:
+                note = (
+                    "the desired file has no production: block, so the project stays "
+                    "stopped; set production.state: running (or run `reconciler deploy`)"
+                )
             status = status.model_copy(update={"note": note})
         return status
 
@@ -258,7 +266,10 @@ class Reader:
     def snapshot(self, pid: ProjectId) -> Snapshot:
         row = self.db.project(pid)
         desired = self.desired.read(pid)
-        spec = (desired.spec or spec_from_row(row)) if desired is not None else None
+        last = spec_from_row(row)
+        spec = None
+        if desired is not None:
+            spec = keep_production(desired.spec, last) if desired.spec else last
         view = desired_view(desired, spec, edge=self.edge_mode(), default_runtime=self.runtime())
         instances = self.db.instances(pid)
         observed = observed_view(
@@ -281,5 +292,5 @@ class Reader:
         ]
         return Snapshot(
             view, spec, row, deployment, job, tuple(plan(view, observed)),
-            serving[0] if serving else None,
+            serving[0] if serving else None, desired.spec if desired else None,
         )  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from reconciler.config import Config
 from reconciler.controller.activate import Activator, AtEdge
 from reconciler.controller.observe import (
+    Facts,
     Fingerprints,
     Observer,
     RepairLog,
@@ -29,13 +31,15 @@ from reconciler.controller.observe import (
 )
 from reconciler.controller.pipeline import Pipeline
 from reconciler.controller.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
+from reconciler.controller.rebuild import rebuild_record
 from reconciler.controller.recorder import Recorder
 from reconciler.controller.refusals import Refusals
 from reconciler.desired import DesiredStore, LastGood
+from reconciler.desired.parse import SETTLE
 from reconciler.errors import TransientError
-from reconciler.kinds import InstanceRole, RuntimeName
+from reconciler.kinds import DeploymentKind, InstanceRole, RuntimeName, Status
 from reconciler.logfiles import rotate
-from reconciler.plan import plan, should_cancel
+from reconciler.plan import Step, deployment_of, plan, should_cancel
 from reconciler.ports import PortAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.spec import InvalidProjectId, ProjectId, check_project_id, is_hash8
@@ -99,6 +103,7 @@ class Controller:
         self._inflight: dict[ProjectId, tuple[str | None, threading.Event]] = {}
         self._inflight_lock = threading.Lock()
         self.refusals = Refusals()
+        self._missing_since: dict[ProjectId, float] = {}
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -153,17 +158,40 @@ class Controller:
         desired = facts.desired
         self.refusals.project(project_id, desired)
         steps = plan(facts.view, facts.observed)
-        if desired is not None and desired.spec is not None:
-            self.last_good.remember(project_id, desired.spec)
-            Recorder(self.db, project_id, digest=facts.digest).remember_spec(
-                desired.spec, facts.row
-            )
+        wait = self._stop_settles(project_id, facts, steps)
+        if wait > 0:
+            return RequeueAfter(wait)
+        if desired is not None and desired.spec is not None and facts.spec is not None:
+            # the spec in force: the file's, with the production state kept when it has none
+            self.last_good.remember(project_id, facts.spec)
+            Recorder(self.db, project_id, digest=facts.digest).remember_spec(facts.spec, facts.row)
         with self._inflight_scope(project_id, facts.digest) as cancel:
             result = self.pipeline.execute(facts, steps, cancel)
         if desired is not None and desired.settles_at is not None and isinstance(result, Done):
             # saved without a final newline: read it again once it has settled
             return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01))
         return result
+
+    def _stop_settles(self, project_id: ProjectId, facts: Facts, steps: list[Step]) -> float:
+        """Seconds to wait before stopping a site that serves: a change that takes a site
+        down (state: stopped, or the file deleted) must have held for SETTLE seconds, so a
+        torn or half-done write never causes an outage. 0: go ahead."""
+        if facts.desired is not None:
+            self._missing_since.pop(project_id, None)
+        serving = facts.observed.status in (Status.RUNNING, Status.ERROR)
+        if not serving or deployment_of(steps) != DeploymentKind.STOP:
+            return 0.0
+        if facts.desired is None:
+            since = self._missing_since.setdefault(project_id, time.time())
+        else:
+            try:
+                since = os.stat(facts.desired.path, follow_symlinks=False).st_mtime
+            except OSError:
+                return 0.0
+        wait = since + SETTLE - time.time()
+        if wait > 0:
+            logger.info("%s: a stop waits %.1f s for the desired file to settle", project_id, wait)
+        return max(0.0, wait + 0.01) if wait > 0 else 0.0
 
     @contextlib.contextmanager
     def _inflight_scope(
@@ -206,6 +234,10 @@ class Controller:
                 logger.warning("%s: cannot observe instances yet: %s", project_id, exc)
                 keep_ports |= {r.port for r in self.db.instances(project_id) if r.port is not None}
                 continue
+            if row is None and rebuild_record(
+                self.config, self.db, self.releases, project_id, spec, alive
+            ):
+                row = self.db.project(project_id)
             recorder = Recorder(self.db, project_id, digest=None)
             for stale in gone:
                 recorder.forget_instance(stale.key)

@@ -17,6 +17,7 @@ old instance -> prune. A failure before the switch leaves the old version servin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import assert_never
@@ -24,7 +25,7 @@ from typing import assert_never
 from reconciler.config import Config
 from reconciler.controller.activate import Activator
 from reconciler.controller.build import Builder
-from reconciler.controller.observe import Facts, RepairLog, Runtimes
+from reconciler.controller.observe import Facts, RepairLog, Runtimes, instance_from_row
 from reconciler.controller.queue import Done, Permanent, RequeueAfter, Result, Retry
 from reconciler.controller.recorder import Recorder, describe
 from reconciler.controller.run import Run
@@ -64,6 +65,7 @@ class Pipeline:
         self.releases = releases
         self.ports = ports
         self.repairs = repairs
+        self.runtimes = runtimes
         self.builder = Builder(releases=releases, runtimes=runtimes, log_limits=config.logs)
         self.activator = activator
         self.site_url = config.site_url
@@ -72,6 +74,8 @@ class Pipeline:
         recorder = Recorder(self.db, facts.project_id, digest=facts.digest)
         run = Run(facts, recorder, cancel, dict(facts.live))
         for stale in facts.gone:
+            with contextlib.suppress(Exception):  # whatever its leader left behind
+                self.runtimes.get(stale.runtime).stop(instance_from_row(stale), timeout=2)
             recorder.forget_instance(stale.key)
             self.ports.release(stale.port)
         kind = deployment_of(steps)

@@ -17,6 +17,7 @@ from reconciler.desired.store import (
     LastGood,
     ProjectNotFound,
     Scan,
+    keep_production,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Problem",
     "ProjectNotFound",
     "Scan",
+    "keep_production",
     "load_file",
     "parse",
     "set_values",

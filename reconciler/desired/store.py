@@ -111,7 +111,18 @@ class LastGood:
 
     def in_force(self, desired: DesiredFile) -> ProjectSpec | None:
         """The file's spec when it is valid, else the last good one."""
-        return desired.spec if desired.spec is not None else self.get(desired.project_id)
+        if desired.spec is None:
+            return self.get(desired.project_id)
+        return keep_production(desired.spec, self.get(desired.project_id))
+
+
+def keep_production(spec: ProjectSpec, last: ProjectSpec | None) -> ProjectSpec:
+    """A file without a ``production:`` block says nothing about production: the project
+    keeps the production state it had (a running site is not stopped because the block was
+    deleted or a write was cut short); a new project stays stopped."""
+    if "production" in spec.model_fields_set or last is None:
+        return spec
+    return spec.model_copy(update={"production": last.production})
 
 
 class DesiredStore:

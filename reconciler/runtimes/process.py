@@ -77,6 +77,50 @@ def pid_alive(pid: int | None, start: int | None) -> bool:
     return pid is not None and start is not None and process_start_time(pid) == start
 
 
+def session_members(sid: int, start: int | None) -> list[int]:
+    """Live processes of the session an instance's leader (pid ``sid``, started at ``start``)
+    made, the leader included: what an instance is, even after its leader exited (a start
+    command that forks and exits). A session whose id was reused by a newer leader is not
+    ours and yields nothing; members must have started no earlier than our leader."""
+    if start is None:
+        return []
+    leader = process_start_time(sid)
+    if leader is not None and leader != start:
+        return []  # the pid (and so the session id) belongs to someone else now
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] in (b"Z", b"X") or int(fields[3]) != sid or int(fields[19]) < start:
+            continue
+        members.append(int(entry.name))
+    return members
+
+
+def kill_session(sid: int, start: int | None, *, timeout: float) -> list[int]:
+    """SIGTERM every member of the session, wait up to ``timeout``, SIGKILL what is left.
+    Returns the members it found."""
+    found = session_members(sid, start)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while found and time.monotonic() < deadline:
+        _reaper.poll()
+        if not session_members(sid, start):
+            return found
+        time.sleep(0.05)
+    for pid in session_members(sid, start):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
 def kill_group(pid: int, *, timeout: float, alive: Callable[[], bool]) -> None:
     """SIGTERM the process group, wait up to ``timeout``, then SIGKILL it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -340,18 +384,37 @@ class ProcessRuntime:
         code = _reaper.exit_code(instance.pid) if instance.pid else None
         how = f"exited with code {code}" if code is not None else "exited"
         log = self.releases.project_dir(instance.project_id) / instance.hash / "logs" / "app.log"
+        left = session_members(instance.pid, instance.pid_start) if instance.pid else []
+        if left:
+            return with_tail(
+                f"Start failed: the start command of {instance.hash} {how} and left "
+                f"{len(left)} process(es) running in the background; a start command must "
+                "stay in the foreground (use exec; drop '&', nohup and daemon options)",
+                tail_file(log),
+            )
         return with_tail(
             f"Start failed: the instance of {instance.hash} {how} before it became ready",
             tail_file(log),
         )
 
     def stop(self, instance: Instance, *, timeout: float = 10) -> None:
+        """Stop everything the instance started: its process group, then whatever else is
+        left in its session (also when the leader has exited already)."""
         if instance.pid is not None and self.alive(instance):
             logger.info("stopping %s %s (pid %s)", instance.project_id, instance.hash, instance.pid)
             kill_group(instance.pid, timeout=timeout, alive=lambda: self.alive(instance))
             deadline = time.monotonic() + 2
             while self.alive(instance) and time.monotonic() < deadline:
                 time.sleep(0.02)
+        if instance.pid is not None:
+            left = kill_session(instance.pid, instance.pid_start, timeout=min(timeout, 2.0))
+            if left:
+                logger.info(
+                    "%s: stopped %d process(es) of %s left in its session",
+                    instance.project_id,
+                    len(left),
+                    instance.hash,
+                )
         record = (
             self.releases.project_dir(instance.project_id)
             / instance.hash

@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import functools
 import http.server
+import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,13 +118,19 @@ class World:
     db: StateDB
     releases: ReleaseStore
 
-    def write(self, html: str, **production: object) -> None:
+    def write(self, html: str, *, settled: bool = True, **production: object) -> None:
+        """Write the site and its desired file; ``settled``: as one written a while ago
+        (a change that stops a serving site waits until its file has held for a second)."""
         (self.root / "site" / "dist").mkdir(parents=True, exist_ok=True)
         (self.root / "site" / "dist" / "index.html").write_text(html)
         values = {"state": "running", "generation": 1, **production}
         block = "".join(f"  {k}: {v}\n" for k, v in values.items())
         text = f"source: ../site\nproduction:\n{block}health:\n  timeout: 5\n  interval: 0.05\n"
-        (self.root / "desired" / "www.yaml").write_text(text)
+        path = self.root / "desired" / "www.yaml"
+        path.write_text(text)
+        if settled:
+            old = time.time() - 2
+            os.utime(path, (old, old))
 
     def serving(self) -> str:
         row = self.db.project(P)
@@ -249,6 +257,20 @@ def test_retryable_errors_close_everything_and_show_the_error(
     assert world.serving() == "one"
 
 
+def test_a_stop_of_a_serving_site_waits_until_its_file_has_held(world: World) -> None:
+    world.write("one")
+    world.controller.reconcile(P)
+    world.write("one", state="stopped", settled=False)
+    result = world.controller.reconcile(P)
+    assert isinstance(result, RequeueAfter) and 0.5 < result.seconds <= 1.05
+    assert world.serving() == "one", "nothing stopped yet"
+    path = world.root / "desired" / "www.yaml"
+    old = time.time() - 2
+    os.utime(path, (old, old))
+    assert world.controller.reconcile(P) == Done()
+    assert world.db.project(P).productionStatus == Status.STOPPED  # type: ignore[union-attr]
+
+
 def test_stop_is_one_stop_deployment_and_frees_the_port(world: World) -> None:
     world.write("one")
     world.controller.reconcile(P)
@@ -298,6 +320,10 @@ def test_a_deleted_file_stops_the_project(world: World) -> None:
     world.write("one")
     world.controller.reconcile(P)
     (world.root / "desired" / "www.yaml").unlink()
+    first = world.controller.reconcile(P)
+    assert isinstance(first, RequeueAfter), "a deletion must hold for a second first"
+    assert world.serving() == "one"
+    time.sleep(first.seconds)
     assert world.controller.reconcile(P) == Done()
     assert world.runtime.instances == {}
     assert world.db.project(P).productionStatus == Status.STOPPED  # type: ignore[union-attr]

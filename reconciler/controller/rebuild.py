@@ -1,0 +1,69 @@
+"""A project's record rebuilt from what is on disk and what runs, when the state database
+has none (it was lost, or restored from an older backup): the version ``current`` names or
+the one instance that runs, the newest release and the generation it was built for, the
+address it is served at. With that record the planner sees a converged project, so nothing
+is stopped as a stray and nothing is rebuilt; without it, every site would be torn down and
+built again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from reconciler.config import Config
+from reconciler.controller.observe import Live
+from reconciler.facts import serve_mode
+from reconciler.kinds import ServeMode, Status
+from reconciler.releases import ReleaseStore
+from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.state import StateDB
+from reconciler.timeutil import utcnow
+
+logger = logging.getLogger(__name__)
+
+
+def rebuild_record(
+    config: Config,
+    db: StateDB,
+    releases: ReleaseStore,
+    project_id: ProjectId,
+    spec: ProjectSpec | None,
+    alive: Live,
+) -> bool:
+    """Write the project's row from the disk and the live instances; True when it did."""
+    versions = releases.versions(project_id)
+    if spec is None or not versions:
+        return False
+    current = releases.current(project_id)
+    running = sorted({instance.hash for instance, _runtime in alive.values()})
+    serving = current if current is not None else (running[0] if len(running) == 1 else None)
+    if serving is None:
+        return False
+    latest = versions[0].hash
+    mode = serve_mode(config.edge, spec, config.default_runtime)
+    port = None
+    if mode == ServeMode.PORT:
+        ports = [i.port for i, _r in alive.values() if i.hash == serving and i.port is not None]
+        port = ports[0] if ports else None
+    else:
+        site = db.site(project_id)
+        port = site.publicPort if site is not None else None
+    live = port is not None and spec.production.state == "running"
+    db.update_project(
+        project_id,
+        productionStatus=Status.RUNNING if live else Status.STOPPED,
+        productionHash=serving,
+        productionPort=port if live else None,
+        productionUrl=config.site_url(port, spec.domains) if live else None,
+        productionStartedAt=utcnow() if live else None,
+        latestHash=latest,
+        observedGeneration=releases.generation(project_id, latest),
+        lastGoodSpec=spec.model_dump_json(),
+    )
+    logger.info(
+        "%s: no record in the state database; rebuilt it from disk (serving %s%s)",
+        project_id,
+        serving,
+        f" on port {port}" if live else ", not running",
+    )
+    return True

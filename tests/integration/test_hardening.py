@@ -1,0 +1,172 @@
+"""Breaks a fault-and-abuse probe found, each kept fixed by a test that failed before."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.harness import desired_yaml, environment, wait_for
+from tests.integration.test_truthful import app_site, app_yaml
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _listening(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _ours(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+                state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if marker.encode() in cmdline and state != b"Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_start_command_that_forks_and_exits_is_refused_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    site = app_site(tmp_path / "app")
+    marker = f"daemonised-{tmp_path.name}"
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("app", app_yaml(site, "foreground"))
+        good = env.wait_serving("app", "foreground")
+        forks = f"nohup python3 server.py {marker} > /dev/null 2>&1 &"
+        env.write("app", app_yaml(site, "background", generation=2, command=forks))
+        failed = env.wait_status("app", "failed")
+        error = str(failed.productionError)
+        assert "left 1 process(es) running in the background" in error, error
+        assert "a start command must stay in the foreground" in error
+        assert f"version {good.productionHash} keeps serving" in error
+        assert _ours(marker) == [], "the background server was stopped with its instance"
+        assert httpx.get(f"http://127.0.0.1:{good.productionPort}/").text == "foreground"
+
+        # the same left-behind processes are stopped when an instance's leader dies later
+        late = f"sh -c 'sleep 1; nohup python3 server.py {marker} >/dev/null 2>&1 & sleep 2'"
+        env.write("app", app_yaml(site, "late", generation=3, command=f"exec {late}"))
+        wait_for(lambda: _ours(marker), 20, "the background server started")
+        wait_for(lambda: not _ours(marker), 30, "the leftovers stopped")
+        env.write("app", desired_yaml(site, generation=3, state="stopped"))
+        env.wait_status("app", "stopped")
+        time.sleep(0.5)
+        assert _ours(marker) == []
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_a_lost_state_database_is_rebuilt_from_disk_without_an_outage(
+    tmp_path: Path, kind: str
+) -> None:
+    """Edge off (every instance on its own port): the restarted daemon rebuilds its records
+    from the releases, ``current`` and the instances that run, keeps them serving, and does
+    not rebuild."""
+    site = app_site(tmp_path / "app")
+    (site / "dist" / "index.html").write_text("kept")
+    text = app_yaml(site, "kept") if kind == "dynamic" else desired_yaml(site)
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("app", text)
+        row = env.wait_serving("app", "kept")
+        url = f"http://127.0.0.1:{row.productionPort}/"
+        env.stop()
+        env.db.close()
+        env._db = None  # the test's own connection must not keep the lost file alive
+        for suffix in ("", "-wal", "-shm"):
+            (env.data / f"state.db{suffix}").unlink(missing_ok=True)
+        failures: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                if not _listening(int(row.productionPort or 0)):
+                    failures.append(time.monotonic())
+                time.sleep(0.01)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            env.start()
+            env.resync_and_wait("app")
+            env.resync_and_wait("app")
+        finally:
+            done.set()
+            prober.join()
+        again = env.wait_serving("app", "kept")
+        assert again.productionHash == row.productionHash
+        assert again.productionPort == row.productionPort, "the same address"
+        assert httpx.get(url).status_code == 200
+        assert failures == []
+        builds = [j for j in env.db.jobs("app", limit=100) if j.type == "production.build"]
+        assert builds == [], "nothing was rebuilt"
+        if kind == "dynamic":
+            assert [i.hash for i in env.instances("app")] == [row.productionHash]
+
+
+def test_a_torn_write_never_stops_a_running_site(tmp_path: Path) -> None:
+    """A rewrite in two chunks 0.5 s apart, the first cut at a line end (just ``source:``),
+    and a file without its production: block: the site serves throughout."""
+    site = tmp_path / "site"
+    (site / "dist").mkdir(parents=True)
+    (site / "dist" / "index.html").write_text("up")
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("www", desired_yaml(site))
+        row = env.wait_serving("www", "up")
+        port = int(row.productionPort or 0)
+        failures: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                if not _listening(port):
+                    failures.append(time.monotonic())
+                time.sleep(0.01)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            path = env.desired / "www.yaml"
+            full = desired_yaml(site)
+            with open(path, "w") as fh:  # written in place, in two chunks
+                fh.write(f"source: {site}\n")
+                fh.flush()
+                time.sleep(0.5)
+                fh.write(full.split("\n", 2)[2])
+            env.resync_and_wait("www")
+            # the production block deleted: the site keeps its production state
+            env.write("www", f"source: {site}\n")
+            env.resync_and_wait("www")
+            time.sleep(1.5)
+            env.resync_and_wait("www")
+        finally:
+            done.set()
+            prober.join()
+        assert failures == []
+        assert env.status("www") == "running"
+        from reconciler.client import LocalClient
+
+        client = LocalClient(env.desired, env.data)
+        note = client.status("www")["note"]
+        assert "keeps its last production state (running)" in note
+        client.close()
+
+        # a stop that holds is carried out (after the settle window)
+        env.write("www", desired_yaml(site, state="stopped"))
+        env.wait_status("www", "stopped", timeout=10)
+        wait_for(lambda: not _listening(port), 10, "the site stopped")
