@@ -181,6 +181,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="seconds between asking an instance to stop and killing it",
     )
     parser.add_argument(
+        "--allowed-origins",
+        default=env("ALLOWED_ORIGINS", ""),
+        help="comma-separated browser origins (https://admin.example.com) the API takes "
+        "writes from, besides its own address",
+    )
+    parser.add_argument(
         "--log-max-bytes",
         type=int,
         default=int(env("LOG_MAX_BYTES", str(10 * 1024 * 1024)) or 10 * 1024 * 1024),
@@ -220,6 +226,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         access_logs=args.access_logs == "on",
         drain=max(0.0, args.drain),
         stop_grace=max(0.0, args.stop_grace),
+        allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         logs=LogLimits(max_bytes=max(1024, args.log_max_bytes), keep=max(1, args.log_keep)),
     )
 

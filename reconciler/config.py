@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class Config:
     access_logs: bool = True  # per-site access logs at the edge
     drain: float = 0.5  # seconds a replaced instance keeps its in-flight requests
     stop_grace: float = 10.0  # seconds between SIGTERM (docker stop) and the kill
+    allowed_origins: tuple[str, ...] = ()  # browser origins the API takes writes from
     logs: LogLimits = LogLimits()  # rotation of app and build logs  # noqa: RUF009
 
     @property
@@ -87,3 +89,13 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"RECONCILER_{name}", default)
+
+
+def is_loopback(host: str) -> bool:
+    """A listen address only this host can reach."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequest
-from reconciler.config import Config
+from reconciler.config import Config, is_loopback
 from reconciler.desired import DesiredStore
 from reconciler.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.releases import ReleaseStore
@@ -69,9 +69,12 @@ def json_body(*, required: bool) -> Any:
             raise ApiError(400, "a JSON body is required")
         return {}
     try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object ({} when there is nothing to say)")
+    return body
 
 
 @bp.get("/healthz")
@@ -140,7 +143,7 @@ def logs(raw: str) -> Response:
     pid = ops().project(raw)
     offset = request.args.get("offset")
     tail = request.args.get("tail", "100")
-    if (offset is not None and not offset.isdigit()) or not tail.isdigit():
+    if (offset is not None and not _digits(offset)) or not _digits(tail):
         raise ApiError(400, "offset and tail must be non-negative integers")
     return json_response(
         ops().read_log(
@@ -187,14 +190,48 @@ def _last_event_id() -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.args.get("lastEventId")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
+    if not _digits(raw) or len(raw) > 18:
         raise ApiError(400, "Last-Event-ID must be a non-negative integer")
     return int(raw)
+
+
+def _digits(raw: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    return raw.isascii() and raw.isdigit()
 
 
 def _sse(event: Event) -> str:
     data = json.dumps(event.data, separators=(",", ":"))
     return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def _check_origin() -> None:
+    """A browser must not act for a page the API does not trust. On a loopback listener the
+    Host must be a loopback name (a page on a domain that resolves to 127.0.0.1 cannot read
+    or write through it), and a write's ``Origin`` (or ``Sec-Fetch-Site``) must be the API's
+    own address or an allowed origin. Clients that are not browsers send neither."""
+    allowed: tuple[str, ...] = current_app.config["RECONCILER_ORIGINS"]
+    host = request.host.lower()
+    if current_app.config["RECONCILER_LOOPBACK"]:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name not in LOOPBACK_NAMES and not any(o.split("://", 1)[-1] == host for o in allowed):
+            raise ApiError(403, f"this API answers only at a loopback address, not {host!r}")
+    if request.method not in WRITES:
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != "null":
+        own = f"{request.scheme}://{host}"
+        if origin.lower() != own and origin.lower() not in allowed:
+            raise ApiError(
+                403,
+                f"cross-origin write from {origin!r} refused; allow it with --allowed-origins",
+            )
+    elif request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site" or origin == "null":
+        raise ApiError(403, "cross-origin write refused")
 
 
 def _check_auth() -> None:
@@ -229,12 +266,15 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
         default_runtime=config.default_runtime,
     )
     app.config["RECONCILER_TOKEN"] = token
+    app.config["RECONCILER_ORIGINS"] = tuple(o.lower().rstrip("/") for o in config.allowed_origins)
+    app.config["RECONCILER_LOOPBACK"] = is_loopback(config.listen_host)
     app.config["RECONCILER_STREAMS"] = threading.BoundedSemaphore(config.stream_cap)
     app.register_blueprint(bp)
 
     @app.before_request
     def _before() -> None:
         g.request_id = uuid.uuid4().hex[:12]
+        _check_origin()
         _check_auth()
 
     @app.errorhandler(OperationError)

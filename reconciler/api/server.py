@@ -9,7 +9,6 @@ Threads exceed the stream cap, so open streams never take every thread.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 from pathlib import Path
@@ -17,10 +16,15 @@ from typing import Any
 
 from waitress.server import create_server
 
-from reconciler.config import Config
+from reconciler.config import Config, is_loopback
 
 logger = logging.getLogger(__name__)
 SPARE_THREADS = 16
+# Idle or half-sent connections (slowloris) are closed after IDLE_TIMEOUT seconds of silence
+# and many of them fit (CONNECTION_LIMIT) before anyone else waits; an event stream sends a
+# keep-alive well within the timeout. Exposed beyond loopback, put the API behind the edge.
+IDLE_TIMEOUT = 20
+CONNECTION_LIMIT = 500
 
 
 class TokenError(ValueError):
@@ -41,15 +45,6 @@ def load_token(path: str | None, env_value: str | None) -> str | None:
     return None
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_exposure(config: Config, token: str | None) -> None:
     if token is None and not is_loopback(config.listen_host):
         raise TokenError(
@@ -66,7 +61,9 @@ class ApiServer:
             host=config.listen_host,
             port=config.listen_port,
             threads=config.stream_cap + SPARE_THREADS,
-            channel_timeout=60,
+            channel_timeout=IDLE_TIMEOUT,
+            cleanup_interval=5,
+            connection_limit=CONNECTION_LIMIT,
             ident="reconciler",
             clear_untrusted_proxy_headers=True,
         )

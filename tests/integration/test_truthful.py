@@ -263,7 +263,9 @@ def test_the_daemon_log_tells_refusals_once_and_a_file_without_final_newline_is_
 def test_a_running_sites_app_log_is_rotated_by_size(tmp_path: Path) -> None:
     site = app_site(tmp_path / "app")
     # an app that logs a line per request
-    (site / "dist" / "server.py").write_text(SERVER.replace("pass", "print('GET', 'x' * 500, flush=True)"))
+    (site / "dist" / "server.py").write_text(
+        SERVER.replace("pass", "print('GET', 'x' * 500, flush=True)")
+    )
     limits = LogLimits(max_bytes=2000, keep=2)
     with environment(tmp_path, extra_config={"logs": limits}) as env:
         env.start()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -673,3 +675,81 @@ def test_rollback_answers_only_when_its_deployment_has_closed(
         "stopped",
         {"type": "production.stop", "state": "queued"},
     )
+
+
+def test_cross_origin_writes_and_foreign_hosts_are_refused(
+    client: FlaskClient, config: Config
+) -> None:
+    """What a web page an operator opens could send: a write from another origin, a
+    'simple' cross-site request, a name that resolves to 127.0.0.1 (DNS rebinding)."""
+    path = config.desired_dir / "www.yaml"
+    before = path.read_text()
+    deploy = "/api/projects/www/deploy"
+    evil = client.post(deploy, json={}, headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403 and "cross-origin write" in evil.json["error"]  # type: ignore[index]
+    blind = client.post(deploy, json={}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert blind.status_code == 403
+    opaque = client.post(deploy, json={}, headers={"Origin": "null"})
+    assert opaque.status_code == 403
+    rebound = client.get("/api/projects/www/production", headers={"Host": "evil.example:3000"})
+    assert rebound.status_code == 403 and "loopback" in rebound.json["error"]  # type: ignore[index]
+    assert path.read_text() == before, "nothing was written"
+    # the API's own page, and clients that are not browsers, may write
+    own = client.post(deploy, json={}, headers={"Origin": "http://localhost"})
+    assert own.status_code == 200
+    assert (
+        client.post(deploy, json={}, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    )
+
+
+def test_allowed_origins_may_write(config: Config) -> None:
+    allowed = dataclasses.replace(config, allowed_origins=("https://admin.example.com",))
+    app = create_app(allowed)
+    client = app.test_client()
+    ok = client.post(
+        "/api/projects/www/deploy", json={}, headers={"Origin": "https://admin.example.com"}
+    )
+    assert ok.status_code == 200
+    other = client.post(
+        "/api/projects/www/deploy", json={}, headers={"Origin": "https://other.example.com"}
+    )
+    assert other.status_code == 403
+    app.extensions["reconciler"].db.close()
+
+
+def test_unicode_digits_in_query_and_headers_are_400_not_500(client: FlaskClient) -> None:
+    for url in (
+        "/api/projects/www/production-logs?tail=%C2%B2",
+        "/api/projects/www/production-logs?offset=%C2%B9",
+        "/api/projects/www/production-stream?lastEventId=%C2%B3",
+    ):
+        assert client.get(url).status_code == 400, url
+
+
+def test_deep_or_non_object_json_bodies_are_400(client: FlaskClient) -> None:
+    for body in (b"[" * 5000, b"[null,null]", b'"deploy"', b"3"):
+        response = client.post(
+            "/api/projects/www/deploy", data=body, content_type="application/json"
+        )
+        assert response.status_code == 400, body[:20]
+
+
+def test_half_sent_requests_do_not_starve_the_api(app: Flask, config: Config) -> None:
+    """Slowloris: 150 connections that send half a request and stay idle; /healthz still
+    answers at once (bounded: 150 loopback sockets, a few seconds)."""
+    server = ApiServer(app, dataclasses.replace(config, listen_port=0))
+    server.start()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(150):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            idle.append(sock)
+        started = time.monotonic()
+        response = httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10)
+        assert response.status_code == 200
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
