@@ -50,6 +50,9 @@ def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem], list[str
             problems.extend(exc.problems)
             continue
         source = spec.source_dir(file)
+        if os.path.realpath(source) == os.sep:
+            problems.append(Problem(file, 1, 1, "source / is the whole filesystem; refused"))
+            continue
         if not source.is_dir():
             warnings.append(
                 f"{file}: warning: source {spec.source} is not a directory here "
@@ -181,6 +184,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="seconds between asking an instance to stop and killing it",
     )
     parser.add_argument(
+        "--min-free-mb",
+        type=int,
+        default=int(env("MIN_FREE_MB", "256") or 256),
+        help="refuse a build (retried later) when less is free on the data dir",
+    )
+    parser.add_argument(
         "--allowed-origins",
         default=env("ALLOWED_ORIGINS", ""),
         help="comma-separated browser origins (https://admin.example.com) the API takes "
@@ -226,6 +235,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         access_logs=args.access_logs == "on",
         drain=max(0.0, args.drain),
         stop_grace=max(0.0, args.stop_grace),
+        min_free_bytes=max(0, args.min_free_mb) * 1024 * 1024,
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         logs=LogLimits(max_bytes=max(1024, args.log_max_bytes), keep=max(1, args.log_keep)),
     )

@@ -44,6 +44,7 @@ class Config:
     access_logs: bool = True  # per-site access logs at the edge
     drain: float = 0.5  # seconds a replaced instance keeps its in-flight requests
     stop_grace: float = 10.0  # seconds between SIGTERM (docker stop) and the kill
+    min_free_bytes: int = 256 * 1024 * 1024  # a build is refused with less free on data/
     allowed_origins: tuple[str, ...] = ()  # browser origins the API takes writes from
     logs: LogLimits = LogLimits()  # rotation of app and build logs  # noqa: RUF009
 

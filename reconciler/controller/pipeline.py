@@ -66,7 +66,12 @@ class Pipeline:
         self.ports = ports
         self.repairs = repairs
         self.runtimes = runtimes
-        self.builder = Builder(releases=releases, runtimes=runtimes, log_limits=config.logs)
+        self.builder = Builder(
+            releases=releases,
+            runtimes=runtimes,
+            log_limits=config.logs,
+            min_free=config.min_free_bytes,
+        )
         self.activator = activator
         self.site_url = config.site_url
 

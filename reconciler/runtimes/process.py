@@ -146,6 +146,18 @@ def _output_dir(spec: ProjectSpec) -> str:
     return str(pure)
 
 
+def _inside_source(source: Path, dist: Path, output: str) -> None:
+    """Refuse a build output that leaves the source dir through a symlink (of it or of a
+    parent): what is published must be what the source holds."""
+    real_source = os.path.realpath(source)
+    real_dist = os.path.realpath(dist)
+    if real_dist != real_source and not real_dist.startswith(real_source + os.sep):
+        raise BuildFailed(
+            f"build.output {output!r} resolves to {real_dist}, outside the source dir "
+            f"{real_source} (through a symlink); refusing to publish it"
+        )
+
+
 def _dist_exclude(output: str) -> tuple[str, ...]:
     """What a release leaves out of the build output: the repository's ``.git`` when the
     output is the whole source dir."""
@@ -224,6 +236,7 @@ class ProcessRuntime:
         dist = request.source / output
         if not request.source.is_dir():
             raise BuildFailed(f"source dir {request.source} does not exist")
+        _inside_source(request.source, dist, output)
         if spec.build.command is None:
             if not dist.is_dir():
                 raise BuildFailed(
@@ -245,6 +258,7 @@ class ProcessRuntime:
                     f"Build failed: {spec.build.command} exited with code {code}", tail.text()
                 )
             )
+        _inside_source(request.source, dist, output)
         if not dist.is_dir():
             raise BuildFailed(
                 f"Build failed: {spec.build.command} succeeded but produced no {output}/ "

@@ -256,7 +256,7 @@ def test_probe_schedule_backs_off_to_interval_and_times_out() -> None:
     port = free_port()  # nothing listens: every probe is refused at once
     with pytest.raises(
         StartFailed,
-        match=r"^Health check timeout after 5 minutes: GET / never answered 2xx \(last: ConnectError\)",
+        match=r"^Health check timeout after 5 minutes: GET http://127\.0\.0\.1:\d+/ never answered 2xx \(last: ConnectError: .*refused\)",
     ):
         wait_ready(
             f"http://127.0.0.1:{port}/",
@@ -332,3 +332,20 @@ def test_app_from_its_source_tree_runs_in_dist_with_no_bookkeeping_reachable(
         assert "../" not in httpx.get(f"http://127.0.0.1:{port}/").text
     finally:
         runtime.stop(inst, timeout=5)
+
+
+def test_a_build_output_through_a_symlinked_parent_is_refused(
+    tmp_path: Path, runtime: ProcessRuntime
+) -> None:
+    secret = tmp_path / "outside" / "dist"
+    secret.mkdir(parents=True)
+    (secret / "secret.txt").write_text("TOP SECRET")
+    (tmp_path / "src").mkdir()
+    os.symlink(tmp_path / "outside", tmp_path / "src" / "out")
+    with pytest.raises(BuildFailed, match="outside the source dir"):
+        runtime.build(request(tmp_path, spec(build={"output": "out/dist"})))
+    # and one a build command makes is refused after the build
+    os.unlink(tmp_path / "src" / "out")
+    made = spec(build={"command": f"ln -s {tmp_path / 'outside'} out", "output": "out/dist"})
+    with pytest.raises(BuildFailed, match="outside the source dir"):
+        runtime.build(request(tmp_path, made))
