@@ -188,6 +188,11 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
+        from reconciler.runtimes.process import kill_orphan_builds
+
+        orphans = kill_orphan_builds(self.releases)
+        if orphans:
+            logger.warning("stopped builds a previous daemon left running: %s", ", ".join(orphans))
         removed = self.releases.cleanup()
         if removed:
             logger.info("removed %d leftover staging dir(s)", len(removed))

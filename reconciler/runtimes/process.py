@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from reconciler.errors import BuildFailed, Cancelled, StartFailed
 from reconciler.fileio import atomic_write
@@ -48,6 +49,28 @@ def instance_file(config: str | None) -> str:
 
 
 KILL_GRACE = 0.5
+BUILD_RECORD = ".build.json"  # the running build of a project: pid and start time
+
+
+def kill_orphan_builds(releases: ReleaseStore) -> list[str]:
+    """At startup: stop builds a killed daemon left running (and everything they started),
+    so two builds of one project never run in one source dir. Returns the projects."""
+    stopped: list[str] = []
+    if not releases.root.is_dir():
+        return stopped
+    for project in sorted(releases.root.iterdir()):
+        record = project / BUILD_RECORD
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        pid, start = data.get("pid"), data.get("pidStart")
+        if isinstance(pid, int) and isinstance(start, int) and kill_session(pid, start, timeout=2):
+            stopped.append(project.name)
+        record.unlink(missing_ok=True)
+    return stopped
+
+
 # The daemon's own settings and systemd's protocol variables never reach builds or sites.
 PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
                "LISTEN_FDNAMES", "INVOCATION_ID", "RECONCILER_")  # fmt: skip
@@ -285,6 +308,23 @@ class ProcessRuntime:
         )
         assert proc.stdout is not None
         stdout = proc.stdout
+        record = request.work_dir.parent / BUILD_RECORD
+        start = process_start_time(proc.pid)
+        atomic_write(record, json.dumps({"pid": proc.pid, "pidStart": start}).encode() + b"\n")
+        try:
+            return self._wait_build(request, tail, proc, stdout)
+        finally:
+            kill_session(proc.pid, start, timeout=KILL_GRACE)  # what the build left running
+            record.unlink(missing_ok=True)
+
+    def _wait_build(
+        self,
+        request: BuildRequest,
+        tail: OutputTail,
+        proc: subprocess.Popen[bytes],
+        stdout: IO[bytes],
+    ) -> int:
+        spec = request.spec
 
         def pump() -> None:
             for raw in iter(stdout.readline, b""):

@@ -43,7 +43,7 @@ def test_a_start_command_that_forks_and_exits_is_refused_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
     site = app_site(tmp_path / "app")
-    marker = f"daemonised-{tmp_path.name}"
+    marker = f"daemonised-{tmp_path.parent.name}-{tmp_path.name}"
     with environment(tmp_path) as env:
         env.start()
         env.write("app", app_yaml(site, "foreground"))
@@ -170,3 +170,25 @@ def test_a_torn_write_never_stops_a_running_site(tmp_path: Path) -> None:
         env.write("www", desired_yaml(site, state="stopped"))
         env.wait_status("www", "stopped", timeout=10)
         wait_for(lambda: not _listening(port), 10, "the site stopped")
+
+
+def test_a_build_left_by_a_killed_daemon_is_stopped_at_startup(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "dist").mkdir(parents=True)
+    (site / "dist" / "index.html").write_text("built")
+    marker = f"orphan-build-{tmp_path.parent.name}-{tmp_path.name}"
+    build = f"build:\n  command: \"sleep 300 & exec sh -c 'sleep 400; : {marker}'\"\n"
+    with environment(tmp_path) as env:
+        env.spawn()
+        env.write("www", desired_yaml(site, extra=build))
+        first = wait_for(lambda: _ours(marker), 20, "the build runs")
+        assert len(first) == 1
+        env.kill9()
+        assert _ours(marker) == first, "a killed daemon leaves its build running"
+        env.spawn()
+        wait_for(lambda: first[0] not in _ours(marker), 20, "the orphaned build stopped")
+        wait_for(lambda: len(_ours(marker)) == 1, 20, "one build runs again, not two")
+        assert len(_ours(marker)) == 1
+        env.write("www", desired_yaml(site, state="stopped", extra=build))
+        env.wait_status("www", "stopped")
+        wait_for(lambda: not _ours(marker), 10, "the cancelled build stopped")
