@@ -38,7 +38,7 @@ def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem], list[str
                     if p.name.endswith(SUFFIXES) and not p.name.startswith(".")
                 )
             )
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             files.append(path)
         else:
             problems.append(Problem(path, 1, 1, "no such file or directory"))

@@ -221,14 +221,16 @@ def _follow(client: Client, args: argparse.Namespace, out: TextIO, want: str) ->
     """Print the progress of what was just asked; end with the URL or ``Stopped`` (0), or the
     error (1). The stream ends on its own when the daemon is not running or the wait is
     longer than the project's timeouts allow; that is a 1 with the reason."""
-    started = time.monotonic()
+    started = said = time.monotonic()
     result = FAILED
     for event in client.follow(args.project):
         elapsed = time.monotonic() - started
-        if event is None:
-            if not args.json:
+        if event is None:  # a keep-alive; say something after 15 s of silence
+            if not args.json and time.monotonic() - said >= 15:
                 print(f"[{elapsed:6.1f}s] ...     still waiting", file=out, flush=True)
+                said = time.monotonic()
             continue
+        said = time.monotonic()
         if args.json:
             print(
                 json.dumps({"id": event.id, "event": event.type, "data": event.data}),

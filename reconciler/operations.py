@@ -81,7 +81,7 @@ class Operations:
     desired: DesiredStore
     releases: ReleaseStore
     poll_interval: float = 0.2
-    heartbeat: float = 10.0  # well within the API's idle timeout (20 s)
+    heartbeat: float = 3.0  # a closed stream's slot is freed at the next one; < idle timeout
     rollback_grace: float = 30.0
     down_limit: float = 10.0  # a follow ends this long after it finds the daemon not running
     follow_grace: float = 120.0  # beyond the build and health timeouts, before a follow ends

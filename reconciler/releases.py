@@ -450,10 +450,18 @@ class ReleaseStore:
         """Point the link ``<id>/<name>`` at ``target``: a temp link renamed over it, so a
         reader sees the old target or the new one, never none."""
         directory = self.project_dir(project_id)
+        link = directory / name
+        if not link.is_symlink() and link.exists():  # a dir or file put there by hand
+            aside = directory / f"{TRASH_PREFIX}{name}-{secrets.token_hex(6)}"
+            os.rename(link, aside)
+            if aside.is_dir():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.unlink()
         tmp = directory / f".link-{name}-{secrets.token_hex(6)}"
         os.symlink(target, tmp)
         try:
-            os.replace(tmp, directory / name)
+            os.replace(tmp, link)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -179,6 +179,9 @@ def production_status(
         return status
     if pending.type == JobType.STOP:
         return stopping(status, pending)
+    if status.status == Status.ERROR and status.error:
+        # retrying after a transient error: say which, and that it is queued again
+        return status.model_copy(update={"activeJob": pending})
     return queued(status, pending)
 
 

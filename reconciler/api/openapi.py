@@ -144,14 +144,45 @@ def document() -> dict[str, Any]:
                         "name": "Last-Event-ID",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string"},
+                        "description": "resume after this event id",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                    },
+                    {
+                        "name": "lastEventId",
+                        "in": "query",
+                        "required": False,
+                        "description": "the same, for clients that cannot set headers",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
                     },
                 ],
                 "responses": {
                     "200": {
-                        "description": "events: production.building, production.starting, "
-                        "production.ready, production.error, production.stopped, stream.end",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        "description": "Server-Sent Events, each `id: <n>`, `event: <type>` and "
+                        "`data: <JSON object>`: production.building, production.starting, "
+                        "production.ready {status, url, port, hash}, production.error {error}, "
+                        "production.stopped, production.cancelled, production.waiting "
+                        "{message, daemon}, and last stream.end ({} after an outcome, "
+                        "{reason, message} when it ends without one)",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "contentMediaType": "text/event-stream",
+                                    "pattern": "^(retry: [0-9]+\\n\\n)?((:[^\\n]*|id: [0-9]+\\nevent: "
+                                    "[a-z.]+\\ndata: [^\\n]*)\\n\\n)*$",
+                                },
+                                "x-events": [
+                                    "production.building",
+                                    "production.starting",
+                                    "production.ready",
+                                    "production.error",
+                                    "production.stopped",
+                                    "production.cancelled",
+                                    "production.waiting",
+                                    "stream.end",
+                                ],
+                            }
+                        },
                     },
                     **_errors(400, 404, 503),
                 },

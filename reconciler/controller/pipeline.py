@@ -120,6 +120,8 @@ class Pipeline:
             message = _with_serving(str(exc), run)
             exc.args = (message,)  # the deployment's error event says it too
             logger.warning("%s: failed: %s", pid, message.splitlines()[0])
+            if not _serving(run):  # no address that answers is shown
+                run.recorder.update(productionUrl=None, productionPort=None)
             run.recorder.update(
                 productionStatus=Status.FAILED,
                 productionError=message,
@@ -244,19 +246,24 @@ class Pipeline:
             run.recorder.update(productionError=None)
 
 
+def _serving(run: Run) -> bool:
+    """Does the version the status names still serve at its address?"""
+    row, observed = run.facts.row, run.facts.observed
+    if row is None or row.productionStatus == Status.STOPPED or not row.productionUrl:
+        return False
+    version = row.productionHash
+    if run.mode == ServeMode.STATIC:
+        return observed.current == version
+    return any(i.hash == version and not i.draining for i in observed.instances)
+
+
 def _with_serving(message: str, run: Run) -> str:
     """A failure as an operator must read it: with the version that keeps serving (at the
     end of its first line), when one does."""
-    row, observed = run.facts.row, run.facts.observed
-    if row is None or row.productionStatus == Status.STOPPED or not row.productionUrl:
+    row = run.facts.row
+    if row is None or not _serving(run):
         return message
     version = row.productionHash
-    if run.mode == ServeMode.STATIC:
-        serving = observed.current == version
-    else:
-        serving = any(i.hash == version and not i.draining for i in observed.instances)
-    if not serving:
-        return message
     first, _, rest = message.partition("\n")
     first = f"{first.rstrip('.')}; version {version} keeps serving at {row.productionUrl}"
     return f"{first}\n{rest}" if rest else first

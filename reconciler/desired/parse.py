@@ -252,6 +252,15 @@ def read_file(path: Path) -> bytes:
         raise DesiredFileError([Problem(path, 1, 1, "not a regular file")]) from None
 
 
+def dangling(path: Path) -> Problem:
+    """The problem of a desired file that is a symlink to nothing."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return Problem(path, 1, 1, f"a symlink to {target}, which does not exist")
+
+
 def is_settled(path: Path) -> bool:
     """Unchanged for SETTLE seconds: a file without a final newline is read as it is then."""
     try:
@@ -269,6 +278,8 @@ def load_file(path: Path) -> tuple[ProjectId, ProjectSpec]:
     try:
         data = read_file(path)
     except FileNotFoundError:
+        if path.is_symlink():
+            raise DesiredFileError([dangling(path)]) from None
         raise
     except OSError as exc:
         raise DesiredFileError([Problem(path, 1, 1, f"cannot read: {exc.strerror}")]) from None

@@ -29,6 +29,7 @@ from reconciler.desired.parse import (
     SUFFIXES,
     DesiredFileError,
     Problem,
+    dangling,
     decode,
     is_settled,
     parse,
@@ -150,7 +151,7 @@ class DesiredStore:
         return [
             self.directory / f"{project_id}{suffix}"
             for suffix in SUFFIXES
-            if (self.directory / f"{project_id}{suffix}").exists()
+            if os.path.lexists(self.directory / f"{project_id}{suffix}")
         ]
 
     def path_for(self, project_id: ProjectId) -> Path | None:
@@ -171,6 +172,8 @@ class DesiredStore:
         try:
             data = read_file(path)
         except FileNotFoundError:
+            if path.is_symlink():  # shown as invalid, never silently left out
+                return DesiredFile(project_id, path, None, (dangling(path),))
             return None
         except DesiredFileError as exc:
             return DesiredFile(project_id, path, None, tuple(exc.problems))
@@ -256,6 +259,11 @@ class DesiredStore:
             if len(paths) > 1:
                 raise DesiredFileError([_duplicate_problem(paths)])
             path = paths[0]
+            if path.is_symlink():
+                raise EditError(
+                    f"{path.name} is a symlink (to {os.readlink(path)}); the API does not write "
+                    "through links: edit the file it points to"
+                )
             data = read_file(path)
             settled = data.endswith(b"\n") or is_settled(path)
             before = parse(path, data, settled=settled)

@@ -285,7 +285,7 @@ def test_history_newest_first(
         (b'{"toHash": "XYZ"}', "application/json", 400, "toHash"),
         (b'{"toHash": 12345678}', "application/json", 400, "toHash"),
         (b'{"toHash": "a1b2c3d4", "x": 1}', "application/json", 400, "toHash"),
-        (b'["a1b2c3d4"]', "application/json", 400, "toHash"),
+        (b'["a1b2c3d4"]', "application/json", 400, "JSON object"),
         (b"toHash=a1b2c3d4", "application/x-www-form-urlencoded", 415, "application/json"),
         (b'{"toHash": "a1b2c3d4"}', "application/json", 404, "version a1b2c3d4 not found"),
     ],
@@ -753,3 +753,25 @@ def test_half_sent_requests_do_not_starve_the_api(app: Flask, config: Config) ->
         for sock in idle:
             sock.close()
         server.stop()
+
+
+def test_a_retried_transient_error_shows_with_its_queued_job(
+    client: FlaskClient, app: Flask, config: Config
+) -> None:
+    (config.desired_dir / "www.yaml").write_text(SITE.replace("state: stopped", "state: running"))
+    db(app).update_project(
+        ProjectId("www"), productionStatus=Status.ERROR,
+        productionError="no free port in 3001-3001 on 127.0.0.1",
+    )  # fmt: skip
+    status = client.get("/api/projects/www/production").json
+    assert status["status"] == "error"  # type: ignore[index]
+    assert status["error"] == "no free port in 3001-3001 on 127.0.0.1"  # type: ignore[index]
+    assert status["activeJob"] == {"type": "production.build", "state": "queued"}  # type: ignore[index]
+
+
+def test_openapi_describes_the_event_stream(client: FlaskClient) -> None:
+    get = client.get("/openapi.json").json["paths"]["/api/projects/{id}/production-stream"]["get"]  # type: ignore[index]
+    header = next(p for p in get["parameters"] if p["name"] == "Last-Event-ID")
+    assert header["schema"]["pattern"] == "^[0-9]{1,18}$"
+    stream = get["responses"]["200"]["content"]["text/event-stream"]
+    assert "stream.end" in stream["x-events"] and stream["schema"]["pattern"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -72,3 +73,14 @@ def test_schema_is_json_schema() -> None:
 
 def test_usage_error_exits_2() -> None:
     assert run("frobnicate").returncode == 2
+
+
+def test_validate_reports_a_dangling_symlink(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path / "nowhere.yaml", tmp_path / "d" / "www.yaml")
+    result = run("validate", str(tmp_path / "d"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stdout.splitlines()[0] == (
+        f"{tmp_path / 'd' / 'www.yaml'}:1:1: a symlink to {tmp_path / 'nowhere.yaml'}, "
+        "which does not exist"
+    )

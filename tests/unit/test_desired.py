@@ -251,3 +251,25 @@ def test_a_file_without_final_newline_is_read_once_settled(desired_dir: Path) ->
     assert path.read_text().endswith(
         "generation: 3   # bumped by deploys\n\nhealth:\n  path: /healthz\nkeep: 3\n"
     )
+
+
+def test_a_dangling_symlink_is_an_invalid_file_not_a_missing_one(desired_dir: Path) -> None:
+    os.symlink(desired_dir / "gone.yaml", desired_dir / "www.yaml")
+    store = DesiredStore(desired_dir)
+    desired = store.read(SITE)
+    assert desired is not None and desired.spec is None
+    assert "a symlink to" in str(desired.problems[0]) and "does not exist" in str(
+        desired.problems[0]
+    )
+    assert SITE in store.scan().projects
+
+
+def test_an_edit_never_replaces_a_symlinked_desired_file(desired_dir: Path, tmp_path: Path) -> None:
+    target = write(tmp_path / "elsewhere" / "www.yaml", COMMENTED)
+    os.symlink(target, desired_dir / "www.yaml")
+    store = DesiredStore(desired_dir)
+    assert store.read(SITE).spec is not None  # type: ignore[union-attr]
+    with pytest.raises(EditError, match="is a symlink"):
+        store.edit(SITE, lambda s: {"production.state": "running"})
+    assert (desired_dir / "www.yaml").is_symlink()
+    assert target.read_text() == COMMENTED

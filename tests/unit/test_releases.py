@@ -264,3 +264,17 @@ def test_switch_is_atomic_for_readers(tmp_path: Path) -> None:
         thread.join()
     assert errors == []
     assert reads[0] > 0
+
+
+def test_a_current_replaced_by_a_directory_is_restored(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    a = stage(store, make_source(tmp_path / "a", "A"))
+    store.switch(P, a.hash)
+    current = store.project_dir(P) / "current"
+    current.unlink()
+    current.mkdir()
+    (current / "index.html").write_text("by hand")
+    assert store.current(P) is None
+    store.switch(P, a.hash)
+    assert os.readlink(current) == a.hash and store.current(P) == a.hash
+    assert not [p for p in store.project_dir(P).iterdir() if p.name.startswith(".trash-")]
