@@ -22,6 +22,13 @@ MODELS: list[type[BaseModel]] = [
 ]
 
 
+# one optional retry hint, then comments (keep-alives) and events, each ending in a blank line
+SSE_PATTERN = (
+    "^(retry: [0-9]+\\n\\n)?"
+    "((:[^\\n]*|id: [0-9]+\\nevent: [a-z.]+\\ndata: [^\\n]*)\\n\\n)*$"
+)
+
+
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -168,8 +175,7 @@ def document() -> dict[str, Any]:
                                 "schema": {
                                     "type": "string",
                                     "contentMediaType": "text/event-stream",
-                                    "pattern": "^(retry: [0-9]+\\n\\n)?((:[^\\n]*|id: [0-9]+\\nevent: "
-                                    "[a-z.]+\\ndata: [^\\n]*)\\n\\n)*$",
+                                    "pattern": SSE_PATTERN,
                                 },
                                 "x-events": [
                                     "production.building",
