@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format check run install-systemd clean
+.PHONY: help install test lint format check run install-systemd clean crash hostile load reliability
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,17 @@ install: $(STAMP) ## create .venv and install reconciler with its dev tools
 
 test: $(STAMP) ## run the whole test suite (installs first if needed)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+crash: $(STAMP) ## crash injection, full: 200 SIGKILLs over the process runtime (~15 min)
+	CRASH_RUNS=$${CRASH_RUNS:-200} $(BIN)/pytest -q -s tests/suites/test_crash_injection.py
+
+hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 examples each
+	HOSTILE_EXAMPLES=$${HOSTILE_EXAMPLES:-500} $(BIN)/pytest -q -s tests/suites/test_hostile_input.py
+
+load: $(STAMP) ## load, full: 50 projects at once, 200 API clients for 30 s, 100 concurrent writes
+	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 $(BIN)/pytest -q -s tests/suites/test_load.py
+
+reliability: crash hostile load ## every reliability suite at full size (see RELIABILITY.md)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, the import layering contracts
 	$(BIN)/ruff check .

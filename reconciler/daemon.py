@@ -209,6 +209,11 @@ class Daemon:
         else:
             self.db.set_edge(EdgeMode.OFF, "off", pid=None, version=None, sites=0, error=None)
         self.controller.adopt()
+        from reconciler.runtimes.process import kill_orphan_instances
+
+        strays = kill_orphan_instances(self.releases)
+        if strays:
+            logger.warning("stopped instance processes no record names: %s", ", ".join(strays))
         self._initial = self.controller.known_projects()
         self.controller.start()
         if self.config.watch:

@@ -24,8 +24,7 @@ MODELS: list[type[BaseModel]] = [
 
 # one optional retry hint, then comments (keep-alives) and events, each ending in a blank line
 SSE_PATTERN = (
-    "^(retry: [0-9]+\\n\\n)?"
-    "((:[^\\n]*|id: [0-9]+\\nevent: [a-z.]+\\ndata: [^\\n]*)\\n\\n)*$"
+    "^(retry: [0-9]+\\n\\n)?((:[^\\n]*|id: [0-9]+\\nevent: [a-z.]+\\ndata: [^\\n]*)\\n\\n)*$"
 )
 
 

@@ -9,6 +9,7 @@ only when both still match, so a reused pid is never mistaken for ours.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -50,6 +51,47 @@ def instance_file(config: str | None) -> str:
 
 KILL_GRACE = 0.5
 BUILD_RECORD = ".build.json"  # the running build of a project: pid and start time
+
+
+INSTANCE_MARK = "RECONCILER_INSTANCE"  # in every instance's environment: whose it is
+
+
+def instance_mark(releases: ReleaseStore, project_id: str, version: str, config: str) -> str:
+    """``<data dir digest>:<id>:<hash>:<config>``: ties a process to this data dir's
+    instances even when the daemon died before it wrote the instance's record."""
+    return f"{_store_tag(releases)}:{project_id}:{version}:{config}"
+
+
+def _store_tag(releases: ReleaseStore) -> str:
+    return hashlib.sha256(os.fsencode(os.path.realpath(releases.root))).hexdigest()[:8]
+
+
+def kill_orphan_instances(releases: ReleaseStore) -> list[str]:
+    """At startup, after adoption: stop instance processes of this data dir that no record
+    names (the daemon died between starting one and writing its record). Returns their
+    marks."""
+    runtime = ProcessRuntime(releases)
+    known: set[int] = set()
+    if releases.root.is_dir():
+        for project in releases.root.iterdir():
+            known |= {i.pid for i in runtime.observe(ProjectId(project.name)) if i.pid}
+    prefix = f"{INSTANCE_MARK}={_store_tag(releases)}:".encode()
+    stopped = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
+            fields = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        mark = next((v for v in environ.split(b"\0") if v.startswith(prefix)), None)
+        if mark is None or fields[0] in (b"Z", b"X") or int(fields[3]) in known:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(entry.name), signal.SIGKILL)
+        stopped.append(mark.decode(errors="replace").split("=", 1)[1])
+    return stopped
 
 
 def kill_orphan_builds(releases: ReleaseStore) -> list[str]:
@@ -389,6 +431,7 @@ class ProcessRuntime:
         release root, so nothing of the release's bookkeeping is reachable by its paths."""
         release.logs.mkdir(exist_ok=True)
         env = {**base_environ(), **spec.env, "PORT": str(port), "HOST": self.bind_host}
+        env[INSTANCE_MARK] = instance_mark(self.releases, release.project_id, release.hash, config)
         if spec.start.command is None:
             package_root = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(

@@ -1,0 +1,169 @@
+"""Load, on loopback only, bounded in count and time: many projects deploying at once, many
+API clients at once, and a storm of concurrent deploy/stop/rollback calls on one project
+that must end consistent with the last desired write. ``make load`` runs the full sizes
+(LOAD_PROJECTS=50, LOAD_CLIENTS=200, LOAD_SECONDS=30, LOAD_CALLS=100); ``make test`` a slice.
+Figures are printed (-s shows them); the tests assert correctness, never speed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.api.app import create_app
+from reconciler.api.server import ApiServer
+from tests.integration.harness import desired_yaml, environment, get, wait_for
+
+PROJECTS = int(os.environ.get("LOAD_PROJECTS", "10"))
+CLIENTS = int(os.environ.get("LOAD_CLIENTS", "20"))
+SECONDS = float(os.environ.get("LOAD_SECONDS", "3"))
+CALLS = int(os.environ.get("LOAD_CALLS", "20"))
+
+
+@pytest.mark.timeout(300)
+def test_many_projects_deploying_at_once_all_serve(tmp_path: Path) -> None:
+    with environment(tmp_path) as env:
+        env.start()
+        started = time.monotonic()
+        for n in range(PROJECTS):
+            site = tmp_path / f"site{n}"
+            (site / "dist").mkdir(parents=True)
+            (site / "dist" / "index.html").write_text(f"site {n}")
+            env.write(f"p{n}", desired_yaml(site))
+        for n in range(PROJECTS):
+            env.wait_serving(f"p{n}", f"site {n}", timeout=240)
+        took = time.monotonic() - started
+        print(f"\nload: {PROJECTS} projects deployed at once, all serving in {took:.1f} s")
+        ports = {env.row(f"p{n}").productionPort for n in range(PROJECTS)}  # type: ignore[union-attr]
+        assert len(ports) == PROJECTS, "every project has its own address"
+
+
+@pytest.mark.timeout(300)
+def test_many_api_clients_at_once_get_no_errors(tmp_path: Path) -> None:
+    with environment(tmp_path) as env:
+        env.start()
+        site = tmp_path / "site"
+        (site / "dist").mkdir(parents=True)
+        (site / "dist" / "index.html").write_text("busy")
+        env.write("www", desired_yaml(site))
+        env.wait_serving("www", "busy")
+        config = dataclasses.replace(env.config(), listen_port=0, stream_cap=8)
+        server = ApiServer(create_app(config), config)
+        server.start()
+        base = f"http://127.0.0.1:{server.port}"
+        paths = ["/healthz", "/api/projects", "/api/projects/www/production",
+                 "/api/projects/www/production-history"]  # fmt: skip
+        latencies: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop = time.monotonic() + SECONDS
+        barrier = threading.Barrier(CLIENTS)
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            mine: list[float] = []
+            with httpx.Client(base_url=base, timeout=30) as http:
+                barrier.wait()
+                while time.monotonic() < stop:
+                    began = time.perf_counter()
+                    try:
+                        response = http.get(rng.choice(paths))
+                        if response.status_code != 200:
+                            with lock:
+                                errors.append(f"HTTP {response.status_code}")
+                    except httpx.HTTPError as exc:
+                        with lock:
+                            errors.append(type(exc).__name__)
+                    mine.append(time.perf_counter() - began)
+            with lock:
+                latencies.extend(mine)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            server.stop()
+        p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 100 else max(latencies)
+        print(
+            f"\nload: {CLIENTS} API clients for {SECONDS:g} s: {len(latencies)} requests, "
+            f"{len(errors)} errors, p50 {statistics.median(latencies) * 1000:.1f} ms, "
+            f"p99 {p99 * 1000:.1f} ms"
+        )
+        assert errors == []
+
+
+@pytest.mark.timeout(300)
+def test_a_storm_of_writes_ends_consistent_with_the_last_desired_write(tmp_path: Path) -> None:
+    with environment(tmp_path) as env:
+        env.start()
+        site = tmp_path / "site"
+        (site / "dist").mkdir(parents=True)
+        (site / "dist" / "index.html").write_text("one")
+        env.write("www", desired_yaml(site))
+        first = env.wait_serving("www", "one")
+        (site / "dist" / "index.html").write_text("two")
+        env.write("www", desired_yaml(site, generation=2))
+        env.wait_serving("www", "two")
+        config = dataclasses.replace(env.config(), listen_port=0)
+        app = create_app(config)
+        app.extensions["reconciler"].rollback_grace = 0.0
+        server = ApiServer(app, config)
+        server.start()
+        base = f"http://127.0.0.1:{server.port}/api/projects/www"
+        codes: list[int] = []
+        lock = threading.Lock()
+        barrier = threading.Barrier(CALLS)
+
+        def call(n: int) -> None:
+            kind = ("deploy", "stop-production", "rollback-production")[n % 3]
+            body = {"toHash": first.productionHash} if kind == "rollback-production" else {}
+            barrier.wait()
+            with httpx.Client(timeout=120) as http:
+                response = http.post(f"{base}/{kind}", json=body)
+            with lock:
+                codes.append(response.status_code)
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(CALLS)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            server.stop()
+        assert all(code in (200, 400, 500) for code in codes), codes
+        # the file is the truth: whatever the last write left there is what runs
+        text = (env.desired / "www.yaml").read_text()
+        assert "# managed by the tests" in text, "every write kept the file's comments"
+        env.resync_and_wait("www")
+        stopped = "state: stopped" in text
+        if stopped:
+            env.wait_status("www", "stopped", timeout=60)
+            row = env.row("www")
+            assert row is not None and row.productionPort is None
+        else:
+            pinned = first.productionHash if f"version: {first.productionHash}" in text else None
+            row = wait_for(
+                lambda: (
+                    (r := env.row("www")) is not None
+                    and r.productionStatus == "running"
+                    and (pinned is None or r.productionHash == pinned)
+                    and env.db.open_deployment("www") is None
+                    and r
+                ),
+                120,
+                "converged on the last write",
+            )
+            assert get(f"http://127.0.0.1:{row.productionPort}/") in ("one", "two")
+        print(f"\nload: {CALLS} concurrent writes on one project: {sorted(set(codes))}; "
+              f"ended {'stopped' if stopped else 'running'} as the file says")  # fmt: skip
