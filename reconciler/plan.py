@@ -174,7 +174,10 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
         steps.append(StopInstances(others, final=False))
     if desired.mode != ServeMode.STATIC and observed.current != target:
         steps.append(RestoreCurrent(target))
-    if observed.active_hash != target or observed.status != Status.RUNNING:
+    moved = desired.mode == ServeMode.PORT and any(
+        i.key == serving and i.port != observed.port for i in live
+    )  # the instance that serves is not the one the status names (after a crash)
+    if observed.active_hash != target or observed.status != Status.RUNNING or moved:
         steps.append(Record(Status.RUNNING, target))
     return steps
 

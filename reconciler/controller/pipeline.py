@@ -43,6 +43,7 @@ from reconciler.plan import (
 )
 from reconciler.ports import PortAllocator
 from reconciler.releases import ReleaseStore
+from reconciler.runtimes.base import Instance, Runtime, wait_ready
 from reconciler.state import StateDB
 from reconciler.timeutil import utcnow
 
@@ -74,6 +75,7 @@ class Pipeline:
         )
         self.activator = activator
         self.site_url = config.site_url
+        self.probe_host = config.probe_host
 
     def execute(self, facts: Facts, steps: list[Step], cancel: threading.Event) -> Result:
         recorder = Recorder(self.db, facts.project_id, digest=facts.digest)
@@ -192,6 +194,8 @@ class Pipeline:
             return
         entry = run.find(step.hash) if run.mode != ServeMode.STATIC else None
         instance = entry[0] if entry is not None else None
+        if entry is not None and run.mode == ServeMode.PORT:
+            self._probe_unproven(run, *entry)
         row = run.facts.row
         if run.mode == ServeMode.PORT:
             assert instance is not None  # planned only for a live instance
@@ -214,6 +218,21 @@ class Pipeline:
         )
         if instance is not None:
             run.recorder.put_instance(instance, InstanceRole.ACTIVE)
+
+    def _probe_unproven(self, run: Run, instance: Instance, runtime: Runtime) -> None:
+        """An instance the status is about to name that never passed its health check (a
+        candidate adopted after a crash) is probed first."""
+        known = {r.key: r.role for r in self.db.instances(run.facts.project_id)}
+        if known.get(instance.key) == InstanceRole.ACTIVE or instance.port is None:
+            return
+        health = run.spec.health
+        wait_ready(
+            f"http://{self.probe_host}:{instance.port}{health.path}",
+            health,
+            alive=lambda: runtime.alive(instance),
+            why_dead=lambda: runtime.describe_exit(instance),
+            cancel=run.cancel,
+        )
 
     # -- shared pieces ---------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ def up(*hashes: str) -> tuple[ObservedInstance, ...]:
 
 RUNNING_A = ObservedView(
     status="running",
+    port=3000,
     active_hash=A,
     latest_hash=A,
     observed_generation=1,
@@ -57,6 +58,12 @@ def seen(**changes: object) -> ObservedView:
 CASES = [
     pytest.param(want(), ObservedView(), [Build(1)], id="new-project-builds"),
     pytest.param(want(), RUNNING_A, [], id="converged-noop"),
+    pytest.param(
+        want(),
+        seen(instances=(ObservedInstance(A, 3001),)),
+        [Record("running", A)],
+        id="serving-instance-is-not-the-one-the-status-names",
+    ),
     pytest.param(want(generation=2), RUNNING_A, [Build(2)], id="generation-bumped"),
     pytest.param(
         want(generation=0), seen(observed_generation=1), [Build(0)], id="generation-lowered-builds"
