@@ -21,8 +21,8 @@ install: $(STAMP) ## create .venv and install reconciler with its dev tools
 test: $(STAMP) ## run the whole test suite (installs first if needed)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-crash: $(STAMP) ## crash injection, full: 200 SIGKILLs over the process runtime (~15 min)
-	CRASH_RUNS=$${CRASH_RUNS:-200} $(BIN)/pytest -q -s tests/suites/test_crash_injection.py
+crash: $(STAMP) ## crash injection, full: 200 SIGKILLs over the process runtime, 50 over Docker (~25 min)
+	CRASH_RUNS=$${CRASH_RUNS:-200} CRASH_DOCKER_RUNS=$${CRASH_DOCKER_RUNS:-50} $(BIN)/pytest -q -s tests/suites/test_crash_injection.py
 
 hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 examples each
 	HOSTILE_EXAMPLES=$${HOSTILE_EXAMPLES:-500} $(BIN)/pytest -q -s tests/suites/test_hostile_input.py

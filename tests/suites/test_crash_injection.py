@@ -15,8 +15,10 @@ at a random instant. After a restart the project must converge, and then:
 - the status says what really is: running at a URL that answers with the expected page,
   or stopped with nothing listening on the old address.
 
-``make crash`` runs the full suite (CRASH_RUNS=200 over the process runtime, with
-CRASH_DOCKER_RUNS=50 over Docker); ``make test`` runs a bounded slice (CRASH_RUNS=8).
+Over Docker the instance is a container (a Created or exited one is a violation) built
+``FROM scratch`` with the static busybox. ``make crash`` runs the full suite (CRASH_RUNS=200
+over the process runtime, CRASH_DOCKER_RUNS=50 over Docker); ``make test`` runs a bounded
+slice (8 and 2).
 Figures are printed at the end of the session (runs, faults injected, violations).
 """
 
@@ -26,22 +28,27 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker
 import httpx
 import pytest
 
 from reconciler.kinds import EdgeMode
 from reconciler.releases import ReleaseStore, hash_dist
+from reconciler.runtimes.base import Instance
+from reconciler.runtimes.docker import DockerRuntime
 from reconciler.runtimes.process import ProcessRuntime, session_members
 from reconciler.spec import ProjectId
 from reconciler.state import StateDB
+from tests.docker.conftest import BUSYBOX, docker_client  # noqa: F401 - a fixture
 from tests.integration.harness import Env, environment, wait_for
 
 RUNS = int(os.environ.get("CRASH_RUNS", "8"))
-DOCKER_RUNS = int(os.environ.get("CRASH_DOCKER_RUNS", "0"))
+DOCKER_RUNS = int(os.environ.get("CRASH_DOCKER_RUNS", "2"))
 SEED = int(os.environ.get("CRASH_SEED", "20261128"))
 MOMENTS = ("build", "stage", "start", "probe", "switch", "stop", "prune", "random")
 CHANGES = ("deploy", "rollback", "settings", "stop")
@@ -63,6 +70,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+DOCKERFILE = """\
+FROM scratch
+COPY busybox /bin/busybox
+COPY page.html /app/dist/index.html
+EXPOSE 8080
+CMD ["/bin/busybox", "sh", "-c", "/bin/busybox mkdir -p /www && /bin/busybox cp /app/dist/index.html /www/ && printf /$GREETING >> /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"]
 """
 
 
@@ -98,9 +114,10 @@ class Case:
     dynamic: bool
     edge: EdgeMode
     delay: float
+    runtime: str = "process"
 
 
-def cases(count: int) -> list[Case]:
+def cases(count: int, runtime: str = "process") -> list[Case]:
     """Moments in turn; each with a change that reaches it (a build only in a deploy)."""
     rng = random.Random(SEED)
     reaches = {
@@ -123,9 +140,10 @@ def cases(count: int) -> list[Case]:
                 index,
                 moment,
                 change,
-                dynamic=dynamic,
+                dynamic=dynamic or runtime == "docker",  # a Docker site is an instance
                 edge=EdgeMode.ON if rng.random() < 0.4 else EdgeMode.OFF,
-                delay=rng.uniform(0.0, 1.5),
+                delay=rng.uniform(0.0, 1.5 if runtime == "process" else 4.0),
+                runtime=runtime,
             )
         )
     return found
@@ -134,8 +152,13 @@ def cases(count: int) -> list[Case]:
 def _desired(site: Path, case: Case, *, generation: int, version: str = "latest",
              state: str = "running", greeting: str = "one") -> str:  # fmt: skip
     text = (
-        f"source: {site}\nproduction:\n  state: {state}\n  version: {version}\n"
-        f"  generation: {generation}\nkeep: 2\nhealth:\n  timeout: 20\n  interval: 0.1\n"
+        f"source: {site}\nruntime: {case.runtime}\nproduction:\n  state: {state}\n"
+        f"  version: {version}\n  generation: {generation}\nkeep: 2\n"
+        "health:\n  timeout: 30\n  interval: 0.1\n"
+    )
+    if case.runtime == "docker":
+        return text + f"env:\n  GREETING: {greeting}\n"
+    text += (
         "build:\n  command: sleep 0.4; rm -rf dist; mkdir dist; cp page.html dist/index.html; "
         "cp server.py dist/\n"
     )
@@ -213,6 +236,33 @@ def _processes_under(root: Path) -> list[int]:
     return found
 
 
+def _containers(problems: list[str]) -> list[Instance]:
+    """The project's running containers; a Created or exited one is a problem."""
+    runtime = DockerRuntime()
+    try:
+        filters = {"label": ["reconciler.managed-by=reconciler", f"reconciler.project={P}"]}
+        for container in runtime.engine.client.containers.list(all=True, filters=filters):
+            if container.status != "running":
+                problems.append(f"container {container.name} is {container.status}")
+        return runtime.observe(P)
+    finally:
+        runtime.close()
+
+
+def _remove_docker_leftovers(prefix: str) -> None:
+    client = docker.from_env()
+    try:
+        filters = {"label": ["reconciler.managed-by=reconciler", f"reconciler.project={P}"]}
+        for container in client.containers.list(all=True, filters=filters):
+            container.remove(force=True)
+        for image in client.images.list():
+            for tag in image.tags:
+                if tag.startswith(f"{prefix}-"):
+                    client.images.remove(tag, force=True)
+    finally:
+        client.close()
+
+
 def check_invariants(env: Env, case: Case, site: Path) -> list[str]:
     problems: list[str] = []
     status, page = _expected(case)
@@ -228,17 +278,20 @@ def check_invariants(env: Env, case: Case, site: Path) -> list[str]:
             manifest = json.loads((store.project_dir(P) / current / "manifest.json").read_text())
             if hash_dist(store.project_dir(P) / current / "dist") != manifest["digest"]:
                 problems.append(f"current -> {current} is not the release its manifest says")
-        instances = ProcessRuntime(store).observe(P)
         serving = 1 if case.dynamic or case.edge == EdgeMode.OFF else 0
         want = 0 if status == "stopped" else serving
+        if case.runtime == "docker":
+            instances = _containers(problems)
+        else:
+            instances = ProcessRuntime(store).observe(P)
+            ours = {m for i in instances if i.pid for m in session_members(i.pid, i.pid_start)}
+            stray = set(_processes_under(env.data / "production" / P)) - ours
+            if stray:
+                problems.append(f"processes run from the releases beside the instances: {stray}")
+            if _processes_under(site):
+                problems.append("a build of the project still runs")
         if len(instances) != want:
             problems.append(f"{len(instances)} instance(s) for a {status} project, want {want}")
-        ours = {m for i in instances if i.pid for m in session_members(i.pid, i.pid_start)}
-        stray = set(_processes_under(env.data / "production" / P)) - ours
-        if stray:
-            problems.append(f"processes run from the releases beside the instances: {stray}")
-        if _processes_under(site):
-            problems.append("a build of the project still runs")
         if any(p.name.startswith(".staging-") for p in store.project_dir(P).iterdir()):
             problems.append("a staging dir is left")
         held = {i.port for i in instances if i.port is not None}
@@ -274,46 +327,72 @@ def serves(env: Env, status: str, page: str | None) -> bool:
         return False
 
 
-def run_case(tmp_path: Path, case: Case, runtime: str = "process") -> list[str]:
+def run_case(tmp_path: Path, case: Case) -> list[str]:
     site = tmp_path / "site"
     site.mkdir(parents=True)
     (site / "page.html").write_text("v1")
     (site / "server.py").write_text(SERVER)
-    with environment(tmp_path, edge=case.edge, runtime=runtime) as env:
-        env.spawn()
-        env.write(P, _desired(site, case, generation=1))
-        wait_for(lambda: serves(env, "running", _page(case, "v1")), 60, "v1 serves")
-        first = str(env.db.project(P).productionHash)  # type: ignore[union-attr]
-        (site / "page.html").write_text("v2")
-        env.write(P, _desired(site, case, generation=2))
-        wait_for(lambda: serves(env, "running", _page(case, "v2")), 60, "v2 serves")
-        serving = str(env.db.project(P).productionHash)  # type: ignore[union-attr]
-        production = env.data / "production" / P
-        before = {p.name for p in production.iterdir() if len(p.name) == 8}
-        _change(env, site, case, first)
-        if case.moment == "random":
-            time.sleep(case.delay)
-        else:  # a moment the change never reaches (a rollback builds nothing): kill at 5 s
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and not _kill_point(env, case, before, serving):
-                time.sleep(0.002)
-        env.kill9()
-        TALLY.faults += 1
-        env.spawn()
-        status, page = _expected(case)
+    if case.runtime == "docker":
+        assert BUSYBOX is not None
+        shutil.copy(BUSYBOX, site / "busybox")
+        (site / "Dockerfile").write_text(DOCKERFILE)
+    with environment(tmp_path, edge=case.edge, runtime=case.runtime) as env:
         try:
-            wait_for(lambda: serves(env, status, page), 60, f"{case} converges")
-        except AssertionError as exc:
-            return [str(exc), *check_invariants(env, case, site)]
-        # a replaced instance drains and stops in the background (--drain, --stop-grace)
-        with contextlib.suppress(AssertionError):
-            wait_for(lambda: not check_invariants(env, case, site), 15, "invariants hold")
-        return check_invariants(env, case, site)
+            return _run(env, site, case)
+        finally:
+            if case.runtime == "docker":
+                env.cleanup()
+                _remove_docker_leftovers(env.config().docker_prefix)
+
+
+def _run(env: Env, site: Path, case: Case) -> list[str]:
+    env.spawn()
+    env.write(P, _desired(site, case, generation=1))
+    wait_for(lambda: serves(env, "running", _page(case, "v1")), 60, "v1 serves")
+    first = str(env.db.project(P).productionHash)  # type: ignore[union-attr]
+    (site / "page.html").write_text("v2")
+    env.write(P, _desired(site, case, generation=2))
+    wait_for(lambda: serves(env, "running", _page(case, "v2")), 60, "v2 serves")
+    serving = str(env.db.project(P).productionHash)  # type: ignore[union-attr]
+    production = env.data / "production" / P
+    before = {p.name for p in production.iterdir() if len(p.name) == 8}
+    _change(env, site, case, first)
+    if case.moment == "random":
+        time.sleep(case.delay)
+    else:  # a moment the change never reaches (a rollback builds nothing): kill at 5 s
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _kill_point(env, case, before, serving):
+            time.sleep(0.002)
+    env.kill9()
+    TALLY.faults += 1
+    env.spawn()
+    status, page = _expected(case)
+    try:
+        wait_for(lambda: serves(env, status, page), 60, f"{case} converges")
+    except AssertionError as exc:
+        return [str(exc), *check_invariants(env, case, site)]
+    # a replaced instance drains and stops in the background (--drain, --stop-grace)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not check_invariants(env, case, site), 15, "invariants hold")
+    return check_invariants(env, case, site)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", cases(RUNS), ids=lambda c: f"{c.index}-{c.moment}-{c.change}")
 def test_sigkill_at_any_moment_keeps_every_invariant(tmp_path: Path, case: Case) -> None:
+    problems = run_case(tmp_path, case)
+    TALLY.runs += 1
+    TALLY.violations.extend(f"{case}: {p}" for p in problems)
+    assert problems == []
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "case", cases(DOCKER_RUNS, "docker"), ids=lambda c: f"docker-{c.index}-{c.moment}-{c.change}"
+)
+@pytest.mark.usefixtures("docker_client")
+def test_sigkill_at_any_moment_over_docker(tmp_path: Path, case: Case) -> None:
     problems = run_case(tmp_path, case)
     TALLY.runs += 1
     TALLY.violations.extend(f"{case}: {p}" for p in problems)

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import schemathesis
 import yaml
@@ -55,7 +56,7 @@ schema = schemathesis.openapi.from_wsgi("/openapi.json", _app(_ROOT))
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_the_api_never_answers_5xx_and_keeps_to_its_document(case: schemathesis.Case) -> None:
+def test_the_api_never_answers_5xx_and_keeps_to_its_document(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate()
 
 
