@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format check run install-systemd clean crash hostile load reliability
+.PHONY: help install test lint format check run install-systemd clean crash hostile load faults reliability
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,7 +30,10 @@ hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 e
 load: $(STAMP) ## load, full: 50 projects at once, 200 API clients for 30 s, 100 concurrent writes
 	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 $(BIN)/pytest -q -s tests/suites/test_load.py
 
-reliability: crash hostile load ## every reliability suite at full size (see RELIABILITY.md)
+faults: $(STAMP) ## engine faults: a full disk while staging, dockerd stopped and started (restarts it!)
+	ENGINE_FAULTS=1 $(BIN)/pytest -q -s tests/suites/test_engine_faults.py
+
+reliability: crash hostile load faults ## every reliability suite at full size (see RELIABILITY.md)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, the import layering contracts
 	$(BIN)/ruff check .
