@@ -214,14 +214,20 @@ class _TreeHasher:
                 out = open(dest / rel, "xb")  # noqa: SIM115 - closed below
             try:
                 copied = 0
+                zeros = bytes(CHUNK)
                 while chunk := src.read(CHUNK):
                     copied += len(chunk)
                     self.sha.update(chunk)
-                    if out is not None:
+                    if out is None:
+                        continue
+                    if chunk == zeros[: len(chunk)]:
+                        out.seek(len(chunk), os.SEEK_CUR)  # a hole stays a hole
+                    else:
                         out.write(chunk)
                 if copied != st.st_size:
                     raise ReleaseError(f"dist/{rel} changed size while it was read")
                 if out is not None:
+                    out.truncate(copied)  # a file that ends in a hole keeps its size
                     out.flush()
                     os.fchmod(out.fileno(), 0o755 if executable else 0o644)
                     os.fsync(out.fileno())

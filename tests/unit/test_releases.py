@@ -278,3 +278,22 @@ def test_a_current_replaced_by_a_directory_is_restored(tmp_path: Path) -> None:
     store.switch(P, a.hash)
     assert os.readlink(current) == a.hash and store.current(P) == a.hash
     assert not [p for p in store.project_dir(P).iterdir() if p.name.startswith(".trash-")]
+
+
+def test_a_sparse_file_stays_sparse_in_the_release(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    with open(dist / "disk.img", "wb") as fh:
+        fh.write(b"head")
+        fh.seek(256 * 1024 * 1024)
+        fh.write(b"tail")
+    store = ReleaseStore(tmp_path / "production")
+    release = store.commit(store.begin(P), dist=dist)
+    copy = release.dist / "disk.img"
+    assert copy.stat().st_size == (dist / "disk.img").stat().st_size
+    assert copy.stat().st_blocks * 512 < 16 * 1024 * 1024, "holes kept, not 256 MiB of zeros"
+    with open(copy, "rb") as fh:
+        assert fh.read(4) == b"head"
+        fh.seek(256 * 1024 * 1024)
+        assert fh.read() == b"tail"
+    assert hash_dist(release.dist) == release.digest
