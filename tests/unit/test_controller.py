@@ -375,3 +375,20 @@ def test_a_build_is_refused_early_when_the_disk_is_nearly_full(world: World) -> 
     row = world.db.project(P)
     assert row is not None and row.productionStatus == Status.ERROR
     assert world.db.open_deployment(P) is None
+
+
+def test_a_stopped_status_carries_no_old_error(world: World) -> None:
+    world.runtime.fail_build = BuildFailed("Build failed: exit 1")
+    world.write("one")
+    assert isinstance(world.controller.reconcile(P), Permanent)
+    assert world.db.project(P).productionError  # type: ignore[union-attr]
+    world.write("one", state="stopped")
+    assert world.controller.reconcile(P) == Done()
+    row = world.db.project(P)
+    assert row is not None and row.productionStatus == Status.STOPPED
+    assert (row.productionError, row.productionUrl) == (None, None)
+    from reconciler.client import LocalClient
+
+    client = LocalClient(world.root / "desired", world.root / "data")
+    assert client.status("www")["error"] is None
+    client.close()
