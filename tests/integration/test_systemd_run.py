@@ -20,7 +20,7 @@ import pytest
 
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import wait_ready
-from reconciler.runtimes.process import ProcessRuntime
+from reconciler.runtimes.process import ProcessRuntime, instance_mark
 from reconciler.runtimes.systemd import spawn_transient_unit
 from reconciler.spec import Health, ProjectId, ProjectSpec
 from tests.conftest import free_port
@@ -93,9 +93,16 @@ def test_sites_start_as_transient_units(tmp_path: Path, fake_systemd: Path) -> N
                      f"--property=StandardOutput=append:{release.logs / 'app.log'}", "--property=KillMode=control-group",
                      "--property=NoNewPrivileges=yes", f"--setenv=PORT={port}", "--setenv=GREETING=hi"):  # fmt: skip
             assert flag in argv
-        assert not any(
-            a.startswith(("--setenv=NOTIFY_SOCKET", "--setenv=RECONCILER_")) for a in argv
-        )
+        # none of the daemon's own settings (its token) reach a site; only its instance mark
+        private = [
+            a
+            for a in argv
+            if a.startswith(("--setenv=NOTIFY_SOCKET", "--setenv=RECONCILER_"))
+            and not a.startswith("--setenv=RECONCILER_INSTANCE=")
+        ]
+        assert private == []
+        mark = instance_mark(store, "www", release.hash, "c0ffee00")
+        assert f"--setenv=RECONCILER_INSTANCE={mark}" in argv
         assert [i.pid for i in ProcessRuntime(store).observe(ProjectId("www"))] == [instance.pid]
     finally:
         runtime.stop(instance, timeout=3)
