@@ -21,7 +21,7 @@ import pytest
 from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer
 from tests.conftest import PYTHON, REPO, free_port
-from tests.integration.harness import desired_yaml, environment, get, wait_for
+from tests.integration.harness import desired_yaml, environment, get, make_site, wait_for
 
 PROJECTS = int(os.environ.get("LOAD_PROJECTS", "10"))
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "20"))
@@ -35,9 +35,7 @@ def test_many_projects_deploying_at_once_all_serve(tmp_path: Path) -> None:
         env.start()
         started = time.monotonic()
         for n in range(PROJECTS):
-            site = tmp_path / f"site{n}"
-            (site / "dist").mkdir(parents=True)
-            (site / "dist" / "index.html").write_text(f"site {n}")
+            site = make_site(tmp_path / f"site{n}", f"site {n}")
             env.write(f"p{n}", desired_yaml(site))
         for n in range(PROJECTS):
             env.wait_serving(f"p{n}", f"site {n}", timeout=240)
@@ -51,9 +49,7 @@ def test_many_projects_deploying_at_once_all_serve(tmp_path: Path) -> None:
 def test_many_api_clients_at_once_get_no_errors(tmp_path: Path) -> None:
     with environment(tmp_path) as env:
         env.start()
-        site = tmp_path / "site"
-        (site / "dist").mkdir(parents=True)
-        (site / "dist" / "index.html").write_text("busy")
+        site = make_site(tmp_path / "site", "busy")
         env.write("www", desired_yaml(site))
         env.wait_serving("www", "busy")
         env.stop()  # the sites keep serving; the API runs alone, in its own process
@@ -115,9 +111,7 @@ def test_many_api_clients_at_once_get_no_errors(tmp_path: Path) -> None:
 def test_a_storm_of_writes_ends_consistent_with_the_last_desired_write(tmp_path: Path) -> None:
     with environment(tmp_path) as env:
         env.start()
-        site = tmp_path / "site"
-        (site / "dist").mkdir(parents=True)
-        (site / "dist" / "index.html").write_text("one")
+        site = make_site(tmp_path / "site", "one")
         env.write("www", desired_yaml(site))
         first = env.wait_serving("www", "one")
         (site / "dist" / "index.html").write_text("two")
