@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -192,3 +194,47 @@ def test_a_build_left_by_a_killed_daemon_is_stopped_at_startup(tmp_path: Path) -
         env.write("www", desired_yaml(site, state="stopped", extra=build))
         env.wait_status("www", "stopped")
         wait_for(lambda: not _ours(marker), 10, "the cancelled build stopped")
+
+
+def test_a_restored_older_backup_of_the_state_database_keeps_serving(tmp_path: Path) -> None:
+    """The README's backup advice: a state.db backed up at v1 and restored after v2 went
+    live is reconciled against what runs: v2 keeps serving throughout."""
+    site = app_site(tmp_path / "app")
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("app", app_yaml(site, "one"))
+        env.wait_serving("app", "one")
+        backup = tmp_path / "backup.db"
+        source = sqlite3.connect(env.data / "state.db")
+        target = sqlite3.connect(backup)
+        source.backup(target)  # what `sqlite3 state.db ".backup backup.db"` does
+        source.close()
+        target.close()
+        env.write("app", app_yaml(site, "two", generation=2))
+        row = env.wait_serving("app", "two")
+        env.stop()
+        env.db.close()
+        env._db = None
+        for suffix in ("-wal", "-shm"):
+            (env.data / f"state.db{suffix}").unlink(missing_ok=True)
+        shutil.copy(backup, env.data / "state.db")
+        failures: list[float] = []
+        done = threading.Event()
+
+        def probe() -> None:
+            while not done.is_set():
+                if not _listening(int(row.productionPort or 0)):
+                    failures.append(time.monotonic())
+                time.sleep(0.01)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        try:
+            env.start()
+            again = env.wait_serving("app", "two", timeout=60)
+        finally:
+            done.set()
+            prober.join()
+        assert failures == []
+        assert again.productionHash == row.productionHash
+        wait_for(lambda: len(env.instances("app")) == 1, 20, "one instance")
