@@ -255,3 +255,20 @@ def test_unreachable_engine_is_transient(tmp_path: Path) -> None:
     with pytest.raises(TransientError, match="Docker engine unreachable"):
         runtime.observe(P)
     runtime.close()
+
+
+def test_a_stopped_or_never_started_container_of_ours_is_removed_on_observe(
+    tmp_path: Path, docker_runtime: DockerRuntime, docker_client: docker.DockerClient
+) -> None:
+    """A daemon killed between stopping a container and removing it (or between creating
+    and starting one) leaves it behind; the next observation removes it."""
+    store = ReleaseStore(tmp_path / "production")
+    release = build_release(docker_runtime, store, make_project(tmp_path / "src"), spec())
+    inst = docker_runtime.start(release, spec(), port=free_port(), config="c0ffee00")
+    name = container_name("dsite", release.hash, "c0ffee00")
+    docker_client.containers.get(name).stop(timeout=1)
+    assert docker_client.containers.get(name).status == "exited"
+    assert docker_runtime.observe(P) == []
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(name)
+    assert inst.container_id is not None

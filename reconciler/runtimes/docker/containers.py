@@ -153,12 +153,17 @@ def stop_container(engine: Engine, instance: Instance, *, timeout: float) -> Non
                 container.kill()  # no grace: it is out of routing and its port is needed
             else:
                 container.stop(timeout=max(1, round(timeout)))
-        with contextlib.suppress(docker.errors.NotFound):
+        with contextlib.suppress(docker.errors.APIError):  # a leftover is removed later
             container.remove(force=True)
 
 
+LEFTOVER_STATES = ("created", "exited", "dead")  # never started, or stopped by us
+
+
 def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
-    """Every running container of the project that carries our labels."""
+    """Every running container of the project that carries our labels. Our containers that
+    were created but never started, or stopped but not removed (a daemon killed between the
+    two), are removed on the way: an unless-stopped container is only ever stopped by us."""
     with engine_calls():
         containers = engine.client.containers.list(
             all=True,
@@ -169,6 +174,13 @@ def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
         labels = container.labels or {}
         version = labels.get(LABEL_HASH, "")
         if not owned(container, project_id) or not is_hash8(version):
+            continue
+        if container.status in LEFTOVER_STATES:
+            logger.info(
+                "%s: removing %s container %s", project_id, container.status, container.name
+            )
+            with engine_calls(), contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)  # (already going: someone else removes it)
             continue
         if container.status != "running":
             continue
