@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from reconciler.errors import ReleaseError
-from reconciler.fileio import atomic_write, fsync_dir
+from reconciler.fileio import atomic_write, fsync_dir, sync_filesystem
 from reconciler.spec import ProjectId, is_hash8
 from reconciler.timeutil import utcnow
 
@@ -230,7 +230,6 @@ class _TreeHasher:
                     out.truncate(copied)  # a file that ends in a hole keeps its size
                     out.flush()
                     os.fchmod(out.fileno(), 0o755 if executable else 0o644)
-                    os.fsync(out.fileno())
             finally:
                 if out is not None:
                     out.close()
@@ -242,7 +241,21 @@ def hash_dist(dist: Path, limits: Limits = Limits(), skip_top: Iterable[str] = (
 
 
 def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, _files in os.walk(root):
+    """Make everything written below ``root`` durable before it is renamed into place: one
+    ``syncfs`` of its filesystem, or (where that is not available) an fsync of every file
+    and directory."""
+    if sync_filesystem(root):
+        return
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue  # a link's entry is made durable with its directory
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         fsync_dir(Path(dirpath))
 
 
