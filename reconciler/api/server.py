@@ -9,6 +9,7 @@ Threads exceed the stream cap, so open streams never take every thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -92,6 +93,11 @@ class ApiServer:
             for channel in list(self.server._map.values()):
                 channel.close()
 
-        self.server.trigger.pull_trigger(close_all)
+        try:
+            self.server.trigger.pull_trigger(close_all)
+        except OSError:  # the loop ended on its own meanwhile and closed its trigger
+            self.thread.join(5)
+            with contextlib.suppress(Exception):
+                self.server.close()
         self.thread.join(5)
         self.server.task_dispatcher.shutdown(timeout=5)
