@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,27 @@ def _listening(port: int) -> bool:
     except httpx.HTTPError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def outages(port: int) -> Iterator[list[float]]:
+    """Probe ``port`` every 10 ms while the block runs; yields the moments it did not answer."""
+    failures: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            if not _listening(port):
+                failures.append(time.monotonic())
+            time.sleep(0.01)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        yield failures
+    finally:
+        done.set()
+        prober.join()
 
 
 def _ours(marker: str) -> list[int]:
@@ -91,24 +114,10 @@ def test_a_lost_state_database_is_rebuilt_from_disk_without_an_outage(
         env._db = None  # the test's own connection must not keep the lost file alive
         for suffix in ("", "-wal", "-shm"):
             (env.data / f"state.db{suffix}").unlink(missing_ok=True)
-        failures: list[float] = []
-        done = threading.Event()
-
-        def probe() -> None:
-            while not done.is_set():
-                if not _listening(int(row.productionPort or 0)):
-                    failures.append(time.monotonic())
-                time.sleep(0.01)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
-        try:
+        with outages(int(row.productionPort or 0)) as failures:
             env.start()
             env.resync_and_wait("app")
             env.resync_and_wait("app")
-        finally:
-            done.set()
-            prober.join()
         again = env.wait_serving("app", "kept")
         assert again.productionHash == row.productionHash
         assert again.productionPort == row.productionPort, "the same address"
@@ -131,18 +140,7 @@ def test_a_torn_write_never_stops_a_running_site(tmp_path: Path) -> None:
         env.write("www", desired_yaml(site))
         row = env.wait_serving("www", "up")
         port = int(row.productionPort or 0)
-        failures: list[float] = []
-        done = threading.Event()
-
-        def probe() -> None:
-            while not done.is_set():
-                if not _listening(port):
-                    failures.append(time.monotonic())
-                time.sleep(0.01)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
-        try:
+        with outages(port) as failures:
             path = env.desired / "www.yaml"
             full = desired_yaml(site)
             with open(path, "w") as fh:  # written in place, in two chunks
@@ -156,9 +154,6 @@ def test_a_torn_write_never_stops_a_running_site(tmp_path: Path) -> None:
             env.resync_and_wait("www")
             time.sleep(1.5)
             env.resync_and_wait("www")
-        finally:
-            done.set()
-            prober.join()
         assert failures == []
         assert env.status("www") == "running"
         from reconciler.client import LocalClient
@@ -218,23 +213,9 @@ def test_a_restored_older_backup_of_the_state_database_keeps_serving(tmp_path: P
         for suffix in ("-wal", "-shm"):
             (env.data / f"state.db{suffix}").unlink(missing_ok=True)
         shutil.copy(backup, env.data / "state.db")
-        failures: list[float] = []
-        done = threading.Event()
-
-        def probe() -> None:
-            while not done.is_set():
-                if not _listening(int(row.productionPort or 0)):
-                    failures.append(time.monotonic())
-                time.sleep(0.01)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
-        try:
+        with outages(int(row.productionPort or 0)) as failures:
             env.start()
             again = env.wait_serving("app", "two", timeout=60)
-        finally:
-            done.set()
-            prober.join()
         assert failures == []
         assert again.productionHash == row.productionHash
         wait_for(lambda: len(env.instances("app")) == 1, 20, "one instance")
