@@ -65,6 +65,9 @@ class ApiServer:
             channel_timeout=IDLE_TIMEOUT,
             cleanup_interval=5,
             connection_limit=CONNECTION_LIMIT,
+            # poll(), not select(): select() fails on descriptors past 1024 and would end the
+            # server's loop (seen once: the API stopped answering in a long-lived process)
+            asyncore_use_poll=True,
             ident="reconciler",
             clear_untrusted_proxy_headers=True,
         )
