@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 import threading
 import time
@@ -775,3 +776,21 @@ def test_openapi_describes_the_event_stream(client: FlaskClient) -> None:
     assert header["schema"]["pattern"] == "^[0-9]{1,18}$"
     stream = get["responses"]["200"]["content"]["text/event-stream"]
     assert "stream.end" in stream["x-events"] and stream["schema"]["pattern"]
+
+
+def test_the_api_serves_when_its_sockets_are_past_descriptor_1024(
+    app: Flask, config: Config
+) -> None:
+    """select() cannot watch a descriptor past 1024: in a long-lived process with many open
+    files the server's loop died and the API stopped answering. It polls instead."""
+    held = [os.pipe() for _ in range(600)]
+    server = ApiServer(app, dataclasses.replace(config, listen_port=0))
+    server.start()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=5).status_code == 200
+        assert server.alive()
+    finally:
+        server.stop()
+        for read, write in held:
+            os.close(read)
+            os.close(write)
