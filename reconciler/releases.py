@@ -29,10 +29,12 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,8 @@ ACTIVATIONS = "activations.json"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 CHUNK = 1 << 20
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,17 @@ def _walk(
 class _TreeHasher:
     """Walk a dist tree once: validate, hash and (optionally) copy it."""
 
-    def __init__(self, root: Path, limits: Limits, skip_top: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        limits: Limits,
+        skip_top: frozenset[str] = frozenset(),
+        base: Path | None = None,
+    ) -> None:
         self.root = root
+        self.base = base  # a kept release's dist: files with the same bytes are linked from it
+        self.linked = 0
+        self.written = 0
         self.skip_top = skip_top
         self.root_real = os.path.realpath(root)
         self.limits = limits
@@ -209,30 +222,107 @@ class _TreeHasher:
                 raise ReleaseError(f"dist/{rel} changed while it was read")
             self.sha.update(b"f\0" + name + b"\0" + (b"x" if executable else b"-"))
             self.sha.update(str(st.st_size).encode() + b"\0")
-            out: BinaryIO | None = None
-            if dest is not None:
-                out = open(dest / rel, "xb")  # noqa: SIM115 - closed below
-            try:
+            if dest is None:
                 copied = 0
-                zeros = bytes(CHUNK)
                 while chunk := src.read(CHUNK):
                     copied += len(chunk)
                     self.sha.update(chunk)
-                    if out is None:
+            else:
+                copied = self._copy(src, st.st_size, rel, executable, dest / rel)
+            if copied != st.st_size:
+                raise ReleaseError(f"dist/{rel} changed size while it was read")
+
+    def _copy(self, src: BinaryIO, size: int, rel: str, executable: bool, target: Path) -> int:
+        """Hash ``src`` into ``target``: a hard link to the base release's file when that one
+        has the same bytes and mode (releases are immutable, so sharing is safe), else a copy
+        that keeps holes. Returns the bytes read."""
+        base = self._base_file(rel, size, executable)
+        base_path = self.base / rel if self.base is not None else target
+        out: BinaryIO | None = None
+        copied = 0
+        try:
+            while chunk := src.read(CHUNK):
+                self.sha.update(chunk)
+                if base is not None:
+                    if base.read(len(chunk)) == chunk:
+                        copied += len(chunk)
                         continue
-                    if chunk == zeros[: len(chunk)]:
-                        out.seek(len(chunk), os.SEEK_CUR)  # a hole stays a hole
-                    else:
-                        out.write(chunk)
-                if copied != st.st_size:
-                    raise ReleaseError(f"dist/{rel} changed size while it was read")
-                if out is not None:
-                    out.truncate(copied)  # a file that ends in a hole keeps its size
-                    out.flush()
-                    os.fchmod(out.fileno(), 0o755 if executable else 0o644)
-            finally:
-                if out is not None:
-                    out.close()
+                    base.close()
+                    base = None
+                    out = open(target, "xb")  # noqa: SIM115 - closed below
+                    self._copy_prefix(src.fileno(), out, copied)
+                if out is None:
+                    out = open(target, "xb")  # noqa: SIM115 - closed below
+                _write_keeping_holes(out, chunk)
+                copied += len(chunk)
+            if base is not None:  # every byte read so far matched the base's
+                if copied == size and not base.read(1) and self._link(base_path, target):
+                    return copied
+                out = open(target, "xb")  # noqa: SIM115 - closed below
+                self._copy_prefix(src.fileno(), out, copied)
+            if out is None:
+                out = open(target, "xb")  # noqa: SIM115 - closed below (an empty file)
+            out.truncate(copied)  # a file that ends in a hole keeps its size
+            out.flush()
+            os.fchmod(out.fileno(), 0o755 if executable else 0o644)
+            self.written += 1
+            return copied
+        finally:
+            if base is not None:
+                base.close()
+            if out is not None:
+                out.close()
+
+    def _base_file(self, rel: str, size: int, executable: bool) -> BinaryIO | None:
+        """The base release's file at ``rel`` when it could hold the same bytes: a regular
+        file (never a link), the same size and the same executable bit."""
+        if self.base is None:
+            return None
+        try:
+            fd = os.open(
+                self.base / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_size != size
+            or bool(st.st_mode & stat.S_IXUSR) != executable
+            or size == 0
+        ):
+            os.close(fd)
+            return None
+        return open(fd, "rb", closefd=True)
+
+    def _link(self, base: Path, target: Path) -> bool:
+        try:
+            os.link(base, target, follow_symlinks=False)
+        except OSError:  # too many links, another filesystem, not allowed: copy instead
+            return False
+        self.linked += 1
+        return True
+
+    @staticmethod
+    def _copy_prefix(src_fd: int, out: BinaryIO, length: int) -> None:
+        """Copy the first ``length`` bytes of ``src_fd`` (read already, so from the cache)."""
+        offset = 0
+        while offset < length:
+            chunk = os.pread(src_fd, min(CHUNK, length - offset), offset)
+            if not chunk:
+                raise ReleaseError("a dist file shrank while it was read")
+            _write_keeping_holes(out, chunk)
+            offset += len(chunk)
+
+
+_ZEROS = bytes(CHUNK)
+
+
+def _write_keeping_holes(out: BinaryIO, chunk: bytes) -> None:
+    if chunk == _ZEROS[: len(chunk)]:
+        out.seek(len(chunk), os.SEEK_CUR)  # a hole stays a hole
+    else:
+        out.write(chunk)
 
 
 def hash_dist(dist: Path, limits: Limits = Limits(), skip_top: Iterable[str] = ()) -> str:
@@ -340,8 +430,11 @@ class ReleaseStore:
         The same content again reuses the existing release (its logs get the new build log).
         """
         try:
-            hasher = _TreeHasher(Path(dist), self.limits, frozenset(dist_exclude))
+            base = self._link_base(staging.project_id)
+            started = time.monotonic()
+            hasher = _TreeHasher(Path(dist), self.limits, frozenset(dist_exclude), base)
             digest = hasher.run_into(staging.path / "dist")
+            copied = time.monotonic()
             version = digest[:8]
             created = utcnow()
             manifest = {
@@ -353,6 +446,13 @@ class ReleaseStore:
             }
             atomic_write(staging.path / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
             _fsync_tree(staging.path)
+            logger.info(
+                "%s: staged %s: %d files, %.1f MB, %d linked from %s; copy+hash %.3f s, "
+                "sync %.3f s",
+                staging.project_id, version, hasher.files, hasher.bytes / 1e6, hasher.linked,
+                base.parent.name if base else "no earlier release", copied - started,
+                time.monotonic() - copied,
+            )  # fmt: skip
             final = self.project_dir(staging.project_id) / version
             try:
                 os.rename(staging.path, final)
@@ -365,6 +465,15 @@ class ReleaseStore:
         except BaseException:
             self.abort(staging)
             raise
+
+    def _link_base(self, project_id: ProjectId) -> Path | None:
+        """The dist a new release shares unchanged files with: the one ``current`` points
+        at, else the newest kept release."""
+        version = self.current(project_id)
+        if version is None:
+            kept = self.versions(project_id)
+            version = kept[0].hash if kept else None
+        return self.project_dir(project_id) / version / "dist" if version else None
 
     def _reuse(self, staging: Staging, final: Path, digest: str) -> Release:
         existing = self._manifest(final)

@@ -297,3 +297,61 @@ def test_a_sparse_file_stays_sparse_in_the_release(tmp_path: Path) -> None:
         fh.seek(256 * 1024 * 1024)
         assert fh.read() == b"tail"
     assert hash_dist(release.dist) == release.digest
+
+
+def test_unchanged_files_are_hard_links_to_the_current_release(tmp_path: Path) -> None:
+    """A new release shares every file whose bytes and mode did not change with the release
+    ``current`` points at; a changed file (even one of the same size, or changing only past
+    the first chunk, or only its executable bit) is a copy of its own."""
+    dist = tmp_path / "dist"
+    (dist / "sub").mkdir(parents=True)
+    (dist / "same.txt").write_text("unchanged")
+    (dist / "sub" / "same.bin").write_bytes(b"x" * 3_000_000)
+    (dist / "same-size.txt").write_text("aaaa")
+    (dist / "tail.bin").write_bytes(b"y" * 2_500_000)
+    (dist / "mode.sh").write_text("echo hi")
+    (dist / "empty").write_bytes(b"")
+    store = ReleaseStore(tmp_path / "production")
+    first = store.commit(store.begin(P), dist=dist)
+    store.switch(P, first.hash)
+
+    (dist / "same-size.txt").write_text("bbbb")
+    (dist / "tail.bin").write_bytes(b"y" * 2_000_000 + b"z" * 500_000)  # differs in chunk 2
+    (dist / "mode.sh").chmod(0o755)
+    second = store.commit(store.begin(P), dist=dist)
+
+    def inode(release, rel):  # type: ignore[no-untyped-def]
+        return (release.dist / rel).stat().st_ino
+
+    assert inode(second, "same.txt") == inode(first, "same.txt")
+    assert inode(second, "sub/same.bin") == inode(first, "sub/same.bin")
+    for rel in ("same-size.txt", "tail.bin", "mode.sh", "empty"):
+        assert inode(second, rel) != inode(first, rel), rel
+    assert (second.dist / "same-size.txt").read_text() == "bbbb"
+    assert (first.dist / "same-size.txt").read_text() == "aaaa"
+    assert (second.dist / "tail.bin").read_bytes() == b"y" * 2_000_000 + b"z" * 500_000
+    assert (first.dist / "tail.bin").read_bytes() == b"y" * 2_500_000
+    assert os.access(second.dist / "mode.sh", os.X_OK)
+    assert not os.access(first.dist / "mode.sh", os.X_OK)
+    assert hash_dist(second.dist) == second.digest
+    assert hash_dist(first.dist) == first.digest
+
+
+def test_a_link_never_leaves_the_base_release_through_a_symlink(tmp_path: Path) -> None:
+    """A base release whose file was replaced by a symlink (outside tampering) is not
+    followed: the new release gets a copy of the source's bytes."""
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "page.html").write_text("page")
+    store = ReleaseStore(tmp_path / "production")
+    first = store.commit(store.begin(P), dist=dist)
+    store.switch(P, first.hash)
+    outside = tmp_path / "outside.html"
+    outside.write_text("page")
+    (first.dist / "page.html").unlink()
+    (first.dist / "page.html").symlink_to(outside)
+    (dist / "other.html").write_text("new")
+    second = store.commit(store.begin(P), dist=dist)
+    copy = second.dist / "page.html"
+    assert not copy.is_symlink() and copy.stat().st_ino != outside.stat().st_ino
+    assert copy.read_text() == "page"
