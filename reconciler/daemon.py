@@ -348,6 +348,12 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_resync)
+
+    def request_resync(self, *_args: object) -> None:
+        """SIGHUP (``systemctl reload reconciler``): queue every project now."""
+        logger.info("SIGHUP: a full resync")
+        threading.Thread(target=self.resync, name="sighup-resync", daemon=True).start()
 
     def run(self, *, listening: Callable[[], bool] = lambda: True) -> int:
         """Start, speak to systemd, wait for a stop request, shut down. Returns the exit code."""

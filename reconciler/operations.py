@@ -26,6 +26,7 @@ from reconciler.kinds import (
     RuntimeName,
     Status,
 )
+from reconciler.readcache import Listing, ReadCache
 from reconciler.releases import ReleaseStore
 from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, is_hash8
 from reconciler.state import StateDB
@@ -88,9 +89,17 @@ class Operations:
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
     reader: Reader = field(init=False)
+    cache: ReadCache[tuple[ProductionStatus, ProjectSummary | None]] = field(init=False)
+    _listing: tuple[object, bytes] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.reader = Reader(self.db, self.desired, self.releases, self.edge, self.default_runtime)
+        self.cache = ReadCache(
+            self.db,
+            self.desired.directory,
+            self._read,
+            shared=lambda: (self.reader.edge_mode(), self.reader.runtime()),
+        )
 
     # -- lookups ---------------------------------------------------------------------------
 
@@ -112,36 +121,51 @@ class Operations:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def status(self, pid: ProjectId) -> ProductionStatus:
+    def _read(
+        self, pid: ProjectId
+    ) -> tuple[tuple[ProductionStatus, ProjectSummary | None], float | None]:
+        """A project's status and list entry, read from the stores (see ``readcache``)."""
+        desired = self.desired.read(pid)
         status = self.reader.snapshot(pid).status()
         if status.error:
             status = status.model_copy(update={"error": self.relative(status.error)})
-        return status
+        summary = None
+        if desired is not None:
+            summary = ProjectSummary(
+                id=pid,
+                file=desired.path.name,
+                valid=desired.valid,
+                production=status,
+                error=desired.error and self.relative(desired.error),
+            )
+        return (status, summary), desired.settles_at if desired else None
+
+    def status(self, pid: ProjectId) -> ProductionStatus:
+        return self.cache.get(pid)[0]
 
     def projects(self) -> ProjectList:
-        scan = self.desired.scan()
-        items = []
-        for pid, desired in sorted(scan.projects.items()):
-            items.append(
-                ProjectSummary(
-                    id=pid,
-                    file=desired.path.name,
-                    valid=desired.valid,
-                    production=self.status(pid),
-                    error=desired.error and self.relative(desired.error),
-                )
-            )
-        for problem in scan.orphans:
-            items.append(
-                ProjectSummary(
-                    id=None,
-                    file=problem.path.name,
-                    valid=False,
-                    production=None,
-                    error=f"{problem.path.name}:{problem.line}:{problem.column}: {problem.message}",
-                )
-            )
+        return self._project_list(self.cache.all())
+
+    def _project_list(
+        self, listing: Listing[tuple[ProductionStatus, ProjectSummary | None]]
+    ) -> ProjectList:
+        items = [summary for _pid, (_status, summary) in listing.projects if summary is not None]
+        items.extend(
+            ProjectSummary(id=None, file=name, valid=False, production=None,
+                           error=f"{name}:1:1: {message}")
+            for name, message in listing.orphans
+        )  # fmt: skip
         return ProjectList(projects=items)
+
+    def projects_json(self) -> bytes:
+        """``projects()`` as JSON, built again only when something in it changed."""
+        listing = self.cache.all()
+        cached = self._listing
+        if cached is not None and cached[0] is listing:
+            return cached[1]
+        body = self._project_list(listing).model_dump_json().encode()
+        self._listing = (listing, body)
+        return body
 
     def history(self, pid: ProjectId) -> History:
         row = self.db.project(pid)
@@ -176,6 +200,8 @@ class Operations:
             ) from None
         except EditError as exc:
             raise OperationError(ErrorKind.CONFLICT, self.relative(str(exc))) from None
+        finally:
+            self.cache.forget(pid)
 
     def deploy(self, pid: ProjectId) -> ProductionStatus:
         """Bump the generation unless a deploy is already in progress."""

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -99,7 +99,7 @@ def healthz() -> Response:
 
 @bp.get("/api/projects")
 def list_projects() -> Response:
-    return json_response(ops().projects())
+    return Response(ops().projects_json(), mimetype="application/json")
 
 
 @bp.get("/api/projects/<raw>/production")
@@ -273,7 +273,6 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
 
     @app.before_request
     def _before() -> None:
-        g.request_id = uuid.uuid4().hex[:12]
         _check_origin()
         _check_auth()
 
@@ -302,7 +301,7 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        request_id = getattr(g, "request_id", "-")
+        request_id = uuid.uuid4().hex[:12]  # for the operator to find this in the log
         logger.exception("request %s %s %s failed", request_id, request.method, request.path)
         return json_response({"error": f"internal error (request id {request_id})"}, 500)
 

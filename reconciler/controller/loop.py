@@ -104,6 +104,10 @@ class Controller:
         self._inflight_lock = threading.Lock()
         self.refusals = Refusals()
         self._missing_since: dict[ProjectId, float] = {}
+        self.clock = clock
+        # the full resync under way: (started, projects not reconciled yet, how many)
+        self._sweep: tuple[float, set[ProjectId], int] | None = None
+        self._sweep_lock = threading.Lock()
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -149,7 +153,23 @@ class Controller:
             return Done()
         result = self._reconcile(project_id)
         self.fingerprints.converged(project_id, isinstance(result, Done))
+        self._swept(project_id)
         return result
+
+    def _swept(self, project_id: ProjectId) -> None:
+        """Tick a project off the full resync under way; log its length when it is done."""
+        with self._sweep_lock:
+            if self._sweep is None:
+                return
+            started, pending, total = self._sweep
+            pending.discard(project_id)
+            if pending:
+                return
+            self._sweep = None
+        logger.info(
+            "full resync: %d project%s in %.3f s",
+            total, "" if total == 1 else "s", self.clock() - started,
+        )  # fmt: skip
 
     def _reconcile(self, project_id: ProjectId) -> Result:
         facts = self.observer.observe(project_id)
@@ -262,15 +282,20 @@ class Controller:
     def resync(self, *, full: bool = True) -> int:
         """Queue every known project (``full``), or those whose inputs moved since they last
         converged. Returns how many were queued."""
-        queued = 0
+        started = self.clock()
+        queued: set[ProjectId] = set()
         if full:
             self.refusals.orphans(self.desired.scan_names())
         for project_id in sorted(self.known_projects()):
             if not full and not self.fingerprints.moved(project_id):
                 continue
+            queued.add(project_id)
+        if full and queued:
+            with self._sweep_lock:
+                self._sweep = (started, set(queued), len(queued))
+        for project_id in sorted(queued):
             self.enqueue(project_id)
-            queued += 1
-        return queued
+        return len(queued)
 
     def rotate_logs(self) -> int:
         """Rotate the app logs of running process instances past their size limit (their

@@ -30,6 +30,7 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._commits = 0  # commits through this object (see ``changed``)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -73,9 +74,20 @@ class Database:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        self._commits += 1
 
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()
+
+    def changed(self) -> bool:
+        """Whether anyone committed since this thread last asked: another connection
+        (SQLite's ``data_version`` on this thread's) or any thread through this object (its
+        own connection's commits do not move ``data_version``). True the first time."""
+        conn = self._conn()
+        version = (int(conn.execute("PRAGMA data_version").fetchone()[0]), self._commits)
+        last: tuple[int, int] | None = getattr(self._local, "data_version", None)
+        self._local.data_version = version
+        return last != version
 
     def _migrate(self) -> None:
         with self.write() as conn:
@@ -86,9 +98,8 @@ class Database:
                     f"({len(MIGRATIONS)}); upgrade reconciler"
                 )
             for index in range(version, len(MIGRATIONS)):
-                for statement in MIGRATIONS[index].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(MIGRATIONS[index]):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {index + 1}")
 
     @property
@@ -96,3 +107,16 @@ class Database:
         return int(self.read("PRAGMA user_version")[0][0])
 
     # -- projects --------------------------------------------------------------------------
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration, one by one (a trigger's body holds semicolons)."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"incomplete statement in a migration: {pending.strip()[:60]}")

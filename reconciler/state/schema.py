@@ -133,4 +133,88 @@ MIGRATIONS: list[str] = [
         stoppedAt TEXT
     )
     """,
+    # 6: a revision per project, bumped by every change to what its status is read from, so
+    # a reader can tell which projects changed since it last looked without reading them
+    """
+    CREATE TABLE revisions (
+        project TEXT PRIMARY KEY,
+        rev INTEGER NOT NULL
+    );
+    CREATE INDEX revisions_by_rev ON revisions (rev);
+    CREATE TRIGGER projects_insert_rev AFTER INSERT ON projects BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.id, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER projects_update_rev AFTER UPDATE ON projects BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.id, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER projects_delete_rev AFTER DELETE ON projects BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (OLD.id, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER deployments_insert_rev AFTER INSERT ON deployments BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER deployments_update_rev AFTER UPDATE ON deployments BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER deployments_delete_rev AFTER DELETE ON deployments BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (OLD.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER jobs_insert_rev AFTER INSERT ON jobs BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER jobs_update_rev AFTER UPDATE ON jobs BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER jobs_delete_rev AFTER DELETE ON jobs BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (OLD.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER instances_insert_rev AFTER INSERT ON instances BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER instances_update_rev AFTER UPDATE ON instances BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER instances_delete_rev AFTER DELETE ON instances BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (OLD.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER sites_insert_rev AFTER INSERT ON sites BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER sites_update_rev AFTER UPDATE ON sites BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER sites_delete_rev AFTER DELETE ON sites BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (OLD.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    """,
 ]

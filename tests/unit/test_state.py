@@ -21,11 +21,11 @@ P = ProjectId("site")
 
 def test_schema_wal_and_migrations(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "data" / "state.db")
-    assert db.schema_version == len(MIGRATIONS) == 5
+    assert db.schema_version == len(MIGRATIONS) == 6
     assert db.read("PRAGMA journal_mode")[0][0] == "wal"
     db.close()
     again = StateDB(tmp_path / "data" / "state.db")  # idempotent
-    assert again.schema_version == 5
+    assert again.schema_version == 6
     again.close()
     conn = sqlite3.connect(tmp_path / "data" / "state.db")
     conn.execute("PRAGMA user_version = 99")
@@ -227,3 +227,26 @@ def test_daemon_liveness_row(tmp_path: Path) -> None:
     assert not stopped.alive(time.time())
     db.daemon_started("process")  # a restart clears the stop
     assert db.daemon().alive(time.time())  # type: ignore[union-attr]
+
+
+def test_every_change_to_a_projects_rows_bumps_its_revision(tmp_path: Path) -> None:
+    """The triggers of migration 6: a reader learns which projects changed since revision N
+    from one query; a change to another project, or the daemon's pulse, bumps none of it."""
+    db = StateDB(tmp_path / "state.db")
+
+    def revs() -> dict[str, int]:
+        return {r[0]: r[1] for r in db.read("SELECT project, rev FROM revisions")}
+
+    db.update_project(P, productionStatus="running")
+    first = revs()[P]
+    db.update_project(ProjectId("other"))
+    assert revs()[P] == first and revs()["other"] > first
+    db.daemon_started("process")
+    db.daemon_pulse()  # the daemon's own row: nobody's status
+    assert max(revs().values()) == revs()["other"]
+    before = revs()[P]
+    deployment = db.start_deployment(P, DeploymentKind.DEPLOY, generation=1, digest="d")
+    assert revs()[P] > before
+    before = revs()[P]
+    db.finish_deployment(deployment, DeploymentState.SUCCEEDED)
+    assert revs()[P] > before

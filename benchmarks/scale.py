@@ -1,0 +1,139 @@
+"""Figure 5, scale: SITES static sites and APPS process sites on one daemon.
+
+From daemon start to every site serving on its stable URL; daemon and edge RSS; idle CPU of
+both over IDLE seconds after convergence; one full resync (SIGHUP; the daemon logs how long
+it took to observe and plan every project); ``GET /api/projects/<id>/production`` and
+``GET /api/projects`` p50/p99 under 16 concurrent clients (wrk, loopback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.harness import BUSYBOX, PYTHON, Daemon, cpu_seconds, rss_mb, site_yaml
+
+RESYNC = re.compile(r"full resync: (\d+) projects? in ([\d.]+) s")
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_latency(url: str, seconds: int, connections: int = 16) -> dict[str, Any]:
+    """p50/p99 in ms and requests/s from ``wrk --latency``."""
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s", url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found: dict[str, Any] = {"clients": connections}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            value = re.fullmatch(r"([\d.]+)(us|ms|s)", parts[1])
+            if value:
+                key = "p50_ms" if parts[0] == "50%" else "p99_ms"
+                found[key] = round(float(value.group(1)) * UNITS[value.group(2)], 2)
+        elif line.startswith("Requests/sec:"):
+            found["requests_per_s"] = float(parts[1])
+        elif "Non-2xx" in line or "Socket errors" in line:
+            found.setdefault("errors", []).append(line.strip())
+    return found
+
+
+def _serving(daemon: Daemon, count: int, deadline: float) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    while len(ports) < count and time.monotonic() < deadline:
+        with daemon.db() as db:  # straight from the database: polling the API costs the daemon
+            ports = dict(
+                db.execute(
+                    "SELECT id, productionPort FROM projects WHERE productionStatus = 'running' "
+                    "AND productionPort IS NOT NULL"
+                ).fetchall()
+            )
+        time.sleep(0.5)
+    with httpx.Client(timeout=5) as http:
+        pending = set(ports.values())
+        while pending and time.monotonic() < deadline:
+            still = set()
+            for port in pending:
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(f"http://127.0.0.1:{port}/").status_code == 200:
+                        continue
+                still.add(port)
+            pending = still
+    return ports
+
+
+def _resync(daemon: Daemon, timeout: float = 120) -> dict[str, float]:
+    before = len(daemon.log_lines("full resync:"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = daemon.log_lines("full resync:")
+        if len(lines) > before:
+            match = RESYNC.search(lines[-1])
+            if match:
+                return {"projects": int(match.group(1)), "seconds": float(match.group(2))}
+        time.sleep(0.1)
+    raise SystemExit("no full resync was logged after SIGHUP")
+
+
+def run(
+    root: Path, *, sites: int = 1000, apps: int = 200, idle: int = 30, api_seconds: int = 10
+) -> dict[str, Any]:
+    static = root / "static-src"
+    (static / "dist").mkdir(parents=True)
+    (static / "dist" / "index.html").write_text("one of many")
+    app = root / "app-src"
+    (app / "dist").mkdir(parents=True)
+    (app / "dist" / "index.html").write_text("an app")
+    if BUSYBOX:
+        shutil.copy(BUSYBOX, app / "dist" / "busybox")
+        start = "exec ./busybox httpd -f -p 127.0.0.1:$PORT -h ."
+    else:
+        start = f"exec {PYTHON} -m http.server $PORT --bind 127.0.0.1"
+    desired = root / "scale" / "desired"
+    desired.mkdir(parents=True)
+    for index in range(sites):
+        (desired / f"s{index:04d}.yaml").write_text(site_yaml(static, 1))
+    for index in range(apps):
+        (desired / f"p{index:03d}.yaml").write_text(
+            site_yaml(app, 1, extra=f"start:\n  command: {start}\n")
+        )
+    started = time.monotonic()
+    daemon = Daemon(root / "scale", "10000-11999", "12000-13999", "--drain", "0", wait_ready=False)
+    try:
+        daemon.wait_api()
+        ports = _serving(daemon, sites + apps, time.monotonic() + 900)
+        all_serving = time.monotonic() - started
+        edge, me = daemon.edge_pid(), daemon.proc.pid
+        time.sleep(5)  # the first periodic resync and health checks settle
+        cpu = {pid: cpu_seconds(pid) for pid in (edge, me)}
+        time.sleep(idle)
+        idle_cpu = {pid: round((cpu_seconds(pid) - cpu[pid]) / idle * 100, 2) for pid in (edge, me)}
+        resyncs = [_resync(daemon) for _ in range(3)]
+        api = {}
+        if shutil.which("wrk"):
+            api["production"] = wrk_latency(
+                f"{daemon.api}/api/projects/s{sites // 2:04d}/production", api_seconds
+            )
+            api["projects"] = wrk_latency(f"{daemon.api}/api/projects", api_seconds)
+        return {
+            "static_sites": sites,
+            "process_sites": apps,
+            "serving": len(ports),
+            "all_serving_s": round(all_serving, 1),
+            "daemon_rss_mb": round(rss_mb(me), 1),
+            "edge_rss_mb": round(rss_mb(edge), 1),
+            "idle_cpu_pct": {"daemon": idle_cpu[me], "edge": idle_cpu[edge], "seconds": idle},
+            "full_resync_s": sorted(r["seconds"] for r in resyncs),
+            "api": api,
+        }
+    finally:
+        daemon.stop()

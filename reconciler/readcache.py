@@ -1,0 +1,264 @@
+"""What the API reads, remembered per project until something it is read from changes.
+
+A project's status is read from its desired file, the state database and its releases, and
+deriving it (a plan included) costs about a millisecond. With a thousand projects, reading
+them all on every ``GET /api/projects`` would take a second. So an entry per project is kept
+and dropped when one of its inputs moves:
+
+- the database: every change to a project's rows bumps its revision (``revisions``, kept by
+  triggers); when anything was committed since a thread last looked (``data_version``, asked
+  at most every ``db_check_every`` seconds however many requests come), one indexed query
+  finds the projects changed since the last revision seen;
+- its desired file: a single project's read stats its file (two stats); a listing stats the
+  desired dir, and every file at most every ``sweep_every`` seconds (an edit in place does
+  not touch the dir), so an edit made outside the API shows within that; an edit made
+  through it is dropped at once (:meth:`ReadCache.forget`);
+- what every status depends on (the edge mode, the default runtime): everything is dropped;
+- a file saved without a final newline is read again when it settles.
+
+Nothing is read from the release dirs per request: the daemon changes them only together
+with a project's rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from reconciler.desired import SUFFIXES
+from reconciler.spec import InvalidProjectId, ProjectId, check_project_id
+from reconciler.state import StateDB
+
+V = TypeVar("V")
+Stat = tuple[int, int, int, int] | None  # (device, inode, size, mtime ns); None: no file
+Key = tuple[Stat, ...]
+
+
+def _stat(path: str, *, follow: bool) -> Stat:
+    try:
+        st = os.stat(path, follow_symlinks=follow)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class Listing(Generic[V]):
+    version: int  # the cache's version it was made at: equal versions, equal listings
+    projects: list[tuple[ProjectId, V]]
+    orphans: list[tuple[str, str]]  # (file name, why it names no project)
+
+
+@dataclass
+class _Entry(Generic[V]):
+    value: V
+    key: Key  # the desired file(s) as they were before the value was read
+
+
+class ReadCache(Generic[V]):
+    """Per-project values, recomputed with ``compute`` when their inputs moved."""
+
+    def __init__(
+        self,
+        db: StateDB,
+        desired_dir: Path,
+        compute: Callable[[ProjectId], tuple[V, float | None]],
+        *,
+        shared: Callable[[], Hashable] = lambda: None,
+        sweep_every: float = 0.1,
+        db_check_every: float = 0.002,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``compute(pid)`` returns the value and, if it depends on time, the Unix time it
+        goes stale; ``shared()`` is what every value depends on."""
+        self.db = db
+        self.directory = str(desired_dir)
+        self.compute = compute
+        self.shared = shared
+        self.sweep_every = sweep_every
+        self.db_check_every = db_check_every
+        self.clock = clock
+        self.lock = threading.RLock()
+        self._entries: dict[ProjectId, _Entry[V]] = {}
+        self._expiring: dict[ProjectId, float] = {}  # Unix time a value goes stale
+        self._next_expiry = math.inf
+        self._db_checked = -math.inf
+        self._listing: Listing[V] | None = None
+        self._local = threading.local()
+        self._rev = 0
+        self._shared: Hashable = object()
+        self._dir: Stat = None
+        self._swept = -math.inf
+        self._ids: list[ProjectId] = []
+        self._names: tuple[str, ...] = ()
+        self._orphans: list[tuple[str, str]] = []
+        self.version = 0  # bumped whenever a value or the set of projects changes
+
+    # -- what changed ----------------------------------------------------------------------
+
+    def _key(self, pid: ProjectId) -> Key:
+        keys: list[Stat] = []
+        for suffix in SUFFIXES:
+            path = os.path.join(self.directory, f"{pid}{suffix}")
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                keys.append(None)
+                continue
+            keys.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            if stat.S_ISLNK(st.st_mode):  # a linked file's target, edited in place
+                keys.append(_stat(path, follow=True))
+        return tuple(keys)
+
+    def _drop(self, pid: ProjectId) -> None:
+        self._expiring.pop(pid, None)
+        if self._entries.pop(pid, None) is not None:
+            self.version += 1
+
+    def _quiet(self) -> bool:
+        """Nothing to apply (checked without the lock): no value due to go stale, and
+        nothing committed since this thread's last look. Consumes the thread's signal: when
+        this says False, the caller must ``_apply``."""
+        if self._next_expiry <= time.time():
+            return False
+        now = self.clock()
+        if now - self._db_checked < self.db_check_every:
+            return True  # another request looked a moment ago
+        self._db_checked = now
+        return not self.db.changed() and getattr(self._local, "rev", None) == self._rev
+
+    def _catch_up(self) -> None:
+        if not self._quiet():
+            with self.lock:
+                self._apply()
+
+    def _apply(self) -> None:
+        """Drop what went stale, what the shared inputs moved and what the database changed
+        (under the lock)."""
+        now = time.time()
+        for pid in [p for p, at in self._expiring.items() if at <= now]:
+            self._drop(pid)
+        shared = self.shared()
+        if shared != self._shared:
+            self._shared = shared
+            self._clear()
+        top = int(self.db.read("SELECT COALESCE(MAX(rev), 0) FROM revisions")[0][0])
+        if top < self._rev:  # a new database (rebuilt): nothing known holds
+            self._clear()
+        elif top > self._rev:
+            for row in self.db.read("SELECT project FROM revisions WHERE rev > ?", (self._rev,)):
+                self._drop(ProjectId(row[0]))
+        self._rev = top
+        self._local.rev = top
+        self._next_expiry = min(self._expiring.values(), default=math.inf)
+
+    def _clear(self) -> None:
+        self._entries.clear()
+        self._expiring.clear()
+        self.version += 1
+
+    def _sweep_due(self) -> tuple[bool, bool]:
+        """(due, the dir itself changed)."""
+        moved = _stat(self.directory, follow=True) != self._dir
+        return moved or self.clock() - self._swept >= self.sweep_every, moved
+
+    def _sweep(self) -> None:
+        """The listing: the dir's entries when it changed; every file's stat now and then."""
+        self._dir, self._swept = _stat(self.directory, follow=True), self.clock()
+        try:
+            names = tuple(sorted(os.listdir(self.directory)))
+        except OSError:
+            names = ()
+        if names != self._names:
+            self._names = names
+            self._ids, self._orphans = _project_ids(names)
+            for pid in set(self._entries) - set(self._ids):
+                self._drop(pid)
+            self.version += 1
+        for pid, entry in list(self._entries.items()):
+            if self._key(pid) != entry.key:
+                self._drop(pid)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, pid: ProjectId) -> V:
+        """One project's value, its desired file checked now. Takes the lock only when
+        something changed."""
+        self._catch_up()
+        key = self._key(pid)
+        entry = self._entries.get(pid)
+        if entry is not None and entry.key == key:
+            return entry.value
+        with self.lock:
+            entry = self._entries.get(pid)
+            if entry is not None and entry.key == key:
+                return entry.value
+            return self._fill(pid, key)
+
+    def all(self) -> Listing[V]:
+        """Every project with a desired file, by id; and the desired files whose names are
+        no project id, with why. The same object again while nothing changed."""
+        self._catch_up()
+        listing = self._listing
+        current = listing is not None and listing.version == self.version
+        due, moved = self._sweep_due()
+        if listing is not None and current and not due:
+            return listing
+        if listing is not None and current and not moved:
+            # only the periodic look at every file is due: one thread takes it, the others
+            # answer with the listing as it was (at most about ``sweep_every`` old)
+            if not self.lock.acquire(blocking=False):
+                return listing
+            self.lock.release()
+        with self.lock:
+            if self._sweep_due()[0]:
+                self._sweep()
+            listing = self._listing
+            if listing is not None and listing.version == self.version:
+                return listing
+            found = []
+            for pid in self._ids:
+                entry = self._entries.get(pid)
+                value = entry.value if entry is not None else self._fill(pid, self._key(pid))
+                found.append((pid, value))
+            listing = Listing(self.version, found, list(self._orphans))
+            self._listing = listing
+            return listing
+
+    def _fill(self, pid: ProjectId, key: Key) -> V:
+        value, stale_at = self.compute(pid)
+        self._entries[pid] = _Entry(value, key)
+        if stale_at is not None:
+            self._expiring[pid] = stale_at
+            self._next_expiry = min(self._next_expiry, stale_at)
+        self.version += 1
+        return value
+
+    def forget(self, pid: ProjectId) -> None:
+        """Drop one project's value (its file was just written through the API)."""
+        with self.lock:
+            self._drop(pid)
+            self._dir = None  # and list the dir again at the next listing
+
+
+def _project_ids(names: tuple[str, ...]) -> tuple[list[ProjectId], list[tuple[str, str]]]:
+    ids: list[ProjectId] = []
+    orphans: list[tuple[str, str]] = []
+    for name in names:
+        if name.startswith(".") or not name.endswith(SUFFIXES):
+            continue
+        try:
+            pid = check_project_id(name.rsplit(".", 1)[0])
+        except InvalidProjectId as exc:
+            orphans.append((name, str(exc)))
+            continue
+        if pid not in ids:
+            ids.append(pid)
+    return ids, orphans
