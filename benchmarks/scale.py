@@ -19,7 +19,17 @@ from typing import Any
 
 import httpx
 
-from benchmarks.harness import BUSYBOX, PYTHON, Daemon, cpu_seconds, rss_mb, site_yaml
+from benchmarks.harness import (
+    BUSYBOX,
+    PYTHON,
+    REPO,
+    Daemon,
+    cpu_seconds,
+    free_port,
+    rss_mb,
+    site_yaml,
+)
+from reconciler.api.server import SPARE_THREADS
 
 RESYNC = re.compile(r"full resync: (\d+) projects? in ([\d.]+) s")
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -84,6 +94,43 @@ def _resync(daemon: Daemon, timeout: float = 120) -> dict[str, float]:
     raise SystemExit("no full resync was logged after SIGHUP")
 
 
+def _api_latency(daemon: Daemon, project: str, seconds: int) -> dict[str, Any]:
+    """wrk against the API in the daemon's process (``reconciler run``), against a separate
+    ``reconciler api`` on the same dirs (how the systemd units run it), and against the
+    floor: a one-route Flask app on waitress with as many threads."""
+    port = free_port()
+    api = subprocess.Popen(
+        [PYTHON, "-m", "reconciler", "api", "--desired", str(daemon.desired), "--data",
+         str(daemon.data), "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    floor_port = free_port()
+    floor = subprocess.Popen(
+        [PYTHON, str(Path(__file__).with_name("floor_app.py")), str(floor_port),
+         str(64 + SPARE_THREADS)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        results: dict[str, Any] = {}
+        for label, base in (("separate", f"http://127.0.0.1:{port}"), ("in_run", daemon.api)):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{base}/api/projects", timeout=30).status_code == 200:
+                        break  # also fills its cache
+                time.sleep(0.2)
+            results[label] = {
+                "production": wrk_latency(f"{base}/api/projects/{project}/production", seconds),
+                "projects": wrk_latency(f"{base}/api/projects", seconds),
+            }
+        results["floor"] = wrk_latency(f"http://127.0.0.1:{floor_port}/", seconds)
+        return results
+    finally:
+        for proc in (api, floor):
+            proc.terminate()
+            proc.wait(10)
+
+
 def run(
     root: Path, *, sites: int = 1000, apps: int = 200, idle: int = 30, api_seconds: int = 10
 ) -> dict[str, Any]:
@@ -118,12 +165,7 @@ def run(
         time.sleep(idle)
         idle_cpu = {pid: round((cpu_seconds(pid) - cpu[pid]) / idle * 100, 2) for pid in (edge, me)}
         resyncs = [_resync(daemon) for _ in range(3)]
-        api = {}
-        if shutil.which("wrk"):
-            api["production"] = wrk_latency(
-                f"{daemon.api}/api/projects/s{sites // 2:04d}/production", api_seconds
-            )
-            api["projects"] = wrk_latency(f"{daemon.api}/api/projects", api_seconds)
+        api = _api_latency(daemon, f"s{sites // 2:04d}", api_seconds) if shutil.which("wrk") else {}
         return {
             "static_sites": sites,
             "process_sites": apps,

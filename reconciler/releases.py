@@ -359,7 +359,7 @@ class ReleaseStore:
     def __init__(self, root: Path, *, limits: Limits = Limits()) -> None:
         self.root = Path(root).absolute()
         self.limits = limits
-        self._manifests: dict[Path, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
+        self._manifests: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
 
     def project_dir(self, project_id: ProjectId) -> Path:
         return self.root / project_id
@@ -496,7 +496,7 @@ class ReleaseStore:
     def _manifest(self, release: Path) -> dict[str, Any] | None:
         """A release's manifest; memoized on the file's identity (releases are immutable,
         and a release deleted and built again is a new file)."""
-        path = release / MANIFEST
+        path = os.path.join(release, MANIFEST)
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
@@ -506,7 +506,8 @@ class ReleaseStore:
         if memo is not None and memo[0] == key:
             return memo[1]
         try:
-            data = json.loads(path.read_text())
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read())
         except (OSError, ValueError):
             return None
         manifest = data if isinstance(data, dict) else None
@@ -517,7 +518,17 @@ class ReleaseStore:
         if not is_hash8(version):
             return None
         path = self.project_dir(project_id) / version
-        if path.is_symlink() or not path.is_dir():
+        try:
+            mode = os.stat(path, follow_symlinks=False).st_mode
+        except OSError:
+            return None
+        return self._release(project_id, version, path, mode)
+
+    def _release(
+        self, project_id: ProjectId, version: str, path: Path, mode: int
+    ) -> Release | None:
+        """The release at ``path`` (``mode``: its lstat mode) if it is a complete one."""
+        if not stat.S_ISDIR(mode):  # a symlink, a file
             return None
         manifest = self._manifest(path)
         if manifest is None or manifest.get("hash") != version:
@@ -536,10 +547,21 @@ class ReleaseStore:
 
     def versions(self, project_id: ProjectId) -> list[Release]:
         directory = self.project_dir(project_id)
-        if not directory.is_dir():
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        found = [self.get(project_id, entry.name) for entry in directory.iterdir()]
-        releases = [r for r in found if r is not None]
+        releases = []
+        for entry in entries:
+            if not is_hash8(entry.name):
+                continue
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode  # from the dir entry's type
+            except OSError:
+                continue
+            release = self._release(project_id, entry.name, directory / entry.name, mode)
+            if release is not None:
+                releases.append(release)
         releases.sort(key=lambda r: (r.created_at, r.hash), reverse=True)
         return releases
 

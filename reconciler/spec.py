@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal, NewType
 
@@ -183,9 +184,20 @@ class ProjectSpec(_Model):
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
     def digest(self) -> str:
-        """Digest of the whole spec: a failure is tied to it, so any edit tries again."""
+        """Digest of the whole spec: a failure is tied to it, so any edit tries again.
+        Worked out once per spec (specs are frozen)."""
+        memo = _DIGESTS.get(id(self))
+        if memo is not None and memo[0]() is self:
+            return memo[1]
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        found = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        key = id(self)
+        _DIGESTS[key] = (weakref.ref(self, lambda _ref: _DIGESTS.pop(key, None)), found)
+        return found
+
+
+# digests of live specs, by identity (not in the model: ``model_copy`` would carry it over)
+_DIGESTS: dict[int, tuple[weakref.ref[ProjectSpec], str]] = {}
 
 
 def _normpath(path: Path) -> str:

@@ -130,16 +130,18 @@ class Activator:
             run.recorder.forget_instance(key)
             self.ports.release(instance.port)
 
-    def serve(self, run: Run) -> None:
+    def serve(self, run: Run, *, changed: bool = True) -> None:
         """Make the edge serve a project that runs, with its current settings (domains);
-        level-based: nothing happens when it already does."""
-        row = self.db.project(run.facts.project_id)
+        level-based: nothing happens when it already does. ``changed``: this reconcile
+        changed something (else the rows it observed still hold)."""
+        row = self.db.project(run.facts.project_id) if changed else run.facts.row
         if self.edge is None or self.sites is None or row is None or row.productionPort is None:
             return
         mode = run.mode
         if mode == ServeMode.PORT or run.facts.spec is None:
             return
-        site = self.sites.reserve(run.facts.project_id)
+        site = run.facts.site if not changed and run.facts.site else None
+        site = site or self.sites.reserve(run.facts.project_id)
         if site.publicPort != row.productionPort:
             return  # not yet served at the edge (e.g. before an upgrade's first activation)
         slots = site.slots if mode == ServeMode.DYNAMIC else None

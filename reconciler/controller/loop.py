@@ -108,6 +108,10 @@ class Controller:
         # the full resync under way: (started, projects not reconciled yet, how many)
         self._sweep: tuple[float, set[ProjectId], int] | None = None
         self._sweep_lock = threading.Lock()
+        # Observing and planning is pure Python: workers doing it at once only fight over
+        # the GIL (a full resync of 300 projects took 0.8 s with 8 workers, 0.4 s with one).
+        # One at a time; the steps (builds, starts, health checks) still run side by side.
+        self._thinking = threading.Lock()
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -172,19 +176,23 @@ class Controller:
         )  # fmt: skip
 
     def _reconcile(self, project_id: ProjectId) -> Result:
-        facts = self.observer.observe(project_id)
-        if facts is None:
-            return Done()
+        with self._thinking:
+            facts = self.observer.observe(project_id)
+            if facts is None:
+                return Done()
+            steps = plan(facts.view, facts.observed)
         desired = facts.desired
         self.refusals.project(project_id, desired)
-        steps = plan(facts.view, facts.observed)
         wait = self._stop_settles(project_id, facts, steps)
         if wait > 0:
             return RequeueAfter(wait)
         if desired is not None and desired.spec is not None and facts.spec is not None:
             # the spec in force: the file's, with the production state kept when it has none
-            self.last_good.remember(project_id, facts.spec)
-            Recorder(self.db, project_id, digest=facts.digest).remember_spec(facts.spec, facts.row)
+            known = self.last_good.get(project_id) == facts.spec
+            if not known or facts.row is None or facts.row.lastGoodSpec is None:
+                self.last_good.remember(project_id, facts.spec)
+                recorder = Recorder(self.db, project_id, digest=facts.digest)
+                recorder.remember_spec(facts.spec, facts.row)
         with self._inflight_scope(project_id, facts.digest) as cancel:
             result = self.pipeline.execute(facts, steps, cancel)
         if desired is not None and desired.settles_at is not None and isinstance(result, Done):

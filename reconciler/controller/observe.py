@@ -201,11 +201,15 @@ class Observer:
         return self.view(desired, self.last_good.in_force(desired) if desired else None)
 
     def live(
-        self, project_id: ProjectId, spec: ProjectSpec | None
+        self,
+        project_id: ProjectId,
+        spec: ProjectSpec | None,
+        rows: list[InstanceRow] | None = None,
     ) -> tuple[Live, list[InstanceRow]]:
         """Instances that really run (asking every runtime that may hold one), and the database
-        rows of instances that do not."""
-        rows = self.db.instances(project_id)
+        rows of instances that do not (``rows``: the project's instance rows, if read)."""
+        if rows is None:
+            rows = self.db.instances(project_id)
         names = {self.runtimes.name_for(spec)} | {r.runtime for r in rows}
         alive: Live = {}
         for name in sorted(names):
@@ -218,13 +222,14 @@ class Observer:
         """None when nothing is known of the project: no file, no row, no instance."""
         row = self.db.project(project_id)
         desired = self.desired.read(project_id)
-        if desired is None and row is None and not self.db.instances(project_id):
+        rows = self.db.instances(project_id)
+        if desired is None and row is None and not rows:
             return None
         if self.last_good.get(project_id) is None and (from_row := spec_from_row(row)):
             self.last_good.seed(project_id, from_row)  # after a restart, before a valid read
         spec = self.last_good.in_force(desired) if desired is not None else None
-        live, gone = self.live(project_id, spec)
-        draining = {r.key for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING}
+        live, gone = self.live(project_id, spec, rows)
+        draining = {r.key for r in rows if r.role == InstanceRole.DRAINING}
         site = self.db.site(project_id)
         observed = observed_view(
             row,

@@ -101,12 +101,12 @@ class Pipeline:
         except Exception as exc:
             return Retry(describe(exc))
         try:
-            self.activator.serve(run)
+            self.activator.serve(run, changed=bool(steps or facts.gone))
         except TransientError as exc:
             logger.warning("%s: %s", facts.project_id, exc)
             recorder.update(productionStatus=Status.ERROR, productionError=str(exc))
             return Retry(str(exc), at_least=exc.delay or 0.0)
-        self._show_file_error(run)
+        self._show_file_error(run, changed=bool(steps or facts.gone))
         return Done()
 
     def _run_all(self, run: Run, steps: list[Step]) -> None:
@@ -248,9 +248,9 @@ class Pipeline:
         )
         run.recorder.emit(EventType.STOPPED, {"status": "stopped"})
 
-    def _show_file_error(self, run: Run) -> None:
+    def _show_file_error(self, run: Run, *, changed: bool = True) -> None:
         """An invalid desired file shows in the status while the last good spec runs."""
-        row = self.db.project(run.facts.project_id)
+        row = self.db.project(run.facts.project_id) if changed else run.facts.row
         if row is None:
             return
         desired = run.facts.desired

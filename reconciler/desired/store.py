@@ -148,11 +148,8 @@ class DesiredStore:
             yield Path(entry.path)
 
     def paths_for(self, project_id: ProjectId) -> list[Path]:
-        return [
-            self.directory / f"{project_id}{suffix}"
-            for suffix in SUFFIXES
-            if os.path.lexists(self.directory / f"{project_id}{suffix}")
-        ]
+        base = os.path.join(self.directory, project_id)
+        return [Path(base + suffix) for suffix in SUFFIXES if os.path.lexists(base + suffix)]
 
     def path_for(self, project_id: ProjectId) -> Path | None:
         found = self.paths_for(project_id)

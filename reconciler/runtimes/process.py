@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from reconciler.errors import BuildFailed, Cancelled, StartFailed
 from reconciler.fileio import atomic_write
@@ -292,6 +292,7 @@ class ProcessRuntime:
         self.bind_host = bind_host
         self.launcher = launcher
         self.python = python
+        self._records: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
 
     # -- build -----------------------------------------------------------------------------
 
@@ -524,22 +525,28 @@ class ProcessRuntime:
 
     def observe(self, project_id: ProjectId) -> list[Instance]:
         found = []
-        directory = self.releases.project_dir(project_id)
-        if not directory.is_dir():
+        directory = str(self.releases.project_dir(project_id))
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        for entry in sorted(directory.iterdir()):
+        for entry in entries:
             if not is_hash8(entry.name) or entry.is_symlink():
                 continue
-            for path in sorted((entry / "logs").glob("instance*.json")):
-                try:
-                    record = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue
-                if not isinstance(record, dict):
+            logs = os.path.join(entry.path, "logs")
+            try:
+                names = sorted(
+                    n for n in os.listdir(logs) if n.startswith("instance") and n.endswith(".json")
+                )
+            except OSError:
+                continue
+            for name in names:
+                record = self._record(os.path.join(logs, name))
+                if record is None:
                     continue
                 pid, start = record.get("pid"), record.get("pidStart")
                 config = record.get("config")
-                if path.name != instance_file(config if isinstance(config, str) else None):
+                if name != instance_file(config if isinstance(config, str) else None):
                     continue  # a record under a name that does not match what it says
                 if isinstance(pid, int) and isinstance(start, int) and pid_alive(pid, start):
                     found.append(
@@ -555,6 +562,24 @@ class ProcessRuntime:
                         )
                     )
         return found
+
+    def _record(self, path: str) -> dict[str, Any] | None:
+        """An instance record, parsed again only when the file changed."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            memo = self._records.get(path)
+            if memo is not None and memo[0] == key:
+                return memo[1]
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read())
+        except (OSError, ValueError):
+            return None
+        record = data if isinstance(data, dict) else None
+        if len(self._records) > 10_000:
+            self._records.clear()
+        self._records[path] = (key, record)
+        return record
 
     def remove_version(self, project_id: ProjectId, version: str) -> None:
         return None
