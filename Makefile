@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format check run install-systemd clean crash hostile load faults reliability
+.PHONY: help install test lint format check run install-systemd clean crash hostile load faults reliability bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,11 @@ faults: $(STAMP) ## engine faults: a full disk while staging, dockerd stopped an
 	ENGINE_FAULTS=1 $(BIN)/pytest -q -s tests/suites/test_engine_faults.py
 
 reliability: crash hostile load faults ## every reliability suite at full size (see RELIABILITY.md)
+
+bench: $(STAMP) ## every benchmark figure (~20 min), the table into BENCHMARKS.md, JSON into benchmarks/results/
+	@command -v wrk >/dev/null && command -v curl >/dev/null || { \
+	  echo "bench: installing wrk and curl"; apt-get install -y -qq wrk curl >/dev/null; }
+	$(BIN)/python -m benchmarks.run --write-md $(BENCH_ARGS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, the import layering contracts
 	$(BIN)/ruff check .

@@ -113,7 +113,8 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"the daemon exited; see {self.log_path}")
+                tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+                raise SystemExit("the daemon exited:\n" + "\n".join(tail))
             try:
                 if httpx.get(f"{self.api}/healthz", timeout=2).status_code == 200:
                     return

@@ -42,9 +42,9 @@ def _times(fn: Any, runs: int) -> list[float]:
     return out
 
 
-def run(root: Path, *, runs: int = 5) -> dict[str, Any]:
+def run(root: Path, *, runs: int = 5, small: int = 10_000, large: int = 64) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for label, files, size in (("large_files", 64, 4 << 20), ("small_files", 10_000, 2048)):
+    for label, files, size in (("large_files", large, 4 << 20), ("small_files", small, 2048)):
         dist = root / label / "dist"
         dist.mkdir(parents=True)
         total = _tree(dist, files, size)
@@ -73,6 +73,7 @@ def run(root: Path, *, runs: int = 5) -> dict[str, Any]:
         store.commit(store.begin(project), dist=dist, generation=2)
         linked.append(time.perf_counter() - start)
     results["stage_10000_files"] = {
+        "files": small,
         "into_empty_project": summary(fresh, "s"),
         "one_file_changed": summary(linked, "s"),
     }

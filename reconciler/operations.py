@@ -143,6 +143,19 @@ class Operations:
     def status(self, pid: ProjectId) -> ProductionStatus:
         return self.cache.get(pid)[0]
 
+    def status_of(self, raw: str) -> ProductionStatus:
+        """``status(project(raw))`` with the file looked up once: the API's hottest read."""
+        try:
+            pid = check_project_id(raw)
+        except InvalidProjectId as exc:
+            raise OperationError(ErrorKind.INVALID, str(exc)) from None
+        found = self.cache.get_present(pid)
+        if found is None:
+            raise OperationError(
+                ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
+            )
+        return found[0]
+
     def projects(self) -> ProjectList:
         return self._project_list(self.cache.all())
 
@@ -247,8 +260,9 @@ class Operations:
         digest = spec.digest()
         budget = spec.health.timeout + self.rollback_grace
         deadline = time.monotonic() + budget
-        pause = 0.005  # a rollback is often done in tens of ms: look often, then less so
+        bell = self.db.bell
         while time.monotonic() < deadline:
+            rung = bell.seq()
             snap = self.reader.snapshot(pid)
             row = snap.row
             if row is not None:
@@ -260,8 +274,7 @@ class Operations:
                 elif row.productionStatus == Status.FAILED and row.failedDigest == digest:
                     error = self.relative(row.productionError or "rollback failed")
                     return RollbackResult(success=False, error=error)
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.025)
+            bell.wait(rung, 0.25)  # the daemon's next commit (or a desired file settling)
         return RollbackResult(
             success=False,
             error=f"version {target} is pinned, but the daemon did not converge within "
@@ -327,7 +340,9 @@ class Operations:
         started = quiet_since = time.monotonic()
         checked = -1.0
         down_since: float | None = None
+        bell = db.bell
         while True:
+            rung = bell.seq()
             batch = db.events_after(pid, last_id, limit=500)
             for row in batch:
                 last_id = row.id
@@ -367,7 +382,7 @@ class Operations:
             if now - quiet_since >= self.heartbeat:
                 yield None  # a heartbeat
                 quiet_since = now
-            time.sleep(self.poll_interval)
+            bell.wait(rung, self.poll_interval)  # woken by the next commit
 
     def _digest_of(self, deployment: int | None, cache: dict[int, str | None]) -> str | None:
         if deployment is None:

@@ -191,8 +191,18 @@ class ReadCache(Generic[V]):
     def get(self, pid: ProjectId) -> V:
         """One project's value, its desired file checked now. Takes the lock only when
         something changed."""
-        self._catch_up()
+        return self._get(pid, self._key(pid))
+
+    def get_present(self, pid: ProjectId) -> V | None:
+        """Like ``get``, but None when the project has no desired file (the same stats
+        tell both)."""
         key = self._key(pid)
+        if not any(key):
+            return None
+        return self._get(pid, key)
+
+    def _get(self, pid: ProjectId, key: Key) -> V:
+        self._catch_up()
         entry = self._entries.get(pid)
         if entry is not None and entry.key == key:
             return entry.value

@@ -104,7 +104,7 @@ def list_projects() -> Response:
 
 @bp.get("/api/projects/<raw>/production")
 def get_production(raw: str) -> Response:
-    return json_response(ops().status(ops().project(raw)))
+    return json_response(ops().status_of(raw))
 
 
 @bp.post("/api/projects/<raw>/deploy")

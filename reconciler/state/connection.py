@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class Database:
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         self._commits = 0  # commits through this object (see ``changed``)
+        self._bell: ChangeBell | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -79,6 +81,14 @@ class Database:
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()
 
+    @property
+    def bell(self) -> ChangeBell:
+        """Rings when anyone commits (see :class:`ChangeBell`); made on first use."""
+        with self._all_lock:
+            if self._bell is None:
+                self._bell = ChangeBell(self.path)
+            return self._bell
+
     def changed(self) -> bool:
         """Whether anyone committed since this thread last asked: another connection
         (SQLite's ``data_version`` on this thread's) or any thread through this object (its
@@ -120,3 +130,76 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip(" \n;"):
         raise ValueError(f"incomplete statement in a migration: {pending.strip()[:60]}")
+
+
+class ChangeBell:
+    """Wakes waiters soon after anyone commits to the database, in this process or another.
+
+    One thread asks SQLite's ``data_version`` on a connection of its own every ``interval``
+    while the bell is in use, and stops after ``linger`` seconds unused; an event stream
+    sleeps on it instead of polling the events table on a fixed beat. ``seq()`` before a
+    read, ``wait(seq, timeout)`` after it: a commit in between is never missed (``seq()``
+    starts the thread and returns once it has its first reading)."""
+
+    def __init__(self, path: Path, *, interval: float = 0.005, linger: float = 5.0) -> None:
+        self.path = path
+        self.interval = interval
+        self.linger = linger
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._waiters = 0
+        self._used = 0.0
+        self._state = "stopped"  # stopped, starting, running
+        self.thread: threading.Thread | None = None
+
+    def seq(self) -> int:
+        with self._cond:
+            self._used = time.monotonic()
+            if self._state == "stopped":
+                self._state = "starting"
+                self.thread = threading.Thread(target=self._run, name="db-bell", daemon=True)
+                self.thread.start()
+            self._cond.wait_for(lambda: self._state != "starting", 2.0)
+            return self._seq
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """Until the database changed after ``seen`` (or ``timeout``); the sequence now."""
+        with self._cond:
+            if self._state != "running":  # no thread to ring: sleep the timeout out
+                self._cond.wait(timeout)
+                return self._seq
+            self._waiters += 1
+            try:
+                self._cond.wait_for(lambda: self._seq != seen, timeout)
+            finally:
+                self._waiters -= 1
+                self._used = time.monotonic()
+            return self._seq
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(self.path, timeout=5, check_same_thread=False)
+            last = int(conn.execute("PRAGMA data_version").fetchone()[0])
+            with self._cond:
+                self._state = "running"
+                self._cond.notify_all()
+            while True:
+                time.sleep(self.interval)
+                version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+                with self._cond:
+                    if version != last:
+                        last = version
+                        self._seq += 1
+                        self._cond.notify_all()
+                    if not self._waiters and time.monotonic() - self._used >= self.linger:
+                        self._state = "stopped"
+                        return
+        except sqlite3.Error:
+            pass
+        finally:
+            with self._cond:
+                self._state = "stopped"
+                self._cond.notify_all()
+            if conn is not None:
+                conn.close()

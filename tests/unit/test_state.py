@@ -250,3 +250,42 @@ def test_every_change_to_a_projects_rows_bumps_its_revision(tmp_path: Path) -> N
     before = revs()[P]
     db.finish_deployment(deployment, DeploymentState.SUCCEEDED)
     assert revs()[P] > before
+
+
+def test_the_bell_rings_on_a_commit_from_anywhere_and_misses_none(tmp_path: Path) -> None:
+    """An event stream sleeps on the bell: a commit from another connection (another
+    process, another thread) wakes it within milliseconds, and one made between ``seq()``
+    and ``wait()`` returns at once; the bell's thread ends when nobody uses it."""
+    import threading as _threading
+    import time as _time
+
+    from reconciler.state.connection import ChangeBell
+
+    db = StateDB(tmp_path / "state.db")
+    bell = ChangeBell(db.path, linger=0.3)
+    other = StateDB(tmp_path / "state.db")  # as the daemon's process would
+
+    seen = bell.seq()
+    other.update_project(P, productionStatus="running")  # between seq() and wait()
+    started = _time.monotonic()
+    assert bell.wait(seen, 5) != seen
+    assert _time.monotonic() - started < 1
+
+    seen = bell.seq()
+    timer = _threading.Timer(0.2, lambda: other.update_project(P, productionHash="abcd1234"))
+    timer.start()
+    started = _time.monotonic()
+    assert bell.wait(seen, 5) != seen
+    assert 0.15 < _time.monotonic() - started < 1
+
+    seen = bell.seq()
+    started = _time.monotonic()
+    assert bell.wait(seen, 0.3) == seen  # nothing committed: the timeout
+    assert _time.monotonic() - started >= 0.29
+    deadline = _time.monotonic() + 5
+    while bell._state != "stopped" and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert bell._state == "stopped"
+    assert bell.thread is not None
+    bell.thread.join(2)
+    assert not bell.thread.is_alive()
