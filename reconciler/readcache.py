@@ -9,10 +9,13 @@ and dropped when one of its inputs moves:
   triggers); when anything was committed since a thread last looked (``data_version``, asked
   at most every ``db_check_every`` seconds however many requests come), one indexed query
   finds the projects changed since the last revision seen;
-- its desired file: a single project's read stats its file (two stats); a listing stats the
-  desired dir, and every file at most every ``sweep_every`` seconds (an edit in place does
-  not touch the dir), so an edit made outside the API shows within that; an edit made
-  through it is dropped at once (:meth:`ReadCache.forget`);
+- its desired file: a single project's read stats its file (one or two stats); a listing
+  stats the desired dir (a file added, removed or renamed into place changes it), and a
+  background thread stats every file each ``sweep_every`` seconds and as soon as the dir
+  changed (an edit in place leaves the dir as it was; a rename over a file keeps its name),
+  so an edit made outside the API shows in a listing within that; an edit made through the
+  API is dropped at once (:meth:`ReadCache.forget`), and the daemon's reaction to any edit
+  (a deployment, an error shown) changes rows, which drops the value too;
 - what every status depends on (the edge mode, the default runtime): everything is dropped;
 - a file saved without a final newline is read again when it settles.
 
@@ -37,6 +40,7 @@ from reconciler.spec import InvalidProjectId, ProjectId, check_project_id
 from reconciler.state import StateDB
 
 V = TypeVar("V")
+SWEEP_WHILE_USED = 60.0  # the sweeper stats files only while a listing was asked this recently
 Stat = tuple[int, int, int, int] | None  # (device, inode, size, mtime ns); None: no file
 Key = tuple[Stat, ...]
 
@@ -72,8 +76,9 @@ class ReadCache(Generic[V]):
         compute: Callable[[ProjectId], tuple[V, float | None]],
         *,
         shared: Callable[[], Hashable] = lambda: None,
-        sweep_every: float = 0.1,
+        sweep_every: float = 1.0,
         db_check_every: float = 0.002,
+        background: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``compute(pid)`` returns the value and, if it depends on time, the Unix time it
@@ -84,6 +89,10 @@ class ReadCache(Generic[V]):
         self.shared = shared
         self.sweep_every = sweep_every
         self.db_check_every = db_check_every
+        self.background = background  # a thread sweeps the files' stats (see sweep_files)
+        self._wake = threading.Event()
+        self._sweeping = False
+        self._used = -math.inf
         self.clock = clock
         self.lock = threading.RLock()
         self._entries: dict[ProjectId, _Entry[V]] = {}
@@ -95,7 +104,6 @@ class ReadCache(Generic[V]):
         self._rev = 0
         self._shared: Hashable = object()
         self._dir: Stat = None
-        self._swept = -math.inf
         self._ids: list[ProjectId] = []
         self._names: tuple[str, ...] = ()
         self._orphans: list[tuple[str, str]] = []
@@ -164,14 +172,13 @@ class ReadCache(Generic[V]):
         self._expiring.clear()
         self.version += 1
 
-    def _sweep_due(self) -> tuple[bool, bool]:
-        """(due, the dir itself changed)."""
-        moved = _stat(self.directory, follow=True) != self._dir
-        return moved or self.clock() - self._swept >= self.sweep_every, moved
-
-    def _sweep(self) -> None:
-        """The listing: the dir's entries when it changed; every file's stat now and then."""
-        self._dir, self._swept = _stat(self.directory, follow=True), self.clock()
+    def _look_at_dir(self) -> None:
+        """The listing's names, when the dir changed (a file added, removed or renamed over
+        another); the files' stats are the sweeper's (woken now). Under the lock."""
+        directory = _stat(self.directory, follow=True)
+        if directory == self._dir:
+            return
+        self._dir = directory
         try:
             names = tuple(sorted(os.listdir(self.directory)))
         except OSError:
@@ -182,9 +189,33 @@ class ReadCache(Generic[V]):
             for pid in set(self._entries) - set(self._ids):
                 self._drop(pid)
             self.version += 1
-        for pid, entry in list(self._entries.items()):
-            if self._key(pid) != entry.key:
-                self._drop(pid)
+        self._wake.set()
+
+    def sweep_files(self) -> None:
+        """Drop every value whose desired file moved (an edit in place leaves the dir as it
+        was). The stats are taken without the lock: a thousand of them would hold up every
+        request (each one hands the GIL to a busy thread and waits to get it back)."""
+        keys = {pid: self._key(pid) for pid in list(self._entries)}
+        with self.lock:
+            for pid, key in keys.items():
+                entry = self._entries.get(pid)
+                if entry is not None and entry.key != key:
+                    self._drop(pid)
+
+    def _sweeper(self) -> None:
+        while True:
+            self._wake.wait(self.sweep_every)
+            self._wake.clear()
+            if self.clock() - self._used < SWEEP_WHILE_USED:
+                self.sweep_files()
+
+    def _start_sweeper(self) -> None:
+        if self._sweeping or not self.background:
+            return
+        with self.lock:
+            if not self._sweeping:
+                self._sweeping = True
+                threading.Thread(target=self._sweeper, name="readcache-sweep", daemon=True).start()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -216,20 +247,15 @@ class ReadCache(Generic[V]):
         """Every project with a desired file, by id; and the desired files whose names are
         no project id, with why. The same object again while nothing changed."""
         self._catch_up()
+        self._start_sweeper()
+        self._used = self.clock()
+        if _stat(self.directory, follow=True) != self._dir:
+            with self.lock:
+                self._look_at_dir()
         listing = self._listing
-        current = listing is not None and listing.version == self.version
-        due, moved = self._sweep_due()
-        if listing is not None and current and not due:
+        if listing is not None and listing.version == self.version:
             return listing
-        if listing is not None and current and not moved:
-            # only the periodic look at every file is due: one thread takes it, the others
-            # answer with the listing as it was (at most about ``sweep_every`` old)
-            if not self.lock.acquire(blocking=False):
-                return listing
-            self.lock.release()
         with self.lock:
-            if self._sweep_due()[0]:
-                self._sweep()
             listing = self._listing
             if listing is not None and listing.version == self.version:
                 return listing

@@ -6,6 +6,8 @@ never imports a runtime, so it answers the same while the daemon is down.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import hmac
 import json
 import logging
@@ -99,7 +101,26 @@ def healthz() -> Response:
 
 @bp.get("/api/projects")
 def list_projects() -> Response:
-    return Response(ops().projects_json(), mimetype="application/json")
+    """Every project. The same listing is sent again without being built again; with an
+    ETag (``If-None-Match`` gets a 304) and gzip for clients that take it (a thousand
+    projects are 250 KB of JSON, 15 KB compressed)."""
+    body = ops().projects_json()
+    cached: tuple[bytes, str, bytes] | None = current_app.config.get("RECONCILER_LISTING")
+    if cached is None or cached[0] is not body:
+        etag = hashlib.sha256(body).hexdigest()[:20]
+        cached = (body, etag, gzip.compress(body, compresslevel=5))
+        current_app.config["RECONCILER_LISTING"] = cached
+    _body, etag, packed = cached
+    if etag in request.if_none_match:
+        response = Response(status=304)
+    elif request.accept_encodings["gzip"]:
+        response = Response(packed, mimetype="application/json")
+        response.headers["Content-Encoding"] = "gzip"
+    else:
+        response = Response(body, mimetype="application/json")
+    response.set_etag(etag)
+    response.headers["Vary"] = "Accept-Encoding"
+    return response
 
 
 @bp.get("/api/projects/<raw>/production")

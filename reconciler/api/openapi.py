@@ -75,7 +75,12 @@ def document() -> dict[str, Any]:
         "/api/projects": {
             "get": {
                 "summary": "Every desired file with its production status",
-                "responses": {"200": _json("ProjectList", "projects")},
+                "description": "Has an ETag (If-None-Match answers 304 while nothing "
+                "changed) and is gzipped for clients that send Accept-Encoding: gzip.",
+                "responses": {
+                    "200": _json("ProjectList", "projects"),
+                    "304": {"description": "not modified since the ETag sent"},
+                },
             }
         },
         "/api/projects/{id}/production": {

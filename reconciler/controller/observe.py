@@ -124,9 +124,10 @@ class Fingerprints:
             _identity(self.releases.project_dir(project_id)),
         )
 
-    def converged(self, project_id: ProjectId, done: bool) -> None:
-        """After a reconcile: remember the sign it left (converged), or forget it."""
-        sign = self.sign(project_id) if done else None
+    def converged(self, project_id: ProjectId, done: bool, sign: Sign | None = None) -> None:
+        """After a reconcile: remember the sign it left (converged), or forget it.
+        ``sign``: taken already (a reconcile that changed nothing)."""
+        sign = (sign or self.sign(project_id)) if done else None
         with self._lock:
             if sign is None:
                 self._converged.pop(project_id, None)

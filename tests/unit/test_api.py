@@ -590,6 +590,30 @@ def test_projects_list_includes_invalid_files(client: FlaskClient, config: Confi
     )
 
 
+def test_the_listing_is_gzipped_for_clients_that_take_it_and_has_an_etag(
+    client: FlaskClient, config: Config
+) -> None:
+    import gzip
+
+    plain = client.get("/api/projects")
+    assert plain.headers.get("Content-Encoding") is None
+    etag = plain.headers["ETag"]
+    packed = client.get("/api/projects", headers={"Accept-Encoding": "gzip, br"})
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert packed.headers["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed.data) == plain.data
+    refused = client.get("/api/projects", headers={"Accept-Encoding": "gzip;q=0"})
+    assert refused.headers.get("Content-Encoding") is None
+    same = client.get("/api/projects", headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.data == b""
+    tmp = config.desired_dir / ".shop.tmp"
+    tmp.write_text(SITE)
+    tmp.rename(config.desired_dir / "shop.yaml")  # a new project: a new listing
+    changed = client.get("/api/projects", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert [p["id"] for p in changed.json["projects"]] == ["shop", "www"]  # type: ignore[index]
+
+
 def test_healthz_and_openapi(client: FlaskClient, app: Flask) -> None:
     never = {"running": False, "message": "not running (it has never run with this data dir)"}
     assert client.get("/healthz").json == {

@@ -24,7 +24,7 @@ class Setup:
         self.now = 0.0
         self.cache: ReadCache[str] = ReadCache(
             self.db, self.desired, self.compute, shared=lambda: self.shared,
-            sweep_every=0.1, db_check_every=0, clock=lambda: self.now,
+            sweep_every=0.1, db_check_every=0, background=False, clock=lambda: self.now,
         )  # fmt: skip
 
     def compute(self, pid: ProjectId) -> tuple[str, float | None]:
@@ -56,7 +56,7 @@ def test_a_value_is_read_once_until_its_rows_or_file_change(tmp_path: Path) -> N
     assert s.cache.get(A) == "a2 longer" and len(s.reads) == 4
 
 
-def test_the_listing_sees_renames_at_once_and_in_place_edits_within_a_sweep(
+def test_the_listing_sees_new_files_at_once_and_in_place_edits_at_the_next_sweep(
     tmp_path: Path,
 ) -> None:
     s = Setup(tmp_path)
@@ -71,18 +71,33 @@ def test_the_listing_sees_renames_at_once_and_in_place_edits_within_a_sweep(
     assert s.cache.all().projects == [(A, "a1"), (B, "b1")]
     reads = len(s.reads)
     for _ in range(5):
-        s.cache.all()
+        assert s.cache.all() is s.cache.all()
     assert len(s.reads) == reads, "an unchanged listing reads nothing"
     version = s.cache.version
     with open(s.desired / "alpha.yaml", "w") as fh:  # in place: the dir did not change
         fh.write("a2 edited")
-    s.now += 0.05
-    s.cache.all()  # within the sweep interval the dir alone is looked at
-    s.now += 0.1
+    s.cache.sweep_files()  # what the sweeper thread does every second
     assert s.cache.all().projects == [(A, "a2 edited"), (B, "b1")]
     assert s.cache.version > version
+    s.write(A, "a3, renamed over it")  # the same name: the sweep notices the new file
+    s.cache.all()
+    s.cache.sweep_files()
+    assert s.cache.all().projects == [(A, "a3, renamed over it"), (B, "b1")]
     (s.desired / "beta.yaml").unlink()
-    assert s.cache.all().projects == [(A, "a2 edited")]
+    assert s.cache.all().projects == [(A, "a3, renamed over it")]
+
+
+def test_the_sweeper_thread_drops_what_moved(tmp_path: Path) -> None:
+    s = Setup(tmp_path)
+    cache: ReadCache[str] = ReadCache(s.db, s.desired, s.compute, sweep_every=0.05)
+    s.write(A, "a1")
+    assert cache.all().projects == [(A, "a1")]
+    with open(s.desired / "alpha.yaml", "w") as fh:
+        fh.write("a2 edited in place")
+    deadline = time.monotonic() + 5
+    while cache.all().projects != [(A, "a2 edited in place")] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert cache.all().projects == [(A, "a2 edited in place")]
 
 
 def test_a_file_that_has_yet_to_settle_is_read_again_when_it_does(tmp_path: Path) -> None:
