@@ -7,7 +7,9 @@ and kills the daemon with SIGKILL at one moment of that change: while it builds,
 starts, probes the first time, right after the switch, while it stops, while it prunes, or
 at a random instant. After a restart the project must converge, and then:
 
-- ``current`` names a complete release (its dist hashes to its manifest's digest);
+- ``current`` names a complete release, and every kept release's dist hashes to its
+  manifest's digest (a new release shares unchanged files with the one before by hard
+  links: a crash while staging must leave the older ones whole);
 - a running project has exactly one instance (none at the edge for a static site), a
   stopped one none, and no process runs from the project's releases beside them;
 - no build of the project runs any more, and no staging dir is left;
@@ -25,7 +27,6 @@ Figures are printed at the end of the session (runs, faults injected, violations
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -274,10 +275,11 @@ def check_invariants(env: Env, case: Case, site: Path) -> list[str]:
         link = env.data / "production" / P / "current"
         if link.is_symlink() and current is None:
             problems.append("current names no complete release")
-        if current is not None:
-            manifest = json.loads((store.project_dir(P) / current / "manifest.json").read_text())
-            if hash_dist(store.project_dir(P) / current / "dist") != manifest["digest"]:
-                problems.append(f"current -> {current} is not the release its manifest says")
+        if current is not None and store.get(P, current) is None:
+            problems.append(f"current -> {current} is no complete release")
+        for release in store.versions(P):  # unchanged files are hard links between releases
+            if hash_dist(release.dist) != release.digest:
+                problems.append(f"release {release.hash} is not what its manifest says")
         serving = 1 if case.dynamic or case.edge == EdgeMode.OFF else 0
         want = 0 if status == "stopped" else serving
         if case.runtime == "docker":
