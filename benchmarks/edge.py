@@ -89,8 +89,13 @@ def run(root: Path, *, loads: int = 20, seconds: int = 10, rounds: int = 3) -> d
     (static / "dist").mkdir(parents=True)
     (static / "dist" / "index.html").write_text("bystander")
     results: dict[str, Any] = {}
-    for label, extra in (("access_logs_on", ()), ("access_logs_off", ("--access-logs", "off"))):
-        daemon = Daemon(root / label, "16200-16299", "16300-16399", "--drain", "0", *extra)
+    runs = (
+        ("access_logs_on", ("16200-16299", "16300-16399"), ()),
+        ("access_logs_off", ("16400-16499", "16500-16599"), ("--access-logs", "off")),
+    )
+    for label, (ports, internal), extra in runs:
+        # a short dir name: the edge's admin socket lives under it (unix sockets: 107 bytes)
+        daemon = Daemon(root / label[-3:], ports, internal, "--drain", "0", *extra)
         try:
             daemon.write("st", site_yaml(static, 1))
             daemon.wait("st", "bystander")

@@ -144,7 +144,10 @@ class Daemon:
                 except httpx.HTTPError:
                     pass
             time.sleep(0.02)
-        raise SystemExit(f"{project} did not serve {text!r}: {self.status(project)}")
+        tail = self.log_path.read_text(errors="replace").splitlines()[-20:]
+        raise SystemExit(
+            f"{project} did not serve {text!r}: {self.status(project)}\n" + "\n".join(tail)
+        )
 
     @contextlib.contextmanager
     def db(self) -> Iterator[sqlite3.Connection]:
@@ -172,7 +175,13 @@ class Daemon:
             self.proc.wait(10)
         self.log.close()
         with contextlib.suppress(OSError, ValueError, KeyError):
-            os.kill(self.edge_pid(), signal.SIGTERM)
+            edge = self.edge_pid()
+            os.kill(edge, signal.SIGTERM)
+            deadline = time.monotonic() + 10  # its ports are free for the next daemon
+            while time.monotonic() < deadline and Path(f"/proc/{edge}").exists():
+                if "Z" in Path(f"/proc/{edge}/stat").read_text().rsplit(")", 1)[1].split()[0]:
+                    break  # exited; nobody reaps it here
+                time.sleep(0.05)
         for record in (self.data / "production").glob("*/*/logs/instance.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGTERM)

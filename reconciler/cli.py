@@ -210,8 +210,23 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
+SOCKET_PATH_MAX = 107  # bytes a unix socket's path may have (sun_path, less its NUL)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     host, port = parse_listen(args.listen)
+    config = _config(args, host, port)
+    socket = config.edge_dir / "admin.sock"
+    if config.edge != EdgeMode.OFF and len(os.fsencode(socket)) > SOCKET_PATH_MAX:
+        raise ValueError(
+            f"the data dir's path is too long for the edge's admin socket: {socket} has "
+            f"{len(os.fsencode(socket))} bytes and a unix socket takes at most "
+            f"{SOCKET_PATH_MAX}; use a shorter --data path"
+        )
+    return config
+
+
+def _config(args: argparse.Namespace, host: str, port: int) -> Config:
     return Config(
         desired_dir=Path(args.desired).absolute(),
         data_dir=Path(args.data).absolute(),

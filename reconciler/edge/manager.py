@@ -155,20 +155,27 @@ class Edge:
             self._thread.join(10)
 
     def _loop(self) -> None:
+        backoff = 0.0  # after a failed sync: wait before the next try, longer each time
+        said = ""
         while not self._stopping.is_set():
             with self._cond:
-                if self._wanted == self._applied:
-                    self._cond.wait(self.check_interval)
+                if self._wanted == self._applied or backoff:
+                    self._cond.wait(backoff or self.check_interval)
             if self._stopping.is_set():
                 return
             time.sleep(BATCH)
             verify = self.clock() - self._last_verify >= self.verify_interval
             try:
                 self.sync(verify=verify)
+                backoff, said = 0.0, ""
             except TransientError as exc:
-                logger.warning("edge: %s", exc)
+                if str(exc) != said:  # once per cause, not once per try
+                    logger.warning("edge: %s", exc)
+                    said = str(exc)
+                backoff = min(max(backoff * 2, 0.1), 5.0)
             except Exception:
                 logger.exception("edge: sync failed")
+                backoff = min(max(backoff * 2, 0.1), 5.0)
 
     def sync(self, *, verify: bool = False) -> None:
         """Make the edge run the wanted configuration (level-based; safe to call any time)."""

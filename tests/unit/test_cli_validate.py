@@ -84,3 +84,16 @@ def test_validate_reports_a_dangling_symlink(tmp_path: Path) -> None:
         f"{tmp_path / 'd' / 'www.yaml'}:1:1: a symlink to {tmp_path / 'nowhere.yaml'}, "
         "which does not exist"
     )
+
+
+def test_a_data_dir_too_deep_for_the_edge_socket_is_refused_with_a_reason(
+    tmp_path: Path,
+) -> None:
+    """A unix socket's path has at most 107 bytes; the edge's would not fit: say so at
+    startup (exit 2), instead of an edge that never starts."""
+    deep = tmp_path / ("d" * 120)
+    result = run("daemon", "--desired", str(tmp_path / "desired"), "--data", str(deep))
+    assert result.returncode == 2
+    assert "too long for the edge's admin socket" in result.stderr
+    assert "use a shorter --data path" in result.stderr
+    assert not deep.exists(), "nothing was created"
