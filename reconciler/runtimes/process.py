@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from reconciler.errors import BuildFailed, Cancelled, StartFailed
+from reconciler.errors import BuildFailed, Cancelled, StartFailed, TransientError
 from reconciler.fileio import atomic_write
 from reconciler.kinds import RuntimeName
 from reconciler.releases import Release, ReleaseStore
@@ -479,9 +479,20 @@ class ProcessRuntime:
         return pid_alive(instance.pid, instance.pid_start)
 
     def describe_exit(self, instance: Instance) -> str:
+        """Why an instance ended before it became ready. Raises TransientError when its
+        executable was busy (ETXTBSY): a process forked by another thread while this
+        release's files were being written still held one open for writing; that passes,
+        so the start is tried again rather than failed."""
         code = _reaper.exit_code(instance.pid) if instance.pid else None
         how = f"exited with code {code}" if code is not None else "exited"
         log = self.releases.project_dir(instance.project_id) / instance.hash / "logs" / "app.log"
+        attempt = tail_file(log).rsplit("\n--- ", 1)[-1]  # this start's lines only
+        if code == 126 and "Text file busy" in attempt:
+            raise TransientError(
+                f"the instance of {instance.hash} could not run its executable yet (text file "
+                f"busy: it was still open for writing somewhere); starting it again",
+                delay=0.2,
+            )
         left = session_members(instance.pid, instance.pid_start) if instance.pid else []
         if left:
             return with_tail(

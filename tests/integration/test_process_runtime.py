@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.errors import BuildFailed, Cancelled, StartFailed
+from reconciler.errors import BuildFailed, Cancelled, StartFailed, TransientError
 from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import BuildRequest, Clock, wait_ready
 from reconciler.runtimes.process import ProcessRuntime, pid_alive, process_start_time
@@ -355,3 +355,44 @@ def test_a_build_output_through_a_symlinked_parent_is_refused(
     made = spec(build={"command": f"ln -s {tmp_path / 'outside'} out", "output": "out/dist"})
     with pytest.raises(BuildFailed, match="outside the source dir"):
         runtime.build(request(tmp_path, made))
+
+
+def test_an_executable_still_open_for_writing_is_a_transient_start_failure(
+    tmp_path: Path, store: ReleaseStore, runtime: ProcessRuntime
+) -> None:
+    """ETXTBSY: a process forked by another thread while a release was being written can
+    hold one of its files open for writing a moment longer; exec then fails with "Text
+    file busy". That passes, so it is a transient failure (tried again), not "Start failed"
+    (seen once with 200 process sites started at once, benchmarks/scale.py)."""
+    import shutil
+
+    dist = tmp_path / "dist-tool"
+    dist.mkdir()
+    shutil.copy("/bin/sleep", dist / "tool")
+    release = store.commit(store.begin(P), dist=dist)
+    tool = release.dist / "tool"
+    writer = subprocess.Popen(
+        [PYTHON, "-c", f"import time; f = open({str(tool)!r}, 'ab'); print(1, flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == b"1"
+        s = spec(start={"command": "exec ./tool 600"})
+        inst = runtime.start(release, s, port=free_port(), config="c0ffee00")
+        with pytest.raises(TransientError, match="text file busy"):
+            wait_ready(
+                f"http://127.0.0.1:{inst.port}/",
+                Health(timeout=10),
+                alive=lambda: runtime.alive(inst),
+                why_dead=lambda: runtime.describe_exit(inst),
+            )
+    finally:
+        writer.kill()
+        writer.wait(10)
+        if writer.stdout is not None:
+            writer.stdout.close()
+    again = runtime.start(release, s, port=free_port(), config="c0ffee00")  # now it runs
+    time.sleep(0.5)
+    assert runtime.alive(again)
+    runtime.stop(again, timeout=2)
