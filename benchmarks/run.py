@@ -8,7 +8,7 @@ BENCHMARKS.md.
 
     python -m benchmarks.run                 # everything (about 15 minutes on 2 cores)
     python -m benchmarks.run --quick         # small counts: checks that every figure runs
-    python -m benchmarks.run --only reaction,sse
+    python -m benchmarks.run --only reaction,sse   # again, keeping the day's other figures
 """
 
 from __future__ import annotations
@@ -328,7 +328,9 @@ def write_md(results: dict[str, Any], info: dict[str, Any]) -> None:
     path = REPO / "BENCHMARKS.md"
     text = path.read_text()
     about = (
-        f"Run {info['date']} at commit {info['commit']}: {info['cpus']} x {info['cpu']}, "
+        f"Latest run {info['date']} at commit {info['commit']} (a figure rerun alone with "
+        "`--only` keeps the day's others; each has its own `ran` and `commit` in the JSON): "
+        f"{info['cpus']} x {info['cpu']}, "
         f"{info['memory_gib']} GiB, Linux {info['kernel']}, Python {info['python']}, "
         f"Caddy {info['caddy']}."
     )
@@ -357,19 +359,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
     sizes = QUICK if args.quick else FULL
     info = machine()
+    out = (
+        Path(args.out)
+        if args.out
+        else REPO / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}.json"
+    )
     results: dict[str, Any] = {"machine": info, "quick": args.quick}
+    if args.only and out.exists():  # some figures again: keep the day's others
+        earlier = json.loads(out.read_text())
+        if earlier.get("quick") == args.quick:
+            results = {**earlier, "machine": info, "quick": args.quick}
     for name in chosen:
         started = time.monotonic()
         print(f"== {name} ...", file=sys.stderr, flush=True)
         with tempfile.TemporaryDirectory(dir=args.dir if os.path.isdir(args.dir) else None) as tmp:
             results[name] = FIGURES[name](Path(tmp), **sizes[name])
         results[name]["elapsed_s"] = round(time.monotonic() - started, 1)
+        results[name]["ran"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        results[name]["commit"] = info["commit"]
         print(f"   {name} done in {results[name]['elapsed_s']} s", file=sys.stderr, flush=True)
-    out = (
-        Path(args.out)
-        if args.out
-        else REPO / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}.json"
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
