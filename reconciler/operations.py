@@ -69,6 +69,12 @@ class OperationError(Exception):
         self.message = message
 
 
+def _not_found(pid: ProjectId) -> OperationError:
+    return OperationError(
+        ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
+    )
+
+
 @dataclass(frozen=True)
 class Event:
     id: int
@@ -110,9 +116,7 @@ class Operations:
         except InvalidProjectId as exc:
             raise OperationError(ErrorKind.INVALID, str(exc)) from None
         if self.desired.path_for(pid) is None:
-            raise OperationError(
-                ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
-            )
+            raise _not_found(pid)
         return pid
 
     def relative(self, message: str) -> str:
@@ -125,8 +129,8 @@ class Operations:
         self, pid: ProjectId
     ) -> tuple[tuple[ProductionStatus, ProjectSummary | None], float | None]:
         """A project's status and list entry, read from the stores (see ``readcache``)."""
-        desired = self.desired.read(pid)
-        status = self.reader.snapshot(pid).status()
+        snap = self.reader.snapshot(pid)
+        desired, status = snap.file, snap.status()
         if status.error:
             status = status.model_copy(update={"error": self.relative(status.error)})
         summary = None
@@ -151,9 +155,7 @@ class Operations:
             raise OperationError(ErrorKind.INVALID, str(exc)) from None
         found = self.cache.get_present(pid)
         if found is None:
-            raise OperationError(
-                ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
-            )
+            raise _not_found(pid)
         return found[0]
 
     def projects(self) -> ProjectList:
@@ -203,9 +205,7 @@ class Operations:
         try:
             return self.desired.edit(pid, mutate).changed
         except ProjectNotFound:
-            raise OperationError(
-                ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
-            ) from None
+            raise _not_found(pid) from None
         except DesiredFileError as exc:
             raise OperationError(
                 ErrorKind.CONFLICT,

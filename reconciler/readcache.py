@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from reconciler.desired import SUFFIXES
-from reconciler.spec import InvalidProjectId, ProjectId, check_project_id
+from reconciler.desired import SUFFIXES, classify
+from reconciler.spec import ProjectId
 from reconciler.state import StateDB
 
 V = TypeVar("V")
@@ -45,9 +45,10 @@ Stat = tuple[int, int, int, int] | None  # (device, inode, size, mtime ns); None
 Key = tuple[Stat, ...]
 
 
-def _stat(path: str, *, follow: bool) -> Stat:
+def _stat(path: str) -> Stat:
+    """What a path names (links followed), or None."""
     try:
-        st = os.stat(path, follow_symlinks=follow)
+        st = os.stat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -122,7 +123,7 @@ class ReadCache(Generic[V]):
                 continue
             keys.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
             if stat.S_ISLNK(st.st_mode):  # a linked file's target, edited in place
-                keys.append(_stat(path, follow=True))
+                keys.append(_stat(path))
         return tuple(keys)
 
     def _drop(self, pid: ProjectId) -> None:
@@ -175,7 +176,7 @@ class ReadCache(Generic[V]):
     def _look_at_dir(self) -> None:
         """The listing's names, when the dir changed (a file added, removed or renamed over
         another); the files' stats are the sweeper's (woken now). Under the lock."""
-        directory = _stat(self.directory, follow=True)
+        directory = _stat(self.directory)
         if directory == self._dir:
             return
         self._dir = directory
@@ -185,7 +186,7 @@ class ReadCache(Generic[V]):
             names = ()
         if names != self._names:
             self._names = names
-            self._ids, self._orphans = _project_ids(names)
+            self._ids, self._orphans = classify(names)
             for pid in set(self._entries) - set(self._ids):
                 self._drop(pid)
             self.version += 1
@@ -249,7 +250,7 @@ class ReadCache(Generic[V]):
         self._catch_up()
         self._start_sweeper()
         self._used = self.clock()
-        if _stat(self.directory, follow=True) != self._dir:
+        if _stat(self.directory) != self._dir:
             with self.lock:
                 self._look_at_dir()
         listing = self._listing
@@ -282,19 +283,3 @@ class ReadCache(Generic[V]):
         with self.lock:
             self._drop(pid)
             self._dir = None  # and list the dir again at the next listing
-
-
-def _project_ids(names: tuple[str, ...]) -> tuple[list[ProjectId], list[tuple[str, str]]]:
-    ids: list[ProjectId] = []
-    orphans: list[tuple[str, str]] = []
-    for name in names:
-        if name.startswith(".") or not name.endswith(SUFFIXES):
-            continue
-        try:
-            pid = check_project_id(name.rsplit(".", 1)[0])
-        except InvalidProjectId as exc:
-            orphans.append((name, str(exc)))
-            continue
-        if pid not in ids:
-            ids.append(pid)
-    return ids, orphans

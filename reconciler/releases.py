@@ -237,7 +237,6 @@ class _TreeHasher:
         has the same bytes and mode (releases are immutable, so sharing is safe), else a copy
         that keeps holes. Returns the bytes read."""
         base = self._base_file(rel, size, executable)
-        base_path = self.base / rel if self.base is not None else target
         out: BinaryIO | None = None
         copied = 0
         try:
@@ -256,7 +255,7 @@ class _TreeHasher:
                 _write_keeping_holes(out, chunk)
                 copied += len(chunk)
             if base is not None:  # every byte read so far matched the base's
-                if copied == size and not base.read(1) and self._link(base_path, target):
+                if copied == size and not base.read(1) and self._link(rel, target):
                     return copied
                 out = open(target, "xb")  # noqa: SIM115 - closed below
                 self._copy_prefix(src.fileno(), out, copied)
@@ -295,9 +294,12 @@ class _TreeHasher:
             return None
         return open(fd, "rb", closefd=True)
 
-    def _link(self, base: Path, target: Path) -> bool:
+    def _link(self, rel: str, target: Path) -> bool:
+        """Link the base release's file at ``rel`` (just compared; releases never change)
+        as ``target``."""
+        assert self.base is not None
         try:
-            os.link(base, target, follow_symlinks=False)
+            os.link(self.base / rel, target, follow_symlinks=False)
         except OSError:  # too many links, another filesystem, not allowed: copy instead
             return False
         self.linked += 1

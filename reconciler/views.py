@@ -20,7 +20,7 @@ from typing import Any, assert_never
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from reconciler.desired import DesiredStore, keep_production
+from reconciler.desired import DesiredFile, DesiredStore, keep_production
 from reconciler.facts import desired_view, observed_view, spec_from_row
 from reconciler.kinds import (
     DeploymentKind,
@@ -216,7 +216,12 @@ class Snapshot:
     job: JobRow | None
     steps: tuple[Step, ...]
     config: str | None = None  # the settings digest of the instance serving the row's version
-    file_spec: ProjectSpec | None = None  # what the file itself says (valid files only)
+    file: DesiredFile | None = None  # the desired file as read
+
+    @property
+    def file_spec(self) -> ProjectSpec | None:
+        """What the file itself says (valid files only)."""
+        return self.file.spec if self.file is not None else None
 
     def status(self) -> ProductionStatus:
         status = production_status(
@@ -295,5 +300,5 @@ class Reader:
         ]
         return Snapshot(
             view, spec, row, deployment, job, tuple(plan(view, observed)),
-            serving[0] if serving else None, desired.spec if desired else None,
+            serving[0] if serving else None, desired,
         )  # fmt: skip

@@ -27,6 +27,7 @@ from reconciler.controller.observe import (
     Observer,
     RepairLog,
     Runtimes,
+    Sign,
     instance_from_row,
 )
 from reconciler.controller.pipeline import Pipeline
@@ -112,7 +113,6 @@ class Controller:
         # the GIL (a full resync of 300 projects took 0.8 s with 8 workers, 0.4 s with one).
         # One at a time; the steps (builds, starts, health checks) still run side by side.
         self._thinking = threading.Lock()
-        self._local = threading.local()
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -156,11 +156,10 @@ class Controller:
         """Converge one project: observe, plan, execute."""
         if self.workers.stopping:
             return Done()
-        self._local.sign = None
-        result = self._reconcile(project_id)
+        result, sign = self._reconcile(project_id)
         # the sign it leaves: taken while observing when nothing was to be done (no system
         # call outside the one-at-a-time section), else now
-        self.fingerprints.converged(project_id, isinstance(result, Done), self._local.sign)
+        self.fingerprints.converged(project_id, isinstance(result, Done), sign)
         self._swept(project_id)
         return result
 
@@ -179,19 +178,21 @@ class Controller:
             total, "" if total == 1 else "s", self.clock() - started,
         )  # fmt: skip
 
-    def _reconcile(self, project_id: ProjectId) -> Result:
+    def _reconcile(self, project_id: ProjectId) -> tuple[Result, Sign | None]:
+        """The result, and the project's fingerprint when nothing was to be done."""
+        sign = None
         with self._thinking:
             facts = self.observer.observe(project_id)
             if facts is None:
-                return Done()
+                return Done(), None
             steps = plan(facts.view, facts.observed)
             if not steps and not facts.gone:
-                self._local.sign = self.fingerprints.sign(project_id)
+                sign = self.fingerprints.sign(project_id)
         desired = facts.desired
         self.refusals.project(project_id, desired)
         wait = self._stop_settles(project_id, facts, steps)
         if wait > 0:
-            return RequeueAfter(wait)
+            return RequeueAfter(wait), None
         if desired is not None and desired.spec is not None and facts.spec is not None:
             # the spec in force: the file's, with the production state kept when it has none
             known = self.last_good.get(project_id) == facts.spec
@@ -203,8 +204,8 @@ class Controller:
             result = self.pipeline.execute(facts, steps, cancel)
         if desired is not None and desired.settles_at is not None and isinstance(result, Done):
             # saved without a final newline: read it again once it has settled
-            return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01))
-        return result
+            return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01)), None
+        return result, sign
 
     def _stop_settles(self, project_id: ProjectId, facts: Facts, steps: list[Step]) -> float:
         """Seconds to wait before stopping a site that serves: a change that takes a site

@@ -17,6 +17,7 @@ from reconciler.desired.store import (
     LastGood,
     ProjectNotFound,
     Scan,
+    classify,
     keep_production,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "Problem",
     "ProjectNotFound",
     "Scan",
+    "classify",
     "keep_production",
     "load_file",
     "parse",

@@ -18,7 +18,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,15 +137,11 @@ class DesiredStore:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _candidates(self) -> Iterator[Path]:
+    def _names(self) -> list[str]:
         try:
-            entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
+            return sorted(os.listdir(self.directory))
         except FileNotFoundError:
-            return
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.name.endswith(SUFFIXES):
-                continue
-            yield Path(entry.path)
+            return []
 
     def paths_for(self, project_id: ProjectId) -> list[Path]:
         base = os.path.join(self.directory, project_id)
@@ -199,15 +195,8 @@ class DesiredStore:
         return result
 
     def _ids(self, orphans: list[Problem]) -> list[ProjectId]:
-        ids: list[ProjectId] = []
-        for path in self._candidates():
-            try:
-                project_id = check_project_id(path.stem)
-            except InvalidProjectId as exc:
-                orphans.append(Problem(path, 1, 1, str(exc)))
-                continue
-            if project_id not in ids:
-                ids.append(project_id)
+        ids, refused = classify(self._names())
+        orphans.extend(Problem(self.directory / name, 1, 1, why) for name, why in refused)
         return ids
 
     def scan_names(self) -> list[Problem]:
@@ -284,6 +273,25 @@ class DesiredStore:
                 return EditResult(before, after, changed=False)
             atomic_write(path, text.encode())
             return EditResult(before, after, changed=True)
+
+
+def classify(names: Iterable[str]) -> tuple[list[ProjectId], list[tuple[str, str]]]:
+    """Of a desired dir's entry names (sorted): the project ids its desired files name, in
+    order and once each; and the desired files whose names are no project id, with why.
+    Hidden files and other suffixes are neither."""
+    ids: list[ProjectId] = []
+    refused: list[tuple[str, str]] = []
+    for name in names:
+        if name.startswith(".") or not name.endswith(SUFFIXES):
+            continue
+        try:
+            project_id = check_project_id(name.rsplit(".", 1)[0])
+        except InvalidProjectId as exc:
+            refused.append((name, str(exc)))
+            continue
+        if project_id not in ids:
+            ids.append(project_id)
+    return ids, refused
 
 
 def _duplicate_problem(paths: list[Path]) -> Problem:

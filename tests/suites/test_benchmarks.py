@@ -5,6 +5,7 @@ speed; ``make bench`` prints the figures and BENCHMARKS.md holds the latest."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,6 +24,11 @@ def _figure(value: object) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_figure_runs_and_reports(tmp_path: Path) -> None:
+    if shutil.which("curl") is None:  # the hand baseline of figure 2 is a shell script
+        why = "curl is not installed (.ci/run and make bench install it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
     out = tmp_path / "figures.json"
     before = (REPO / "BENCHMARKS.md").read_text()
     run = subprocess.run(
