@@ -7,13 +7,13 @@ question and can never drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from reconciler.desired import DesiredFile
 from reconciler.kinds import EdgeMode, RuntimeName, ServeMode, Status
 from reconciler.plan import DesiredView, ObservedInstance, ObservedView
 from reconciler.spec import ProjectSpec
-from reconciler.state import ProjectRow, SiteRow
+from reconciler.state import ProjectRow, SiteRow, SourceRow
 
 
 def serve_mode(edge: EdgeMode, spec: ProjectSpec | None, default_runtime: RuntimeName) -> ServeMode:
@@ -27,25 +27,39 @@ def serve_mode(edge: EdgeMode, spec: ProjectSpec | None, default_runtime: Runtim
     return ServeMode.DYNAMIC
 
 
+def followed_rev(spec: ProjectSpec | None, source: SourceRow | None) -> str | None:
+    """The revision a following project should run: where its source stands now (None: it
+    does not follow, is pinned, or its source was never read)."""
+    if spec is None or not spec.production.follow or spec.production.pinned is not None:
+        return None
+    return source.rev if source is not None else None
+
+
 def desired_view(
     desired: DesiredFile | None,
     in_force: ProjectSpec | None,
     *,
     edge: EdgeMode = EdgeMode.OFF,
     default_runtime: RuntimeName = RuntimeName.PROCESS,
+    source: SourceRow | None = None,
 ) -> DesiredView | None:
-    """None when the project has no desired file (it was deleted)."""
+    """None when the project has no desired file (it was deleted). A following project's
+    digest names the revision too: a new commit is a new desired state (a failure of the
+    last one is not held against it, and a build of an older one is cancelled)."""
     if desired is None:
         return None
     mode = serve_mode(edge, in_force, default_runtime)
+    rev = followed_rev(in_force, source)
+    digest = in_force.digest() if in_force else None
     return DesiredView(
         in_force,
-        in_force.digest() if in_force else None,
+        f"{digest}@{rev[:12]}" if digest and rev else digest,
         desired.error,
         mode,
         None
         if in_force is None or mode == ServeMode.STATIC
         else in_force.instance_config(default_runtime),
+        rev,
     )
 
 
@@ -99,4 +113,32 @@ def observed_view(
         recent_repairs=recent_repairs,
         public_port=site.publicPort if site else None,
         routed=routed,
+        built_rev=_rev(row),
     )
+
+
+def _rev(row: ProjectRow | None) -> str | None:
+    built = row.built_from() if row is not None else None
+    rev = built.get("rev") if built else None
+    return rev if isinstance(rev, str) else None
+
+
+def commit_fields(source: Mapping[str, object] | None) -> dict[str, str]:
+    """The commit and subject a release was built from (a git source), for events, logs and
+    status; {} for a directory source."""
+    if not source or not isinstance(source.get("commit"), str):
+        return {}
+    return {"commit": str(source["commit"]), "subject": str(source.get("subject", ""))}
+
+
+def running_commit(
+    row: ProjectRow | None, version: str | None, manifest: Mapping[str, object] | None
+) -> dict[str, str]:
+    """The commit ``version`` runs: the last build's when it made that version (content
+    addressing: a new commit with the same output reuses the release), else the one the
+    release was first built from."""
+    if row is not None and version is not None and version == row.latestHash:
+        built = commit_fields(row.built_from())
+        if built:
+            return built
+    return commit_fields(manifest)

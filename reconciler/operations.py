@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
+from reconciler.facts import running_commit
 from reconciler.kinds import (
     TERMINAL_EVENTS,
     EdgeMode,
@@ -193,6 +194,7 @@ class Operations:
                     isActive=v.is_active,
                     createdAt=v.created_at,
                     config=config if v.is_active else None,
+                    **running_commit(row, v.hash, self.releases.source_of(pid, v.hash)),
                 )
                 for v in self.releases.history(pid, active=active or "")
             ]

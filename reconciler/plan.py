@@ -44,6 +44,7 @@ class DesiredView:
     file_error: str | None = None
     mode: ServeMode = ServeMode.PORT
     config: str | None = None  # settings an instance must run with (instance_config)
+    source_rev: str | None = None  # followed source: the commit (or dir fingerprint) to run
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class ObservedView:
     recent_repairs: int = 0
     public_port: int | None = None
     routed: str | None = None  # the key of the instance the edge routes to
+    built_rev: str | None = None  # what the latest release was built from
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
         observed.observed_generation != spec.production.generation
         or observed.latest_hash is None
         or observed.latest_hash not in observed.releases
+        or (desired.source_rev is not None and desired.source_rev != observed.built_rev)
     ):
         return _after_strays(live, observed, Build(spec.production.generation))
     else:

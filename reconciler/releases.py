@@ -516,6 +516,14 @@ class ReleaseStore:
         self._manifests[path] = (key, manifest)
         return manifest
 
+    def source_of(self, project_id: ProjectId, version: str | None) -> dict[str, Any] | None:
+        """What a release was built from (its manifest's ``source``: a git commit), if known."""
+        if version is None or not is_hash8(version):
+            return None
+        manifest = self._manifest(self.project_dir(project_id) / version)
+        source = manifest.get("source") if manifest else None
+        return source if isinstance(source, dict) else None
+
     def get(self, project_id: ProjectId, version: str) -> Release | None:
         if not is_hash8(version):
             return None

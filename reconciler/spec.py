@@ -9,11 +9,20 @@ import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal, NewType
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+)
 
 from reconciler.kinds import RuntimeName
 
 ProjectId = NewType("ProjectId", str)
+SOURCE_TAGS = ("directory", "repository")  # in error locations after "source"; not keys
 
 PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 HOST_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -69,6 +78,11 @@ class Production(_Model):
     state: Literal["running", "stopped"] = "stopped"
     version: str = Field(default="latest", description="'latest' or an 8-hex version to pin")
     generation: int = Field(default=0, ge=0, description="bump to ask for a fresh build")
+    follow: bool = Field(
+        default=False,
+        description="deploy each new commit of the git ref (or each change of a source dir) "
+        "automatically; a pinned version stops following until the pin is removed",
+    )
 
     @field_validator("version")
     @classmethod
@@ -120,10 +134,84 @@ class Health(_Model):
         return value
 
 
+GIT_REF_RE = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/@+-]{1,255}(?<![./])$")
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class GitSource(_Model):
+    """A git repository and the ref whose commits are built."""
+
+    git: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="a repository the git CLI can fetch: a path (relative to the desired "
+        "file), file://, https:// or ssh:// URL",
+    )
+    ref: str = Field(default="main", description="a branch, a tag, refs/... or a full commit SHA")
+    poll: float | None = Field(
+        default=None,
+        ge=5,
+        le=86400,
+        strict=False,
+        description="seconds between checks of a remote for a new commit (follow); default: "
+        "the daemon's --git-poll",
+    )
+
+    @field_validator("git")
+    @classmethod
+    def _git(cls, value: str) -> str:
+        if value.startswith("-") or any(c in value for c in "\0\r\n"):
+            raise ValueError("git must be a path or URL (not starting with '-', one line)")
+        scheme = value.split("://", 1)[0].lower() if "://" in value else None
+        if scheme is not None and scheme not in ("file", "https", "http", "ssh", "git"):
+            raise ValueError(f"git URL scheme {scheme!r} is not allowed (file, https, ssh, git)")
+        if "::" in value.split("/", 1)[0]:
+            raise ValueError("git remote helpers (<transport>::<address>) are not allowed")
+        return value
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if not GIT_REF_RE.fullmatch(value) or value.endswith(".lock"):
+            raise ValueError(
+                "ref must be a branch or tag name, refs/..., or a commit SHA (no '..', "
+                "spaces or leading '-')"
+            )
+        return value
+
+    @property
+    def pinned_commit(self) -> str | None:
+        return self.ref if SHA_RE.fullmatch(self.ref) else None
+
+    def location(self, desired_file: Path) -> str:
+        """The repository as the git CLI is given it: a relative path resolved against the
+        desired file's dir; URLs as written."""
+        if "://" in self.git or _scp_like(self.git):
+            return self.git
+        base = Path(self.git).expanduser()
+        if not base.is_absolute():
+            base = desired_file.parent / base
+        return _normpath(base)
+
+
+def _scp_like(value: str) -> bool:
+    """user@host:path, as git reads it (a colon before any slash)."""
+    head, colon, _ = value.partition(":")
+    return bool(colon) and "/" not in head and len(head) > 1
+
+
+def redact(url: str) -> str:
+    """A URL without its password (user:secret@host -> user:***@host), for logs and records."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
 class ProjectSpec(_Model):
     """One desired-state file. ``source`` is kept as written; resolve it with ``source_dir``."""
 
-    source: str = Field(min_length=1, description="project source dir, relative to the file")
+    source: Annotated[
+        Annotated[str, Tag("directory")] | Annotated[GitSource, Tag("repository")],
+        Discriminator(lambda v: "repository" if isinstance(v, dict | GitSource) else "directory"),
+    ] = Field(description="project source: a dir relative to the file, or {git: URL, ref: main}")
     runtime: RuntimeName | None = Field(
         default=None,
         strict=False,  # the enum's values as plain strings
@@ -160,7 +248,20 @@ class ProjectSpec(_Model):
                 raise ValueError(f"env {name} holds a NUL character")
         return value
 
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str | GitSource) -> str | GitSource:
+        if isinstance(value, str) and not value:
+            raise ValueError("source must not be empty")
+        return value
+
+    @property
+    def git(self) -> GitSource | None:
+        return self.source if isinstance(self.source, GitSource) else None
+
     def source_dir(self, desired_file: Path) -> Path:
+        """A directory source, resolved (a git source has none: builds get a checkout)."""
+        assert isinstance(self.source, str), "a git source has no source dir"
         base = Path(self.source).expanduser()
         if not base.is_absolute():
             base = desired_file.parent / base

@@ -21,7 +21,7 @@ from typing import Any, assert_never
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.desired import DesiredFile, DesiredStore, keep_production
-from reconciler.facts import desired_view, observed_view, spec_from_row
+from reconciler.facts import desired_view, observed_view, running_commit, spec_from_row
 from reconciler.kinds import (
     DeploymentKind,
     EdgeMode,
@@ -46,13 +46,19 @@ from reconciler.plan import (
 )
 from reconciler.releases import ReleaseStore
 from reconciler.spec import ProjectId, ProjectSpec
-from reconciler.state import DeploymentRow, JobRow, ProjectRow, StateDB
+from reconciler.state import DeploymentRow, JobRow, ProjectRow, SourceRow, StateDB
 
 IN_PROGRESS = (Status.QUEUED, Status.BUILDING)
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class SourceState(_Out):
+    tip: str | None = Field(description="the commit the ref points at (or a dir's fingerprint)")
+    error: str | None = Field(description="why the source could not be read at the last check")
+    checkedAt: str
 
 
 class ActiveJob(_Out):
@@ -76,6 +82,13 @@ class ProductionStatus(_Out):
     note: str | None = Field(
         default=None, description="something an operator should know that is not an error"
     )
+    commit: str | None = Field(
+        default=None, description="git source: the commit the serving version was built from"
+    )
+    subject: str | None = Field(default=None, description="that commit's subject line")
+    source: SourceState | None = Field(
+        default=None, description="a followed source: where it stands now (production.follow)"
+    )
 
 
 class Version(_Out):
@@ -85,6 +98,8 @@ class Version(_Out):
     config: str | None = Field(
         default=None, description="the active version: digest of the settings it runs with"
     )
+    commit: str | None = Field(default=None, description="git source: the commit it was built from")
+    subject: str | None = None
 
 
 class History(_Out):
@@ -217,6 +232,8 @@ class Snapshot:
     steps: tuple[Step, ...]
     config: str | None = None  # the settings digest of the instance serving the row's version
     file: DesiredFile | None = None  # the desired file as read
+    commit: dict[str, str] | None = None  # the commit the row's version was built from
+    source: SourceRow | None = None  # a followed source's standing
 
     @property
     def file_spec(self) -> ProjectSpec | None:
@@ -240,7 +257,12 @@ class Snapshot:
                     "stopped; set production.state: running (or run `reconciler deploy`)"
                 )
             status = status.model_copy(update={"note": note})
-        return status
+        extra: dict[str, Any] = dict(self.commit or {})
+        if self.source is not None:
+            extra["source"] = SourceState(
+                tip=self.source.rev, error=self.source.error, checkedAt=self.source.checkedAt
+            )
+        return status.model_copy(update=extra) if extra else status
 
     def converged(self) -> bool:
         """Nothing open and nothing left to do."""
@@ -278,7 +300,10 @@ class Reader:
         spec = None
         if desired is not None:
             spec = keep_production(desired.spec, last) if desired.spec else last
-        view = desired_view(desired, spec, edge=self.edge_mode(), default_runtime=self.runtime())
+        source = self.db.source(pid) if spec is not None and spec.production.follow else None
+        view = desired_view(
+            desired, spec, edge=self.edge_mode(), default_runtime=self.runtime(), source=source
+        )
         instances = self.db.instances(pid)
         observed = observed_view(
             row,
@@ -298,7 +323,9 @@ class Reader:
             for r in instances
             if row is not None and r.hash == row.productionHash and r.role == InstanceRole.ACTIVE
         ]
+        version = row.productionHash if row is not None else None
+        commit = running_commit(row, version, self.releases.source_of(pid, version))
         return Snapshot(
             view, spec, row, deployment, job, tuple(plan(view, observed)),
-            serving[0] if serving else None, desired,
+            serving[0] if serving else None, desired, commit or None, source,
         )  # fmt: skip

@@ -9,6 +9,7 @@ and a rollback answers, as soon as the edge serves the new version.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from reconciler.controller.golive import GoLive, OnPort, Slots, Static, site_for
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
 from reconciler.edge.manager import Edge
+from reconciler.facts import commit_fields
 from reconciler.kinds import EventType, InstanceRole, JobType, ServeMode, Status
 from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import Release, ReleaseStore
@@ -91,12 +93,20 @@ class Activator:
         if built:
             changes["observedGeneration"] = generation
             changes["latestHash"] = release.hash
+            changes["latestSource"] = json.dumps(run.built_from) if run.built_from else None
         rec.update(**changes)
         if instance is not None:
             rec.put_instance(instance, InstanceRole.ACTIVE)
-        logger.info("%s: running %s at %s", pid, release.hash, url)
+        commit = commit_fields(
+            run.built_from if built else self.releases.source_of(pid, release.hash)
+        )
+        logger.info(
+            "%s: running %s at %s%s", pid, release.hash, url,
+            f" (commit {commit['commit'][:12]})" if commit else "",
+        )  # fmt: skip
         rec.emit(
-            EventType.READY, {"status": "running", "url": url, "port": port, "hash": release.hash}
+            EventType.READY,
+            {"status": "running", "url": url, "port": port, "hash": release.hash, **commit},
         )
         others = tuple(k for k in run.live if instance is None or k != instance.key)
         if instance is not None:

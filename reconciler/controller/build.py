@@ -11,10 +11,13 @@ from pathlib import Path
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
 from reconciler.errors import PermanentError, TransientError
+from reconciler.facts import commit_fields
+from reconciler.gitsource import GitCache, GitError, fingerprint
 from reconciler.kinds import EventType, JobType, Status
 from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import BuildRequest, Runtime
+from reconciler.spec import GitSource, redact
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,9 @@ class Builder:
         runtimes: Runtimes,
         log_limits: LogLimits = DEFAULT_LIMITS,
         min_free: int = 256 * 1024 * 1024,
+        git: GitCache | None = None,
     ) -> None:
+        self.git = git or GitCache(releases.root.parent / "git")
         self.releases = releases
         self.runtimes = runtimes
         self.log_limits = log_limits
@@ -47,11 +52,16 @@ class Builder:
         with rec.job(JobType.BUILD, generation=generation) as job:
             release = self._stage(run, runtime, generation)
             job.hash = release.hash
-        logger.info("%s: built %s (generation %s)", rec.project_id, release.hash, generation)
+        commit = commit_fields(run.built_from)
+        logger.info(
+            "%s: built %s (generation %s%s)", rec.project_id, release.hash, generation,
+            f", commit {commit['commit'][:12]}" if commit else "",
+        )  # fmt: skip
         rec.emit(
             EventType.BUILDING,
-            {"message": f"Build complete: version {release.hash}", "hash": release.hash},
-        )
+            {"message": f"Build complete: version {release.hash}", "hash": release.hash,
+             **commit},
+        )  # fmt: skip
         return release
 
     def _check_space(self) -> None:
@@ -68,12 +78,18 @@ class Builder:
         """Build with the runtime, then hash and publish the dist as an immutable release."""
         spec, pid, desired = run.spec, run.facts.project_id, run.facts.desired
         assert desired is not None  # a build is planned only from a desired file
-        source = spec.source_dir(desired.path)
-        check_source(source, self.releases.root.parent)
         self._check_space()
         staging = self.releases.begin(pid)
         work = staging.path.parent / f"{staging.path.name}-work"
+        checkout = staging.path.parent / f"{staging.path.name}-src"
         try:
+            if spec.git is not None:
+                source = checkout
+                run.built_from = self._checkout(run, spec.git, desired.path, checkout)
+            else:
+                source = spec.source_dir(desired.path)
+                check_source(source, self.releases.root.parent)
+                run.built_from = None
             result = runtime.build(
                 BuildRequest(
                     pid,
@@ -87,12 +103,19 @@ class Builder:
                 )
             )
             run.check()
+            if spec.git is None and spec.production.follow:
+                # after the build: what a build writes into its own tree is part of it
+                run.built_from = {"rev": fingerprint(source, spec.build_output(runtime.name))}
             release = self.releases.commit(
                 staging,
                 dist=result.dist,
                 dist_exclude=result.dist_exclude,
                 generation=generation,
-                details={**result.details, "desiredDigest": run.facts.digest},
+                details={
+                    **result.details,
+                    "desiredDigest": run.facts.digest,
+                    **({"source": run.built_from} if spec.git is not None else {}),
+                },
             )
             runtime.finish_build(result, release)
             return release
@@ -113,6 +136,28 @@ class Builder:
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(checkout, ignore_errors=True)
+
+    def _checkout(
+        self, run: Run, source: GitSource, desired_file: Path, dest: Path
+    ) -> dict[str, object]:
+        """Fetch the ref and write a clean tree of its commit into ``dest``. A fetch that
+        fails is transient (the running version keeps serving), reported with git's words."""
+        pid, rec = run.facts.project_id, run.recorder
+        url = source.location(desired_file)
+        rec.emit(EventType.BUILDING, {"message": f"Fetching {source.ref} from {redact(url)}"})
+        try:
+            commit = self.git.fetch(pid, source, url)
+        except GitError as exc:
+            raise TransientError(f"{exc}; retried with backoff", delay=exc.delay) from None
+        run.check()
+        self.git.checkout(pid, commit.sha, dest)
+        rec.emit(
+            EventType.BUILDING,
+            {"message": f"Checked out {commit.short}: {commit.subject}", **commit_fields(
+                {"commit": commit.sha, "subject": commit.subject})},
+        )  # fmt: skip
+        return {"rev": commit.sha, **commit.record()}
 
 
 def _free_bytes(path: Path) -> int:

@@ -184,7 +184,9 @@ class Observer:
         last_good: LastGood,
         repairs: RepairLog,
         edge: EdgeMode = EdgeMode.OFF,
+        on_spec: Callable[[ProjectId, ProjectSpec | None, Path | None], None] | None = None,
     ) -> None:
+        self.on_spec = on_spec  # sees each project's spec as read (the follower tracks it)
         self.desired = desired
         self.db = db
         self.releases = releases
@@ -194,7 +196,12 @@ class Observer:
         self.edge = edge
 
     def view(self, desired: DesiredFile | None, spec: ProjectSpec | None) -> DesiredView | None:
-        return desired_view(desired, spec, edge=self.edge, default_runtime=self.runtimes.default)
+        source = None
+        if desired is not None and spec is not None and spec.production.follow:
+            source = self.db.source(desired.project_id)
+        return desired_view(
+            desired, spec, edge=self.edge, default_runtime=self.runtimes.default, source=source
+        )
 
     def desired_now(self, project_id: ProjectId) -> DesiredView | None:
         """What the desired file asks for now (a read; remembers nothing)."""
@@ -229,6 +236,8 @@ class Observer:
         if self.last_good.get(project_id) is None and (from_row := spec_from_row(row)):
             self.last_good.seed(project_id, from_row)  # after a restart, before a valid read
         spec = self.last_good.in_force(desired) if desired is not None else None
+        if self.on_spec is not None:
+            self.on_spec(project_id, spec, desired.path if desired is not None else None)
         live, gone = self.live(project_id, spec, rows)
         draining = {r.key for r in rows if r.role == InstanceRole.DRAINING}
         site = self.db.site(project_id)

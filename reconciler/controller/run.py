@@ -21,6 +21,7 @@ class Run:
     recorder: Recorder
     cancel: threading.Event
     live: Live  # instances that run now; executors keep it current
+    built_from: dict[str, object] | None = None  # set by a build: its source's revision
 
     @property
     def spec(self) -> ProjectSpec:

@@ -19,7 +19,7 @@ from yaml.events import AliasEvent, NodeEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.fileio import NotRegularFile, read_bounded
-from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
+from reconciler.spec import SOURCE_TAGS, InvalidProjectId, ProjectId, ProjectSpec, check_project_id
 
 MAX_FILE_BYTES = 1024 * 1024
 SETTLE = 1.0  # seconds a file without a final newline must stay unchanged to be read
@@ -211,7 +211,11 @@ def find(root: Node, loc: tuple[int | str, ...]) -> tuple[Node, Node | None, int
 def _validation_problems(path: Path, root: MappingNode, exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
+        loc = tuple(
+            part
+            for i, part in enumerate(err["loc"])
+            if not (i == 1 and err["loc"][0] == "source" and part in SOURCE_TAGS)
+        )
         dotted = ".".join(str(p) for p in loc)
         node, key_node, depth = find(root, loc)
         kind = err["type"]

@@ -11,6 +11,7 @@ from reconciler.state.rows import (
     ProjectChanges,
     ProjectRow,
     SiteRow,
+    SourceRow,
 )
 from reconciler.state.schema import MIGRATIONS
 
@@ -25,5 +26,6 @@ __all__ = [
     "ProjectChanges",
     "ProjectRow",
     "SiteRow",
+    "SourceRow",
     "StateDB",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
-from typing import Unpack
+from typing import Any, Unpack
 
 from reconciler.spec import ProjectId
 from reconciler.state.edge import EdgeTables
@@ -12,6 +13,7 @@ from reconciler.state.rows import (
     InstanceRow,
     ProjectChanges,
     ProjectRow,
+    SourceRow,
     as_row,
     first_row,
 )
@@ -60,6 +62,43 @@ class StateDB(EdgeTables):
                 )
             row = conn.execute("SELECT * FROM projects WHERE id = ?", (project_id,)).fetchone()
         return as_row(ProjectRow, row)
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def source(self, project_id: str) -> SourceRow | None:
+        return first_row(
+            SourceRow, self.read("SELECT * FROM sources WHERE project = ?", (project_id,))
+        )
+
+    def set_source(
+        self,
+        project_id: ProjectId,
+        *,
+        rev: str | None,
+        detail: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record where a followed source stands. True when its revision or error moved
+        (an unchanged check writes nothing)."""
+        text = json.dumps(detail, sort_keys=True) if detail is not None else None
+        with self.write() as conn:
+            old = conn.execute(
+                "SELECT rev, error FROM sources WHERE project = ?", (project_id,)
+            ).fetchone()
+            if old is not None and old[0] == rev and old[1] == error:
+                return False
+            conn.execute(
+                "INSERT INTO sources (project, rev, detail, error, checkedAt) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (project) DO UPDATE SET rev = excluded.rev, "
+                "detail = COALESCE(excluded.detail, sources.detail), error = excluded.error, "
+                "checkedAt = excluded.checkedAt",
+                (project_id, rev, text, error, utcnow()),
+            )
+        return True
+
+    def forget_source(self, project_id: str) -> None:
+        with self.write() as conn:
+            conn.execute("DELETE FROM sources WHERE project = ?", (project_id,))
 
     # -- instances -------------------------------------------------------------------------
 

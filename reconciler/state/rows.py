@@ -35,6 +35,7 @@ class ProjectChanges(TypedDict, total=False):
     failedDigest: str | None
     desiredDigest: str | None
     lastGoodSpec: str | None
+    latestSource: str | None
 
 
 PROJECT_COLUMNS = frozenset(ProjectChanges.__annotations__)
@@ -56,6 +57,35 @@ class ProjectRow:
     desiredDigest: str | None
     lastGoodSpec: str | None
     updatedAt: str
+    latestSource: str | None = None  # JSON: what the latest release was built from
+
+    def built_from(self) -> dict[str, Any] | None:
+        return _json_object(self.latestSource)
+
+
+def _json_object(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """Where a followed source stands: ``rev`` the commit its ref points at (or a source
+    dir's fingerprint), ``detail`` JSON about it, ``error`` why it could not be read."""
+
+    project: str
+    rev: str | None
+    detail: str | None
+    error: str | None
+    checkedAt: str
+
+    def details(self) -> dict[str, Any] | None:
+        return _json_object(self.detail)
 
 
 @dataclass(frozen=True)

@@ -217,4 +217,32 @@ MIGRATIONS: list[str] = [
         ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
     END;
     """,
+    # 7: sources. What the latest release was built from (a commit, or a source dir's
+    # fingerprint), and where each followed source stands now (the tip its ref points at,
+    # or why it could not be read)
+    """
+    ALTER TABLE projects ADD COLUMN latestSource TEXT;
+    CREATE TABLE sources (
+        project TEXT PRIMARY KEY,
+        rev TEXT,
+        detail TEXT,
+        error TEXT,
+        checkedAt TEXT NOT NULL
+    );
+    CREATE TRIGGER sources_insert_rev AFTER INSERT ON sources BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER sources_update_rev AFTER UPDATE ON sources BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (NEW.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    CREATE TRIGGER sources_delete_rev AFTER DELETE ON sources BEGIN
+        INSERT INTO revisions (project, rev)
+        VALUES (OLD.project, (SELECT COALESCE(MAX(rev), 0) + 1 FROM revisions))
+        ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
+    END;
+    """,
 ]

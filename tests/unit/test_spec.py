@@ -138,7 +138,7 @@ INVALID = [
         id="section-scalar",
     ),
     pytest.param(
-        "source: ''\n", 1, "source: String should have at least 1 character", id="empty-source"
+        "source: ''\n", 1, "source: source must not be empty", id="empty-source"
     ),
     pytest.param(
         "source: a\nsource: b\n",
