@@ -117,6 +117,13 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="seconds between full resyncs",
     )
     parser.add_argument(
+        "--git-poll",
+        type=float,
+        default=float(env("GIT_POLL", "60") or 60),
+        help="seconds between checks of a followed source for a new commit (remote repos; "
+        "local ones are watched as well)",
+    )
+    parser.add_argument(
         "--no-watch", action="store_true", help="no file watcher: rely on the periodic resync"
     )
     parser.add_argument(
@@ -253,6 +260,7 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
         min_free_bytes=max(0, args.min_free_mb) * 1024 * 1024,
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         logs=LogLimits(max_bytes=max(1024, args.log_max_bytes), keep=max(1, args.log_keep)),
+        git_poll=max(1.0, args.git_poll),
     )
 
 

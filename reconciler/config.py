@@ -47,6 +47,16 @@ class Config:
     min_free_bytes: int = 256 * 1024 * 1024  # a build is refused with less free on data/
     allowed_origins: tuple[str, ...] = ()  # browser origins the API takes writes from
     logs: LogLimits = LogLimits()  # rotation of app and build logs  # noqa: RUF009
+    git_poll: float = 60.0  # seconds between checks of a followed source (remote repos)
+
+    @property
+    def nudge_dir(self) -> Path:
+        """Webhooks drop a file per project here: check its followed source now."""
+        return self.data_dir / "hooks" / "nudge"
+
+    @property
+    def hook_secret_dir(self) -> Path:
+        return self.data_dir / "hooks" / "secrets"
 
     @property
     def state_db(self) -> Path:

@@ -35,6 +35,7 @@ from reconciler.edge.config import Site
 from reconciler.edge.manager import Edge
 from reconciler.edge.settings import edge_settings
 from reconciler.facts import serve_mode, spec_from_row
+from reconciler.follow import Follower
 from reconciler.kinds import EdgeMode, RuntimeName, ServeMode
 from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import ReleaseStore
@@ -174,6 +175,15 @@ class Daemon:
             at_edge=at_edge,
             clock=clock,
         )
+        self.follower = Follower(
+            self.db,
+            self.controller.enqueue,
+            nudge_dir=config.nudge_dir,
+            poll=config.git_poll,
+            default_runtime=config.default_runtime,
+            watch=config.watch,
+        )
+        self.controller.observer.on_spec = self.follower.track
         self.watcher: DesiredWatcher | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.stop_requested = threading.Event()
@@ -215,6 +225,7 @@ class Daemon:
         if strays:
             logger.warning("stopped instance processes no record names: %s", ", ".join(strays))
         self._initial = self.controller.known_projects()
+        self.follower.start()
         self.controller.start()
         if self.config.watch:
             self.watcher = DesiredWatcher(
@@ -335,6 +346,7 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         if self.watcher is not None:
             self.watcher.stop()
+        self.follower.stop()
         self.controller.stop(timeout=10)
         if self.edge is not None:
             self.edge.stop()

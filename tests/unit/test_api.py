@@ -278,7 +278,7 @@ def test_history_newest_first(
     assert [(v["hash"], v["isActive"]) for v in versions] == [(new, True), (old, False)]
     assert all(
         list(v) == ["hash", "isActive", "createdAt", "config", "commit", "subject"]
-            and v["createdAt"].endswith("Z")
+        and v["createdAt"].endswith("Z")
         for v in versions
     )
 

@@ -137,9 +137,7 @@ INVALID = [
         "production: Input should be a valid dictionary",
         id="section-scalar",
     ),
-    pytest.param(
-        "source: ''\n", 1, "source: source must not be empty", id="empty-source"
-    ),
+    pytest.param("source: ''\n", 1, "source: source must not be empty", id="empty-source"),
     pytest.param(
         "source: a\nsource: b\n",
         2,
