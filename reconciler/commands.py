@@ -88,6 +88,92 @@ def register(sub: Any) -> None:
     add_client_options(logs)
     logs.set_defaults(func=run_command(cmd_logs))
 
+    secret = sub.add_parser(
+        "hook-secret",
+        help="print (or --rotate) the webhook secret of a project (or _desired) and its URL",
+    )
+    secret.add_argument("project", metavar="ID")
+    secret.add_argument("--rotate", action="store_true", help="replace it: old signatures fail")
+    secret.add_argument("--data", default=env("DATA", "data"), help="data dir")
+    secret.add_argument("--api-url", default=env("API"), help="the API's public URL, to print")
+    secret.set_defaults(func=cmd_hook_secret)
+
+    init_repo = sub.add_parser(
+        "init-repo",
+        help="make a bare git repository on this host that deploys ID on every push",
+    )
+    init_repo.add_argument("project", metavar="ID")
+    init_repo.add_argument("--desired", default=env("DESIRED", "desired"), help="desired dir")
+    init_repo.add_argument("--data", default=env("DATA", "data"), help="data dir")
+    init_repo.add_argument("--branch", default="main", help="the branch that deploys")
+    init_repo.set_defaults(func=cmd_init_repo)
+
+
+def cmd_hook_secret(args: argparse.Namespace) -> int:
+    from reconciler import hooks
+    from reconciler.spec import InvalidProjectId, check_project_id
+
+    name = args.project
+    if name != hooks.DESIRED:
+        try:
+            check_project_id(name)
+        except InvalidProjectId as exc:
+            print(f"reconciler: {exc}", file=sys.stderr)
+            return 2
+    secret_dir = Path(args.data).absolute() / "hooks" / "secrets"
+    value = hooks.make_secret(secret_dir, name, rotate=args.rotate)
+    base = (args.api_url or "http://127.0.0.1:3000").rstrip("/")
+    path = "/api/hooks/desired" if name == hooks.DESIRED else f"/api/projects/{name}/hooks/git"
+    print(f"secret: {value}")
+    print(f"url:    {base}{path}")
+    print("GitHub/Gitea/Forgejo: content type application/json, this secret; GitLab: the "
+          "secret token field. Push events only.")  # fmt: skip
+    return 0
+
+
+def cmd_init_repo(args: argparse.Namespace) -> int:
+    """A bare repository under data/repos/ID.git; the desired file (written when there is
+    none) follows its branch, so ``git push`` deploys with no hook script."""
+    import subprocess
+
+    from reconciler.fileio import atomic_write
+    from reconciler.spec import InvalidProjectId, check_project_id
+
+    try:
+        pid = check_project_id(args.project)
+    except InvalidProjectId as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return 2
+    repo = Path(args.data).absolute() / "repos" / f"{pid}.git"
+    if not (repo / "HEAD").is_file():
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["git", "init", "--quiet", "--bare", f"--initial-branch={args.branch}", str(repo)],
+            check=True,
+        )
+        print(f"created {repo}")
+    else:
+        print(f"{repo} exists")
+    desired = Path(args.desired).absolute()
+    path = desired / f"{pid}.yaml"
+    if not (path.exists() or (desired / f"{pid}.yml").exists()):
+        desired.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            path,
+            (
+                f"source:\n  git: {repo}\n  ref: {args.branch}\n"
+                "production:\n  state: running\n  follow: true\n"
+            ).encode(),
+        )
+        print(f"wrote {path}: follows {args.branch}")
+    else:
+        print(f"{path} exists; to deploy on push, give it:")
+        print(f"  source: {{git: {repo}, ref: {args.branch}}}\n  production: {{follow: true}}")
+    print("push to deploy:")
+    print(f"  git remote add production {repo}   # or ssh://<this host>{repo}")
+    print(f"  git push production HEAD:{args.branch}")
+    return 0
+
 
 def make_client(args: argparse.Namespace) -> Client:
     if args.api:
@@ -141,6 +227,13 @@ def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "")
     if status.get("startedAt"):
         line += f"  since {status['startedAt']}"
     lines = [line]
+    if status.get("commit"):
+        lines.append(f"  commit: {status['commit'][:12]} {status.get('subject') or ''}".rstrip())
+    source = status.get("source")
+    if source and source.get("error"):
+        lines.append(f"  source: {source['error']}")
+    elif source and source.get("tip") and source["tip"] != status.get("commit"):
+        lines.append(f"  source: now at {str(source['tip'])[:12]}")
     job = status.get("activeJob")
     if job:
         lines.append(f"  job: {job['type']} ({job['state']})")
@@ -287,7 +380,14 @@ def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         active = "  (active)" if version["isActive"] else ""
         if version["isActive"] and version.get("config"):
             active = f"  (active, config {version['config']})"
-        print(f"{mark} {version['hash']}  {version['createdAt']}{active}", file=out)
+        commit = (
+            f"  {version['commit'][:12]} {version.get('subject') or ''}"
+            if version.get("commit")
+            else ""
+        )
+        print(
+            f"{mark} {version['hash']}  {version['createdAt']}{active}{commit}".rstrip(), file=out
+        )
     return OK
 
 

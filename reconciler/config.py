@@ -48,6 +48,10 @@ class Config:
     allowed_origins: tuple[str, ...] = ()  # browser origins the API takes writes from
     logs: LogLimits = LogLimits()  # rotation of app and build logs  # noqa: RUF009
     git_poll: float = 60.0  # seconds between checks of a followed source (remote repos)
+    desired_git: str | None = None  # the desired files come from this repository
+    desired_git_ref: str = "main"
+    desired_git_poll: float = 60.0
+    git_author: str = "reconciler <reconciler@localhost>"  # of the commits API writes make
 
     @property
     def nudge_dir(self) -> Path:

@@ -28,6 +28,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from reconciler.gitsource import GitError, fingerprint, ls_remote
+from reconciler.hooks import DESIRED
 from reconciler.kinds import RuntimeName
 from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
 from reconciler.state import StateDB
@@ -112,6 +113,7 @@ class Follower:
         self.poll = poll
         self.default_runtime = default_runtime
         self.use_watch = watch
+        self.on_desired_nudge: Callable[[], None] | None = None  # the configuration repo
         self._targets: dict[ProjectId, Target] = {}
         self._failures: dict[ProjectId, int] = {}
         self._lock = threading.Lock()
@@ -246,12 +248,17 @@ class Follower:
         except OSError:
             return
         for name in names:
-            with contextlib.suppress(OSError):
-                os.unlink(self.nudge_dir / name)
+            if name == DESIRED and self.on_desired_nudge is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.nudge_dir / name)
+                self.on_desired_nudge()
+                continue
             try:
                 pid = check_project_id(name)
             except InvalidProjectId:
                 continue
+            with contextlib.suppress(OSError):
+                os.unlink(self.nudge_dir / name)
             self.check_soon(pid)
 
     def check_soon(self, project_id: ProjectId) -> None:

@@ -20,6 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from reconciler import hooks
 from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequest
 from reconciler.config import Config, is_loopback
 from reconciler.desired import DesiredStore
@@ -226,6 +227,50 @@ def _sse(event: Event) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
 
 
+# -- push webhooks --------------------------------------------------------------------------
+
+
+def _is_hook() -> bool:
+    """Webhook requests come from forges: signed with a per-project secret, not the bearer
+    token, and not from a browser (the HMAC is their check)."""
+    return request.path == "/api/hooks/desired" or (
+        request.path.startswith("/api/projects/") and request.path.endswith("/hooks/git")
+    )
+
+
+def _hook_response(name: str, ref: str | None) -> Response:
+    config: Config = current_app.config["RECONCILER_CONFIG"]
+    body = request.get_data(cache=False)
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    verdict = hooks.judge(hooks.read_secret(config.hook_secret_dir, name), body, headers, ref)
+    if verdict.nudge:
+        hooks.nudge(config.nudge_dir, name)
+    logger.info("webhook for %s: %s %s", name, verdict.status, verdict.message)
+    return json_response(
+        {"accepted": verdict.nudge, "message": verdict.message}
+        if verdict.status < 400
+        else {"error": verdict.message},
+        verdict.status,
+    )
+
+
+@bp.post("/api/projects/<raw>/hooks/git")
+def git_hook(raw: str) -> Response:
+    """A forge's push webhook: checks the project's followed ref now."""
+    pid = ops().project(raw)
+    desired = ops().desired.read(pid)
+    spec = desired.spec if desired is not None else None
+    ref = spec.git.ref if spec is not None and spec.git and spec.production.follow else None
+    return _hook_response(pid, ref)
+
+
+@bp.post("/api/hooks/desired")
+def desired_hook() -> Response:
+    """A push webhook for the configuration repository (``--desired-git``)."""
+    config: Config = current_app.config["RECONCILER_CONFIG"]
+    return _hook_response(hooks.DESIRED, config.desired_git_ref if config.desired_git else None)
+
+
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -287,6 +332,7 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
         default_runtime=config.default_runtime,
     )
     app.config["RECONCILER_TOKEN"] = token
+    app.config["RECONCILER_CONFIG"] = config
     app.config["RECONCILER_ORIGINS"] = tuple(o.lower().rstrip("/") for o in config.allowed_origins)
     app.config["RECONCILER_LOOPBACK"] = is_loopback(config.listen_host)
     app.config["RECONCILER_STREAMS"] = threading.BoundedSemaphore(config.stream_cap)
@@ -294,6 +340,9 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
 
     @app.before_request
     def _before() -> None:
+        if _is_hook():
+            request.max_content_length = hooks.MAX_PAYLOAD
+            return
         _check_origin()
         _check_auth()
 
