@@ -79,7 +79,9 @@ def target_for(
         watch = ((str(gitdir), False), (str(gitdir / "refs"), True)) if gitdir else ()
         return Target("git", location, source.ref, source.poll or default_poll, None, watch)
     directory = str(spec.source_dir(desired_file))
-    output = spec.build_output(spec.runtime or default_runtime)
+    # the output a build command writes is left out (a build must not trigger a build); with
+    # no build command the output is the source itself
+    output = spec.build_output(spec.runtime or default_runtime) if spec.build.command else None
     return Target("dir", directory, None, default_poll, output, ((directory, True),))
 
 

@@ -207,14 +207,48 @@ class GitCache:
             shutil.rmtree(self.path(project_id), ignore_errors=True)
 
 
-SKIP_DIRS = frozenset({".git", "node_modules"})
+# left out of a source dir's fingerprint: version control, dependencies and build caches (a
+# build writes them; they are no edit of the source)
+SKIP_DIRS = frozenset({
+    ".git", "node_modules", "__pycache__", ".cache", ".next", ".nuxt", ".svelte-kit",
+    ".parcel-cache", ".turbo", ".astro", ".venv",
+})  # fmt: skip
 MAX_FINGERPRINT_FILES = 200_000
+_CONTENT: dict[str, tuple[tuple[int, int, int], str]] = {}  # path -> (identity, digest)
+_CONTENT_LOCK = threading.Lock()
+
+
+def _content_digest(path: str, st: os.stat_result) -> str:
+    """A file's content digest, read again only when its identity (inode, size, mtime) moved."""
+    import hashlib
+
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _CONTENT_LOCK:
+        memo = _CONTENT.get(path)
+    if memo is not None and memo[0] == key:
+        return memo[1]
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return "unreadable"
+    found = digest.hexdigest()
+    with _CONTENT_LOCK:
+        if len(_CONTENT) > 500_000:
+            _CONTENT.clear()
+        _CONTENT[path] = (key, found)
+    return found
 
 
 def fingerprint(source: Path, output: str | None = None) -> str:
-    """A source dir's revision: a digest of every entry's path, type, size, mode and mtime
-    (``.git``, ``node_modules`` and the build output left out). Symlinks are not followed."""
+    """A source dir's revision: a digest of every entry's path, type, executable bit and
+    content (symlinks: their target; never followed). Version control, dependencies, build
+    caches (SKIP_DIRS) and a build command's output are left out, so a build that rewrites
+    what it read with the same bytes is no change."""
     import hashlib
+    import stat as stat_
 
     skip_top = None
     if output and not output.startswith("/") and output not in (".", "./"):
@@ -236,13 +270,20 @@ def fingerprint(source: Path, output: str | None = None) -> str:
             except OSError:
                 continue
             name = f"{rel}/{entry.name}" if rel else entry.name
-            digest.update(f"{name}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            if stat_.S_ISDIR(st.st_mode):
+                what = "d"
+                stack.append((name, entry.path))
+            elif stat_.S_ISLNK(st.st_mode):
+                what = "l:" + os.readlink(entry.path)
+            elif stat_.S_ISREG(st.st_mode):
+                what = f"f{st.st_mode & 0o111:o}:" + _content_digest(entry.path, st)
+            else:
+                what = "o"
+            digest.update(f"{name}\0{what}\n".encode())
             count += 1
             if count > MAX_FINGERPRINT_FILES:
                 raise PermanentError(
                     f"source {source} holds more than {MAX_FINGERPRINT_FILES} entries; too "
                     "many to follow"
                 )
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((name, entry.path))
     return "dir:" + digest.hexdigest()[:24]

@@ -228,12 +228,19 @@ def _stop(everything: tuple[str, ...], observed: ObservedView) -> list[Step]:
 
 
 def should_cancel(inflight_digest: str | None, desired: DesiredView | None) -> bool:
-    """A running pipeline is cancelled when the desired spec it works for changed."""
+    """A running pipeline is cancelled when the desired spec it works for changed, or a
+    followed git ref moved on (the newest commit wins). A followed source dir that changed
+    does not cancel: a build may write into its own tree; the next plan builds again if
+    what it built is not what the dir holds now."""
     if desired is None:
         return True
     if desired.spec is None:
         return False  # an invalid edit changes nothing
-    return desired.digest != inflight_digest
+    return _cancel_key(desired.digest) != _cancel_key(inflight_digest)
+
+
+def _cancel_key(digest: str | None) -> str | None:
+    return digest.split("@dir:", 1)[0] if digest is not None else None
 
 
 def deployment_of(steps: list[Step]) -> DeploymentKind | None:

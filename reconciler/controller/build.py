@@ -90,6 +90,11 @@ class Builder:
                 source = spec.source_dir(desired.path)
                 check_source(source, self.releases.root.parent)
                 run.built_from = None
+                if spec.production.follow and source.is_dir():
+                    # before the build: an edit made while it runs is not in it, and is
+                    # built next
+                    output = spec.build_output(runtime.name) if spec.build.command else None
+                    run.built_from = {"rev": fingerprint(source, output)}
             result = runtime.build(
                 BuildRequest(
                     pid,
@@ -103,9 +108,6 @@ class Builder:
                 )
             )
             run.check()
-            if spec.git is None and spec.production.follow:
-                # after the build: what a build writes into its own tree is part of it
-                run.built_from = {"rev": fingerprint(source, spec.build_output(runtime.name))}
             release = self.releases.commit(
                 staging,
                 dist=result.dist,

@@ -64,3 +64,38 @@ class Repo:
         sha = self.commit({"dist/index.html": f"<p>{text}</p>\n"}, message)
         self.push()
         return sha
+
+
+class GitDaemon:
+    """A loopback ``git daemon`` serving every repository under ``base`` (read-only):
+    a remote the daemon can only poll or be told about (nothing local to watch)."""
+
+    def __init__(self, base: Path, port: int) -> None:
+        self.base = base
+        self.port = port
+        self.proc = subprocess.Popen(
+            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+             "--listen=127.0.0.1", f"--port={port}", "--informative-errors", str(base)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def url(self, repo: Path) -> str:
+        return f"git://127.0.0.1:{self.port}/{repo.relative_to(self.base)}"
+
+    def wait(self, repo: Path, timeout: float = 10) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                ["git", "ls-remote", self.url(repo)], capture_output=True, timeout=10, check=False
+            )
+            if probe.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError("git daemon did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)

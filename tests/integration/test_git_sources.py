@@ -3,14 +3,22 @@ builds each one from a clean checkout and says which commit runs."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from reconciler import hooks
+from reconciler.api.app import create_app
 from reconciler.client import LocalClient
-from reconciler.kinds import EdgeMode
-from tests.integration.gitrepo import Repo, git
-from tests.integration.harness import Env, environment, get, wait_for
+from reconciler.kinds import EdgeMode, JobType
+from reconciler.spec import ProjectId
+from tests.conftest import PYTHON, REPO, free_port
+from tests.integration.gitrepo import GitDaemon, Repo, git
+from tests.integration.harness import Env, desired_yaml, environment, get, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -149,3 +157,125 @@ def test_a_fetch_failure_is_transient_and_names_gits_reason(tmp_path: Path) -> N
         sha = repo.site("late", "late")
         env.write("www", git_yaml(repo.remote, generation=2))
         assert serving(env, "www", "late") == sha
+
+
+def test_a_webhook_deploys_a_push_to_a_remote_nothing_watches(tmp_path: Path) -> None:
+    """A remote behind a loopback git daemon, polled once an hour: the signed webhook is what
+    makes the push deploy, and a bad signature does nothing."""
+    repo = Repo(tmp_path / "repo")
+    first = repo.site("one", "first")
+    server = GitDaemon(tmp_path / "repo", free_port())
+    try:
+        server.wait(repo.remote)
+        with environment(tmp_path, extra_config={"git_poll": 3600.0}) as env:
+            env.start()
+            env.write("www", git_yaml(server.url(repo.remote)))
+            assert serving(env, "www", "one") == first
+            api = create_app(env.config()).test_client()
+            secret = hooks.make_secret(env.config().hook_secret_dir, "www")
+            second = repo.site("two", "second")
+            env.resync_and_wait("www")
+            row = env.row("www")
+            assert row is not None and row.productionHash is not None
+            assert get(f"http://127.0.0.1:{row.productionPort}/") == "<p>one</p>\n"
+
+            body = json.dumps({"ref": "refs/heads/main", "after": second}).encode()
+            bad = api.post("/api/projects/www/hooks/git", data=body, headers={
+                "X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64})  # fmt: skip
+            assert bad.status_code == 401
+            env.resync_and_wait("www")
+            assert get(f"http://127.0.0.1:{row.productionPort}/") == "<p>one</p>\n"
+
+            signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            good = api.post("/api/projects/www/hooks/git", data=body, headers={
+                "X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={signature}"})  # fmt: skip
+            assert good.status_code == 202
+            assert serving(env, "www", "two", timeout=20) == second
+    finally:
+        server.stop()
+
+
+def test_a_followed_source_dir_deploys_when_it_changes(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "dist").mkdir(parents=True)
+    (site / "dist" / "index.html").write_text("<p>one</p>\n")
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("www", desired_yaml(site, extra="").replace(
+            "  generation: 1\n", "  generation: 1\n  follow: true\n"))  # fmt: skip
+        env.wait_serving("www", "one")
+        (site / "dist" / "index.html").write_text("<p>two</p>\n")
+        env.wait_serving("www", "two")
+        # a burst of writes is one deploy of the last content
+        for i in range(5):
+            (site / "dist" / f"part{i}.html").write_text(f"{i}\n")
+        (site / "dist" / "index.html").write_text("<p>three</p>\n")
+        env.wait_serving("www", "three")
+        row = env.row("www")
+        assert row is not None and (row.built_from() or {}).get("rev", "").startswith("dir:")
+
+
+def test_init_repo_then_push_deploys(tmp_path: Path) -> None:
+    with environment(tmp_path) as env:
+        env.desired.mkdir(parents=True)
+        out = subprocess.run(
+            [PYTHON, "-m", "reconciler", "init-repo", "www", "--desired", str(env.desired),
+             "--data", str(env.data)],
+            capture_output=True, text=True, check=True, cwd=REPO,
+        ).stdout  # fmt: skip
+        bare = env.data / "repos" / "www.git"
+        assert "git push production HEAD:main" in out and (bare / "HEAD").is_file()
+        text = (env.desired / "www.yaml").read_text()
+        assert "follow: true" in text and str(bare) in text
+        env.start()
+        work = tmp_path / "work"
+        git("init", "--quiet", "--initial-branch=main", str(work))
+        (work / "dist").mkdir()
+        (work / "dist" / "index.html").write_text("<p>pushed</p>\n")
+        git("add", "-A", cwd=work)
+        git("commit", "--quiet", "-m", "first push", cwd=work)
+        git("push", "--quiet", str(bare), "HEAD:main", cwd=work)
+        assert serving(env, "www", "pushed") == git("rev-parse", "HEAD", cwd=work)
+
+
+def test_a_build_that_writes_into_its_followed_dir_does_not_build_again(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "page.html").write_text("<p>one</p>\n")
+    # a build cache written on every build (a different stamp each time) and the page copied
+    # again with the same bytes: neither is an edit
+    build = (
+        "mkdir -p dist .cache && cp page.html dist/index.html && date +%s%N > .cache/stamp && "
+        "cp page.html copy.html"
+    )
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("www", desired_yaml(site, extra=f"build:\n  command: {build}\n").replace(
+            "  generation: 1\n", "  generation: 1\n  follow: true\n"))  # fmt: skip
+        env.wait_serving("www", "one")
+        (site / "page.html").write_text("<p>two</p>\n")
+        env.wait_serving("www", "two")
+        # an edit while a build runs is built next
+        slow = "sleep 1.5; " + build
+        env.write("www", desired_yaml(site, generation=2, extra=f"build:\n  command: '{slow}'\n")
+                  .replace("  generation: 2\n", "  generation: 2\n  follow: true\n"))  # fmt: skip
+        wait_for(lambda: any(j.type == JobType.BUILD and j.state == "running"
+                             for j in env.db.jobs("www")), 20, "the slow build runs")  # fmt: skip
+        (site / "page.html").write_text("<p>three</p>\n")
+        env.wait_serving("www", "three")
+
+        def settled() -> bool:
+            row, source = env.row("www"), env.db.source("www")
+            built = (row.built_from() or {}).get("rev") if row else None
+            idle = all(j.state not in ("queued", "running") for j in env.db.jobs("www"))
+            return source is not None and source.rev == built and idle
+
+        # copy.html is rewritten by each build from page.html: one more build at most
+        wait_for(settled, 20, "the source and what was built agree")
+        builds = len([j for j in env.db.jobs("www") if j.type == JobType.BUILD])
+        # the follower has seen the build's own writes (.stamp, dist/) by now: a second
+        # look at the source and a resync plan no build
+        assert env.daemon is not None
+        env.daemon.follower.check(ProjectId("www"))
+        env.resync_and_wait("www")
+        assert len([j for j in env.db.jobs("www") if j.type == JobType.BUILD]) == builds
