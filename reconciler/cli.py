@@ -124,6 +124,27 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "local ones are watched as well)",
     )
     parser.add_argument(
+        "--desired-git",
+        default=env("DESIRED_GIT"),
+        metavar="URL",
+        help="take the desired files from this git repository (replaces --desired); API "
+        "writes become commits pushed to it",
+    )
+    parser.add_argument(
+        "--desired-ref", default=env("DESIRED_REF", "main"), help="its branch (default main)"
+    )
+    parser.add_argument(
+        "--desired-poll",
+        type=float,
+        default=float(env("DESIRED_POLL", "60") or 60),
+        help="seconds between fetches of it (its webhook: POST /api/hooks/desired)",
+    )
+    parser.add_argument(
+        "--git-author",
+        default=env("GIT_AUTHOR", "reconciler <reconciler@localhost>"),
+        help="author of the commits API writes make: 'Name <email>'",
+    )
+    parser.add_argument(
         "--no-watch", action="store_true", help="no file watcher: rely on the periodic resync"
     )
     parser.add_argument(
@@ -234,8 +255,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _config(args: argparse.Namespace, host: str, port: int) -> Config:
+    from reconciler.desiredgit import parse_author
+
+    data = Path(args.data).absolute()
+    from reconciler.spec import GIT_REF_RE
+
+    parse_author(args.git_author)  # a ValueError names the flag's mistake
+    if not GIT_REF_RE.fullmatch(args.desired_ref):
+        raise ValueError(f"--desired-ref {args.desired_ref!r} is not a branch name")
     return Config(
-        desired_dir=Path(args.desired).absolute(),
+        desired_dir=data / "desired-git" / "current"
+        if args.desired_git
+        else Path(args.desired).absolute(),
         data_dir=Path(args.data).absolute(),
         listen_host=host,
         listen_port=port,
@@ -261,6 +292,10 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
         allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         logs=LogLimits(max_bytes=max(1024, args.log_max_bytes), keep=max(1, args.log_keep)),
         git_poll=max(1.0, args.git_poll),
+        desired_git=args.desired_git,
+        desired_git_ref=args.desired_ref,
+        desired_git_poll=max(1.0, args.desired_poll),
+        git_author=args.git_author,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import httpx
 
 from reconciler.desired import DesiredStore
+from reconciler.desiredgit import ConfigRepo
 from reconciler.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.releases import ReleaseStore
 from reconciler.state import StateDB
@@ -53,9 +54,12 @@ class LocalClient:
                 ErrorKind.UNAVAILABLE,
                 f"no state database at {data / 'state.db'}: has the daemon run with --data {data}?",
             )
+        repo = ConfigRepo.from_data_dir(data)  # the daemon applies a configuration repo
+        store = DesiredStore(repo.current if repo else desired, lock_dir=data / "locks")
+        store.committer = repo
         self.ops = Operations(
             db=StateDB(data / "state.db"),
-            desired=DesiredStore(desired, lock_dir=data / "locks"),
+            desired=store,
             releases=ReleaseStore(data / "production"),
         )
 

@@ -30,6 +30,7 @@ from reconciler.controller.activate import AtEdge
 from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
 from reconciler.desired import DesiredStore
+from reconciler.desiredgit import ConfigFollower, config_repo, forget_settings
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
 from reconciler.edge.config import Site
 from reconciler.edge.manager import Edge
@@ -41,9 +42,9 @@ from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Runtime
 from reconciler.sdnotify import Notifier
-from reconciler.spec import ProjectId
+from reconciler.spec import ProjectId, redact
 from reconciler.state import StateDB
-from reconciler.watch import DesiredWatcher
+from reconciler.watch import DesiredWatcher, project_for
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,16 @@ class Daemon:
         self.clock = clock
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = StateDB(config.state_db)
-        self.desired = DesiredStore(config.desired_dir, lock_dir=config.lock_dir)
+        # the daemon's flags alone say where desired state comes from; the API and the CLI
+        # follow it (the settings file it keeps)
+        self.config_repo = config_repo(config) if config.desired_git else None
+        if self.config_repo is None:
+            forget_settings(config.data_dir)
+        self.desired = DesiredStore(
+            self.config_repo.current if self.config_repo else config.desired_dir,
+            lock_dir=config.lock_dir,
+        )
+        self.desired.committer = self.config_repo
         self.releases = ReleaseStore(config.releases_dir)
         self.ports = PortAllocator(self.db, config.port_range, bind_host=config.bind_host)
         self._engines_stop = threading.Event()
@@ -184,6 +194,15 @@ class Daemon:
             watch=config.watch,
         )
         self.controller.observer.on_spec = self.follower.track
+        self.config_follower: ConfigFollower | None = None
+        if self.config_repo is not None:
+            self.config_follower = ConfigFollower(
+                self.config_repo,
+                self._desired_changed,
+                poll=config.desired_git_poll,
+                watch=config.watch,
+            )
+            self.follower.on_desired_nudge = self.config_follower.nudge
         self.watcher: DesiredWatcher | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.stop_requested = threading.Event()
@@ -199,6 +218,13 @@ class Daemon:
 
     def start(self) -> None:
         from reconciler.runtimes.process import kill_orphan_builds
+
+        if self.config_repo is not None and self.config_follower is not None:
+            self.config_repo.save_settings()
+            logger.info(
+                "desired state from %s (%s)", redact(self.config_repo.url), self.config_repo.ref
+            )
+            self.config_follower.first_sync(self.stop_requested)
 
         orphans = kill_orphan_builds(self.releases)
         if orphans:
@@ -227,7 +253,9 @@ class Daemon:
         self._initial = self.controller.known_projects()
         self.follower.start()
         self.controller.start()
-        if self.config.watch:
+        if self.config_follower is not None:
+            self.config_follower.start()
+        elif self.config.watch:
             self.watcher = DesiredWatcher(
                 self.config.desired_dir,
                 self.controller.enqueue,
@@ -300,6 +328,17 @@ class Daemon:
 
         runtime.watch(notify, self._engines_stop)
 
+    def _desired_changed(self, files: tuple[str, ...] | None) -> None:
+        """A commit of the configuration repository was applied: reconcile the projects whose
+        files it changed (all of them when that is not known)."""
+        if files is None:
+            self.resync()
+            return
+        for name in files:
+            project = project_for(name) if "/" not in name else None
+            if project is not None:
+                self.controller.enqueue(project)
+
     def pulse(self) -> None:
         """Proof of progress for the watchdog and for readers (the API, the CLI): the
         database takes a write, quickly."""
@@ -347,6 +386,8 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         self.follower.stop()
+        if self.config_follower is not None:
+            self.config_follower.stop()
         self.controller.stop(timeout=10)
         if self.edge is not None:
             self.edge.stop()

@@ -18,6 +18,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import PermanentError, TransientError
 from reconciler.spec import GitSource, ProjectId, redact
@@ -68,7 +69,8 @@ def run_git(
     env: dict[str, str] | None = None,
     secret_url: str | None = None,
     check: bool = True,
-) -> subprocess.CompletedProcess[str]:
+    text: bool = True,
+) -> subprocess.CompletedProcess[Any]:
     """Run ``git args`` (argv, no shell). A failure raises GitError with git's own message
     (a password in ``secret_url`` masked)."""
     argv = ["git", "-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null", *args]
@@ -79,8 +81,8 @@ def run_git(
             env={**git_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            text=True,
-            errors="replace",
+            text=text,
+            errors="replace" if text else None,
             timeout=timeout,
             check=False,
         )
@@ -89,7 +91,9 @@ def run_git(
     except FileNotFoundError:
         raise PermanentError("git is not installed (apt-get install git)") from None
     if check and proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip() or f"exit code {proc.returncode}"
+        out = proc.stderr or proc.stdout
+        out = out if isinstance(out, str) else out.decode("utf-8", "replace")
+        message = out.strip() or f"exit code {proc.returncode}"
         raise GitError(f"git {args[0]}: {_mask(message, secret_url)}")
     return proc
 

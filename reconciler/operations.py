@@ -202,10 +202,15 @@ class Operations:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def _edit(self, pid: ProjectId, mutate: Callable[[ProjectSpec], dict[str, object]]) -> bool:
+    def _edit(
+        self,
+        pid: ProjectId,
+        mutate: Callable[[ProjectSpec], dict[str, object]],
+        reason: str = "edit",
+    ) -> bool:
         """Edit the desired file; True when it changed."""
         try:
-            return self.desired.edit(pid, mutate).changed
+            return self.desired.edit(pid, mutate, reason=reason).changed
         except ProjectNotFound:
             raise _not_found(pid) from None
         except DesiredFileError as exc:
@@ -230,14 +235,14 @@ class Operations:
                 "production.generation": spec.production.generation + 1,
             }
 
-        changed = self._edit(pid, mutate)
+        changed = self._edit(pid, mutate, "deploy")
         status = self.status(pid)
         if changed:  # answer for this request (the daemon may already have moved on)
             return queued(status, ActiveJob(type=JobType.BUILD, state=JobState.QUEUED))
         return status
 
     def stop(self, pid: ProjectId) -> ProductionStatus:
-        changed = self._edit(pid, lambda spec: {"production.state": "stopped"})
+        changed = self._edit(pid, lambda spec: {"production.state": "stopped"}, "stop")
         status = self.status(pid)
         if changed:
             return stopping(status, ActiveJob(type=JobType.STOP, state=JobState.QUEUED))
@@ -254,7 +259,11 @@ class Operations:
         row = self.db.project(pid)
         if row is not None and row.productionHash == target and row.productionStatus == "running":
             raise OperationError(ErrorKind.REFUSED, f"version {target} is already active")
-        self._edit(pid, lambda spec: {"production.state": "running", "production.version": target})
+        self._edit(
+            pid,
+            lambda spec: {"production.state": "running", "production.version": target},
+            "rollback",
+        )
         if not wait:
             return RollbackResult(success=True, hash=target, message=f"Pinned version {target}")
         spec = self.reader.snapshot(pid).spec

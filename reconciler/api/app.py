@@ -24,6 +24,7 @@ from reconciler import hooks
 from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequest
 from reconciler.config import Config, is_loopback
 from reconciler.desired import DesiredStore
+from reconciler.desiredgit import config_repo
 from reconciler.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.releases import ReleaseStore
 from reconciler.state import StateDB
@@ -324,9 +325,12 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    repo = config_repo(config)
+    desired = DesiredStore(repo.current if repo else config.desired_dir, lock_dir=config.lock_dir)
+    desired.committer = repo
     app.extensions["reconciler"] = Operations(
         db=db or StateDB(config.state_db),
-        desired=DesiredStore(config.desired_dir, lock_dir=config.lock_dir),
+        desired=desired,
         releases=ReleaseStore(config.releases_dir),
         edge=config.edge,
         default_runtime=config.default_runtime,

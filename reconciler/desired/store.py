@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.desired.edit import EditError, set_values
 from reconciler.desired.parse import (
@@ -36,7 +36,11 @@ from reconciler.desired.parse import (
     read_file,
 )
 from reconciler.fileio import atomic_write
+from reconciler.gitsource import GitError
 from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
+
+if TYPE_CHECKING:
+    from reconciler.desiredgit import ConfigRepo
 
 
 class ProjectNotFound(LookupError):
@@ -134,6 +138,7 @@ class DesiredStore:
         self.lock_dir = Path(lock_dir) if lock_dir is not None else self.directory / ".locks"
         self._memo: dict[Path, tuple[bytes, DesiredFile]] = {}
         self._memo_lock = threading.Lock()
+        self.committer: ConfigRepo | None = None  # writes become commits (--desired-git)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -231,13 +236,17 @@ class DesiredStore:
         finally:
             os.close(fd)
 
-    def edit(self, project_id: ProjectId, mutate: Mutation) -> EditResult:
+    def edit(self, project_id: ProjectId, mutate: Mutation, *, reason: str = "edit") -> EditResult:
         """Read-modify-write of chosen fields of one desired file.
 
         ``mutate`` sees the current spec (under the lock) and returns dotted keys with new
         scalar values, e.g. ``{"production.generation": 4}``; an empty mapping writes nothing.
+        With a configuration repository (``committer``) the edit is a commit pushed to it,
+        its message naming ``reason``, the project and the new values.
         Raises ProjectNotFound, DesiredFileError (the file is invalid now) or EditError.
         """
+        if self.committer is not None:
+            return self._commit_edit(project_id, mutate, reason)
         with self.lock(project_id):
             paths = self.paths_for(project_id)
             if not paths:
@@ -252,27 +261,61 @@ class DesiredStore:
                 )
             data = read_file(path)
             settled = data.endswith(b"\n") or is_settled(path)
-            before = parse(path, data, settled=settled)
-            changes = dict(mutate(before))
-            if not changes:
-                return EditResult(before, before, changed=False)
-            text = set_values(decode(path, data, settled=settled), changes, path=path)
-            if not text.endswith("\n"):
-                text += "\n"
-            try:
-                after = parse(path, text.encode())
-            except DesiredFileError as exc:
-                raise EditError(f"the edit would make {path.name} invalid: {exc}") from None
-            for dotted, value in changes.items():
-                obj: Any = after
-                for part in dotted.split("."):
-                    obj = getattr(obj, part)
-                if obj != value:
-                    raise EditError(f"the edit of {dotted} did not take in {path.name}")
-            if after == before:
-                return EditResult(before, after, changed=False)
-            atomic_write(path, text.encode())
-            return EditResult(before, after, changed=True)
+            result, text, _changes = _edited(path, data, mutate, settled=settled)
+            if text is not None:
+                atomic_write(path, text.encode())
+            return result
+
+    def _commit_edit(self, project_id: ProjectId, mutate: Mutation, reason: str) -> EditResult:
+        from reconciler.desiredgit import NoSuchFile, PushRefused
+
+        assert self.committer is not None
+        found: list[EditResult] = []
+
+        def transform(name: str, data: bytes) -> tuple[bytes | None, str]:
+            found.clear()
+            result, text, changes = _edited(self.directory / name, data, mutate, settled=True)
+            found.append(result)
+            shown = ", ".join(
+                f"{key.removeprefix('production.')} {value}" for key, value in changes.items()
+            )
+            return (text.encode() if text is not None else None), f"{reason} {project_id}: {shown}"
+
+        names = tuple(f"{project_id}{suffix}" for suffix in SUFFIXES)
+        try:
+            self.committer.commit_edit(names, transform)
+        except NoSuchFile:
+            raise ProjectNotFound(project_id) from None
+        except (PushRefused, GitError) as exc:
+            raise EditError(str(exc)) from None
+        return found[0]
+
+
+def _edited(
+    path: Path, data: bytes, mutate: Mutation, *, settled: bool
+) -> tuple[EditResult, str | None, dict[str, object]]:
+    """The edit of one file's bytes: the result, the new text (None: nothing to write) and
+    the changes asked for."""
+    before = parse(path, data, settled=settled)
+    changes = dict(mutate(before))
+    if not changes:
+        return EditResult(before, before, changed=False), None, changes
+    text = set_values(decode(path, data, settled=settled), changes, path=path)
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        after = parse(path, text.encode())
+    except DesiredFileError as exc:
+        raise EditError(f"the edit would make {path.name} invalid: {exc}") from None
+    for dotted, value in changes.items():
+        obj: Any = after
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        if obj != value:
+            raise EditError(f"the edit of {dotted} did not take in {path.name}")
+    if after == before:
+        return EditResult(before, after, changed=False), None, changes
+    return EditResult(before, after, changed=True), text, changes
 
 
 def classify(names: Iterable[str]) -> tuple[list[ProjectId], list[tuple[str, str]]]:
