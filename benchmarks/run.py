@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import deploy, edge, reaction, ready, rollback, scale, sse, store
+from benchmarks import deploy, edge, gitpush, reaction, ready, rollback, scale, sse, store
 from benchmarks.harness import CADDY, REPO
 
 FULL: dict[str, dict[str, Any]] = {
@@ -39,6 +39,7 @@ FULL: dict[str, dict[str, Any]] = {
     "store": {"runs": 5},
     "sse": {"deploys": 15},
     "edge": {"loads": 20, "seconds": 10, "rounds": 3},
+    "gitpush": {"pushes": 10},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "reaction": {"writes": 5, "fallback_writes": 2},
@@ -49,6 +50,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "store": {"runs": 1, "small": 500, "large": 4},
     "sse": {"deploys": 2},
     "edge": {"loads": 2, "seconds": 1, "rounds": 1},
+    "gitpush": {"pushes": 2},
 }
 FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "reaction": reaction.run,
@@ -59,6 +61,7 @@ FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": store.run,
     "sse": sse.run,
     "edge": edge.run,
+    "gitpush": gitpush.run,
 }
 MARK_START = "<!-- results: written by `python -m benchmarks.run --write-md` -->"
 MARK_END = "<!-- end of results -->"
@@ -314,6 +317,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                         "",
                     )
                 )
+    gp = results.get("gitpush")
+    if gp:
+        add("9 git", "git push -> new commit served (hello-site, followed)", gp["served"],
+            f"git push alone {gp['push']['median']:g} ms")  # fmt: skip
     return out
 
 

@@ -30,13 +30,13 @@ from reconciler.controller.activate import AtEdge
 from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
 from reconciler.desired import DesiredStore
-from reconciler.desiredgit import ConfigFollower, config_repo, forget_settings
+from reconciler.desiredgit import config_repo, forget_settings
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
 from reconciler.edge.config import Site
 from reconciler.edge.manager import Edge
 from reconciler.edge.settings import edge_settings
 from reconciler.facts import serve_mode, spec_from_row
-from reconciler.follow import Follower
+from reconciler.follow import ConfigFollower, Follower
 from reconciler.kinds import EdgeMode, RuntimeName, ServeMode
 from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import ReleaseStore
@@ -143,7 +143,13 @@ class Daemon:
         self.db = StateDB(config.state_db)
         # the daemon's flags alone say where desired state comes from; the API and the CLI
         # follow it (the settings file it keeps)
-        self.config_repo = config_repo(config) if config.desired_git else None
+        self.config_repo = (
+            config_repo(
+                config.data_dir, config.desired_git, config.desired_git_ref, config.git_author
+            )
+            if config.desired_git
+            else None
+        )
         if self.config_repo is None:
             forget_settings(config.data_dir)
         self.desired = DesiredStore(

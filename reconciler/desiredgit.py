@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.config import Config
 from reconciler.gitsource import TIP, GitError, ls_remote, run_git
 from reconciler.spec import redact
 
@@ -121,9 +120,10 @@ class ConfigRepo:
                 os.close(fd)
 
     def _git(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-        return run_git(
+        out: str = run_git(
             [f"--git-dir={self.cache}", *args], env=env, secret_url=self.url, check=check
-        ).stdout.strip()
+        ).stdout
+        return out.strip()
 
     def _ensure_cache(self) -> None:
         if (self.cache / "HEAD").is_file():
@@ -278,136 +278,15 @@ def _push_reason(stdout: str, stderr: str) -> str:
     return "; ".join(lines[-4:]) or "no reason given"
 
 
-def config_repo(config: Config) -> ConfigRepo | None:
-    """The configuration repository ``config`` names (flags), else the one a daemon on the
-    same data dir applies (its settings file), else None (a plain desired dir)."""
-    root = config.data_dir / "desired-git"
-    if config.desired_git:
-        return ConfigRepo(root, config.desired_git, config.desired_git_ref,
-                          author=config.git_author)  # fmt: skip
-    return ConfigRepo.from_data_dir(config.data_dir)
+def config_repo(data_dir: Path, url: str | None, ref: str, author: str) -> ConfigRepo | None:
+    """The configuration repository ``url`` names (flags), else the one a daemon on the same
+    data dir applies (its settings file), else None (a plain desired dir)."""
+    if url:
+        return ConfigRepo(data_dir / "desired-git", url, ref, author=author)
+    return ConfigRepo.from_data_dir(data_dir)
 
 
 def forget_settings(data_dir: Path) -> None:
     """A daemon on a plain desired dir: the API and the CLI must not write commits."""
     with contextlib.suppress(FileNotFoundError):
         (data_dir / "desired-git" / SETTINGS).unlink()
-
-
-class ConfigFollower:
-    """The daemon's side: fetch the configuration repository every ``poll`` seconds and when
-    nudged (its webhook), and tell ``changed`` which desired files each applied commit
-    touched, whoever applied it (this thread, or the API after a write: ``current`` is
-    watched)."""
-
-    def __init__(
-        self,
-        repo: ConfigRepo,
-        changed: Callable[[tuple[str, ...] | None], None],
-        *,
-        poll: float = 60.0,
-        watch: bool = True,
-    ) -> None:
-        self.repo = repo
-        self.changed = changed
-        self.poll = poll
-        self.watch = watch
-        self._applied = repo.head()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._seen_lock = threading.Lock()
-        self._last_error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="desired-git", daemon=True)
-        self._observer: object | None = None
-
-    def first_sync(self, stopping: threading.Event) -> None:
-        """Before anything reads the desired dir: apply the ref's commit. Without one applied
-        yet, wait for it (retrying with backoff): an empty desired dir would stop every site.
-        With one applied already, a failure is logged and the daemon goes on with it."""
-        delay = 2.0
-        while True:
-            try:
-                self.repo.sync()
-                self._applied = self.repo.head()
-                return
-            except (GitError, OSError) as exc:
-                if self.repo.head() is not None:
-                    logger.warning(
-                        "desired state: cannot fetch %s (%s); applying %s until it can",
-                        redact(self.repo.url), exc, self.repo.head(),
-                    )  # fmt: skip
-                    self._applied = self.repo.head()
-                    return
-                logger.error(
-                    "desired state: cannot fetch %s: %s; nothing is applied until it can "
-                    "(again in %.0f s)", redact(self.repo.url), exc, delay,
-                )  # fmt: skip
-            if stopping.wait(delay):
-                return
-            delay = min(60.0, delay * 2)
-
-    def start(self) -> None:
-        if self.watch:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler
-            from watchdog.observers import Observer
-
-            follower = self
-
-            class _Flip(FileSystemEventHandler):
-                def on_any_event(self, event: FileSystemEvent) -> None:
-                    if os.fsdecode(getattr(event, "dest_path", "") or event.src_path).endswith(
-                        "/current"
-                    ):
-                        follower.notice()
-
-            observer = Observer()
-            observer.schedule(_Flip(), str(self.repo.root))
-            observer.start()
-            self._observer = observer
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()  # type: ignore[attr-defined]
-            self._observer.join(5)  # type: ignore[attr-defined]
-        self._thread.join(5)
-
-    def nudge(self) -> None:
-        """Fetch now (a webhook said the ref moved)."""
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.poll)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.repo.sync()
-                if self._last_error is not None:
-                    logger.info("desired state: %s can be fetched again", redact(self.repo.url))
-                self._last_error = None
-            except (GitError, OSError) as exc:
-                if str(exc) != self._last_error:
-                    logger.warning("desired state: cannot fetch: %s; %s stays applied", exc,
-                                   (self.repo.head() or "nothing")[:12])  # fmt: skip
-                self._last_error = str(exc)
-            self.notice()
-
-    def notice(self) -> None:
-        """``current`` may have moved: report the files the move changed, once."""
-        with self._seen_lock:
-            head = self.repo.head()
-            if head is None or head == self._applied:
-                return
-            old, self._applied = self._applied, head
-        files: tuple[str, ...] | None = None
-        if old is not None:
-            try:
-                names = self.repo._git("diff", "--name-only", "--no-renames", old, head, "--")
-                files = tuple(n for n in names.splitlines() if n)
-            except GitError:
-                files = None
-        self.changed(files)

@@ -27,10 +27,11 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
+from reconciler.desiredgit import ConfigRepo
 from reconciler.gitsource import GitError, fingerprint, ls_remote
 from reconciler.hooks import DESIRED
 from reconciler.kinds import RuntimeName
-from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
+from reconciler.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, redact
 from reconciler.state import StateDB
 from reconciler.watch import Debouncer
 
@@ -106,7 +107,7 @@ class Follower:
         poll: float = 60.0,
         default_runtime: RuntimeName = RuntimeName.PROCESS,
         watch: bool = True,
-        git_debounce: float = 0.05,
+        git_debounce: float = 0.01,
         dir_debounce: float = 0.5,
     ) -> None:
         self.db = db
@@ -348,3 +349,122 @@ class Follower:
         elif moved:
             self.enqueue(project_id)  # an error cleared: the status says so
         return moved and rev != old_rev
+
+
+class ConfigFollower:
+    """The daemon's side: fetch the configuration repository every ``poll`` seconds and when
+    nudged (its webhook), and tell ``changed`` which desired files each applied commit
+    touched, whoever applied it (this thread, or the API after a write: ``current`` is
+    watched)."""
+
+    def __init__(
+        self,
+        repo: ConfigRepo,
+        changed: Callable[[tuple[str, ...] | None], None],
+        *,
+        poll: float = 60.0,
+        watch: bool = True,
+    ) -> None:
+        self.repo = repo
+        self.changed = changed
+        self.poll = poll
+        self.watch = watch
+        self._applied = repo.head()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._seen_lock = threading.Lock()
+        self._last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="desired-git", daemon=True)
+        self._observer: object | None = None
+
+    def first_sync(self, stopping: threading.Event) -> None:
+        """Before anything reads the desired dir: apply the ref's commit. Without one applied
+        yet, wait for it (retrying with backoff): an empty desired dir would stop every site.
+        With one applied already, a failure is logged and the daemon goes on with it."""
+        delay = 2.0
+        while True:
+            try:
+                self.repo.sync()
+                self._applied = self.repo.head()
+                return
+            except (GitError, OSError) as exc:
+                if self.repo.head() is not None:
+                    logger.warning(
+                        "desired state: cannot fetch %s (%s); applying %s until it can",
+                        redact(self.repo.url), exc, self.repo.head(),
+                    )  # fmt: skip
+                    self._applied = self.repo.head()
+                    return
+                logger.error(
+                    "desired state: cannot fetch %s: %s; nothing is applied until it can "
+                    "(again in %.0f s)", redact(self.repo.url), exc, delay,
+                )  # fmt: skip
+            if stopping.wait(delay):
+                return
+            delay = min(60.0, delay * 2)
+
+    def start(self) -> None:
+        if self.watch:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            follower = self
+
+            class _Flip(FileSystemEventHandler):
+                def on_any_event(self, event: FileSystemEvent) -> None:
+                    if os.fsdecode(getattr(event, "dest_path", "") or event.src_path).endswith(
+                        "/current"
+                    ):
+                        follower.notice()
+
+            observer = Observer()
+            observer.schedule(_Flip(), str(self.repo.root))
+            observer.start()
+            self._observer = observer
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()  # type: ignore[attr-defined]
+            self._observer.join(5)  # type: ignore[attr-defined]
+        self._thread.join(5)
+
+    def nudge(self) -> None:
+        """Fetch now (a webhook said the ref moved)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.repo.sync()
+                if self._last_error is not None:
+                    logger.info("desired state: %s can be fetched again", redact(self.repo.url))
+                self._last_error = None
+            except (GitError, OSError) as exc:
+                if str(exc) != self._last_error:
+                    logger.warning("desired state: cannot fetch: %s; %s stays applied", exc,
+                                   (self.repo.head() or "nothing")[:12])  # fmt: skip
+                self._last_error = str(exc)
+            self.notice()
+
+    def notice(self) -> None:
+        """``current`` may have moved: report the files the move changed, once."""
+        with self._seen_lock:
+            head = self.repo.head()
+            if head is None or head == self._applied:
+                return
+            old, self._applied = self._applied, head
+        files: tuple[str, ...] | None = None
+        if old is not None:
+            try:
+                names = self.repo._git("diff", "--name-only", "--no-renames", old, head, "--")
+                files = tuple(n for n in names.splitlines() if n)
+            except GitError:
+                files = None
+        self.changed(files)

@@ -325,7 +325,9 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    repo = config_repo(config)
+    repo = config_repo(
+        config.data_dir, config.desired_git, config.desired_git_ref, config.git_author
+    )
     desired = DesiredStore(repo.current if repo else config.desired_dir, lock_dir=config.lock_dir)
     desired.committer = repo
     app.extensions["reconciler"] = Operations(
