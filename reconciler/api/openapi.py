@@ -42,13 +42,27 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "a write without a bearer token (when a token is configured)",
         403: "a wrong bearer token",
         404: "unknown project (no desired file) or version",
-        409: "the desired file is invalid; fix it first",
+        409: "the desired file is invalid (fix it first), or the configuration repository "
+        "refused the push (--desired-git; git's reason)",
         413: "body too large",
         415: "a write body that is not JSON",
         500: "unexpected error",
         503: "too many open event streams (see Retry-After)",
     }
     return {str(code): _json("ErrorBody", text[code]) for code in codes}
+
+
+def _hook_body() -> dict[str, Any]:
+    return {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"accepted": {"type": "boolean"}, "message": {"type": "string"}},
+                }
+            }
+        }
+    }
 
 
 def document() -> dict[str, Any]:
@@ -195,6 +209,43 @@ def document() -> dict[str, Any]:
                         },
                     },
                     **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/projects/{id}/hooks/git": {
+            "post": {
+                "summary": "A forge's push webhook: check the followed ref now",
+                "description": "Signed with the project's secret (`reconciler hook-secret ID`): "
+                "X-Hub-Signature-256 (GitHub, Gitea, Forgejo), X-Gitea-Signature or "
+                "X-Gitlab-Token. No bearer token. Body: the forge's push payload (its `ref`).",
+                "parameters": [pid],
+                "security": [],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": {"description": "a ping", **_hook_body()},
+                    "202": {
+                        "description": "accepted (a check runs now), or ignored: another "
+                        "branch or event",
+                        **_hook_body(),
+                    },
+                    "401": _json("ErrorBody", "a missing or wrong signature; nothing changed"),
+                    "409": _json("ErrorBody", "no secret set up, or the project follows no ref"),
+                    **_errors(400, 404, 413),
+                },
+            }
+        },
+        "/api/hooks/desired": {
+            "post": {
+                "summary": "A push webhook for the configuration repository (--desired-git)",
+                "description": "Signed with the secret of `reconciler hook-secret _desired`.",
+                "security": [],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                "responses": {
+                    "200": {"description": "a ping", **_hook_body()},
+                    "202": {"description": "accepted, or ignored", **_hook_body()},
+                    "401": _json("ErrorBody", "a missing or wrong signature; nothing changed"),
+                    "409": _json("ErrorBody", "no secret, or no configuration repository"),
+                    **_errors(400, 413),
                 },
             }
         },
