@@ -49,15 +49,23 @@ def _validate_paths(paths: Sequence[Path]) -> tuple[int, list[Problem], list[str
         except DesiredFileError as exc:
             problems.extend(exc.problems)
             continue
-        source = spec.source_dir(file)
-        if os.path.realpath(source) == os.sep:
-            problems.append(Problem(file, 1, 1, "source / is the whole filesystem; refused"))
-            continue
-        if not source.is_dir():
-            warnings.append(
-                f"{file}: warning: source {spec.source} is not a directory here "
-                f"(resolved: {source}); the daemon reads it on the host it runs on"
-            )
+        if spec.git is not None:
+            location = spec.git.location(file)
+            if "://" not in location and ":" not in location and not Path(location).is_dir():
+                warnings.append(
+                    f"{file}: warning: git repository {location} is not here; the daemon "
+                    "fetches it on the host it runs on"
+                )
+        else:
+            source = spec.source_dir(file)
+            if os.path.realpath(source) == os.sep:
+                problems.append(Problem(file, 1, 1, "source / is the whole filesystem; refused"))
+                continue
+            if not source.is_dir():
+                warnings.append(
+                    f"{file}: warning: source {spec.source} is not a directory here "
+                    f"(resolved: {source}); the daemon reads it on the host it runs on"
+                )
         if project_id in seen and seen[project_id].parent == file.parent:
             problems.append(
                 Problem(

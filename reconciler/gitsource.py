@@ -165,7 +165,7 @@ class GitCache:
                 )
                 if have.returncode != 0:
                     run_git(
-                        ["fetch", "--quiet", "--no-tags", "--", url, pinned],
+                        ["fetch", "--quiet", "--no-tags", "--depth=1", "--", url, pinned],
                         cwd=cache,
                         secret_url=url,
                     )
@@ -178,7 +178,16 @@ class GitCache:
                         "pushed yet); the running version keeps serving"
                     )
                 run_git(
-                    ["fetch", "--quiet", "--no-tags", "--force", "--", url, f"+{remote[1]}:{TIP}"],
+                    [
+                        "fetch",
+                        "--quiet",
+                        "--no-tags",
+                        "--force",
+                        "--depth=1",
+                        "--",
+                        url,
+                        f"+{remote[1]}:{TIP}",
+                    ],  # a build needs the tree, not the history
                     cwd=cache,
                     secret_url=url,
                 )

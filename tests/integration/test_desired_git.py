@@ -4,6 +4,9 @@ refuses."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import stat
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reconciler import hooks
 from reconciler.api.app import create_app
 from reconciler.client import LocalClient
 from reconciler.desiredgit import ConfigRepo
@@ -188,3 +192,27 @@ def test_api_write_in_git_mode_with_a_missing_project_is_404(tmp_path: Path) -> 
         with pytest.raises(OperationError) as info:
             ops.deploy("nope")
         assert info.value.kind == ErrorKind.NOT_FOUND
+
+
+def test_the_configuration_webhook_fetches_at_once(tmp_path: Path) -> None:
+    a = site(tmp_path / "a", "a1")
+    repo = Repo(tmp_path / "config")
+    repo.commit({"www.yaml": spec(a)}, "add www")
+    repo.push()
+    extra = {"desired_git": str(repo.remote), "desired_git_poll": 3600.0}
+    with environment(tmp_path, extra_config=extra) as env:
+        env.start()
+        serves(env, "www", "a1")
+        api = create_app(env.config()).test_client()
+        secret = hooks.make_secret(env.config().hook_secret_dir, hooks.DESIRED)
+        site(a, "a2")
+        sha = repo.commit({"www.yaml": spec(a, 2)}, "www v2")
+        repo.push()
+        body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+        unsigned = api.post("/api/hooks/desired", data=body, headers={"X-GitHub-Event": "push"})
+        assert unsigned.status_code == 401
+        signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        response = api.post("/api/hooks/desired", data=body, headers={
+            "X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={signature}"})  # fmt: skip
+        assert response.status_code == 202 and response.json["accepted"]  # type: ignore[index]
+        serves(env, "www", "a2", timeout=20)

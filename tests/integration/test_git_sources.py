@@ -279,3 +279,14 @@ def test_a_build_that_writes_into_its_followed_dir_does_not_build_again(tmp_path
         env.daemon.follower.check(ProjectId("www"))
         env.resync_and_wait("www")
         assert len([j for j in env.db.jobs("www") if j.type == JobType.BUILD]) == builds
+
+
+def test_a_commit_sha_as_ref_builds_that_commit(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    first = repo.site("one", "first")
+    repo.site("two", "second")
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("www", git_yaml(repo.remote, ref=first))
+        assert serving(env, "www", "one") == first
+        assert env.daemon is not None and not env.daemon.follower.targets(), "a SHA never moves"

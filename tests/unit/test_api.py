@@ -639,7 +639,8 @@ def test_healthz_and_openapi(client: FlaskClient, app: Flask) -> None:
         "/healthz", "/api/projects", "/api/projects/{id}/production", "/api/projects/{id}/deploy",
         "/api/projects/{id}/stop-production", "/api/projects/{id}/production-history",
         "/api/projects/{id}/rollback-production", "/api/projects/{id}/production-stream",
-        "/api/projects/{id}/production-logs",
+        "/api/projects/{id}/production-logs", "/api/projects/{id}/hooks/git",
+        "/api/hooks/desired",
     }  # fmt: skip
     schemas = doc["components"]["schemas"]  # type: ignore[index]
     assert {

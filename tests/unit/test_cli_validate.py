@@ -97,3 +97,27 @@ def test_a_data_dir_too_deep_for_the_edge_socket_is_refused_with_a_reason(
     assert "too long for the edge's admin socket" in result.stderr
     assert "use a shorter --data path" in result.stderr
     assert not deep.exists(), "nothing was created"
+
+
+def test_validate_git_sources(tmp_path: Path) -> None:
+    remote = write(tmp_path / "d" / "remote.yaml",
+                   "source: {git: 'https://user:pw@git.example.com/www.git', ref: main}\n")  # fmt: skip
+    local = write(tmp_path / "d" / "local.yaml", "source:\n  git: ../repos/www.git\n")
+    result = run("validate", str(remote), str(local))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        f"{local}: warning: git repository {tmp_path / 'repos' / 'www.git'} is not here; the "
+        "daemon fetches it on the host it runs on",
+        "2 desired file(s) valid",
+    ]
+    hostile = write(tmp_path / "e" / "bad.yaml", "source: {git: '--upload-pack=touch /tmp/x'}\n")
+    helper = write(tmp_path / "e" / "helper.yaml", "source: {git: 'ext::sh -c touch% /tmp/x'}\n")
+    dots = write(tmp_path / "e" / "dots.yaml", "source: {git: /r, ref: 'main/../../x'}\n")
+    result = run("validate", str(tmp_path / "e"))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{hostile}:1:15: source.git: git must be a path or URL (not starting with '-', one line)",
+        f"{dots}:1:24: source.ref: ref must be a branch or tag name, refs/..., or a commit SHA "
+        "(no '..', spaces or leading '-')",
+        f"{helper}:1:15: source.git: git remote helpers (<transport>::<address>) are not allowed",
+    ]
