@@ -9,8 +9,10 @@ import pytest
 
 from reconciler.kinds import EdgeMode
 from tests.docker.conftest import make_project
+from tests.integration.gitrepo import Repo, git
 from tests.integration.harness import desired_yaml, environment, get, wait_for
 from tests.integration.test_edge_daemon import Loop
+from tests.integration.test_git_sources import git_yaml, serving
 
 pytestmark = pytest.mark.docker
 
@@ -182,6 +184,37 @@ def test_docker_zero_failed_requests_through_the_edge(
             assert bystander.failures == [], bystander.failures[:5]
             assert set(main.bodies) <= set(versions) and sum(main.bodies.values()) > 50
             wait_for(lambda: len(_ours(docker_client, project)) == 1, 30, "old containers drained")
+        finally:
+            env.stop()
+            for name in _ours(docker_client, project):
+                docker_client.containers.get(name).remove(force=True)
+            for image in docker_client.images.list():
+                for tag in image.tags:
+                    if tag.startswith(prefix):
+                        docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.timeout(240)
+def test_docker_builds_each_pushed_commit_of_a_followed_branch(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """A git source on the Docker runtime: the image is built from a clean checkout of each
+    pushed commit (the Dockerfile and the busybox binary are committed files)."""
+    repo = Repo(tmp_path / "repo")
+    make_project(repo.work, "docker commit one")
+    git("add", "-A", cwd=repo.work)  # the files make_project wrote
+    first = repo.commit({}, "the site")
+    repo.push()
+    project = f"dg{tmp_path.name[-6:].lower().replace('_', '')}"
+    with environment(tmp_path, runtime="docker", edge=EdgeMode.ON) as env:
+        prefix = env.config().docker_prefix
+        try:
+            env.start()
+            env.write(project, git_yaml(repo.remote).replace("runtime: process", "runtime: docker"))
+            assert serving(env, project, "docker commit one", timeout=120) == first
+            second = repo.commit({"site/index.html": "docker commit two"}, "second page")
+            repo.push()
+            assert serving(env, project, "docker commit two", timeout=120) == second
         finally:
             env.stop()
             for name in _ours(docker_client, project):
