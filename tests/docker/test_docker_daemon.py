@@ -10,7 +10,7 @@ import pytest
 from reconciler.kinds import EdgeMode
 from tests.docker.conftest import make_project
 from tests.integration.gitrepo import Repo, git
-from tests.integration.harness import desired_yaml, environment, get, wait_for
+from tests.integration.harness import Env, desired_yaml, environment, get, wait_for
 from tests.integration.test_edge_daemon import Loop
 from tests.integration.test_git_sources import git_yaml, serving
 
@@ -27,6 +27,17 @@ def _ours(client: docker.DockerClient, project: str) -> list[str]:
             },
         )
     ]
+
+
+def _clean(env: Env, client: docker.DockerClient, project: str, prefix: str) -> None:
+    """Stop the daemon; remove the project's containers and the images of this test."""
+    env.stop()
+    for name in _ours(client, project):
+        client.containers.get(name).remove(force=True)
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(prefix):
+                client.images.remove(tag, force=True)
 
 
 def _versions(client: docker.DockerClient, project: str) -> list[str]:
@@ -131,13 +142,7 @@ def test_docker_flow_by_file_edits(
                 lambda: _versions(docker_client, project) == [], 20, "container removed on stop"
             )
         finally:
-            env.stop()
-            for name in _ours(docker_client, project):
-                docker_client.containers.get(name).remove(force=True)
-            for image in docker_client.images.list():
-                for tag in image.tags:
-                    if tag.startswith(prefix):
-                        docker_client.images.remove(tag, force=True)
+            _clean(env, docker_client, project, prefix)
 
 
 @pytest.mark.timeout(300)
@@ -185,13 +190,7 @@ def test_docker_zero_failed_requests_through_the_edge(
             assert set(main.bodies) <= set(versions) and sum(main.bodies.values()) > 50
             wait_for(lambda: len(_ours(docker_client, project)) == 1, 30, "old containers drained")
         finally:
-            env.stop()
-            for name in _ours(docker_client, project):
-                docker_client.containers.get(name).remove(force=True)
-            for image in docker_client.images.list():
-                for tag in image.tags:
-                    if tag.startswith(prefix):
-                        docker_client.images.remove(tag, force=True)
+            _clean(env, docker_client, project, prefix)
 
 
 @pytest.mark.timeout(240)
@@ -216,10 +215,4 @@ def test_docker_builds_each_pushed_commit_of_a_followed_branch(
             repo.push()
             assert serving(env, project, "docker commit two", timeout=120) == second
         finally:
-            env.stop()
-            for name in _ours(docker_client, project):
-                docker_client.containers.get(name).remove(force=True)
-            for image in docker_client.images.list():
-                for tag in image.tags:
-                    if tag.startswith(prefix):
-                        docker_client.images.remove(tag, force=True)
+            _clean(env, docker_client, project, prefix)

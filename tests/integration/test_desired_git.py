@@ -39,6 +39,15 @@ def spec(source: Path, generation: int = 1, state: str = "running") -> str:
     )
 
 
+def one_site(tmp_path: Path) -> tuple[Path, Repo]:
+    """A static site and a configuration repository whose one desired file runs it."""
+    a = site(tmp_path / "a", "a1")
+    repo = Repo(tmp_path / "config")
+    repo.commit({"www.yaml": spec(a)}, "add www")
+    repo.push()
+    return a, repo
+
+
 def git_env(tmp_path: Path, repo: Repo, **options: object) -> object:
     extra = {"desired_git": str(repo.remote), "desired_git_poll": 0.3,
              "git_author": "Deploy Bot <deploy@example.com>"}  # fmt: skip
@@ -163,10 +172,7 @@ def test_a_concurrent_push_is_rebased_over_and_a_refusal_is_409(tmp_path: Path) 
 
 def test_without_a_reachable_repository_nothing_is_stopped(tmp_path: Path) -> None:
     """A daemon that applied a commit once keeps it when the remote is gone."""
-    a = site(tmp_path / "a", "a1")
-    repo = Repo(tmp_path / "config")
-    repo.commit({"www.yaml": spec(a)}, "add www")
-    repo.push()
+    _a, repo = one_site(tmp_path)
     with git_env(tmp_path, repo) as env:  # type: ignore[attr-defined]
         env.start()
         serves(env, "www", "a1")
@@ -181,10 +187,7 @@ def test_without_a_reachable_repository_nothing_is_stopped(tmp_path: Path) -> No
 
 
 def test_api_write_in_git_mode_with_a_missing_project_is_404(tmp_path: Path) -> None:
-    a = site(tmp_path / "a", "a1")
-    repo = Repo(tmp_path / "config")
-    repo.commit({"www.yaml": spec(a)}, "add www")
-    repo.push()
+    _a, repo = one_site(tmp_path)
     with git_env(tmp_path, repo) as env:  # type: ignore[attr-defined]
         env.start()
         serves(env, "www", "a1")
@@ -195,10 +198,7 @@ def test_api_write_in_git_mode_with_a_missing_project_is_404(tmp_path: Path) -> 
 
 
 def test_the_configuration_webhook_fetches_at_once(tmp_path: Path) -> None:
-    a = site(tmp_path / "a", "a1")
-    repo = Repo(tmp_path / "config")
-    repo.commit({"www.yaml": spec(a)}, "add www")
-    repo.push()
+    a, repo = one_site(tmp_path)
     extra = {"desired_git": str(repo.remote), "desired_git_poll": 3600.0}
     with environment(tmp_path, extra_config=extra) as env:
         env.start()

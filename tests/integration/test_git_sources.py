@@ -290,3 +290,24 @@ def test_a_commit_sha_as_ref_builds_that_commit(tmp_path: Path) -> None:
         env.write("www", git_yaml(repo.remote, ref=first))
         assert serving(env, "www", "one") == first
         assert env.daemon is not None and not env.daemon.follower.targets(), "a SHA never moves"
+
+
+def test_a_committed_symlink_leaving_the_output_is_refused(tmp_path: Path) -> None:
+    """A commit is hostile input: a symlink out of dist/ fails its deploy, never followed."""
+    repo = Repo(tmp_path / "repo")
+    repo.site("one", "first")
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("www", git_yaml(repo.remote))
+        serving(env, "www", "one")
+        (repo.work / "dist" / "passwd").symlink_to("/etc/passwd")
+        repo.commit({"dist/index.html": "<p>two</p>\n"}, "sneaky link")
+        git("add", "dist/passwd", cwd=repo.work)
+        git("commit", "--quiet", "--amend", "--no-edit", cwd=repo.work)
+        repo.push()
+        ops = LocalClient(env.desired, env.data)
+        failed = wait_for(
+            lambda: (s := ops.status("www"))["status"] == "failed" and s, 30, "refused"
+        )
+        assert "leaves dist/" in failed["error"]
+        assert get(f"http://127.0.0.1:{failed['port']}/") == "<p>one</p>\n"
