@@ -8,6 +8,7 @@ built again.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from reconciler.config import Config
@@ -49,6 +50,9 @@ def rebuild_record(
         site = db.site(project_id)
         port = site.publicPort if site is not None else None
     live = port is not None and spec.production.state == "running"
+    source = releases.source_of(project_id, latest)  # a git build: its commit is its revision
+    if source is not None and not isinstance(source.get("commit"), str):
+        source = None
     db.update_project(
         project_id,
         productionStatus=Status.RUNNING if live else Status.STOPPED,
@@ -59,6 +63,7 @@ def rebuild_record(
         latestHash=latest,
         observedGeneration=releases.generation(project_id, latest),
         lastGoodSpec=spec.model_dump_json(),
+        latestSource=json.dumps({"rev": source["commit"], **source}) if source else None,
     )
     logger.info(
         "%s: no record in the state database; rebuilt it from disk (serving %s%s)",

@@ -311,3 +311,22 @@ def test_a_committed_symlink_leaving_the_output_is_refused(tmp_path: Path) -> No
         )
         assert "leaves dist/" in failed["error"]
         assert get(f"http://127.0.0.1:{failed['port']}/") == "<p>one</p>\n"
+
+
+def test_a_lost_state_database_does_not_rebuild_the_followed_commit(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    first = repo.site("one", "first")
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("www", git_yaml(repo.remote))
+        assert serving(env, "www", "one") == first
+        env.stop()
+        env.db.close()
+        env._db = None
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            (env.data / name).unlink(missing_ok=True)
+        env.start()
+        assert serving(env, "www", "one") == first  # the record rebuilt from the manifest
+        wait_for(lambda: (s := env.db.source("www")) is not None and s.rev == first, 20, "tip")
+        env.resync_and_wait("www")
+        assert [j for j in env.db.jobs("www") if j.type == JobType.BUILD] == []
