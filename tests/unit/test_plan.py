@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from reconciler.desired import DesiredFile
+from reconciler.facts import desired_view
 from reconciler.kinds import ServeMode
 from reconciler.plan import (
     Activate,
@@ -19,7 +23,8 @@ from reconciler.plan import (
     plan,
     should_cancel,
 )
-from reconciler.spec import ProjectSpec
+from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.state import SourceRow
 
 A, B, C = "aaaaaaaa", "bbbbbbbb", "cccccccc"
 
@@ -239,3 +244,54 @@ def test_should_cancel() -> None:
     assert should_cancel(running.digest, want(version=A, generation=2))
     assert should_cancel(running.digest, None)
     assert not should_cancel(running.digest, DesiredView(None, None, "bad"))
+
+
+def following(rev: str | None, *, version: str = "latest", git: bool = True) -> DesiredView:
+    """A following project whose source stands at ``rev`` (as ``facts.desired_view`` makes)."""
+    source = {"git": "/repo.git", "ref": "main"} if git else "s"
+    spec = ProjectSpec.model_validate(
+        {"source": source, "production": {"state": "running", "version": version,
+                                          "generation": 1, "follow": True}}
+    )  # fmt: skip
+    row = SourceRow("p", rev, None, None, "2026-11-28T00:00:00Z") if rev is not None else None
+    file = DesiredFile(ProjectId("p"), Path("p.yaml"), spec)
+    view = desired_view(file, spec, source=row)
+    assert view is not None
+    return view
+
+
+COMMIT_1, COMMIT_2 = "1" * 40, "2" * 40
+
+
+def built(view: DesiredView, rev: str, **changes: object) -> ObservedView:
+    """A running A (with the settings ``view`` asks for), built from ``rev``."""
+    return seen(instances=(ObservedInstance(A, 3000, False, view.config),), built_rev=rev,
+                **changes)  # fmt: skip
+
+
+def test_following_plans() -> None:
+    tip = following(COMMIT_1)
+    assert plan(tip, built(tip, COMMIT_1)) == [], "built the tip"
+    moved = following(COMMIT_2)
+    assert plan(moved, built(moved, COMMIT_1)) == [Build(1)], "a new commit"
+    unread = following(None)
+    assert plan(unread, built(unread, COMMIT_1)) == [], "the tip was never read"
+    pinned = following(COMMIT_2, version=B)
+    assert plan(pinned, built(pinned, COMMIT_1)) == [Activate(B)], "a pin stops following"
+
+
+def test_a_failed_commit_is_not_held_against_the_next() -> None:
+    broken = following(COMMIT_2)
+    assert plan(broken, built(broken, COMMIT_1, failed_digest=broken.digest)) == []
+    fixed = following("3" * 40)
+    assert fixed.digest != broken.digest
+    assert plan(fixed, built(fixed, COMMIT_1, failed_digest=broken.digest)) == [Build(1)]
+
+
+def test_a_moved_ref_cancels_a_build_a_changed_dir_does_not() -> None:
+    assert should_cancel(following(COMMIT_1).digest, following(COMMIT_2))
+    assert not should_cancel(following(COMMIT_2).digest, following(COMMIT_2))
+    dir_a = following("dir:" + "a" * 24, git=False)
+    assert not should_cancel(dir_a.digest, following("dir:" + "b" * 24, git=False))
+    # an edit of the spec still cancels a dir's build
+    assert should_cancel(dir_a.digest, following("dir:" + "b" * 24, version=B, git=False))
