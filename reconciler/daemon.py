@@ -29,6 +29,7 @@ from reconciler.controller import Controller
 from reconciler.controller.activate import AtEdge
 from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
+from reconciler.controller.recorder import Listeners
 from reconciler.desired import DesiredStore
 from reconciler.desiredgit import config_repo, forget_settings
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
@@ -38,6 +39,7 @@ from reconciler.edge.settings import edge_settings
 from reconciler.facts import serve_mode, spec_from_row
 from reconciler.follow import ConfigFollower, Follower
 from reconciler.kinds import EdgeMode, RuntimeName, ServeMode
+from reconciler.metrics import DaemonMetrics
 from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Runtime
@@ -181,8 +183,11 @@ class Daemon:
             config.default_runtime,
             on_new=self._watch_runtime,
         )
+        self.metrics = DaemonMetrics()
         self.controller = Controller(
             config,
+            listener=Listeners([self.metrics]),
+            on_reconciled=self.metrics.reconciled,
             desired=self.desired,
             db=self.db,
             releases=self.releases,
@@ -200,6 +205,8 @@ class Daemon:
             watch=config.watch,
         )
         self.controller.observer.on_spec = self.follower.track
+        self.metrics.queue(self.controller.queue.depth)
+        self.follower.on_check = lambda result: self.metrics.source_checks.labels(result).inc()
         self.config_follower: ConfigFollower | None = None
         if self.config_repo is not None:
             self.config_follower = ConfigFollower(
@@ -347,8 +354,10 @@ class Daemon:
 
     def pulse(self) -> None:
         """Proof of progress for the watchdog and for readers (the API, the CLI): the
-        database takes a write, quickly."""
+        database takes a write, quickly; the metrics go with it."""
         self.db.daemon_pulse()
+        with contextlib.suppress(Exception):
+            self.db.put_metrics(self.metrics.exposition())
         self.last_pulse = self.clock()
 
     def healthy(self) -> bool:

@@ -117,6 +117,7 @@ class Follower:
         self.default_runtime = default_runtime
         self.use_watch = watch
         self.on_desired_nudge: Callable[[], None] | None = None  # the configuration repo
+        self.on_check: Callable[[str], None] = lambda _result: None  # moved, same, failed
         self._targets: dict[ProjectId, Target] = {}
         self._failures: dict[ProjectId, int] = {}
         self._lock = threading.Lock()
@@ -337,10 +338,12 @@ class Follower:
             if moved:
                 logger.warning("%s: cannot read its source: %s", project_id, exc)
             self._schedule(project_id, min(target.poll, MIN_RETRY * 2 ** min(failures, 8)))
+            self.on_check("failed")
             return False
         self._failures.pop(project_id, None)
         moved = self.db.set_source(project_id, rev=rev, detail=detail, error=None)
         self._schedule(project_id, target.poll)
+        self.on_check("moved" if rev != old_rev else "same")
         if moved and rev != old_rev:
             logger.info(
                 "%s: source moved to %s", project_id, rev[:12] if target.kind == "git" else rev

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
@@ -25,6 +26,7 @@ from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequ
 from reconciler.config import Config, is_loopback
 from reconciler.desired import DesiredStore
 from reconciler.desiredgit import config_repo
+from reconciler.kinds import EdgeMode
 from reconciler.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.releases import ReleaseStore
 from reconciler.state import StateDB
@@ -226,6 +228,33 @@ def _digits(raw: str) -> bool:
 def _sse(event: Event) -> str:
     data = json.dumps(event.data, separators=(",", ":"))
     return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format: what the stores say now, the daemon's own counters (while it
+    runs) and the edge's per-site request metrics (while it runs)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from reconciler.metrics import api_registry, edge_lines
+
+    config: Config = current_app.config["RECONCILER_CONFIG"]
+    db = ops().db
+    registry = current_app.config.get("RECONCILER_METRICS")
+    if registry is None:
+        registry = current_app.config["RECONCILER_METRICS"] = api_registry(db)
+    parts = [generate_latest(registry), db.daemon_metrics() or b""]
+    socket = config.edge_dir / "admin.sock"
+    if config.edge != EdgeMode.OFF and socket.exists():
+        try:
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=2) as edge:
+                response = edge.get("http://edge/metrics")
+            if response.status_code == 200:
+                parts.append(edge_lines(response.text).encode())
+        except httpx.HTTPError:
+            pass  # the edge is down: its status says so; the rest is still worth a scrape
+    return Response(b"".join(parts), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Content-Type": CONTENT_TYPE_LATEST})  # fmt: skip
 
 
 # -- push webhooks --------------------------------------------------------------------------

@@ -212,6 +212,18 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format 0.0.4)",
+                "responses": {
+                    "200": {
+                        "description": "deployments, durations, queue depth, projects by "
+                        "status, repairs, and the edge's per-site request metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/api/projects/{id}/hooks/git": {
             "post": {
                 "summary": "A forge's push webhook: check the followed ref now",

@@ -33,7 +33,7 @@ from reconciler.controller.observe import (
 from reconciler.controller.pipeline import Pipeline
 from reconciler.controller.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
 from reconciler.controller.rebuild import rebuild_record
-from reconciler.controller.recorder import Recorder
+from reconciler.controller.recorder import Listener, Recorder
 from reconciler.controller.refusals import Refusals
 from reconciler.desired import DesiredStore, LastGood
 from reconciler.desired.parse import SETTLE
@@ -61,7 +61,10 @@ class Controller:
         runtimes: Runtimes,
         at_edge: AtEdge | None = None,
         clock: Callable[[], float] = time.monotonic,
+        listener: Listener | None = None,
+        on_reconciled: Callable[[float], None] | None = None,
     ) -> None:
+        self.on_reconciled = on_reconciled  # the seconds each reconcile took (metrics)
         self.config = config
         self.desired = desired
         self.db = db
@@ -91,6 +94,7 @@ class Controller:
             activator=Activator(
                 config, db=db, releases=releases, ports=ports, runtimes=runtimes, at_edge=at_edge
             ),
+            listener=listener,
         )
         self.queue = WorkQueue(clock)
         self.workers = Workers(
@@ -156,7 +160,10 @@ class Controller:
         """Converge one project: observe, plan, execute."""
         if self.workers.stopping:
             return Done()
+        started = time.monotonic()
         result, sign = self._reconcile(project_id)
+        if self.on_reconciled is not None:
+            self.on_reconciled(time.monotonic() - started)
         # the sign it leaves: taken while observing when nothing was to be done (no system
         # call outside the one-at-a-time section), else now
         self.fingerprints.converged(project_id, isinstance(result, Done), sign)

@@ -27,7 +27,7 @@ from reconciler.controller.activate import Activator
 from reconciler.controller.build import Builder
 from reconciler.controller.observe import Facts, RepairLog, Runtimes, instance_from_row
 from reconciler.controller.queue import Done, Permanent, RequeueAfter, Result, Retry
-from reconciler.controller.recorder import Recorder, describe
+from reconciler.controller.recorder import Listener, Recorder, describe
 from reconciler.controller.run import Run
 from reconciler.errors import Cancelled, PermanentError, TransientError
 from reconciler.kinds import DeploymentKind, EventType, InstanceRole, ServeMode, Status
@@ -61,7 +61,9 @@ class Pipeline:
         runtimes: Runtimes,
         repairs: RepairLog,
         activator: Activator,
+        listener: Listener | None = None,
     ) -> None:
+        self.listener = listener
         self.db = db
         self.releases = releases
         self.ports = ports
@@ -78,7 +80,13 @@ class Pipeline:
         self.probe_host = config.probe_host
 
     def execute(self, facts: Facts, steps: list[Step], cancel: threading.Event) -> Result:
-        recorder = Recorder(self.db, facts.project_id, digest=facts.digest)
+        recorder = Recorder(
+            self.db,
+            facts.project_id,
+            digest=facts.digest,
+            listener=self.listener,
+            pinned=facts.spec.production.pinned if facts.spec else None,
+        )
         run = Run(facts, recorder, cancel, dict(facts.live))
         for stale in facts.gone:
             with contextlib.suppress(Exception):  # whatever its leader left behind

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any, Protocol, Unpack
 
 from reconciler.errors import Cancelled
 from reconciler.kinds import (
@@ -30,6 +31,7 @@ from reconciler.kinds import (
     JobState,
     JobType,
 )
+from reconciler.metrics import Finished
 from reconciler.runtimes.base import Instance
 from reconciler.spec import ProjectId, ProjectSpec
 from reconciler.state import InstanceRow, ProjectChanges, ProjectRow, StateDB
@@ -64,12 +66,58 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class Listener(Protocol):
+    """Hears what the recorder writes down; must not block (it runs in the reconcile)."""
+
+    def deployment_finished(self, finished: Finished) -> None: ...
+
+    def job_finished(
+        self, project: ProjectId, job_type: JobType, result: JobState, seconds: float
+    ) -> None: ...
+
+
+class Listeners:
+    """Several listeners as one; a failing one never fails a deploy."""
+
+    def __init__(self, listeners: Sequence[Listener] = ()) -> None:
+        self.listeners = list(listeners)
+
+    def deployment_finished(self, finished: Finished) -> None:
+        for listener in self.listeners:
+            try:
+                listener.deployment_finished(finished)
+            except Exception:
+                logger.exception("a deployment listener failed")
+
+    def job_finished(
+        self, project: ProjectId, job_type: JobType, result: JobState, seconds: float
+    ) -> None:
+        for listener in self.listeners:
+            try:
+                listener.job_finished(project, job_type, result, seconds)
+            except Exception:
+                logger.exception("a job listener failed")
+
+
 class Recorder:
-    def __init__(self, db: StateDB, project_id: ProjectId, *, digest: str | None) -> None:
+    def __init__(
+        self,
+        db: StateDB,
+        project_id: ProjectId,
+        *,
+        digest: str | None,
+        listener: Listener | None = None,
+        pinned: str | None = None,
+    ) -> None:
         self.db = db
         self.project_id = project_id
         self.digest = digest
+        self.listener = listener
+        self.pinned = pinned
         self.current: int | None = None  # the open deployment
+        self._kind: DeploymentKind | None = None
+        self._started = 0.0
+        self._ready: dict[str, Any] | None = None
 
     # -- deployments and jobs --------------------------------------------------------------
 
@@ -82,6 +130,7 @@ class Recorder:
         self.current = self.db.start_deployment(
             self.project_id, kind, generation=generation, digest=self.digest
         )
+        self._kind, self._started, self._ready = kind, time.monotonic(), None
         try:
             yield
         except Cancelled:
@@ -98,11 +147,17 @@ class Recorder:
         if self.current is not None:
             self.db.finish_deployment(self.current, state, error=error)
             self.current = None
+            if self.listener is not None and self._kind is not None:
+                self.listener.deployment_finished(
+                    Finished(self.project_id, self._kind, state,
+                             time.monotonic() - self._started, error, self._ready, self.pinned)
+                )  # fmt: skip
 
     @contextlib.contextmanager
     def job(
         self, job_type: JobType, *, hash: str | None = None, generation: int | None = None
     ) -> Iterator[Job]:
+        started = time.monotonic()
         job = Job(
             self.db.create_job(
                 self.project_id,
@@ -117,14 +172,25 @@ class Recorder:
             yield job
         except Cancelled as exc:
             self.db.finish_job(job.id, JobState.CANCELLED, error=describe(exc))
+            self._job_heard(job_type, JobState.CANCELLED, started)
             raise
         except BaseException as exc:
             self.db.finish_job(job.id, JobState.FAILED, error=describe(exc))
+            self._job_heard(job_type, JobState.FAILED, started)
             raise
         self.db.finish_job(job.id, JobState.SUCCEEDED, hash=job.hash)
+        self._job_heard(job_type, JobState.SUCCEEDED, started)
+
+    def _job_heard(self, job_type: JobType, result: JobState, started: float) -> None:
+        if self.listener is not None:
+            self.listener.job_finished(
+                self.project_id, job_type, result, time.monotonic() - started
+            )
 
     def emit(self, event: EventType, data: dict[str, Any]) -> None:
         self.db.append_event(self.project_id, event, data, deployment=self.current)
+        if event == EventType.READY:
+            self._ready = data
 
     # -- rows ------------------------------------------------------------------------------
 

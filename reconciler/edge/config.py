@@ -163,7 +163,9 @@ def edge_config(settings: EdgeSettings, sites: list[Site]) -> dict[str, Any]:
             if settings.access_logs:
                 for domain in site.domains:
                     host_loggers[domain] = [name]
-    apps: dict[str, Any] = {"http": {"servers": servers}}
+    # metrics: per-site request counts and latencies (label server="site-<id>") at the
+    # admin endpoint's /metrics, which the API's /metrics passes on
+    apps: dict[str, Any] = {"http": {"servers": servers, "metrics": {}}}
     if host_routes:
         apps["http"]["http_port"] = settings.domains_http_port
         apps["http"]["https_port"] = settings.domains_https_port

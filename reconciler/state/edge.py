@@ -29,6 +29,25 @@ class EdgeTables(History):
         with self.write() as conn:
             conn.execute("UPDATE daemon SET pulse = ? WHERE id = 1", (time.time(),))
 
+    def put_metrics(self, text: bytes) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO metrics (id, text, writtenAt) VALUES (1, ?, ?) ON CONFLICT(id) "
+                "DO UPDATE SET text = excluded.text, writtenAt = excluded.writtenAt",
+                (text, time.time()),
+            )
+
+    def daemon_metrics(self) -> bytes | None:
+        """The daemon's metrics as it last wrote them, while its pulse is fresh."""
+        if not self.daemon_alive():
+            return None
+        rows = self.read("SELECT text FROM metrics WHERE id = 1")
+        return bytes(rows[0][0]) if rows else None
+
+    def daemon_alive(self) -> bool:
+        row = self.daemon()
+        return row is not None and row.stoppedAt is None and row.alive(time.time())
+
     def daemon_stopped(self) -> None:
         with self.write() as conn:
             conn.execute("UPDATE daemon SET stoppedAt = ? WHERE id = 1", (utcnow(),))

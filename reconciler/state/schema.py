@@ -245,4 +245,13 @@ MIGRATIONS: list[str] = [
         ON CONFLICT (project) DO UPDATE SET rev = excluded.rev;
     END;
     """,
+    # 8: the daemon's metrics (Prometheus exposition text), written with its pulse, for the
+    # API to serve whether it runs in the daemon's process or beside it
+    """
+    CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        text BLOB NOT NULL,
+        writtenAt REAL NOT NULL
+    )
+    """,
 ]
