@@ -153,6 +153,14 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="author of the commits API writes make: 'Name <email>'",
     )
     parser.add_argument(
+        "--notify-url",
+        action="append",
+        default=[u for u in (env("NOTIFY_URL") or "").split(",") if u],
+        metavar="URL",
+        help="a webhook told of every project's deploys, failures, rollbacks and repeated "
+        "repairs (repeat the flag for more); projects add their own with notify:",
+    )
+    parser.add_argument(
         "--no-watch", action="store_true", help="no file watcher: rely on the periodic resync"
     )
     parser.add_argument(
@@ -269,6 +277,13 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
     from reconciler.spec import GIT_REF_RE
 
     parse_author(args.git_author)  # a ValueError names the flag's mistake
+    from reconciler.spec import NotifyTarget
+
+    for url in args.notify_url:
+        try:
+            NotifyTarget(url=url)
+        except ValueError:
+            raise ValueError(f"--notify-url {url!r} must be an http:// or https:// URL") from None
     if not GIT_REF_RE.fullmatch(args.desired_ref):
         raise ValueError(f"--desired-ref {args.desired_ref!r} is not a branch name")
     return Config(
@@ -304,6 +319,7 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
         desired_git_ref=args.desired_ref,
         desired_git_poll=max(1.0, args.desired_poll),
         git_author=args.git_author,
+        notify_urls=tuple(args.notify_url),
     )
 
 

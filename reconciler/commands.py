@@ -114,6 +114,12 @@ def cmd_hook_secret(args: argparse.Namespace) -> int:
     from reconciler.spec import InvalidProjectId, check_project_id
 
     name = args.project
+    if name == "_notify":  # the daemon's notification signing secret
+        value = hooks.make_secret(Path(args.data).absolute() / "hooks" / "secrets", name,
+                                  rotate=args.rotate)  # fmt: skip
+        print(f"secret: {value}")
+        print("notifications carry X-Reconciler-Signature-256: sha256=<HMAC-SHA256 of the body>")
+        return 0
     if name != hooks.DESIRED:
         try:
             check_project_id(name)

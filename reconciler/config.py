@@ -52,6 +52,10 @@ class Config:
     desired_git_ref: str = "main"
     desired_git_poll: float = 60.0
     git_author: str = "reconciler <reconciler@localhost>"  # of the commits API writes make
+    notify_urls: tuple[str, ...] = ()  # webhooks told of every project's deploys
+    notify_attempts: int = 5
+    notify_timeout: float = 5.0  # seconds one delivery may take
+    notify_backoff: float = 1.0  # seconds before the second attempt; doubles each time
 
     @property
     def nudge_dir(self) -> Path:

@@ -38,13 +38,16 @@ from reconciler.edge.manager import Edge
 from reconciler.edge.settings import edge_settings
 from reconciler.facts import serve_mode, spec_from_row
 from reconciler.follow import ConfigFollower, Follower
+from reconciler.hooks import make_secret
 from reconciler.kinds import EdgeMode, RuntimeName, ServeMode
 from reconciler.metrics import DaemonMetrics
+from reconciler.notify import SECRET_NAME as NOTIFY_SECRET
+from reconciler.notify import Notifications
 from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Runtime
 from reconciler.sdnotify import Notifier
-from reconciler.spec import ProjectId, redact
+from reconciler.spec import NotifyTarget, ProjectId, redact
 from reconciler.state import StateDB
 from reconciler.watch import DesiredWatcher, project_for
 
@@ -184,9 +187,19 @@ class Daemon:
             on_new=self._watch_runtime,
         )
         self.metrics = DaemonMetrics()
+        self._secret_lock = threading.Lock()
+        self.notifications = Notifications(
+            self.db,
+            lambda project: self.controller.last_good.get(project),
+            self._notify_secret,
+            defaults=[NotifyTarget(url=url) for url in config.notify_urls],
+            attempts=config.notify_attempts,
+            timeout=config.notify_timeout,
+            backoff=config.notify_backoff,
+        )
         self.controller = Controller(
             config,
-            listener=Listeners([self.metrics]),
+            listener=Listeners([self.metrics, self.notifications]),
             on_reconciled=self.metrics.reconciled,
             desired=self.desired,
             db=self.db,
@@ -341,6 +354,12 @@ class Daemon:
 
         runtime.watch(notify, self._engines_stop)
 
+    def _notify_secret(self) -> bytes:
+        """The notification signing secret (made on first use, once; read at each delivery,
+        so a rotation takes effect at once)."""
+        with self._secret_lock:
+            return make_secret(self.config.hook_secret_dir, NOTIFY_SECRET).encode()
+
     def _desired_changed(self, files: tuple[str, ...] | None) -> None:
         """A commit of the configuration repository was applied: reconcile the projects whose
         files it changed (all of them when that is not known)."""
@@ -401,6 +420,7 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         self.follower.stop()
+        self.notifications.close()
         if self.config_follower is not None:
             self.config_follower.stop()
         self.controller.stop(timeout=10)

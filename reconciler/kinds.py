@@ -92,6 +92,7 @@ class EventType(StrEnum):
     STOPPED = "production.stopped"
     CANCELLED = "production.cancelled"
     STATUS = "production.status"  # a status with nothing in progress (streams only)
+    NOTIFICATION = "production.notification"  # one delivery attempt of a notification
 
 
 TERMINAL_EVENTS = frozenset({EventType.READY, EventType.ERROR, EventType.STOPPED})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal, NewType
@@ -205,6 +206,34 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
 
 
+NotifyEvent = Literal[
+    "deploy.succeeded", "deploy.failed", "rollback.succeeded", "rollback.failed",
+    "repair.repeated",
+]  # fmt: skip
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = typing.get_args(NotifyEvent)
+
+
+class NotifyTarget(_Model):
+    """Where a project's deploy notifications go."""
+
+    url: str = Field(max_length=2048, description="an http(s) URL that takes a POST")
+    format: Literal["json", "slack"] = Field(
+        default="json", description="json: the event as JSON; slack: {text} (Slack, Mattermost)"
+    )
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS),
+        strict=False,
+        description="which events (default: all)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
+            raise ValueError("url must be an http:// or https:// URL")
+        return value
+
+
 class ProjectSpec(_Model):
     """One desired-state file. ``source`` is kept as written; resolve it with ``source_dir``."""
 
@@ -227,6 +256,11 @@ class ProjectSpec(_Model):
         default_factory=list,
         max_length=100,
         description="host names the edge serves this site on (HTTPS), besides its port",
+    )
+    notify: list[NotifyTarget] = Field(
+        default_factory=list,
+        max_length=10,
+        description="webhooks told of deploys, failures, rollbacks and repeated repairs",
     )
 
     @field_validator("domains")

@@ -186,8 +186,10 @@ def document() -> dict[str, Any]:
                         "`data: <JSON object>`: production.building, production.starting, "
                         "production.ready {status, url, port, hash}, production.error {error}, "
                         "production.stopped, production.cancelled, production.waiting "
-                        "{message, daemon}, and last stream.end ({} after an outcome, "
-                        "{reason, message} when it ends without one)",
+                        "{message, daemon}, production.notification (a notification "
+                        "attempt; a stream resumed with Last-Event-ID sees them), and last "
+                        "stream.end ({} after an outcome, {reason, message} when it ends "
+                        "without one)",
                         "content": {
                             "text/event-stream": {
                                 "schema": {
@@ -203,6 +205,7 @@ def document() -> dict[str, Any]:
                                     "production.stopped",
                                     "production.cancelled",
                                     "production.waiting",
+                                    "production.notification",
                                     "stream.end",
                                 ],
                             }
