@@ -14,6 +14,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -228,6 +229,40 @@ def _digits(raw: str) -> bool:
 def _sse(event: Event) -> str:
     data = json.dumps(event.data, separators=(",", ":"))
     return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+
+
+# -- the dashboard ----------------------------------------------------------------------------
+
+DASHBOARD = Path(__file__).with_name("dashboard")
+DASHBOARD_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+# nothing from elsewhere, no inline code, never in a frame
+DASHBOARD_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _dashboard_file(name: str) -> Response:
+    body = (DASHBOARD / name).read_bytes()
+    response = Response(body, mimetype=DASHBOARD_FILES[name])
+    response.headers["Content-Security-Policy"] = DASHBOARD_CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/")
+def dashboard() -> Response:
+    """The dashboard (plain HTML and JavaScript over this API)."""
+    return _dashboard_file("index.html")
+
+
+@bp.get("/dashboard/<name>")
+def dashboard_asset(name: str) -> Response:
+    if name not in DASHBOARD_FILES:
+        raise ApiError(404, "not found")
+    return _dashboard_file(name)
 
 
 @bp.get("/metrics")
