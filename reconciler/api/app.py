@@ -27,7 +27,7 @@ from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequ
 from reconciler.config import Config, is_loopback
 from reconciler.desired import DesiredStore
 from reconciler.desiredgit import config_repo
-from reconciler.kinds import EdgeMode
+from reconciler.kinds import EdgeMode, EventType
 from reconciler.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.releases import ReleaseStore
 from reconciler.state import StateDB
@@ -179,6 +179,24 @@ def logs(raw: str) -> Response:
             tail=min(int(tail), 10_000),
         )
     )
+
+
+@bp.get("/api/projects/<raw>/events")
+def events(raw: str) -> Response:
+    """The project's latest events, oldest first: deploy progress and notification attempts
+    (``?type=production.notification``), ``?limit=`` up to 500."""
+    pid = ops().project(raw)
+    limit = request.args.get("limit", "100")
+    kind = request.args.get("type")
+    if not _digits(limit) or not 1 <= int(limit) <= 500:
+        raise ApiError(400, "limit must be an integer from 1 to 500")
+    if kind is not None and kind not in {str(e) for e in EventType}:
+        raise ApiError(400, f"type must be one of {', '.join(sorted(str(e) for e in EventType))}")
+    rows = ops().db.recent_events(pid, limit=int(limit), event_type=kind)
+    return json_response({"events": [
+        {"id": r.id, "type": str(r.type), "deployment": r.deployment, "createdAt": r.createdAt,
+         "data": r.payload()} for r in rows
+    ]})  # fmt: skip
 
 
 @bp.get("/api/projects/<raw>/production-stream")

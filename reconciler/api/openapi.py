@@ -215,6 +215,28 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/api/projects/{id}/events": {
+            "get": {
+                "summary": "The project's latest events, oldest first (deploy progress, "
+                "notification attempts)",
+                "parameters": [
+                    pid,
+                    {"name": "type", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "{events: [{id, type, deployment, createdAt, data}]}",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(400, 404),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (text format 0.0.4)",

@@ -188,6 +188,20 @@ class History(Database):
         rows = self.read("SELECT * FROM events WHERE deployment = ? ORDER BY id", (deployment_id,))
         return [as_row(EventRow, r) for r in rows]
 
+    def recent_events(
+        self, project_id: str, *, limit: int = 100, event_type: str | None = None
+    ) -> list[EventRow]:
+        """The project's latest events (of one type, if given), oldest first."""
+        where, args = "project = ?", [project_id]
+        if event_type is not None:
+            where += " AND type = ?"
+            args.append(event_type)
+        rows = self.read(
+            f"SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+            (*args, limit),
+        )
+        return [as_row(EventRow, r) for r in reversed(rows)]
+
     def last_event_id(self, project_id: str | None = None) -> int:
         if project_id is None:
             rows = self.read("SELECT COALESCE(MAX(id), 0) FROM events")

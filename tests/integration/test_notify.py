@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.api.app import create_app
 from reconciler.kinds import DeploymentKind, DeploymentState, EventType
 from reconciler.metrics import Finished
 from reconciler.notify import Notifications
@@ -141,6 +142,12 @@ def test_deploys_failures_and_rollbacks_are_told_without_waiting_for_receivers(
             and "no answer within 0.5 s" in tried[-1]["outcome"]
         )
         assert [a["delivered"] for a in attempts(flaky.url)] == [False, False, True]
+        # the same attempts through the API (and the dashboard, which reads it)
+        api = create_app(env.config()).test_client()
+        listed = api.get("/api/projects/www/events?type=production.notification").json
+        assert len([e for e in listed["events"] if e["data"]["target"] == hang.url]) == 3  # type: ignore[index]
+        assert api.get("/api/projects/www/events?limit=0").status_code == 400
+        assert api.get("/api/projects/www/events?type=nope").status_code == 400
 
         # a failed deploy: told to the targets that want deploy.failed
         (site / "dist").rename(site / "gone")

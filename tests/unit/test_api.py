@@ -640,7 +640,7 @@ def test_healthz_and_openapi(client: FlaskClient, app: Flask) -> None:
         "/api/projects/{id}/stop-production", "/api/projects/{id}/production-history",
         "/api/projects/{id}/rollback-production", "/api/projects/{id}/production-stream",
         "/api/projects/{id}/production-logs", "/api/projects/{id}/hooks/git",
-        "/api/hooks/desired", "/metrics",
+        "/api/hooks/desired", "/metrics", "/api/projects/{id}/events",
     }  # fmt: skip
     schemas = doc["components"]["schemas"]  # type: ignore[index]
     assert {

@@ -171,6 +171,7 @@ async function refreshProject() {
   if (status.error) parts.push(el("div", { class: "error", id: "status-error" }, status.error));
   if (status.note) parts.push(el("div", { class: "muted" }, status.note));
   $("#summary").replaceChildren(...parts);
+  showNotifications();
 
   const history = await api(`/api/projects/${encodeURIComponent(id)}/production-history`).catch(() => ({ versions: [] }));
   $("#history tbody").replaceChildren(...history.versions.map((v) =>
@@ -180,6 +181,15 @@ async function refreshProject() {
       el("td", { "data-label": "Built" }, ago(v.createdAt)),
       el("td", {}, v.isActive ? "" : el("button", { class: "secondary rollback", onclick: () => rollback(v.hash) }, "Roll back")),
     )));
+}
+
+async function showNotifications() {
+  const id = current;
+  const found = await api(`/api/projects/${encodeURIComponent(id)}/events?type=production.notification&limit=20`)
+    .catch(() => ({ events: [] }));
+  const items = found.events.map((e) =>
+    el("li", { class: e.data.delivered ? "" : "error" }, `${ago(e.createdAt)}: ${e.data.message} (attempt ${e.data.attempt})`));
+  $("#notifications").replaceChildren(...(items.length ? items : [el("li", {}, "none sent")]));
 }
 
 function line(text) {
