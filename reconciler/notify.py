@@ -90,6 +90,7 @@ class Notifications:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="notify")
         self._stop = threading.Event()
         self._repairs: dict[ProjectId, collections.deque[float]] = {}
+        self._last: dict[ProjectId, tuple[str, str | None]] = {}  # the last event told
         self._lock = threading.Lock()
         self.client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
 
@@ -106,7 +107,7 @@ class Notifications:
             count = self._repaired(finished.project)
             if count == REPAIRS_REPEATED:  # once, as the count crosses it
                 event, extra = "repair.repeated", {"repairs": count}
-        if event is None:
+        if event is None or self._repeated(finished.project, event, finished.error):
             return
         ready = finished.ready or {}
         body = {
@@ -133,6 +134,15 @@ class Notifications:
     def targets(self, project: ProjectId) -> list[NotifyTarget]:
         spec = self.spec_of(project)
         return [*(spec.notify if spec is not None else []), *self.defaults]
+
+    def _repeated(self, project: ProjectId, event: str, error: str | None) -> bool:
+        """The same failure again (a transient error retried with backoff fails its deploy
+        each time): told once, until something else happens to the project."""
+        key = (event, error if event.endswith(".failed") else None)
+        with self._lock:
+            last = self._last.get(project)
+            self._last[project] = key
+        return event.endswith(".failed") and last == key
 
     def _repaired(self, project: ProjectId) -> int:
         now = time.monotonic()

@@ -190,13 +190,29 @@ def test_repeated_repairs_are_told_once(tmp_path: Path, receivers: dict[str, Rec
         assert len(ok.got) == 1
         told = json.loads(ok.got[0][1])
         assert told["event"] == "repair.repeated" and told["repairs"] == 3
+        # the same failure again (a transient error retried) is told once; a new one is told
+        failed = Finished(ProjectId("web"), DeploymentKind.DEPLOY, DeploymentState.FAILED, 0.1,
+                          "git fetch: the remote hung up", None, None)  # fmt: skip
+        for _ in range(3):
+            notifications.deployment_finished(failed)
+        wait_for(lambda: len(ok.got) == 2, 10, "the failure told")
+        other = Finished(ProjectId("web"), DeploymentKind.DEPLOY, DeploymentState.FAILED, 0.1,
+                         "Build failed: exit 2", None, None)  # fmt: skip
+        notifications.deployment_finished(other)
+        wait_for(lambda: len(ok.got) == 3, 10, "a different failure told")
+        time.sleep(0.3)
+        assert [json.loads(body)["event"] for _h, body in ok.got] == [
+            "repair.repeated",
+            "deploy.failed",
+            "deploy.failed",
+        ]
         # a stop or an activation without a pin tells nobody
         for kind in (DeploymentKind.STOP, DeploymentKind.ACTIVATE):
             notifications.deployment_finished(
                 Finished(ProjectId("app"), kind, DeploymentState.SUCCEEDED, 0.1, None, None, None)
             )
         time.sleep(0.3)
-        assert len(ok.got) == 1
+        assert len(ok.got) == 3
     finally:
         notifications.close()
         db.close()
