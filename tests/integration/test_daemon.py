@@ -161,10 +161,12 @@ def test_failed_build_and_health_timeout_keep_the_old_version(tmp_path: Path) ->
 
 @pytest.mark.timeout(60)
 def test_stop_during_a_long_build(tmp_path: Path) -> None:
+    # a sleep no other test runs: the Docker tests' build steps sleep 600 in containers whose
+    # processes this host sees too, and one may still be on its way out
     site = make_site(tmp_path / "site", "x")
     with environment(tmp_path) as env:
         env.start()
-        env.write("www", desired_yaml(site, extra="build:\n  command: echo building; sleep 600\n"))
+        env.write("www", desired_yaml(site, extra="build:\n  command: echo building; sleep 607\n"))
         wait_for(
             lambda: (
                 env.db.active_job("www") and env.db.active_job("www").type == "production.build"
@@ -172,12 +174,12 @@ def test_stop_during_a_long_build(tmp_path: Path) -> None:
             10,
             "build running",
         )  # type: ignore[union-attr]
-        sleeper = wait_for(lambda: _pids_running("sleep 600"), 10, "the build's sleep")
+        sleeper = wait_for(lambda: _pids_running("sleep 607"), 10, "the build's sleep")
         stopped_at = time.monotonic()
         env.write(
             "www",
             desired_yaml(
-                site, state="stopped", extra="build:\n  command: echo building; sleep 600\n"
+                site, state="stopped", extra="build:\n  command: echo building; sleep 607\n"
             ),
         )
         wait_for(lambda: not any(_alive(p) for p in sleeper), 5, "build killed")
@@ -187,7 +189,7 @@ def test_stop_during_a_long_build(tmp_path: Path) -> None:
         assert builds[0].state == "cancelled"
         env.resync_and_wait("www")
         assert env.status("www") == "stopped"
-        assert not _pids_running("sleep 600")
+        assert not _pids_running("sleep 607")
         assert env.instances("www") == []
 
 
