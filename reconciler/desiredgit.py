@@ -28,10 +28,9 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.gitsource import TIP, GitError, ls_remote, run_git
+from reconciler.gitsource import TIP, GitError, checkout_tree, ls_remote, run_git
 from reconciler.spec import redact
 
 logger = logging.getLogger(__name__)
@@ -49,13 +48,6 @@ class PushRefused(Exception):
 
 class NoSuchFile(LookupError):
     pass
-
-
-@dataclass(frozen=True)
-class Applied:
-    old: str | None
-    new: str
-    files: tuple[str, ...] | None  # names that changed; None: everything may have
 
 
 def parse_author(author: str) -> tuple[str, str]:
@@ -142,12 +134,13 @@ class ConfigRepo:
         self._git("fetch", "--quiet", "--no-tags", "--force", "--", self.url, f"+{found[1]}:{TIP}")
         return self._git("rev-parse", "--verify", f"{TIP}^{{commit}}")
 
-    def sync(self) -> Applied | None:
-        """Fetch the ref; apply its commit when it is not the applied one."""
+    def sync(self) -> str | None:
+        """Fetch the ref; apply its commit when it is not the applied one (returned then)."""
         with self.locked():
             return self._apply(self._fetch())
 
-    def _apply(self, sha: str) -> Applied | None:
+    def _apply(self, sha: str) -> str | None:
+        """Make ``sha`` the applied commit; it when it was not already."""
         old = self.head()
         if old == sha:
             return None
@@ -155,32 +148,25 @@ class ConfigRepo:
         tree = self.trees / sha
         if not tree.is_dir():
             tmp = self.trees / f".tmp-{sha}-{secrets.token_hex(4)}"
-            index = self.trees / f".index-{secrets.token_hex(4)}"
             try:
-                tmp.mkdir()
-                run_git(
-                    [f"--git-dir={self.cache}", f"--work-tree={tmp}", "read-tree", "--reset",
-                     "-u", f"{sha}^{{tree}}"],
-                    env={"GIT_INDEX_FILE": str(index)},
-                )  # fmt: skip
+                checkout_tree(self.cache, sha, tmp)
                 os.rename(tmp, tree)
             finally:
-                index.unlink(missing_ok=True)
                 shutil.rmtree(tmp, ignore_errors=True)
         link = self.root / f".current-{secrets.token_hex(4)}"
         os.symlink(os.path.join("trees", sha), link)
         os.replace(link, self.current)  # the swap: readers see the old commit or the new
-        files: tuple[str, ...] | None = None
-        if old is not None:
-            with contextlib.suppress(GitError):
-                names = self._git("diff", "--name-only", "--no-renames", old, sha, "--")
-                files = tuple(n for n in names.splitlines() if n)
         self._prune(keep={sha, old})
-        logger.info(
-            "desired state: applied %s%s", sha[:12],
-            f" ({len(files)} file(s) changed)" if files is not None else "",
-        )  # fmt: skip
-        return Applied(old, sha, files)
+        logger.info("desired state: applied %s", sha[:12])
+        return sha
+
+    def changed_files(self, old: str, new: str) -> tuple[str, ...] | None:
+        """The file names that differ between two applied commits (None: not known)."""
+        try:
+            names = self._git("diff", "--name-only", "--no-renames", old, new, "--")
+        except GitError:
+            return None
+        return tuple(n for n in names.splitlines() if n)
 
     def _prune(self, keep: set[str | None]) -> None:
         """Old trees go (a reader that resolved ``current`` a moment ago keeps a few)."""

@@ -332,15 +332,16 @@ class Follower:
             else:
                 rev, detail = fingerprint(Path(target.location), target.output), None
         except Exception as exc:  # GitError, PermanentError, OSError: recorded, retried
-            failures = self._failures.get(project_id, 0) + 1
-            self._failures[project_id] = failures
+            with self._lock:
+                failures = self._failures[project_id] = self._failures.get(project_id, 0) + 1
             moved = self.db.set_source(project_id, rev=old_rev, error=str(exc))
             if moved:
                 logger.warning("%s: cannot read its source: %s", project_id, exc)
             self._schedule(project_id, min(target.poll, MIN_RETRY * 2 ** min(failures, 8)))
             self.on_check("failed")
             return False
-        self._failures.pop(project_id, None)
+        with self._lock:
+            self._failures.pop(project_id, None)
         moved = self.db.set_source(project_id, rev=rev, detail=detail, error=None)
         self._schedule(project_id, target.poll)
         self.on_check("moved" if rev != old_rev else "same")
@@ -463,11 +464,4 @@ class ConfigFollower:
             if head is None or head == self._applied:
                 return
             old, self._applied = self._applied, head
-        files: tuple[str, ...] | None = None
-        if old is not None:
-            try:
-                names = self.repo._git("diff", "--name-only", "--no-renames", old, head, "--")
-                files = tuple(n for n in names.splitlines() if n)
-            except GitError:
-                files = None
-        self.changed(files)
+        self.changed(self.repo.changed_files(old, head) if old is not None else None)

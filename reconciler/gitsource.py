@@ -129,6 +129,21 @@ def ls_remote(url: str, ref: str, *, timeout: float = LS_TIMEOUT) -> tuple[str, 
     return None
 
 
+def checkout_tree(git_dir: Path, sha: str, dest: Path) -> None:
+    """Write the tree of commit ``sha`` from ``git_dir`` into the empty dir ``dest``, with a
+    throwaway index beside it: a clean tree, no ``.git``, the repository's index untouched."""
+    dest.mkdir(parents=True, exist_ok=True)
+    index = dest.parent / f".{dest.name}.index"
+    try:
+        run_git(
+            [f"--git-dir={git_dir}", f"--work-tree={dest}", "read-tree", "--reset", "-u",
+             f"{sha}^{{tree}}"],
+            env={"GIT_INDEX_FILE": str(index)},
+        )  # fmt: skip
+    finally:
+        index.unlink(missing_ok=True)
+
+
 class GitCache:
     """A bare repository per project under ``root``, fetched into, checked out from."""
 
@@ -202,18 +217,7 @@ class GitCache:
     def checkout(self, project_id: ProjectId, sha: str, dest: Path) -> None:
         """Write the tree of commit ``sha`` into the empty dir ``dest`` (no .git in it)."""
         with self._lock(project_id):
-            cache = self._ensure(project_id)
-            dest.mkdir(parents=True, exist_ok=True)
-            index = dest.parent / f".{dest.name}.index"
-            try:
-                run_git(
-                    [f"--git-dir={cache}", f"--work-tree={dest}", "read-tree", "--reset", "-u",
-                     f"{sha}^{{tree}}"],
-                    env={"GIT_INDEX_FILE": str(index)},
-                    timeout=FETCH_TIMEOUT,
-                )  # fmt: skip
-            finally:
-                index.unlink(missing_ok=True)
+            checkout_tree(self._ensure(project_id), sha, dest)
 
     def forget(self, project_id: ProjectId) -> None:
         with self._lock(project_id):

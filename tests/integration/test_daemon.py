@@ -193,15 +193,18 @@ def test_stop_during_a_long_build(tmp_path: Path) -> None:
         assert env.instances("www") == []
 
 
-def _pids_running(needle: str) -> list[int]:
+def _pids_running(command: str) -> list[int]:
+    """Live processes whose argv is exactly ``command`` (a build's ``sleep N`` itself: a
+    substring would also take another process on the host, e.g. a shell's ``sleep 300``)."""
+    want = command.split()
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
             except OSError:
                 continue
-            if needle in cmdline and _alive(int(entry)):
+            if [a.decode(errors="replace") for a in argv] == want and _alive(int(entry)):
                 found.append(int(entry))
     return found
 
