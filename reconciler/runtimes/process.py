@@ -125,15 +125,16 @@ def base_environ() -> dict[str, str]:
 Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str], int]
 
 
-def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if gone or a zombie."""
+def process_start_time(pid: int, *, zombie: bool = False) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if gone or (unless
+    ``zombie``) exited and not yet reaped."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
     except OSError:
         return None
     fields = data.rsplit(b")", 1)[1].split()
-    if fields[0] in (b"Z", b"X"):
+    if fields[0] == b"X" or (fields[0] == b"Z" and not zombie):
         return None
     return int(fields[19])
 
@@ -255,10 +256,22 @@ class _Reaper:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._exit_codes: dict[int, int] = {}
+        self._starts: dict[int, int] = {}
 
     def watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until it is watched nothing reaps ``proc``, so its start time is read here even
+        when it has exited already (a start command that forks and exits at once): without
+        it, what such a command left in its session could not be told apart from others'."""
+        start = process_start_time(proc.pid, zombie=True)
         with self._lock:
+            if start is not None:
+                self._starts[proc.pid] = start
             self._procs.append(proc)
+
+    def start_time(self, pid: int) -> int | None:
+        """The start time recorded when ``pid`` was launched (None for other launchers)."""
+        with self._lock:
+            return self._starts.pop(pid, None)
 
     def poll(self) -> None:
         with self._lock:
@@ -446,8 +459,8 @@ class ProcessRuntime:
             pid = self.launcher(self._argv(release, spec, port), release.dist, env, log, unit)
         except OSError as exc:
             raise StartFailed(f"could not start {release.hash}: {exc}") from None
-        start = None
-        for _ in range(50):  # the process appears in /proc at once; allow a slow fork
+        start = _reaper.start_time(pid)
+        for _ in range(0 if start is not None else 50):  # allow a slow fork
             start = process_start_time(pid)
             if start is not None:
                 break
