@@ -119,6 +119,12 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="runtime for files that name none",
     )
     parser.add_argument(
+        "--swarm-registry",
+        default=env("SWARM_REGISTRY", None),
+        help="swarm runtime on more than one node: push each image to this registry "
+        "(host[:port][/path]) and run it from there",
+    )
+    parser.add_argument(
         "--resync-interval",
         type=float,
         default=float(env("RESYNC_INTERVAL", "30") or 30),
@@ -274,7 +280,7 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
     from reconciler.desiredgit import parse_author
 
     data = Path(args.data).absolute()
-    from reconciler.spec import GIT_REF_RE
+    from reconciler.spec import GIT_REF_RE, REGISTRY_RE
 
     parse_author(args.git_author)  # a ValueError names the flag's mistake
     from reconciler.spec import NotifyTarget
@@ -284,6 +290,8 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
             NotifyTarget(url=url)
         except ValueError:
             raise ValueError(f"--notify-url {url!r} must be an http:// or https:// URL") from None
+    if args.swarm_registry and not REGISTRY_RE.match(args.swarm_registry):
+        raise ValueError(f"--swarm-registry {args.swarm_registry!r} must read host[:port][/path]")
     if not GIT_REF_RE.fullmatch(args.desired_ref):
         raise ValueError(f"--desired-ref {args.desired_ref!r} is not a branch name")
     return Config(
@@ -297,6 +305,7 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
         public_host=args.public_host,
         bind_host=args.bind_host,
         default_runtime=args.runtime,
+        swarm_registry=args.swarm_registry or None,
         resync_interval=args.resync_interval,
         watch=not args.no_watch,
         stream_cap=max(1, args.stream_cap),

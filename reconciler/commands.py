@@ -230,6 +230,8 @@ def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "")
             line += f" (config {status['config']})"
     if status.get("url"):
         line += f"  {status['url']}"
+    if status.get("replicas"):
+        line += f"  replicas {status['replicas']}"
     if status.get("startedAt"):
         line += f"  since {status['startedAt']}"
     lines = [line]

@@ -24,6 +24,7 @@ class Config:
     bind_host: str = "127.0.0.1"
     default_runtime: RuntimeName = RuntimeName.PROCESS
     docker_prefix: str = "reconciler"
+    swarm_registry: str | None = None  # swarm: images are pushed here and run from here
     resync_interval: float = 30.0
     health_interval: float = 5.0
     debounce: float = 0.1

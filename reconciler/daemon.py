@@ -33,7 +33,7 @@ from reconciler.controller.recorder import Listeners
 from reconciler.desired import DesiredStore
 from reconciler.desiredgit import config_repo, forget_settings
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
-from reconciler.edge.config import Site
+from reconciler.edge.config import Site, service_fanout
 from reconciler.edge.manager import Edge
 from reconciler.edge.settings import edge_settings
 from reconciler.facts import serve_mode, spec_from_row
@@ -78,6 +78,15 @@ def make_runtime_factory(
 
                 return DockerRuntime(
                     image_prefix=config.docker_prefix, bind_host=bind_host, log_limits=config.logs
+                )
+            case RuntimeName.SWARM:
+                from reconciler.runtimes.docker.swarm import SwarmRuntime
+
+                return SwarmRuntime(
+                    image_prefix=config.docker_prefix,
+                    registry=config.swarm_registry,
+                    stop_grace=config.stop_grace,
+                    log_limits=config.logs,
                 )
             case _:
                 assert_never(name)
@@ -136,7 +145,8 @@ def served_sites(
         if mode == ServeMode.DYNAMIC and (not site.slots or releases.slot(pid) is None):
             continue
         slots = site.slots if mode == ServeMode.DYNAMIC else None
-        found.append(Site(pid, site.publicPort, mode, slots, tuple(spec.domains)))
+        fanout = service_fanout(spec.deploy.replicas) if mode == ServeMode.SERVICE else 0
+        found.append(Site(pid, site.publicPort, mode, slots, tuple(spec.domains), fanout))
     return found
 
 

@@ -17,11 +17,16 @@ from reconciler.state import ProjectRow, SiteRow, SourceRow
 
 
 def serve_mode(edge: EdgeMode, spec: ProjectSpec | None, default_runtime: RuntimeName) -> ServeMode:
-    """Static sites (process runtime, no start command) are served by the edge itself;
-    everything else runs an instance the edge proxies to; without an edge, its own port."""
-    if edge == EdgeMode.OFF or spec is None:
+    """Static sites (process runtime, no start command) are served by the edge itself; a
+    swarm service's tasks are proxied to by the edge; everything else runs an instance the
+    edge proxies to, or without an edge, that answers on its own port."""
+    if spec is None:
         return ServeMode.PORT
     runtime = spec.runtime or default_runtime
+    if runtime == RuntimeName.SWARM:
+        return ServeMode.SERVICE  # its tasks have no one address: only the edge serves it
+    if edge == EdgeMode.OFF:
+        return ServeMode.PORT
     if runtime == RuntimeName.PROCESS and spec.start.command is None:
         return ServeMode.STATIC
     return ServeMode.DYNAMIC

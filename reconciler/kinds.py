@@ -63,6 +63,7 @@ class InstanceRole(StrEnum):
 class RuntimeName(StrEnum):
     PROCESS = "process"
     DOCKER = "docker"
+    SWARM = "swarm"
 
 
 class EdgeMode(StrEnum):
@@ -79,6 +80,7 @@ class ServeMode(StrEnum):
     PORT = "port"  # edge off: the instance's own port is the address
     STATIC = "static"  # the edge serves current/dist itself; no process
     DYNAMIC = "dynamic"  # the edge proxies to the instance on the project's active slot
+    SERVICE = "service"  # the edge proxies to the running tasks of the project's swarm service
 
 
 class EventType(StrEnum):

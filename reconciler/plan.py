@@ -197,6 +197,9 @@ def _serving(
             return wanted[0].key if wanted else None
         case ServeMode.STATIC:
             return "" if at_edge and observed.current == target else None
+        case ServeMode.SERVICE:  # one service: it serves when its labels name target
+            wanted = [i for i in live if i.hash == target and i.config == desired.config]
+            return wanted[0].key if at_edge and wanted else None
         case ServeMode.DYNAMIC:
             routed = [i for i in live if i.key == observed.routed]
             fits = routed and routed[0].hash == target and routed[0].config == desired.config

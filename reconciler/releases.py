@@ -11,8 +11,11 @@
     <id>/slot -> slots/a|b  which blue-green slot the edge routes to (slots/a/a, slots/b/b
                             are the marker files its ``file`` matcher looks for)
     <id>/logs/build.log     the output of the last build that failed (no release to hold it)
+    <id>/tasks/0..k-1       a swarm service's running tasks, one host:port per file (each
+                            task in turn): the edge reads the address to dial from them
 
-The version id is the first 8 hex characters of the dist hash: SHA-256 over a canonical walk
+The version id is the first 8 hex characters of the dist hash (for an image runtime, of the
+dist hash and the image id together: what runs is the image): SHA-256 over a canonical walk
 of ``dist/`` in byte-sorted relative paths, each entry tagged by type with its path; files add
 the executable bit, size and contents; in-tree symlinks add their target text. Symlinks that
 leave ``dist/``, devices, fifos and sockets are refused and never opened.
@@ -51,6 +54,7 @@ PREVIEW = "preview"
 SLOT = "slot"
 SLOTS = "slots"
 SLOT_NAMES = ("a", "b")
+TASKS = "tasks"
 ACTIVATIONS = "activations.json"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
@@ -327,6 +331,12 @@ def _write_keeping_holes(out: BinaryIO, chunk: bytes) -> None:
         out.write(chunk)
 
 
+def _version(digest: str, identity: str | None) -> str:
+    if identity is None:
+        return digest[:8]
+    return hashlib.sha256(f"{digest}\n{identity}".encode()).hexdigest()[:8]
+
+
 def hash_dist(dist: Path, limits: Limits = Limits(), skip_top: Iterable[str] = ()) -> str:
     """The full hex digest of a dist tree (see the module docstring)."""
     return _TreeHasher(Path(dist), limits, frozenset(skip_top)).run(None)
@@ -425,9 +435,12 @@ class ReleaseStore:
         dist_exclude: Iterable[str] = (),
         generation: int | None = None,
         details: dict[str, Any] | None = None,
+        identity: str | None = None,
     ) -> Release:
         """Copy ``dist`` (less its top-level ``dist_exclude`` names) into staging, hash, and
-        publish it as <hash8>.
+        publish it as <hash8>. ``identity``: what runs besides ``dist`` (an image runtime's
+        image id): the version names both, so a new image is a new version even when the
+        files it serves are the same (the manifest's ``digest`` stays the dist's).
 
         The same content again reuses the existing release (its logs get the new build log).
         """
@@ -437,11 +450,12 @@ class ReleaseStore:
             hasher = _TreeHasher(Path(dist), self.limits, frozenset(dist_exclude), base)
             digest = hasher.run_into(staging.path / "dist")
             copied = time.monotonic()
-            version = digest[:8]
+            version = _version(digest, identity)
             created = utcnow()
             manifest = {
                 "hash": version,
                 "digest": digest,
+                **({"identity": identity} if identity else {}),
                 "createdAt": created,
                 "generation": generation,
                 **(details or {}),
@@ -461,7 +475,7 @@ class ReleaseStore:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                return self._reuse(staging, final, digest)
+                return self._reuse(staging, final, digest, identity)
             fsync_dir(final.parent)
             return Release(staging.project_id, version, digest, final, created)
         except BaseException:
@@ -477,9 +491,13 @@ class ReleaseStore:
             version = kept[0].hash if kept else None
         return self.project_dir(project_id) / version / "dist" if version else None
 
-    def _reuse(self, staging: Staging, final: Path, digest: str) -> Release:
+    def _reuse(self, staging: Staging, final: Path, digest: str, identity: str | None) -> Release:
         existing = self._manifest(final)
-        if existing is None or existing.get("digest") != digest:
+        if (
+            existing is None
+            or existing.get("digest") != digest
+            or existing.get("identity") != identity
+        ):
             raise ReleaseError(
                 f"version {final.name} already exists with different content "
                 "(hash prefix collision); refusing to reuse it"
@@ -663,6 +681,49 @@ class ReleaseStore:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
         self._point(project_id, SLOT, f"{SLOTS}/{slot}")
+
+    def route_tasks(self, project_id: ProjectId, upstreams: tuple[str, ...], fanout: int) -> bool:
+        """Point the edge's ``fanout`` upstream entries of a service at ``upstreams`` (file i
+        names task i mod n; each file replaced atomically, so a request reads an address that
+        ran a moment ago or runs now, never a partial one); no task: no files, and the edge
+        answers 503. True when something changed."""
+        tasks = self.project_dir(project_id) / TASKS
+        wanted = {str(i): upstreams[i % len(upstreams)] for i in range(fanout)} if upstreams else {}
+        changed = False
+        for name, address in wanted.items():
+            path = tasks / name
+            try:
+                if path.read_text() == address:
+                    continue
+            except OSError:
+                tasks.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, address.encode(), durable=False)
+            changed = True
+        if tasks.is_dir():
+            # the first file goes last: the edge's route takes the tasks while it exists
+            for entry in sorted(os.scandir(tasks), key=lambda e: e.name == "0"):
+                if entry.name.isdigit() and entry.name not in wanted:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    changed = True
+        return changed
+
+    def routed_tasks(self, project_id: ProjectId) -> tuple[str, ...]:
+        """The distinct addresses the edge routes a service to now."""
+        tasks = self.project_dir(project_id) / TASKS
+        found: list[str] = []
+        try:
+            entries = sorted(os.scandir(tasks), key=lambda e: e.name)
+        except OSError:
+            return ()
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                address = Path(entry.path).read_text()
+                if address not in found:
+                    found.append(address)
+        return tuple(sorted(found))
 
     def _activations(self, project_id: ProjectId) -> dict[str, str]:
         try:

@@ -139,6 +139,44 @@ GIT_REF_RE = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/@+-]{1,2
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
+REGISTRY_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9][a-z0-9._-]*)*$")
+CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9._/-]{1,128} *(==|!=) *[A-Za-z0-9._/:=-]{1,256}$")
+
+
+class Placement(_Model):
+    constraints: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="swarm placement constraints, e.g. node.role==manager, node.labels.zone!=b",
+    )
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not CONSTRAINT_RE.match(item):
+                raise ValueError(
+                    f"constraint {item!r} must read <attribute>==<value> or <attribute>!=<value>"
+                )
+        return value
+
+
+class Deploy(_Model):
+    """How many instances run and where: used by the swarm runtime (one service per project)."""
+
+    replicas: int = Field(default=1, ge=1, le=100, description="swarm: tasks of the service")
+    placement: Placement = Placement()
+    healthcheck: list[Annotated[str, StringConstraints(min_length=1, max_length=4096)]] | None = (
+        Field(
+            default=None,
+            min_length=1,
+            max_length=64,
+            description="swarm: the container's health check command (exec form, no shell); "
+            "default: busybox wget of health.path on the container port",
+        )
+    )
+
+
 class GitSource(_Model):
     """A git repository and the ref whose commits are built."""
 
@@ -244,12 +282,13 @@ class ProjectSpec(_Model):
     runtime: RuntimeName | None = Field(
         default=None,
         strict=False,  # the enum's values as plain strings
-        description="process | docker; default: the daemon's --runtime",
+        description="process | docker | swarm; default: the daemon's --runtime",
     )
     production: Production = Production()
     build: Build = Build()
     start: Start = Start()
     health: Health = Health()
+    deploy: Deploy = Deploy()
     keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
     env: dict[EnvName, str] = Field(default_factory=dict)
     domains: list[str] = Field(
@@ -304,17 +343,21 @@ class ProjectSpec(_Model):
     def build_output(self, runtime: RuntimeName) -> str:
         if self.build.output is not None:
             return self.build.output
-        return "/app/dist" if runtime == RuntimeName.DOCKER else "dist"
+        return "dist" if runtime == RuntimeName.PROCESS else "/app/dist"
 
     def instance_config(self, default_runtime: RuntimeName) -> str:
         """What starts an instance besides its release: the runtime, ``start`` and ``env``.
         An instance is a release run with these settings; when they change, a new instance of
         the same release replaces the old one (8 hex characters, shown beside the version)."""
-        settings = {
-            "runtime": self.runtime or default_runtime,
+        runtime = self.runtime or default_runtime
+        settings: dict[str, Any] = {
+            "runtime": runtime,
             "start": self.start.model_dump(mode="json"),
             "env": self.env,
         }
+        if runtime == RuntimeName.SWARM:  # the service's shape is part of what runs
+            settings["deploy"] = self.deploy.model_dump(mode="json")
+            settings["health"] = self.health.model_dump(mode="json")
         canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
@@ -324,7 +367,10 @@ class ProjectSpec(_Model):
         memo = _DIGESTS.get(id(self))
         if memo is not None and memo[0]() is self:
             return memo[1]
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        if self.deploy == Deploy():
+            del data["deploy"]  # added later: the digests of specs without it stay as they were
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         found = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         key = id(self)
         _DIGESTS[key] = (weakref.ref(self, lambda _ref: _DIGESTS.pop(key, None)), found)

@@ -89,6 +89,9 @@ class ProductionStatus(_Out):
     source: SourceState | None = Field(
         default=None, description="a followed source: where it stands now (production.follow)"
     )
+    replicas: str | None = Field(
+        default=None, description="swarm: tasks running / replicas wanted, e.g. 2/2"
+    )
 
 
 class Version(_Out):
@@ -258,6 +261,8 @@ class Snapshot:
                 )
             status = status.model_copy(update={"note": note})
         extra: dict[str, Any] = dict(self.commit or {})
+        if self.row is not None and self.row.productionReplicas and status.hash:
+            extra["replicas"] = self.row.productionReplicas
         if self.source is not None:
             extra["source"] = SourceState(
                 tip=self.source.rev, error=self.source.error, checkedAt=self.source.checkedAt

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from reconciler.config import Config
 from reconciler.controller.drain import Drainer
-from reconciler.controller.golive import GoLive, OnPort, Slots, Static, site_for
+from reconciler.controller.golive import (
+    GoLive,
+    NoEdge,
+    OnPort,
+    Service,
+    Slots,
+    Static,
+    service_runtime,
+    site_for,
+)
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
 from reconciler.edge.manager import Edge
@@ -60,8 +69,10 @@ class Activator:
         self.sites = at_edge.sites if at_edge else None
         self.drainer = at_edge.drainer if at_edge else None
         self.ways: dict[ServeMode, GoLive] = {
-            ServeMode.PORT: OnPort(config, ports=ports, runtimes=runtimes)
+            ServeMode.PORT: OnPort(config, ports=ports, runtimes=runtimes),
+            ServeMode.SERVICE: NoEdge(),
         }
+        self.service: Service | None = None
         if at_edge is not None:
             self.ways[ServeMode.STATIC] = Static(
                 config, releases=releases, sites=at_edge.sites, edge=at_edge.edge,
@@ -71,6 +82,11 @@ class Activator:
                 config, releases=releases, sites=at_edge.sites, edge=at_edge.edge,
                 runtimes=runtimes, drainer=at_edge.drainer,
             )  # fmt: skip
+            self.service = Service(
+                config, releases=releases, sites=at_edge.sites, edge=at_edge.edge,
+                runtimes=runtimes,
+            )  # fmt: skip
+            self.ways[ServeMode.SERVICE] = self.service
 
     def activate(self, run: Run, release: Release, *, generation: int | None, built: bool) -> None:
         """Bring ``release`` live, record it, retire what it replaces, prune."""
@@ -90,6 +106,8 @@ class Activator:
             "failedDigest": None,
             "desiredDigest": run.facts.digest,
         }
+        if mode == ServeMode.SERVICE and self.service is not None:
+            changes["productionReplicas"] = self.service.replicas(run)
         if built:
             changes["observedGeneration"] = generation
             changes["latestHash"] = release.hash
@@ -116,8 +134,8 @@ class Activator:
 
     def retire(self, run: Run, keys: tuple[str, ...]) -> None:
         """Instances no longer wanted: drained at the edge, stopped at once without it."""
-        if run.mode == ServeMode.PORT or self.drainer is None:
-            self.stop(run, keys)
+        if run.mode in (ServeMode.PORT, ServeMode.SERVICE) or self.drainer is None:
+            self.stop(run, keys)  # a service's old version: Swarm replaced its tasks already
             return
         for key in keys:
             entry = run.live.pop(key, None)
@@ -154,6 +172,16 @@ class Activator:
         site = site or self.sites.reserve(run.facts.project_id)
         if site.publicPort != row.productionPort:
             return  # not yet served at the edge (e.g. before an upgrade's first activation)
+        if mode == ServeMode.SERVICE and self.service is not None:
+            # the tasks move (Swarm restarts, reschedules or rescales them): follow them
+            runtime = self.runtimes.for_spec(run.facts.spec)
+            self.service.route(
+                run, site.publicPort, service_runtime(runtime).upstreams(run.facts.project_id)
+            )
+            replicas = self.service.replicas(run)
+            if replicas != row.productionReplicas:
+                run.recorder.update(productionReplicas=replicas)
+            return
         slots = site.slots if mode == ServeMode.DYNAMIC else None
         if mode == ServeMode.DYNAMIC and slots is None:
             return
@@ -163,6 +191,8 @@ class Activator:
         """The project stops: the edge closes its port; a deleted project gives its ports back."""
         if self.edge is not None:
             self.edge.drop(run.facts.project_id)
+        if run.mode == ServeMode.SERVICE:
+            self.releases.route_tasks(run.facts.project_id, (), 0)
         if self.sites is not None and run.facts.view is None:
             self.sites.release(run.facts.project_id)
 

@@ -113,6 +113,7 @@ class Builder:
                 dist=result.dist,
                 dist_exclude=result.dist_exclude,
                 generation=generation,
+                identity=result.identity,
                 details={
                     **result.details,
                     "desiredDigest": run.facts.digest,

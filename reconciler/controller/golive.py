@@ -9,6 +9,10 @@ site) and the port users reach it on.
 - ``Static`` (edge): no process. ``preview`` is pointed at the release and its health path
   is fetched through the edge's check route; only then ``current`` flips, and the edge,
   which serves ``current/dist`` for the project's stable port, serves the new files.
+- ``Service`` (edge, swarm runtime): the project's one service is updated and the engine
+  rolls its tasks (start-first); the edge follows the tasks that run while it does, so the
+  stable port never routes to nothing. A rollout the engine rolled back leaves the old
+  version serving, as a failed start does elsewhere.
 - ``Slots`` (edge): blue-green on the project's two slot ports. The new instance starts on
   the slot the edge does not route to, must answer there, then ``slot`` flips and the edge
   routes the stable port to it; the answer through the edge is checked for the slot.
@@ -29,7 +33,7 @@ from reconciler.config import Config
 from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
-from reconciler.edge.config import SLOT_HEADER, Site
+from reconciler.edge.config import SLOT_HEADER, Site, service_fanout
 from reconciler.edge.manager import Edge
 from reconciler.errors import StartFailed, TransientError
 from reconciler.kinds import EventType, InstanceRole, JobType, ServeMode
@@ -38,6 +42,7 @@ from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import (
     Instance,
     Runtime,
+    ServiceRuntime,
     describe_seconds,
     loopback_client,
     wait_ready,
@@ -299,3 +304,104 @@ class Slots:
                     runtime.stop(instance, timeout=self.config.stop_grace)
                 run.live.pop(other, None)
                 run.recorder.forget_instance(other)
+
+
+def service_runtime(runtime: Runtime) -> ServiceRuntime:
+    if not isinstance(runtime, ServiceRuntime):
+        raise StartFailed(f"runtime {runtime.name} does not run services")
+    return runtime
+
+
+class Service:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        releases: ReleaseStore,
+        sites: SiteAllocator,
+        edge: Edge,
+        runtimes: Runtimes,
+    ) -> None:
+        self.config = config
+        self.releases = releases
+        self.sites = sites
+        self.edge = edge
+        self.runtimes = runtimes
+
+    def route(self, run: Run, port: int, upstreams: tuple[str, ...]) -> None:
+        """Make the edge route the project's stable port to ``upstreams``: the task files
+        it reads on every request, and its site (loaded only when the site is new or its
+        replicas or domains changed)."""
+        pid, spec = run.facts.project_id, run.spec
+        fanout = service_fanout(spec.deploy.replicas)
+        if self.releases.route_tasks(pid, upstreams, fanout):
+            logger.info("%s: routing to %s", pid, ", ".join(upstreams) or "no task")
+        self.edge.put(Site(pid, port, ServeMode.SERVICE, None, tuple(spec.domains), fanout))
+
+    def follow(self, run: Run, port: int, upstreams: tuple[str, ...]) -> None:
+        """``route`` during a rollout: a failure is logged (the rollout goes on; the route
+        after it says whether the edge serves)."""
+        try:
+            self.route(run, port, upstreams)
+        except (TransientError, OSError) as exc:
+            logger.warning("%s: could not route to the tasks: %s", run.facts.project_id, exc)
+
+    def go_live(
+        self, run: Run, release: Release, generation: int | None
+    ) -> tuple[Instance | None, int]:
+        pid, rec, spec = run.facts.project_id, run.recorder, run.spec
+        runtime = service_runtime(self.runtimes.for_spec(spec))
+        port = self.sites.reserve(pid).publicPort
+        existing = run.find(release.hash)
+        if existing is not None:  # the service runs it already: route to it
+            instance = reuse(run, release, existing[0], generation)
+        else:
+            replicas = spec.deploy.replicas
+            with rec.job(JobType.START, hash=release.hash, generation=generation):
+                logger.info("%s: roll out %s (%d replicas)", pid, release.hash, replicas)
+                rec.emit(
+                    EventType.STARTING,
+                    {
+                        "message": f"Rolling out {release.hash} to {replicas} "
+                        f"replica{'s' if replicas != 1 else ''} (start-first)...",
+                        "port": port,
+                    },
+                )
+                instance = runtime.start(release, spec, port=port, config=run.config)
+                rec.put_instance(instance, InstanceRole.CANDIDATE)
+            try:
+                with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
+                    runtime.rollout(
+                        instance,
+                        spec,
+                        cancel=run.cancel,
+                        progress=lambda message: rec.emit(
+                            EventType.STARTING, {"message": message, "port": port}
+                        ),
+                        tasks_changed=lambda upstreams: self.follow(run, port, upstreams),
+                    )
+            except BaseException:
+                rec.forget_instance(instance.key)
+                with contextlib.suppress(Exception):  # route to what serves after it
+                    self.follow(run, port, runtime.upstreams(pid))
+                raise
+        self.route(run, port, runtime.upstreams(pid))
+        check_through_edge(f"http://{self.config.probe_host}:{port}{spec.health.path}")
+        return instance, port
+
+    def replicas(self, run: Run) -> str | None:
+        runtime = service_runtime(self.runtimes.for_spec(run.spec))
+        counts = runtime.replicas(run.facts.project_id)
+        return f"{counts[0]}/{counts[1]}" if counts is not None else None
+
+
+class NoEdge:
+    """Without the edge a service has no address: its tasks listen on ports the engine picks."""
+
+    def go_live(
+        self, run: Run, release: Release, generation: int | None
+    ) -> tuple[Instance | None, int]:
+        raise StartFailed(
+            f"Start failed: runtime {run.spec.runtime or 'swarm'} needs the edge (--edge on or "
+            "external): a service's tasks have no one address without it"
+        )

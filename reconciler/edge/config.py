@@ -11,7 +11,10 @@ Per site (``site-<id>``), one server on its stable public port (its access log l
 
 - static: ``file_server`` rooted at ``<releases>/<id>/current/dist``;
 - dynamic: two routes, the first taken when ``<id>/slot/a`` exists (``slot -> slots/a``), each
-  proxying to its slot's internal port and naming the slot in a ``Reconciler-Slot`` header.
+  proxying to its slot's internal port and naming the slot in a ``Reconciler-Slot`` header;
+- service (swarm runtime): round robin over entries that each dial the address in a file
+  under ``<id>/tasks/``, retried on the next when one refuses; the daemon rewrites the files
+  as the tasks move, so a rollout does not reload the edge either.
 
 The control server (127.0.0.1 only) serves ``/<id>/preview/dist/...`` for the check a static
 release passes before it goes live. Sites with ``domains`` are also routed by Host on one
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reconciler.kinds import ServeMode
+from reconciler.releases import TASKS
 from reconciler.spec import ProjectId
 
 SLOT_HEADER = "Reconciler-Slot"
@@ -60,6 +64,7 @@ class Site:
     mode: ServeMode
     slots: tuple[int, int] | None = None  # dynamic: the internal ports of slots a and b
     domains: tuple[str, ...] = ()
+    fanout: int = 0  # service: the upstream entries its tasks are spread over
 
 
 def server_name(project_id: str) -> str:
@@ -88,6 +93,8 @@ def _site_routes(settings: EdgeSettings, site: Site) -> list[dict[str, Any]]:
     root = settings.releases / site.project_id
     if site.mode == ServeMode.STATIC:
         return [{"handle": [{"handler": "file_server", "root": str(root / "current" / "dist")}]}]
+    if site.mode == ServeMode.SERVICE:
+        return _service_routes(root, site)
     if site.slots is None:
         raise ValueError(f"dynamic site {site.project_id} has no slot ports")
     routes = []
@@ -103,6 +110,49 @@ def _site_routes(settings: EdgeSettings, site: Site) -> list[dict[str, Any]]:
             route["match"] = [{"file": {"root": str(root), "try_files": ["slot/a"]}}]
         routes.append(route)
     return routes
+
+
+SERVICE_TRY_DURATION = "5s"  # a task that went away: the request is tried on the others
+FANOUT_MAX = 64
+
+
+def service_fanout(replicas: int) -> int:
+    """How many upstream entries a service's site has: twice its replicas (a rollout runs
+    one task more), at least 2. A change of replicas is a load; a change of tasks is not."""
+    return min(FANOUT_MAX, max(2, 2 * replicas))
+
+
+def _service_routes(root: Path, site: Site) -> list[dict[str, Any]]:
+    """Round robin over ``fanout`` entries, each dialing the address in ``tasks/<i>`` (the
+    daemon rewrites those files as Swarm starts and stops tasks, so a rollout never reloads
+    the edge). A task that went away refuses the connection: that request is tried on the
+    next entry. Without ``tasks/0`` (no task runs) the site answers 503."""
+    tasks = root / TASKS
+    proxy = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": f"{{file.{tasks / str(i)}}}"} for i in range(site.fanout)],
+        "load_balancing": {
+            "selection_policy": {"policy": "round_robin"},
+            "try_duration": SERVICE_TRY_DURATION,
+            "try_interval": "10ms",
+        },
+    }
+    return [
+        {
+            "match": [{"file": {"root": str(root), "try_files": [f"{TASKS}/0"]}}],
+            "handle": [proxy],
+            "terminal": True,
+        },
+        {
+            "handle": [
+                {
+                    "handler": "static_response",
+                    "status_code": 503,
+                    "body": f"no task of {site.project_id} is running\n",
+                }
+            ]
+        },
+    ]
 
 
 def _listen(host: str, port: int) -> str:

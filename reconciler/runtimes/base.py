@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -51,12 +51,14 @@ class BuildResult:
     """A built dist, ready to be hashed and staged. ``details`` go into the manifest.
 
     ``dist_exclude``: top-level names under ``dist`` that the release leaves out (``.git``
-    when the build output is the source dir itself).
+    when the build output is the source dir itself). ``identity``: what runs besides the
+    dist (an image runtime's image id), so a new image with the same files is a new version.
     """
 
     dist: Path
     details: dict[str, Any] = field(default_factory=dict)
     dist_exclude: tuple[str, ...] = ()
+    identity: str | None = None  # what runs besides dist (an image id): part of the version
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,32 @@ class Runtime(Protocol):
         """Release connections to the engine; instances keep running."""
 
 
+@runtime_checkable
+class ServiceRuntime(Runtime, Protocol):
+    """A runtime that runs each project as one replicated service its engine rolls from
+    version to version (swarm): ``start`` creates or updates the service and returns at
+    once; ``rollout`` watches the engine do the rest; the edge routes to ``upstreams``."""
+
+    def rollout(
+        self,
+        instance: Instance,
+        spec: ProjectSpec,
+        *,
+        cancel: threading.Event,
+        progress: Callable[[str], None],
+        tasks_changed: Callable[[tuple[str, ...]], None],
+    ) -> None:
+        """Until every task runs ``instance`` healthy. Raises StartFailed or Cancelled."""
+
+    def upstreams(self, project_id: ProjectId) -> tuple[str, ...]:
+        """``host:port`` of each task that runs now."""
+
+    def replicas(self, project_id: ProjectId) -> tuple[int, int] | None:
+        """(tasks running, replicas wanted); None when the project has no service."""
+
+
 # ---------------------------------------------------------------------------------------------
-# Helpers shared by both runtimes
+# Helpers shared by the runtimes
 
 
 class OutputTail:

@@ -36,6 +36,7 @@ class ProjectChanges(TypedDict, total=False):
     desiredDigest: str | None
     lastGoodSpec: str | None
     latestSource: str | None
+    productionReplicas: str | None
 
 
 PROJECT_COLUMNS = frozenset(ProjectChanges.__annotations__)
@@ -58,6 +59,7 @@ class ProjectRow:
     lastGoodSpec: str | None
     updatedAt: str
     latestSource: str | None = None  # JSON: what the latest release was built from
+    productionReplicas: str | None = None  # swarm: "running/wanted" tasks
 
     def built_from(self) -> dict[str, Any] | None:
         return _json_object(self.latestSource)

@@ -254,4 +254,8 @@ MIGRATIONS: list[str] = [
         writtenAt REAL NOT NULL
     )
     """,
+    # 9: swarm services: how many of a project's tasks run of how many wanted ("2/2")
+    """
+    ALTER TABLE projects ADD COLUMN productionReplicas TEXT
+    """,
 ]

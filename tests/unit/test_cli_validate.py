@@ -69,6 +69,7 @@ def test_schema_is_json_schema() -> None:
         "env",
         "domains",
         "notify",
+        "deploy",
     }
 
 

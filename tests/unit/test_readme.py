@@ -28,7 +28,7 @@ def test_reference_names_every_field() -> None:
     schema = json_schema()
     reference = _reference()
     assert set(reference) == set(schema["properties"])
-    for section in ("production", "build", "start", "health"):
+    for section in ("production", "build", "start", "health", "deploy"):
         ref = schema["properties"][section]["$ref"].rsplit("/", 1)[1]
         documented = reference[section]
         assert isinstance(documented, dict)

@@ -104,7 +104,7 @@ INVALID = [
     pytest.param(
         "source: x\nruntime: podman\n",
         2,
-        "runtime: Input should be 'process' or 'docker'",
+        "runtime: Input should be 'process', 'docker' or 'swarm'",
         id="runtime",
     ),
     pytest.param(

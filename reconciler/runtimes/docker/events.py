@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -24,8 +25,19 @@ logger = logging.getLogger(__name__)
 ACTIONS = frozenset({"die", "destroy", "stop", "kill", "oom", "start"})
 
 
-def watch_events(engine: Engine, notify: Notify, stop: threading.Event) -> threading.Thread:
-    """Follow container events in a thread until ``stop`` is set; returns the thread."""
+def watch_events(
+    engine: Engine,
+    notify: Notify,
+    stop: threading.Event,
+    *,
+    filters: dict[str, Any] | None = None,
+    project_of: Callable[[dict[str, Any]], str | None] | None = None,
+    name: str = "docker-events",
+) -> threading.Thread:
+    """Follow events in a thread until ``stop`` is set; returns the thread. By default our
+    containers' (``filters``), each naming its project by label (``project_of``)."""
+    wanted = filters or {"type": "container", "label": f"{MANAGED_BY}={MANAGER}"}
+    project_of = project_of or _labelled_project
     current: list[docker.DockerClient] = []
     lock = threading.Lock()
 
@@ -49,14 +61,12 @@ def watch_events(engine: Engine, notify: Notify, stop: threading.Event) -> threa
             close_current()
             return
         try:
-            events = client.events(
-                decode=True, filters={"type": "container", "label": f"{MANAGED_BY}={MANAGER}"}
-            )
+            events = client.events(decode=True, filters=wanted)
             notify(None)
             for event in events:
                 if stop.is_set():
                     break
-                _dispatch(event, notify)
+                _dispatch(event, notify, project_of)
         finally:
             close_current()
 
@@ -72,16 +82,23 @@ def watch_events(engine: Engine, notify: Notify, stop: threading.Event) -> threa
                 return
             delay = min(delay * 2, 10)
 
-    threading.Thread(target=close_on_stop, name="docker-events-closer", daemon=True).start()
-    thread = threading.Thread(target=loop, name="docker-events", daemon=True)
+    threading.Thread(target=close_on_stop, name=f"{name}-closer", daemon=True).start()
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     return thread
 
 
-def _dispatch(event: dict[str, Any], notify: Notify) -> None:
-    action = str(event.get("Action", ""))
+def _labelled_project(event: dict[str, Any]) -> str | None:
     attrs = (event.get("Actor") or {}).get("Attributes") or {}
-    project = attrs.get(LABEL_PROJECT)
-    if action in ACTIONS and project:
+    return attrs.get(LABEL_PROJECT)
+
+
+def _dispatch(
+    event: dict[str, Any], notify: Notify, project_of: Callable[[dict[str, Any]], str | None]
+) -> None:
+    action = str(event.get("Action", ""))
+    project = project_of(event)
+    relevant = action in ACTIONS or action.startswith("health_status")
+    if (relevant or event.get("Type") == "service") and project:
         with contextlib.suppress(InvalidProjectId):
             notify(check_project_id(project))

@@ -86,6 +86,7 @@ class DockerRuntime:
         return BuildResult(
             dist,
             {"runtime": self.name, "image": image_id, "output": output, "buildTag": temp_tag},
+            identity=image_id,
         )
 
     def _untag(self, tag: str) -> None:
