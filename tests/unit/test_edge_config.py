@@ -14,6 +14,7 @@ from reconciler.edge.config import (
     Site,
     bootstrap_config,
     edge_config,
+    service_fanout,
 )
 from reconciler.kinds import ServeMode
 from reconciler.spec import ProjectId
@@ -144,3 +145,23 @@ def test_access_logs_can_be_turned_off() -> None:
     assert "logs" not in servers(config)["domains"]
     assert set(config["logging"]["logs"]) == {"default"}
     assert config["apps"]["tls"]["automation"]["policies"][0]["subjects"] == ["example.com"]
+
+
+def test_a_service_site_dials_the_addresses_in_its_task_files() -> None:
+    """The tasks move without a load: each upstream entry reads its address from a file per
+    request; without tasks/0 the site answers 503."""
+    site = Site(ProjectId("svc"), 3003, ServeMode.SERVICE, fanout=service_fanout(2))
+    routes = servers(edge_config(SETTINGS, [site]))["site-svc"]["routes"]
+    assert routes[0]["match"] == [{"file": {"root": "/d/production/svc", "try_files": ["tasks/0"]}}]
+    proxy = routes[0]["handle"][0]
+    assert proxy["upstreams"] == [
+        {"dial": f"{{file./d/production/svc/tasks/{i}}}"} for i in range(4)
+    ]
+    assert proxy["load_balancing"]["selection_policy"] == {"policy": "round_robin"}
+    assert proxy["load_balancing"]["try_duration"] == "5s"
+    assert routes[1]["handle"][0]["status_code"] == 503
+
+
+@pytest.mark.parametrize(("replicas", "fanout"), [(1, 2), (2, 4), (5, 10), (100, 64)])
+def test_a_service_has_twice_its_replicas_in_entries(replicas: int, fanout: int) -> None:
+    assert service_fanout(replicas) == fanout

@@ -221,6 +221,26 @@ EDGE_CASES = [
         id="dynamic-instance-died-repair",
     ),
     pytest.param(
+        *at_edge(ServeMode.SERVICE, instances=(ObservedInstance(A),)),
+        [],
+        id="service-runs-the-version-noop",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.SERVICE, instances=()),
+        [Activate(A, repair=True)],
+        id="service-removed-by-hand-repair",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.SERVICE, instances=(ObservedInstance(A),), port=3005),
+        [Activate(A)],
+        id="service-not-yet-at-the-edge-routes",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.SERVICE, instances=(ObservedInstance(A, config="c0ffee00"),)),
+        [Activate(A)],
+        id="service-with-other-settings-rolls-out",
+    ),
+    pytest.param(
         DesiredView(
             want(state="stopped").spec, want(state="stopped").digest, mode=ServeMode.DYNAMIC
         ),

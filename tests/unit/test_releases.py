@@ -355,3 +355,39 @@ def test_a_link_never_leaves_the_base_release_through_a_symlink(tmp_path: Path) 
     copy = second.dist / "page.html"
     assert not copy.is_symlink() and copy.stat().st_ino != outside.stat().st_ino
     assert copy.read_text() == "page"
+
+
+def test_an_image_is_part_of_the_version(tmp_path: Path) -> None:
+    """Two images with the same files are two versions (what runs is the image); the same
+    image again reuses its version; the manifest's digest stays the dist's."""
+    store = ReleaseStore(tmp_path / "production")
+    src = make_source(tmp_path / "src", "v1")
+
+    def image(identity: str):  # type: ignore[no-untyped-def]
+        return store.commit(store.begin(P), dist=src / "dist", identity=identity)
+
+    first, second, again = image("sha256:aaa"), image("sha256:bbb"), image("sha256:aaa")
+    assert first.hash != second.hash
+    assert first.hash != hash_dist(src / "dist")[:8]
+    assert again.reused and again.hash == first.hash
+    assert first.digest == second.digest == hash_dist(first.dist)
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert manifest["identity"] == "sha256:aaa"
+
+
+def test_task_files_spread_the_tasks_and_go_when_none_runs(tmp_path: Path) -> None:
+    store = ReleaseStore(tmp_path / "production")
+    tasks = store.project_dir(P) / "tasks"
+    assert store.route_tasks(P, ("10.0.0.1:30001", "10.0.0.2:30002"), 4)
+    assert {p.name: p.read_text() for p in tasks.iterdir()} == {
+        "0": "10.0.0.1:30001", "1": "10.0.0.2:30002", "2": "10.0.0.1:30001", "3": "10.0.0.2:30002",
+    }  # fmt: skip
+    assert not store.route_tasks(P, ("10.0.0.1:30001", "10.0.0.2:30002"), 4)  # no change
+    assert store.routed_tasks(P) == ("10.0.0.1:30001", "10.0.0.2:30002")
+    assert store.route_tasks(P, ("10.0.0.3:30003",), 2)
+    assert sorted(p.name for p in tasks.iterdir()) == ["0", "1"]
+    assert store.routed_tasks(P) == ("10.0.0.3:30003",)
+    assert store.route_tasks(P, (), 2)
+    assert list(tasks.iterdir()) == []
+    assert store.routed_tasks(P) == ()
+    assert store.versions(P) == []  # not a release

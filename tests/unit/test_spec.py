@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from reconciler.desired import DesiredFileError, parse
+from reconciler.kinds import RuntimeName
 from reconciler.spec import InvalidProjectId, ProjectSpec, check_project_id
 
 P = Path("desired/site.yaml")
@@ -109,6 +112,24 @@ INVALID = [
     ),
     pytest.param(
         "source: x\nhealth:\n  path: healthz\n", 3, "path must start with '/'", id="health-path"
+    ),
+    pytest.param(
+        "source: x\ndeploy:\n  replicas: 0\n",
+        3,
+        "deploy.replicas: Input should be greater than or equal to 1",
+        id="replicas-0",
+    ),
+    pytest.param(
+        "source: x\ndeploy:\n  placement:\n    constraints: ['node.role==manager; rm']\n",
+        4,
+        "must read <attribute>==<value> or <attribute>!=<value>",
+        id="constraint",
+    ),
+    pytest.param(
+        "source: x\ndeploy:\n  healthcheck: []\n",
+        3,
+        "deploy.healthcheck: List should have at least 1 item",
+        id="empty-healthcheck",
     ),
     pytest.param(
         "source: x\nhealth:\n  timeout: 0\n",
@@ -224,3 +245,27 @@ def test_digest_changes_with_any_field() -> None:
     b = ProjectSpec.model_validate({"source": "x", "env": {"A": "1"}})
     assert a.digest() != b.digest()
     assert a.digest() == ProjectSpec.model_validate({"source": "x"}).digest()
+
+
+def test_the_shape_of_a_swarm_service_is_part_of_its_settings() -> None:
+    """For swarm, replicas, placement and health are what runs (a change rolls out); for the
+    other runtimes they change nothing, and a spec without ``deploy`` keeps its digest."""
+    base = {"source": "s", "runtime": "swarm"}
+    one = ProjectSpec.model_validate(base)
+    two = ProjectSpec.model_validate({**base, "deploy": {"replicas": 2}})
+    assert one.instance_config(RuntimeName.PROCESS) != two.instance_config(RuntimeName.PROCESS)
+    process = {"source": "s", "runtime": "process"}
+    assert ProjectSpec.model_validate(process).instance_config(
+        RuntimeName.PROCESS
+    ) == ProjectSpec.model_validate({**process, "deploy": {"replicas": 2}}).instance_config(
+        RuntimeName.PROCESS
+    )
+    plain = ProjectSpec.model_validate({"source": "s"})
+    before = json.dumps(plain.model_dump(mode="json", exclude={"deploy"}), sort_keys=True,
+                        separators=(",", ":"))  # fmt: skip
+    assert plain.digest() == hashlib.sha256(before.encode()).hexdigest()[:16]  # as before it
+    assert plain.digest() == ProjectSpec.model_validate({"source": "s", "deploy": {}}).digest()
+    assert (
+        plain.digest()
+        != ProjectSpec.model_validate({"source": "s", "deploy": {"replicas": 3}}).digest()
+    )
