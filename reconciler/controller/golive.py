@@ -387,6 +387,7 @@ class Service:
                 raise
         self.route(run, port, runtime.upstreams(pid))
         check_through_edge(f"http://{self.config.probe_host}:{port}{spec.health.path}")
+        self.releases.switch(pid, release.hash)
         return instance, port
 
     def replicas(self, run: Run) -> str | None:

@@ -211,6 +211,13 @@ def test_rollouts_by_swarm_through_the_edge(tmp_path: Path, swarm: docker.Docker
             loop.finish()
             seen = routes.finish()
             assert len(seen) >= 3, seen  # old tasks, old and new together, new tasks
+            assert env.releases().current(project) == second.productionHash
+            progress = [
+                str(e.payload().get("message"))
+                for e in env.db.events_after(project, 0)
+                if e.type == "production.starting"
+            ]
+            assert f"Rollout of {second.productionHash}: 2/2 tasks healthy" in progress, progress
             assert loop.failures == [], loop.failures[:5]
             assert set(loop.bodies) <= {"swarm one", "swarm two"}
             assert loop.bodies.get("swarm two", 0) > 0

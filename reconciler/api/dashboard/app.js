@@ -70,7 +70,8 @@ function badge(production) {
 function version(production) {
   if (!production || !production.hash) return "";
   const commit = production.commit ? ` · ${production.commit.slice(0, 12)}` : "";
-  return `${production.hash}${commit}`;
+  const replicas = production.replicas ? ` · ${production.replicas} replicas` : "";
+  return `${production.hash}${commit}${replicas}`;
 }
 
 // -- the list ---------------------------------------------------------------------------------
@@ -164,6 +165,7 @@ async function refreshProject() {
   const parts = [el("span", { class: `badge ${kind}`, id: "status" }, words), " "];
   if (status.url) parts.push(el("a", { href: status.url, rel: "noopener", id: "url" }, status.url), " ");
   if (status.hash) parts.push(el("span", { class: "muted" }, `version ${status.hash}`), " ");
+  if (status.replicas) parts.push(el("span", { class: "muted", id: "replicas" }, `replicas ${status.replicas}`), " ");
   if (status.commit) {
     parts.push(el("span", { class: "muted" }, `commit ${status.commit.slice(0, 12)} ${status.subject || ""}`), " ");
   }
