@@ -55,7 +55,7 @@ check: lint test ## lint, then test
 run: $(STAMP) ## quickstart: the daemon on ./desired and ./data (process runtime, no Docker)
 	$(BIN)/reconciler run --desired ./desired --data ./data
 
-install-systemd: ## (root) system user, dirs, /opt/reconciler venv, units, polkit rule
+install-systemd: ## (root) system user (lingering), dirs, /opt/reconciler venv, units
 	systemd/install.sh
 
 clean: ## remove the venv and caches (keeps ./data)

@@ -7,10 +7,19 @@ import os
 import socket
 from collections.abc import Mapping
 
+PRIVATE = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
 
 class Notifier:
+    """Reads the protocol's variables once. Made from the process's own environment, it takes
+    them out of it (as ``sd_notify(unset_environment=1)`` does), so no child process (a build,
+    ``systemd-run``, git) inherits them and writes to the unit's socket."""
+
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
+        env = dict(os.environ) if environ is None else environ
+        if environ is None:
+            for name in PRIVATE:
+                os.environ.pop(name, None)
         address = env.get("NOTIFY_SOCKET", "")
         if address.startswith("@"):
             address = "\0" + address[1:]  # abstract namespace

@@ -129,3 +129,18 @@ def test_notifier_parses_the_environment(tmp_path: Path) -> None:
         is None
     )
     assert Notifier({"NOTIFY_SOCKET": str(tmp_path / "none")}).notify("READY=1") is False
+
+
+def test_no_child_inherits_the_notify_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Made from the process's environment, the notifier takes the protocol's variables out
+    of it: a child (a build, systemd-run) cannot write to the unit's socket (systemd logs
+    'reception only permitted for main PID' for each such message)."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    notifier = Notifier()
+    assert notifier.address == str(tmp_path / "notify") and notifier.watchdog_interval == 15
+    child = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+    assert "NOTIFY_SOCKET" not in child and "WATCHDOG_USEC" not in child

@@ -97,7 +97,7 @@ def test_installer_lays_out_files(tmp_path: Path) -> None:
     subprocess.run([str(REPO / "systemd" / "install.sh")], env=env, check=True, timeout=60)
     for path in ("etc/systemd/system/reconciler.service", "etc/systemd/system/reconciler-api.service",
                  "etc/systemd/system/reconciler-edge.service",
-                 "etc/polkit-1/rules.d/50-reconciler.rules", "etc/reconciler/desired", "var/lib/reconciler",
+                 "etc/reconciler/desired", "var/lib/reconciler",
                  "etc/reconciler/reconciler.env", "opt/reconciler/README.md"):  # fmt: skip
         assert (tmp_path / path).exists(), path
     token = tmp_path / "etc/reconciler/api-token"
