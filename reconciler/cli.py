@@ -119,6 +119,21 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         help="runtime for files that name none",
     )
     parser.add_argument(
+        "--limits",
+        default=env("LIMITS", ""),
+        help="each instance's limits where its desired file sets none: memory=512M,cpu=1,pids=256",
+    )
+    parser.add_argument(
+        "--build-limits",
+        default=env("BUILD_LIMITS", ""),
+        help="each build's limits where its desired file sets none (same form)",
+    )
+    parser.add_argument(
+        "--max-limits",
+        default=env("MAX_LIMITS", ""),
+        help="the most a desired file may ask for, for instances and builds (same form)",
+    )
+    parser.add_argument(
         "--swarm-registry",
         default=env("SWARM_REGISTRY", None),
         help="swarm runtime on more than one node: push each image to this registry "
@@ -280,7 +295,7 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
     from reconciler.desiredgit import parse_author
 
     data = Path(args.data).absolute()
-    from reconciler.spec import GIT_REF_RE, REGISTRY_RE
+    from reconciler.spec import GIT_REF_RE, REGISTRY_RE, Limits
 
     parse_author(args.git_author)  # a ValueError names the flag's mistake
     from reconciler.spec import NotifyTarget
@@ -290,6 +305,16 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
             NotifyTarget(url=url)
         except ValueError:
             raise ValueError(f"--notify-url {url!r} must be an http:// or https:// URL") from None
+    limits = {}
+    for flag in ("limits", "build_limits", "max_limits"):
+        try:
+            limits[flag] = Limits.parse(getattr(args, flag))
+        except ValueError as exc:
+            raise ValueError(f"--{flag.replace('_', '-')}: {exc}") from None
+    for flag in ("limits", "build_limits"):
+        over = limits[flag].over(limits["max_limits"], f"--{flag.replace('_', '-')}")
+        if over is not None:
+            raise ValueError(f"{over} (--max-limits)")
     if args.swarm_registry and not REGISTRY_RE.match(args.swarm_registry):
         raise ValueError(f"--swarm-registry {args.swarm_registry!r} must read host[:port][/path]")
     if not GIT_REF_RE.fullmatch(args.desired_ref):
@@ -306,6 +331,9 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
         bind_host=args.bind_host,
         default_runtime=args.runtime,
         swarm_registry=args.swarm_registry or None,
+        limits=limits["limits"],
+        build_limits=limits["build_limits"],
+        max_limits=limits["max_limits"],
         resync_interval=args.resync_interval,
         watch=not args.no_watch,
         stream_cap=max(1, args.stream_cap),

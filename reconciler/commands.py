@@ -232,6 +232,11 @@ def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "")
         line += f"  {status['url']}"
     if status.get("replicas"):
         line += f"  replicas {status['replicas']}"
+    usage = status.get("usage") or {}
+    if usage.get("memory") is not None:
+        line += f"  mem {usage['memory'] / 2**20:.0f}M"
+    if usage.get("cpu") is not None:
+        line += f" cpu {usage['cpu']:g}%"
     if status.get("startedAt"):
         line += f"  since {status['startedAt']}"
     lines = [line]

@@ -11,6 +11,7 @@ from typing import Literal
 from reconciler.kinds import EdgeMode, RuntimeName
 from reconciler.logfiles import LogLimits
 from reconciler.ports import PortRange
+from reconciler.spec import Limits
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class Config:
     default_runtime: RuntimeName = RuntimeName.PROCESS
     docker_prefix: str = "reconciler"
     swarm_registry: str | None = None  # swarm: images are pushed here and run from here
+    # an instance's and a build's limits where the desired file sets none, and the most one
+    # may ask for (pydantic models, frozen)
+    limits: Limits = Limits()  # noqa: RUF009
+    build_limits: Limits = Limits()  # noqa: RUF009
+    max_limits: Limits = Limits()  # noqa: RUF009
     resync_interval: float = 30.0
     health_interval: float = 5.0
     debounce: float = 0.1

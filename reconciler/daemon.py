@@ -53,6 +53,7 @@ from reconciler.watch import DesiredWatcher, project_for
 
 logger = logging.getLogger(__name__)
 
+USAGE_INTERVAL = 10.0  # seconds between samples of what each serving instance uses
 FULL_EVERY = 10  # every 10th periodic resync queues every project, moved or not
 
 
@@ -72,12 +73,22 @@ def make_runtime_factory(
                     from reconciler.runtimes.systemd import spawn_transient_unit
 
                     launcher = spawn_transient_unit
-                return ProcessRuntime(releases, bind_host=bind_host, launcher=launcher)
+                return ProcessRuntime(
+                    releases,
+                    bind_host=bind_host,
+                    launcher=launcher,
+                    limits=config.limits,
+                    build_limits=config.build_limits,
+                )
             case RuntimeName.DOCKER:
                 from reconciler.runtimes.docker import DockerRuntime
 
                 return DockerRuntime(
-                    image_prefix=config.docker_prefix, bind_host=bind_host, log_limits=config.logs
+                    image_prefix=config.docker_prefix,
+                    bind_host=bind_host,
+                    log_limits=config.logs,
+                    limits=config.limits,
+                    build_limits=config.build_limits,
                 )
             case RuntimeName.SWARM:
                 from reconciler.runtimes.docker.swarm import SwarmRuntime
@@ -87,6 +98,8 @@ def make_runtime_factory(
                     registry=config.swarm_registry,
                     stop_grace=config.stop_grace,
                     log_limits=config.logs,
+                    limits=config.limits,
+                    build_limits=config.build_limits,
                 )
             case _:
                 assert_never(name)
@@ -332,6 +345,14 @@ class Daemon:
             seconds=30,
             id="logs",
             misfire_grace_time=30,
+            **common,
+        )
+        self.scheduler.add_job(
+            self.controller.sample_usage,
+            "interval",
+            seconds=USAGE_INTERVAL,
+            id="usage",
+            misfire_grace_time=int(USAGE_INTERVAL),
             **common,
         )
         self.scheduler.add_job(

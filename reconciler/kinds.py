@@ -95,6 +95,7 @@ class EventType(StrEnum):
     CANCELLED = "production.cancelled"
     STATUS = "production.status"  # a status with nothing in progress (streams only)
     NOTIFICATION = "production.notification"  # one delivery attempt of a notification
+    EXITED = "production.exited"  # a serving instance ended by itself (why: exit code, OOM)
 
 
 TERMINAL_EVENTS = frozenset({EventType.READY, EventType.ERROR, EventType.STOPPED})

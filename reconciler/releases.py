@@ -436,6 +436,7 @@ class ReleaseStore:
         generation: int | None = None,
         details: dict[str, Any] | None = None,
         identity: str | None = None,
+        max_bytes: int | None = None,
     ) -> Release:
         """Copy ``dist`` (less its top-level ``dist_exclude`` names) into staging, hash, and
         publish it as <hash8>. ``identity``: what runs besides ``dist`` (an image runtime's
@@ -447,7 +448,10 @@ class ReleaseStore:
         try:
             base = self._link_base(staging.project_id)
             started = time.monotonic()
-            hasher = _TreeHasher(Path(dist), self.limits, frozenset(dist_exclude), base)
+            limits = self.limits
+            if max_bytes is not None and max_bytes < limits.max_bytes:
+                limits = Limits(limits.max_files, max(0, max_bytes))
+            hasher = _TreeHasher(Path(dist), limits, frozenset(dist_exclude), base)
             digest = hasher.run_into(staging.path / "dist")
             copied = time.monotonic()
             version = _version(digest, identity)
@@ -681,6 +685,24 @@ class ReleaseStore:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
         self._point(project_id, SLOT, f"{SLOTS}/{slot}")
+
+    def usage(self, project_id: ProjectId) -> int:
+        """Bytes the project's dir holds on disk (a file hard-linked between releases counts
+        once; blocks, so a sparse file counts what it really takes)."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for top, dirs, files in os.walk(self.project_dir(project_id)):
+            for name in files + dirs:
+                try:
+                    st = os.lstat(os.path.join(top, name))
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+                total += st.st_blocks * 512
+        return total
 
     def route_tasks(self, project_id: ProjectId, upstreams: tuple[str, ...], fanout: int) -> bool:
         """Point the edge's ``fanout`` upstream entries of a service at ``upstreams`` (file i

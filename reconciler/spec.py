@@ -7,7 +7,7 @@ import json
 import re
 import typing
 import weakref
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, NewType
 
 from pydantic import (
@@ -103,6 +103,113 @@ def _non_blank_command(value: str | None) -> str | None:
     return value
 
 
+MEMORY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) *([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(value: object, what: str = "memory", minimum: int = 4 << 20) -> int:
+    """Bytes from ``536870912``, ``512M``, ``512MiB`` or ``1.5G`` (powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a size such as 512M or 1G")
+    if isinstance(value, int):
+        number = value
+    else:
+        found = MEMORY_RE.match(str(value).strip())
+        if not found:
+            raise ValueError(f"{what} {value!r} must be a size such as 512M or 1G")
+        number = int(float(found.group(1)) * UNITS[found.group(2).upper()])
+    if number < minimum:
+        raise ValueError(f"{what} must be at least {show_memory(minimum)}")
+    return number
+
+
+def show_memory(number: int) -> str:
+    for suffix in ("T", "G", "M", "K"):
+        if number % UNITS[suffix] == 0:
+            return f"{number // UNITS[suffix]}{suffix}"
+    return str(number)
+
+
+class Limits(_Model):
+    """What one instance (or one build) may use; unset: the daemon's default, if any."""
+
+    memory: int | None = Field(default=None, description="bytes, or 512M, 1G (powers of 1024)")
+    cpu: float | None = Field(default=None, gt=0, le=1024, description="cores, e.g. 0.5")
+    pids: int | None = Field(default=None, ge=8, le=1_000_000, description="processes/threads")
+    disk: int | None = Field(
+        default=None,
+        description="the project's releases on disk, all kept versions together (site limits "
+        "only): 2G",
+    )
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> int | None:
+        return None if value is None else parse_memory(value)
+
+    @field_validator("disk", mode="before")
+    @classmethod
+    def _disk(cls, value: object) -> int | None:
+        return None if value is None else parse_memory(value, "disk", 1 << 20)
+
+    def over(self, maximum: Limits, where: str) -> str | None:
+        """Why these limits exceed ``maximum`` (None: they do not)."""
+        if self.memory is not None and maximum.memory is not None and self.memory > maximum.memory:
+            return (
+                f"{where}.memory {show_memory(self.memory)} is over this host's maximum "
+                f"{show_memory(maximum.memory)}"
+            )
+        if self.cpu is not None and maximum.cpu is not None and self.cpu > maximum.cpu:
+            return f"{where}.cpu {self.cpu:g} is over this host's maximum {maximum.cpu:g}"
+        if self.pids is not None and maximum.pids is not None and self.pids > maximum.pids:
+            return f"{where}.pids {self.pids} is over this host's maximum {maximum.pids}"
+        if self.disk is not None and maximum.disk is not None and self.disk > maximum.disk:
+            return (
+                f"{where}.disk {show_memory(self.disk)} is over this host's maximum "
+                f"{show_memory(maximum.disk)}"
+            )
+        return None
+
+    def otherwise(self, default: Limits) -> Limits:
+        """These limits, each unset one taken from ``default``."""
+        return Limits(
+            memory=self.memory if self.memory is not None else default.memory,
+            cpu=self.cpu if self.cpu is not None else default.cpu,
+            pids=self.pids if self.pids is not None else default.pids,
+            disk=self.disk if self.disk is not None else default.disk,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self.memory is None and self.cpu is None and self.pids is None and self.disk is None
+
+    @classmethod
+    def parse(cls, text: str) -> Limits:
+        """``memory=512M,cpu=1,pids=256`` (any of them), as the daemon's flags take them."""
+        values: dict[str, object] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, sep, value = item.partition("=")
+            if not sep or name not in ("memory", "cpu", "pids", "disk"):
+                raise ValueError(f"{item!r}: expected memory=SIZE, cpu=CORES, pids=N or disk=SIZE")
+            try:
+                values[name] = {"cpu": float, "pids": int}.get(name, str)(value)
+            except ValueError:
+                raise ValueError(f"{item!r}: {name} must be a number") from None
+        return cls.model_validate(values)
+
+    def describe(self) -> str:
+        parts = []
+        if self.memory is not None:
+            parts.append(f"memory={show_memory(self.memory)}")
+        if self.cpu is not None:
+            parts.append(f"cpu={self.cpu:g}")
+        if self.pids is not None:
+            parts.append(f"pids={self.pids}")
+        if self.disk is not None:
+            parts.append(f"disk={show_memory(self.disk)}")
+        return ",".join(parts) or "none"
+
+
 class Build(_Model):
     command: str | None = Field(default=None, description="run by /bin/sh -c in the source dir")
     output: str | None = Field(
@@ -111,15 +218,31 @@ class Build(_Model):
         "(default /app/dist)",
     )
     timeout: float = Field(default=600, gt=0, le=86400)
+    limits: Limits = Field(default=Limits(), description="what a build may use")
 
     _command = field_validator("command")(_non_blank_command)
+
+
+def _writable(value: list[str]) -> list[str]:
+    for path in value:
+        pure = PurePosixPath(path)
+        if not pure.is_absolute() or ".." in pure.parts or path in ("/", "/tmp"):  # noqa: S108
+            raise ValueError(f"writable path {path!r} must be an absolute path in the image")
+    return value
 
 
 class Start(_Model):
     command: str | None = Field(default=None, description="gets $PORT; null = static server")
     port: int | None = Field(default=None, ge=1, le=65535, description="docker: container port")
+    writable: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="docker/swarm: paths that stay writable in the read-only container "
+        "(a volume per project and path; /tmp is always a small tmpfs)",
+    )
 
     _command = field_validator("command")(_non_blank_command)
+    _paths = field_validator("writable")(_writable)
 
 
 class Health(_Model):
@@ -289,6 +412,7 @@ class ProjectSpec(_Model):
     start: Start = Start()
     health: Health = Health()
     deploy: Deploy = Deploy()
+    limits: Limits = Field(default=Limits(), description="what one instance may use")
     keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
     env: dict[EnvName, str] = Field(default_factory=dict)
     domains: list[str] = Field(
@@ -350,11 +474,12 @@ class ProjectSpec(_Model):
         An instance is a release run with these settings; when they change, a new instance of
         the same release replaces the old one (8 hex characters, shown beside the version)."""
         runtime = self.runtime or default_runtime
-        settings: dict[str, Any] = {
-            "runtime": runtime,
-            "start": self.start.model_dump(mode="json"),
-            "env": self.env,
-        }
+        start = self.start.model_dump(mode="json")
+        if not self.start.writable:
+            del start["writable"]  # added later: settings without it keep their digest
+        settings: dict[str, Any] = {"runtime": runtime, "start": start, "env": self.env}
+        if not self.limits.empty:
+            settings["limits"] = self.limits.model_dump(mode="json")
         if runtime == RuntimeName.SWARM:  # the service's shape is part of what runs
             settings["deploy"] = self.deploy.model_dump(mode="json")
             settings["health"] = self.health.model_dump(mode="json")
@@ -368,8 +493,15 @@ class ProjectSpec(_Model):
         if memo is not None and memo[0]() is self:
             return memo[1]
         data = self.model_dump(mode="json")
+        # added later: the digests of specs without them stay as they were
         if self.deploy == Deploy():
-            del data["deploy"]  # added later: the digests of specs without it stay as they were
+            del data["deploy"]
+        if self.limits.empty:
+            del data["limits"]
+        if self.build.limits.empty:
+            del data["build"]["limits"]
+        if not self.start.writable:
+            del data["start"]["writable"]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         found = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         key = id(self)

@@ -66,6 +66,12 @@ class ActiveJob(_Out):
     state: JobState
 
 
+class InstanceUsage(_Out):
+    memory: int | None = Field(description="bytes")
+    cpu: float | None = Field(description="percent of one core")
+    at: str | None = Field(description="when it was sampled (ISO 8601 UTC)")
+
+
 class ProductionStatus(_Out):
     status: Status
     url: str | None
@@ -91,6 +97,11 @@ class ProductionStatus(_Out):
     )
     replicas: str | None = Field(
         default=None, description="swarm: tasks running / replicas wanted, e.g. 2/2"
+    )
+    usage: InstanceUsage | None = Field(
+        default=None,
+        description="what the serving instance uses, as the daemon last sampled it (process "
+        "and docker runtimes)",
     )
 
 
@@ -237,6 +248,7 @@ class Snapshot:
     file: DesiredFile | None = None  # the desired file as read
     commit: dict[str, str] | None = None  # the commit the row's version was built from
     source: SourceRow | None = None  # a followed source's standing
+    usage: InstanceUsage | None = None  # what the serving instance uses
 
     @property
     def file_spec(self) -> ProjectSpec | None:
@@ -263,6 +275,8 @@ class Snapshot:
         extra: dict[str, Any] = dict(self.commit or {})
         if self.row is not None and self.row.productionReplicas and status.hash:
             extra["replicas"] = self.row.productionReplicas
+        if self.usage is not None and status.status == Status.RUNNING:
+            extra["usage"] = self.usage
         if self.source is not None:
             extra["source"] = SourceState(
                 tip=self.source.rev, error=self.source.error, checkedAt=self.source.checkedAt
@@ -323,14 +337,20 @@ class Reader:
         )
         deployment = self.db.open_deployment(pid)
         job = self.db.active_job(pid, deployment=deployment.id) if deployment else None
-        serving = [
-            r.config
+        active = [
+            r
             for r in instances
             if row is not None and r.hash == row.productionHash and r.role == InstanceRole.ACTIVE
         ]
+        serving = [r.config for r in active]
+        usage = (
+            InstanceUsage(memory=active[0].memory, cpu=active[0].cpu, at=active[0].usageAt)
+            if active and active[0].usageAt
+            else None
+        )
         version = row.productionHash if row is not None else None
         commit = running_commit(row, version, self.releases.source_of(pid, version))
         return Snapshot(
             view, spec, row, deployment, job, tuple(plan(view, observed)),
-            serving[0] if serving else None, desired, commit or None, source,
+            serving[0] if serving else None, desired, commit or None, source, usage,
         )  # fmt: skip

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
-from reconciler.errors import PermanentError, TransientError
+from reconciler.errors import PermanentError, ReleaseError, TransientError
 from reconciler.facts import commit_fields
 from reconciler.gitsource import GitCache, GitError, fingerprint
 from reconciler.kinds import EventType, JobType, Status
 from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
-from reconciler.releases import Release, ReleaseStore
-from reconciler.runtimes.base import BuildRequest, Runtime
-from reconciler.spec import GitSource, redact
+from reconciler.releases import Release, ReleaseStore, Staging
+from reconciler.runtimes.base import BuildRequest, BuildResult, Runtime
+from reconciler.spec import GitSource, ProjectSpec, redact, show_memory
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ class Builder:
         log_limits: LogLimits = DEFAULT_LIMITS,
         min_free: int = 256 * 1024 * 1024,
         git: GitCache | None = None,
+        disk_default: int | None = None,
     ) -> None:
+        self.disk_default = disk_default
         self.git = git or GitCache(releases.root.parent / "git")
         self.releases = releases
         self.runtimes = runtimes
@@ -64,6 +66,43 @@ class Builder:
         )  # fmt: skip
         return release
 
+    def _commit(
+        self,
+        staging: Staging,
+        result: BuildResult,
+        generation: int,
+        run: Run,
+        room: int | None,
+        spec: ProjectSpec,
+    ) -> Release:
+        return self.releases.commit(
+            staging,
+            dist=result.dist,
+            dist_exclude=result.dist_exclude,
+            generation=generation,
+            identity=result.identity,
+            max_bytes=room,
+            details={
+                **result.details,
+                "desiredDigest": run.facts.digest,
+                **({"source": run.built_from} if spec.git is not None else {}),
+            },
+        )
+
+    def _quota(self, run: Run) -> int | None:
+        """Bytes the next release may take within the project's disk quota (None: no quota).
+        Refuses the build when the kept releases fill the quota already."""
+        quota = run.spec.limits.disk if run.spec.limits.disk is not None else self.disk_default
+        if quota is None:
+            return None
+        used = self.releases.usage(run.facts.project_id)
+        if used >= quota:
+            raise PermanentError(
+                f"Disk quota: the releases of {run.facts.project_id} take {show_memory(used)} "
+                f"of its {show_memory(quota)} (limits.disk); lower keep, or raise limits.disk"
+            )
+        return quota - used
+
     def _check_space(self) -> None:
         """Refuse a build early, before it fills the disk, when too little is free."""
         free = _free_bytes(self.releases.root)
@@ -79,6 +118,7 @@ class Builder:
         spec, pid, desired = run.spec, run.facts.project_id, run.facts.desired
         assert desired is not None  # a build is planned only from a desired file
         self._check_space()
+        room = self._quota(run)
         staging = self.releases.begin(pid)
         work = staging.path.parent / f"{staging.path.name}-work"
         checkout = staging.path.parent / f"{staging.path.name}-src"
@@ -108,18 +148,15 @@ class Builder:
                 )
             )
             run.check()
-            release = self.releases.commit(
-                staging,
-                dist=result.dist,
-                dist_exclude=result.dist_exclude,
-                generation=generation,
-                identity=result.identity,
-                details={
-                    **result.details,
-                    "desiredDigest": run.facts.digest,
-                    **({"source": run.built_from} if spec.git is not None else {}),
-                },
-            )
+            try:
+                release = self._commit(staging, result, generation, run, room, spec)
+            except ReleaseError as exc:
+                if room is not None and "larger than" in str(exc):
+                    raise PermanentError(
+                        f"Disk quota: the build output is larger than the {show_memory(room)} "
+                        f"left of its limits.disk; the running version keeps serving"
+                    ) from None
+                raise
             runtime.finish_build(result, release)
             return release
         except OSError as exc:

@@ -332,6 +332,23 @@ class Controller:
                 done += 1
         return done
 
+    def sample_usage(self) -> int:
+        """Record what each serving instance uses now (memory, CPU), where its runtime can
+        tell. Returns how many were sampled."""
+        done = 0
+        for row in self.db.instances():
+            if row.role != InstanceRole.ACTIVE or not is_hash8(row.hash):
+                continue
+            try:
+                found = self.runtimes.get(row.runtime).usage(instance_from_row(row))
+            except Exception as exc:  # an engine away: the next sample tries again
+                logger.debug("%s: usage: %s", row.project, exc)
+                continue
+            if found is not None:
+                self.db.set_usage(row.project, row.key, found.memory, found.cpu)
+                done += 1
+        return done
+
     def check_health(self) -> None:
         """Queue every project whose active instance is gone or whose ``current`` drifted."""
         for pid, version in self.db.running():

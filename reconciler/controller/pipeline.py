@@ -44,7 +44,7 @@ from reconciler.plan import (
 from reconciler.ports import PortAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Instance, Runtime, wait_ready
-from reconciler.state import StateDB
+from reconciler.state import InstanceRow, StateDB
 from reconciler.timeutil import utcnow
 
 logger = logging.getLogger(__name__)
@@ -74,9 +74,11 @@ class Pipeline:
             runtimes=runtimes,
             log_limits=config.logs,
             min_free=config.min_free_bytes,
+            disk_default=config.limits.disk,
         )
         self.activator = activator
         self.site_url = config.site_url
+        self.max_limits = config.max_limits
         self.probe_host = config.probe_host
 
     def execute(self, facts: Facts, steps: list[Step], cancel: threading.Event) -> Result:
@@ -89,6 +91,8 @@ class Pipeline:
         )
         run = Run(facts, recorder, cancel, dict(facts.live))
         for stale in facts.gone:
+            if stale.role == InstanceRole.ACTIVE:
+                self._ended(recorder, stale)
             with contextlib.suppress(Exception):  # whatever its leader left behind
                 self.runtimes.get(stale.runtime).stop(instance_from_row(stale), timeout=2)
             recorder.forget_instance(stale.key)
@@ -116,6 +120,17 @@ class Pipeline:
             return Retry(str(exc), at_least=exc.delay or 0.0)
         self._show_file_error(run, changed=bool(steps or facts.gone))
         return Done()
+
+    def _ended(self, recorder: Recorder, row: InstanceRow) -> None:
+        """Say in the project's events why its serving instance ended (an exit code, the
+        memory limit), before it is forgotten and started again."""
+        try:
+            why = self.runtimes.get(row.runtime).describe_exit(instance_from_row(row))
+        except Exception as exc:
+            why = describe(exc)
+        message = why.removeprefix("Start failed: ").split("\n", 1)[0]
+        logger.warning("%s: %s", row.project, message)
+        recorder.emit(EventType.EXITED, {"message": message, "hash": row.hash})
 
     def _run_all(self, run: Run, steps: list[Step]) -> None:
         pid = run.facts.project_id
@@ -158,9 +173,11 @@ class Pipeline:
             case Fail(error=error):
                 raise PermanentError(error)
             case Build(generation=generation):
+                self.check_limits(run)
                 release = self.builder.build(run, generation)
                 self.activator.activate(run, release, generation=generation, built=True)
             case Activate():
+                self.check_limits(run)
                 self.activate_kept(run, step)
             case RestoreCurrent(hash=version):
                 logger.info("%s: restoring current -> %s", run.facts.project_id, version)
@@ -171,6 +188,17 @@ class Pipeline:
                 assert_never(step)
 
     # -- executors -------------------------------------------------------------------------
+
+    def check_limits(self, run: Run) -> None:
+        """A desired file may not ask for more than the host allows (``--max-limits``)."""
+        spec, maximum = run.spec, self.max_limits
+        over = spec.limits.over(maximum, "limits") or spec.build.limits.over(
+            maximum, "build.limits"
+        )
+        if over is not None:
+            raise PermanentError(
+                f"{over} (--max-limits {maximum.describe()}); lower it in the desired file"
+            )
 
     def stop_instances(self, run: Run, step: StopInstances) -> None:
         if not step.final:

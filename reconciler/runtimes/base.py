@@ -86,6 +86,29 @@ def instance_key(version: str, config: str | None) -> str:
     return version if config is None else f"{version}-{config}"
 
 
+@dataclass(frozen=True)
+class Usage:
+    memory: int | None  # bytes
+    cpu: float | None  # percent of one core since the previous sample (None: first sample)
+
+
+class CpuMeter:
+    """CPU percent of one core between two samples of a cumulative CPU time, per key."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def percent(self, key: str, cpu_seconds: float) -> float | None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            self._last[key] = (now, cpu_seconds)
+        if last is None or now <= last[0]:
+            return None
+        return round(max(0.0, (cpu_seconds - last[1]) / (now - last[0]) * 100), 1)
+
+
 class Runtime(Protocol):
     name: RuntimeName
 
@@ -112,6 +135,9 @@ class Runtime(Protocol):
 
     def remove_version(self, project_id: ProjectId, version: str) -> None:
         """Free what a pruned version holds outside the release dir (docker: its image)."""
+
+    def usage(self, instance: Instance) -> Usage | None:
+        """What the instance uses now, where the runtime can tell (None: it cannot)."""
 
     def watch(self, notify: Notify, stop: threading.Event) -> None:
         """Report instances that change outside the daemon's hands, until ``stop`` is set:

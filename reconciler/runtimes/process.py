@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,14 +30,16 @@ from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import (
     BuildRequest,
     BuildResult,
+    CpuMeter,
     Instance,
     Notify,
     OutputTail,
+    Usage,
     describe_seconds,
     tail_file,
     with_tail,
 )
-from reconciler.spec import ProjectId, ProjectSpec, is_hash8
+from reconciler.spec import Limits, ProjectId, ProjectSpec, is_hash8
 from reconciler.timeutil import utcnow
 
 logger = logging.getLogger(__name__)
@@ -122,7 +125,27 @@ def base_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
 
 
-Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str], int]
+Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str, Limits], int]
+NICE = 10  # a cpu limit without systemd or Docker: a lower priority, not a quota
+
+
+def limited(argv: Sequence[str], limits: Limits) -> list[str]:
+    """``argv`` under ``limits`` with what an unprivileged process has (no systemd, no
+    Docker): ``prlimit`` caps the address space (memory) and the user's processes (pids;
+    counted for the whole user, not the site, and not enforced for root), ``nice`` lowers
+    the priority for any cpu limit. Weaker than cgroups: documented as such."""
+    prefix: list[str] = []
+    options = []
+    if limits.memory is not None:
+        options.append(f"--as={limits.memory}")
+    if limits.pids is not None:
+        options.append(f"--nproc={limits.pids}")
+    prlimit, nice = shutil.which("prlimit"), shutil.which("nice")
+    if options and prlimit is not None:
+        prefix += [prlimit, *options, "--"]
+    if limits.cpu is not None and limits.cpu < (os.cpu_count() or 1) and nice is not None:
+        prefix += [nice, "-n", str(NICE)]
+    return [*prefix, *argv]
 
 
 def process_start_time(pid: int, *, zombie: bool = False) -> int | None:
@@ -231,12 +254,17 @@ def _dist_exclude(output: str) -> tuple[str, ...]:
 
 
 def spawn_detached(
-    argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path, unit: str
+    argv: Sequence[str],
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    unit: str,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
 ) -> int:
     """Start a process in its own session with output appended to ``log_path``."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            list(argv),
+            limited(argv, limits),
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -300,8 +328,13 @@ class ProcessRuntime:
         bind_host: str = "127.0.0.1",
         launcher: Launcher = spawn_detached,
         python: str = sys.executable,
+        limits: Limits = Limits(),  # noqa: B008 - frozen
+        build_limits: Limits = Limits(),  # noqa: B008 - frozen
     ) -> None:
         self.releases = releases
+        self.limits = limits
+        self.build_limits = build_limits
+        self._cpu = CpuMeter()
         self.bind_host = bind_host
         self.launcher = launcher
         self.python = python
@@ -353,7 +386,10 @@ class ProcessRuntime:
         spec = request.spec
         env = {**base_environ(), **spec.env}
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", spec.build.command or "true"],
+            limited(
+                ["/bin/sh", "-c", spec.build.command or "true"],
+                spec.build.limits.otherwise(self.build_limits),
+            ),
             cwd=request.source,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -456,7 +492,14 @@ class ProcessRuntime:
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"--- {utcnow()} starting {release.hash} ({config}) on port {port}\n")
         try:
-            pid = self.launcher(self._argv(release, spec, port), release.dist, env, log, unit)
+            pid = self.launcher(
+                self._argv(release, spec, port),
+                release.dist,
+                env,
+                log,
+                unit,
+                spec.limits.otherwise(self.limits),
+            )
         except OSError as exc:
             raise StartFailed(f"could not start {release.hash}: {exc}") from None
         start = _reaper.start_time(pid)
@@ -486,6 +529,22 @@ class ProcessRuntime:
         }
         atomic_write(release.logs / instance_file(config), json.dumps(record).encode() + b"\n")
         return instance
+
+    def usage(self, instance: Instance) -> Usage | None:
+        """Resident memory and CPU time of every process of the instance (its session)."""
+        if instance.pid is None or not self.alive(instance):
+            return None
+        memory, cpu = 0, 0.0
+        page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+        for pid in session_members(instance.pid, instance.pid_start):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            cpu += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            memory += int(fields[21]) * page  # rss
+        return Usage(memory, self._cpu.percent(instance.key + str(instance.pid), cpu))
 
     def alive(self, instance: Instance) -> bool:
         _reaper.poll()

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reconciler.errors import TransientError
+from reconciler.spec import Limits
 
 UNIT_TIMEOUT = 30
 UNREACHABLE = ("Failed to connect to bus", "Failed to connect to user scope bus")
@@ -42,8 +43,25 @@ def manager_args() -> tuple[list[str], dict[str, str]]:
     return ["--user"], env
 
 
+def unit_limits(limits: Limits) -> list[str]:
+    """The unit's resource controls: enforced by the kernel's cgroups for the unit alone."""
+    props = []
+    if limits.memory is not None:
+        props += [f"--property=MemoryMax={limits.memory}", "--property=MemorySwapMax=0"]
+    if limits.cpu is not None:
+        props.append(f"--property=CPUQuota={round(limits.cpu * 100)}%")
+    if limits.pids is not None:
+        props.append(f"--property=TasksMax={limits.pids}")
+    return props
+
+
 def spawn_transient_unit(
-    argv: Sequence[str], cwd: Path, env: dict[str, str], log_path: Path, unit: str
+    argv: Sequence[str],
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    unit: str,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
 ) -> int:
     systemd_run = shutil.which("systemd-run")
     systemctl = shutil.which("systemctl")
@@ -68,6 +86,7 @@ def spawn_transient_unit(
         f"--property=StandardError=append:{log_path}",
         "--property=KillMode=control-group",
         "--property=NoNewPrivileges=yes",
+        *unit_limits(limits),
         *[f"--setenv={key}={value}" for key, value in sorted(env.items())],
         "--",
         *argv,

@@ -115,6 +115,14 @@ class StateDB(EdgeTables):
         with self.write() as conn:
             conn.execute("DELETE FROM instances WHERE project = ? AND key = ?", (project_id, key))
 
+    def set_usage(self, project_id: str, key: str, memory: int | None, cpu: float | None) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE instances SET memory = ?, cpu = ?, usageAt = ? "
+                "WHERE project = ? AND key = ?",
+                (memory, cpu, utcnow(), project_id, key),
+            )
+
     def instances(self, project_id: str | None = None) -> list[InstanceRow]:
         if project_id is None:
             rows = self.read("SELECT * FROM instances ORDER BY project, startedAt")

@@ -145,6 +145,9 @@ class InstanceRow:
     containerId: str | None
     role: InstanceRole
     startedAt: str
+    memory: int | None = None  # bytes in use, as last sampled
+    cpu: float | None = None  # percent of one core, as last sampled
+    usageAt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -258,4 +258,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE projects ADD COLUMN productionReplicas TEXT
     """,
+    # 10: what each instance uses (memory in bytes, CPU in percent of one core), as the
+    # daemon last sampled it
+    """
+    ALTER TABLE instances ADD COLUMN memory INTEGER;
+    ALTER TABLE instances ADD COLUMN cpu REAL;
+    ALTER TABLE instances ADD COLUMN usageAt TEXT
+    """,
 ]

@@ -13,7 +13,7 @@ from reconciler.errors import BuildFailed, Cancelled, StartFailed, TransientErro
 from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import BuildRequest, wait_ready
 from reconciler.runtimes.docker import DockerRuntime, container_name
-from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.spec import Limits, ProjectId, ProjectSpec
 from tests.conftest import free_port
 from tests.docker.conftest import make_project
 
@@ -272,3 +272,65 @@ def test_a_stopped_or_never_started_container_of_ours_is_removed_on_observe(
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(name)
     assert inst.container_id is not None
+
+
+def test_containers_are_confined_and_limited(
+    tmp_path: Path, docker_client: docker.DockerClient, prefix: str
+) -> None:
+    """Read-only root (a small /tmp, and a volume per declared writable path that outlives
+    versions), no new privileges, no capabilities, and the limits; one that uses more memory
+    than its limit is killed by the kernel and says so."""
+    runtime = DockerRuntime(image_prefix=prefix, limits=Limits.parse("memory=64M,pids=64"))
+    store = ReleaseStore(tmp_path / "production")
+    writes = (
+        "echo ok > /data/x && touch /tmp/y && if touch /app/z 2>/dev/null; then echo bad > "
+        "/app/dist/index.html; fi; cat /data/x > /app/dist/index.html 2>/dev/null; "
+        "exec /bin/busybox httpd -f -p 8080 -h /data"
+    )
+    source = make_project(
+        tmp_path / "src",
+        dockerfile="FROM scratch\nCOPY busybox /bin/busybox\nCOPY site /app/dist\n"
+        f'ENTRYPOINT ["/bin/busybox", "sh", "-c", "{writes}"]\n',
+    )
+    s = spec(start={"writable": ["/data"]}, limits={"cpu": 0.5})
+    release = build_release(runtime, store, source, s)
+    port = free_port()
+    inst = runtime.start(release, s, port=port, config="c0ffee00")
+    volume = f"reconciler-dsite-{__import__('hashlib').sha256(b'/data').hexdigest()[:8]}"
+    try:
+        wait_ready(
+            f"http://127.0.0.1:{port}/x",
+            s.health,
+            alive=lambda: runtime.alive(inst),
+            why_dead=lambda: runtime.describe_exit(inst),
+        )
+        assert httpx.get(f"http://127.0.0.1:{port}/x").text == "ok\n"  # the writable volume
+        host = docker_client.containers.get(inst.container_id).attrs["HostConfig"]
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"]
+        assert host["SecurityOpt"] == ["no-new-privileges"]
+        assert host["Memory"] == 64 << 20 and host["MemorySwap"] == 64 << 20
+        assert host["NanoCpus"] == 500_000_000 and host["PidsLimit"] == 64
+        assert host["NetworkMode"] != "host"
+        assert docker_client.volumes.get(volume).attrs["Labels"]["reconciler.project"] == "dsite"
+        runtime.stop(inst, timeout=1)
+
+        # over its memory limit: killed, and reported as such
+        hog = make_project(
+            tmp_path / "hog",
+            dockerfile="FROM scratch\nCOPY busybox /bin/busybox\nCOPY site /app/dist\n"
+            'ENTRYPOINT ["/bin/busybox", "sh", "-c", '
+            '"x=$(/bin/busybox head -c 200000000 /dev/zero | /bin/busybox tr \\"\\\\\\\\0\\" a); sleep 60"]\n',
+        )
+        release = build_release(runtime, store, hog, spec())
+        inst = runtime.start(release, spec(), port=free_port(), config="c0ffee00")
+        deadline = time.monotonic() + 30
+        while runtime.alive(inst) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert runtime.observe(P) == []  # the ended container is removed...
+        why = runtime.describe_exit(inst)  # ...and why it ended is kept
+        assert "out of memory" in why, why
+    finally:
+        runtime.stop(inst, timeout=1)
+        runtime.close()
+        docker_client.volumes.get(volume).remove(force=True)

@@ -70,6 +70,7 @@ def test_schema_is_json_schema() -> None:
         "domains",
         "notify",
         "deploy",
+        "limits",
     }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from reconciler.desired import DesiredFileError, parse
 from reconciler.kinds import RuntimeName
-from reconciler.spec import InvalidProjectId, ProjectSpec, check_project_id
+from reconciler.spec import InvalidProjectId, Limits, ProjectSpec, check_project_id
 
 P = Path("desired/site.yaml")
 
@@ -261,7 +261,8 @@ def test_the_shape_of_a_swarm_service_is_part_of_its_settings() -> None:
         RuntimeName.PROCESS
     )
     plain = ProjectSpec.model_validate({"source": "s"})
-    before = json.dumps(plain.model_dump(mode="json", exclude={"deploy"}), sort_keys=True,
+    added = {"deploy": True, "limits": True, "build": {"limits"}, "start": {"writable"}}
+    before = json.dumps(plain.model_dump(mode="json", exclude=added), sort_keys=True,
                         separators=(",", ":"))  # fmt: skip
     assert plain.digest() == hashlib.sha256(before.encode()).hexdigest()[:16]  # as before it
     assert plain.digest() == ProjectSpec.model_validate({"source": "s", "deploy": {}}).digest()
@@ -269,3 +270,45 @@ def test_the_shape_of_a_swarm_service_is_part_of_its_settings() -> None:
         plain.digest()
         != ProjectSpec.model_validate({"source": "s", "deploy": {"replicas": 3}}).digest()
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "memory=512M,cpu=0.5,pids=64,disk=2G",
+            Limits(memory=512 << 20, cpu=0.5, pids=64, disk=2 << 30),
+        ),
+        ("memory=1.5GiB", Limits(memory=3 << 29)),
+        ("", Limits()),
+    ],
+)
+def test_limits_in_the_daemons_form(text: str, expected: Limits) -> None:
+    assert Limits.parse(text) == expected
+    assert Limits.parse(expected.describe() if not expected.empty else "") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("memory=lots", "memory 'lots' must be a size"),
+        ("memory=1M", "memory must be at least 4M"),
+        ("cpu=x", "cpu must be a number"),
+        ("swap=1G", "expected memory=SIZE"),
+        ("cpu=0", "greater than 0"),
+    ],
+)
+def test_bad_limits_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Limits.parse(text)
+
+
+def test_limits_over_a_maximum_and_defaults() -> None:
+    maximum = Limits.parse("memory=256M,cpu=1")
+    assert Limits.parse("memory=1G").over(maximum, "limits") == (
+        "limits.memory 1G is over this host's maximum 256M"
+    )
+    assert Limits.parse("cpu=1,pids=4096").over(maximum, "limits") is None
+    assert Limits.parse("cpu=0.5").otherwise(maximum) == Limits(memory=256 << 20, cpu=0.5)
+    spec = ProjectSpec.model_validate({"source": "s", "limits": {"memory": "128M"}})
+    assert spec.limits.memory == 128 << 20

@@ -13,9 +13,16 @@ from reconciler.runtimes.base import BuildRequest, OutputTail, describe_seconds,
 from reconciler.runtimes.docker.engine import Engine, engine_calls, is_unreachable, unreachable
 from reconciler.runtimes.docker.labels import LABEL_IMAGE_OF
 from reconciler.runtimes.docker.sdk import AbortableBuildAPI
+from reconciler.spec import Limits
 
 
-def build_image(engine: Engine, request: BuildRequest, tag: str, tail: OutputTail) -> str:
+def build_image(
+    engine: Engine,
+    request: BuildRequest,
+    tag: str,
+    tail: OutputTail,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
+) -> str:
     """Build ``request.source`` as ``tag``; returns the image id.
 
     Raises BuildFailed (the build failed or timed out), Cancelled, or TransientError.
@@ -24,13 +31,30 @@ def build_image(engine: Engine, request: BuildRequest, tag: str, tail: OutputTai
         engine.client  # noqa: B018 - fail fast with a clear message when the engine is down
         api = AbortableBuildAPI(timeout=None, version="auto", **engine.kwargs())
     try:
-        return _stream(api, engine, request, tag, tail)
+        return _stream(api, engine, request, tag, tail, limits)
     finally:
         api.close()
 
 
+def build_container_limits(limits: Limits) -> dict[str, int]:
+    """The build's containers' limits (the classic builder takes memory and CPU shares; a
+    cpu limit of one core is 1024 shares: a weight, not a quota)."""
+    found: dict[str, int] = {}
+    if limits.memory is not None:
+        found["memory"] = limits.memory
+        found["memswap"] = limits.memory
+    if limits.cpu is not None:
+        found["cpushares"] = max(2, int(limits.cpu * 1024))
+    return found
+
+
 def _stream(
-    api: AbortableBuildAPI, engine: Engine, request: BuildRequest, tag: str, tail: OutputTail
+    api: AbortableBuildAPI,
+    engine: Engine,
+    request: BuildRequest,
+    tag: str,
+    tail: OutputTail,
+    limits: Limits,
 ) -> str:
     spec = request.spec
     outcome: dict[str, Any] = {}
@@ -45,6 +69,7 @@ def _stream(
                 decode=True,
                 buildargs=dict(spec.env) or None,
                 labels={LABEL_IMAGE_OF: request.project_id},
+                container_limits=build_container_limits(limits) or None,
             )
             for chunk in stream:
                 if "stream" in chunk:

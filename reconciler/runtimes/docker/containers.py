@@ -8,6 +8,7 @@ we do not own is an error, never a removal.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from typing import Any
 
@@ -29,7 +30,7 @@ from reconciler.runtimes.docker.labels import (
     instance_labels,
     owned,
 )
-from reconciler.spec import ProjectId, ProjectSpec, is_hash8
+from reconciler.spec import Limits, ProjectId, ProjectSpec, is_hash8
 from reconciler.timeutil import utcnow
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,49 @@ def container_port(spec: ProjectSpec, image: Any) -> int:
     return 3000
 
 
+TMP = "rw,noexec,nosuid,nodev,size=64m"  # every container's /tmp (the rest is read-only)
+
+
+def volume_name(project_id: str, path: str) -> str:
+    """The volume that keeps a declared writable path of a project, across its versions."""
+    return f"reconciler-{project_id}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
+def writable_volumes(client: Any, project_id: ProjectId, paths: list[str]) -> dict[str, Any]:
+    """A labelled volume per declared writable path (made on first use, kept after)."""
+    volumes: dict[str, Any] = {}
+    for path in paths:
+        name = volume_name(project_id, path)
+        try:
+            client.volumes.get(name)
+        except docker.errors.NotFound:
+            client.volumes.create(
+                name,
+                labels={MANAGED_BY: MANAGER, LABEL_PROJECT: project_id, "reconciler.path": path},
+            )
+        volumes[name] = {"bind": path, "mode": "rw"}
+    return volumes
+
+
+def confinement(limits: Limits) -> dict[str, Any]:
+    """What every container runs under: the limits, a read-only root with a small /tmp, no
+    new privileges, no capabilities (ports above 1024 need none)."""
+    options: dict[str, Any] = {
+        "read_only": True,
+        "tmpfs": {"/tmp": TMP},  # noqa: S108 - a path inside the container
+        "security_opt": ["no-new-privileges"],
+        "cap_drop": ["ALL"],
+    }
+    if limits.memory is not None:
+        options["mem_limit"] = limits.memory
+        options["memswap_limit"] = limits.memory  # no swap beyond it
+    if limits.cpu is not None:
+        options["nano_cpus"] = int(limits.cpu * 1e9)
+    if limits.pids is not None:
+        options["pids_limit"] = limits.pids
+    return options
+
+
 def run_container(
     engine: Engine,
     *,
@@ -61,6 +105,7 @@ def run_container(
     cport: int,
     config: str,
     log_limits: LogLimits = DEFAULT_LIMITS,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
 ) -> Any:
     """Create and start the instance's container; remove it again if the start fails."""
     name = container_name(project_id, version, config)
@@ -75,7 +120,9 @@ def run_container(
             environment={**spec.env, "PORT": str(cport)},
             ports={f"{cport}/tcp": (bind_host, port)},
             restart_policy={"Name": "unless-stopped"},
+            volumes=writable_volumes(client, project_id, spec.start.writable),
             detach=True,
+            **confinement(limits),
         )
     except docker.errors.APIError as exc:
         raise StartFailed(f"Start failed: cannot create {name}: {exc.explanation}") from None
@@ -127,6 +174,9 @@ def describe_exit(engine: Engine, instance: Instance) -> str:
         with engine_calls():
             container = find(engine, instance)
             if container is None:
+                why = _ENDED.pop((instance.project_id, instance.hash, instance.config), None)
+                if why is not None:
+                    return f"the container of {instance.hash} {why}"
                 return f"Start failed: the container of {instance.hash} disappeared"
             state = container.attrs.get("State", {})
             restarts = int(container.attrs.get("RestartCount") or 0)
@@ -136,7 +186,7 @@ def describe_exit(engine: Engine, instance: Instance) -> str:
     if state.get("Running") and not state.get("Restarting") and restarts:
         how = f"kept exiting (Docker restarted it {restarts} times)"
     else:
-        how = f"exited with code {state.get('ExitCode')}"
+        how = ended(state)
     return with_tail(
         f"Start failed: the container of {instance.hash} {how} before it became ready", logs
     )
@@ -158,6 +208,14 @@ def stop_container(engine: Engine, instance: Instance, *, timeout: float) -> Non
 
 
 LEFTOVER_STATES = ("created", "exited", "dead")  # never started, or stopped by us
+# why containers that ended by themselves ended, kept from their removal until asked
+_ENDED: dict[tuple[str, str, str | None], str] = {}
+
+
+def ended(state: dict[str, Any]) -> str:
+    if state.get("OOMKilled"):
+        return "was killed for using more memory than its limit (out of memory)"
+    return f"exited with code {state.get('ExitCode')}"
 
 
 def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
@@ -176,6 +234,9 @@ def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
         if not owned(container, project_id) or not is_hash8(version):
             continue
         if container.status in LEFTOVER_STATES:
+            state = container.attrs.get("State") or {}
+            if container.status != "created":
+                _ENDED[(project_id, version, labels.get(LABEL_CONFIG) or None)] = ended(state)
             logger.info(
                 "%s: removing %s container %s", project_id, container.status, container.name
             )

@@ -23,9 +23,11 @@ from reconciler.releases import Release
 from reconciler.runtimes.base import (
     BuildRequest,
     BuildResult,
+    CpuMeter,
     Instance,
     Notify,
     OutputTail,
+    Usage,
 )
 from reconciler.runtimes.docker import containers
 from reconciler.runtimes.docker.build import build_image
@@ -33,7 +35,7 @@ from reconciler.runtimes.docker.compose import write_compose
 from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.events import watch_events
 from reconciler.runtimes.docker.extract import extract_dist
-from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.spec import Limits, ProjectId, ProjectSpec
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +50,15 @@ class DockerRuntime:
         bind_host: str = "127.0.0.1",
         base_url: str | None = None,
         log_limits: LogLimits = DEFAULT_LIMITS,
+        limits: Limits = Limits(),  # noqa: B008 - frozen
+        build_limits: Limits = Limits(),  # noqa: B008 - frozen
     ) -> None:
         self.image_prefix = image_prefix
         self.bind_host = bind_host
         self.log_limits = log_limits
+        self.limits = limits
+        self.build_limits = build_limits
+        self._cpu = CpuMeter()
         self.engine = Engine(base_url)
 
     def close(self) -> None:
@@ -78,7 +85,10 @@ class DockerRuntime:
             with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
                 tail = OutputTail(request.on_line, log, request.log_limits)
                 tail.add(f"$ docker build {request.source}")
-                image_id = build_image(self.engine, request, temp_tag, tail)
+                image_id = build_image(
+                    self.engine, request, temp_tag, tail,
+                    request.spec.build.limits.otherwise(self.build_limits),
+                )  # fmt: skip
             dist = extract_dist(self.engine, image_id, output, request.work_dir)
         except BaseException:
             self._untag(temp_tag)
@@ -123,6 +133,7 @@ class DockerRuntime:
                 cport=cport,
                 config=config,
                 log_limits=self.log_limits,
+                limits=spec.limits.otherwise(self.limits),
             )
         write_compose(
             release,
@@ -140,6 +151,26 @@ class DockerRuntime:
 
     def alive(self, instance: Instance) -> bool:
         return containers.is_running(self.engine, instance)
+
+    def usage(self, instance: Instance) -> Usage | None:
+        """The container's memory (less its page cache) and CPU, from one-shot stats."""
+        with engine_calls():
+            container = containers.find(self.engine, instance)
+            if container is None:
+                return None
+            try:
+                stats = container.stats(stream=False, one_shot=True)
+            except docker.errors.APIError:
+                return None
+        memory_stats = stats.get("memory_stats") or {}
+        usage = memory_stats.get("usage")
+        cache = (memory_stats.get("stats") or {}).get("inactive_file") or (
+            memory_stats.get("stats") or {}
+        ).get("total_inactive_file", 0)
+        memory = int(usage) - int(cache) if usage is not None else None
+        total = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+        cpu = self._cpu.percent(str(container.id), int(total) / 1e9) if total else None
+        return Usage(memory, cpu)
 
     def describe_exit(self, instance: Instance) -> str:
         return containers.describe_exit(self.engine, instance)

@@ -35,6 +35,7 @@ from docker.types import (
     DriverConfig,
     EndpointSpec,
     Healthcheck,
+    Mount,
     Placement,
     Resources,
     RestartPolicy,
@@ -48,8 +49,8 @@ from reconciler.errors import Cancelled, StartFailed, TransientError
 from reconciler.kinds import RuntimeName
 from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.releases import Release
-from reconciler.runtimes.base import BuildResult, Instance, Notify, with_tail
-from reconciler.runtimes.docker.containers import container_port
+from reconciler.runtimes.base import BuildResult, Instance, Notify, Usage, with_tail
+from reconciler.runtimes.docker.containers import container_port, volume_name
 from reconciler.runtimes.docker.engine import engine_calls
 from reconciler.runtimes.docker.events import watch_events
 from reconciler.runtimes.docker.labels import (
@@ -63,6 +64,7 @@ from reconciler.runtimes.docker.runtime import DockerRuntime
 from reconciler.spec import (
     REGISTRY_RE,
     InvalidProjectId,
+    Limits,
     ProjectId,
     ProjectSpec,
     check_project_id,
@@ -154,8 +156,13 @@ class SwarmRuntime(DockerRuntime):
         registry: str | None = None,
         stop_grace: float = 10.0,
         log_limits: LogLimits = DEFAULT_LIMITS,
+        limits: Limits = Limits(),  # noqa: B008 - frozen
+        build_limits: Limits = Limits(),  # noqa: B008 - frozen
     ) -> None:
-        super().__init__(image_prefix=image_prefix, base_url=base_url, log_limits=log_limits)
+        super().__init__(
+            image_prefix=image_prefix, base_url=base_url, log_limits=log_limits,
+            limits=limits, build_limits=build_limits,
+        )  # fmt: skip
         self.registry = check_registry(registry) if registry else None
         self.stop_grace = stop_grace
 
@@ -275,12 +282,25 @@ class SwarmRuntime(DockerRuntime):
                 start_period=_ns(health.timeout),
             ),
             stop_grace_period=_ns(self.stop_grace),
+            read_only=True,
+            cap_drop=["ALL"],
+            mounts=[
+                Mount("/tmp", None, type="tmpfs", tmpfs_size=64 << 20),  # noqa: S108
+                *(
+                    Mount(path, volume_name(pid, path), type="volume")
+                    for path in spec.start.writable
+                ),
+            ],
         )
+        limits = spec.limits.otherwise(self.limits)
         template = TaskTemplate(
             container_spec=container,
             restart_policy=RestartPolicy(condition="any", delay=NS),
             placement=Placement(constraints=list(spec.deploy.placement.constraints)),
-            resources=Resources(),
+            resources=Resources(
+                cpu_limit=int(limits.cpu * 1e9) if limits.cpu is not None else None,
+                mem_limit=limits.memory,
+            ),
             log_driver=DriverConfig("json-file", self.log_limits.docker()),
         )
         monitor = _ns(max(1.0, min(health.interval, 5.0)))
@@ -512,6 +532,11 @@ class SwarmRuntime(DockerRuntime):
             if (labels.get(LABEL_HASH), labels.get(LABEL_CONFIG)) == wanted:
                 return True
         return False
+
+    def usage(self, instance: Instance) -> Usage | None:
+        """Tasks run on any node: not sampled here (``docker service ps``, or the nodes'
+        own metrics)."""
+        return None
 
     def describe_exit(self, instance: Instance) -> str:
         return (
