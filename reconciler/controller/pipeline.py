@@ -90,6 +90,11 @@ class Pipeline:
             pinned=facts.spec.production.pinned if facts.spec else None,
         )
         run = Run(facts, recorder, cancel, dict(facts.live))
+        if facts.spec is not None:
+            with contextlib.suppress(Exception):  # an engine away: told next time
+                for message in self.runtimes.for_spec(facts.spec).exits(facts.project_id):
+                    logger.warning("%s: %s", facts.project_id, message)
+                    recorder.emit(EventType.EXITED, {"message": message})
         for stale in facts.gone:
             if stale.role == InstanceRole.ACTIVE:
                 self._ended(recorder, stale)

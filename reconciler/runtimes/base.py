@@ -139,6 +139,10 @@ class Runtime(Protocol):
     def usage(self, instance: Instance) -> Usage | None:
         """What the instance uses now, where the runtime can tell (None: it cannot)."""
 
+    def exits(self, project_id: ProjectId) -> list[str]:
+        """Why the project's instances ended by themselves since last asked, each once, when
+        the engine tells (docker: killed for memory, then restarted by the engine)."""
+
     def watch(self, notify: Notify, stop: threading.Event) -> None:
         """Report instances that change outside the daemon's hands, until ``stop`` is set:
         ``notify(project)`` for one, ``notify(None)`` to re-check every project. A runtime

@@ -102,6 +102,12 @@ class FakeRuntime:
     def remove_version(self, project_id: ProjectId, version: str) -> None:
         return None
 
+    def exits(self, project_id: ProjectId) -> list[str]:
+        return []
+
+    def usage(self, instance: Instance) -> None:
+        return None
+
     def watch(self, notify: Notify, stop: threading.Event) -> None:
         return None
 

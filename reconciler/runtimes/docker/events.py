@@ -33,6 +33,7 @@ def watch_events(
     filters: dict[str, Any] | None = None,
     project_of: Callable[[dict[str, Any]], str | None] | None = None,
     name: str = "docker-events",
+    record: Callable[[dict[str, Any]], None] | None = None,
 ) -> threading.Thread:
     """Follow events in a thread until ``stop`` is set; returns the thread. By default our
     containers' (``filters``), each naming its project by label (``project_of``)."""
@@ -66,6 +67,9 @@ def watch_events(
             for event in events:
                 if stop.is_set():
                     break
+                if record is not None:
+                    with contextlib.suppress(Exception):
+                        record(event)
                 _dispatch(event, notify, project_of)
         finally:
             close_current()

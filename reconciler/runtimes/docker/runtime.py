@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 from pathlib import PurePosixPath
+from typing import Any
 
 import docker.errors
 import requests
@@ -35,6 +36,7 @@ from reconciler.runtimes.docker.compose import write_compose
 from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.events import watch_events
 from reconciler.runtimes.docker.extract import extract_dist
+from reconciler.runtimes.docker.labels import LABEL_HASH, LABEL_PROJECT
 from reconciler.spec import Limits, ProjectId, ProjectSpec
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class DockerRuntime:
         self.limits = limits
         self.build_limits = build_limits
         self._cpu = CpuMeter()
+        self._exits: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
         self.engine = Engine(base_url)
 
     def close(self) -> None:
@@ -192,4 +196,19 @@ class DockerRuntime:
                 logger.warning("could not remove image %s: %s", tag, exc)
 
     def watch(self, notify: Notify, stop: threading.Event) -> None:
-        watch_events(self.engine, notify, stop)
+        watch_events(self.engine, notify, stop, record=self._record)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        """Keep what the engine says of our containers that it will restart by itself."""
+        attrs = (event.get("Actor") or {}).get("Attributes") or {}
+        project, version = attrs.get(LABEL_PROJECT), attrs.get(LABEL_HASH)
+        if event.get("Action") == "oom" and project and version:
+            with self._lock:
+                self._exits.setdefault(project, []).append(
+                    f"the container of {version} was killed for using more memory than its "
+                    "limit (out of memory); Docker starts it again"
+                )
+
+    def exits(self, project_id: ProjectId) -> list[str]:
+        with self._lock:
+            return self._exits.pop(project_id, [])
