@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -77,7 +78,9 @@ def test_a_start_command_that_forks_and_exits_is_refused_and_leaves_nothing(
         env.write("app", app_yaml(site, "background", generation=2, command=forks))
         failed = env.wait_status("app", "failed")
         error = str(failed.productionError)
-        assert "left 1 process(es) running in the background" in error, error
+        # how many: the shell's own forks (a subshell for the redirection, nohup before its
+        # exec) may still be on their way when it is counted
+        assert re.search(r"left [12] process\(es\) running in the background", error), error
         assert "a start command must stay in the foreground" in error
         assert f"version {good.productionHash} keeps serving" in error
         assert _ours(marker) == [], "the background server was stopped with its instance"
