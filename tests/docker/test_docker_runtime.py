@@ -335,7 +335,6 @@ def test_containers_are_confined_and_limited(
         finally:
             stop.set()
         assert told and "killed for using more memory than its limit" in told[0], told
-        assert runtime.exits(P) == []  # told once
     finally:
         runtime.stop(inst, timeout=1)
         runtime.close()

@@ -5,7 +5,6 @@ service kept as desired (adoption, a service removed or scaled by hand, foreign 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ import pytest
 
 from reconciler.kinds import EdgeMode
 from reconciler.spec import ProjectId
-from tests.docker.conftest import BUSYBOX
+from tests.docker.conftest import make_project
 from tests.integration.harness import Env, environment, get, wait_for
 from tests.integration.test_edge_daemon import Loop
 
@@ -66,16 +65,6 @@ def swarm(docker_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
     yield docker_client
     if made:
         subprocess.run(["docker", "swarm", "leave", "--force"], check=False, capture_output=True)
-
-
-def make_source(root: Path, html: str, dockerfile: str = DOCKERFILE) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    assert BUSYBOX is not None
-    shutil.copy(BUSYBOX, root / "busybox")
-    (root / "site").mkdir(exist_ok=True)
-    (root / "site" / "index.html").write_text(html)
-    (root / "Dockerfile").write_text(dockerfile)
-    return root
 
 
 def swarm_yaml(
@@ -176,7 +165,7 @@ def test_rollouts_by_swarm_through_the_edge(tmp_path: Path, swarm: docker.Docker
     rolled back by Swarm while the old tasks serve, and a pin rollback: all through the
     project's one stable address."""
     project = f"sw{tmp_path.name[-6:].lower().replace('_', '')}"
-    source = make_source(tmp_path / "src", "swarm one")
+    source = make_project(tmp_path / "src", "swarm one", DOCKERFILE)
     with environment(tmp_path, runtime="swarm", edge=EdgeMode.ON) as env:
         try:
             env.start()
@@ -275,7 +264,7 @@ def test_adoption_drift_and_foreign_services(tmp_path: Path, swarm: docker.Docke
     hand is scaled back and one removed by hand comes back; services without our labels are
     never touched, and one holding the project's name is refused, not removed."""
     project = f"sw{tmp_path.name[-6:].lower().replace('_', '')}"
-    source = make_source(tmp_path / "src", "adopted")
+    source = make_project(tmp_path / "src", "adopted", DOCKERFILE)
     foreign = swarm.services.create(
         "reconciler-never-pulled:none",
         name=f"foreign_{project}",

@@ -79,7 +79,7 @@ FROM scratch
 COPY busybox /bin/busybox
 COPY page.html /app/dist/index.html
 EXPOSE 8080
-CMD ["/bin/busybox", "sh", "-c", "/bin/busybox mkdir -p /www && /bin/busybox cp /app/dist/index.html /www/ && printf /$GREETING >> /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"]
+CMD ["/bin/busybox", "sh", "-c", "/bin/busybox mkdir -p /tmp/www && /bin/busybox cp /app/dist/index.html /tmp/www/ && printf /$GREETING >> /tmp/www/index.html && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"]
 """
 
 

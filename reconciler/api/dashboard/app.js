@@ -166,6 +166,10 @@ async function refreshProject() {
   if (status.url) parts.push(el("a", { href: status.url, rel: "noopener", id: "url" }, status.url), " ");
   if (status.hash) parts.push(el("span", { class: "muted" }, `version ${status.hash}`), " ");
   if (status.replicas) parts.push(el("span", { class: "muted", id: "replicas" }, `replicas ${status.replicas}`), " ");
+  if (status.usage && status.usage.memory != null) {
+    const cpu = status.usage.cpu != null ? `, cpu ${status.usage.cpu}%` : "";
+    parts.push(el("span", { class: "muted", id: "usage" }, `memory ${Math.round(status.usage.memory / 1048576)} MiB${cpu}`), " ");
+  }
   if (status.commit) {
     parts.push(el("span", { class: "muted" }, `commit ${status.commit.slice(0, 12)} ${status.subject || ""}`), " ");
   }

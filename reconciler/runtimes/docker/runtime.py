@@ -116,15 +116,21 @@ class DockerRuntime:
 
     # -- instances -------------------------------------------------------------------------
 
-    def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
+    def release_image(self, release: Release) -> Any:
+        """The image of a built release; StartFailed when it is gone."""
         tag = self.image_tag(release.project_id, release.hash)
         with engine_calls():
             try:
-                image = self.engine.client.images.get(tag)
+                return self.engine.client.images.get(tag)
             except docker.errors.ImageNotFound:
                 raise StartFailed(
                     f"Start failed: image {tag} is missing; deploy again to rebuild it"
                 ) from None
+
+    def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
+        tag = self.image_tag(release.project_id, release.hash)
+        image = self.release_image(release)
+        with engine_calls():
             cport = containers.container_port(spec, image)
             container = containers.run_container(
                 self.engine,

@@ -341,14 +341,7 @@ class SwarmRuntime(DockerRuntime):
         rollout is ``rollout``'s to watch). ``port`` is not used: tasks get their own."""
         self._manager()
         pid = release.project_id
-        tag = self.image_tag(pid, release.hash)
-        with engine_calls():
-            try:
-                image = self.engine.client.images.get(tag)
-            except docker.errors.ImageNotFound:
-                raise StartFailed(
-                    f"Start failed: image {tag} is missing; deploy again to rebuild it"
-                ) from None
+        image = self.release_image(release)
         kwargs = self.service_spec(release, spec, cport=container_port(spec, image), config=config)
         existing = self._service(pid)
         with engine_calls():
@@ -499,17 +492,7 @@ class SwarmRuntime(DockerRuntime):
                 self.api.remove_service(service["ID"])
                 return
             logger.info("%s: rolling service back", instance.project_id)
-            self.api.update_service(
-                service["ID"],
-                service["Version"]["Index"],
-                task_template=previous["TaskTemplate"],
-                name=previous["Name"],
-                labels=previous.get("Labels"),
-                mode=previous.get("Mode"),
-                update_config=previous.get("UpdateConfig"),
-                rollback_config=previous.get("RollbackConfig"),
-                endpoint_spec=previous.get("EndpointSpec"),
-            )
+            self._put_spec(service, previous)
 
     def _task_logs(self, tasks: list[Task]) -> str:
         """The last lines of the first failed task's container, when it ran on this node."""
@@ -611,17 +594,21 @@ class SwarmRuntime(DockerRuntime):
             project_id, spec.get("Name"), now, given,
         )  # fmt: skip
         with engine_calls(), contextlib.suppress(docker.errors.APIError):
-            self.api.update_service(
-                service["ID"],
-                service["Version"]["Index"],
-                task_template=spec["TaskTemplate"],
-                name=spec["Name"],
-                labels=spec.get("Labels"),
-                mode={"Replicated": {"Replicas": int(given)}},
-                update_config=spec.get("UpdateConfig"),
-                rollback_config=spec.get("RollbackConfig"),
-                endpoint_spec=spec.get("EndpointSpec"),
-            )
+            self._put_spec(service, {**spec, "Mode": {"Replicated": {"Replicas": int(given)}}})
+
+    def _put_spec(self, service: dict[str, Any], spec: dict[str, Any]) -> None:
+        """Give ``service`` the whole ``spec`` (as the engine reports one) at its version."""
+        self.api.update_service(
+            service["ID"],
+            service["Version"]["Index"],
+            task_template=spec["TaskTemplate"],
+            name=spec["Name"],
+            labels=spec.get("Labels"),
+            mode=spec.get("Mode"),
+            update_config=spec.get("UpdateConfig"),
+            rollback_config=spec.get("RollbackConfig"),
+            endpoint_spec=spec.get("EndpointSpec"),
+        )
 
     def watch(self, notify: Notify, stop: threading.Event) -> None:
         """Service and task-container events as they happen on this node, and every
