@@ -37,6 +37,11 @@ class ReleaseError(PermanentError):
     pass
 
 
+class DistTooLarge(ReleaseError):
+    """A build's output is larger than a release may be (the release limit, or the room left
+    under the project's disk quota)."""
+
+
 class BuildFailed(PermanentError):
     pass
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from reconciler.errors import ReleaseError
+from reconciler.errors import DistTooLarge, ReleaseError
 from reconciler.fileio import atomic_write, fsync_dir, sync_filesystem
 from reconciler.spec import ProjectId, is_hash8
 from reconciler.timeutil import utcnow
@@ -177,7 +177,7 @@ class _TreeHasher:
                 "or build less"
             )
         if self.bytes > self.limits.max_bytes:
-            raise ReleaseError(f"dist is larger than {self.limits.max_bytes} bytes")
+            raise DistTooLarge(f"dist is larger than {self.limits.max_bytes} bytes")
 
     def _entry(self, rel: str, st: os.stat_result, dest: Path | None) -> None:
         path = self.root / rel

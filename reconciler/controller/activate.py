@@ -22,7 +22,6 @@ from reconciler.controller.golive import (
     Service,
     Slots,
     Static,
-    service_runtime,
     site_for,
 )
 from reconciler.controller.observe import Runtimes
@@ -107,7 +106,8 @@ class Activator:
             "desiredDigest": run.facts.digest,
         }
         if mode == ServeMode.SERVICE and self.service is not None:
-            changes["productionReplicas"] = self.service.replicas(run)
+            tasks = self.service.tasks(run)
+            changes["productionReplicas"] = tasks.replicas if tasks is not None else None
         if built:
             changes["observedGeneration"] = generation
             changes["latestHash"] = release.hash
@@ -174,11 +174,9 @@ class Activator:
             return  # not yet served at the edge (e.g. before an upgrade's first activation)
         if mode == ServeMode.SERVICE and self.service is not None:
             # the tasks move (Swarm restarts, reschedules or rescales them): follow them
-            runtime = self.runtimes.for_spec(run.facts.spec)
-            self.service.route(
-                run, site.publicPort, service_runtime(runtime).upstreams(run.facts.project_id)
-            )
-            replicas = self.service.replicas(run)
+            tasks = self.service.tasks(run)
+            self.service.route(run, site.publicPort, tasks.upstreams if tasks else ())
+            replicas = tasks.replicas if tasks is not None else None
             if replicas != row.productionReplicas:
                 run.recorder.update(productionReplicas=replicas)
             return

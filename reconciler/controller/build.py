@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
-from reconciler.errors import PermanentError, ReleaseError, TransientError
+from reconciler.errors import DistTooLarge, PermanentError, TransientError
 from reconciler.facts import commit_fields
 from reconciler.gitsource import GitCache, GitError, fingerprint
 from reconciler.kinds import EventType, JobType, Status
@@ -150,8 +150,8 @@ class Builder:
             run.check()
             try:
                 release = self._commit(staging, result, generation, run, room, spec)
-            except ReleaseError as exc:
-                if room is not None and "larger than" in str(exc):
+            except DistTooLarge:
+                if room is not None and room < self.releases.limits.max_bytes:
                     raise PermanentError(
                         f"Disk quota: the build output is larger than the {show_memory(room)} "
                         f"left of its limits.disk; the running version keeps serving"

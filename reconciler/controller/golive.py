@@ -43,11 +43,12 @@ from reconciler.runtimes.base import (
     Instance,
     Runtime,
     ServiceRuntime,
+    ServiceTasks,
     describe_seconds,
     loopback_client,
     wait_ready,
 )
-from reconciler.spec import ProjectSpec
+from reconciler.spec import ProjectId, ProjectSpec
 
 logger = logging.getLogger(__name__)
 
@@ -383,17 +384,20 @@ class Service:
             except BaseException:
                 rec.forget_instance(instance.key)
                 with contextlib.suppress(Exception):  # route to what serves after it
-                    self.follow(run, port, runtime.upstreams(pid))
+                    self.follow(run, port, upstreams(runtime, pid))
                 raise
-        self.route(run, port, runtime.upstreams(pid))
+        self.route(run, port, upstreams(runtime, pid))
         check_through_edge(f"http://{self.config.probe_host}:{port}{spec.health.path}")
         self.releases.switch(pid, release.hash)
         return instance, port
 
-    def replicas(self, run: Run) -> str | None:
-        runtime = service_runtime(self.runtimes.for_spec(run.spec))
-        counts = runtime.replicas(run.facts.project_id)
-        return f"{counts[0]}/{counts[1]}" if counts is not None else None
+    def tasks(self, run: Run) -> ServiceTasks | None:
+        return service_runtime(self.runtimes.for_spec(run.spec)).tasks(run.facts.project_id)
+
+
+def upstreams(runtime: ServiceRuntime, project_id: ProjectId) -> tuple[str, ...]:
+    tasks = runtime.tasks(project_id)
+    return tasks.upstreams if tasks is not None else ()
 
 
 class NoEdge:

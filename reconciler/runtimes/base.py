@@ -152,6 +152,17 @@ class Runtime(Protocol):
         """Release connections to the engine; instances keep running."""
 
 
+@dataclass(frozen=True)
+class ServiceTasks:
+    upstreams: tuple[str, ...]  # host:port of each task that runs
+    running: int
+    wanted: int
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.running}/{self.wanted}"
+
+
 @runtime_checkable
 class ServiceRuntime(Runtime, Protocol):
     """A runtime that runs each project as one replicated service its engine rolls from
@@ -169,11 +180,8 @@ class ServiceRuntime(Runtime, Protocol):
     ) -> None:
         """Until every task runs ``instance`` healthy. Raises StartFailed or Cancelled."""
 
-    def upstreams(self, project_id: ProjectId) -> tuple[str, ...]:
-        """``host:port`` of each task that runs now."""
-
-    def replicas(self, project_id: ProjectId) -> tuple[int, int] | None:
-        """(tasks running, replicas wanted); None when the project has no service."""
+    def tasks(self, project_id: ProjectId) -> ServiceTasks | None:
+        """The service's running tasks (one read); None when the project has no service."""
 
 
 # ---------------------------------------------------------------------------------------------

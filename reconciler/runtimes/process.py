@@ -335,6 +335,8 @@ class ProcessRuntime:
         self.limits = limits
         self.build_limits = build_limits
         self._cpu = CpuMeter()
+        self._scan: tuple[float, dict[int, list[tuple[int, float, int]]]] | None = None
+        self._scan_lock = threading.Lock()
         self.bind_host = bind_host
         self.launcher = launcher
         self.python = python
@@ -532,19 +534,45 @@ class ProcessRuntime:
 
     def usage(self, instance: Instance) -> Usage | None:
         """Resident memory and CPU time of every process of the instance (its session)."""
-        if instance.pid is None or not self.alive(instance):
+        if instance.pid is None or instance.pid_start is None or not self.alive(instance):
             return None
-        memory, cpu = 0, 0.0
-        page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
-        for pid in session_members(instance.pid, instance.pid_start):
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as fh:
-                    fields = fh.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            cpu += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
-            memory += int(fields[21]) * page  # rss
+        members = [
+            (cpu, rss)
+            for start, cpu, rss in self._sessions().get(instance.pid, ())
+            if start >= instance.pid_start
+        ]
+        cpu = sum(c for c, _r in members)
+        memory = sum(r for _c, r in members)
         return Usage(memory, self._cpu.percent(instance.key + str(instance.pid), cpu))
+
+    def _sessions(self) -> dict[int, list[tuple[int, float, int]]]:
+        """Every live process by session id, as (start, CPU seconds, resident bytes): one
+        scan of /proc, reused for a second (a sampling pass asks for every instance)."""
+        now = time.monotonic()
+        with self._scan_lock:
+            if self._scan is not None and now - self._scan[0] < 1.0:
+                return self._scan[1]
+            page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+            found: dict[int, list[tuple[int, float, int]]] = {}
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                        fields = fh.read().rsplit(b")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[0] in (b"Z", b"X"):
+                    continue
+                found.setdefault(int(fields[3]), []).append(
+                    (
+                        int(fields[19]),
+                        (int(fields[11]) + int(fields[12])) / tick,  # utime + stime
+                        int(fields[21]) * page,  # rss
+                    )
+                )
+            self._scan = (now, found)
+            return found
 
     def exits(self, project_id: ProjectId) -> list[str]:
         return []  # a process that ended is not running: describe_exit says why

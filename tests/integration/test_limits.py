@@ -124,5 +124,5 @@ def test_usage_is_sampled_and_an_ended_instance_says_why(tmp_path: Path) -> None
         )
         (ended,) = [e for e in env.db.events_after("app", 0) if e.type == "production.exited"]
         assert "exited with code -9" in ended.payload()["message"], ended.payload()
-        env.wait_serving("app", "measured", timeout=30)
-        del row
+        again = env.wait_serving("app", "measured", timeout=30)
+        assert again.productionHash == row.productionHash  # the same version, started again

@@ -210,6 +210,7 @@ def stop_container(engine: Engine, instance: Instance, *, timeout: float) -> Non
 LEFTOVER_STATES = ("created", "exited", "dead")  # never started, or stopped by us
 # why containers that ended by themselves ended, kept from their removal until asked
 _ENDED: dict[tuple[str, str, str | None], str] = {}
+ENDED_KEPT = 1000
 
 
 def ended(state: dict[str, Any]) -> str:
@@ -237,6 +238,8 @@ def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
             state = container.attrs.get("State") or {}
             if container.status != "created":
                 _ENDED[(project_id, version, labels.get(LABEL_CONFIG) or None)] = ended(state)
+                while len(_ENDED) > ENDED_KEPT:  # the oldest go: bounded however many end
+                    _ENDED.pop(next(iter(_ENDED)))
             logger.info(
                 "%s: removing %s container %s", project_id, container.status, container.name
             )

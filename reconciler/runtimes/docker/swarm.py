@@ -49,7 +49,14 @@ from reconciler.errors import Cancelled, StartFailed, TransientError
 from reconciler.kinds import RuntimeName
 from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.releases import Release
-from reconciler.runtimes.base import BuildResult, Instance, Notify, Usage, with_tail
+from reconciler.runtimes.base import (
+    BuildResult,
+    Instance,
+    Notify,
+    ServiceTasks,
+    Usage,
+    with_tail,
+)
 from reconciler.runtimes.docker.containers import container_port, volume_name
 from reconciler.runtimes.docker.engine import engine_calls
 from reconciler.runtimes.docker.events import watch_events
@@ -165,6 +172,7 @@ class SwarmRuntime(DockerRuntime):
         )  # fmt: skip
         self.registry = check_registry(registry) if registry else None
         self.stop_grace = stop_grace
+        self._node: str | None = None
 
     # -- images ----------------------------------------------------------------------------
 
@@ -228,22 +236,26 @@ class SwarmRuntime(DockerRuntime):
     def _addresses(self) -> dict[str, str]:
         """Each node's address for the edge: 127.0.0.1 for this node, else its own."""
         with engine_calls():
-            local = (self.engine.client.info().get("Swarm") or {}).get("NodeID")
+            if self._node is None:  # this node's id: fixed while it is in the swarm
+                self._node = (self.engine.client.info().get("Swarm") or {}).get("NodeID")
             nodes = self.api.nodes()
         found = {}
         for node in nodes:
             addr = str((node.get("Status") or {}).get("Addr") or "")
-            if node.get("ID") == local or addr in ("", "0.0.0.0"):
+            if node.get("ID") == self._node or addr in ("", "0.0.0.0"):
                 addr = "127.0.0.1"
             found[str(node.get("ID"))] = addr
         return found
 
-    def upstreams(self, project_id: ProjectId) -> tuple[str, ...]:
-        """``address:port`` of every task of the project's service that runs (for the edge)."""
+    def tasks(self, project_id: ProjectId) -> ServiceTasks | None:
+        """Where the project's service's running tasks answer, and how many of how many
+        wanted run (one read of the service and its tasks); None without a service."""
         service = self._service(project_id)
         if service is None or not owned_service(service, project_id):
-            return ()
-        return self._upstreams(self._tasks(service["ID"]))
+            return None
+        tasks = self._tasks(service["ID"])
+        upstreams = self._upstreams(tasks)
+        return ServiceTasks(upstreams, len(upstreams), _wanted_replicas(service))
 
     def _upstreams(self, tasks: list[Task]) -> tuple[str, ...]:
         serving = [t for t in tasks if t.serving]
@@ -251,14 +263,6 @@ class SwarmRuntime(DockerRuntime):
             return ()
         addresses = self._addresses()
         return tuple(sorted(f"{addresses.get(t.node, '127.0.0.1')}:{t.port}" for t in serving))
-
-    def replicas(self, project_id: ProjectId) -> tuple[int, int] | None:
-        """(tasks running, replicas wanted) of the project's service; None without one."""
-        service = self._service(project_id)
-        if service is None or not owned_service(service, project_id):
-            return None
-        wanted = _wanted_replicas(service)
-        return sum(1 for t in self._tasks(service["ID"]) if t.serving), wanted
 
     # -- instances -------------------------------------------------------------------------
 
@@ -389,22 +393,19 @@ class SwarmRuntime(DockerRuntime):
         wanted = spec.deploy.replicas
         deadline = time.monotonic() + spec.health.timeout * wanted + 10
         said = ""
-        routed: tuple[str, ...] | None = None
+        routed: tuple[tuple[str, int | None], ...] | None = None
         while True:
             service = self._service(pid)
             if service is None or not owned_service(service, pid):
                 raise StartFailed(f"Start failed: service {service_name(pid)} was removed")
             tasks = self._tasks(service["ID"])
-            upstreams = self._upstreams(tasks)
-            if upstreams != routed:
-                tasks_changed(upstreams)
-                routed = upstreams
-            labels = service["Spec"].get("Labels") or {}
+            serving = tuple(sorted(((t.node, t.port) for t in tasks if t.serving), key=str))
+            if serving != routed:  # (the nodes' addresses are read only when tasks move)
+                tasks_changed(self._upstreams(tasks))
+                routed = serving
             update = service.get("UpdateStatus") or {}
             state = str(update.get("State", ""))
-            if labels.get(LABEL_HASH) != instance.hash or labels.get(LABEL_CONFIG) != (
-                instance.config
-            ):
+            if not runs(service.get("Spec"), instance):
                 self._rolled_back(instance, service, tasks, tasks_changed)
             ours = [t for t in tasks if (t.version, t.config) == (instance.hash, instance.config)]
             ready = sum(1 for t in ours if t.serving)
@@ -482,8 +483,7 @@ class SwarmRuntime(DockerRuntime):
         service = self._service(instance.project_id)
         if service is None or not owned_service(service, instance.project_id):
             return
-        labels = service["Spec"].get("Labels") or {}
-        if (labels.get(LABEL_HASH), labels.get(LABEL_CONFIG)) != (instance.hash, instance.config):
+        if not runs(service.get("Spec"), instance):
             return  # not ours any more (Swarm rolled it back already)
         previous = service.get("PreviousSpec")
         with engine_calls(), contextlib.suppress(docker.errors.NotFound):
@@ -509,12 +509,7 @@ class SwarmRuntime(DockerRuntime):
         service = self._service(instance.project_id)
         if service is None or not owned_service(service, instance.project_id):
             return False
-        wanted = (instance.hash, instance.config)
-        for spec in (service.get("Spec"), service.get("PreviousSpec")):
-            labels = (spec or {}).get("Labels") or {}
-            if (labels.get(LABEL_HASH), labels.get(LABEL_CONFIG)) == wanted:
-                return True
-        return False
+        return runs(service.get("Spec"), instance) or runs(service.get("PreviousSpec"), instance)
 
     def usage(self, instance: Instance) -> Usage | None:
         """Tasks run on any node: not sampled here (``docker service ps``, or the nodes'
@@ -533,8 +528,7 @@ class SwarmRuntime(DockerRuntime):
         service = self._service(instance.project_id)
         if service is None or not owned_service(service, instance.project_id):
             return
-        labels = service["Spec"].get("Labels") or {}
-        if (labels.get(LABEL_HASH), labels.get(LABEL_CONFIG)) != (instance.hash, instance.config):
+        if not runs(service.get("Spec"), instance):
             return
         logger.info(
             "%s: removing service %s", instance.project_id, service_name(instance.project_id)
@@ -654,6 +648,13 @@ class SwarmRuntime(DockerRuntime):
                     with contextlib.suppress(InvalidProjectId):
                         notify(check_project_id(project))
             seen = now
+
+
+def runs(spec: dict[str, Any] | None, instance: Instance) -> bool:
+    """``spec`` (a service's, as the engine reports it) runs ``instance``'s version and
+    settings."""
+    labels = (spec or {}).get("Labels") or {}
+    return (labels.get(LABEL_HASH), labels.get(LABEL_CONFIG)) == (instance.hash, instance.config)
 
 
 def _wanted_replicas(service: dict[str, Any]) -> int:
