@@ -201,6 +201,15 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         default=env("SYSTEMD_RUN", "") in ("1", "true", "yes"),
         help="start process-runtime sites as transient systemd units (outlive daemon restarts)",
     )
+    parser.add_argument(
+        "--site-users",
+        action="store_true",
+        default=env("SITE_USERS", "") in ("1", "true", "yes"),
+        help="run each process-runtime site as its own user in the installed "
+        "reconciler-site@.service (DynamicUser=, only its own release readable, limits as "
+        "cgroup settings); needs the data dir /var/lib/reconciler and the installer's polkit "
+        "rule when the daemon is not root",
+    )
     edge = parser.add_argument_group("edge (one Caddy in front of every site)")
     edge.add_argument(
         "--edge",
@@ -338,6 +347,7 @@ def _config(args: argparse.Namespace, host: str, port: int) -> Config:
         watch=not args.no_watch,
         stream_cap=max(1, args.stream_cap),
         systemd_run=args.systemd_run,
+        site_users=site_users(args),
         edge=args.edge,
         caddy=Path(args.caddy).absolute() if args.caddy else None,
         internal_port_range=PortRange.parse(args.internal_port_range),
@@ -368,6 +378,15 @@ def setup_logging(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def site_users(args: argparse.Namespace) -> bool:
+    if not getattr(args, "site_users", False):
+        return False
+    from reconciler.runtimes.systemd import check_site_data
+
+    check_site_data(Path(args.data))
+    return True
 
 
 def _prepare(args: argparse.Namespace, *, api: bool) -> tuple[Config, str | None] | int:

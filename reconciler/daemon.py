@@ -69,7 +69,12 @@ def make_runtime_factory(
                 from reconciler.runtimes.process import ProcessRuntime, spawn_detached
 
                 launcher = spawn_detached
-                if config.systemd_run:
+                units = None
+                if config.site_users:
+                    from reconciler.runtimes.systemd import SiteUnits
+
+                    units = SiteUnits(config.data_dir)
+                elif config.systemd_run:
                     from reconciler.runtimes.systemd import spawn_transient_unit
 
                     launcher = spawn_transient_unit
@@ -79,6 +84,7 @@ def make_runtime_factory(
                     launcher=launcher,
                     limits=config.limits,
                     build_limits=config.build_limits,
+                    units=units,
                 )
             case RuntimeName.DOCKER:
                 from reconciler.runtimes.docker import DockerRuntime
@@ -295,8 +301,10 @@ class Daemon:
             self.db.set_edge(EdgeMode.OFF, "off", pid=None, version=None, sites=0, error=None)
         self.controller.adopt()
         from reconciler.runtimes.process import kill_orphan_instances
+        from reconciler.runtimes.systemd import SiteUnits
 
-        strays = kill_orphan_instances(self.releases)
+        units = SiteUnits(self.config.data_dir) if self.config.site_users else None
+        strays = kill_orphan_instances(self.releases, units)
         if strays:
             logger.warning("stopped instance processes no record names: %s", ", ".join(strays))
         self._initial = self.controller.known_projects()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install reconciler as systemd services: a system user (lingering, so its own service
-# manager runs from boot and holds the sites' transient units), the directories, a venv in
-# /opt/reconciler and the three units (daemon, API, edge).
+# Install reconciler as systemd services: a system user, the directories, a venv in
+# /opt/reconciler, the three units (daemon, API, edge), the template each site runs in as its
+# own user (reconciler-site@.service) and the polkit rule that lets the daemon start those.
 #   sudo systemd/install.sh   # then: systemctl enable --now reconciler-edge reconciler reconciler-api
 #   DESTDIR=/tmp/stage SKIP_SYSTEM=1 systemd/install.sh   # lay out files only (packaging, tests)
 #   WHEELHOUSE=/path systemd/install.sh   # offline: the package and its dependencies as wheels
@@ -19,10 +19,14 @@ install -d -m 0755 "$DESTDIR$PREFIX" "$DESTDIR/etc/systemd/system"
 install -d -m 0750 "$DESTDIR/etc/reconciler" "$DESTDIR/etc/reconciler/desired" \
     "$DESTDIR/var/lib/reconciler" "$DESTDIR/srv/reconciler"
 install -m 0644 systemd/reconciler.service systemd/reconciler-api.service \
-    systemd/reconciler-edge.service "$DESTDIR/etc/systemd/system/"
-# earlier versions installed a polkit rule for site units in the system manager; they now run
-# in the service user's own manager, which needs no privilege
+    systemd/reconciler-edge.service systemd/reconciler-site@.service \
+    "$DESTDIR/etc/systemd/system/"
+# the sites (--site-users) run as instances of reconciler-site@.service in the system manager,
+# each as its own dynamic user; this rule lets the reconciler user start, stop and limit those
+# units and no others (an earlier rule, for transient units, is replaced)
+[ -d "$DESTDIR/etc/polkit-1/rules.d" ] || install -d -m 0755 "$DESTDIR/etc/polkit-1/rules.d"
 rm -f "$DESTDIR/etc/polkit-1/rules.d/50-reconciler.rules"
+install -m 0644 systemd/50-reconciler-sites.rules "$DESTDIR/etc/polkit-1/rules.d/"
 install -m 0644 README.md "$DESTDIR$PREFIX/README.md"
 if [ ! -e "$DESTDIR/etc/reconciler/reconciler.env" ]; then
   printf '# RECONCILER_PUBLIC_HOST=example.com\n# RECONCILER_PORT_RANGE=3001-3999\n# RECONCILER_RUNTIME=process\n' \
@@ -48,8 +52,8 @@ if [ -z "$SKIP_SYSTEM" ]; then
   chown -R reconciler:reconciler /etc/reconciler/desired /var/lib/reconciler /srv/reconciler
   chown root:reconciler /etc/reconciler /etc/reconciler/api-token /etc/reconciler/reconciler.env
   chmod 0640 /etc/reconciler/api-token /etc/reconciler/reconciler.env
-  # the sites (--systemd-run) run as transient units of the reconciler user's manager, which
-  # lingering starts at boot and keeps running with no one logged in
+  # without --site-users (--systemd-run alone) sites run as transient units of the reconciler
+  # user's manager, which lingering starts at boot and keeps running with no one logged in
   if ! loginctl enable-linger reconciler 2>/dev/null; then
     install -d /var/lib/systemd/linger && touch /var/lib/systemd/linger/reconciler
   fi

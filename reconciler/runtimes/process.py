@@ -39,6 +39,7 @@ from reconciler.runtimes.base import (
     tail_file,
     with_tail,
 )
+from reconciler.runtimes.systemd import SiteUnits
 from reconciler.spec import Limits, ProjectId, ProjectSpec, is_hash8
 from reconciler.timeutil import utcnow
 
@@ -69,17 +70,25 @@ def _store_tag(releases: ReleaseStore) -> str:
     return hashlib.sha256(os.fsencode(os.path.realpath(releases.root))).hexdigest()[:8]
 
 
-def kill_orphan_instances(releases: ReleaseStore) -> list[str]:
+def kill_orphan_instances(releases: ReleaseStore, units: SiteUnits | None = None) -> list[str]:
     """At startup, after adoption: stop instance processes of this data dir that no record
-    names (the daemon died between starting one and writing its record). Returns their
-    marks."""
+    names (the daemon died between starting one and writing its record), and with
+    ``--site-users`` the site units no record names. Returns their marks."""
     runtime = ProcessRuntime(releases)
     known: set[int] = set()
+    names: set[str] = set()
     if releases.root.is_dir():
         for project in releases.root.iterdir():
-            known |= {i.pid for i in runtime.observe(ProjectId(project.name)) if i.pid}
-    prefix = f"{INSTANCE_MARK}={_store_tag(releases)}:".encode()
+            for found in runtime.observe(ProjectId(project.name)):
+                known.add(found.pid or 0)
+                names.add(site_instance(found.project_id, found.hash, found.config))
     stopped = []
+    for name in units.running() if units is not None else ():
+        if units is not None and name not in names:
+            with contextlib.suppress(OSError):
+                units.stop(name, KILL_GRACE * 4)
+                stopped.append(f"reconciler-site@{name}")
+    prefix = f"{INSTANCE_MARK}={_store_tag(releases)}:".encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -123,6 +132,15 @@ PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "
 
 def base_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
+
+
+def site_instance(project_id: str, version: str, config: str | None) -> str:
+    """The instance name of a site unit, ``reconciler-site@<16 hex>.service``: a digest of
+    the project, version and config, short enough that the unit's user name
+    (``reconciler-<instance>``) is a valid one (31 characters at most). The unit's
+    description names the project, version and config."""
+    key = f"{project_id}:{version}:{config or 'default'}".encode()
+    return hashlib.sha256(key).hexdigest()[:16]
 
 
 Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str, Limits], int]
@@ -330,8 +348,10 @@ class ProcessRuntime:
         python: str = sys.executable,
         limits: Limits = Limits(),  # noqa: B008 - frozen
         build_limits: Limits = Limits(),  # noqa: B008 - frozen
+        units: SiteUnits | None = None,
     ) -> None:
         self.releases = releases
+        self.units = units  # --site-users: each instance a reconciler-site@ unit of its own user
         self.limits = limits
         self.build_limits = build_limits
         self._cpu = CpuMeter()
@@ -494,14 +514,26 @@ class ProcessRuntime:
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"--- {utcnow()} starting {release.hash} ({config}) on port {port}\n")
         try:
-            pid = self.launcher(
-                self._argv(release, spec, port),
-                release.dist,
-                env,
-                log,
-                unit,
-                spec.limits.otherwise(self.limits),
-            )
+            if self.units is not None:
+                pid = self.units.start(
+                    site_instance(release.project_id, release.hash, config),
+                    f"reconciler site {release.project_id} {release.hash} (settings {config})",
+                    release.path,
+                    self._argv(release, spec, port),
+                    release.dist,
+                    env,
+                    log,
+                    spec.limits.otherwise(self.limits),
+                )
+            else:
+                pid = self.launcher(
+                    self._argv(release, spec, port),
+                    release.dist,
+                    env,
+                    log,
+                    unit,
+                    spec.limits.otherwise(self.limits),
+                )
         except OSError as exc:
             raise StartFailed(f"could not start {release.hash}: {exc}") from None
         start = _reaper.start_time(pid)
@@ -586,9 +618,15 @@ class ProcessRuntime:
         executable was busy (ETXTBSY): a process forked by another thread while this
         release's files were being written still held one open for writing; that passes,
         so the start is tried again rather than failed."""
+        log = self.releases.project_dir(instance.project_id) / instance.hash / "logs" / "app.log"
+        if self.units is not None:
+            name = site_instance(instance.project_id, instance.hash, instance.config)
+            return with_tail(
+                f"Start failed: the instance of {instance.hash} {self.units.why_ended(name)}",
+                tail_file(log),
+            )
         code = _reaper.exit_code(instance.pid) if instance.pid else None
         how = f"exited with code {code}" if code is not None else "exited"
-        log = self.releases.project_dir(instance.project_id) / instance.hash / "logs" / "app.log"
         attempt = tail_file(log).rsplit("\n--- ", 1)[-1]  # this start's lines only
         if code == 126 and "Text file busy" in attempt:
             raise TransientError(
@@ -611,7 +649,14 @@ class ProcessRuntime:
 
     def stop(self, instance: Instance, *, timeout: float = 10) -> None:
         """Stop everything the instance started: its process group, then whatever else is
-        left in its session (also when the leader has exited already)."""
+        left in its session (also when the leader has exited already). A site's own unit is
+        stopped by systemd, which stops its whole cgroup."""
+        if self.units is not None:
+            name = site_instance(instance.project_id, instance.hash, instance.config)
+            try:
+                self.units.stop(name, timeout)
+            except OSError as exc:
+                raise TransientError(f"could not stop {instance.hash}: {exc}", delay=2) from None
         if instance.pid is not None and self.alive(instance):
             logger.info("stopping %s %s (pid %s)", instance.project_id, instance.hash, instance.pid)
             kill_group(instance.pid, timeout=timeout, alive=lambda: self.alive(instance))

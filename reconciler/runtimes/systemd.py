@@ -15,14 +15,18 @@ transient units to polkit, so such a rule could not be limited to the sites' uni
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import stat
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from reconciler.errors import TransientError
+from reconciler.fileio import atomic_write
 from reconciler.spec import Limits
 
 UNIT_TIMEOUT = 30
@@ -118,3 +122,183 @@ def spawn_transient_unit(
             return int(shown)
         time.sleep(0.05)
     raise OSError(f"{name} started but systemd reports no main process (did it exit at once?)")
+
+
+# -- sites as their own users ----------------------------------------------------------------
+
+SITE_DATA = Path("/var/lib/reconciler")  # the data dir reconciler-site@.service binds from
+SITE_TEMPLATE = "reconciler-site@.service"
+SITE_ROOT = Path("/run/reconciler-site")  # where a site unit sees its own pieces (sitexec)
+SITE_LOG_MODE = 0o622  # the site's user appends to its log; only the daemon reads it
+
+
+def readable_by_others(root: Path) -> None:
+    """Let the site's user read its release (files o+r, dirs and executables o+x). The
+    daemon's umask keeps others out of what it writes, and the data dir (0750) keeps other
+    users of the host out of every release; inside a site's unit only its own is bound."""
+    for top, dirs, files in os.walk(root):
+        if top == str(root):
+            dirs[:] = [d for d in dirs if d != "logs"]  # the daemon's records and logs
+        for name in (*dirs, *files):
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            want = st.st_mode | stat.S_IROTH
+            if stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_IXUSR:
+                want |= stat.S_IXOTH
+            if want != st.st_mode:
+                os.chmod(path, stat.S_IMODE(want))
+    st = os.stat(root)
+    os.chmod(root, stat.S_IMODE(st.st_mode) | stat.S_IROTH | stat.S_IXOTH)
+
+
+def show_memory_property(value: int | None) -> str:
+    return "infinity" if value is None else str(value)
+
+
+def check_site_data(data_dir: Path) -> None:
+    if os.path.realpath(data_dir) != str(SITE_DATA):
+        raise ValueError(
+            f"--site-users needs the data dir {SITE_DATA} ({SITE_TEMPLATE} binds each site's "
+            f"release from there), not {data_dir}"
+        )
+
+
+class SiteUnits:
+    """Process-runtime instances as instances of the installed ``reconciler-site@.service``
+    (``--site-users``): each runs as its own dynamic user (``DynamicUser=yes``), sees an empty
+    data dir with only its own release bound in (read-only), and gets its limits as the
+    unit's cgroup settings (``MemoryMax``, ``CPUQuota``, ``TasksMax``).
+
+    Everything here goes through the system manager: ``systemctl set-property --runtime``,
+    ``start``, ``stop`` and ``reset-failed`` on ``reconciler-site@<instance>.service`` (the
+    instance a digest of project, version and config; the description names them) and
+    nothing else, which is what the installer's polkit rule lets the service user do (a
+    daemon running as root needs no rule). The instance's files are in
+    ``<data>/sites/<instance>/``: ``run.json`` (what to run), and links to the release and
+    its log; systemd binds them into the unit, so they are read with the site's own rights.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        check_site_data(data_dir)
+        self.sites = SITE_DATA / "sites"
+        systemctl = shutil.which("systemctl")
+        if systemctl is None:
+            raise ValueError("--site-users needs systemctl on PATH")
+        self.systemctl = systemctl
+
+    @staticmethod
+    def unit(instance: str) -> str:
+        return f"reconciler-site@{instance}.service"
+
+    @staticmethod
+    def inside(path: Path, release_root: Path) -> str:
+        """Where the site sees ``path`` of its release."""
+        relative = path.relative_to(release_root)
+        return str(SITE_ROOT / "release" / relative)
+
+    def _ctl(self, *argv: str, timeout: float = UNIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.systemctl, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if result.returncode != 0 and any(text in result.stderr for text in UNREACHABLE):
+            raise TransientError(
+                f"systemctl {argv[0]}: the service manager does not answer ({result.stderr})",
+                delay=2,
+            )
+        return result
+
+    def start(
+        self,
+        instance: str,
+        description: str,
+        release_root: Path,
+        argv: Sequence[str],
+        cwd: Path,
+        env: dict[str, str],
+        log_path: Path,
+        limits: Limits,
+    ) -> int:
+        """Start the instance's unit; its main pid once systemd has exec'd it."""
+        unit = self.unit(instance)
+        home = self.sites / instance
+        home.mkdir(parents=True, exist_ok=True)
+        release = str(release_root)
+
+        def seen(arg: str) -> str:
+            if arg == release or arg.startswith(release + "/"):
+                return str(SITE_ROOT / "release") + arg[len(release) :]
+            return arg
+
+        run = {"argv": [seen(a) for a in argv], "cwd": seen(str(cwd)), "env": env}
+        atomic_write(home / "run.json", json.dumps(run).encode() + b"\n", durable=False)
+        readable_by_others(release_root)
+        log_path.touch(exist_ok=True)
+        os.chmod(log_path, SITE_LOG_MODE)
+        for name, target in (("release", release_root), ("app.log", log_path)):
+            link = home / name
+            if link.is_symlink() and os.readlink(link) == str(target):
+                continue
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+        self._ctl("reset-failed", unit)
+        props = [
+            f"Description={description}",
+            f"MemoryMax={show_memory_property(limits.memory)}",
+            f"MemorySwapMax={'0' if limits.memory is not None else 'infinity'}",
+            f"CPUQuota={'' if limits.cpu is None else f'{round(limits.cpu * 100)}%'}",
+            f"TasksMax={'infinity' if limits.pids is None else limits.pids}",
+        ]
+        result = self._ctl("set-property", "--runtime", unit, *props)
+        if result.returncode != 0:
+            raise OSError(f"systemctl set-property {unit} failed: {result.stderr.strip()}")
+        result = self._ctl("start", unit)
+        if result.returncode != 0:
+            raise OSError(f"{unit} did not start: {self.why_ended(instance)}")
+        shown = self._ctl("show", "--property=MainPID", "--value", unit).stdout.strip()
+        if not shown.isdigit() or int(shown) == 0:
+            raise OSError(f"{unit} started but it has no main process: {self.why_ended(instance)}")
+        return int(shown)
+
+    def why_ended(self, instance: str) -> str:
+        """What systemd recorded of the unit's last run, in words."""
+        shown = self._ctl(
+            "show", "--property=Result,ExecMainCode,ExecMainStatus,MemoryMax", self.unit(instance)
+        ).stdout
+        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        result, code, status = (
+            props.get("Result", ""), props.get("ExecMainCode", ""), props.get("ExecMainStatus", "")
+        )  # fmt: skip
+        limit = props.get("MemoryMax", "infinity")
+        if result == "oom-kill":
+            return f"was killed by the kernel for using more memory than its limit ({limit} bytes)"
+        if code == "1":
+            return f"exited with code {status}"
+        if code in ("2", "3"):
+            name = signal.Signals(int(status)).name if status.isdigit() else status
+            why = f"was killed by signal {status} ({name})"
+            if status == "9" and limit not in ("", "infinity"):
+                why += f"; its memory limit is {limit} bytes, and the kernel kills with SIGKILL"
+            return why
+        return f"ended (systemd's result: {result or 'unknown'})"
+
+    def stop(self, instance: str, timeout: float) -> None:
+        unit = self.unit(instance)
+        result = self._ctl("stop", unit, timeout=timeout + UNIT_TIMEOUT)
+        if result.returncode != 0:
+            raise OSError(f"systemctl stop {unit} failed: {result.stderr.strip()}")
+        self._ctl("reset-failed", unit)
+        shutil.rmtree(self.sites / instance, ignore_errors=True)
+
+    def running(self) -> list[str]:
+        """The instances whose units are loaded (active, activating or failed)."""
+        listed = self._ctl(
+            "list-units", "--all", "--plain", "--no-legend", "--full", "reconciler-site@*"
+        ).stdout
+        found = []
+        for line in listed.splitlines():
+            name = line.split(" ", 1)[0]
+            if name.startswith("reconciler-site@") and name.endswith(".service"):
+                found.append(name[len("reconciler-site@") : -len(".service")])
+        return found

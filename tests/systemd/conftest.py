@@ -108,10 +108,11 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     tarball = _source_tarball(work / "source.tar")
     name = f"reconciler-systemd-{uuid.uuid4().hex[:8]}"
     subprocess.run(
-        # seccomp unconfined (not --privileged): systemd may set up the namespaces the units
-        # ask for (PrivateUsers=, ProtectHostname=), as on a real host
+        # CAP_SYS_ADMIN and seccomp unconfined (not --privileged): systemd sets up the mount
+        # namespaces and users the units ask for (ProtectSystem=, DynamicUser=, PrivateUsers=)
+        # as PID 1 does on a real host; without them it skips what it cannot do in a container
         ["docker", "run", "-d", "--name", name, "-e", "container=docker", "--cgroupns=host",
-         "--security-opt", "seccomp=unconfined",
+         "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
          "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
          "--tmpfs", "/tmp", image, "/lib/systemd/systemd"],
         check=True, capture_output=True, timeout=120,
