@@ -110,7 +110,9 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     subprocess.run(
         # CAP_SYS_ADMIN and seccomp unconfined (not --privileged): systemd sets up the mount
         # namespaces and users the units ask for (ProtectSystem=, DynamicUser=, PrivateUsers=)
-        # as PID 1 does on a real host; without them it skips what it cannot do in a container
+        # as PID 1 does on a real host; without them it skips what it cannot do in a container.
+        # While this machine runs, the host's Docker engine (cgroup v1) hears no container's
+        # oom event: the suite runs after tests/docker, and the machine goes at session end
         ["docker", "run", "-d", "--name", name, "-e", "container=docker", "--cgroupns=host",
          "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
          "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
