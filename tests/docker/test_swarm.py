@@ -77,7 +77,7 @@ def swarm_yaml(
 ) -> str:
     return (
         f"source: {source}\nruntime: swarm\n"
-        f"production:\n  state: {state}\n  version: {version}\n  generation: {generation}\n"
+        f'production:\n  state: {state}\n  version: "{version}"\n  generation: {generation}\n'
         "health:\n  timeout: 20\n  interval: 0.3\n"
         f"deploy:\n  replicas: {replicas}\nkeep: 3\n"
     )

@@ -65,7 +65,7 @@ def desired_yaml(
 ) -> str:
     return (
         f"# managed by the tests\nsource: {source}\nruntime: {runtime}\n"
-        f"production:\n  state: {state}\n  version: {version}\n  generation: {generation}\n"
+        f'production:\n  state: {state}\n  version: "{version}"\n  generation: {generation}\n'
         f"health:\n  timeout: 20\n  interval: 0.2\n{extra}"
     )
 

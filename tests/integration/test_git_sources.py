@@ -136,7 +136,7 @@ def test_a_pinned_version_stops_following_until_removed(tmp_path: Path) -> None:
         assert row is not None and row.productionHash is not None
         pinned = row.productionHash
         env.write("www", git_yaml(repo.remote).replace("  generation: 1\n",
-                  f"  generation: 1\n  version: {pinned}\n"))  # fmt: skip
+                  f"  generation: 1\n  version: \"{pinned}\"\n"))  # fmt: skip
         two = repo.site("two", "second")
         wait_for(lambda: (s := env.db.source("www")) is not None and s.rev == two, 20, "tip seen")
         env.resync_and_wait("www")

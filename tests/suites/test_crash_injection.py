@@ -154,7 +154,7 @@ def _desired(site: Path, case: Case, *, generation: int, version: str = "latest"
              state: str = "running", greeting: str = "one") -> str:  # fmt: skip
     text = (
         f"source: {site}\nruntime: {case.runtime}\nproduction:\n  state: {state}\n"
-        f"  version: {version}\n  generation: {generation}\nkeep: 2\n"
+        f'  version: "{version}"\n  generation: {generation}\nkeep: 2\n'
         "health:\n  timeout: 30\n  interval: 0.1\n"
     )
     if case.runtime == "docker":
