@@ -46,6 +46,7 @@ from reconciler.notify import Notifications
 from reconciler.ports import PortAllocator, SiteAllocator
 from reconciler.releases import ReleaseStore
 from reconciler.runtimes.base import Runtime
+from reconciler.runtimes.systemd import SiteUnits
 from reconciler.sdnotify import Notifier
 from reconciler.spec import NotifyTarget, ProjectId, redact
 from reconciler.state import StateDB
@@ -58,7 +59,7 @@ FULL_EVERY = 10  # every 10th periodic resync queues every project, moved or not
 
 
 def make_runtime_factory(
-    config: Config, releases: ReleaseStore
+    config: Config, releases: ReleaseStore, units: SiteUnits | None = None
 ) -> Callable[[RuntimeName], Runtime]:
     # behind the edge, instances listen on 127.0.0.1 only; the edge holds the public ports
     bind_host = config.bind_host if config.edge == EdgeMode.OFF else "127.0.0.1"
@@ -69,12 +70,7 @@ def make_runtime_factory(
                 from reconciler.runtimes.process import ProcessRuntime, spawn_detached
 
                 launcher = spawn_detached
-                units = None
-                if config.site_users:
-                    from reconciler.runtimes.systemd import SiteUnits
-
-                    units = SiteUnits(config.data_dir)
-                elif config.systemd_run:
+                if units is None and config.systemd_run:
                     from reconciler.runtimes.systemd import spawn_transient_unit
 
                     launcher = spawn_transient_unit
@@ -192,6 +188,8 @@ class Daemon:
         )
         self.desired.committer = self.config_repo
         self.releases = ReleaseStore(config.releases_dir)
+        # --site-users: process-runtime instances as reconciler-site@ units (one per daemon)
+        self.site_units = SiteUnits(config.data_dir) if config.site_users else None
         self.ports = PortAllocator(self.db, config.port_range, bind_host=config.bind_host)
         self._engines_stop = threading.Event()
         self.sites = SiteAllocator(
@@ -211,7 +209,7 @@ class Daemon:
                 self.edge.settings.control_port,
             )
         runtimes = Runtimes(
-            make_runtime_factory(config, self.releases),
+            make_runtime_factory(config, self.releases, self.site_units),
             config.default_runtime,
             on_new=self._watch_runtime,
         )
@@ -301,10 +299,8 @@ class Daemon:
             self.db.set_edge(EdgeMode.OFF, "off", pid=None, version=None, sites=0, error=None)
         self.controller.adopt()
         from reconciler.runtimes.process import kill_orphan_instances
-        from reconciler.runtimes.systemd import SiteUnits
 
-        units = SiteUnits(self.config.data_dir) if self.config.site_users else None
-        strays = kill_orphan_instances(self.releases, units)
+        strays = kill_orphan_instances(self.releases, self.site_units)
         if strays:
             logger.warning("stopped instance processes no record names: %s", ", ".join(strays))
         self._initial = self.controller.known_projects()

@@ -85,6 +85,19 @@ class Production(_Model):
         "automatically; a pinned version stops following until the pin is removed",
     )
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _digits(cls, value: object) -> object:
+        """A version of 8 digits (about 1 content hash in 40) is a number to YAML: say so,
+        rather than that a string was expected."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                f"version {value} was read as a number: a version of digits only must be "
+                f'quoted (version: "{value}"; one with leading zeros was changed by YAML, '
+                "copy it again from `reconciler history`)"
+            )
+        return value
+
     @field_validator("version")
     @classmethod
     def _version(cls, value: str) -> str:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -70,6 +70,24 @@ def _store_tag(releases: ReleaseStore) -> str:
     return hashlib.sha256(os.fsencode(os.path.realpath(releases.root))).hexdigest()[:8]
 
 
+# /proc/<pid>/stat, the fields after the command name: state is 0, then man 5 proc's order
+STAT_SESSION, STAT_START = 3, 19
+
+
+def live_processes() -> Iterator[tuple[int, list[bytes]]]:
+    """Every process that has not exited, as (pid, its stat fields after the command name)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in (b"Z", b"X"):
+            yield int(entry.name), fields
+
+
 def kill_orphan_instances(releases: ReleaseStore, units: SiteUnits | None = None) -> list[str]:
     """At startup, after adoption: stop instance processes of this data dir that no record
     names (the daemon died between starting one and writing its record), and with
@@ -89,19 +107,18 @@ def kill_orphan_instances(releases: ReleaseStore, units: SiteUnits | None = None
                 units.stop(name, KILL_GRACE * 4)
                 stopped.append(f"reconciler-site@{name}")
     prefix = f"{INSTANCE_MARK}={_store_tag(releases)}:".encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for pid, fields in live_processes():
+        if int(fields[STAT_SESSION]) in known:
             continue
         try:
-            environ = Path(f"/proc/{entry.name}/environ").read_bytes()
-            fields = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
         mark = next((v for v in environ.split(b"\0") if v.startswith(prefix)), None)
-        if mark is None or fields[0] in (b"Z", b"X") or int(fields[3]) in known:
+        if mark is None:
             continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(int(entry.name), signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         stopped.append(mark.decode(errors="replace").split("=", 1)[1])
     return stopped
 
@@ -177,7 +194,7 @@ def process_start_time(pid: int, *, zombie: bool = False) -> int | None:
     fields = data.rsplit(b")", 1)[1].split()
     if fields[0] == b"X" or (fields[0] == b"Z" and not zombie):
         return None
-    return int(fields[19])
+    return int(fields[STAT_START])
 
 
 def pid_alive(pid: int | None, start: int | None) -> bool:
@@ -194,19 +211,11 @@ def session_members(sid: int, start: int | None) -> list[int]:
     leader = process_start_time(sid)
     if leader is not None and leader != start:
         return []  # the pid (and so the session id) belongs to someone else now
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] in (b"Z", b"X") or int(fields[3]) != sid or int(fields[19]) < start:
-            continue
-        members.append(int(entry.name))
-    return members
+    return [
+        pid
+        for pid, fields in live_processes()
+        if int(fields[STAT_SESSION]) == sid and int(fields[STAT_START]) >= start
+    ]
 
 
 def kill_session(sid: int, start: int | None, *, timeout: float) -> list[int]:
@@ -586,19 +595,10 @@ class ProcessRuntime:
                 return self._scan[1]
             page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
             found: dict[int, list[tuple[int, float, int]]] = {}
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                        fields = fh.read().rsplit(b")", 1)[1].split()
-                except OSError:
-                    continue
-                if fields[0] in (b"Z", b"X"):
-                    continue
-                found.setdefault(int(fields[3]), []).append(
+            for _pid, fields in live_processes():
+                found.setdefault(int(fields[STAT_SESSION]), []).append(
                     (
-                        int(fields[19]),
+                        int(fields[STAT_START]),
                         (int(fields[11]) + int(fields[12])) / tick,  # utime + stime
                         int(fields[21]) * page,  # rss
                     )

@@ -47,16 +47,15 @@ def manager_args() -> tuple[list[str], dict[str, str]]:
     return ["--user"], env
 
 
-def unit_limits(limits: Limits) -> list[str]:
-    """The unit's resource controls: enforced by the kernel's cgroups for the unit alone."""
-    props = []
-    if limits.memory is not None:
-        props += [f"--property=MemoryMax={limits.memory}", "--property=MemorySwapMax=0"]
-    if limits.cpu is not None:
-        props.append(f"--property=CPUQuota={round(limits.cpu * 100)}%")
-    if limits.pids is not None:
-        props.append(f"--property=TasksMax={limits.pids}")
-    return props
+def limit_properties(limits: Limits) -> list[str]:
+    """A unit's resource controls, enforced by the kernel's cgroups for the unit alone. An
+    unset limit is lifted explicitly: an instance of a template keeps what was set before."""
+    return [
+        f"MemoryMax={'infinity' if limits.memory is None else limits.memory}",
+        f"MemorySwapMax={'infinity' if limits.memory is None else 0}",
+        f"CPUQuota={'' if limits.cpu is None else f'{round(limits.cpu * 100)}%'}",
+        f"TasksMax={'infinity' if limits.pids is None else limits.pids}",
+    ]
 
 
 def spawn_transient_unit(
@@ -90,7 +89,7 @@ def spawn_transient_unit(
         f"--property=StandardError=append:{log_path}",
         "--property=KillMode=control-group",
         "--property=NoNewPrivileges=yes",
-        *unit_limits(limits),
+        *[f"--property={prop}" for prop in limit_properties(limits)],
         *[f"--setenv={key}={value}" for key, value in sorted(env.items())],
         "--",
         *argv,
@@ -153,10 +152,6 @@ def readable_by_others(root: Path) -> None:
     os.chmod(root, stat.S_IMODE(st.st_mode) | stat.S_IROTH | stat.S_IXOTH)
 
 
-def show_memory_property(value: int | None) -> str:
-    return "infinity" if value is None else str(value)
-
-
 def check_site_data(data_dir: Path) -> None:
     if os.path.realpath(data_dir) != str(SITE_DATA):
         raise ValueError(
@@ -191,12 +186,6 @@ class SiteUnits:
     @staticmethod
     def unit(instance: str) -> str:
         return f"reconciler-site@{instance}.service"
-
-    @staticmethod
-    def inside(path: Path, release_root: Path) -> str:
-        """Where the site sees ``path`` of its release."""
-        relative = path.relative_to(release_root)
-        return str(SITE_ROOT / "release" / relative)
 
     def _ctl(self, *argv: str, timeout: float = UNIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -243,13 +232,7 @@ class SiteUnits:
             link.unlink(missing_ok=True)
             link.symlink_to(target)
         self._ctl("reset-failed", unit)
-        props = [
-            f"Description={description}",
-            f"MemoryMax={show_memory_property(limits.memory)}",
-            f"MemorySwapMax={'0' if limits.memory is not None else 'infinity'}",
-            f"CPUQuota={'' if limits.cpu is None else f'{round(limits.cpu * 100)}%'}",
-            f"TasksMax={'infinity' if limits.pids is None else limits.pids}",
-        ]
+        props = [f"Description={description}", *limit_properties(limits)]
         result = self._ctl("set-property", "--runtime", unit, *props)
         if result.returncode != 0:
             raise OSError(f"systemctl set-property {unit} failed: {result.stderr.strip()}")

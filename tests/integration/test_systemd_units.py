@@ -82,7 +82,8 @@ def test_units_keep_the_promises() -> None:
             "RestrictAddressFamilies=",
         ):
             assert key in text
-    assert "--systemd-run" in daemon  # sites outlive `systemctl restart reconciler`
+    (exec_start,) = [line for line in daemon.splitlines() if line.startswith("ExecStart=")]
+    assert "--site-users" in exec_start  # sites outlive a restart, each as its own user
     assert "--edge external" in daemon and "reconciler-edge.service" in daemon
     assert "--api-token-file" in api
     edge = (REPO / "systemd" / "reconciler-edge.service").read_text()
@@ -98,7 +99,9 @@ def test_installer_lays_out_files(tmp_path: Path) -> None:
     for path in ("etc/systemd/system/reconciler.service", "etc/systemd/system/reconciler-api.service",
                  "etc/systemd/system/reconciler-edge.service",
                  "etc/reconciler/desired", "var/lib/reconciler",
-                 "etc/reconciler/reconciler.env", "opt/reconciler/README.md"):  # fmt: skip
+                 "etc/reconciler/reconciler.env", "opt/reconciler/README.md",
+                 "etc/systemd/system/reconciler-site@.service",
+                 "etc/polkit-1/rules.d/50-reconciler-sites.rules"):  # fmt: skip
         assert (tmp_path / path).exists(), path
     token = tmp_path / "etc/reconciler/api-token"
     assert len(token.read_text().strip()) == 64

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer
@@ -155,7 +156,8 @@ def test_a_storm_of_writes_ends_consistent_with_the_last_desired_write(tmp_path:
             row = env.row("www")
             assert row is not None and row.productionPort is None
         else:
-            pinned = first.productionHash if f"version: {first.productionHash}" in text else None
+            version = (yaml.safe_load(text).get("production") or {}).get("version", "latest")
+            pinned = None if version == "latest" else version
             row = wait_for(
                 lambda: (
                     (r := env.row("www")) is not None

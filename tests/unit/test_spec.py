@@ -81,6 +81,13 @@ INVALID = [
         "source: x\nproduction:\n  version: a1b2c3d\n", 3, "8 lowercase hex", id="short-version"
     ),
     pytest.param(
+        "source: x\nproduction:\n  version: 12345678\n",
+        3,
+        "version 12345678 was read as a number: a version of digits only must be quoted "
+        '(version: "12345678"',
+        id="digits-version",
+    ),
+    pytest.param(
         "source: x\nproduction:\n  generation: -1\n",
         3,
         "production.generation: Input should be greater than or equal to 0",
