@@ -205,10 +205,10 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "--site-users",
         action="store_true",
         default=env("SITE_USERS", "") in ("1", "true", "yes"),
-        help="run each process-runtime site as its own user in the installed "
-        "reconciler-site@.service (DynamicUser=, only its own release readable, limits as "
-        "cgroup settings); needs the data dir /var/lib/reconciler and the installer's polkit "
-        "rule when the daemon is not root",
+        help="run each process-runtime site and build as its own user in the installed "
+        "reconciler-site@.service and reconciler-build@.service (DynamicUser=, only its own "
+        "release or source reachable, limits as cgroup settings); needs the data dir "
+        "/var/lib/reconciler and the installer's polkit rule when the daemon is not root",
     )
     edge = parser.add_argument_group("edge (one Caddy in front of every site)")
     edge.add_argument(

@@ -280,6 +280,8 @@ class Daemon:
             self.config_follower.first_sync(self.stop_requested)
 
         orphans = kill_orphan_builds(self.releases)
+        if self.site_units is not None:
+            orphans += [f"reconciler-build@{b}" for b in self.site_units.stop_builds()]
         if orphans:
             logger.warning("stopped builds a previous daemon left running: %s", ", ".join(orphans))
         removed = self.releases.cleanup()

@@ -1,4 +1,6 @@
-"""The first process of a site unit that runs as its own user (``reconciler-site@.service``).
+"""The first process of a site unit that runs as its own user (``reconciler-site@.service``),
+and of a build unit (``reconciler-build@.service``, with ``/run/reconciler-build`` as the
+directory it reads: ``source/`` read-write instead of ``release/``, ``app.log`` the output).
 
 systemd starts it as the unit's dynamic user in a mount namespace where the data dir is an
 empty tmpfs and only the site's own pieces are bound in, under ``/run/reconciler-site``:
@@ -22,14 +24,15 @@ import sys
 SITE_ROOT = "/run/reconciler-site"
 
 
-def main() -> int:
+def main(root: str | None = None) -> int:
+    root = root or SITE_ROOT
     try:
-        with open(os.path.join(SITE_ROOT, "run.json"), "rb") as fh:
+        with open(os.path.join(root, "run.json"), "rb") as fh:
             run = json.loads(fh.read())
         argv, cwd, env = run["argv"], run["cwd"], run["env"]
         if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
             raise ValueError("argv must be a non-empty list of strings")
-        log = os.open(os.path.join(SITE_ROOT, "app.log"), os.O_WRONLY | os.O_APPEND)
+        log = os.open(os.path.join(root, "app.log"), os.O_WRONLY | os.O_APPEND)
     except (OSError, ValueError, KeyError) as exc:
         print(f"reconciler-site: cannot read what to run: {exc}", file=sys.stderr)
         return 78  # EX_CONFIG
@@ -48,4 +51,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else None))

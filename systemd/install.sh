@@ -20,6 +20,7 @@ install -d -m 0750 "$DESTDIR/etc/reconciler" "$DESTDIR/etc/reconciler/desired" \
     "$DESTDIR/var/lib/reconciler" "$DESTDIR/srv/reconciler"
 install -m 0644 systemd/reconciler.service systemd/reconciler-api.service \
     systemd/reconciler-edge.service systemd/reconciler-site@.service \
+    systemd/reconciler-build@.service \
     "$DESTDIR/etc/systemd/system/"
 # the sites (--site-users) run as instances of reconciler-site@.service in the system manager,
 # each as its own dynamic user; this rule lets the reconciler user start, stop and limit those

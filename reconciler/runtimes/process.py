@@ -160,6 +160,12 @@ def site_instance(project_id: str, version: str, config: str | None) -> str:
     return hashlib.sha256(key).hexdigest()[:16]
 
 
+def build_instance(project_id: str) -> str:
+    """The instance name of a project's build unit, ``reconciler-build@<16 hex>.service``
+    (one build of a project runs at a time; its user is ``reconciler-b-<instance>``)."""
+    return hashlib.sha256(f"build:{project_id}".encode()).hexdigest()[:16]
+
+
 Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str, Limits], int]
 NICE = 10  # a cpu limit without systemd or Docker: a lower priority, not a quota
 
@@ -416,6 +422,8 @@ class ProcessRuntime:
     def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
         spec = request.spec
         env = {**base_environ(), **spec.env}
+        if self.units is not None:
+            return self._run_build_unit(request, tail, env)
         proc = subprocess.Popen(
             limited(
                 ["/bin/sh", "-c", spec.build.command or "true"],
@@ -439,6 +447,37 @@ class ProcessRuntime:
         finally:
             kill_session(proc.pid, start, timeout=KILL_GRACE)  # what the build left running
             record.unlink(missing_ok=True)
+
+    def _run_build_unit(self, request: BuildRequest, tail: OutputTail, env: dict[str, str]) -> int:
+        """The build as a unit of its own user (``--site-users``): see SiteUnits.build."""
+        assert self.units is not None
+        spec = request.spec
+        try:
+            code, reason = self.units.build(
+                build_instance(request.project_id),
+                f"reconciler build {request.project_id}",
+                request.source,
+                ["/bin/sh", "-c", spec.build.command or "true"],
+                # the build's user has no home; the unit's /tmp is its own (PrivateTmp)
+                {**env, "HOME": "/tmp"},  # noqa: S108
+                spec.build.limits.otherwise(self.build_limits),
+                on_output=tail.add,
+                cancel=request.cancel,
+                timeout=spec.build.timeout,
+            )
+        except OSError as exc:
+            raise BuildFailed(f"Build failed: could not start its unit: {exc}") from None
+        if reason == "cancelled":
+            raise Cancelled("build cancelled")
+        if reason == "timeout":
+            raise BuildFailed(
+                with_tail(
+                    f"Build failed: {spec.build.command} timed out after "
+                    f"{describe_seconds(spec.build.timeout)}",
+                    tail.text(),
+                )
+            )
+        return code
 
     def _wait_build(
         self,

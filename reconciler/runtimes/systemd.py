@@ -15,15 +15,18 @@ transient units to polkit, so such a rule could not be limited to the sites' uni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 from reconciler.errors import TransientError
 from reconciler.fileio import atomic_write
@@ -129,27 +132,70 @@ SITE_DATA = Path("/var/lib/reconciler")  # the data dir reconciler-site@.service
 SITE_TEMPLATE = "reconciler-site@.service"
 SITE_ROOT = Path("/run/reconciler-site")  # where a site unit sees its own pieces (sitexec)
 SITE_LOG_MODE = 0o622  # the site's user appends to its log; only the daemon reads it
+BUILD_ROOT = Path("/run/reconciler-build")  # where a build unit sees its source and command
 
 
 def readable_by_others(root: Path) -> None:
     """Let the site's user read its release (files o+r, dirs and executables o+x). The
     daemon's umask keeps others out of what it writes, and the data dir (0750) keeps other
     users of the host out of every release; inside a site's unit only its own is bound."""
+    _open_to_others(root, stat.S_IROTH, skip=("logs",))  # the daemon's records and logs
+
+
+def writable_by_others(root: Path) -> None:
+    """Let a build's user work in its source tree (read and write; its unit's UMask=0000
+    leaves what it makes open to the daemon in turn). Only the daemon and the build's own
+    unit can reach the tree: /srv/reconciler and the data dir are 0750 and every unit but
+    this one sees neither."""
+    _open_to_others(root, stat.S_IROTH | stat.S_IWOTH, skip=())
+
+
+def _open_to_others(root: Path, bits: int, *, skip: tuple[str, ...]) -> None:
+    """Add ``bits`` for others to everything under ``root`` (and o+x to dirs and
+    executables). Links are not followed; what the daemon does not own stays as it is."""
+
+    def grant(path: str, st: os.stat_result) -> None:
+        want = st.st_mode | bits
+        if stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_IXUSR:
+            want |= stat.S_IXOTH
+        if want != st.st_mode:
+            with contextlib.suppress(PermissionError):
+                os.chmod(path, stat.S_IMODE(want))
+
     for top, dirs, files in os.walk(root):
         if top == str(root):
-            dirs[:] = [d for d in dirs if d != "logs"]  # the daemon's records and logs
+            dirs[:] = [d for d in dirs if d not in skip]
         for name in (*dirs, *files):
             path = os.path.join(top, name)
             st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            want = st.st_mode | stat.S_IROTH
-            if stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_IXUSR:
-                want |= stat.S_IXOTH
-            if want != st.st_mode:
-                os.chmod(path, stat.S_IMODE(want))
-    st = os.stat(root)
-    os.chmod(root, stat.S_IMODE(st.st_mode) | stat.S_IROTH | stat.S_IXOTH)
+            if not stat.S_ISLNK(st.st_mode):
+                grant(path, st)
+    grant(str(root), os.stat(root))
+
+
+def ended_in_words(props: dict[str, str]) -> str:
+    """How a unit's main process ended, in words, from its Result and ExecMain* properties."""
+    result, code, status = (
+        props.get("Result", ""), props.get("ExecMainCode", ""), props.get("ExecMainStatus", "")
+    )  # fmt: skip
+    limit = props.get("MemoryMax", "infinity")
+    if result == "oom-kill":
+        return f"was killed by the kernel for using more memory than its limit ({limit} bytes)"
+    limited = limit not in ("", "infinity")
+    if code == "1" and status == "137" and limited:  # a shell whose command was SIGKILLed
+        return (
+            f"exited with code 137: a process of it was killed by signal 9 (SIGKILL); its "
+            f"memory limit is {limit} bytes, and the kernel kills with SIGKILL"
+        )
+    if code == "1":
+        return f"exited with code {status}"
+    if code in ("2", "3"):
+        name = signal.Signals(int(status)).name if status.isdigit() else status
+        why = f"was killed by signal {status} ({name})"
+        if status == "9" and limited:
+            why += f"; its memory limit is {limit} bytes, and the kernel kills with SIGKILL"
+        return why
+    return f"ended (systemd's result: {result or 'unknown'})"
 
 
 def check_site_data(data_dir: Path) -> None:
@@ -178,6 +224,7 @@ class SiteUnits:
     def __init__(self, data_dir: Path) -> None:
         check_site_data(data_dir)
         self.sites = SITE_DATA / "sites"
+        self.builds = SITE_DATA / "builds"
         systemctl = shutil.which("systemctl")
         if systemctl is None:
             raise ValueError("--site-users needs systemctl on PATH")
@@ -249,22 +296,9 @@ class SiteUnits:
         shown = self._ctl(
             "show", "--property=Result,ExecMainCode,ExecMainStatus,MemoryMax", self.unit(instance)
         ).stdout
-        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
-        result, code, status = (
-            props.get("Result", ""), props.get("ExecMainCode", ""), props.get("ExecMainStatus", "")
-        )  # fmt: skip
-        limit = props.get("MemoryMax", "infinity")
-        if result == "oom-kill":
-            return f"was killed by the kernel for using more memory than its limit ({limit} bytes)"
-        if code == "1":
-            return f"exited with code {status}"
-        if code in ("2", "3"):
-            name = signal.Signals(int(status)).name if status.isdigit() else status
-            why = f"was killed by signal {status} ({name})"
-            if status == "9" and limit not in ("", "infinity"):
-                why += f"; its memory limit is {limit} bytes, and the kernel kills with SIGKILL"
-            return why
-        return f"ended (systemd's result: {result or 'unknown'})"
+        return ended_in_words(
+            dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        )
 
     def stop(self, instance: str, timeout: float) -> None:
         unit = self.unit(instance)
@@ -274,14 +308,121 @@ class SiteUnits:
         self._ctl("reset-failed", unit)
         shutil.rmtree(self.sites / instance, ignore_errors=True)
 
-    def running(self) -> list[str]:
-        """The instances whose units are loaded (active, activating or failed)."""
+    def running(self, template: str = "reconciler-site") -> list[str]:
+        """The instances of ``template@.service`` that are loaded (active, activating or
+        failed)."""
         listed = self._ctl(
-            "list-units", "--all", "--plain", "--no-legend", "--full", "reconciler-site@*"
+            "list-units", "--all", "--plain", "--no-legend", "--full", f"{template}@*"
         ).stdout
         found = []
         for line in listed.splitlines():
             name = line.split(" ", 1)[0]
-            if name.startswith("reconciler-site@") and name.endswith(".service"):
-                found.append(name[len("reconciler-site@") : -len(".service")])
+            if name.startswith(f"{template}@") and name.endswith(".service"):
+                found.append(name[len(template) + 1 : -len(".service")])
         return found
+
+    # -- builds ------------------------------------------------------------------------------
+
+    @staticmethod
+    def build_unit(instance: str) -> str:
+        return f"reconciler-build@{instance}.service"
+
+    def build(
+        self,
+        instance: str,
+        description: str,
+        source: Path,
+        argv: Sequence[str],
+        env: dict[str, str],
+        limits: Limits,
+        *,
+        on_output: Callable[[str], None],
+        cancel: threading.Event,
+        timeout: float,
+    ) -> tuple[int, str | None]:
+        """Run a build as ``reconciler-build@<instance>.service``: its own dynamic user, its
+        source tree bound in read-write (and nothing else of the data dir or the sources),
+        its limits as the unit's cgroup settings. Returns the exit code (128 + the signal
+        when it was killed) and ``"cancelled"`` or ``"timeout"`` when it was stopped."""
+        unit = self.build_unit(instance)
+        home = self.builds / instance
+        shutil.rmtree(home, ignore_errors=True)
+        home.mkdir(parents=True)
+        run = {"argv": list(argv), "cwd": str(BUILD_ROOT / "source"), "env": env}
+        atomic_write(home / "run.json", json.dumps(run).encode() + b"\n", durable=False)
+        output = home / "build.log"
+        output.touch()
+        os.chmod(output, SITE_LOG_MODE)
+        (home / "source").symlink_to(source)
+        writable_by_others(source)
+        self._ctl("reset-failed", unit)
+        props = [f"Description={description}", *limit_properties(limits)]
+        result = self._ctl("set-property", "--runtime", unit, *props)
+        if result.returncode != 0:
+            raise OSError(f"systemctl set-property {unit} failed: {result.stderr.strip()}")
+        # a oneshot: `systemctl start` returns when the build has ended
+        starter = subprocess.Popen(
+            [self.systemctl, "start", unit],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        reason = None
+        deadline = time.monotonic() + timeout
+        with open(output, "rb") as fh:
+            while starter.poll() is None:
+                pump_lines(fh, on_output)
+                if cancel.wait(0.1):
+                    reason = "cancelled"
+                elif time.monotonic() > deadline:
+                    reason = "timeout"
+                if reason is not None:
+                    self._ctl("stop", unit, timeout=UNIT_TIMEOUT * 2)
+                    starter.wait(UNIT_TIMEOUT)
+                    break
+            pump_lines(fh, on_output, final=True)
+        code = self._exit_code(unit, on_output)
+        self._ctl("reset-failed", unit)
+        shutil.rmtree(home, ignore_errors=True)
+        return code, reason
+
+    def _exit_code(self, unit: str, on_output: Callable[[str], None]) -> int:
+        shown = self._ctl(
+            "show", "--property=ExecMainCode,ExecMainStatus,Result,MemoryMax", unit
+        ).stdout
+        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        status = props.get("ExecMainStatus", "")
+        code = int(status) if status.isdigit() else 1
+        if props.get("ExecMainCode") in ("2", "3"):  # killed, dumped: say by what
+            on_output(f"(the build {ended_in_words(props)})")
+            return 128 + code
+        if props.get("Result") == "oom-kill" or code == 128 + signal.SIGKILL:
+            on_output(f"(the build {ended_in_words(props)})")
+        elif code >= 200:  # systemd's own exit statuses: the unit could not run the build
+            on_output(f"(systemd could not run the build: status {code}; journalctl -u {unit})")
+        return code
+
+    def stop_builds(self) -> list[str]:
+        """At startup: builds a previous daemon left running end with it."""
+        stopped = []
+        for instance in self.running("reconciler-build"):
+            self._ctl("stop", self.build_unit(instance), timeout=UNIT_TIMEOUT * 2)
+            self._ctl("reset-failed", self.build_unit(instance))
+            shutil.rmtree(self.builds / instance, ignore_errors=True)
+            stopped.append(instance)
+        return stopped
+
+
+def pump_lines(fh: IO[bytes], on_output: Callable[[str], None], *, final: bool = False) -> None:
+    """Hand on the whole lines written since the last call (and the rest, when ``final``)."""
+    data = fh.read()
+    if not data:
+        return
+    lines = data.split(b"\n")
+    rest = lines.pop()
+    if rest and not final:
+        fh.seek(-len(rest), os.SEEK_CUR)  # a line still being written: read it whole later
+    elif rest:
+        lines.append(rest)
+    for line in lines:
+        on_output(line.decode("utf-8", "replace"))

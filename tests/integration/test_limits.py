@@ -5,6 +5,7 @@ project's releases, what a serving instance uses, and why an instance ended."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -126,3 +127,18 @@ def test_usage_is_sampled_and_an_ended_instance_says_why(tmp_path: Path) -> None
         assert "exited with code -9" in ended.payload()["message"], ended.payload()
         again = env.wait_serving("app", "measured", timeout=30)
         assert again.productionHash == row.productionHash  # the same version, started again
+
+
+def test_kept_releases_over_the_quota_refuse_the_next_build(tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "big")
+    (site / "dist" / "big.bin").write_bytes(os.urandom(3 << 20))
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("www", desired_yaml(site))
+        first = env.wait_serving("www", "big")
+        env.write("www", desired_yaml(site, generation=2, extra="limits:\n  disk: 2M\n"))
+        failed = env.wait_status("www", "failed")
+        error = str(failed.productionError)
+        assert re.search(r"Disk quota: the releases of www take 3\d{3}K of its 2M \(limits", error)
+        assert f"version {first.productionHash} keeps serving" in error, error
+        assert get(f"http://127.0.0.1:{first.productionPort}/") == "big"

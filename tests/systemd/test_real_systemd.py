@@ -39,12 +39,24 @@ production:
 """
 PATHS = (
     "/etc/reconciler/x /opt/reconciler/x /usr/x /root/x /home/x /var/lib/x "
-    "/var/lib/reconciler/x /etc/reconciler/desired/.x /srv/reconciler/x"
+    "/var/lib/reconciler/x /etc/reconciler/desired/.x /srv/reconciler/x own.txt"
 )
+READS = "/srv/reconciler/app/index.html /var/lib/reconciler/state.db /etc/reconciler/api-token"
 PROBE = f"""\
 source: /srv/reconciler/probe
 build:
-  command: "mkdir -p dist && for p in {PATHS}; do if touch $p 2>/dev/null; then echo $p written; rm -f $p; else echo $p refused; fi; done > dist/index.html"
+  command: "mkdir -p dist && (for p in {PATHS}; do if touch $p 2>/dev/null; then echo $p written; rm -f $p; else echo $p refused; fi; done; for p in {READS}; do if cat $p >/dev/null 2>&1; then echo $p read; else echo $p unread; fi; done; echo uid $(id -u)) > dist/index.html"
+production:
+  state: running
+  generation: 1
+"""
+# a build that takes 400 MB under a 64 MB build limit
+BUILD_HOG = """\
+source: /srv/reconciler/buildhog
+build:
+  command: "python3 -c 'x = bytearray(400 << 20)' && mkdir -p dist && echo built > dist/index.html"
+  limits:
+    memory: 64M
 production:
   state: running
   generation: 1
@@ -368,7 +380,8 @@ def test_the_hardening_is_in_force(installed: Machine) -> None:
     levels = []
     (site,) = site_units(box, "app")
     for unit, limit in (("reconciler.service", 3.0), ("reconciler-api.service", 3.0),
-                        ("reconciler-edge.service", 3.0), (site, 3.0)):  # fmt: skip
+                        ("reconciler-edge.service", 3.0), (site, 3.0),
+                        ("reconciler-build@0123456789abcdef.service", 3.0)):  # fmt: skip
         report = box.run("systemd-analyze", "security", unit, check=False).stdout
         found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", report)
         assert found is not None, report[-500:]
@@ -376,20 +389,96 @@ def test_the_hardening_is_in_force(installed: Machine) -> None:
         levels.append(found.group(0))
     (REPO / "artifacts" / "systemd").mkdir(parents=True, exist_ok=True)
     (REPO / "artifacts" / "systemd" / "security.txt").write_text("\n".join(levels) + "\n")
-    # a build runs in the daemon's sandbox: what it may write is what the daemon may write
+    # a build runs as its own user in its own unit: it writes its own source tree and
+    # nothing else, and reads no other project's source, the state or the token
     box.sh(
         "mkdir -p /srv/reconciler/probe && chown reconciler:reconciler /srv/reconciler/probe && "
         f"cat > /etc/reconciler/desired/probe.yaml <<'EOF'\n{PROBE}EOF"
     )
     box.wait(lambda: probe_result(box) is not None, 60, "the probe's build")
     result = dict(line.rsplit(" ", 1) for line in (probe_result(box) or "").splitlines())
-    for path in ("/etc/reconciler/x", "/opt/reconciler/x", "/usr/x", "/root/x", "/home/x",
-                 "/var/lib/x"):  # fmt: skip
+    for path in PATHS.split()[:-1]:
         assert result[path] == "refused", (path, result)
-    for path in ("/var/lib/reconciler/x", "/etc/reconciler/desired/.x", "/srv/reconciler/x"):
-        assert result[path] == "written", (path, result)
+    assert result["own.txt"] == "written", result
+    for path in READS.split():
+        assert result[path] == "unread", (path, result)
+    reconciler = box.run("id", "-u", "reconciler").stdout.strip()
+    assert result["uid"] not in (reconciler, "0"), result
+    journal = box.run("journalctl", "--no-pager", "-o", "cat").stdout
+    assert "reconciler build probe" in journal, "the build ran as reconciler-build@"
     box.run("rm", "/etc/reconciler/desired/probe.yaml")
     assert box.show("reconciler", "NoNewPrivileges") == "yes"
+
+
+def test_a_build_over_its_memory_limit_fails_alone(installed: Machine) -> None:
+    box = installed
+    with Loop(box) as loop:
+        box.sh(
+            "mkdir -p /srv/reconciler/buildhog && chown reconciler:reconciler "
+            "/srv/reconciler/buildhog && cat > /etc/reconciler/desired/buildhog.yaml <<'EOF'\n"
+            f"{BUILD_HOG}EOF"
+        )
+
+        def failed() -> str | None:
+            answered = box.sh(
+                'curl -fsS -H "Authorization: Bearer $(cat /etc/reconciler/api-token)" '
+                "http://127.0.0.1:3000/api/projects/buildhog/production",
+                check=False,
+            )
+            if answered.returncode != 0:
+                return None
+            view = json.loads(answered.stdout)
+            return view.get("error") if view.get("status") == "failed" else None
+
+        box.wait(lambda: failed() is not None, 90, "the build to fail")
+        failures = loop.failures()
+    error = failed() or ""
+    assert "killed by signal 9" in error and str(64 << 20) in error, error
+    assert failures == [], "the sites served throughout"
+    box.run("rm", "/etc/reconciler/desired/buildhog.yaml")
+
+
+SLOW = """\
+source: /srv/reconciler/slow
+build:
+  command: "{command}"
+  output: .
+start:
+  command: "exec python3 -m http.server $PORT --bind 127.0.0.1"
+production:
+  state: running
+  generation: {generation}
+"""
+
+
+def test_a_changed_file_cancels_a_running_build_unit(installed: Machine) -> None:
+    """A build in its unit is stopped whole (``systemctl stop``) when the desired file it
+    builds for changes; the next one builds and serves."""
+    box = installed
+    box.sh(
+        "mkdir -p /srv/reconciler/slow && echo slow > /srv/reconciler/slow/index.html && "
+        "chown -R reconciler:reconciler /srv/reconciler/slow && "
+        "cat > /etc/reconciler/desired/slow.yaml <<'EOF'\n"
+        f"{SLOW.format(command='sleep 300', generation=1)}EOF"
+    )
+
+    def building() -> bool:
+        listed = box.run("systemctl", "list-units", "--no-legend", "--plain", "reconciler-build@*")
+        # a oneshot is "activating" while its command runs
+        return any(
+            "reconciler build slow" in line and " activating " in line
+            for line in listed.stdout.splitlines()
+        )
+
+    box.wait(building, 60, "the slow build's unit")
+    box.sh(
+        "cat > /etc/reconciler/desired/slow.yaml <<'EOF'\n"
+        f"{SLOW.format(command='true', generation=2)}EOF"
+    )
+    box.wait(lambda: answer(box, "slow") is not None, 60, "the next build to serve")
+    assert not building()
+    assert box.run("pgrep", "-f", "sleep 300", check=False).returncode != 0, "stopped whole"
+    box.run("rm", "/etc/reconciler/desired/slow.yaml")
 
 
 def test_stopping_a_site_stops_its_whole_unit(installed: Machine) -> None:

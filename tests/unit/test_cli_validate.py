@@ -5,6 +5,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import PYTHON, REPO, write
 
 
@@ -124,3 +126,22 @@ def test_validate_git_sources(tmp_path: Path) -> None:
         "(no '..', spaces or leading '-')",
         f"{helper}:1:15: source.git: git remote helpers (<transport>::<address>) are not allowed",
     ]
+
+
+def test_the_daemons_limits_are_parsed_and_held_to_its_maxima(tmp_path: Path) -> None:
+    from reconciler.cli import build_parser, config_from_args
+
+    base = ["daemon", "--desired", str(tmp_path / "d"), "--data", str(tmp_path / "data")]
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(
+        [*base, "--limits", "memory=256M,cpu=0.5", "--build-limits", "pids=64",
+         "--max-limits", "memory=1G,cpu=2,pids=512,disk=2G"]
+    ))  # fmt: skip
+    assert config.limits.memory == 256 << 20 and config.limits.cpu == 0.5
+    assert config.build_limits.pids == 64
+    assert config.max_limits.disk == 2 << 30 and config.max_limits.pids == 512
+    over = [*base, "--limits", "memory=2G", "--max-limits", "memory=1G"]
+    with pytest.raises(ValueError, match=r"--limits.memory 2G is over .*1G \(--max-limits\)"):
+        config_from_args(parser.parse_args(over))
+    with pytest.raises(ValueError, match="--max-limits: "):
+        config_from_args(parser.parse_args([*base, "--max-limits", "memory=lots"]))

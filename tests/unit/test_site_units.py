@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.runtimes.process import site_instance
-from reconciler.runtimes.systemd import SiteUnits, readable_by_others
+from reconciler.runtimes.systemd import SiteUnits, ended_in_words, pump_lines, readable_by_others
 from tests.conftest import PYTHON, REPO
 
 
@@ -95,3 +95,30 @@ def test_a_site_units_user_name_is_valid_for_any_project() -> None:
     assert site_instance("www", "abcd1234", "0123abcd") != site_instance(
         "www", "abcd1234", "0123abce"
     ), "a new config is a new instance, beside the old one"
+
+
+def test_build_output_is_handed_on_in_whole_lines(tmp_path: Path) -> None:
+    out = tmp_path / "build.log"
+    out.write_bytes(b"one\ntw")
+    lines: list[str] = []
+    with open(out, "rb") as fh:
+        pump_lines(fh, lines.append)
+        assert lines == ["one"], "a line still being written waits"
+        with open(out, "ab") as writer:
+            writer.write(b"o\nthree")
+        pump_lines(fh, lines.append)
+        pump_lines(fh, lines.append, final=True)
+    assert lines == ["one", "two", "three"]
+
+
+def test_how_a_unit_ended_is_told_in_words() -> None:
+    limit = {"MemoryMax": str(64 << 20)}
+    assert ended_in_words({"ExecMainCode": "1", "ExecMainStatus": "3"}) == "exited with code 3"
+    assert "memory limit is 67108864" in ended_in_words(
+        {**limit, "ExecMainCode": "2", "ExecMainStatus": "9"}
+    )
+    assert "a process of it was killed by signal 9" in ended_in_words(
+        {**limit, "ExecMainCode": "1", "ExecMainStatus": "137"}
+    )
+    assert ended_in_words({"ExecMainCode": "1", "ExecMainStatus": "137"}) == "exited with code 137"
+    assert "more memory than its limit" in ended_in_words({**limit, "Result": "oom-kill"})
