@@ -274,6 +274,17 @@ def test_each_site_runs_as_its_own_user_and_reaches_only_its_own_release(
     assert len(uids) == 2 and reconciler not in uids and "0" not in uids, uids
     assert lines[-1] == uid_of(box, snoop)
     assert box.show(app, "DynamicUser") == "yes"
+
+    def usage() -> dict[str, object] | None:
+        view = json.loads(box.sh(
+            'curl -fsS -H "Authorization: Bearer $(cat /etc/reconciler/api-token)" '
+            "http://127.0.0.1:3000/api/projects/app/production"
+        ).stdout)  # fmt: skip
+        return view.get("usage")  # type: ignore[no-any-return]
+
+    # what a site unit uses is sampled like any instance's (every 10 s)
+    box.wait(lambda: bool((usage() or {}).get("memory")), 30, "the app's usage sampled")
+    assert int((usage() or {})["memory"]) > 1 << 20  # type: ignore[call-overload]
     box.run("rm", "/etc/reconciler/desired/snoop.yaml")
     box.wait(lambda: not site_units(box, "snoop"), 60, "the snoop site's unit to go")
 
