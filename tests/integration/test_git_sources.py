@@ -265,6 +265,10 @@ def test_a_build_that_writes_into_its_followed_dir_does_not_build_again(tmp_path
         env.wait_serving("www", "three")
 
         def settled() -> bool:
+            # look at the source now, not only when the watch's debounce fires: the edit
+            # above may not have been seen yet even though a build already copied it
+            assert env.daemon is not None
+            env.daemon.follower.check(ProjectId("www"))
             row, source = env.row("www"), env.db.source("www")
             built = (row.built_from() or {}).get("rev") if row else None
             idle = all(j.state not in ("queued", "running") for j in env.db.jobs("www"))
