@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -188,6 +189,19 @@ def site_units(box: Machine, project: str = "") -> list[str]:
     ]
 
 
+def remove(box: Machine, project: str) -> None:
+    """Take the project's file away and wait until it is gone: no longer served, no unit.
+    Its removal loads the edge's configuration, which drops a few queued connections on
+    every site (README, "Why no reload per deploy"); a test's request loop starts after."""
+    box.run("rm", f"/etc/reconciler/desired/{project}.yaml")
+    box.wait(
+        lambda: answer(box, project) is None and not site_units(box, project),
+        60,
+        f"{project} to be gone",
+    )
+    time.sleep(0.5)  # the edge's listeners settle after the load
+
+
 def uid_of(box: Machine, unit: str) -> str:
     pid = box.show(unit, "MainPID")
     return box.run("stat", "-c", "%u", f"/proc/{pid}").stdout.strip()
@@ -285,8 +299,7 @@ def test_each_site_runs_as_its_own_user_and_reaches_only_its_own_release(
     # what a site unit uses is sampled like any instance's (every 10 s)
     box.wait(lambda: bool((usage() or {}).get("memory")), 30, "the app's usage sampled")
     assert int((usage() or {})["memory"]) > 1 << 20  # type: ignore[call-overload]
-    box.run("rm", "/etc/reconciler/desired/snoop.yaml")
-    box.wait(lambda: not site_units(box, "snoop"), 60, "the snoop site's unit to go")
+    remove(box, "snoop")
 
     # polkit: the service user manages its site units and nothing else
     as_reconciler = ("runuser", "-u", "reconciler", "--")
@@ -325,8 +338,7 @@ def test_a_memory_hog_is_killed_alone_and_told(installed: Machine) -> None:
     assert failures == [], "the other sites kept serving"
     message = str(events(box, "hog", "production.exited")[0]["data"])
     assert "memory" in message and str(64 << 20) in message, message
-    box.run("rm", "/etc/reconciler/desired/hog.yaml")
-    box.wait(lambda: not site_units(box, "hog"), 60, "the hog's unit to go")
+    remove(box, "hog")
 
 
 def test_restart_keeps_every_site_serving_and_adopts_them(installed: Machine) -> None:
@@ -417,7 +429,7 @@ def test_the_hardening_is_in_force(installed: Machine) -> None:
     assert result["uid"] not in (reconciler, "0"), result
     journal = box.run("journalctl", "--no-pager", "-o", "cat").stdout
     assert "reconciler build probe" in journal, "the build ran as reconciler-build@"
-    box.run("rm", "/etc/reconciler/desired/probe.yaml")
+    remove(box, "probe")
     assert box.show("reconciler", "NoNewPrivileges") == "yes"
 
 
@@ -446,7 +458,7 @@ def test_a_build_over_its_memory_limit_fails_alone(installed: Machine) -> None:
     error = failed() or ""
     assert "killed by signal 9" in error and str(64 << 20) in error, error
     assert failures == [], "the sites served throughout"
-    box.run("rm", "/etc/reconciler/desired/buildhog.yaml")
+    remove(box, "buildhog")
 
 
 SLOW = """\
@@ -489,7 +501,7 @@ def test_a_changed_file_cancels_a_running_build_unit(installed: Machine) -> None
     box.wait(lambda: answer(box, "slow") is not None, 60, "the next build to serve")
     assert not building()
     assert box.run("pgrep", "-f", "sleep 300", check=False).returncode != 0, "stopped whole"
-    box.run("rm", "/etc/reconciler/desired/slow.yaml")
+    remove(box, "slow")
 
 
 def test_stopping_a_site_stops_its_whole_unit(installed: Machine) -> None:
