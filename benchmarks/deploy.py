@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import CADDY, Daemon, client, free_port, site_yaml, summary
-from reconciler.timeutil import parse_iso
+from reconciler.core.timeutil import parse_iso
 
 BASELINE = Path(__file__).with_name("baseline_deploy.sh")
 STAGED = re.compile(r"staged (\w+): .* copy\+hash ([\d.]+) s, sync ([\d.]+) s")

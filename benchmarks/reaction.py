@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Daemon, site_yaml, summary
-from reconciler.timeutil import parse_iso
+from reconciler.core.timeutil import parse_iso
 
 
 def _started_after(

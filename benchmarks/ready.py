@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import PYTHON, Daemon, summary
-from reconciler.timeutil import parse_iso
+from reconciler.core.timeutil import parse_iso
 
 APP = """\
 import http.server, os, time

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from benchmarks.harness import Daemon, site_yaml, summary
-from reconciler.timeutil import parse_iso
+from reconciler.core.timeutil import parse_iso
 
 
 def run(root: Path, *, deploys: int = 15) -> dict[str, Any]:

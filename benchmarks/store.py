@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import summary
-from reconciler.releases import ReleaseStore, hash_dist
-from reconciler.spec import ProjectId
+from reconciler.core.spec import ProjectId
+from reconciler.stores.releases import ReleaseStore, hash_dist
 
 
 def _tree(root: Path, files: int, size: int) -> int:

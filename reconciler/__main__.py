@@ -1,5 +1,5 @@
 """``python -m reconciler``: the same entry point as the ``reconciler`` command."""
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 raise SystemExit(main())

@@ -22,15 +22,15 @@ from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from reconciler import hooks
 from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequest
-from reconciler.config import Config, is_loopback
-from reconciler.desired import DesiredStore
-from reconciler.desiredgit import config_repo
-from reconciler.kinds import EdgeMode, EventType
-from reconciler.operations import ErrorKind, Event, OperationError, Operations
-from reconciler.releases import ReleaseStore
-from reconciler.state import StateDB
+from reconciler.core.config import Config, is_loopback
+from reconciler.core.kinds import EdgeMode, EventType
+from reconciler.readside.operations import ErrorKind, Event, OperationError, Operations
+from reconciler.sources import hooks
+from reconciler.stores.desired import DesiredStore
+from reconciler.stores.desired.git import config_repo
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def metrics() -> Response:
     runs) and the edge's per-site request metrics (while it runs)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from reconciler.metrics import api_registry, edge_lines
+    from reconciler.api.metrics import api_registry, edge_lines
 
     config: Config = current_app.config["RECONCILER_CONFIG"]
     db = ops().db

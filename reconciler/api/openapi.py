@@ -9,7 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from reconciler import __version__
 from reconciler.api.models import ErrorBody, Health, RollbackRequest
-from reconciler.views import History, ProductionStatus, ProjectList, RollbackResult
+from reconciler.readside.views import History, ProductionStatus, ProjectList, RollbackResult
 
 MODELS: list[type[BaseModel]] = [
     ProductionStatus,

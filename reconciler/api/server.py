@@ -17,7 +17,7 @@ from typing import Any
 
 from waitress.server import create_server
 
-from reconciler.config import Config, is_loopback
+from reconciler.core.config import Config, is_loopback
 
 logger = logging.getLogger(__name__)
 SPARE_THREADS = 16

@@ -13,7 +13,6 @@ import json
 import logging
 from dataclasses import dataclass
 
-from reconciler.config import Config
 from reconciler.controller.drain import Drainer
 from reconciler.controller.golive import (
     GoLive,
@@ -26,13 +25,14 @@ from reconciler.controller.golive import (
 )
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
+from reconciler.core.config import Config
+from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode, Status
+from reconciler.core.timeutil import utcnow
 from reconciler.edge.manager import Edge
-from reconciler.facts import commit_fields
-from reconciler.kinds import EventType, InstanceRole, JobType, ServeMode, Status
-from reconciler.ports import PortAllocator, SiteAllocator
-from reconciler.releases import Release, ReleaseStore
-from reconciler.state import ProjectChanges, StateDB
-from reconciler.timeutil import utcnow
+from reconciler.stores.facts import commit_fields
+from reconciler.stores.ports import PortAllocator, SiteAllocator
+from reconciler.stores.releases import Release, ReleaseStore
+from reconciler.stores.state import ProjectChanges, StateDB
 
 logger = logging.getLogger(__name__)
 

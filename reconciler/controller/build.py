@@ -10,14 +10,14 @@ from pathlib import Path
 
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
-from reconciler.errors import DistTooLarge, PermanentError, TransientError
-from reconciler.facts import commit_fields
-from reconciler.gitsource import GitCache, GitError, fingerprint
-from reconciler.kinds import EventType, JobType, Status
-from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
-from reconciler.releases import Release, ReleaseStore, Staging
+from reconciler.core.errors import DistTooLarge, PermanentError, TransientError
+from reconciler.core.kinds import EventType, JobType, Status
+from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
+from reconciler.core.spec import GitSource, ProjectSpec, redact, show_memory
 from reconciler.runtimes.base import BuildRequest, BuildResult, Runtime
-from reconciler.spec import GitSource, ProjectSpec, redact, show_memory
+from reconciler.stores.facts import commit_fields
+from reconciler.stores.gitcache import GitCache, GitError, fingerprint
+from reconciler.stores.releases import Release, ReleaseStore, Staging
 
 logger = logging.getLogger(__name__)
 

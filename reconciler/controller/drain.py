@@ -19,9 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reconciler.controller.recorder import instance_row
-from reconciler.kinds import InstanceRole, JobState, JobType
+from reconciler.core.kinds import InstanceRole, JobState, JobType
 from reconciler.runtimes.base import Instance, Runtime
-from reconciler.state import StateDB
+from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
 

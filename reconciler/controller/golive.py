@@ -29,16 +29,15 @@ from typing import Protocol
 
 import httpx
 
-from reconciler.config import Config
 from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
+from reconciler.core.config import Config
+from reconciler.core.errors import StartFailed, TransientError
+from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode
+from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.edge.config import SLOT_HEADER, Site, service_fanout
 from reconciler.edge.manager import Edge
-from reconciler.errors import StartFailed, TransientError
-from reconciler.kinds import EventType, InstanceRole, JobType, ServeMode
-from reconciler.ports import PortAllocator, SiteAllocator
-from reconciler.releases import Release, ReleaseStore
 from reconciler.runtimes.base import (
     Instance,
     Runtime,
@@ -48,7 +47,8 @@ from reconciler.runtimes.base import (
     loopback_client,
     wait_ready,
 )
-from reconciler.spec import ProjectId, ProjectSpec
+from reconciler.stores.ports import PortAllocator, SiteAllocator
+from reconciler.stores.releases import Release, ReleaseStore
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from reconciler.config import Config
 from reconciler.controller.activate import Activator, AtEdge
 from reconciler.controller.observe import (
     Facts,
@@ -35,16 +34,17 @@ from reconciler.controller.queue import Done, RateLimiter, RequeueAfter, Result,
 from reconciler.controller.rebuild import rebuild_record
 from reconciler.controller.recorder import Listener, Recorder
 from reconciler.controller.refusals import Refusals
-from reconciler.desired import DesiredStore, LastGood
-from reconciler.desired.parse import SETTLE
-from reconciler.errors import TransientError
-from reconciler.kinds import DeploymentKind, InstanceRole, RuntimeName, Status
-from reconciler.logfiles import rotate
-from reconciler.plan import Step, deployment_of, plan, should_cancel
-from reconciler.ports import PortAllocator
-from reconciler.releases import ReleaseStore
-from reconciler.spec import InvalidProjectId, ProjectId, check_project_id, is_hash8
-from reconciler.state import StateDB
+from reconciler.core.config import Config
+from reconciler.core.errors import TransientError
+from reconciler.core.kinds import DeploymentKind, InstanceRole, RuntimeName, Status
+from reconciler.core.logfiles import rotate
+from reconciler.core.plan import Step, deployment_of, plan, should_cancel
+from reconciler.core.spec import InvalidProjectId, ProjectId, check_project_id, is_hash8
+from reconciler.stores.desired import DesiredStore, LastGood
+from reconciler.stores.desired.parse import SETTLE
+from reconciler.stores.ports import PortAllocator
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.desired import DesiredFile, DesiredStore, LastGood
-from reconciler.facts import desired_view, observed_view, spec_from_row
-from reconciler.kinds import EdgeMode, InstanceRole, RuntimeName
-from reconciler.plan import FLAP_WINDOW, DesiredView, ObservedInstance, ObservedView
-from reconciler.releases import ReleaseStore
+from reconciler.core.kinds import EdgeMode, InstanceRole, RuntimeName
+from reconciler.core.plan import FLAP_WINDOW, DesiredView, ObservedInstance, ObservedView
+from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.runtimes.base import Instance, Runtime
-from reconciler.spec import ProjectId, ProjectSpec
-from reconciler.state import InstanceRow, ProjectRow, SiteRow, StateDB
+from reconciler.stores.desired import DesiredFile, DesiredStore, LastGood
+from reconciler.stores.facts import desired_view, observed_view, spec_from_row
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import InstanceRow, ProjectRow, SiteRow, StateDB
 
 Live = dict[str, tuple[Instance, Runtime]]  # by Instance.key
 

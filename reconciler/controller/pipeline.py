@@ -22,16 +22,16 @@ import logging
 import threading
 from typing import assert_never
 
-from reconciler.config import Config
 from reconciler.controller.activate import Activator
 from reconciler.controller.build import Builder
 from reconciler.controller.observe import Facts, RepairLog, Runtimes, instance_from_row
 from reconciler.controller.queue import Done, Permanent, RequeueAfter, Result, Retry
 from reconciler.controller.recorder import Listener, Recorder, describe
 from reconciler.controller.run import Run
-from reconciler.errors import Cancelled, PermanentError, TransientError
-from reconciler.kinds import DeploymentKind, EventType, InstanceRole, ServeMode, Status
-from reconciler.plan import (
+from reconciler.core.config import Config
+from reconciler.core.errors import Cancelled, PermanentError, TransientError
+from reconciler.core.kinds import DeploymentKind, EventType, InstanceRole, ServeMode, Status
+from reconciler.core.plan import (
     Activate,
     Build,
     Fail,
@@ -41,11 +41,11 @@ from reconciler.plan import (
     StopInstances,
     deployment_of,
 )
-from reconciler.ports import PortAllocator
-from reconciler.releases import ReleaseStore
+from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import Instance, Runtime, wait_ready
-from reconciler.state import InstanceRow, StateDB
-from reconciler.timeutil import utcnow
+from reconciler.stores.ports import PortAllocator
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import InstanceRow, StateDB
 
 logger = logging.getLogger(__name__)
 

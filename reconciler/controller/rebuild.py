@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 
-from reconciler.config import Config
 from reconciler.controller.observe import Live
-from reconciler.facts import serve_mode
-from reconciler.kinds import ServeMode, Status
-from reconciler.releases import ReleaseStore
-from reconciler.spec import ProjectId, ProjectSpec
-from reconciler.state import StateDB
-from reconciler.timeutil import utcnow
+from reconciler.core.config import Config
+from reconciler.core.kinds import ServeMode, Status
+from reconciler.core.spec import ProjectId, ProjectSpec
+from reconciler.core.timeutil import utcnow
+from reconciler.stores.facts import serve_mode
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Unpack
 
-from reconciler.errors import Cancelled
-from reconciler.kinds import (
+from reconciler.controller.metrics import Finished
+from reconciler.core.errors import Cancelled
+from reconciler.core.kinds import (
     DeploymentKind,
     DeploymentState,
     EventType,
@@ -31,11 +32,10 @@ from reconciler.kinds import (
     JobState,
     JobType,
 )
-from reconciler.metrics import Finished
+from reconciler.core.spec import ProjectId, ProjectSpec
+from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import Instance
-from reconciler.spec import ProjectId, ProjectSpec
-from reconciler.state import InstanceRow, ProjectChanges, ProjectRow, StateDB
-from reconciler.timeutil import utcnow
+from reconciler.stores.state import InstanceRow, ProjectChanges, ProjectRow, StateDB
 
 logger = logging.getLogger(__name__)
 

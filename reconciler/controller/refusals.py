@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from reconciler.desired import DesiredFile, Problem
-from reconciler.spec import ProjectId
+from reconciler.core.spec import ProjectId
+from reconciler.stores.desired import DesiredFile, Problem
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from reconciler.controller.observe import Facts, Live
 from reconciler.controller.recorder import Recorder
-from reconciler.errors import Cancelled, PermanentError
-from reconciler.kinds import ServeMode
+from reconciler.core.errors import Cancelled, PermanentError
+from reconciler.core.kinds import ServeMode
+from reconciler.core.spec import ProjectSpec
 from reconciler.runtimes.base import Instance, Runtime
-from reconciler.spec import ProjectSpec
 
 
 @dataclass

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import TransientError
-from reconciler.fileio import atomic_write
+from reconciler.core.errors import TransientError
+from reconciler.core.fileio import atomic_write
 
 ADMIN_TIMEOUT = 30.0
 # Edge processes this process started: kept referenced (and reaped by ``poll``) for as long as

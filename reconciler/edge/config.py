@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from reconciler.kinds import ServeMode
-from reconciler.releases import TASKS
-from reconciler.spec import ProjectId
+from reconciler.core.kinds import ServeMode
+from reconciler.core.spec import ProjectId
+from reconciler.stores.releases import TASKS
 
 SLOT_HEADER = "Reconciler-Slot"
 PREVIEW_PATTERN = r"^/[a-z0-9][a-z0-9_-]{0,62}/preview/dist(/.*)?$"

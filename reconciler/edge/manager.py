@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from reconciler.core.errors import TransientError
+from reconciler.core.kinds import EdgeMode
+from reconciler.core.spec import ProjectId
 from reconciler.edge.caddy import (
     CaddyAdmin,
     CaddyProcess,
@@ -31,11 +34,8 @@ from reconciler.edge.caddy import (
     caddy_version,
 )
 from reconciler.edge.config import EdgeSettings, Site, bootstrap_config, edge_config, server_name
-from reconciler.errors import TransientError
-from reconciler.kinds import EdgeMode
-from reconciler.ports import port_is_free
-from reconciler.spec import ProjectId
-from reconciler.state import StateDB
+from reconciler.stores.ports import port_is_free
+from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.config import Config
+from reconciler.core.config import Config
+from reconciler.core.fileio import atomic_write
 from reconciler.edge.caddy import Paths
 from reconciler.edge.config import EdgeSettings
-from reconciler.fileio import atomic_write
-from reconciler.ports import port_is_free
+from reconciler.stores.ports import port_is_free
 
 CONTROL_PORT_FILE = "control-port"
 

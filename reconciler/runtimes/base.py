@@ -19,11 +19,11 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 import httpx
 
-from reconciler.errors import Cancelled, StartFailed
-from reconciler.kinds import RuntimeName
-from reconciler.logfiles import DEFAULT_LIMITS, LogLimits, rotate
-from reconciler.releases import Release
-from reconciler.spec import Health, ProjectId, ProjectSpec
+from reconciler.core.errors import Cancelled, StartFailed
+from reconciler.core.kinds import RuntimeName
+from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits, rotate
+from reconciler.core.spec import Health, ProjectId, ProjectSpec
+from reconciler.stores.releases import Release
 
 FIRST_PROBE_DELAY = 0.005
 PROBE_GROWTH = 1.2

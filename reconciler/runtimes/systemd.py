@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from reconciler.errors import TransientError
-from reconciler.fileio import atomic_write
-from reconciler.spec import Limits
+from reconciler.core.errors import TransientError
+from reconciler.core.fileio import atomic_write
+from reconciler.core.spec import Limits
 
 UNIT_TIMEOUT = 30
 UNREACHABLE = ("Failed to connect to bus", "Failed to connect to user scope bus")

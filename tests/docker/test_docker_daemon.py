@@ -7,7 +7,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from reconciler.kinds import EdgeMode
+from reconciler.core.kinds import EdgeMode
 from tests.docker.conftest import make_project
 from tests.integration.gitrepo import Repo, git
 from tests.integration.harness import Env, desired_yaml, environment, get, wait_for

@@ -9,11 +9,11 @@ import docker
 import httpx
 import pytest
 
-from reconciler.errors import BuildFailed, Cancelled, StartFailed, TransientError
-from reconciler.releases import Release, ReleaseStore
+from reconciler.core.errors import BuildFailed, Cancelled, StartFailed, TransientError
+from reconciler.core.spec import Limits, ProjectId, ProjectSpec
 from reconciler.runtimes.base import BuildRequest, wait_ready
 from reconciler.runtimes.docker import DockerRuntime, container_name
-from reconciler.spec import Limits, ProjectId, ProjectSpec
+from reconciler.stores.releases import Release, ReleaseStore
 from tests.conftest import free_port
 from tests.docker.conftest import make_project
 

@@ -16,8 +16,8 @@ import docker
 import docker.errors
 import pytest
 
-from reconciler.kinds import EdgeMode
-from reconciler.spec import ProjectId
+from reconciler.core.kinds import EdgeMode
+from reconciler.core.spec import ProjectId
 from tests.docker.conftest import make_project
 from tests.integration.harness import Env, environment, get, wait_for
 from tests.integration.test_edge_daemon import Loop

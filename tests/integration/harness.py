@@ -16,15 +16,15 @@ from typing import Any
 
 import httpx
 
-from reconciler.config import Config
-from reconciler.daemon import Daemon
+from reconciler.core.config import Config, PortRange
+from reconciler.core.kinds import EdgeMode
+from reconciler.core.spec import ProjectId
+from reconciler.daemon.root import Daemon
 from reconciler.edge.caddy import CaddyProcess, Paths, default_binary
-from reconciler.kinds import EdgeMode
-from reconciler.ports import PortRange, port_is_free
-from reconciler.releases import ReleaseStore
-from reconciler.runtimes.process import ProcessRuntime
-from reconciler.spec import ProjectId
-from reconciler.state import ProjectRow, StateDB
+from reconciler.runtimes.process.runtime import ProcessRuntime
+from reconciler.stores.ports import port_is_free
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import ProjectRow, StateDB
 from tests.conftest import PYTHON, REPO
 
 

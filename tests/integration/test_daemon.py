@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.spec import ProjectId
+from reconciler.core.spec import ProjectId
 from tests.integration.harness import (
     Env,
     desired_yaml,

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler import hooks
 from reconciler.api.app import create_app
-from reconciler.client import LocalClient
-from reconciler.desiredgit import ConfigRepo
-from reconciler.operations import ErrorKind, OperationError
+from reconciler.cli.client import LocalClient
+from reconciler.readside.operations import ErrorKind, OperationError
+from reconciler.sources import hooks
+from reconciler.stores.desired.git import ConfigRepo
 from tests.integration.gitrepo import Repo, git
 from tests.integration.harness import Env, environment, get, wait_for
 

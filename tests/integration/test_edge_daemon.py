@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.kinds import EdgeMode
-from reconciler.spec import ProjectId
+from reconciler.core.kinds import EdgeMode
+from reconciler.core.spec import ProjectId
 from tests.conftest import PYTHON, REPO, free_port
 from tests.integration.harness import Env, desired_yaml, environment, get, make_site, wait_for
 

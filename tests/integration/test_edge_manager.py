@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reconciler.core.kinds import EdgeMode, ServeMode
+from reconciler.core.spec import ProjectId
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, EdgeRefused, Paths, default_binary
 from reconciler.edge.config import EdgeSettings, Site
 from reconciler.edge.manager import Edge
-from reconciler.kinds import EdgeMode, ServeMode
-from reconciler.spec import ProjectId
-from reconciler.state import StateDB
+from reconciler.stores.state import StateDB
 from tests.conftest import free_port
 from tests.integration.harness import wait_for
 

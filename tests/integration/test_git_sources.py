@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import hooks
 from reconciler.api.app import create_app
-from reconciler.client import LocalClient
-from reconciler.kinds import EdgeMode, JobType
-from reconciler.spec import ProjectId
+from reconciler.cli.client import LocalClient
+from reconciler.core.kinds import EdgeMode, JobType
+from reconciler.core.spec import ProjectId
+from reconciler.sources import hooks
 from tests.conftest import PYTHON, REPO, free_port
 from tests.integration.gitrepo import GitDaemon, Repo, git
 from tests.integration.harness import Env, desired_yaml, environment, get, wait_for

@@ -159,7 +159,7 @@ def test_a_torn_write_never_stops_a_running_site(tmp_path: Path) -> None:
             env.resync_and_wait("www")
         assert failures == []
         assert env.status("www") == "running"
-        from reconciler.client import LocalClient
+        from reconciler.cli.client import LocalClient
 
         client = LocalClient(env.desired, env.data)
         note = client.status("www")["note"]

@@ -10,8 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
-from reconciler.runtimes.process import NICE, limited
-from reconciler.spec import Limits
+from reconciler.core.spec import Limits
+from reconciler.runtimes.process.runtime import NICE, limited
 from tests.integration.harness import Env, desired_yaml, environment, get, make_site, wait_for
 
 SERVER = f"exec {sys.executable} -m http.server $PORT --bind 127.0.0.1"

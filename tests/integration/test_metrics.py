@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.api.app import create_app
-from reconciler.kinds import EdgeMode
+from reconciler.core.kinds import EdgeMode
 from tests.integration.harness import desired_yaml, environment, make_site, wait_for
 
 pytestmark = pytest.mark.timeout(180)

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from reconciler.api.app import create_app
-from reconciler.kinds import DeploymentKind, DeploymentState, EventType
-from reconciler.metrics import Finished
-from reconciler.notify import Notifications
-from reconciler.spec import NotifyTarget, ProjectId
-from reconciler.state import StateDB
+from reconciler.controller.metrics import Finished
+from reconciler.core.kinds import DeploymentKind, DeploymentState, EventType
+from reconciler.core.spec import NotifyTarget, ProjectId
+from reconciler.daemon.notifications import Notifications
+from reconciler.stores.state import StateDB
 from tests.conftest import free_port
 from tests.integration.harness import desired_yaml, environment, make_site, wait_for
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.errors import BuildFailed, Cancelled, StartFailed, TransientError
-from reconciler.releases import Release, ReleaseStore
+from reconciler.core.errors import BuildFailed, Cancelled, StartFailed, TransientError
+from reconciler.core.spec import Health, ProjectId, ProjectSpec
 from reconciler.runtimes.base import BuildRequest, Clock, wait_ready
-from reconciler.runtimes.process import ProcessRuntime, pid_alive, process_start_time
-from reconciler.spec import Health, ProjectId, ProjectSpec
+from reconciler.runtimes.process.runtime import ProcessRuntime, pid_alive, process_start_time
+from reconciler.stores.releases import Release, ReleaseStore
 from tests.conftest import PYTHON, REPO, free_port
 
 P = ProjectId("site")
@@ -154,9 +154,9 @@ def test_instance_outlives_its_starter_and_is_adopted(tmp_path: Path, store: Rel
         import sys
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from reconciler.releases import ReleaseStore
-        from reconciler.runtimes.process import ProcessRuntime
-        from reconciler.spec import ProjectSpec
+        from reconciler.stores.releases import ReleaseStore
+        from reconciler.runtimes.process.runtime import ProcessRuntime
+        from reconciler.core.spec import ProjectSpec
         store = ReleaseStore(Path({str(store.root)!r}))
         release = store.get("site", {release.hash!r})
         inst = ProcessRuntime(store).start(release, ProjectSpec(source="x"), port={port}, config="c0ffee00")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.daemon import Daemon
-from reconciler.sdnotify import Notifier
+from reconciler.daemon.root import Daemon
+from reconciler.daemon.sdnotify import Notifier
 from tests.conftest import PYTHON, REPO, free_port
 from tests.integration.harness import desired_yaml, environment, make_site
 

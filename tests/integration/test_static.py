@@ -32,7 +32,15 @@ def site(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     os.symlink("index.html", dist / "alias.html")
     port = free_port()
     proc = subprocess.Popen(
-        [PYTHON, "-m", "reconciler.static", "--dir", str(dist), "--port", str(port)],
+        [
+            PYTHON,
+            "-m",
+            "reconciler.runtimes.process.static",
+            "--dir",
+            str(dist),
+            "--port",
+            str(port),
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
     )

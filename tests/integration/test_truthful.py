@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.client import LocalClient
-from reconciler.kinds import EdgeMode
-from reconciler.logfiles import LogLimits
+from reconciler.cli.client import LocalClient
+from reconciler.core.kinds import EdgeMode
+from reconciler.core.logfiles import LogLimits
 from tests.integration.harness import Env, desired_yaml, environment, get, wait_for
 from tests.integration.test_cli_client import cli
 

@@ -38,13 +38,13 @@ import docker
 import httpx
 import pytest
 
-from reconciler.kinds import EdgeMode
-from reconciler.releases import ReleaseStore, hash_dist
+from reconciler.core.kinds import EdgeMode
+from reconciler.core.spec import ProjectId
 from reconciler.runtimes.base import Instance
 from reconciler.runtimes.docker import DockerRuntime
-from reconciler.runtimes.process import ProcessRuntime, session_members
-from reconciler.spec import ProjectId
-from reconciler.state import StateDB
+from reconciler.runtimes.process.runtime import ProcessRuntime, session_members
+from reconciler.stores.releases import ReleaseStore, hash_dist
+from reconciler.stores.state import StateDB
 from tests.docker.conftest import BUSYBOX, docker_client  # noqa: F401 - a fixture
 from tests.integration.harness import Env, environment, wait_for
 

@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.api.app import create_app
-from reconciler.config import Config
-from reconciler.desired import DesiredFileError, parse
-from reconciler.kinds import EdgeMode
-from reconciler.spec import ProjectSpec
+from reconciler.core.config import Config
+from reconciler.core.kinds import EdgeMode
+from reconciler.core.spec import ProjectSpec
+from reconciler.stores.desired import DesiredFileError, parse
 
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "25"))
 SITE = "# hostile\nsource: ../site\nproduction:\n  state: stopped\n  generation: 1\n"

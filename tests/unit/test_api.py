@@ -19,9 +19,8 @@ from flask.testing import FlaskClient
 
 from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer, TokenError, check_exposure
-from reconciler.config import Config
-from reconciler.desired import parse
-from reconciler.kinds import (
+from reconciler.core.config import Config
+from reconciler.core.kinds import (
     DeploymentKind,
     DeploymentState,
     EdgeMode,
@@ -31,10 +30,11 @@ from reconciler.kinds import (
     RuntimeName,
     Status,
 )
-from reconciler.operations import Operations
-from reconciler.releases import ReleaseStore
-from reconciler.spec import ProjectId
-from reconciler.state import InstanceRow, StateDB
+from reconciler.core.spec import ProjectId
+from reconciler.readside.operations import Operations
+from reconciler.stores.desired import parse
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import InstanceRow, StateDB
 from tests.conftest import free_port
 
 SITE = """\

@@ -129,7 +129,7 @@ def test_validate_git_sources(tmp_path: Path) -> None:
 
 
 def test_the_daemons_limits_are_parsed_and_held_to_its_maxima(tmp_path: Path) -> None:
-    from reconciler.cli import build_parser, config_from_args
+    from reconciler.cli.main import build_parser, config_from_args
 
     base = ["daemon", "--desired", str(tmp_path / "d"), "--data", str(tmp_path / "data")]
     parser = build_parser()

@@ -16,13 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.config import Config
 from reconciler.controller import Controller
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.queue import Done, Permanent, RequeueAfter, Retry
-from reconciler.desired import DesiredStore
-from reconciler.errors import BuildFailed, Cancelled, TransientError
-from reconciler.kinds import (
+from reconciler.core.config import Config, PortRange
+from reconciler.core.errors import BuildFailed, Cancelled, TransientError
+from reconciler.core.kinds import (
     DeploymentKind,
     DeploymentState,
     EdgeMode,
@@ -31,12 +30,13 @@ from reconciler.kinds import (
     RuntimeName,
     Status,
 )
-from reconciler.ports import PortAllocator, PortRange
-from reconciler.releases import Release, ReleaseStore
+from reconciler.core.spec import ProjectId, ProjectSpec
+from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import BuildRequest, BuildResult, Instance, Notify
-from reconciler.spec import ProjectId, ProjectSpec
-from reconciler.state import StateDB
-from reconciler.timeutil import utcnow
+from reconciler.stores.desired import DesiredStore
+from reconciler.stores.ports import PortAllocator
+from reconciler.stores.releases import Release, ReleaseStore
+from reconciler.stores.state import StateDB
 from tests.conftest import free_port
 
 P = ProjectId("www")
@@ -393,7 +393,7 @@ def test_a_stopped_status_carries_no_old_error(world: World) -> None:
     row = world.db.project(P)
     assert row is not None and row.productionStatus == Status.STOPPED
     assert (row.productionError, row.productionUrl) == (None, None)
-    from reconciler.client import LocalClient
+    from reconciler.cli.client import LocalClient
 
     client = LocalClient(world.root / "desired", world.root / "data")
     assert client.status("www")["error"] is None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import (
+from reconciler.core.spec import ProjectId, ProjectSpec
+from reconciler.stores.desired import (
     DesiredFileError,
     DesiredStore,
     EditError,
@@ -16,7 +17,6 @@ from reconciler.desired import (
     parse,
     set_values,
 )
-from reconciler.spec import ProjectId, ProjectSpec
 from tests.conftest import PYTHON, REPO, write
 
 COMMENTED = textwrap.dedent(
@@ -142,7 +142,7 @@ def test_fifty_processes_bump_generation_without_lost_updates(tmp_path: Path) ->
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from reconciler.desired import DesiredStore
+        from reconciler.stores.desired import DesiredStore
         go = Path({str(tmp_path / "go")!r})
         while not go.exists():
             time.sleep(0.001)

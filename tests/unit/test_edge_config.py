@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from reconciler.core.kinds import ServeMode
+from reconciler.core.spec import ProjectId
 from reconciler.edge.config import (
     PREVIEW_PATTERN,
     EdgeSettings,
@@ -16,8 +18,6 @@ from reconciler.edge.config import (
     edge_config,
     service_fanout,
 )
-from reconciler.kinds import ServeMode
-from reconciler.spec import ProjectId
 
 SETTINGS = EdgeSettings(
     admin_socket=Path("/d/edge/admin.sock"),

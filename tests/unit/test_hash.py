@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.errors import ReleaseError
-from reconciler.releases import Limits, hash_dist
+from reconciler.core.errors import ReleaseError
+from reconciler.stores.releases import Limits, hash_dist
 
 names = st.text(alphabet="abcdefgh._-", min_size=1, max_size=6).filter(
     lambda n: n not in (".", "..")

@@ -13,11 +13,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from reconciler import hooks
 from reconciler.api.app import create_app
-from reconciler.config import Config
-from reconciler.kinds import EdgeMode
-from reconciler.operations import Operations
+from reconciler.core.config import Config
+from reconciler.core.kinds import EdgeMode
+from reconciler.readside.operations import Operations
+from reconciler.sources import hooks
 
 FOLLOWS = """\
 source:

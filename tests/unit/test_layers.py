@@ -33,16 +33,16 @@ def test_the_tree_keeps_every_contract() -> None:
 def test_an_api_module_importing_a_runtime_breaks_the_contract(tmp_path: Path) -> None:
     shutil.copytree(REPO / "reconciler", tmp_path / "reconciler")
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    views = tmp_path / "reconciler" / "views.py"
+    views = tmp_path / "reconciler" / "readside" / "views.py"
     views.write_text(views.read_text() + "\nfrom reconciler.runtimes import process  # noqa\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0
-    assert "BROKEN" in result.stdout and "reconciler.views -> reconciler.runtimes" in result.stdout
+    assert "BROKEN" in result.stdout and "reconciler.readside.views -> reconciler.runtimes" in result.stdout
 
 
 def test_the_api_process_loads_no_runtime_engine_or_loop() -> None:
     code = (
-        "import sys, reconciler.api.app, reconciler.api.server, reconciler.commands;"
+        "import sys, reconciler.api.app, reconciler.api.server, reconciler.cli.commands;"
         "print(sorted(m for m in sys.modules if m.startswith(('reconciler.runtimes',"
         " 'reconciler.controller', 'reconciler.daemon', 'docker', 'watchdog'))))"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from reconciler.logfiles import LogLimits, rotate, rotated
+from reconciler.core.logfiles import LogLimits, rotate, rotated
 from reconciler.runtimes.base import OutputTail
 
 SMALL = LogLimits(max_bytes=100, keep=2)

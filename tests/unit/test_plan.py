@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import DesiredFile
-from reconciler.facts import desired_view
-from reconciler.kinds import ServeMode
-from reconciler.plan import (
+from reconciler.core.kinds import ServeMode
+from reconciler.core.plan import (
     Activate,
     Build,
     DesiredView,
@@ -23,8 +21,10 @@ from reconciler.plan import (
     plan,
     should_cancel,
 )
-from reconciler.spec import ProjectId, ProjectSpec
-from reconciler.state import SourceRow
+from reconciler.core.spec import ProjectId, ProjectSpec
+from reconciler.stores.desired import DesiredFile
+from reconciler.stores.facts import desired_view
+from reconciler.stores.state import SourceRow
 
 A, B, C = "aaaaaaaa", "bbbbbbbb", "cccccccc"
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import TransientError
-from reconciler.ports import PortAllocator, PortRange, port_is_free
-from reconciler.state import StateDB
+from reconciler.core.config import PortRange
+from reconciler.core.errors import TransientError
+from reconciler.stores.ports import PortAllocator, port_is_free
+from reconciler.stores.state import StateDB
 from tests.conftest import PYTHON, REPO, free_port
 
 
@@ -57,8 +58,9 @@ ALLOCATOR = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    from reconciler.ports import PortAllocator, PortRange
-    from reconciler.state import StateDB
+    from reconciler.core.config import PortRange
+    from reconciler.stores.ports import PortAllocator
+    from reconciler.stores.state import StateDB
     ports = PortAllocator(StateDB(Path({db!r})), PortRange({first}, {last}))
     go = Path({go!r})
     while not go.exists():

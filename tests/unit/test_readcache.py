@@ -6,9 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from reconciler.readcache import ReadCache
-from reconciler.spec import ProjectId
-from reconciler.state import StateDB
+from reconciler.core.spec import ProjectId
+from reconciler.readside.readcache import ReadCache
+from reconciler.stores.state import StateDB
 
 A, B = ProjectId("alpha"), ProjectId("beta")
 

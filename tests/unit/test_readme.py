@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from reconciler.spec import ProjectSpec, json_schema
+from reconciler.core.spec import ProjectSpec, json_schema
 from tests.conftest import REPO
 
 

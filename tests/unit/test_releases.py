@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import ReleaseError
-from reconciler.releases import ReleaseStore, hash_dist
-from reconciler.spec import ProjectId
+from reconciler.core.errors import ReleaseError
+from reconciler.core.spec import ProjectId
+from reconciler.stores.releases import ReleaseStore, hash_dist
 from tests.conftest import PYTHON, REPO
 
 P = ProjectId("site")
@@ -176,7 +176,7 @@ CRASH_CHILD = textwrap.dedent(
     import os, sys, random
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    from reconciler.releases import ReleaseStore
+    from reconciler.stores.releases import ReleaseStore
     store = ReleaseStore(Path({root!r}))
     src = Path({src!r})
     rng = random.Random(os.getpid())

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.runtimes.process import site_instance
+from reconciler.runtimes.process.runtime import site_instance
 from reconciler.runtimes.systemd import SiteUnits, ended_in_words, pump_lines, readable_by_others
 from tests.conftest import PYTHON, REPO
 
 
 def launch(root: Path) -> subprocess.CompletedProcess[str]:
-    """``reconciler.sitexec`` with its bound-in directory at ``root``."""
-    code = f"import sys, reconciler.sitexec as s; s.SITE_ROOT = {str(root)!r}; sys.exit(s.main())"
+    """``reconciler.runtimes.process.sitexec`` with its bound-in directory at ``root``."""
+    code = f"import sys, reconciler.runtimes.process.sitexec as s; s.SITE_ROOT = {str(root)!r}; sys.exit(s.main())"
     return subprocess.run(
         [PYTHON, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO, check=False
     )

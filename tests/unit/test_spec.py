@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import DesiredFileError, parse
-from reconciler.kinds import RuntimeName
-from reconciler.spec import InvalidProjectId, Limits, ProjectSpec, check_project_id
+from reconciler.core.kinds import RuntimeName
+from reconciler.core.spec import InvalidProjectId, Limits, ProjectSpec, check_project_id
+from reconciler.stores.desired import DesiredFileError, parse
 
 P = Path("desired/site.yaml")
 

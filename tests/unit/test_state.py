@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.kinds import DeploymentKind, DeploymentState
-from reconciler.spec import ProjectId
-from reconciler.state import MIGRATIONS, InstanceRow, StateDB
+from reconciler.core.kinds import DeploymentKind, DeploymentState
+from reconciler.core.spec import ProjectId
+from reconciler.stores.state import MIGRATIONS, InstanceRow, StateDB
 from tests.conftest import PYTHON, REPO
 
 P = ProjectId("site")
@@ -146,7 +146,7 @@ WRITER = textwrap.dedent(
     import json, sys, time
     sys.path.insert(0, {repo!r})
     from pathlib import Path
-    from reconciler.state import StateDB
+    from reconciler.stores.state import StateDB
     db = StateDB(Path({db!r}))
     name, deadline, seq = sys.argv[1], time.monotonic() + float(sys.argv[2]), 0
     while time.monotonic() < deadline:
@@ -259,7 +259,7 @@ def test_the_bell_rings_on_a_commit_from_anywhere_and_misses_none(tmp_path: Path
     import threading as _threading
     import time as _time
 
-    from reconciler.state.connection import ChangeBell
+    from reconciler.stores.state.connection import ChangeBell
 
     db = StateDB(tmp_path / "state.db")
     bell = ChangeBell(db.path, linger=0.3)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.kinds import DeploymentKind, DeploymentState, JobState, JobType, Status
-from reconciler.plan import (
+from reconciler.core.kinds import DeploymentKind, DeploymentState, JobState, JobType, Status
+from reconciler.core.plan import (
     Activate,
     Build,
     DesiredView,
@@ -15,9 +15,9 @@ from reconciler.plan import (
     Step,
     StopInstances,
 )
-from reconciler.spec import ProjectSpec
-from reconciler.state import DeploymentRow, JobRow, ProjectRow
-from reconciler.views import ActiveJob, in_progress, next_job, production_status
+from reconciler.core.spec import ProjectSpec
+from reconciler.readside.views import ActiveJob, in_progress, next_job, production_status
+from reconciler.stores.state import DeploymentRow, JobRow, ProjectRow
 
 A, B = "aaaaaaaa", "bbbbbbbb"
 SPEC = ProjectSpec.model_validate({"source": "s", "production": {"state": "running"}})

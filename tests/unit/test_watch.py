@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.spec import ProjectId
-from reconciler.watch import Debouncer, DesiredWatcher, project_for
+from reconciler.core.spec import ProjectId
+from reconciler.sources.watch import Debouncer, DesiredWatcher, project_for
 
 
 class FakeClock:

@@ -8,12 +8,12 @@ from typing import Any
 
 import docker.errors
 
-from reconciler.errors import BuildFailed, Cancelled
+from reconciler.core.errors import BuildFailed, Cancelled
+from reconciler.core.spec import Limits
 from reconciler.runtimes.base import BuildRequest, OutputTail, describe_seconds, with_tail
 from reconciler.runtimes.docker.engine import Engine, engine_calls, is_unreachable, unreachable
 from reconciler.runtimes.docker.labels import LABEL_IMAGE_OF
 from reconciler.runtimes.docker.sdk import AbortableBuildAPI
-from reconciler.spec import Limits
 
 
 def build_image(

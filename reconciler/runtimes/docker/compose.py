@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import yaml
 
-from reconciler.fileio import atomic_write
-from reconciler.releases import Release
+from reconciler.core.fileio import atomic_write
+from reconciler.core.spec import ProjectSpec
 from reconciler.runtimes.docker.labels import (
     SERVICE,
     compose_project,
     container_name,
     instance_labels,
 )
-from reconciler.spec import ProjectSpec
+from reconciler.stores.releases import Release
 
 COMPOSE_FILE = "docker-compose.production.yml"
 

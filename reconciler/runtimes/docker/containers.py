@@ -14,9 +14,11 @@ from typing import Any
 
 import docker.errors
 
-from reconciler.errors import StartFailed, TransientError
-from reconciler.kinds import RuntimeName
-from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
+from reconciler.core.errors import StartFailed, TransientError
+from reconciler.core.kinds import RuntimeName
+from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
+from reconciler.core.spec import Limits, ProjectId, ProjectSpec, is_hash8
+from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import Instance, with_tail
 from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.labels import (
@@ -30,8 +32,6 @@ from reconciler.runtimes.docker.labels import (
     instance_labels,
     owned,
 )
-from reconciler.spec import Limits, ProjectId, ProjectSpec, is_hash8
-from reconciler.timeutil import utcnow
 
 logger = logging.getLogger(__name__)
 

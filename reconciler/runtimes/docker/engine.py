@@ -16,7 +16,7 @@ import docker
 import docker.errors
 import requests
 
-from reconciler.errors import TransientError
+from reconciler.core.errors import TransientError
 
 
 def unreachable(exc: BaseException) -> TransientError:

@@ -15,10 +15,10 @@ from typing import Any
 
 import docker
 
+from reconciler.core.spec import InvalidProjectId, check_project_id
 from reconciler.runtimes.base import Notify
 from reconciler.runtimes.docker.engine import Engine
 from reconciler.runtimes.docker.labels import LABEL_PROJECT, MANAGED_BY, MANAGER
-from reconciler.spec import InvalidProjectId, check_project_id
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import docker.errors
 import requests
 
-from reconciler.errors import BuildFailed
+from reconciler.core.errors import BuildFailed
 from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.labels import LABEL_ROLE, MANAGED_BY, MANAGER
 

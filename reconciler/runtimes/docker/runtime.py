@@ -17,10 +17,10 @@ from typing import Any
 import docker.errors
 import requests
 
-from reconciler.errors import BuildFailed, StartFailed
-from reconciler.kinds import RuntimeName
-from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
-from reconciler.releases import Release
+from reconciler.core.errors import BuildFailed, StartFailed
+from reconciler.core.kinds import RuntimeName
+from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
+from reconciler.core.spec import Limits, ProjectId, ProjectSpec
 from reconciler.runtimes.base import (
     BuildRequest,
     BuildResult,
@@ -37,7 +37,7 @@ from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.events import watch_events
 from reconciler.runtimes.docker.extract import extract_dist
 from reconciler.runtimes.docker.labels import LABEL_HASH, LABEL_PROJECT
-from reconciler.spec import Limits, ProjectId, ProjectSpec
+from reconciler.stores.releases import Release
 
 logger = logging.getLogger(__name__)
 

@@ -45,10 +45,19 @@ from docker.types import (
     UpdateConfig,
 )
 
-from reconciler.errors import Cancelled, StartFailed, TransientError
-from reconciler.kinds import RuntimeName
-from reconciler.logfiles import DEFAULT_LIMITS, LogLimits
-from reconciler.releases import Release
+from reconciler.core.errors import Cancelled, StartFailed, TransientError
+from reconciler.core.kinds import RuntimeName
+from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
+from reconciler.core.spec import (
+    REGISTRY_RE,
+    InvalidProjectId,
+    Limits,
+    ProjectId,
+    ProjectSpec,
+    check_project_id,
+    is_hash8,
+)
+from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import (
     BuildResult,
     Instance,
@@ -68,16 +77,7 @@ from reconciler.runtimes.docker.labels import (
     MANAGER,
 )
 from reconciler.runtimes.docker.runtime import DockerRuntime
-from reconciler.spec import (
-    REGISTRY_RE,
-    InvalidProjectId,
-    Limits,
-    ProjectId,
-    ProjectSpec,
-    check_project_id,
-    is_hash8,
-)
-from reconciler.timeutil import utcnow
+from reconciler.stores.releases import Release
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,466 @@
+"""The operator's CLI: status, deploy, stop, history, rollback, logs.
+
+Exit codes: 0 ok; 1 the operation failed (a failed deploy or rollback, an unknown project, an
+unreachable API, a project whose status is ``failed``); 2 usage (bad arguments or ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from reconciler.cli.client import Client, LocalClient, RemoteClient
+from reconciler.core.config import env
+from reconciler.core.spec import is_hash8
+from reconciler.readside.operations import ErrorKind, Event, OperationError
+
+OK, FAILED, USAGE = 0, 1, 2
+READY, STOPPED = "production.ready", "production.stopped"
+STEP = {
+    "production.building": "build",
+    "production.starting": "start",
+    "production.ready": "ready",
+    "production.error": "error",
+    "production.stopping": "stop",
+    "production.stopped": "stopped",
+    "production.cancelled": "cancel",
+    "production.waiting": "wait",
+}
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--desired", default=env("DESIRED", "desired"), help="desired-state dir (local)"
+    )
+    parser.add_argument("--data", default=env("DATA", "data"), help="data dir (local)")
+    parser.add_argument("--api", default=env("API"), metavar="URL", help="talk to this API instead")
+    parser.add_argument(
+        "--token-file", default=env("API_TOKEN_FILE"), help="bearer token file (--api)"
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def register(sub: Any) -> None:
+    status = sub.add_parser("status", help="production status of one project or all")
+    status.add_argument("project", nargs="?")
+    add_client_options(status)
+    status.set_defaults(func=run_command(cmd_status))
+
+    deploy = sub.add_parser("deploy", help="build and deploy the latest source")
+    deploy.add_argument("project")
+    deploy.add_argument("--follow", "-f", action="store_true", help="show live progress")
+    add_client_options(deploy)
+    deploy.set_defaults(func=run_command(cmd_deploy))
+
+    stop = sub.add_parser("stop", help="stop a project's production instance")
+    stop.add_argument("project")
+    stop.add_argument("--follow", "-f", action="store_true", help="wait until it is stopped")
+    add_client_options(stop)
+    stop.set_defaults(func=run_command(cmd_stop))
+
+    history = sub.add_parser("history", help="kept versions, newest first")
+    history.add_argument("project")
+    add_client_options(history)
+    history.set_defaults(func=run_command(cmd_history))
+
+    rollback = sub.add_parser("rollback", help="run a kept version (and wait until it serves)")
+    rollback.add_argument("project")
+    rollback.add_argument("hash", metavar="HASH")
+    add_client_options(rollback)
+    rollback.set_defaults(func=run_command(cmd_rollback))
+
+    logs = sub.add_parser("logs", help="build and app logs of the current release")
+    logs.add_argument("project")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing the app log")
+    logs.add_argument("--lines", "-n", type=int, default=50, help="lines of each log (default 50)")
+    logs.add_argument(
+        "--log",
+        choices=("build", "app", "access", "both"),
+        default="both",
+        help="both = build and app; access = the edge's access log of the site (JSON lines)",
+    )
+    add_client_options(logs)
+    logs.set_defaults(func=run_command(cmd_logs))
+
+    secret = sub.add_parser(
+        "hook-secret",
+        help="print (or --rotate) the webhook secret of a project (or _desired) and its URL",
+    )
+    secret.add_argument("project", metavar="ID")
+    secret.add_argument("--rotate", action="store_true", help="replace it: old signatures fail")
+    secret.add_argument("--data", default=env("DATA", "data"), help="data dir")
+    secret.add_argument("--api-url", default=env("API"), help="the API's public URL, to print")
+    secret.set_defaults(func=cmd_hook_secret)
+
+    init_repo = sub.add_parser(
+        "init-repo",
+        help="make a bare git repository on this host that deploys ID on every push",
+    )
+    init_repo.add_argument("project", metavar="ID")
+    init_repo.add_argument("--desired", default=env("DESIRED", "desired"), help="desired dir")
+    init_repo.add_argument("--data", default=env("DATA", "data"), help="data dir")
+    init_repo.add_argument("--branch", default="main", help="the branch that deploys")
+    init_repo.set_defaults(func=cmd_init_repo)
+
+
+def cmd_hook_secret(args: argparse.Namespace) -> int:
+    from reconciler.core.spec import InvalidProjectId, check_project_id
+    from reconciler.sources import hooks
+
+    name = args.project
+    if name == "_notify":  # the daemon's notification signing secret
+        value = hooks.make_secret(Path(args.data).absolute() / "hooks" / "secrets", name,
+                                  rotate=args.rotate)  # fmt: skip
+        print(f"secret: {value}")
+        print("notifications carry X-Reconciler-Signature-256: sha256=<HMAC-SHA256 of the body>")
+        return 0
+    if name != hooks.DESIRED:
+        try:
+            check_project_id(name)
+        except InvalidProjectId as exc:
+            print(f"reconciler: {exc}", file=sys.stderr)
+            return 2
+    secret_dir = Path(args.data).absolute() / "hooks" / "secrets"
+    value = hooks.make_secret(secret_dir, name, rotate=args.rotate)
+    base = (args.api_url or "http://127.0.0.1:3000").rstrip("/")
+    path = "/api/hooks/desired" if name == hooks.DESIRED else f"/api/projects/{name}/hooks/git"
+    print(f"secret: {value}")
+    print(f"url:    {base}{path}")
+    print("GitHub/Gitea/Forgejo: content type application/json, this secret; GitLab: the "
+          "secret token field. Push events only.")  # fmt: skip
+    return 0
+
+
+def cmd_init_repo(args: argparse.Namespace) -> int:
+    """A bare repository under data/repos/ID.git; the desired file (written when there is
+    none) follows its branch, so ``git push`` deploys with no hook script."""
+    import subprocess
+
+    from reconciler.core.fileio import atomic_write
+    from reconciler.core.spec import InvalidProjectId, check_project_id
+
+    try:
+        pid = check_project_id(args.project)
+    except InvalidProjectId as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return 2
+    repo = Path(args.data).absolute() / "repos" / f"{pid}.git"
+    if not (repo / "HEAD").is_file():
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["git", "init", "--quiet", "--bare", f"--initial-branch={args.branch}", str(repo)],
+            check=True,
+        )
+        print(f"created {repo}")
+    else:
+        print(f"{repo} exists")
+    desired = Path(args.desired).absolute()
+    path = desired / f"{pid}.yaml"
+    if not (path.exists() or (desired / f"{pid}.yml").exists()):
+        desired.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            path,
+            (
+                f"source:\n  git: {repo}\n  ref: {args.branch}\n"
+                "production:\n  state: running\n  follow: true\n"
+            ).encode(),
+        )
+        print(f"wrote {path}: follows {args.branch}")
+    else:
+        print(f"{path} exists; to deploy on push, give it:")
+        print(f"  source: {{git: {repo}, ref: {args.branch}}}\n  production: {{follow: true}}")
+    print("push to deploy:")
+    print(f"  git remote add production {repo}   # or ssh://<this host>{repo}")
+    print(f"  git push production HEAD:{args.branch}")
+    return 0
+
+
+def make_client(args: argparse.Namespace) -> Client:
+    if args.api:
+        token = os.environ.get("RECONCILER_API_TOKEN")
+        if args.token_file:
+            token = Path(args.token_file).read_text().strip()
+        return RemoteClient(args.api, token=token)
+    return LocalClient(Path(args.desired).absolute(), Path(args.data).absolute())
+
+
+def run_command(
+    command: Callable[[Client, argparse.Namespace, TextIO], int],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        out = sys.stdout
+        try:
+            client = make_client(args)
+        except (OperationError, OSError) as exc:
+            print(f"reconciler: {getattr(exc, 'message', exc)}", file=sys.stderr)
+            return FAILED
+        try:
+            return command(client, args, out)
+        except OperationError as exc:
+            if args.json:
+                print(json.dumps({"error": exc.message, "kind": exc.kind.value}), file=out)
+            else:
+                print(f"reconciler: {exc.message}", file=sys.stderr)
+            return USAGE if exc.kind == ErrorKind.INVALID else FAILED
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            client.close()
+
+    return run
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(value, indent=2), file=out)
+
+
+def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "") -> list[str]:
+    """A project's status as an operator reads it. ``file_error``: the invalid desired file's
+    error, printed once by the caller (the status repeats it while the last good spec runs)."""
+    line = f"{project}  {status['status']}"
+    if status.get("hash"):
+        line += f"  {status['hash']}"
+        if status.get("config"):
+            line += f" (config {status['config']})"
+    if status.get("url"):
+        line += f"  {status['url']}"
+    if status.get("replicas"):
+        line += f"  replicas {status['replicas']}"
+    usage = status.get("usage") or {}
+    if usage.get("memory") is not None:
+        line += f"  mem {usage['memory'] / 2**20:.0f}M"
+    if usage.get("cpu") is not None:
+        line += f" cpu {usage['cpu']:g}%"
+    if status.get("startedAt"):
+        line += f"  since {status['startedAt']}"
+    lines = [line]
+    if status.get("commit"):
+        lines.append(f"  commit: {status['commit'][:12]} {status.get('subject') or ''}".rstrip())
+    source = status.get("source")
+    if source and source.get("error"):
+        lines.append(f"  source: {source['error']}")
+    elif source and source.get("tip") and source["tip"] != status.get("commit"):
+        lines.append(f"  source: now at {str(source['tip'])[:12]}")
+    job = status.get("activeJob")
+    if job:
+        lines.append(f"  job: {job['type']} ({job['state']})")
+    error = status.get("error")
+    if error and not (file_error and error.endswith(file_error)):
+        first, *rest = str(error).splitlines()
+        lines.append(f"  error: {first}")
+        lines.extend(f"    {extra}" for extra in rest[-10:])
+    if status["status"] == "failed" and status.get("url"):
+        lines.append(f"  still serving: {status['hash']} at {status['url']}")
+    if status.get("note"):
+        lines.append(f"  note: {status['note']}")
+    return lines
+
+
+def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """One project (1 when it failed), or every desired file (1 when any project failed or
+    any file is invalid), with the daemon and the edge first."""
+    if args.project:
+        status = client.status(args.project)
+        if args.json:
+            _print_json(status, out)
+        else:
+            print("\n".join(_status_lines(args.project, status)), file=out)
+        return FAILED if status["status"] == "failed" else OK
+    listing = client.projects()
+    bad = any(
+        not item["valid"]
+        or (item["production"] is not None and item["production"]["status"] == "failed")
+        for item in listing["projects"]
+    )
+    if args.json:
+        _print_json(listing, out)
+        return FAILED if bad else OK
+    health = client.health()
+    daemon = health.get("daemon")
+    if daemon is not None:
+        print(f"daemon: {daemon['message']}", file=out)
+    edge = health.get("edge")
+    if edge is not None and edge.get("mode") != "off":
+        line = f"edge: {edge['status']} (caddy {edge.get('version') or '?'}, pid {edge.get('pid')}"
+        line += f", {edge.get('sites', 0)} site(s))"
+        if edge.get("error"):
+            line += f"  error: {edge['error']}"
+        print(line, file=out)
+    if not listing["projects"]:
+        print("no desired files", file=out)
+    for item in listing["projects"]:
+        if item["production"] is not None:
+            lines = _status_lines(item["id"], item["production"], file_error=item["error"] or "")
+            print("\n".join(lines), file=out)
+        if item["error"]:
+            print(f"  invalid: {item['error']}", file=out)
+    return FAILED if bad else OK
+
+
+def cmd_deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return _write_then_follow(client.deploy(args.project), client, args, out, READY)
+
+
+def cmd_stop(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return _write_then_follow(client.stop(args.project), client, args, out, STOPPED)
+
+
+def _write_then_follow(
+    status: dict[str, Any], client: Client, args: argparse.Namespace, out: TextIO, want: str
+) -> int:
+    if args.follow:
+        return _follow(client, args, out, want)
+    if args.json:
+        _print_json(status, out)
+    else:
+        print("\n".join(_status_lines(args.project, status)), file=out)
+    return OK
+
+
+def _follow(client: Client, args: argparse.Namespace, out: TextIO, want: str) -> int:
+    """Print the progress of what was just asked; end with the URL or ``Stopped`` (0), or the
+    error (1). The stream ends on its own when the daemon is not running or the wait is
+    longer than the project's timeouts allow; that is a 1 with the reason."""
+    started = said = time.monotonic()
+    result = FAILED
+    for event in client.follow(args.project):
+        elapsed = time.monotonic() - started
+        if event is None:  # a keep-alive; say something after 15 s of silence
+            if not args.json and time.monotonic() - said >= 15:
+                print(f"[{elapsed:6.1f}s] ...     still waiting", file=out, flush=True)
+                said = time.monotonic()
+            continue
+        said = time.monotonic()
+        if args.json:
+            print(
+                json.dumps({"id": event.id, "event": event.type, "data": event.data}),
+                file=out,
+                flush=True,
+            )
+        else:
+            _render(event, elapsed, out)
+        if event.type == READY:
+            result = OK if want == READY else FAILED
+            if not args.json:
+                print(f"Deployed {event.data.get('hash')}: {event.data.get('url')}", file=out)
+        elif event.type == STOPPED:
+            result = OK if want == STOPPED else FAILED
+            if not args.json:
+                print(f"Stopped {args.project}", file=out)
+        elif event.type == "production.error":
+            result = FAILED
+            if not args.json:
+                print(f"Failed: {event.data.get('error')}", file=out)
+        if event.type == "stream.end":
+            if event.data.get("reason"):
+                result = FAILED
+                if not args.json:
+                    print(f"Not done yet: {event.data.get('message')}", file=out)
+            break
+        out.flush()
+    return result
+
+
+def _render(event: Event, elapsed: float, out: TextIO) -> None:
+    if event.type == "stream.end":
+        return
+    step = STEP.get(event.type, event.type.removeprefix("production."))
+    data = event.data
+    if event.type == "production.ready":
+        text = f"running {data.get('hash')} at {data.get('url')}"
+    elif event.type == "production.error":
+        text = str(data.get("error", "")).splitlines()[0] if data.get("error") else "failed"
+    else:
+        text = str(data.get("message") or data.get("status") or data)
+    print(f"[{elapsed:6.1f}s] {step:<7} {text}", file=out)
+
+
+def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    history = client.history(args.project)
+    if args.json:
+        _print_json(history, out)
+        return OK
+    if not history["versions"]:
+        print(f"{args.project}: no kept versions", file=out)
+    for version in history["versions"]:
+        mark = "*" if version["isActive"] else " "
+        active = "  (active)" if version["isActive"] else ""
+        if version["isActive"] and version.get("config"):
+            active = f"  (active, config {version['config']})"
+        commit = (
+            f"  {version['commit'][:12]} {version.get('subject') or ''}"
+            if version.get("commit")
+            else ""
+        )
+        print(
+            f"{mark} {version['hash']}  {version['createdAt']}{active}{commit}".rstrip(), file=out
+        )
+    return OK
+
+
+def cmd_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    if not is_hash8(args.hash):
+        raise OperationError(
+            ErrorKind.INVALID,
+            f"HASH must be a version: 8 lowercase hex characters (`reconciler history "
+            f"{args.project}` lists the kept ones), not {args.hash!r}",
+        )
+    result = client.rollback(args.project, args.hash)
+    if args.json:
+        _print_json(result, out)
+    elif result.get("success"):
+        print(result.get("message"), file=out)
+    else:
+        print(f"Rollback failed: {result.get('error')}", file=out)
+    return OK if result.get("success") else FAILED
+
+
+def _which(name: str, chunk: dict[str, Any]) -> str:
+    """Which run a log chunk is of, in an operator's words."""
+    if name == "access":
+        return "the edge, every version"
+    if chunk["hash"]:
+        return f"version {chunk['hash']}"
+    if name == "build" and (chunk["text"] or int(chunk["offset"])):
+        return "the last build, which failed (no version)"
+    return "nothing yet (no build has run)"
+
+
+def cmd_logs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    names = ["build", "app"] if args.log == "both" else [args.log]
+    offsets: dict[str, int] = {}
+    for name in names:
+        chunk = client.log(args.project, name, offset=None, tail=max(0, args.lines))
+        offsets[name] = int(chunk["offset"])
+        if args.json:
+            print(json.dumps(chunk), file=out)
+            continue
+        print(f"==> {name}.log: {_which(name, chunk)} <==", file=out)
+        if chunk["text"]:
+            out.write(chunk["text"] if chunk["text"].endswith("\n") else chunk["text"] + "\n")
+    if not args.follow:
+        return OK
+    follow_name = "app" if "app" in names else names[0]
+    offset = offsets[follow_name]
+    version = client.log(args.project, follow_name, offset=offset, tail=0)["hash"]
+    while True:
+        out.flush()
+        time.sleep(0.5)
+        chunk = client.log(args.project, follow_name, offset=offset, tail=0)
+        if chunk["hash"] != version or int(chunk["offset"]) < offset:
+            version, offset = chunk["hash"], 0  # a new release: read its log from the start
+            if not args.json:
+                print(f"==> {follow_name}.log: version {version} <==", file=out)
+            continue
+        offset = int(chunk["offset"])
+        if chunk["text"]:
+            if args.json:
+                print(json.dumps(chunk), file=out)
+            else:
+                out.write(chunk["text"])

@@ -1,0 +1,116 @@
+"""Prometheus metrics (prometheus-client).
+
+The daemon counts what it does (deployments by project, kind and result; deploy, build and
+reconcile durations; drift repairs; the work queue's depth) in its own registry and writes
+the exposition text into the state database with every pulse (a few seconds), so that the API
+can serve it whether it runs in the daemon's process or beside it (``reconciler.api.metrics``
+adds what is read at scrape time).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from reconciler.core.kinds import DeploymentKind, DeploymentState, JobState, JobType
+from reconciler.core.spec import ProjectId
+
+if TYPE_CHECKING:
+    pass
+
+DEPLOY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                     30, 60, 300)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A deployment that ended: what metrics and notifications hear of."""
+
+    project: ProjectId
+    kind: DeploymentKind
+    result: DeploymentState
+    seconds: float
+    error: str | None
+    ready: dict[str, Any] | None  # the production.ready event's data (url, hash, commit)
+    pinned: str | None  # the version the desired state pins (a rollback), if any
+
+
+class DaemonMetrics:
+    """The daemon's counters and histograms, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.deploys = Counter(
+            "reconciler_deployments",
+            "Deployments finished, by project, kind (deploy, activate, repair, stop) and "
+            "result (succeeded, failed, cancelled)",
+            ["project", "kind", "result"],
+            registry=r,
+        )
+        self.deploy_seconds = Histogram(
+            "reconciler_deployment_duration_seconds",
+            "How long deployments took, by kind and result",
+            ["kind", "result"],
+            buckets=DEPLOY_BUCKETS,
+            registry=r,
+        )
+        self.build_seconds = Histogram(
+            "reconciler_build_duration_seconds",
+            "How long build jobs took (build, hash, stage), by result",
+            ["result"],
+            buckets=DEPLOY_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_seconds = Histogram(
+            "reconciler_reconcile_duration_seconds",
+            "How long one reconcile of one project took (observe, plan, the steps)",
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.repairs = Counter(
+            "reconciler_instance_repairs",
+            "Instances put back after they died (drift repairs), by project",
+            ["project"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "reconciler_queue_depth", "Projects waiting in the work queue", registry=r
+        )
+        self.source_checks = Counter(
+            "reconciler_source_checks",
+            "Checks of followed sources, by result (moved, same, failed)",
+            ["result"],
+            registry=r,
+        )
+        self._lock = threading.Lock()
+
+    # -- what the daemon hears (a recorder Listener) ----------------------------------------
+
+    def deployment_finished(self, finished: Finished) -> None:
+        kind, result = str(finished.kind), str(finished.result)
+        self.deploys.labels(finished.project, kind, result).inc()
+        self.deploy_seconds.labels(kind, result).observe(finished.seconds)
+        if finished.kind == DeploymentKind.REPAIR and finished.result == "succeeded":
+            self.repairs.labels(finished.project).inc()
+
+    def job_finished(
+        self, project: ProjectId, job_type: JobType, result: JobState, seconds: float
+    ) -> None:
+        if job_type == JobType.BUILD:
+            self.build_seconds.labels(str(result)).observe(seconds)
+
+    def reconciled(self, seconds: float) -> None:
+        self.reconcile_seconds.observe(seconds)
+
+    def queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def exposition(self) -> bytes:
+        with self._lock:
+            return generate_latest(self.registry)

@@ -1,0 +1,266 @@
+"""The pure planner: ``plan(desired, observed) -> steps``.
+
+No I/O and no clock: everything it needs is in its two arguments, so every combination is a
+row in a table test. The controller gathers the facts (desired file, state DB, runtime,
+release store), calls plan(), and runs the steps in order. Reconciliation is level-based:
+plan() never knows which event caused it, and planning again after the steps ran yields
+nothing (or only a status record).
+
+Steps, in the order they may appear:
+
+- ``StopInstances``: stop instances and release their ports (stopped, deleted, strays); at
+  the edge, strays and replaced instances are drained first.
+- ``Fail``: record a permanent failure for this exact desired spec (not retried).
+- ``Build``: build the source, stage a release, then activate it.
+- ``Activate``: bring a kept release live: start its instance (if it is not running), wait
+  ready, switch; for a static release at the edge, check it through the edge and flip
+  ``current``; for a dynamic one, flip the slot the edge routes to.
+- ``RestoreCurrent``: put back a deleted or wrong ``current`` link to the running version.
+- ``Record``: set the status columns only (e.g. ``running`` after a restart adopted it).
+
+``deployment_of(steps)`` names what a plan amounts to (deploy, activate, repair, stop): the
+controller records it as one deployment, and the API answers an operator by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import assert_never
+
+from reconciler.core.kinds import DeploymentKind, ServeMode, Status
+from reconciler.core.spec import ProjectSpec
+
+FLAP_LIMIT = 5
+FLAP_WINDOW = 300.0
+
+
+@dataclass(frozen=True)
+class DesiredView:
+    """What desired state asks for. ``spec`` is the spec in force (the last good one);
+    ``mode`` how its releases reach users (from the daemon's edge setting and the spec)."""
+
+    spec: ProjectSpec | None
+    digest: str | None
+    file_error: str | None = None
+    mode: ServeMode = ServeMode.PORT
+    config: str | None = None  # settings an instance must run with (instance_config)
+    source_rev: str | None = None  # followed source: the commit (or dir fingerprint) to run
+
+
+@dataclass(frozen=True)
+class ObservedInstance:
+    """An instance that really runs; a draining one is on its way out and planned around.
+    ``config``: the settings it runs with (None: started before instances named them)."""
+
+    hash: str
+    port: int | None = None
+    draining: bool = False
+    config: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.hash if self.config is None else f"{self.hash}-{self.config}"
+
+
+@dataclass(frozen=True)
+class ObservedView:
+    """What is: the status row, the release store, live instances, and at the edge the
+    project's stable port (``public_port``) and the version its active slot routes to."""
+
+    status: Status = Status.STOPPED
+    port: int | None = None
+    active_hash: str | None = None
+    latest_hash: str | None = None
+    observed_generation: int | None = None
+    failed_digest: str | None = None
+    current: str | None = None
+    instances: tuple[ObservedInstance, ...] = ()
+    releases: frozenset[str] = field(default_factory=frozenset)
+    recent_repairs: int = 0
+    public_port: int | None = None
+    routed: str | None = None  # the key of the instance the edge routes to
+    built_rev: str | None = None  # what the latest release was built from
+
+
+@dataclass(frozen=True)
+class StopInstances:
+    keys: tuple[str, ...]  # instance keys (ObservedInstance.key)
+    final: bool  # True: the project ends stopped (status stopped, port and url cleared)
+
+
+@dataclass(frozen=True)
+class Fail:
+    error: str
+
+
+@dataclass(frozen=True)
+class Build:
+    generation: int
+
+
+@dataclass(frozen=True)
+class Activate:
+    hash: str
+    repair: bool = False
+
+
+@dataclass(frozen=True)
+class RestoreCurrent:
+    hash: str
+
+
+@dataclass(frozen=True)
+class Record:
+    status: Status
+    hash: str | None = None
+
+
+Step = StopInstances | Fail | Build | Activate | RestoreCurrent | Record
+
+
+def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
+    """The steps that move ``observed`` toward ``desired`` (None: the file was deleted)."""
+    everything = tuple(i.key for i in observed.instances)
+    live = tuple(i for i in observed.instances if not i.draining)
+
+    if desired is None or desired.spec is None:
+        if desired is not None:
+            return []  # an invalid file and no last good spec: change nothing
+        return _stop(everything, observed)
+    spec = desired.spec
+    if spec.production.state == "stopped":
+        return _stop(everything, observed)
+
+    if observed.failed_digest is not None and observed.failed_digest == desired.digest:
+        return []  # this exact spec failed: wait for an edit or a new generation
+
+    pinned = spec.production.pinned
+    if pinned is not None:
+        if pinned not in observed.releases:
+            kept = ", ".join(sorted(observed.releases)) or "none"
+            return [Fail(f"version {pinned} is not kept (kept versions: {kept})")]
+        target = pinned
+    elif (
+        observed.observed_generation != spec.production.generation
+        or observed.latest_hash is None
+        or observed.latest_hash not in observed.releases
+        or (desired.source_rev is not None and desired.source_rev != observed.built_rev)
+    ):
+        return _after_strays(live, observed, Build(spec.production.generation))
+    else:
+        target = observed.latest_hash
+
+    serving = _serving(desired, target, live, observed)
+    if serving is None:
+        if desired.mode == ServeMode.STATIC:
+            gone = observed.current != target
+        else:
+            gone = all(i.hash != target for i in live)  # not a settings change: it died
+        repair = (
+            gone
+            and observed.active_hash == target
+            and observed.status in (Status.RUNNING, Status.ERROR)
+        )
+        if repair and observed.recent_repairs >= FLAP_LIMIT:
+            return [
+                Fail(
+                    f"the instance of {target} keeps dying: {observed.recent_repairs} repairs "
+                    f"in {int(FLAP_WINDOW // 60)} minutes; see its logs/app.log, then edit the "
+                    "desired file or deploy again"
+                )
+            ]
+        return _after_strays(live, observed, Activate(target, repair=repair))
+
+    steps: list[Step] = []
+    others = tuple(i.key for i in live if i.key != serving)
+    if others:
+        steps.append(StopInstances(others, final=False))
+    if desired.mode != ServeMode.STATIC and observed.current != target:
+        steps.append(RestoreCurrent(target))
+    moved = desired.mode == ServeMode.PORT and any(
+        i.key == serving and i.port != observed.port for i in live
+    )  # the instance that serves is not the one the status names (after a crash)
+    if observed.active_hash != target or observed.status != Status.RUNNING or moved:
+        steps.append(Record(Status.RUNNING, target))
+    return steps
+
+
+def _serving(
+    desired: DesiredView, target: str, live: tuple[ObservedInstance, ...], observed: ObservedView
+) -> str | None:
+    """What serves ``target`` with the wanted settings at the project's address now: the
+    instance's key, ``""`` for a static release (no instance), None when nothing does."""
+    at_edge = observed.public_port is not None and observed.port == observed.public_port
+    match desired.mode:
+        case ServeMode.PORT:
+            wanted = [i for i in live if i.hash == target and i.config == desired.config]
+            return wanted[0].key if wanted else None
+        case ServeMode.STATIC:
+            return "" if at_edge and observed.current == target else None
+        case ServeMode.SERVICE:  # one service: it serves when its labels name target
+            wanted = [i for i in live if i.hash == target and i.config == desired.config]
+            return wanted[0].key if at_edge and wanted else None
+        case ServeMode.DYNAMIC:
+            routed = [i for i in live if i.key == observed.routed]
+            fits = routed and routed[0].hash == target and routed[0].config == desired.config
+            return routed[0].key if at_edge and fits else None
+        case _:
+            assert_never(desired.mode)
+
+
+def _after_strays(
+    live: tuple[ObservedInstance, ...], observed: ObservedView, step: Step
+) -> list[Step]:
+    """``step``, preceded by stopping instances that are neither serving nor wanted (left by
+    a crashed pipeline); the serving one keeps serving until the new one is ready."""
+    serving = observed.routed if observed.routed is not None else None
+    strays = tuple(
+        i.key
+        for i in live
+        if i.hash != observed.active_hash and (serving is None or i.key != serving)
+    )
+    return [StopInstances(strays, final=False), step] if strays else [step]
+
+
+def _stop(everything: tuple[str, ...], observed: ObservedView) -> list[Step]:
+    if everything:
+        return [StopInstances(everything, final=True)]
+    if observed.status != Status.STOPPED:
+        return [Record(Status.STOPPED)]
+    return []
+
+
+def should_cancel(inflight_digest: str | None, desired: DesiredView | None) -> bool:
+    """A running pipeline is cancelled when the desired spec it works for changed, or a
+    followed git ref moved on (the newest commit wins). A followed source dir that changed
+    does not cancel: a build may write into its own tree; the next plan builds again if
+    what it built is not what the dir holds now."""
+    if desired is None:
+        return True
+    if desired.spec is None:
+        return False  # an invalid edit changes nothing
+    return _cancel_key(desired.digest) != _cancel_key(inflight_digest)
+
+
+def _cancel_key(digest: str | None) -> str | None:
+    return digest.split("@dir:", 1)[0] if digest is not None else None
+
+
+def deployment_of(steps: list[Step]) -> DeploymentKind | None:
+    """What a run of ``steps`` is, as an operator would name it; None for housekeeping alone
+    (stopping strays, restoring ``current``, recording a status that already holds)."""
+    for step in steps:
+        match step:
+            case Build() | Fail():
+                return DeploymentKind.DEPLOY
+            case Activate(repair=True):
+                return DeploymentKind.REPAIR
+            case Activate():
+                return DeploymentKind.ACTIVATE
+            case StopInstances(final=True) | Record(status=Status.STOPPED):
+                return DeploymentKind.STOP
+            case StopInstances() | RestoreCurrent() | Record():
+                continue
+            case _:
+                assert_never(step)
+    return None

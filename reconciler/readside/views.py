@@ -1,0 +1,356 @@
+"""Read models: what the API and the CLI report about a project, and how it is derived.
+
+Observed state comes from the state database. Desired state may be ahead of it (the daemon has
+not picked up an edit yet, or is down), and a client that reads right after a write must not
+see a stale answer. So "what will the daemon do next" is not guessed here: it is ``plan()``
+itself, asked with the desired file and the database's record of what runs (the same planner
+the daemon runs, through the same ``facts`` conversions), and the first step that means work
+becomes the status's pending ``activeJob``.
+
+A deployment the daemon has open for the current desired spec is reported as it runs; jobs
+outside a deployment (stopping a stray instance) are housekeeping and never shown as an
+operator's request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, assert_never
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reconciler.core.kinds import (
+    DeploymentKind,
+    EdgeMode,
+    EventType,
+    InstanceRole,
+    JobState,
+    JobType,
+    RuntimeName,
+    Status,
+)
+from reconciler.core.plan import (
+    Activate,
+    Build,
+    DesiredView,
+    Fail,
+    ObservedInstance,
+    Record,
+    RestoreCurrent,
+    Step,
+    StopInstances,
+    plan,
+)
+from reconciler.core.spec import ProjectId, ProjectSpec
+from reconciler.stores.desired import DesiredFile, DesiredStore, keep_production
+from reconciler.stores.facts import desired_view, observed_view, running_commit, spec_from_row
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import DeploymentRow, JobRow, ProjectRow, SourceRow, StateDB
+
+IN_PROGRESS = (Status.QUEUED, Status.BUILDING)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceState(_Out):
+    tip: str | None = Field(description="the commit the ref points at (or a dir's fingerprint)")
+    error: str | None = Field(description="why the source could not be read at the last check")
+    checkedAt: str
+
+
+class ActiveJob(_Out):
+    type: JobType
+    state: JobState
+
+
+class InstanceUsage(_Out):
+    memory: int | None = Field(description="bytes")
+    cpu: float | None = Field(description="percent of one core")
+    at: str | None = Field(description="when it was sampled (ISO 8601 UTC)")
+
+
+class ProductionStatus(_Out):
+    status: Status
+    url: str | None
+    port: int | None
+    error: str | None
+    startedAt: str | None = Field(description="ISO 8601 UTC; when the serving instance got ready")
+    activeJob: ActiveJob | None
+    hash: str | None = Field(description="the version serving now (kept when stopped)")
+    config: str | None = Field(
+        default=None,
+        description="digest of the settings the serving instance runs with (runtime, start, "
+        "env); None for a static site served by the edge",
+    )
+    note: str | None = Field(
+        default=None, description="something an operator should know that is not an error"
+    )
+    commit: str | None = Field(
+        default=None, description="git source: the commit the serving version was built from"
+    )
+    subject: str | None = Field(default=None, description="that commit's subject line")
+    source: SourceState | None = Field(
+        default=None, description="a followed source: where it stands now (production.follow)"
+    )
+    replicas: str | None = Field(
+        default=None, description="swarm: tasks running / replicas wanted, e.g. 2/2"
+    )
+    usage: InstanceUsage | None = Field(
+        default=None,
+        description="what the serving instance uses, as the daemon last sampled it (process "
+        "and docker runtimes)",
+    )
+
+
+class Version(_Out):
+    hash: str
+    isActive: bool
+    createdAt: str
+    config: str | None = Field(
+        default=None, description="the active version: digest of the settings it runs with"
+    )
+    commit: str | None = Field(default=None, description="git source: the commit it was built from")
+    subject: str | None = None
+
+
+class History(_Out):
+    versions: list[Version]
+
+
+class RollbackResult(_Out):
+    success: bool
+    hash: str | None = None
+    message: str | None = None
+    error: str | None = None
+
+
+class ProjectSummary(_Out):
+    id: str | None
+    file: str
+    valid: bool
+    production: ProductionStatus | None
+    error: str | None
+
+
+class ProjectList(_Out):
+    projects: list[ProjectSummary]
+
+
+# ---------------------------------------------------------------------------------------------
+# Deriving the status
+
+
+def next_job(steps: Sequence[Step]) -> ActiveJob | None:
+    """The job the daemon will run next for ``steps`` (None: nothing an operator waits on)."""
+    for step in steps:
+        match step:
+            case Build():
+                return ActiveJob(type=JobType.BUILD, state=JobState.QUEUED)
+            case Activate():
+                return ActiveJob(type=JobType.START, state=JobState.QUEUED)
+            case StopInstances(final=True) | Record(status=Status.STOPPED):
+                return ActiveJob(type=JobType.STOP, state=JobState.QUEUED)
+            case Fail():
+                return None  # the daemon will record the failure; nothing to wait for
+            case StopInstances() | RestoreCurrent() | Record():
+                continue
+            case _:
+                assert_never(step)
+    return None
+
+
+def queued(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
+    """The status of a project whose next job waits to run."""
+    return status.model_copy(update={"status": Status.QUEUED, "error": None, "activeJob": job})
+
+
+def stopping(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
+    """The status of a project being stopped: no address any more; the version is kept."""
+    return status.model_copy(
+        update={"status": Status.STOPPED, "url": None, "port": None, "startedAt": None,
+                "error": None, "activeJob": job, "config": None}
+    )  # fmt: skip
+
+
+def production_status(
+    desired: DesiredView | None,
+    row: ProjectRow | None,
+    deployment: DeploymentRow | None,
+    job: JobRow | None,
+    steps: Sequence[Step],
+    config: str | None = None,
+) -> ProductionStatus:
+    """The status an operator sees: the row, the open deployment, or what comes next.
+    ``config``: the settings digest of the instance serving the row's version."""
+    status = ProductionStatus(
+        status=row.productionStatus if row else Status.STOPPED,
+        url=row.productionUrl if row else None,
+        port=row.productionPort if row else None,
+        error=row.productionError if row else None,
+        startedAt=row.productionStartedAt if row else None,
+        activeJob=None,
+        hash=row.productionHash if row else None,
+        config=config if row and row.productionStatus != Status.STOPPED else None,
+    )
+    digest = desired.digest if desired is not None else None
+    ours = deployment is not None and digest is not None and deployment.digest == digest
+    if ours and job is not None:
+        active = ActiveJob(type=job.type, state=job.state)
+        if deployment is not None and deployment.kind == DeploymentKind.STOP:
+            return stopping(status, active)
+        return status.model_copy(update={"activeJob": active})
+    # no job runs now (the daemon has not started, or is between two jobs): what comes next
+    pending = next_job(steps)
+    if pending is None:
+        return status
+    if pending.type == JobType.STOP:
+        return stopping(status, pending)
+    if status.status == Status.ERROR and status.error:
+        # retrying after a transient error: say which, and that it is queued again
+        return status.model_copy(update={"activeJob": pending})
+    return queued(status, pending)
+
+
+def in_progress(status: ProductionStatus) -> bool:
+    """A deploy, start or repair is queued or running (a stop is not)."""
+    return status.status in IN_PROGRESS or (
+        status.activeJob is not None and status.activeJob.type != JobType.STOP
+    )
+
+
+def state_event(status: ProductionStatus) -> tuple[EventType, dict[str, Any]]:
+    """The current state as the one event a stream sends when nothing is in progress."""
+    if status.status == Status.RUNNING:
+        return EventType.READY, {
+            "status": "running", "url": status.url, "port": status.port, "hash": status.hash,
+        }  # fmt: skip
+    if status.status == Status.FAILED:
+        return EventType.ERROR, {"error": status.error, "status": "failed"}
+    if status.status == Status.STOPPED:
+        return EventType.STOPPED, {"status": "stopped"}
+    return EventType.STATUS, status.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One project as the stores record it, with what the planner would do next."""
+
+    desired: DesiredView | None
+    spec: ProjectSpec | None
+    row: ProjectRow | None
+    deployment: DeploymentRow | None
+    job: JobRow | None
+    steps: tuple[Step, ...]
+    config: str | None = None  # the settings digest of the instance serving the row's version
+    file: DesiredFile | None = None  # the desired file as read
+    commit: dict[str, str] | None = None  # the commit the row's version was built from
+    source: SourceRow | None = None  # a followed source's standing
+    usage: InstanceUsage | None = None  # what the serving instance uses
+
+    @property
+    def file_spec(self) -> ProjectSpec | None:
+        """What the file itself says (valid files only)."""
+        return self.file.spec if self.file is not None else None
+
+    def status(self) -> ProductionStatus:
+        status = production_status(
+            self.desired, self.row, self.deployment, self.job, self.steps, self.config
+        )
+        file_spec = self.file_spec
+        if file_spec is not None and "production" not in file_spec.model_fields_set:
+            if self.spec is not None and "production" in self.spec.model_fields_set:
+                note = (
+                    "the desired file has no production: block; the project keeps its last "
+                    f"production state ({self.spec.production.state}); add one to change it"
+                )
+            else:
+                note = (
+                    "the desired file has no production: block, so the project stays "
+                    "stopped; set production.state: running (or run `reconciler deploy`)"
+                )
+            status = status.model_copy(update={"note": note})
+        extra: dict[str, Any] = dict(self.commit or {})
+        if self.row is not None and self.row.productionReplicas and status.hash:
+            extra["replicas"] = self.row.productionReplicas
+        if self.usage is not None and status.status == Status.RUNNING:
+            extra["usage"] = self.usage
+        if self.source is not None:
+            extra["source"] = SourceState(
+                tip=self.source.rev, error=self.source.error, checkedAt=self.source.checkedAt
+            )
+        return status.model_copy(update=extra) if extra else status
+
+    def converged(self) -> bool:
+        """Nothing open and nothing left to do."""
+        return self.deployment is None and not self.steps
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Reads a project's snapshot from the stores (the state database, desired files and
+    release store); never from a runtime or the edge, so it answers the same while the daemon
+    is down. The edge mode is the one the daemon last recorded (``edge`` until it has)."""
+
+    db: StateDB
+    desired: DesiredStore
+    releases: ReleaseStore
+    edge: EdgeMode = EdgeMode.OFF
+    default_runtime: RuntimeName = RuntimeName.PROCESS
+
+    def edge_mode(self) -> EdgeMode:
+        row = self.db.edge()
+        return row.mode if row is not None else self.edge
+
+    def runtime(self) -> RuntimeName:
+        """The daemon's default runtime, as it last recorded it (``default_runtime`` until
+        it has): a file without ``runtime:`` runs on it, and its settings digest says so."""
+        row = self.db.daemon()
+        if row is not None and row.runtime in {r.value for r in RuntimeName}:
+            return RuntimeName(row.runtime)
+        return self.default_runtime
+
+    def snapshot(self, pid: ProjectId) -> Snapshot:
+        row = self.db.project(pid)
+        desired = self.desired.read(pid)
+        last = spec_from_row(row)
+        spec = None
+        if desired is not None:
+            spec = keep_production(desired.spec, last) if desired.spec else last
+        source = self.db.source(pid) if spec is not None and spec.production.follow else None
+        view = desired_view(
+            desired, spec, edge=self.edge_mode(), default_runtime=self.runtime(), source=source
+        )
+        instances = self.db.instances(pid)
+        observed = observed_view(
+            row,
+            instances=(
+                ObservedInstance(r.hash, r.port, r.role == InstanceRole.DRAINING, r.config)
+                for r in instances
+            ),
+            current=self.releases.current(pid),
+            releases=frozenset(r.hash for r in self.releases.versions(pid)),
+            site=self.db.site(pid),
+            slot=self.releases.slot(pid),
+        )
+        deployment = self.db.open_deployment(pid)
+        job = self.db.active_job(pid, deployment=deployment.id) if deployment else None
+        active = [
+            r
+            for r in instances
+            if row is not None and r.hash == row.productionHash and r.role == InstanceRole.ACTIVE
+        ]
+        serving = [r.config for r in active]
+        usage = (
+            InstanceUsage(memory=active[0].memory, cpu=active[0].cpu, at=active[0].usageAt)
+            if active and active[0].usageAt
+            else None
+        )
+        version = row.productionHash if row is not None else None
+        commit = running_commit(row, version, self.releases.source_of(pid, version))
+        return Snapshot(
+            view, spec, row, deployment, job, tuple(plan(view, observed)),
+            serving[0] if serving else None, desired, commit or None, source, usage,
+        )  # fmt: skip

@@ -1,0 +1,342 @@
+"""The desired-state directory: find, read and edit ``desired/<project-id>.yaml`` files.
+
+Reads are pure: :meth:`DesiredStore.read` says what a file holds now and remembers nothing.
+What stays in force while a file is invalid is the caller's business, kept in a
+:class:`LastGood` that only its owner writes (the controller, from the reconcile that applied a
+spec; the state database holds a copy across restarts).
+
+Writing goes through one function, :meth:`DesiredStore.edit`: a read-modify-write of chosen
+fields under a per-project lock that also holds across processes (``flock``). The new text is
+the old text with only the changed values replaced, validated before it is written, and
+replaces the file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.core.fileio import atomic_write
+from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
+from reconciler.stores.desired.edit import EditError, set_values
+from reconciler.stores.desired.parse import (
+    SETTLE,
+    SUFFIXES,
+    DesiredFileError,
+    Problem,
+    dangling,
+    decode,
+    is_settled,
+    parse,
+    read_file,
+)
+from reconciler.stores.gitcache import GitError
+
+if TYPE_CHECKING:
+    from reconciler.stores.desired.git import ConfigRepo
+
+
+class ProjectNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    """What one project's desired file says now: a valid spec, or the problems found."""
+
+    project_id: ProjectId
+    path: Path
+    spec: ProjectSpec | None
+    problems: tuple[Problem, ...] = ()
+    settles_at: float | None = None  # Unix time a file without a final newline is read
+
+    @property
+    def valid(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(str(p) for p in self.problems) or None
+
+
+@dataclass
+class Scan:
+    """All desired files: read projects, and files that cannot be tied to a project id."""
+
+    projects: dict[ProjectId, DesiredFile] = field(default_factory=dict)
+    orphans: list[Problem] = field(default_factory=list)
+
+    def problems(self) -> list[Problem]:
+        found = list(self.orphans)
+        for desired in self.projects.values():
+            found.extend(desired.problems)
+        return found
+
+
+@dataclass(frozen=True)
+class EditResult:
+    before: ProjectSpec
+    after: ProjectSpec
+    changed: bool
+
+
+Mutation = Callable[[ProjectSpec], Mapping[str, object]]
+
+
+class LastGood:
+    """The last valid spec of each project: what stays in force while its file is invalid."""
+
+    def __init__(self) -> None:
+        self._specs: dict[ProjectId, ProjectSpec] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, project_id: ProjectId, spec: ProjectSpec) -> None:
+        with self._lock:
+            self._specs[project_id] = spec
+
+    def seed(self, project_id: ProjectId, spec: ProjectSpec) -> None:
+        """Remember ``spec`` unless a newer one is known (e.g. from the database at startup)."""
+        with self._lock:
+            self._specs.setdefault(project_id, spec)
+
+    def get(self, project_id: ProjectId) -> ProjectSpec | None:
+        with self._lock:
+            return self._specs.get(project_id)
+
+    def forget(self, project_id: ProjectId) -> None:
+        with self._lock:
+            self._specs.pop(project_id, None)
+
+    def in_force(self, desired: DesiredFile) -> ProjectSpec | None:
+        """The file's spec when it is valid, else the last good one."""
+        if desired.spec is None:
+            return self.get(desired.project_id)
+        return keep_production(desired.spec, self.get(desired.project_id))
+
+
+def keep_production(spec: ProjectSpec, last: ProjectSpec | None) -> ProjectSpec:
+    """A file without a ``production:`` block says nothing about production: the project
+    keeps the production state it had (a running site is not stopped because the block was
+    deleted or a write was cut short); a new project stays stopped."""
+    if "production" in spec.model_fields_set or last is None:
+        return spec
+    return spec.model_copy(update={"production": last.production})
+
+
+class DesiredStore:
+    """A desired-state directory. Safe to share between threads and processes."""
+
+    def __init__(self, directory: Path, *, lock_dir: Path | None = None) -> None:
+        self.directory = Path(directory)
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else self.directory / ".locks"
+        self._memo: dict[Path, tuple[bytes, DesiredFile]] = {}
+        self._memo_lock = threading.Lock()
+        self.committer: ConfigRepo | None = None  # writes become commits (--desired-git)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _names(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+
+    def paths_for(self, project_id: ProjectId) -> list[Path]:
+        base = os.path.join(self.directory, project_id)
+        return [Path(base + suffix) for suffix in SUFFIXES if os.path.lexists(base + suffix)]
+
+    def path_for(self, project_id: ProjectId) -> Path | None:
+        found = self.paths_for(project_id)
+        return found[0] if found else None
+
+    def read(self, project_id: ProjectId) -> DesiredFile | None:
+        """Read one project's file; None when it has none.
+
+        The file is read every time; parsing is memoized on its exact bytes (a resync of a
+        thousand unchanged files parses none of them)."""
+        paths = self.paths_for(project_id)
+        if not paths:
+            return None
+        path = paths[0]
+        if len(paths) > 1:
+            return DesiredFile(project_id, path, None, (_duplicate_problem(paths),))
+        try:
+            data = read_file(path)
+        except FileNotFoundError:
+            if path.is_symlink():  # shown as invalid, never silently left out
+                return DesiredFile(project_id, path, None, (dangling(path),))
+            return None
+        except DesiredFileError as exc:
+            return DesiredFile(project_id, path, None, tuple(exc.problems))
+        except OSError as exc:
+            problem = Problem(path, 1, 1, f"cannot read: {exc.strerror}")
+            return DesiredFile(project_id, path, None, (problem,))
+        settles_at = None
+        if not data.endswith(b"\n"):  # being written, or saved by an editor that omits it
+            try:
+                settles_at = os.stat(path, follow_symlinks=False).st_mtime + SETTLE
+            except OSError:
+                return None
+            if settles_at <= time.time():
+                settles_at = None  # unchanged long enough: read it as it is
+        with self._memo_lock:
+            memo = self._memo.get(path)
+        if memo is not None and memo[0] == data and memo[1].settles_at == settles_at:
+            return memo[1]
+        try:
+            spec = parse(path, data, settled=settles_at is None)
+            result = DesiredFile(project_id, path, spec)
+        except DesiredFileError as exc:
+            result = DesiredFile(project_id, path, None, tuple(exc.problems), settles_at)
+        with self._memo_lock:
+            self._memo[path] = (data, result)
+        return result
+
+    def _ids(self, orphans: list[Problem]) -> list[ProjectId]:
+        ids, refused = classify(self._names())
+        orphans.extend(Problem(self.directory / name, 1, 1, why) for name, why in refused)
+        return ids
+
+    def scan_names(self) -> list[Problem]:
+        """Files whose names are no project id (they are never read)."""
+        orphans: list[Problem] = []
+        self._ids(orphans)
+        return orphans
+
+    def ids(self) -> list[ProjectId]:
+        """The project ids that have a desired file, without parsing any of them."""
+        return self._ids([])
+
+    def scan(self) -> Scan:
+        """Read every desired file."""
+        result = Scan()
+        for project_id in self._ids(result.orphans):
+            desired = self.read(project_id)
+            if desired is not None:
+                result.projects[project_id] = desired
+        return result
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, project_id: ProjectId) -> Iterator[None]:
+        """Exclusive per-project lock, held across threads and processes."""
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_dir / f"{project_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def edit(self, project_id: ProjectId, mutate: Mutation, *, reason: str = "edit") -> EditResult:
+        """Read-modify-write of chosen fields of one desired file.
+
+        ``mutate`` sees the current spec (under the lock) and returns dotted keys with new
+        scalar values, e.g. ``{"production.generation": 4}``; an empty mapping writes nothing.
+        With a configuration repository (``committer``) the edit is a commit pushed to it,
+        its message naming ``reason``, the project and the new values.
+        Raises ProjectNotFound, DesiredFileError (the file is invalid now) or EditError.
+        """
+        if self.committer is not None:
+            return self._commit_edit(project_id, mutate, reason)
+        with self.lock(project_id):
+            paths = self.paths_for(project_id)
+            if not paths:
+                raise ProjectNotFound(project_id)
+            if len(paths) > 1:
+                raise DesiredFileError([_duplicate_problem(paths)])
+            path = paths[0]
+            if path.is_symlink():
+                raise EditError(
+                    f"{path.name} is a symlink (to {os.readlink(path)}); the API does not write "
+                    "through links: edit the file it points to"
+                )
+            data = read_file(path)
+            settled = data.endswith(b"\n") or is_settled(path)
+            result, text, _changes = _edited(path, data, mutate, settled=settled)
+            if text is not None:
+                atomic_write(path, text.encode())
+            return result
+
+    def _commit_edit(self, project_id: ProjectId, mutate: Mutation, reason: str) -> EditResult:
+        from reconciler.stores.desired.git import NoSuchFile, PushRefused
+
+        assert self.committer is not None
+        found: list[EditResult] = []
+
+        def transform(name: str, data: bytes) -> tuple[bytes | None, str]:
+            found.clear()
+            result, text, changes = _edited(self.directory / name, data, mutate, settled=True)
+            found.append(result)
+            shown = ", ".join(
+                f"{key.removeprefix('production.')} {value}" for key, value in changes.items()
+            )
+            return (text.encode() if text is not None else None), f"{reason} {project_id}: {shown}"
+
+        names = tuple(f"{project_id}{suffix}" for suffix in SUFFIXES)
+        try:
+            self.committer.commit_edit(names, transform)
+        except NoSuchFile:
+            raise ProjectNotFound(project_id) from None
+        except (PushRefused, GitError) as exc:
+            raise EditError(str(exc)) from None
+        return found[0]
+
+
+def _edited(
+    path: Path, data: bytes, mutate: Mutation, *, settled: bool
+) -> tuple[EditResult, str | None, dict[str, object]]:
+    """The edit of one file's bytes: the result, the new text (None: nothing to write) and
+    the changes asked for."""
+    before = parse(path, data, settled=settled)
+    changes = dict(mutate(before))
+    if not changes:
+        return EditResult(before, before, changed=False), None, changes
+    text = set_values(decode(path, data, settled=settled), changes, path=path)
+    if not text.endswith("\n"):
+        text += "\n"
+    try:
+        after = parse(path, text.encode())
+    except DesiredFileError as exc:
+        raise EditError(f"the edit would make {path.name} invalid: {exc}") from None
+    for dotted, value in changes.items():
+        obj: Any = after
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        if obj != value:
+            raise EditError(f"the edit of {dotted} did not take in {path.name}")
+    if after == before:
+        return EditResult(before, after, changed=False), None, changes
+    return EditResult(before, after, changed=True), text, changes
+
+
+def classify(names: Iterable[str]) -> tuple[list[ProjectId], list[tuple[str, str]]]:
+    """Of a desired dir's entry names (sorted): the project ids its desired files name, in
+    order and once each; and the desired files whose names are no project id, with why.
+    Hidden files and other suffixes are neither."""
+    ids: list[ProjectId] = []
+    refused: list[tuple[str, str]] = []
+    for name in names:
+        if name.startswith(".") or not name.endswith(SUFFIXES):
+            continue
+        try:
+            project_id = check_project_id(name.rsplit(".", 1)[0])
+        except InvalidProjectId as exc:
+            refused.append((name, str(exc)))
+            continue
+        if project_id not in ids:
+            ids.append(project_id)
+    return ids, refused
+
+
+def _duplicate_problem(paths: list[Path]) -> Problem:
+    names = " and ".join(p.name for p in paths)
+    return Problem(paths[0], 1, 1, f"project id {paths[0].stem!r} is defined twice ({names})")
