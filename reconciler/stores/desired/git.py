@@ -22,7 +22,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from reconciler.core.config import parse_author
 from reconciler.core.spec import redact
 from reconciler.stores.gitcache import TIP, GitError, checkout_tree, ls_remote, run_git
 
@@ -48,13 +48,6 @@ class PushRefused(Exception):
 
 class NoSuchFile(LookupError):
     pass
-
-
-def parse_author(author: str) -> tuple[str, str]:
-    match = re.fullmatch(r"\s*(.*?)\s*<([^<>\s]+)>\s*", author)
-    if not match or not match.group(1):
-        raise ValueError(f"git author {author!r} must look like 'Name <email>'")
-    return match.group(1), match.group(2)
 
 
 class ConfigRepo:
