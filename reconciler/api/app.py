@@ -27,9 +27,7 @@ from reconciler.core.config import Config, is_loopback
 from reconciler.core.kinds import EdgeMode, EventType
 from reconciler.readside.operations import ErrorKind, Event, OperationError, Operations
 from reconciler.sources import hooks
-from reconciler.stores.desired import DesiredStore
-from reconciler.stores.desired.git import config_repo
-from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.opened import open_stores
 from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
@@ -406,19 +404,7 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
     app = Flask("reconciler.api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    repo = config_repo(
-        config.data_dir, config.desired_git, config.desired_git_ref, config.git_author
-    )
-    desired = DesiredStore(repo.current if repo else config.desired_dir, lock_dir=config.lock_dir)
-    desired.committer = repo
-    app.extensions["reconciler"] = Operations(
-        db=db or StateDB(config.state_db),
-        desired=desired,
-        releases=ReleaseStore(config.releases_dir),
-        edge=config.edge,
-        default_runtime=config.default_runtime,
-    )
+    app.extensions["reconciler"] = Operations.of(open_stores(config, db=db), config)
     app.config["RECONCILER_TOKEN"] = token
     app.config["RECONCILER_CONFIG"] = config
     app.config["RECONCILER_ORIGINS"] = tuple(o.lower().rstrip("/") for o in config.allowed_origins)

@@ -14,11 +14,10 @@ from typing import Any, Protocol
 
 import httpx
 
+from reconciler.core.config import Config
+from reconciler.core.kinds import EdgeMode
 from reconciler.readside.operations import ErrorKind, Event, OperationError, Operations
-from reconciler.stores.desired import DesiredStore
-from reconciler.stores.desired.git import ConfigRepo
-from reconciler.stores.releases import ReleaseStore
-from reconciler.stores.state import StateDB
+from reconciler.stores.opened import open_stores
 
 
 def kind_of(http_status: int) -> ErrorKind:
@@ -54,14 +53,8 @@ class LocalClient:
                 ErrorKind.UNAVAILABLE,
                 f"no state database at {data / 'state.db'}: has the daemon run with --data {data}?",
             )
-        repo = ConfigRepo.from_data_dir(data)  # the daemon applies a configuration repo
-        store = DesiredStore(repo.current if repo else desired, lock_dir=data / "locks")
-        store.committer = repo
-        self.ops = Operations(
-            db=StateDB(data / "state.db"),
-            desired=store,
-            releases=ReleaseStore(data / "production"),
-        )
+        config = Config(desired_dir=desired, data_dir=data, edge=EdgeMode.OFF)
+        self.ops = Operations.of(open_stores(config), config)
 
     def projects(self) -> dict[str, Any]:
         return self.ops.projects().model_dump(mode="json")

@@ -27,6 +27,7 @@ from reconciler.controller.observe import (
     RepairLog,
     Runtimes,
     Sign,
+    SpecListener,
     instance_from_row,
 )
 from reconciler.controller.pipeline import Pipeline
@@ -63,6 +64,8 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         listener: Listener | None = None,
         on_reconciled: Callable[[float], None] | None = None,
+        on_spec: SpecListener | None = None,
+        last_good: LastGood | None = None,
     ) -> None:
         self.on_reconciled = on_reconciled  # the seconds each reconcile took (metrics)
         self.config = config
@@ -71,7 +74,7 @@ class Controller:
         self.releases = releases
         self.ports = ports
         self.runtimes = runtimes
-        self.last_good = LastGood()
+        self.last_good = last_good if last_good is not None else LastGood()
         repairs = RepairLog(clock)
         self.fingerprints = Fingerprints(desired, releases)
         self.observer = Observer(
@@ -82,6 +85,7 @@ class Controller:
             last_good=self.last_good,
             repairs=repairs,
             edge=config.edge,
+            on_spec=on_spec,
         )
         self.at_edge = at_edge
         self.pipeline = Pipeline(

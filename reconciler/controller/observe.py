@@ -28,6 +28,10 @@ from reconciler.stores.state import InstanceRow, ProjectRow, SiteRow, StateDB
 Live = dict[str, tuple[Instance, Runtime]]  # by Instance.key
 
 
+# sees each project's spec as it is read, with its desired file (the follower tracks it)
+SpecListener = Callable[[ProjectId, "ProjectSpec | None", "Path | None"], None]
+
+
 class Runtimes:
     """The runtime of each name, made on first use; ``on_new`` sees each one once (the daemon
     starts its engine watch there)."""
@@ -184,7 +188,7 @@ class Observer:
         last_good: LastGood,
         repairs: RepairLog,
         edge: EdgeMode = EdgeMode.OFF,
-        on_spec: Callable[[ProjectId, ProjectSpec | None, Path | None], None] | None = None,
+        on_spec: SpecListener | None = None,
     ) -> None:
         self.on_spec = on_spec  # sees each project's spec as read (the follower tracks it)
         self.desired = desired

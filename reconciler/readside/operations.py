@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.config import Config
 from reconciler.core.kinds import (
     TERMINAL_EVENTS,
     EdgeMode,
@@ -49,6 +50,7 @@ from reconciler.readside.views import (
 )
 from reconciler.stores.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
 from reconciler.stores.facts import running_commit
+from reconciler.stores.opened import Stores
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
 
@@ -104,6 +106,16 @@ class Operations:
     reader: Reader = field(init=False)
     cache: ReadCache[tuple[ProductionStatus, ProjectSummary | None]] = field(init=False)
     _listing: tuple[object, bytes] | None = field(init=False, default=None)
+
+    @classmethod
+    def of(cls, stores: Stores, config: Config) -> Operations:
+        return cls(
+            db=stores.db,
+            desired=stores.desired,
+            releases=stores.releases,
+            edge=config.edge,
+            default_runtime=config.default_runtime,
+        )
 
     def __post_init__(self) -> None:
         self.reader = Reader(self.db, self.desired, self.releases, self.edge, self.default_runtime)

@@ -109,6 +109,8 @@ class Follower:
         watch: bool = True,
         git_debounce: float = 0.01,
         dir_debounce: float = 0.5,
+        on_check: Callable[[str], None] = lambda _result: None,
+        on_desired_nudge: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
         self.enqueue = enqueue
@@ -116,8 +118,8 @@ class Follower:
         self.poll = poll
         self.default_runtime = default_runtime
         self.use_watch = watch
-        self.on_desired_nudge: Callable[[], None] | None = None  # the configuration repo
-        self.on_check: Callable[[str], None] = lambda _result: None  # moved, same, failed
+        self.on_desired_nudge = on_desired_nudge  # the configuration repo's webhook
+        self.on_check = on_check  # each check's result: moved, same, failed
         self._targets: dict[ProjectId, Target] = {}
         self._failures: dict[ProjectId, int] = {}
         self._lock = threading.Lock()

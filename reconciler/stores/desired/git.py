@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from reconciler.core.config import parse_author
+from reconciler.core.config import DataLayout, parse_author
 from reconciler.core.spec import redact
 from reconciler.stores.gitcache import TIP, GitError, checkout_tree, ls_remote, run_git
 
@@ -66,7 +66,7 @@ class ConfigRepo:
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> ConfigRepo | None:
         """The configuration repository a daemon on ``data_dir`` applies (None: plain dir)."""
-        root = data_dir / "desired-git"
+        root = DataLayout(data_dir).desired_git
         try:
             settings = json.loads((root / SETTINGS).read_text())
             return cls(root, settings["url"], settings["ref"], author=settings["author"])
@@ -257,15 +257,7 @@ def _push_reason(stdout: str, stderr: str) -> str:
     return "; ".join(lines[-4:]) or "no reason given"
 
 
-def config_repo(data_dir: Path, url: str | None, ref: str, author: str) -> ConfigRepo | None:
-    """The configuration repository ``url`` names (flags), else the one a daemon on the same
-    data dir applies (its settings file), else None (a plain desired dir)."""
-    if url:
-        return ConfigRepo(data_dir / "desired-git", url, ref, author=author)
-    return ConfigRepo.from_data_dir(data_dir)
-
-
-def forget_settings(data_dir: Path) -> None:
+def forget_settings(root: Path) -> None:
     """A daemon on a plain desired dir: the API and the CLI must not write commits."""
     with contextlib.suppress(FileNotFoundError):
-        (data_dir / "desired-git" / SETTINGS).unlink()
+        (root / SETTINGS).unlink()

