@@ -1,0 +1,115 @@
+"""The files the edge reads per request, kept beside a project's releases: the slot that serves a
+dynamic site (``slot``), a preview link, and the addresses of a swarm service's tasks
+(``tasks/``). Writing them is how a site moves with no configuration load."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.core.errors import ReleaseError
+from reconciler.core.fileio import atomic_write
+from reconciler.core.spec import ProjectId
+from reconciler.stores.releases.release import (
+    PREVIEW,
+    SLOT,
+    SLOT_NAMES,
+    SLOTS,
+    TASKS,
+    Limits,
+    Release,
+)
+
+
+class SiteLinks:
+    if TYPE_CHECKING:  # what the store it is part of provides
+        root: Path
+        limits: Limits
+        _manifests: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]]
+
+        def project_dir(self, project_id: ProjectId) -> Path: ...
+        def get(self, project_id: ProjectId, version: str) -> Release | None: ...
+        def versions(self, project_id: ProjectId) -> list[Release]: ...
+        def current(self, project_id: ProjectId) -> str | None: ...
+        def _point(self, project_id: ProjectId, name: str, target: str) -> None: ...
+
+    def _link_base(self, project_id: ProjectId) -> Path | None:
+        """The dist a new release shares unchanged files with: the one ``current`` points
+        at, else the newest kept release."""
+        version = self.current(project_id)
+        if version is None:
+            kept = self.versions(project_id)
+            version = kept[0].hash if kept else None
+        return self.project_dir(project_id) / version / "dist" if version else None
+
+    def preview(self, project_id: ProjectId, version: str) -> None:
+        """Point ``preview`` at a complete release (the edge serves it on its check route)."""
+        if self.get(project_id, version) is None:
+            raise ReleaseError(f"version {version} of {project_id} is not a complete release")
+        self._point(project_id, PREVIEW, version)
+
+    def slot(self, project_id: ProjectId) -> str | None:
+        """The slot the edge routes to (``a`` or ``b``), None when there is none yet."""
+        try:
+            target = os.readlink(self.project_dir(project_id) / SLOT)
+        except OSError:
+            return None
+        name = target.removeprefix(f"{SLOTS}/")
+        return name if name in SLOT_NAMES else None
+
+    def set_slot(self, project_id: ProjectId, slot: str) -> None:
+        """Route the project's edge traffic to ``slot`` (one atomic link flip)."""
+        if slot not in SLOT_NAMES:
+            raise ValueError(f"slot must be one of {SLOT_NAMES}")
+        slots = self.project_dir(project_id) / SLOTS
+        for name in SLOT_NAMES:
+            marker = slots / name / name
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+        self._point(project_id, SLOT, f"{SLOTS}/{slot}")
+
+    def route_tasks(self, project_id: ProjectId, upstreams: tuple[str, ...], fanout: int) -> bool:
+        """Point the edge's ``fanout`` upstream entries of a service at ``upstreams`` (file i
+        names task i mod n; each file replaced atomically, so a request reads an address that
+        ran a moment ago or runs now, never a partial one); no task: no files, and the edge
+        answers 503. True when something changed."""
+        tasks = self.project_dir(project_id) / TASKS
+        wanted = {str(i): upstreams[i % len(upstreams)] for i in range(fanout)} if upstreams else {}
+        changed = False
+        for name, address in wanted.items():
+            path = tasks / name
+            try:
+                if path.read_text() == address:
+                    continue
+            except OSError:
+                tasks.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, address.encode(), durable=False)
+            changed = True
+        if tasks.is_dir():
+            # the first file goes last: the edge's route takes the tasks while it exists
+            for entry in sorted(os.scandir(tasks), key=lambda e: e.name == "0"):
+                if entry.name.isdigit() and entry.name not in wanted:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                    changed = True
+        return changed
+
+    def routed_tasks(self, project_id: ProjectId) -> tuple[str, ...]:
+        """The distinct addresses the edge routes a service to now."""
+        tasks = self.project_dir(project_id) / TASKS
+        found: list[str] = []
+        try:
+            entries = sorted(os.scandir(tasks), key=lambda e: e.name)
+        except OSError:
+            return ()
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                address = Path(entry.path).read_text()
+                if address not in found:
+                    found.append(address)
+        return tuple(sorted(found))
