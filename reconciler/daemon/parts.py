@@ -30,7 +30,8 @@ def make_runtime_factory(
     def factory(name: RuntimeName) -> Runtime:
         match name:
             case RuntimeName.PROCESS:
-                from reconciler.runtimes.process.runtime import ProcessRuntime, spawn_detached
+                from reconciler.runtimes.process.processes import spawn_detached
+                from reconciler.runtimes.process.runtime import ProcessRuntime
 
                 launcher = spawn_detached
                 if units is None and config.systemd_run:

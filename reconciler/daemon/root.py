@@ -202,7 +202,7 @@ class Daemon:
 
     def _recover(self) -> None:
         """What a previous daemon left: its builds, staging dirs, open jobs, reservations."""
-        from reconciler.runtimes.process.runtime import kill_orphan_builds
+        from reconciler.runtimes.process.processes import kill_orphan_builds
 
         orphans = kill_orphan_builds(self.releases)
         if self.site_units is not None:

@@ -1,0 +1,197 @@
+"""Builds on this host: the build command in the project's source dir, in its own session (or a
+reconciler-build@ unit with --site-users), its output handed on line by line, cancelled whole."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import IO, TYPE_CHECKING
+
+from reconciler.core.errors import BuildFailed, Cancelled
+from reconciler.core.fileio import atomic_write
+from reconciler.core.kinds import RuntimeName
+from reconciler.core.spec import Limits
+from reconciler.runtimes.base import (
+    BuildRequest,
+    BuildResult,
+    OutputTail,
+    describe_seconds,
+    with_tail,
+)
+from reconciler.runtimes.process.processes import (
+    BUILD_RECORD,
+    KILL_GRACE,
+    _dist_exclude,
+    _inside_source,
+    _output_dir,
+    base_environ,
+    build_instance,
+    kill_group,
+    kill_session,
+    limited,
+    process_start_time,
+)
+from reconciler.runtimes.systemd import SiteUnits
+from reconciler.stores.releases import Release
+
+
+class Builds:
+    if TYPE_CHECKING:  # what the runtime it is part of provides
+        name: RuntimeName
+        units: SiteUnits | None
+        build_limits: Limits
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        spec = request.spec
+        output = _output_dir(spec)
+        dist = request.source / output
+        if not request.source.is_dir():
+            raise BuildFailed(f"source dir {request.source} does not exist")
+        _inside_source(request.source, dist, output)
+        if spec.build.command is None:
+            if not dist.is_dir():
+                raise BuildFailed(
+                    f"no build.command and {output}/ does not exist in {request.source}; "
+                    "build it or set build.command"
+                )
+            request.on_line(f"No build command: using {output}/ as it is")
+            return BuildResult(
+                dist, {"runtime": self.name, "output": output}, _dist_exclude(output)
+            )
+        request.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
+            tail = OutputTail(request.on_line, log, request.log_limits)
+            tail.add(f"$ {spec.build.command}")
+            code = self._run_build(request, tail)
+        if code != 0:
+            raise BuildFailed(
+                with_tail(
+                    f"Build failed: {spec.build.command} exited with code {code}", tail.text()
+                )
+            )
+        _inside_source(request.source, dist, output)
+        if not dist.is_dir():
+            raise BuildFailed(
+                f"Build failed: {spec.build.command} succeeded but produced no {output}/ "
+                f"in {request.source}"
+            )
+        return BuildResult(
+            dist,
+            {"runtime": self.name, "output": output, "buildCommand": spec.build.command},
+            _dist_exclude(output),
+        )
+
+    def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
+        spec = request.spec
+        env = {**base_environ(), **spec.env}
+        if self.units is not None:
+            return self._run_build_unit(request, tail, env)
+        proc = subprocess.Popen(
+            limited(
+                ["/bin/sh", "-c", spec.build.command or "true"],
+                spec.build.limits.otherwise(self.build_limits),
+            ),
+            cwd=request.source,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+        assert proc.stdout is not None
+        stdout = proc.stdout
+        record = request.work_dir.parent / BUILD_RECORD
+        start = process_start_time(proc.pid)
+        atomic_write(record, json.dumps({"pid": proc.pid, "pidStart": start}).encode() + b"\n")
+        try:
+            return self._wait_build(request, tail, proc, stdout)
+        finally:
+            kill_session(proc.pid, start, timeout=KILL_GRACE)  # what the build left running
+            record.unlink(missing_ok=True)
+
+    def _run_build_unit(self, request: BuildRequest, tail: OutputTail, env: dict[str, str]) -> int:
+        """The build as a unit of its own user (``--site-users``): see SiteUnits.build."""
+        assert self.units is not None
+        spec = request.spec
+        try:
+            code, reason = self.units.build(
+                build_instance(request.project_id),
+                f"reconciler build {request.project_id}",
+                request.source,
+                ["/bin/sh", "-c", spec.build.command or "true"],
+                # the build's user has no home; the unit's /tmp is its own (PrivateTmp)
+                {**env, "HOME": "/tmp"},  # noqa: S108
+                spec.build.limits.otherwise(self.build_limits),
+                on_output=tail.add,
+                cancel=request.cancel,
+                timeout=spec.build.timeout,
+            )
+        except OSError as exc:
+            raise BuildFailed(f"Build failed: could not start its unit: {exc}") from None
+        if reason == "cancelled":
+            raise Cancelled("build cancelled")
+        if reason == "timeout":
+            raise BuildFailed(
+                with_tail(
+                    f"Build failed: {spec.build.command} timed out after "
+                    f"{describe_seconds(spec.build.timeout)}",
+                    tail.text(),
+                )
+            )
+        return code
+
+    def _wait_build(
+        self,
+        request: BuildRequest,
+        tail: OutputTail,
+        proc: subprocess.Popen[bytes],
+        stdout: IO[bytes],
+    ) -> int:
+        spec = request.spec
+
+        def pump() -> None:
+            for raw in iter(stdout.readline, b""):
+                tail.add(raw.decode("utf-8", "replace"))
+
+        reader = threading.Thread(
+            target=pump, name=f"build-output-{request.project_id}", daemon=True
+        )
+        reader.start()
+        deadline = time.monotonic() + spec.build.timeout
+        reason = None
+        while proc.poll() is None:
+            if request.cancel.wait(0.05):
+                reason = "cancelled"
+                break
+            if time.monotonic() > deadline:
+                reason = "timeout"
+                break
+        if reason is not None:
+            kill_group(proc.pid, timeout=KILL_GRACE, alive=lambda: proc.poll() is None)
+            proc.wait()
+            reader.join(2)
+            stdout.close()
+            if reason == "cancelled":
+                raise Cancelled("build cancelled")
+            raise BuildFailed(
+                with_tail(
+                    f"Build failed: {spec.build.command} timed out after "
+                    f"{describe_seconds(spec.build.timeout)}",
+                    tail.text(),
+                )
+            )
+        # The shell is gone; anything it left in the group is killed with the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.join(5)
+        stdout.close()
+        return proc.returncode
+
+    def finish_build(self, result: BuildResult, release: Release) -> None:
+        return None

@@ -1,0 +1,300 @@
+"""Processes on this host: sessions and their members, start times (never a reused pid), limits
+without systemd, spawning detached, and what a previous daemon left (orphan builds and
+instances)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+from reconciler.core.errors import BuildFailed
+from reconciler.core.kinds import RuntimeName
+from reconciler.core.spec import Limits, ProjectSpec
+from reconciler.stores.releases import ReleaseStore
+
+logger = logging.getLogger(__name__)
+
+
+INSTANCE_FILE = "instance.json"  # an instance started before instances named their config
+
+
+def instance_file(config: str | None) -> str:
+    """The record of one instance, in its release's ``logs/`` (one per config)."""
+    return INSTANCE_FILE if config is None else f"instance-{config}.json"
+
+
+KILL_GRACE = 0.5
+
+
+BUILD_RECORD = ".build.json"  # the running build of a project: pid and start time
+
+
+INSTANCE_MARK = "RECONCILER_INSTANCE"  # in every instance's environment: whose it is
+
+
+def instance_mark(releases: ReleaseStore, project_id: str, version: str, config: str) -> str:
+    """``<data dir digest>:<id>:<hash>:<config>``: ties a process to this data dir's
+    instances even when the daemon died before it wrote the instance's record."""
+    return f"{_store_tag(releases)}:{project_id}:{version}:{config}"
+
+
+def _store_tag(releases: ReleaseStore) -> str:
+    return hashlib.sha256(os.fsencode(os.path.realpath(releases.root))).hexdigest()[:8]
+
+
+# /proc/<pid>/stat, the fields after the command name: state is 0, then man 5 proc's order
+STAT_SESSION, STAT_START = 3, 19
+
+
+def live_processes() -> Iterator[tuple[int, list[bytes]]]:
+    """Every process that has not exited, as (pid, its stat fields after the command name)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in (b"Z", b"X"):
+            yield int(entry.name), fields
+
+
+def kill_orphan_builds(releases: ReleaseStore) -> list[str]:
+    """At startup: stop builds a killed daemon left running (and everything they started),
+    so two builds of one project never run in one source dir. Returns the projects."""
+    stopped: list[str] = []
+    if not releases.root.is_dir():
+        return stopped
+    for project in sorted(releases.root.iterdir()):
+        record = project / BUILD_RECORD
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        pid, start = data.get("pid"), data.get("pidStart")
+        if isinstance(pid, int) and isinstance(start, int) and kill_session(pid, start, timeout=2):
+            stopped.append(project.name)
+        record.unlink(missing_ok=True)
+    return stopped
+
+
+# The daemon's own settings and systemd's protocol variables never reach builds or sites.
+PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+               "LISTEN_FDNAMES", "INVOCATION_ID", "RECONCILER_")  # fmt: skip
+
+
+def base_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)}
+
+
+def site_instance(project_id: str, version: str, config: str | None) -> str:
+    """The instance name of a site unit, ``reconciler-site@<16 hex>.service``: a digest of
+    the project, version and config, short enough that the unit's user name
+    (``reconciler-<instance>``) is a valid one (31 characters at most). The unit's
+    description names the project, version and config."""
+    key = f"{project_id}:{version}:{config or 'default'}".encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def build_instance(project_id: str) -> str:
+    """The instance name of a project's build unit, ``reconciler-build@<16 hex>.service``
+    (one build of a project runs at a time; its user is ``reconciler-b-<instance>``)."""
+    return hashlib.sha256(f"build:{project_id}".encode()).hexdigest()[:16]
+
+
+Launcher = Callable[[Sequence[str], Path, dict[str, str], Path, str, Limits], int]
+
+
+NICE = 10  # a cpu limit without systemd or Docker: a lower priority, not a quota
+
+
+def limited(argv: Sequence[str], limits: Limits) -> list[str]:
+    """``argv`` under ``limits`` with what an unprivileged process has (no systemd, no
+    Docker): ``prlimit`` caps the address space (memory) and the user's processes (pids;
+    counted for the whole user, not the site, and not enforced for root), ``nice`` lowers
+    the priority for any cpu limit. Weaker than cgroups: documented as such."""
+    prefix: list[str] = []
+    options = []
+    if limits.memory is not None:
+        options.append(f"--as={limits.memory}")
+    if limits.pids is not None:
+        options.append(f"--nproc={limits.pids}")
+    prlimit, nice = shutil.which("prlimit"), shutil.which("nice")
+    if options and prlimit is not None:
+        prefix += [prlimit, *options, "--"]
+    if limits.cpu is not None and limits.cpu < (os.cpu_count() or 1) and nice is not None:
+        prefix += [nice, "-n", str(NICE)]
+    return [*prefix, *argv]
+
+
+def process_start_time(pid: int, *, zombie: bool = False) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if gone or (unless
+    ``zombie``) exited and not yet reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data.rsplit(b")", 1)[1].split()
+    if fields[0] == b"X" or (fields[0] == b"Z" and not zombie):
+        return None
+    return int(fields[STAT_START])
+
+
+def pid_alive(pid: int | None, start: int | None) -> bool:
+    return pid is not None and start is not None and process_start_time(pid) == start
+
+
+def session_members(sid: int, start: int | None) -> list[int]:
+    """Live processes of the session an instance's leader (pid ``sid``, started at ``start``)
+    made, the leader included: what an instance is, even after its leader exited (a start
+    command that forks and exits). A session whose id was reused by a newer leader is not
+    ours and yields nothing; members must have started no earlier than our leader."""
+    if start is None:
+        return []
+    leader = process_start_time(sid)
+    if leader is not None and leader != start:
+        return []  # the pid (and so the session id) belongs to someone else now
+    return [
+        pid
+        for pid, fields in live_processes()
+        if int(fields[STAT_SESSION]) == sid and int(fields[STAT_START]) >= start
+    ]
+
+
+def kill_session(sid: int, start: int | None, *, timeout: float) -> list[int]:
+    """SIGTERM every member of the session, wait up to ``timeout``, SIGKILL what is left.
+    Returns the members it found."""
+    found = session_members(sid, start)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while found and time.monotonic() < deadline:
+        _reaper.poll()
+        if not session_members(sid, start):
+            return found
+        time.sleep(0.05)
+    for pid in session_members(sid, start):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def kill_group(pid: int, *, timeout: float, alive: Callable[[], bool]) -> None:
+    """SIGTERM the process group, wait up to ``timeout``, then SIGKILL it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            break
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _output_dir(spec: ProjectSpec) -> str:
+    """The build output under the source dir; ``.`` is the source dir itself (an app that
+    runs from its source tree)."""
+    output = spec.build_output(RuntimeName.PROCESS)
+    pure = PurePosixPath(output)
+    if pure.is_absolute() or ".." in pure.parts:
+        raise BuildFailed(
+            f"build.output {output!r} must be a relative path inside the source dir, no '..'"
+        )
+    return str(pure)
+
+
+def _inside_source(source: Path, dist: Path, output: str) -> None:
+    """Refuse a build output that leaves the source dir through a symlink (of it or of a
+    parent): what is published must be what the source holds."""
+    real_source = os.path.realpath(source)
+    real_dist = os.path.realpath(dist)
+    if real_dist != real_source and not real_dist.startswith(real_source + os.sep):
+        raise BuildFailed(
+            f"build.output {output!r} resolves to {real_dist}, outside the source dir "
+            f"{real_source} (through a symlink); refusing to publish it"
+        )
+
+
+def _dist_exclude(output: str) -> tuple[str, ...]:
+    """What a release leaves out of the build output: the repository's ``.git`` when the
+    output is the whole source dir."""
+    return (".git",) if output == "." else ()
+
+
+def spawn_detached(
+    argv: Sequence[str],
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    unit: str,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
+) -> int:
+    """Start a process in its own session with output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            limited(argv, limits),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _reaper.watch(proc)
+    return proc.pid
+
+
+class _Reaper:
+    """Waits for the instances this process started, so they never linger as zombies."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._lock = threading.Lock()
+        self._exit_codes: dict[int, int] = {}
+        self._starts: dict[int, int] = {}
+
+    def watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Until it is watched nothing reaps ``proc``, so its start time is read here even
+        when it has exited already (a start command that forks and exits at once): without
+        it, what such a command left in its session could not be told apart from others'."""
+        start = process_start_time(proc.pid, zombie=True)
+        with self._lock:
+            if start is not None:
+                self._starts[proc.pid] = start
+            self._procs.append(proc)
+
+    def start_time(self, pid: int) -> int | None:
+        """The start time recorded when ``pid`` was launched (None for other launchers)."""
+        with self._lock:
+            return self._starts.pop(pid, None)
+
+    def poll(self) -> None:
+        with self._lock:
+            for proc in list(self._procs):
+                code = proc.poll()
+                if code is not None:
+                    self._exit_codes[proc.pid] = code
+                    self._procs.remove(proc)
+
+    def exit_code(self, pid: int) -> int | None:
+        self.poll()
+        with self._lock:
+            return self._exit_codes.get(pid)
+
+
+_reaper = _Reaper()
