@@ -22,11 +22,7 @@ runs as one Swarm service, ``doce_prod_<id>``, which Swarm itself rolls from ima
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import docker.errors
@@ -45,30 +41,24 @@ from docker.types import (
     UpdateConfig,
 )
 
-from reconciler.core.errors import Cancelled, StartFailed, TransientError
+from reconciler.core.errors import StartFailed, TransientError
 from reconciler.core.kinds import RuntimeName
 from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.core.spec import (
-    REGISTRY_RE,
-    InvalidProjectId,
     Limits,
     ProjectId,
     ProjectSpec,
-    check_project_id,
     is_hash8,
 )
 from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import (
     BuildResult,
     Instance,
-    Notify,
     ServiceTasks,
     Usage,
-    with_tail,
 )
 from reconciler.runtimes.docker.containers import container_port, volume_name
 from reconciler.runtimes.docker.engine import engine_calls
-from reconciler.runtimes.docker.events import watch_events
 from reconciler.runtimes.docker.labels import (
     LABEL_CONFIG,
     LABEL_HASH,
@@ -76,81 +66,34 @@ from reconciler.runtimes.docker.labels import (
     MANAGED_BY,
     MANAGER,
 )
+from reconciler.runtimes.docker.rollout import Rollouts
 from reconciler.runtimes.docker.runtime import DockerRuntime
+from reconciler.runtimes.docker.services import (  # noqa: F401 - the runtime's helpers, importable from here too
+    FAILED_TASKS,
+    LABEL_REPLICAS,
+    LABEL_SERVICE_OF,
+    NS,
+    POLL,
+    ROLLBACK_WAIT,
+    SERVICE_PREFIX,
+    WATCH_POLL,
+    Task,
+    _errors,
+    _hint,
+    _ns,
+    _project_of_event,
+    _task,
+    _wanted_replicas,
+    check_registry,
+    logger,
+    owned_service,
+    runs,
+    service_name,
+)
 from reconciler.stores.releases import Release
 
-logger = logging.getLogger(__name__)
 
-LABEL_REPLICAS = "reconciler.replicas"
-LABEL_SERVICE_OF = "reconciler.service-of"  # on task containers (not managed-by: they are Swarm's)
-SERVICE_PREFIX = "doce_prod_"
-POLL = 0.1  # how often a rollout looks at the service and its tasks
-WATCH_POLL = 2.0  # how often the watch compares every service's tasks (other nodes' included)
-FAILED_TASKS = 3  # a new service whose tasks failed this often is a failed deploy
-ROLLBACK_WAIT = 120.0  # how long a failed rollout waits for Swarm to finish rolling back
-NS = 1_000_000_000
-
-
-def service_name(project_id: str) -> str:
-    return f"{SERVICE_PREFIX}{project_id}"
-
-
-def check_registry(value: str) -> str:
-    if not REGISTRY_RE.match(value):
-        raise ValueError(f"--swarm-registry {value!r} must read host[:port][/path]")
-    return value
-
-
-def _ns(seconds: float) -> int:
-    return max(1, int(seconds * NS))
-
-
-def owned_service(service: dict[str, Any], project_id: str | None = None) -> bool:
-    labels = (service.get("Spec") or {}).get("Labels") or {}
-    if labels.get(MANAGED_BY) != MANAGER:
-        return False
-    return project_id is None or labels.get(LABEL_PROJECT) == project_id
-
-
-@dataclass(frozen=True)
-class Task:
-    """One task of a service, as the rollout and the edge need it."""
-
-    id: str
-    state: str  # Swarm's task state: new ... starting, running, failed, shutdown, rejected
-    desired: str  # running or shutdown
-    version: str | None  # the release its container runs
-    config: str | None
-    node: str
-    port: int | None  # published in host mode on the task's node
-    error: str | None
-    container: str | None
-
-    @property
-    def serving(self) -> bool:
-        return self.state == "running" and self.desired == "running" and self.port is not None
-
-
-def _task(raw: dict[str, Any]) -> Task:
-    spec = (raw.get("Spec") or {}).get("ContainerSpec") or {}
-    labels = spec.get("Labels") or {}
-    status = raw.get("Status") or {}
-    ports = (status.get("PortStatus") or {}).get("Ports") or []
-    published = next((p.get("PublishedPort") for p in ports if p.get("PublishedPort")), None)
-    return Task(
-        str(raw.get("ID", "")),
-        str(status.get("State", "")),
-        str(raw.get("DesiredState", "")),
-        labels.get(LABEL_HASH),
-        labels.get(LABEL_CONFIG),
-        str(raw.get("NodeID", "")),
-        int(published) if published else None,
-        status.get("Err"),
-        (status.get("ContainerStatus") or {}).get("ContainerID"),
-    )
-
-
-class SwarmRuntime(DockerRuntime):
+class SwarmRuntime(Rollouts, DockerRuntime):
     """Builds as ``DockerRuntime`` does; runs each project as one Swarm service."""
 
     name = RuntimeName.SWARM
@@ -374,126 +317,6 @@ class SwarmRuntime(DockerRuntime):
             pid, release.hash, self.name, None, utcnow(), container_id=service_id, config=config
         )
 
-    def rollout(
-        self,
-        instance: Instance,
-        spec: ProjectSpec,
-        *,
-        cancel: threading.Event,
-        progress: Callable[[str], None],
-        tasks_changed: Callable[[tuple[str, ...]], None],
-    ) -> None:
-        """Wait until every task of the service runs ``instance`` and is healthy, and Swarm
-        calls the update complete. ``tasks_changed`` sees the serving tasks' addresses each
-        time they change (the edge follows them). Raises StartFailed when Swarm rolled the
-        update back, a new service's tasks keep failing, or it takes longer than the health
-        timeout per replica (then the update is rolled back here); Cancelled on ``cancel``
-        (rolled back too: the next deploy starts from the version that served)."""
-        pid = instance.project_id
-        wanted = spec.deploy.replicas
-        deadline = time.monotonic() + spec.health.timeout * wanted + 10
-        said = ""
-        routed: tuple[tuple[str, int | None], ...] | None = None
-        while True:
-            service = self._service(pid)
-            if service is None or not owned_service(service, pid):
-                raise StartFailed(f"Start failed: service {service_name(pid)} was removed")
-            tasks = self._tasks(service["ID"])
-            serving = tuple(sorted(((t.node, t.port) for t in tasks if t.serving), key=str))
-            if serving != routed:  # (the nodes' addresses are read only when tasks move)
-                tasks_changed(self._upstreams(tasks))
-                routed = serving
-            update = service.get("UpdateStatus") or {}
-            state = str(update.get("State", ""))
-            if not runs(service.get("Spec"), instance):
-                self._rolled_back(instance, service, tasks, tasks_changed)
-            ours = [t for t in tasks if (t.version, t.config) == (instance.hash, instance.config)]
-            ready = sum(1 for t in ours if t.serving)
-            others = sum(1 for t in tasks if t.desired == "running" and t not in ours)
-            failed = [t for t in ours if t.state in ("failed", "rejected")]
-            message = f"Rollout of {instance.hash}: {ready}/{wanted} tasks healthy"
-            if message != said:
-                progress(message)
-                said = message
-            if ready >= wanted and others == 0 and state not in ("updating", "rollback_started"):
-                return
-            if not update and len(failed) >= FAILED_TASKS:
-                raise StartFailed(
-                    with_tail(
-                        f"Start failed: the tasks of {instance.hash} keep failing "
-                        f"({len(failed)} failed): {_errors(failed)}",
-                        self._task_logs(failed),
-                    )
-                    + f"\n{_hint(pid)}"
-                )
-            if cancel.is_set():
-                self.abandon(instance)
-                raise Cancelled("rollout cancelled")
-            if time.monotonic() > deadline:
-                self.abandon(instance)
-                pending = [t for t in ours if not t.serving and t.desired == "running"]
-                why = _errors(pending) or _errors(failed) or "no task became healthy"
-                raise StartFailed(
-                    f"Health check timeout: the rollout of {instance.hash} did not finish within "
-                    f"{spec.health.timeout:g} s per replica ({ready}/{wanted} healthy; {why}); "
-                    "rolled back\n" + _hint(pid)
-                )
-            time.sleep(POLL)
-
-    def _rolled_back(
-        self,
-        instance: Instance,
-        service: dict[str, Any],
-        tasks: list[Task],
-        tasks_changed: Callable[[tuple[str, ...]], None],
-    ) -> None:
-        """The service's spec is not ours any more: Swarm rolled the update back (or someone
-        else updated it). Wait for the rollback to finish, following its tasks; then fail."""
-        pid = instance.project_id
-        update = service.get("UpdateStatus") or {}
-        deadline = time.monotonic() + ROLLBACK_WAIT
-        while str(update.get("State", "")) == "rollback_started" and time.monotonic() < deadline:
-            time.sleep(POLL)
-            current = self._service(pid)
-            if current is None:
-                break
-            service, update = current, current.get("UpdateStatus") or {}
-            tasks_changed(self._upstreams(self._tasks(current["ID"])))
-        failed = [
-            t
-            for t in tasks
-            if (t.version, t.config) == (instance.hash, instance.config)
-            and t.state in ("failed", "rejected", "shutdown")
-            and t.error
-        ]
-        back_to = (service["Spec"].get("Labels") or {}).get(LABEL_HASH, "?")
-        reason = str(update.get("Message") or "the service was changed by someone else")
-        raise StartFailed(
-            with_tail(
-                f"Rollout failed: Swarm rolled the service back to {back_to} ({reason})"
-                + (f"; task error: {_errors(failed)}" if failed else ""),
-                self._task_logs(failed),
-            )
-            + f"\n{_hint(pid)}"
-        )
-
-    def abandon(self, instance: Instance) -> None:
-        """Undo a rollout that will not finish: put back the spec the service had before it
-        (Swarm rolls the tasks back), or remove a service that had none (a first deploy)."""
-        service = self._service(instance.project_id)
-        if service is None or not owned_service(service, instance.project_id):
-            return
-        if not runs(service.get("Spec"), instance):
-            return  # not ours any more (Swarm rolled it back already)
-        previous = service.get("PreviousSpec")
-        with engine_calls(), contextlib.suppress(docker.errors.NotFound):
-            if previous is None:
-                logger.info("%s: removing service %s", instance.project_id, service["ID"][:12])
-                self.api.remove_service(service["ID"])
-                return
-            logger.info("%s: rolling service back", instance.project_id)
-            self._put_spec(service, previous)
-
     def _task_logs(self, tasks: list[Task]) -> str:
         """The last lines of the first failed task's container, when it ran on this node."""
         for task in tasks:
@@ -573,111 +396,3 @@ class SwarmRuntime(DockerRuntime):
                 )
             )
         return found
-
-    def _scale_back(self, project_id: ProjectId, service: dict[str, Any]) -> None:
-        spec = service["Spec"]
-        given = (spec.get("Labels") or {}).get(LABEL_REPLICAS, "")
-        replicated = (spec.get("Mode") or {}).get("Replicated")
-        if not given.isdigit() or replicated is None:
-            return
-        now = int(replicated.get("Replicas", 0))
-        if now == int(given):
-            return
-        logger.warning(
-            "%s: service %s was scaled to %d by hand; putting it back to %s replicas",
-            project_id, spec.get("Name"), now, given,
-        )  # fmt: skip
-        with engine_calls(), contextlib.suppress(docker.errors.APIError):
-            self._put_spec(service, {**spec, "Mode": {"Replicated": {"Replicas": int(given)}}})
-
-    def _put_spec(self, service: dict[str, Any], spec: dict[str, Any]) -> None:
-        """Give ``service`` the whole ``spec`` (as the engine reports one) at its version."""
-        self.api.update_service(
-            service["ID"],
-            service["Version"]["Index"],
-            task_template=spec["TaskTemplate"],
-            name=spec["Name"],
-            labels=spec.get("Labels"),
-            mode=spec.get("Mode"),
-            update_config=spec.get("UpdateConfig"),
-            rollback_config=spec.get("RollbackConfig"),
-            endpoint_spec=spec.get("EndpointSpec"),
-        )
-
-    def watch(self, notify: Notify, stop: threading.Event) -> None:
-        """Service and task-container events as they happen on this node, and every
-        ``WATCH_POLL`` seconds a comparison of every service's tasks (other nodes' too)."""
-        watch_events(
-            self.engine,
-            notify,
-            stop,
-            filters={"type": ["service", "container"]},
-            project_of=_project_of_event,
-            name="swarm-events",
-        )
-        thread = threading.Thread(
-            target=self._poll, args=(notify, stop), name="swarm-poll", daemon=True
-        )
-        thread.start()
-
-    def _poll(self, notify: Notify, stop: threading.Event) -> None:
-        seen: dict[str, tuple[Any, ...]] = {}
-        while not stop.wait(WATCH_POLL):
-            try:
-                with engine_calls():
-                    services = self.api.services(filters={"label": f"{MANAGED_BY}={MANAGER}"})
-                    raw = self.api.tasks(filters={"desired-state": "running"})
-            except Exception as exc:  # the engine is away: the event watch reconnects
-                logger.debug("swarm poll: %s", exc)
-                continue
-            by_service: dict[str, list[tuple[str, str, int | None]]] = {}
-            for item in raw:
-                task = _task(item)
-                by_service.setdefault(str(item.get("ServiceID")), []).append(
-                    (task.node, task.state, task.port)
-                )
-            now: dict[str, tuple[Any, ...]] = {}
-            for service in services:
-                project = (service["Spec"].get("Labels") or {}).get(LABEL_PROJECT, "")
-                now[project] = (
-                    service["Version"]["Index"],
-                    tuple(sorted(by_service.get(service["ID"], []), key=str)),
-                )
-            for project in set(now) | set(seen):
-                if now.get(project) != seen.get(project):
-                    with contextlib.suppress(InvalidProjectId):
-                        notify(check_project_id(project))
-            seen = now
-
-
-def runs(spec: dict[str, Any] | None, instance: Instance) -> bool:
-    """``spec`` (a service's, as the engine reports it) runs ``instance``'s version and
-    settings."""
-    labels = (spec or {}).get("Labels") or {}
-    return (labels.get(LABEL_HASH), labels.get(LABEL_CONFIG)) == (instance.hash, instance.config)
-
-
-def _wanted_replicas(service: dict[str, Any]) -> int:
-    replicated = (service["Spec"].get("Mode") or {}).get("Replicated") or {}
-    return int(replicated.get("Replicas", 0))
-
-
-def _hint(project_id: str) -> str:
-    return f"Tasks: docker service ps {service_name(project_id)} --no-trunc"
-
-
-def _errors(tasks: list[Task]) -> str:
-    seen: list[str] = []
-    for task in tasks:
-        text = task.error or task.state
-        if text and text not in seen:
-            seen.append(text)
-    return "; ".join(seen[:3])
-
-
-def _project_of_event(event: dict[str, Any]) -> str | None:
-    attrs = (event.get("Actor") or {}).get("Attributes") or {}
-    if event.get("Type") == "service":
-        name = str(attrs.get("name", ""))
-        return name[len(SERVICE_PREFIX) :] if name.startswith(SERVICE_PREFIX) else None
-    return attrs.get(LABEL_SERVICE_OF)

@@ -1,0 +1,140 @@
+"""Swarm services as this runtime names and reads them: the service name, labels and tasks,
+ownership, the registry setting, and what a rollout's failure says."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.core.spec import (
+    REGISTRY_RE,
+)
+from reconciler.runtimes.base import (
+    Instance,
+)
+from reconciler.runtimes.docker.labels import (
+    LABEL_CONFIG,
+    LABEL_HASH,
+    LABEL_PROJECT,
+    MANAGED_BY,
+    MANAGER,
+)
+
+logger = logging.getLogger(__name__)
+
+
+LABEL_REPLICAS = "reconciler.replicas"
+
+
+LABEL_SERVICE_OF = "reconciler.service-of"  # on task containers (not managed-by: they are Swarm's)
+
+
+SERVICE_PREFIX = "doce_prod_"
+
+
+POLL = 0.1  # how often a rollout looks at the service and its tasks
+
+
+WATCH_POLL = 2.0  # how often the watch compares every service's tasks (other nodes' included)
+
+
+FAILED_TASKS = 3  # a new service whose tasks failed this often is a failed deploy
+
+
+ROLLBACK_WAIT = 120.0  # how long a failed rollout waits for Swarm to finish rolling back
+
+
+NS = 1_000_000_000
+
+
+def service_name(project_id: str) -> str:
+    return f"{SERVICE_PREFIX}{project_id}"
+
+
+def check_registry(value: str) -> str:
+    if not REGISTRY_RE.match(value):
+        raise ValueError(f"--swarm-registry {value!r} must read host[:port][/path]")
+    return value
+
+
+def _ns(seconds: float) -> int:
+    return max(1, int(seconds * NS))
+
+
+def owned_service(service: dict[str, Any], project_id: str | None = None) -> bool:
+    labels = (service.get("Spec") or {}).get("Labels") or {}
+    if labels.get(MANAGED_BY) != MANAGER:
+        return False
+    return project_id is None or labels.get(LABEL_PROJECT) == project_id
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a service, as the rollout and the edge need it."""
+
+    id: str
+    state: str  # Swarm's task state: new ... starting, running, failed, shutdown, rejected
+    desired: str  # running or shutdown
+    version: str | None  # the release its container runs
+    config: str | None
+    node: str
+    port: int | None  # published in host mode on the task's node
+    error: str | None
+    container: str | None
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "running" and self.desired == "running" and self.port is not None
+
+
+def _task(raw: dict[str, Any]) -> Task:
+    spec = (raw.get("Spec") or {}).get("ContainerSpec") or {}
+    labels = spec.get("Labels") or {}
+    status = raw.get("Status") or {}
+    ports = (status.get("PortStatus") or {}).get("Ports") or []
+    published = next((p.get("PublishedPort") for p in ports if p.get("PublishedPort")), None)
+    return Task(
+        str(raw.get("ID", "")),
+        str(status.get("State", "")),
+        str(raw.get("DesiredState", "")),
+        labels.get(LABEL_HASH),
+        labels.get(LABEL_CONFIG),
+        str(raw.get("NodeID", "")),
+        int(published) if published else None,
+        status.get("Err"),
+        (status.get("ContainerStatus") or {}).get("ContainerID"),
+    )
+
+
+def runs(spec: dict[str, Any] | None, instance: Instance) -> bool:
+    """``spec`` (a service's, as the engine reports it) runs ``instance``'s version and
+    settings."""
+    labels = (spec or {}).get("Labels") or {}
+    return (labels.get(LABEL_HASH), labels.get(LABEL_CONFIG)) == (instance.hash, instance.config)
+
+
+def _wanted_replicas(service: dict[str, Any]) -> int:
+    replicated = (service["Spec"].get("Mode") or {}).get("Replicated") or {}
+    return int(replicated.get("Replicas", 0))
+
+
+def _hint(project_id: str) -> str:
+    return f"Tasks: docker service ps {service_name(project_id)} --no-trunc"
+
+
+def _errors(tasks: list[Task]) -> str:
+    seen: list[str] = []
+    for task in tasks:
+        text = task.error or task.state
+        if text and text not in seen:
+            seen.append(text)
+    return "; ".join(seen[:3])
+
+
+def _project_of_event(event: dict[str, Any]) -> str | None:
+    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+    if event.get("Type") == "service":
+        name = str(attrs.get("name", ""))
+        return name[len(SERVICE_PREFIX) :] if name.startswith(SERVICE_PREFIX) else None
+    return attrs.get(LABEL_SERVICE_OF)
