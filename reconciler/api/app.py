@@ -25,7 +25,8 @@ from werkzeug.exceptions import HTTPException
 from reconciler.api.models import DaemonHealth, EdgeHealth, Health, RollbackRequest
 from reconciler.core.config import Config, is_loopback
 from reconciler.core.kinds import EdgeMode, EventType
-from reconciler.readside.operations import ErrorKind, Event, OperationError, Operations
+from reconciler.readside.operations import Operations
+from reconciler.readside.terms import ErrorKind, Event, OperationError
 from reconciler.sources import hooks
 from reconciler.stores.opened import open_stores
 from reconciler.stores.state import StateDB

@@ -16,7 +16,8 @@ import httpx
 
 from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode
-from reconciler.readside.operations import ErrorKind, Event, OperationError, Operations
+from reconciler.readside.operations import Operations
+from reconciler.readside.terms import ErrorKind, Event, OperationError
 from reconciler.stores.opened import open_stores
 
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from reconciler.cli.client import Client, LocalClient, RemoteClient
 from reconciler.core.config import env
 from reconciler.core.spec import is_hash8
-from reconciler.readside.operations import ErrorKind, Event, OperationError
+from reconciler.readside.terms import ErrorKind, Event, OperationError
 
 OK, FAILED, USAGE = 0, 1, 2
 READY, STOPPED = "production.ready", "production.stopped"

@@ -68,7 +68,7 @@ from reconciler.runtimes.docker.labels import (
 )
 from reconciler.runtimes.docker.rollout import Rollouts
 from reconciler.runtimes.docker.runtime import DockerRuntime
-from reconciler.runtimes.docker.services import (  # noqa: F401 - the runtime's helpers, importable from here too
+from reconciler.runtimes.docker.services import (  # noqa: F401 - importable from here too
     FAILED_TASKS,
     LABEL_REPLICAS,
     LABEL_SERVICE_OF,

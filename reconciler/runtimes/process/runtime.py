@@ -32,7 +32,7 @@ from reconciler.runtimes.base import (
     with_tail,
 )
 from reconciler.runtimes.process.builds import Builds
-from reconciler.runtimes.process.processes import (  # noqa: F401 - the runtime's helpers, importable from here too
+from reconciler.runtimes.process.processes import (  # noqa: F401 - importable from here too
     BUILD_RECORD,
     INSTANCE_FILE,
     INSTANCE_MARK,
