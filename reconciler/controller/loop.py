@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from reconciler.controller.activate import Activator, AtEdge
+from reconciler.controller.adopt import adopt
 from reconciler.controller.observe import (
     Facts,
     Fingerprints,
@@ -32,7 +33,6 @@ from reconciler.controller.observe import (
 )
 from reconciler.controller.pipeline import Pipeline
 from reconciler.controller.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
-from reconciler.controller.rebuild import rebuild_record
 from reconciler.controller.recorder import Listener, Recorder
 from reconciler.controller.refusals import Refusals
 from reconciler.core.config import Config
@@ -269,41 +269,7 @@ class Controller:
 
     def adopt(self) -> None:
         """At startup: record what really runs and free port reservations nothing holds."""
-        keep_ports: set[int] = set()
-        for project_id in sorted(self.known_projects()):
-            desired = self.desired.read(project_id)
-            spec = self.last_good.in_force(desired) if desired else None
-            row = self.db.project(project_id)
-            try:
-                alive, gone = self.observer.live(project_id, spec)
-            except TransientError as exc:
-                logger.warning("%s: cannot observe instances yet: %s", project_id, exc)
-                keep_ports |= {r.port for r in self.db.instances(project_id) if r.port is not None}
-                continue
-            if row is None and rebuild_record(
-                self.config, self.db, self.releases, project_id, spec, alive
-            ):
-                row = self.db.project(project_id)
-            recorder = Recorder(self.db, project_id, digest=None)
-            for stale in gone:
-                recorder.forget_instance(stale.key)
-            draining = {
-                r.key for r in self.db.instances(project_id) if r.role == InstanceRole.DRAINING
-            }
-            for key, (instance, runtime) in alive.items():
-                if key in draining and self.at_edge is not None:
-                    self.at_edge.drainer.drain(instance, runtime, after=0)
-                    continue
-                active = row is not None and row.productionHash == instance.hash
-                recorder.put_instance(
-                    instance, InstanceRole.ACTIVE if active else InstanceRole.CANDIDATE
-                )
-                if instance.port is not None:
-                    keep_ports.add(instance.port)
-                logger.info("%s: adopted %s on port %s", project_id, key, instance.port)
-        freed = self.ports.release_unused(keep_ports)
-        if freed:
-            logger.info("released %d port reservation(s) nothing holds", len(freed))
+        adopt(self)
 
     def resync(self, *, full: bool = True) -> int:
         """Queue every known project (``full``), or those whose inputs moved since they last

@@ -58,7 +58,6 @@ class Rollouts:
         def api(self) -> Any: ...
         def _service(self, project_id: str) -> dict[str, Any] | None: ...
         def _tasks(self, service_id: str) -> list[Task]: ...
-        def _task_logs(self, tasks: list[Task]) -> str: ...
         def _upstreams(self, tasks: list[Task]) -> tuple[str, ...]: ...
 
     def rollout(
@@ -255,3 +254,12 @@ class Rollouts:
                     with contextlib.suppress(InvalidProjectId):
                         notify(check_project_id(project))
             seen = now
+
+    def _task_logs(self, tasks: list[Task]) -> str:
+        """The last lines of the first failed task's container, when it ran on this node."""
+        for task in tasks:
+            if task.container:
+                with contextlib.suppress(Exception), engine_calls():
+                    container = self.engine.client.containers.get(task.container)
+                    return str(container.logs(tail=20).decode("utf-8", "replace").strip())
+        return ""

@@ -317,15 +317,6 @@ class SwarmRuntime(Rollouts, DockerRuntime):
             pid, release.hash, self.name, None, utcnow(), container_id=service_id, config=config
         )
 
-    def _task_logs(self, tasks: list[Task]) -> str:
-        """The last lines of the first failed task's container, when it ran on this node."""
-        for task in tasks:
-            if task.container:
-                with contextlib.suppress(Exception), engine_calls():
-                    container = self.engine.client.containers.get(task.container)
-                    return str(container.logs(tail=20).decode("utf-8", "replace").strip())
-        return ""
-
     def alive(self, instance: Instance) -> bool:
         """The service runs ``instance``, or is being rolled on from it (its tasks serve
         until the rollout replaces them)."""
