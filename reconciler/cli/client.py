@@ -41,6 +41,7 @@ class Client(Protocol):
     def deploy(self, project: str) -> dict[str, Any]: ...
     def stop(self, project: str) -> dict[str, Any]: ...
     def history(self, project: str) -> dict[str, Any]: ...
+    def plan(self, project: str) -> dict[str, Any]: ...
     def rollback(self, project: str, version: str) -> dict[str, Any]: ...
     def follow(self, project: str, last_id: int | None = None) -> Iterator[Event | None]: ...
     def log(self, project: str, name: str, *, offset: int | None, tail: int) -> dict[str, Any]: ...
@@ -81,6 +82,9 @@ class LocalClient:
 
     def history(self, project: str) -> dict[str, Any]:
         return self.ops.history(self.ops.project(project)).model_dump(mode="json")
+
+    def plan(self, project: str) -> dict[str, Any]:
+        return self.ops.plan(self.ops.project(project)).model_dump(mode="json")
 
     def rollback(self, project: str, version: str) -> dict[str, Any]:
         return self.ops.rollback(self.ops.project(project), version).model_dump(mode="json")
@@ -140,6 +144,9 @@ class RemoteClient:
 
     def history(self, project: str) -> dict[str, Any]:
         return self._call("GET", f"/api/projects/{project}/production-history")
+
+    def plan(self, project: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/projects/{project}/plan")
 
     def rollback(self, project: str, version: str) -> dict[str, Any]:
         return self._call(

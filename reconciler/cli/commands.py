@@ -21,6 +21,7 @@ from reconciler.core.spec import is_hash8
 from reconciler.readside.terms import ErrorKind, Event, OperationError
 
 OK, FAILED, USAGE = 0, 1, 2
+PENDING = 2  # reconciler plan: changes pending (as terraform plan -detailed-exitcode)
 READY, STOPPED = "production.ready", "production.stopped"
 STEP = {
     "production.building": "build",
@@ -63,6 +64,14 @@ def register(sub: Any) -> None:
     stop.add_argument("--follow", "-f", action="store_true", help="wait until it is stopped")
     add_client_options(stop)
     stop.set_defaults(func=run_command(cmd_stop))
+
+    plan = sub.add_parser(
+        "plan",
+        help="what the next reconcile would do, without doing it (exit 2: changes pending)",
+    )
+    plan.add_argument("project", nargs="?")
+    add_client_options(plan)
+    plan.set_defaults(func=run_command(cmd_plan))
 
     history = sub.add_parser("history", help="kept versions, newest first")
     history.add_argument("project")
@@ -379,6 +388,27 @@ def _render(event: Event, elapsed: float, out: TextIO) -> None:
     else:
         text = str(data.get("message") or data.get("status") or data)
     print(f"[{elapsed:6.1f}s] {step:<7} {text}", file=out)
+
+
+def cmd_plan(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """Exit 0: nothing to do; 2: changes pending (as ``terraform plan -detailed-exitcode``)."""
+    if args.project:
+        ids = [args.project]
+    else:
+        ids = [p["id"] for p in client.projects()["projects"] if p["id"] is not None]
+    plans = [client.plan(project) for project in ids]
+    if args.json:
+        _print_json({"projects": plans} if not args.project else plans[0], out)
+    else:
+        for plan in plans:
+            if not plan["pending"]:
+                print(f"{plan['project']}: up to date", file=out)
+                continue
+            kind = f" ({plan['deployment']})" if plan["deployment"] else ""
+            print(f"{plan['project']}{kind}:", file=out)
+            for step in plan["steps"]:
+                print(f"  - {step}", file=out)
+    return PENDING if any(plan["pending"] for plan in plans) else OK
 
 
 def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:

@@ -264,3 +264,25 @@ def deployment_of(steps: list[Step]) -> DeploymentKind | None:
             case _:
                 assert_never(step)
     return None
+
+
+def describe(step: Step) -> str:
+    """A step as an operator reads it (``reconciler plan``)."""
+    match step:
+        case StopInstances(keys=keys, final=final):
+            what = ", ".join(keys) or "nothing"
+            return f"stop {what}" + ("; the project ends stopped" if final else "")
+        case Fail(error=error):
+            return f"mark the project failed: {error}"
+        case Build(generation=generation):
+            return f"build generation {generation}, start it, check its health, switch to it"
+        case Activate(hash=version, repair=repair):
+            if repair:
+                return f"put {version} back (its instance is gone)"
+            return f"start {version}, check its health, switch to it"
+        case RestoreCurrent(hash=version):
+            return f"point current back at {version}"
+        case Record(status=status, hash=version):
+            return f"record status {status}" + (f" ({version})" if version else "")
+        case _:
+            assert_never(step)

@@ -21,6 +21,7 @@ from reconciler.core.kinds import (
     RuntimeName,
     Status,
 )
+from reconciler.core.plan import deployment_of, describe
 from reconciler.core.spec import (
     InvalidProjectId,
     ProjectId,
@@ -45,6 +46,7 @@ from reconciler.readside.terms import (  # noqa: F401 - importable from here too
 from reconciler.readside.views import (
     ActiveJob,
     History,
+    Plan,
     ProductionStatus,
     ProjectList,
     ProjectSummary,
@@ -171,6 +173,17 @@ class Operations(LogReads, Streams):
         body = self._project_list(listing).model_dump_json().encode()
         self._listing = (listing, body)
         return body
+
+    def plan(self, pid: ProjectId) -> Plan:
+        """The steps the next reconcile would take (a dry run: nothing is done)."""
+        steps = list(self.reader.snapshot(pid).steps)
+        kind = deployment_of(steps)
+        return Plan(
+            project=pid,
+            pending=bool(steps),
+            deployment=str(kind) if kind is not None else None,
+            steps=[describe(step) for step in steps],
+        )
 
     def history(self, pid: ProjectId) -> History:
         row = self.db.project(pid)

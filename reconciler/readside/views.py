@@ -120,6 +120,15 @@ class History(_Out):
     versions: list[Version]
 
 
+class Plan(_Out):
+    """What the next reconcile of a project would do, as the stores record it now."""
+
+    project: str
+    pending: bool  # something is to be done
+    deployment: str | None  # the kind of deployment the steps make (deploy, stop, ...)
+    steps: list[str]
+
+
 class RollbackResult(_Out):
     success: bool
     hash: str | None = None
