@@ -37,7 +37,10 @@ def test_an_api_module_importing_a_runtime_breaks_the_contract(tmp_path: Path) -
     views.write_text(views.read_text() + "\nfrom reconciler.runtimes import process  # noqa\n")
     result = lint_imports(tmp_path)
     assert result.returncode != 0
-    assert "BROKEN" in result.stdout and "reconciler.readside.views -> reconciler.runtimes" in result.stdout
+    assert (
+        "BROKEN" in result.stdout
+        and "reconciler.readside.views -> reconciler.runtimes" in result.stdout
+    )
 
 
 def test_the_api_process_loads_no_runtime_engine_or_loop() -> None:
