@@ -151,11 +151,6 @@ def history(raw: str) -> Response:
     return json_response(ops().history(ops().project(raw)))
 
 
-@bp.get("/api/projects/<raw>/plan")
-def plan(raw: str) -> Response:
-    return json_response(ops().plan(ops().project(raw)))
-
-
 @bp.post("/api/projects/<raw>/rollback-production")
 def rollback(raw: str) -> Response:
     pid = ops().project(raw)

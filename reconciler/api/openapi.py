@@ -11,7 +11,6 @@ from reconciler import __version__
 from reconciler.api.models import ErrorBody, Health, RollbackRequest
 from reconciler.readside.views import (
     History,
-    Plan,
     ProductionStatus,
     ProjectList,
     RollbackResult,
@@ -20,7 +19,6 @@ from reconciler.readside.views import (
 MODELS: list[type[BaseModel]] = [
     ProductionStatus,
     History,
-    Plan,
     RollbackRequest,
     RollbackResult,
     ProjectList,
@@ -132,13 +130,6 @@ def document() -> dict[str, Any]:
                 "summary": "Kept versions, newest first",
                 "parameters": [pid],
                 "responses": {"200": _json("History", "versions"), **_errors(400, 404)},
-            }
-        },
-        "/api/projects/{id}/plan": {
-            "get": {
-                "summary": "What the next reconcile would do (a dry run)",
-                "parameters": [pid],
-                "responses": {"200": _json("Plan", "steps"), **_errors(400, 404)},
             }
         },
         "/api/projects/{id}/rollback-production": {

@@ -70,8 +70,12 @@ def register(sub: Any) -> None:
         help="what the next reconcile would do, without doing it (exit 2: changes pending)",
     )
     plan.add_argument("project", nargs="?")
-    add_client_options(plan)
-    plan.set_defaults(func=run_command(cmd_plan))
+    plan.add_argument(
+        "--desired", default=env("DESIRED", "desired"), help="desired-state dir (this host's)"
+    )
+    plan.add_argument("--data", default=env("DATA", "data"), help="data dir (this host's)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.set_defaults(func=run_command(cmd_plan), api=None, token_file=None)
 
     history = sub.add_parser("history", help="kept versions, newest first")
     history.add_argument("project")
@@ -391,7 +395,9 @@ def _render(event: Event, elapsed: float, out: TextIO) -> None:
 
 
 def cmd_plan(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    """Exit 0: nothing to do; 2: changes pending (as ``terraform plan -detailed-exitcode``)."""
+    """Exit 0: nothing to do; 2: changes pending (as ``terraform plan -detailed-exitcode``).
+    It reads the stores on this host (the daemon's own inputs), so it has no ``--api``."""
+    assert isinstance(client, LocalClient)
     if args.project:
         ids = [args.project]
     else:

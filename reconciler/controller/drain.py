@@ -10,29 +10,31 @@ draining are drained again.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from reconciler.controller.recorder import instance_row
 from reconciler.core.kinds import InstanceRole, JobState, JobType
+from reconciler.core.queue import WorkQueue
 from reconciler.runtimes.base import Instance, Runtime
 from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(order=True)
+Key = tuple[str, str]  # (project, instance key)
+
+
+@dataclass(frozen=True)
 class _Item:
-    due: float
-    key: tuple[str, str] = field(compare=False)
-    instance: Instance = field(compare=False)
-    runtime: Runtime = field(compare=False)
-    grace: float | None = field(default=None, compare=False)  # None: the drainer's own
+    key: Key
+    instance: Instance
+    runtime: Runtime
+    grace: float | None = None  # None: the drainer's own
 
 
 class Drainer:
@@ -48,13 +50,12 @@ class Drainer:
         self.drain_seconds = drain
         self.grace = grace
         self.clock = clock
-        self._heap: list[_Item] = []
-        self._pending: dict[tuple[str, str], _Item] = {}
-        self._stopping_now: dict[tuple[str, str], Future[None]] = {}
-        self._stopping: dict[tuple[str, str], _Item] = {}
+        self._due: WorkQueue[Key] = WorkQueue(clock)  # each draining instance, until its stop
+        self._pending: dict[Key, _Item] = {}
+        self._stopping_now: dict[Key, Future[None]] = {}
+        self._stopping: dict[Key, _Item] = {}
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drain")
-        self._closed = False
         self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
         self._thread.start()
 
@@ -62,13 +63,12 @@ class Drainer:
         """Take ``instance`` out of service: mark it, stop it after the drain period."""
         self.db.put_instance(instance_row(instance, InstanceRole.DRAINING))
         delay = self.drain_seconds if after is None else after
-        item = _Item(self.clock() + delay, (instance.project_id, instance.key), instance, runtime)
+        item = _Item((instance.project_id, instance.key), instance, runtime)
         with self._cond:
             if item.key in self._pending or item.key in self._stopping_now:
                 return
             self._pending[item.key] = item
-            heapq.heappush(self._heap, item)
-            self._cond.notify_all()
+        self._due.add(item.key, delay)
         logger.info(
             "%s: draining %s (port %s) for %.1f s",
             instance.project_id,
@@ -93,8 +93,8 @@ class Drainer:
         with self._cond:
             item = self._pending.get(item_key)
             if item is not None:
-                item = _Item(item.due, item.key, item.instance, item.runtime, grace=0.0)
-                future = self._begin(item)
+                self._due.discard(item_key)
+                future = self._begin(replace(item, grace=0.0))
             else:
                 future = self._stopping_now.get(item_key)
                 stopping = self._stopping.get(item_key)
@@ -107,9 +107,8 @@ class Drainer:
         """Finish the stops under way; leave the rest (still marked draining: a restarted
         daemon drains them again). Nothing is left half-stopped."""
         with self._cond:
-            self._closed = True
             self._pending.clear()
-            self._cond.notify_all()
+        self._due.close()
         self._pool.shutdown(wait=True)
         self._thread.join(timeout)
 
@@ -123,20 +122,14 @@ class Drainer:
 
     def _run(self) -> None:
         while True:
+            key = self._due.get()
+            if key is None:  # closed
+                return
             with self._cond:
-                if self._closed:
-                    return
-                now = self.clock()
-                while self._heap and (
-                    self._heap[0].key not in self._pending
-                    or self._pending[self._heap[0].key] is not self._heap[0]
-                ):
-                    heapq.heappop(self._heap)  # finished early or replaced
-                if self._heap and self._heap[0].due <= now:
-                    self._begin(heapq.heappop(self._heap))
-                    continue
-                wait = self._heap[0].due - now if self._heap else 5.0  # drain() notifies
-                self._cond.wait(max(0.005, min(wait, 5.0)))
+                item = self._pending.get(key)  # None: finished early
+                if item is not None:
+                    self._begin(item)
+            self._due.done(key)
 
     def _stop(self, item: _Item) -> None:
         instance, runtime = item.instance, item.runtime

@@ -32,7 +32,6 @@ from reconciler.controller.observe import (
     instance_from_row,
 )
 from reconciler.controller.pipeline import Pipeline
-from reconciler.controller.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
 from reconciler.controller.recorder import Listener, Recorder
 from reconciler.controller.refusals import Refusals
 from reconciler.core.config import Config
@@ -40,6 +39,7 @@ from reconciler.core.errors import TransientError
 from reconciler.core.kinds import DeploymentKind, InstanceRole, RuntimeName, Status
 from reconciler.core.logfiles import rotate
 from reconciler.core.plan import Step, deployment_of, plan, should_cancel
+from reconciler.core.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
 from reconciler.core.spec import InvalidProjectId, ProjectId, check_project_id, is_hash8
 from reconciler.stores.desired import DesiredStore, LastGood
 from reconciler.stores.desired.parse import SETTLE
@@ -100,7 +100,7 @@ class Controller:
             ),
             listener=listener,
         )
-        self.queue = WorkQueue(clock)
+        self.queue: WorkQueue[str] = WorkQueue(clock)
         self.workers = Workers(
             self.queue,
             lambda key: self.reconcile(ProjectId(key)),

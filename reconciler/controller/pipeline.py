@@ -25,7 +25,6 @@ from typing import assert_never
 from reconciler.controller.activate import Activator
 from reconciler.controller.build import Builder
 from reconciler.controller.observe import Facts, RepairLog, Runtimes, instance_from_row
-from reconciler.controller.queue import Done, Permanent, RequeueAfter, Result, Retry
 from reconciler.controller.recorder import Listener, Recorder, describe
 from reconciler.controller.run import Run
 from reconciler.core.config import Config
@@ -41,6 +40,7 @@ from reconciler.core.plan import (
     StopInstances,
     deployment_of,
 )
+from reconciler.core.queue import Done, Permanent, RequeueAfter, Result, Retry
 from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import Instance, Runtime, wait_ready
 from reconciler.stores.ports import PortAllocator

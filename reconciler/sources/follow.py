@@ -13,11 +13,9 @@ tried again with backoff.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from reconciler.core.kinds import RuntimeName
+from reconciler.core.queue import RateLimiter, WorkQueue
 from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, redact
 from reconciler.sources.hooks import DESIRED
 from reconciler.sources.watch import Debouncer
@@ -121,14 +120,11 @@ class Follower:
         self.on_desired_nudge = on_desired_nudge  # the configuration repo's webhook
         self.on_check = on_check  # each check's result: moved, same, failed
         self._targets: dict[ProjectId, Target] = {}
-        self._failures: dict[ProjectId, int] = {}
+        # a failed check is tried again sooner than the poll: 2, 4 ... 256 times MIN_RETRY
+        self._backoff = RateLimiter(base=2 * MIN_RETRY, cap=256 * MIN_RETRY)
         self._lock = threading.Lock()
-        self._due: list[tuple[float, int, ProjectId]] = []
-        self._seq = 0
-        self._wake = threading.Condition(self._lock)
-        self._closed = False
-        self._checking: set[ProjectId] = set()
-        self._again: set[ProjectId] = set()
+        # the checks to make, each when it is due; one check of a project at a time
+        self._checks: WorkQueue[ProjectId] = WorkQueue()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="follow-check")
         self._observer = Observer()
         self._watches: dict[tuple[str, bool], tuple[ObservedWatch | None, set[ProjectId]]] = {}
@@ -153,9 +149,7 @@ class Follower:
         self.take_nudges()
 
     def stop(self) -> None:
-        with self._wake:
-            self._closed = True
-            self._wake.notify_all()
+        self._checks.close()
         if self.use_watch:
             self._observer.stop()
             self._observer.join(5)
@@ -183,7 +177,7 @@ class Follower:
                 del self._targets[project_id]
             else:
                 self._targets[project_id] = target
-            self._failures.pop(project_id, None)
+        self._backoff.forget(project_id)
         if old is not None:
             self._unwatch(project_id, old)
         if target is None:
@@ -268,36 +262,20 @@ class Follower:
             self.check_soon(pid)
 
     def check_soon(self, project_id: ProjectId) -> None:
-        self._schedule(project_id, 0.0)
-
-    def _schedule(self, project_id: ProjectId, delay: float) -> None:
-        with self._wake:
-            self._seq += 1
-            heapq.heappush(self._due, (time.monotonic() + delay, self._seq, project_id))
-            self._wake.notify()
+        self._checks.add(project_id)
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                if self._closed:
-                    return
-                now = time.monotonic()
-                if not self._due or self._due[0][0] > now:
-                    wait = self._due[0][0] - now if self._due else 5.0
-                    self._wake.wait(min(wait, 5.0))
-                    continue
-                _when, _seq, pid = heapq.heappop(self._due)
-                if pid not in self._targets:
-                    continue
-                if pid in self._checking:
-                    self._again.add(pid)
-                    continue
-                self._checking.add(pid)
-                # one poll timer per project: drop later timers of it (a new one is set)
-                self._due = [d for d in self._due if d[2] != pid]
-                heapq.heapify(self._due)
+            project_id = self._checks.get()
+            if project_id is None:  # closed
+                return
+            with self._lock:
+                followed = project_id in self._targets
+            if not followed:
+                self._checks.done(project_id)
+                continue
             try:
-                self._pool.submit(self._check, pid)
+                self._pool.submit(self._check, project_id)
             except RuntimeError:  # shut down
                 return
 
@@ -305,12 +283,7 @@ class Follower:
         try:
             self.check(project_id)
         finally:
-            with self._lock:
-                self._checking.discard(project_id)
-                again = project_id in self._again
-                self._again.discard(project_id)
-            if again:
-                self.check_soon(project_id)
+            self._checks.done(project_id)
 
     def check(self, project_id: ProjectId) -> bool:
         """Read where the project's source stands now and record it; queue the project when
@@ -334,18 +307,15 @@ class Follower:
             else:
                 rev, detail = fingerprint(Path(target.location), target.output), None
         except Exception as exc:  # GitError, PermanentError, OSError: recorded, retried
-            with self._lock:
-                failures = self._failures[project_id] = self._failures.get(project_id, 0) + 1
             moved = self.db.set_source(project_id, rev=old_rev, error=str(exc))
             if moved:
                 logger.warning("%s: cannot read its source: %s", project_id, exc)
-            self._schedule(project_id, min(target.poll, MIN_RETRY * 2 ** min(failures, 8)))
+            self._checks.add(project_id, min(target.poll, self._backoff.when(project_id)))
             self.on_check("failed")
             return False
-        with self._lock:
-            self._failures.pop(project_id, None)
+        self._backoff.forget(project_id)
         moved = self.db.set_source(project_id, rev=rev, detail=detail, error=None)
-        self._schedule(project_id, target.poll)
+        self._checks.add(project_id, target.poll)
         self.on_check("moved" if rev != old_rev else "same")
         if moved and rev != old_rev:
             logger.info(

@@ -60,23 +60,14 @@ def test_plan_prints_the_steps_and_does_nothing(tmp_path: Path) -> None:
     assert unknown.returncode == 1 and "not found" in unknown.stderr
 
 
-@pytest.mark.parametrize("mode", ["local", "remote"])
 @pytest.mark.timeout(120)
-def test_a_converged_project_plans_nothing(
-    live: tuple[Env, str], tmp_path: Path, mode: str
-) -> None:
-    env, base = live
+def test_a_converged_project_plans_nothing(live: tuple[Env, str], tmp_path: Path) -> None:
+    env, _api = live
     env.write("www", desired_yaml(make_site(tmp_path / "site", "hi")))
     wait_for(lambda: env.row("www") and env.row("www").productionStatus == "running", 30)  # type: ignore[union-attr]
-    where = (
-        ["--api", base]
-        if mode == "remote"
-        else ["--desired", str(env.desired), "--data", str(env.data)]
-    )
+    where = ["--desired", str(env.desired), "--data", str(env.data)]
     result = wait_for(lambda: (r := plan("www", *where)).returncode == 0 and r, 20, "up to date")
     assert result.stdout == "www: up to date\n"
-    if mode == "remote":
-        return
     env.terminate()  # the daemon is down: an edit waits, and the plan shows it
     env.write("www", desired_yaml(make_site(tmp_path / "site", "hi"), state="stopped"))
     pending = plan("www", *where)

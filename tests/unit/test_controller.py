@@ -18,7 +18,6 @@ import pytest
 
 from reconciler.controller import Controller
 from reconciler.controller.observe import Runtimes
-from reconciler.controller.queue import Done, Permanent, RequeueAfter, Retry
 from reconciler.core.config import Config, PortRange
 from reconciler.core.errors import BuildFailed, Cancelled, TransientError
 from reconciler.core.kinds import (
@@ -30,6 +29,7 @@ from reconciler.core.kinds import (
     RuntimeName,
     Status,
 )
+from reconciler.core.queue import Done, Permanent, RequeueAfter, Retry
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import BuildRequest, BuildResult, Instance, Notify

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from reconciler.controller.queue import (
+from reconciler.core.queue import (
+    Bucket,
     Done,
     Permanent,
     RateLimiter,
@@ -195,3 +196,58 @@ def test_hung_reports_keys_past_their_budget() -> None:
     finally:
         release.set()
         workers.stop(5)
+
+
+def test_a_key_waits_for_the_earliest_time_it_was_added_for() -> None:
+    clock = FakeClock()
+    queue: WorkQueue[str] = WorkQueue(clock)
+    queue.add("a", delay=1)
+    queue.add("a", delay=2)
+    queue.add("a", delay=5)
+    assert queue.depth() == 1
+    clock.now += 1
+    assert queue.get(timeout=0) == "a"
+    queue.done("a")
+    clock.now += 10
+    assert queue.get(timeout=0) is None, "handed out once, not once per add"
+
+
+def test_a_sooner_add_moves_the_wait_up_and_an_add_now_replaces_it() -> None:
+    clock = FakeClock()
+    queue: WorkQueue[str] = WorkQueue(clock)
+    queue.add("a", delay=30)
+    queue.add("a", delay=2)
+    clock.now += 2
+    assert queue.get(timeout=0) == "a"
+    queue.done("a")
+    queue.add("b", delay=30)
+    queue.add("b")
+    assert queue.get(timeout=0) == "b"
+    queue.done("b")
+    clock.now += 30
+    assert queue.get(timeout=0) is None, "the add now took the wait's place"
+
+
+def test_discard_drops_a_wait() -> None:
+    clock = FakeClock()
+    queue: WorkQueue[tuple[str, str]] = WorkQueue(clock)
+    queue.add(("www", "i1"), delay=1)
+    queue.discard(("www", "i1"))
+    assert queue.depth() == 0
+    clock.now += 5
+    assert queue.get(timeout=0) is None
+    queue.add(("www", "i1"), delay=3)  # a new wait, not the dropped one
+    clock.now += 1
+    assert queue.get(timeout=0) is None
+    clock.now += 2
+    assert queue.get(timeout=0) == ("www", "i1")
+
+
+def test_the_overall_bucket_bounds_retries_across_keys() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(base=0.001, cap=1, overall=Bucket(rate=10, burst=2, clock=clock))
+    waits = [limiter.when(key) for key in ("a", "b", "c", "d")]
+    assert waits[:2] == [0.001, 0.001], "the burst goes through on the keys' own backoff"
+    assert waits[2] == pytest.approx(0.1) and waits[3] == pytest.approx(0.2)
+    clock.now += 1
+    assert limiter.when("e") == 0.001, "the bucket refills"

@@ -1,8 +1,14 @@
-"""The work queue, its per-key rate limiter, and the workers that serve it.
+"""The keyed delaying queue, its rate limiters, and the workers that serve it: one queue for
+every part that does work per key later or again (the controller's reconciles, the
+follower's source checks, the drainer's stops).
 
-The queue holds keys (project ids), never events: a key added while it waits is not added
-twice, and a key added while a worker reconciles it is handed out once more afterwards, to
-one worker at a time. A handler returns a typed :data:`Result`:
+The queue holds keys (project ids, instance keys), never events: a key added while it waits
+is not added twice, and a key added while a worker handles it is handed out once more
+afterwards, to one worker at a time. A key waits for one time only: the earliest it was
+added for (``add(k, 1); add(k, 2)`` hands ``k`` out once, after 1 s; ``add(k)`` now
+supersedes any wait), as client-go's delaying queue does. ``discard`` drops a waiting key.
+
+A worker's handler returns a typed :data:`Result`:
 
 ::
 
@@ -13,6 +19,8 @@ one worker at a time. A handler returns a typed :data:`Result`:
     Permanent(reason)        recorded and not retried until something enqueues the key again
 
 A handler that raises is treated as ``Retry``: the loop never dies of one project's fault.
+A retry waits for the longer of the key's backoff and, when there is one, the overall
+bucket's next token (``Bucket``: a bound on retries per second across all keys).
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Generic, TypeVar, assert_never
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+K = TypeVar("K", bound=Hashable)
 IDLE_WAIT = 5.0
 
 
@@ -56,68 +65,113 @@ class Permanent:
 Result = Done | RequeueAfter | Retry | Permanent
 
 
-class RateLimiter:
-    """Per-key exponential backoff: ``base * 2**(failures-1)``, capped; reset by ``forget``."""
+class Bucket:
+    """A token bucket over all keys: ``rate`` tokens a second, ``burst`` at most."""
 
-    def __init__(self, *, base: float = 1.0, cap: float = 60.0) -> None:
-        self.base = base
-        self.cap = cap
-        self._failures: dict[str, int] = {}
+    def __init__(self, rate: float, burst: int, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
         self._lock = threading.Lock()
 
-    def when(self, key: str) -> float:
+    def reserve(self) -> float:
+        """Take a token; the seconds until it is there (0: now)."""
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            self._tokens -= 1
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class RateLimiter:
+    """Per-key exponential backoff: ``base * 2**(failures-1)``, capped; reset by ``forget``;
+    never sooner than the overall bucket allows, when there is one."""
+
+    def __init__(
+        self, *, base: float = 1.0, cap: float = 60.0, overall: Bucket | None = None
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self.overall = overall
+        self._failures: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+
+    def when(self, key: Hashable) -> float:
         with self._lock:
             count = self._failures.get(key, 0) + 1
             self._failures[key] = count
-        return float(min(self.cap, self.base * 2 ** (count - 1)))
+        backoff = float(min(self.cap, self.base * 2 ** (count - 1)))
+        return max(backoff, self.overall.reserve()) if self.overall is not None else backoff
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: Hashable) -> None:
         with self._lock:
             self._failures.pop(key, None)
 
-    def failures(self, key: str) -> int:
+    def failures(self, key: Hashable) -> int:
         with self._lock:
             return self._failures.get(key, 0)
 
 
-class WorkQueue:
-    """De-duplicated keys, one worker per key at a time, delayed re-adds."""
+class WorkQueue(Generic[K]):
+    """De-duplicated keys, one worker per key at a time, one wait per key (the earliest)."""
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._cond = threading.Condition()
-        self._ready: collections.deque[str] = collections.deque()
-        self._queued: set[str] = set()
-        self._processing: set[str] = set()
-        self._dirty: set[str] = set()
-        self._delayed: list[tuple[float, str]] = []
+        self._ready: collections.deque[K] = collections.deque()
+        self._queued: set[K] = set()
+        self._processing: set[K] = set()
+        self._dirty: set[K] = set()
+        self._waiting: dict[K, float] = {}  # key -> when it comes due (the earliest asked)
+        self._delayed: list[tuple[float, int, K]] = []  # may hold stale entries
+        self._seq = 0
         self._closed = False
 
-    def add(self, key: str, delay: float = 0.0) -> None:
+    def add(self, key: K, delay: float = 0.0) -> None:
         with self._cond:
             if self._closed:
                 return
             if delay > 0:
-                heapq.heappush(self._delayed, (self._clock() + delay, key))
+                due = self._clock() + delay
+                if key in self._waiting and self._waiting[key] <= due:
+                    return
+                self._waiting[key] = due
+                self._seq += 1
+                heapq.heappush(self._delayed, (due, self._seq, key))
             else:
+                self._waiting.pop(key, None)
                 self._add_now(key)
             self._cond.notify_all()
 
-    def _add_now(self, key: str) -> None:
+    def discard(self, key: K) -> None:
+        """Drop the key's wait (a key ready or processing is left as it is)."""
+        with self._cond:
+            self._waiting.pop(key, None)
+
+    def _add_now(self, key: K) -> None:
         if key in self._processing:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
             self._ready.append(key)
 
-    def get(self, timeout: float | None = None) -> str | None:
+    def _due(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            due, _seq, key = heapq.heappop(self._delayed)
+            if self._waiting.get(key) == due:
+                del self._waiting[key]
+                self._add_now(key)
+
+    def get(self, timeout: float | None = None) -> K | None:
         """The next ready key (now processing), or None on timeout or close."""
         deadline = None if timeout is None else self._clock() + timeout
         with self._cond:
             while not self._closed:
                 now = self._clock()
-                while self._delayed and self._delayed[0][0] <= now:
-                    self._add_now(heapq.heappop(self._delayed)[1])
+                self._due(now)
                 if self._ready:
                     key = self._ready.popleft()
                     self._queued.discard(key)
@@ -133,7 +187,7 @@ class WorkQueue:
                 self._cond.wait(max(0.001, min(waits)))
             return None
 
-    def done(self, key: str) -> None:
+    def done(self, key: K) -> None:
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty:
@@ -144,7 +198,7 @@ class WorkQueue:
     def depth(self) -> int:
         """Keys waiting (ready, delayed or re-added while processing)."""
         with self._cond:
-            return len(self._ready) + len(self._delayed) + len(self._dirty)
+            return len(self._ready) + len(self._waiting) + len(self._dirty)
 
     def close(self) -> None:
         with self._cond:
@@ -161,7 +215,7 @@ class Workers:
 
     def __init__(
         self,
-        queue: WorkQueue,
+        queue: WorkQueue[str],
         handler: Callable[[str], Result],
         *,
         count: int,
