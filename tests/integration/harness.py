@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,17 +28,33 @@ from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import ProjectRow, StateDB
 from tests.conftest import PYTHON, REPO
 
+# what a predicate may raise while the thing it waits for is not there yet: a row not
+# written (None has no attribute), a server not listening, a file not made, a JSON body cut
+NOT_YET: tuple[type[BaseException], ...] = (
+    AttributeError, KeyError, IndexError, OSError, ValueError, httpx.HTTPError, sqlite3.Error,
+)  # fmt: skip
+
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    """The predicate's first truthy answer. An exception of ``NOT_YET`` counts as "not yet"
+    (the last one is the cause of the timeout's error); any other is raised at once, so a
+    bug in a predicate shows up as itself, not as a timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None
+    error: BaseException | None = None
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             last = predicate()
+        except NOT_YET as exc:
+            error = exc
+        else:
+            error = None
             if last:
                 return last
         time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last: {error or last!r})"
+    ) from error
 
 
 def get(url: str) -> str | None:
