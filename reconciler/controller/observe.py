@@ -21,7 +21,8 @@ from reconciler.core.plan import FLAP_WINDOW, DesiredView, ObservedInstance, Obs
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.runtimes.base import Instance, Runtime
 from reconciler.stores.desired import DesiredFile, DesiredStore, LastGood
-from reconciler.stores.facts import desired_view, observed_view, spec_from_row
+from reconciler.stores.facts import desired_view, spec_from_row
+from reconciler.stores.observation import Observe
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import InstanceRow, ProjectRow, SiteRow, StateDB
 
@@ -198,6 +199,7 @@ class Observer:
         self.last_good = last_good
         self.repairs = repairs
         self.edge = edge
+        self._observe = Observe(db, desired, releases)
 
     def view(self, desired: DesiredFile | None, spec: ProjectSpec | None) -> DesiredView | None:
         source = None
@@ -232,39 +234,38 @@ class Observer:
 
     def observe(self, project_id: ProjectId) -> Facts | None:
         """None when nothing is known of the project: no file, no row, no instance."""
-        row = self.db.project(project_id)
-        desired = self.desired.read(project_id)
-        rows = self.db.instances(project_id)
-        if desired is None and row is None and not rows:
-            return None
-        if self.last_good.get(project_id) is None and (from_row := spec_from_row(row)):
-            self.last_good.seed(project_id, from_row)  # after a restart, before a valid read
-        spec = self.last_good.in_force(desired) if desired is not None else None
-        if self.on_spec is not None:
-            self.on_spec(project_id, spec, desired.path if desired is not None else None)
-        live, gone = self.live(project_id, spec, rows)
-        draining = {r.key for r in rows if r.role == InstanceRole.DRAINING}
-        site = self.db.site(project_id)
-        observed = observed_view(
-            row,
-            instances=(
-                ObservedInstance(i.hash, i.port, k in draining, i.config)
-                for k, (i, _rt) in live.items()
-            ),
-            current=self.releases.current(project_id),
-            releases=frozenset(r.hash for r in self.releases.versions(project_id)),
-            recent_repairs=self.repairs.recent(project_id),
-            site=site,
-            slot=self.releases.slot(project_id),
-        )
-        return Facts(
+        found: dict[str, tuple[Live, list[InstanceRow]]] = {}
+
+        def instances(spec: ProjectSpec | None, rows: list[InstanceRow]) -> list[ObservedInstance]:
+            found["live"] = self.live(project_id, spec, rows)
+            live = found["live"][0]
+            draining = {r.key for r in rows if r.role == InstanceRole.DRAINING}
+            return [
+                ObservedInstance(i.hash, i.port, key in draining, i.config)
+                for key, (i, _runtime) in live.items()
+            ]
+
+        seen = self._observe(
             project_id,
-            desired,
-            spec,
-            self.view(desired, spec),
-            row,
-            live,
-            tuple(gone),
-            observed,
-            site,
+            edge=self.edge,
+            default_runtime=self.runtimes.default,
+            instances=instances,
+            last_good=self._last_good,
+            recent_repairs=self.repairs.recent(project_id),
         )
+        if not seen.known:
+            return None
+        if self.on_spec is not None:
+            path = seen.desired.path if seen.desired is not None else None
+            self.on_spec(project_id, seen.spec, path)
+        live, gone = found["live"]
+        return Facts(
+            project_id, seen.desired, seen.spec, seen.view, seen.row, live, tuple(gone),
+            seen.observed, seen.site,
+        )  # fmt: skip
+
+    def _last_good(self, project_id: ProjectId, row: ProjectRow | None) -> ProjectSpec | None:
+        """The last good spec in memory; after a restart, before a valid read, the row's."""
+        if self.last_good.get(project_id) is None and (from_row := spec_from_row(row)):
+            self.last_good.seed(project_id, from_row)
+        return self.last_good.get(project_id)

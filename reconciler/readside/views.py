@@ -35,7 +35,6 @@ from reconciler.core.plan import (
     Build,
     DesiredView,
     Fail,
-    ObservedInstance,
     Record,
     RestoreCurrent,
     Step,
@@ -43,8 +42,9 @@ from reconciler.core.plan import (
     plan,
 )
 from reconciler.core.spec import ProjectId, ProjectSpec
-from reconciler.stores.desired import DesiredFile, DesiredStore, keep_production
-from reconciler.stores.facts import desired_view, observed_view, running_commit, spec_from_row
+from reconciler.stores.desired import DesiredFile, DesiredStore
+from reconciler.stores.facts import running_commit
+from reconciler.stores.observation import Observe
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import DeploymentRow, JobRow, ProjectRow, SourceRow, StateDB
 
@@ -322,28 +322,10 @@ class Reader:
         return self.default_runtime
 
     def snapshot(self, pid: ProjectId) -> Snapshot:
-        row = self.db.project(pid)
-        desired = self.desired.read(pid)
-        last = spec_from_row(row)
-        spec = None
-        if desired is not None:
-            spec = keep_production(desired.spec, last) if desired.spec else last
-        source = self.db.source(pid) if spec is not None and spec.production.follow else None
-        view = desired_view(
-            desired, spec, edge=self.edge_mode(), default_runtime=self.runtime(), source=source
+        seen = Observe(self.db, self.desired, self.releases)(
+            pid, edge=self.edge_mode(), default_runtime=self.runtime()
         )
-        instances = self.db.instances(pid)
-        observed = observed_view(
-            row,
-            instances=(
-                ObservedInstance(r.hash, r.port, r.role == InstanceRole.DRAINING, r.config)
-                for r in instances
-            ),
-            current=self.releases.current(pid),
-            releases=frozenset(r.hash for r in self.releases.versions(pid)),
-            site=self.db.site(pid),
-            slot=self.releases.slot(pid),
-        )
+        row, instances, view = seen.row, seen.instance_rows, seen.view
         deployment = self.db.open_deployment(pid)
         job = self.db.active_job(pid, deployment=deployment.id) if deployment else None
         active = [
@@ -360,6 +342,6 @@ class Reader:
         version = row.productionHash if row is not None else None
         commit = running_commit(row, version, self.releases.source_of(pid, version))
         return Snapshot(
-            view, spec, row, deployment, job, tuple(plan(view, observed)),
-            serving[0] if serving else None, desired, commit or None, source, usage,
+            view, seen.spec, row, deployment, job, tuple(plan(view, seen.observed)),
+            serving[0] if serving else None, seen.desired, commit or None, seen.source, usage,
         )  # fmt: skip

@@ -19,6 +19,7 @@ from reconciler.stores.desired.store import (
     Scan,
     classify,
     keep_production,
+    spec_in_force,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "load_file",
     "parse",
     "set_values",
+    "spec_in_force",
 ]

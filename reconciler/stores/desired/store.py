@@ -116,9 +116,15 @@ class LastGood:
 
     def in_force(self, desired: DesiredFile) -> ProjectSpec | None:
         """The file's spec when it is valid, else the last good one."""
-        if desired.spec is None:
-            return self.get(desired.project_id)
-        return keep_production(desired.spec, self.get(desired.project_id))
+        return spec_in_force(desired, self.get(desired.project_id))
+
+
+def spec_in_force(desired: DesiredFile, last: ProjectSpec | None) -> ProjectSpec | None:
+    """The spec a project runs by: its file's when the file is valid (keeping the last
+    production state when the file has no ``production:``), else the last good one."""
+    if desired.spec is None:
+        return last
+    return keep_production(desired.spec, last)
 
 
 def keep_production(spec: ProjectSpec, last: ProjectSpec | None) -> ProjectSpec:
