@@ -24,6 +24,7 @@ controller records it as one deployment, and the API answers an operator by it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -246,24 +247,38 @@ def _cancel_key(digest: str | None) -> str | None:
     return digest.split("@dir:", 1)[0] if digest is not None else None
 
 
-def deployment_of(steps: list[Step]) -> DeploymentKind | None:
-    """What a run of ``steps`` is, as an operator would name it; None for housekeeping alone
-    (stopping strays, restoring ``current``, recording a status that already holds)."""
+def deciding(steps: Sequence[Step]) -> Step | None:
+    """The step that names what a run of ``steps`` is (None: housekeeping alone: stopping
+    strays, restoring ``current``, recording a status that already holds). The one step
+    classifier: the deployment's kind and the job an operator waits on both come from it."""
     for step in steps:
         match step:
-            case Build() | Fail():
-                return DeploymentKind.DEPLOY
-            case Activate(repair=True):
-                return DeploymentKind.REPAIR
-            case Activate():
-                return DeploymentKind.ACTIVATE
-            case StopInstances(final=True) | Record(status=Status.STOPPED):
-                return DeploymentKind.STOP
+            case Build() | Fail() | Activate() | StopInstances(final=True):
+                return step
+            case Record(status=Status.STOPPED):
+                return step
             case StopInstances() | RestoreCurrent() | Record():
                 continue
             case _:
                 assert_never(step)
     return None
+
+
+def deployment_of(steps: Sequence[Step]) -> DeploymentKind | None:
+    """What a run of ``steps`` is, as an operator would name it (None: housekeeping)."""
+    match deciding(steps):
+        case Build() | Fail():
+            return DeploymentKind.DEPLOY
+        case Activate(repair=True):
+            return DeploymentKind.REPAIR
+        case Activate():
+            return DeploymentKind.ACTIVATE
+        case StopInstances() | Record():
+            return DeploymentKind.STOP
+        case RestoreCurrent() | None:
+            return None
+        case step:
+            assert_never(step)
 
 
 def describe(step: Step) -> str:

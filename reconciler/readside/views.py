@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,14 +31,11 @@ from reconciler.core.kinds import (
     Status,
 )
 from reconciler.core.plan import (
-    Activate,
-    Build,
     DesiredView,
     Fail,
-    Record,
-    RestoreCurrent,
     Step,
-    StopInstances,
+    deciding,
+    deployment_of,
     plan,
 )
 from reconciler.core.spec import ProjectId, ProjectSpec
@@ -152,23 +149,21 @@ class ProjectList(_Out):
 # Deriving the status
 
 
+JOB_OF = {
+    DeploymentKind.DEPLOY: JobType.BUILD,
+    DeploymentKind.ACTIVATE: JobType.START,
+    DeploymentKind.REPAIR: JobType.START,
+    DeploymentKind.STOP: JobType.STOP,
+}
+
+
 def next_job(steps: Sequence[Step]) -> ActiveJob | None:
-    """The job the daemon will run next for ``steps`` (None: nothing an operator waits on)."""
-    for step in steps:
-        match step:
-            case Build():
-                return ActiveJob(type=JobType.BUILD, state=JobState.QUEUED)
-            case Activate():
-                return ActiveJob(type=JobType.START, state=JobState.QUEUED)
-            case StopInstances(final=True) | Record(status=Status.STOPPED):
-                return ActiveJob(type=JobType.STOP, state=JobState.QUEUED)
-            case Fail():
-                return None  # the daemon will record the failure; nothing to wait for
-            case StopInstances() | RestoreCurrent() | Record():
-                continue
-            case _:
-                assert_never(step)
-    return None
+    """The job the daemon will run next for ``steps`` (None: nothing an operator waits on;
+    a ``Fail`` is recorded, not waited for)."""
+    kind = deployment_of(steps)
+    if kind is None or isinstance(deciding(steps), Fail):
+        return None
+    return ActiveJob(type=JOB_OF[kind], state=JobState.QUEUED)
 
 
 def queued(status: ProductionStatus, job: ActiveJob) -> ProductionStatus:
