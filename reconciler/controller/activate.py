@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from reconciler.controller.decide import Retire, retire_how
 from reconciler.controller.drain import Drainer
 from reconciler.controller.golive import (
     GoLive,
@@ -134,8 +135,8 @@ class Activator:
 
     def retire(self, run: Run, keys: tuple[str, ...]) -> None:
         """Instances no longer wanted: drained at the edge, stopped at once without it."""
-        if run.mode in (ServeMode.PORT, ServeMode.SERVICE) or self.drainer is None:
-            self.stop(run, keys)  # a service's old version: Swarm replaced its tasks already
+        if self.drainer is None or retire_how(run.mode, drains=True) == Retire.STOP:
+            self.stop(run, keys)
             return
         for key in keys:
             entry = run.live.pop(key, None)

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import httpx
 
+from reconciler.controller.decide import Reuse, Running, on_port, slot_adoption, slot_choice
 from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
@@ -122,7 +123,7 @@ class OnPort:
     ) -> tuple[Instance | None, int]:
         runtime = self.runtimes.for_spec(run.spec)
         existing = run.find(release.hash)
-        if existing is not None and existing[0].port is not None:
+        if existing is not None and isinstance(on_port(running(existing[0])), Reuse):
             instance = reuse(run, release, existing[0], generation)
             assert instance.port is not None
             return instance, instance.port
@@ -135,6 +136,10 @@ class OnPort:
             self.ports.release(port)
             raise
         return instance, port
+
+
+def running(instance: Instance, *, draining: bool = False) -> Running:
+    return Running(instance.key, instance.port, draining)
 
 
 def site_for(run: Run, port: int, mode: ServeMode, slots: tuple[int, int] | None) -> Site:
@@ -257,28 +262,24 @@ class Slots:
         pid, spec = run.facts.project_id, run.spec
         runtime = self.runtimes.for_spec(spec)
         site = self.sites.reserve(pid)
-        pending = self.drainer.pending(pid)
-        existing = run.find(release.hash)
-        if existing is not None and existing[0].key in pending:
-            existing = None  # being drained: it will be stopped, not reused
-        adopt = existing[0].port if existing is not None and site.slots is None else None
-        slots = self.sites.reserve_slots(pid, adopt=adopt)
-        by_port = {slots[0]: "a", slots[1]: "b"}
-        active = self.releases.slot(pid)
-        if existing is not None and existing[0].port in by_port:
-            instance = reuse(run, release, existing[0], generation)
-            target = by_port[existing[0].port]
+        found = run.find(release.hash)
+        existing = None
+        if found is not None:
+            existing = running(found[0], draining=found[0].key in self.drainer.pending(pid))
+        slots = self.sites.reserve_slots(pid, adopt=slot_adoption(existing, site.slots))
+        choice = slot_choice(slots, self.releases.slot(pid), existing)
+        target = choice.slot
+        if choice.reuse and found is not None:
+            instance = reuse(run, release, found[0], generation)
         else:
-            target = "b" if active == "a" else "a"
-            port = slots[0] if target == "a" else slots[1]
-            self._clear(run, port, f"{release.hash}-{run.config}")
+            self._clear(run, choice.port, f"{release.hash}-{run.config}")
             instance = start_and_wait(
-                run, runtime, release, generation, port=port, probe_host="127.0.0.1"
+                run, runtime, release, generation, port=choice.port, probe_host="127.0.0.1"
             )
         try:
             self.edge.put(site_for(run, site.publicPort, ServeMode.DYNAMIC, slots))
         except BaseException:
-            if existing is None:
+            if not choice.reuse:
                 with contextlib.suppress(Exception):
                     runtime.stop(instance, timeout=2)
                 run.recorder.forget_instance(instance.key)
