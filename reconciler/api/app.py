@@ -134,16 +134,16 @@ def get_production(raw: str) -> Response:
 
 @bp.post("/api/projects/<raw>/deploy")
 def deploy(raw: str) -> Response:
-    pid = ops().project(raw)
+    project_id = ops().project(raw)
     json_body(required=False)
-    return json_response(ops().deploy(pid))
+    return json_response(ops().deploy(project_id))
 
 
 @bp.post("/api/projects/<raw>/stop-production")
 def stop_production(raw: str) -> Response:
-    pid = ops().project(raw)
+    project_id = ops().project(raw)
     json_body(required=False)
-    return json_response(ops().stop(pid))
+    return json_response(ops().stop(project_id))
 
 
 @bp.get("/api/projects/<raw>/production-history")
@@ -153,26 +153,26 @@ def history(raw: str) -> Response:
 
 @bp.post("/api/projects/<raw>/rollback-production")
 def rollback(raw: str) -> Response:
-    pid = ops().project(raw)
+    project_id = ops().project(raw)
     body = json_body(required=True)
     try:
         target = RollbackRequest.model_validate(body).toHash
     except ValidationError:
         raise ApiError(400, 'send {"toHash": "<8 lowercase hex characters>"}') from None
-    result = ops().rollback(pid, target)
+    result = ops().rollback(project_id, target)
     return json_response(result, 200 if result.success else 500)
 
 
 @bp.get("/api/projects/<raw>/production-logs")
 def logs(raw: str) -> Response:
-    pid = ops().project(raw)
+    project_id = ops().project(raw)
     offset = request.args.get("offset")
     tail = request.args.get("tail", "100")
     if (offset is not None and not _digits(offset)) or not _digits(tail):
         raise ApiError(400, "offset and tail must be non-negative integers")
     return json_response(
         ops().read_log(
-            pid,
+            project_id,
             request.args.get("log", "app"),
             offset=int(offset) if offset is not None else None,
             tail=min(int(tail), 10_000),
@@ -184,14 +184,14 @@ def logs(raw: str) -> Response:
 def events(raw: str) -> Response:
     """The project's latest events, oldest first: deploy progress and notification attempts
     (``?type=production.notification``), ``?limit=`` up to 500."""
-    pid = ops().project(raw)
+    project_id = ops().project(raw)
     limit = request.args.get("limit", "100")
     kind = request.args.get("type")
     if not _digits(limit) or not 1 <= int(limit) <= 500:
         raise ApiError(400, "limit must be an integer from 1 to 500")
     if kind is not None and kind not in {str(e) for e in EventType}:
         raise ApiError(400, f"type must be one of {', '.join(sorted(str(e) for e in EventType))}")
-    rows = ops().db.recent_events(pid, limit=int(limit), event_type=kind)
+    rows = ops().db.recent_events(project_id, limit=int(limit), event_type=kind)
     return json_response({"events": [
         {"id": r.id, "type": str(r.type), "deployment": r.deployment, "createdAt": r.createdAt,
          "data": r.payload()} for r in rows
@@ -201,13 +201,13 @@ def events(raw: str) -> Response:
 @bp.get("/api/projects/<raw>/production-stream")
 def stream(raw: str) -> Response:
     operations = ops()
-    pid = operations.project(raw)
+    project_id = operations.project(raw)
     last_id = _last_event_id()
     streams: threading.BoundedSemaphore = current_app.config["RECONCILER_STREAMS"]
     if not streams.acquire(blocking=False):
         raise ApiError(503, "too many open event streams; retry shortly", {"Retry-After": "5"})
     try:
-        events = operations.follow(pid, last_id)
+        events = operations.follow(project_id, last_id)
     except BaseException:
         streams.release()
         raise
@@ -339,11 +339,11 @@ def _hook_response(name: str, ref: str | None) -> Response:
 @bp.post("/api/projects/<raw>/hooks/git")
 def git_hook(raw: str) -> Response:
     """A forge's push webhook: checks the project's followed ref now."""
-    pid = ops().project(raw)
-    desired = ops().desired.read(pid)
+    project_id = ops().project(raw)
+    desired = ops().desired.read(project_id)
     spec = desired.spec if desired is not None else None
     ref = spec.git.ref if spec is not None and spec.git and spec.production.follow else None
-    return _hook_response(pid, ref)
+    return _hook_response(project_id, ref)
 
 
 @bp.post("/api/hooks/desired")

@@ -159,11 +159,11 @@ def cmd_init_repo(args: argparse.Namespace) -> int:
     from reconciler.core.spec import InvalidProjectId, check_project_id
 
     try:
-        pid = check_project_id(args.project)
+        project_id = check_project_id(args.project)
     except InvalidProjectId as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return 2
-    repo = Path(args.data).absolute() / "repos" / f"{pid}.git"
+    repo = Path(args.data).absolute() / "repos" / f"{project_id}.git"
     if not (repo / "HEAD").is_file():
         repo.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -174,8 +174,8 @@ def cmd_init_repo(args: argparse.Namespace) -> int:
     else:
         print(f"{repo} exists")
     desired = Path(args.desired).absolute()
-    path = desired / f"{pid}.yaml"
-    if not (path.exists() or (desired / f"{pid}.yml").exists()):
+    path = desired / f"{project_id}.yaml"
+    if not (path.exists() or (desired / f"{project_id}.yml").exists()):
         desired.mkdir(parents=True, exist_ok=True)
         atomic_write(
             path,

@@ -90,11 +90,11 @@ class Activator:
 
     def activate(self, run: Run, release: Release, *, generation: int | None, built: bool) -> None:
         """Bring ``release`` live, record it, retire what it replaces, prune."""
-        pid, rec = run.facts.project_id, run.recorder
+        project_id, rec = run.facts.project_id, run.recorder
         mode = run.mode
         instance, port = self.ways[mode].go_live(run, release, generation)
         if mode == ServeMode.PORT:
-            self.releases.switch(pid, release.hash)
+            self.releases.switch(project_id, release.hash)
         url = self.config.site_url(port, run.spec.domains)
         changes: ProjectChanges = {
             "productionStatus": Status.RUNNING,
@@ -117,10 +117,10 @@ class Activator:
         if instance is not None:
             rec.put_instance(instance, InstanceRole.ACTIVE)
         commit = commit_fields(
-            run.built_from if built else self.releases.source_of(pid, release.hash)
+            run.built_from if built else self.releases.source_of(project_id, release.hash)
         )
         logger.info(
-            "%s: running %s at %s%s", pid, release.hash, url,
+            "%s: running %s at %s%s", project_id, release.hash, url,
             f" (commit {commit['commit'][:12]})" if commit else "",
         )  # fmt: skip
         rec.emit(
@@ -196,18 +196,18 @@ class Activator:
             self.sites.release(run.facts.project_id)
 
     def _prune(self, run: Run, active: str) -> None:
-        pid, spec = run.facts.project_id, run.spec
+        project_id, spec = run.facts.project_id, run.spec
         protect = {active, *(i.hash for i, _rt in run.live.values())}
         if self.drainer is not None:
-            protect |= {i.hash for i in self.drainer.pending(pid).values()}
+            protect |= {i.hash for i in self.drainer.pending(project_id).values()}
         if spec.production.pinned:
             protect.add(spec.production.pinned)
-        row = self.db.project(pid)
+        row = self.db.project(project_id)
         if row is not None and row.latestHash:
             protect.add(row.latestHash)
-        removed = self.releases.prune(pid, keep=spec.keep, protect=protect)
+        removed = self.releases.prune(project_id, keep=spec.keep, protect=protect)
         runtime = self.runtimes.for_spec(spec)
         for version in removed:
-            logger.info("%s: pruned %s", pid, version)
+            logger.info("%s: pruned %s", project_id, version)
             with contextlib.suppress(Exception):
-                runtime.remove_version(pid, version)
+                runtime.remove_version(project_id, version)

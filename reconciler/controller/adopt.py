@@ -27,7 +27,7 @@ def adopt(controller: Controller) -> None:
         spec = controller.last_good.in_force(desired) if desired else None
         row = controller.db.project(project_id)
         try:
-            alive, gone = controller.observer.live(project_id, spec)
+            alive, gone = controller.facts.live(project_id, spec)
         except TransientError as exc:
             logger.warning("%s: cannot observe instances yet: %s", project_id, exc)
             keep_ports |= {

@@ -115,11 +115,11 @@ class Builder:
 
     def _stage(self, run: Run, runtime: Runtime, generation: int) -> Release:
         """Build with the runtime, then hash and publish the dist as an immutable release."""
-        spec, pid, desired = run.spec, run.facts.project_id, run.facts.desired
+        spec, project_id, desired = run.spec, run.facts.project_id, run.facts.desired
         assert desired is not None  # a build is planned only from a desired file
         self._check_space()
         room = self._quota(run)
-        staging = self.releases.begin(pid)
+        staging = self.releases.begin(project_id)
         work = staging.path.parent / f"{staging.path.name}-work"
         checkout = staging.path.parent / f"{staging.path.name}-src"
         try:
@@ -137,7 +137,7 @@ class Builder:
                     run.built_from = {"rev": fingerprint(source, output)}
             result = runtime.build(
                 BuildRequest(
-                    pid,
+                    project_id,
                     spec,
                     source,
                     staging.logs,
@@ -171,7 +171,7 @@ class Builder:
         except BaseException as exc:
             if isinstance(exc, PermanentError):
                 self.releases.keep_failed_build_log(staging)
-                exc.args = (f"{exc}\nFull log: reconciler logs {pid} --log build",)
+                exc.args = (f"{exc}\nFull log: reconciler logs {project_id} --log build",)
             self.releases.abort(staging)
             raise
         finally:
@@ -183,15 +183,15 @@ class Builder:
     ) -> dict[str, object]:
         """Fetch the ref and write a clean tree of its commit into ``dest``. A fetch that
         fails is transient (the running version keeps serving), reported with git's words."""
-        pid, rec = run.facts.project_id, run.recorder
+        project_id, rec = run.facts.project_id, run.recorder
         url = source.location(desired_file)
         rec.emit(EventType.BUILDING, {"message": f"Fetching {source.ref} from {redact(url)}"})
         try:
-            commit = self.git.fetch(pid, source, url)
+            commit = self.git.fetch(project_id, source, url)
         except GitError as exc:
             raise TransientError(f"{exc}; retried with backoff", delay=exc.delay) from None
         run.check()
-        self.git.checkout(pid, commit.sha, dest)
+        self.git.checkout(project_id, commit.sha, dest)
         rec.emit(
             EventType.BUILDING,
             {"message": f"Checked out {commit.short}: {commit.subject}", **commit_fields(

@@ -73,11 +73,11 @@ def start_and_wait(
 ) -> Instance:
     """Start an instance on ``port`` and wait until its health path answers there. On failure
     the instance is stopped and forgotten; the caller frees the port if it owns it."""
-    pid, rec, spec = run.facts.project_id, run.recorder, run.spec
+    project_id, rec, spec = run.facts.project_id, run.recorder, run.spec
     started: Instance | None = None
     try:
         with rec.job(JobType.START, hash=release.hash, generation=generation):
-            logger.info("%s: start %s on port %s", pid, release.hash, port)
+            logger.info("%s: start %s on port %s", project_id, release.hash, port)
             rec.emit(
                 EventType.STARTING,
                 {"message": f"Starting {release.hash} on port {port}...", "port": port},
@@ -99,7 +99,7 @@ def start_and_wait(
                 runtime.stop(started, timeout=2)
             rec.forget_instance(started.key)
         if isinstance(exc, StartFailed):
-            exc.args = (f"{exc}\nFull log: reconciler logs {pid} --log app",)
+            exc.args = (f"{exc}\nFull log: reconciler logs {project_id} --log app",)
         raise
     return instance
 
@@ -190,17 +190,17 @@ class Static:
     def go_live(
         self, run: Run, release: Release, generation: int | None
     ) -> tuple[Instance | None, int]:
-        pid, rec, spec = run.facts.project_id, run.recorder, run.spec
-        site = self.sites.reserve(pid)
+        project_id, rec, spec = run.facts.project_id, run.recorder, run.spec
+        site = self.sites.reserve(project_id)
         with rec.job(JobType.START, hash=release.hash, generation=generation):
-            self.releases.preview(pid, release.hash)
+            self.releases.preview(project_id, release.hash)
             rec.emit(
                 EventType.STARTING,
                 {"message": f"Checking {release.hash} through the edge (no process needed)"},
             )
         with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
             check_static(self.preview_url(run), release, spec, run)
-        self.releases.switch(pid, release.hash)
+        self.releases.switch(project_id, release.hash)
         self.edge.put(site_for(run, site.publicPort, ServeMode.STATIC, None))
         check_through_edge(f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}")
         return None, site.publicPort
@@ -259,15 +259,15 @@ class Slots:
     def go_live(
         self, run: Run, release: Release, generation: int | None
     ) -> tuple[Instance | None, int]:
-        pid, spec = run.facts.project_id, run.spec
+        project_id, spec = run.facts.project_id, run.spec
         runtime = self.runtimes.for_spec(spec)
-        site = self.sites.reserve(pid)
+        site = self.sites.reserve(project_id)
         found = run.find(release.hash)
         existing = None
         if found is not None:
-            existing = running(found[0], draining=found[0].key in self.drainer.pending(pid))
-        slots = self.sites.reserve_slots(pid, adopt=slot_adoption(existing, site.slots))
-        choice = slot_choice(slots, self.releases.slot(pid), existing)
+            existing = running(found[0], draining=found[0].key in self.drainer.pending(project_id))
+        slots = self.sites.reserve_slots(project_id, adopt=slot_adoption(existing, site.slots))
+        choice = slot_choice(slots, self.releases.slot(project_id), existing)
         target = choice.slot
         if choice.reuse and found is not None:
             instance = reuse(run, release, found[0], generation)
@@ -284,24 +284,24 @@ class Slots:
                     runtime.stop(instance, timeout=2)
                 run.recorder.forget_instance(instance.key)
             raise
-        self.releases.set_slot(pid, target)
+        self.releases.set_slot(project_id, target)
         check_through_edge(
             f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}", slot=target
         )
-        self.releases.switch(pid, release.hash)
+        self.releases.switch(project_id, release.hash)
         return instance, site.publicPort
 
     def _clear(self, run: Run, port: int, key: str) -> None:
         """Free ``port`` and the instance identity ``key`` for a new instance: a draining
         instance holding either is stopped now; a stray one too."""
-        pid = run.facts.project_id
-        for pending_key, pending in self.drainer.pending(pid).items():
+        project_id = run.facts.project_id
+        for pending_key, pending in self.drainer.pending(project_id).items():
             if pending.port == port or pending_key == key:
-                self.drainer.finish(pid, pending_key)
+                self.drainer.finish(project_id, pending_key)
                 run.live.pop(pending_key, None)
         for other, (instance, runtime) in list(run.live.items()):
             if instance.port == port or other == key:
-                logger.info("%s: stopping %s to free port %s", pid, other, port)
+                logger.info("%s: stopping %s to free port %s", project_id, other, port)
                 with run.recorder.job(JobType.STOP, hash=other):
                     runtime.stop(instance, timeout=self.config.stop_grace)
                 run.live.pop(other, None)
@@ -334,11 +334,11 @@ class Service:
         """Make the edge route the project's stable port to ``upstreams``: the task files
         it reads on every request, and its site (loaded only when the site is new or its
         replicas or domains changed)."""
-        pid, spec = run.facts.project_id, run.spec
+        project_id, spec = run.facts.project_id, run.spec
         fanout = service_fanout(spec.deploy.replicas)
-        if self.releases.route_tasks(pid, upstreams, fanout):
-            logger.info("%s: routing to %s", pid, ", ".join(upstreams) or "no task")
-        self.edge.put(Site(pid, port, ServeMode.SERVICE, None, tuple(spec.domains), fanout))
+        if self.releases.route_tasks(project_id, upstreams, fanout):
+            logger.info("%s: routing to %s", project_id, ", ".join(upstreams) or "no task")
+        self.edge.put(Site(project_id, port, ServeMode.SERVICE, None, tuple(spec.domains), fanout))
 
     def follow(self, run: Run, port: int, upstreams: tuple[str, ...]) -> None:
         """``route`` during a rollout: a failure is logged (the rollout goes on; the route
@@ -351,16 +351,16 @@ class Service:
     def go_live(
         self, run: Run, release: Release, generation: int | None
     ) -> tuple[Instance | None, int]:
-        pid, rec, spec = run.facts.project_id, run.recorder, run.spec
+        project_id, rec, spec = run.facts.project_id, run.recorder, run.spec
         runtime = service_runtime(self.runtimes.for_spec(spec))
-        port = self.sites.reserve(pid).publicPort
+        port = self.sites.reserve(project_id).publicPort
         existing = run.find(release.hash)
         if existing is not None:  # the service runs it already: route to it
             instance = reuse(run, release, existing[0], generation)
         else:
             replicas = spec.deploy.replicas
             with rec.job(JobType.START, hash=release.hash, generation=generation):
-                logger.info("%s: roll out %s (%d replicas)", pid, release.hash, replicas)
+                logger.info("%s: roll out %s (%d replicas)", project_id, release.hash, replicas)
                 rec.emit(
                     EventType.STARTING,
                     {
@@ -385,11 +385,11 @@ class Service:
             except BaseException:
                 rec.forget_instance(instance.key)
                 with contextlib.suppress(Exception):  # route to what serves after it
-                    self.follow(run, port, upstreams(runtime, pid))
+                    self.follow(run, port, upstreams(runtime, project_id))
                 raise
-        self.route(run, port, upstreams(runtime, pid))
+        self.route(run, port, upstreams(runtime, project_id))
         check_through_edge(f"http://{self.config.probe_host}:{port}{spec.health.path}")
-        self.releases.switch(pid, release.hash)
+        self.releases.switch(project_id, release.hash)
         return instance, port
 
     def tasks(self, run: Run) -> ServiceTasks | None:

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from reconciler.controller.activate import Activator, AtEdge
 from reconciler.controller.adopt import adopt
 from reconciler.controller.observe import (
+    FactFinder,
     Facts,
     Fingerprints,
-    Observer,
     RepairLog,
     Runtimes,
     Sign,
@@ -77,7 +77,7 @@ class Controller:
         self.last_good = last_good if last_good is not None else LastGood()
         repairs = RepairLog(clock)
         self.fingerprints = Fingerprints(desired, releases)
-        self.observer = Observer(
+        self.facts = FactFinder(
             desired=desired,
             db=db,
             releases=releases,
@@ -131,7 +131,7 @@ class Controller:
         if inflight is not None and delay == 0:
             digest, cancel = inflight
             with contextlib.suppress(Exception):
-                if should_cancel(digest, self.observer.desired_now(project_id)):
+                if should_cancel(digest, self.facts.desired_now(project_id)):
                     logger.info("%s: desired state changed; cancelling the pipeline", project_id)
                     cancel.set()
         self.queue.add(project_id, delay)
@@ -193,7 +193,7 @@ class Controller:
         """The result, and the project's fingerprint when nothing was to be done."""
         sign = None
         with self._thinking:
-            facts = self.observer.observe(project_id)
+            facts = self.facts.observe(project_id)
             if facts is None:
                 return Done(), None
             steps = plan(facts.view, facts.observed)
@@ -321,9 +321,9 @@ class Controller:
 
     def check_health(self) -> None:
         """Queue every project whose active instance is gone or whose ``current`` drifted."""
-        for pid, version in self.db.running():
-            if not self.releases.points_at(pid, version):
-                self.enqueue(pid)
+        for project_id, version in self.db.running():
+            if not self.releases.points_at(project_id, version):
+                self.enqueue(project_id)
         for row in self.db.instances():
             if row.role != InstanceRole.ACTIVE or not is_hash8(row.hash):
                 continue

@@ -178,7 +178,7 @@ class Facts:
         return self.view.digest if self.view else None
 
 
-class Observer:
+class FactFinder:
     def __init__(
         self,
         *,

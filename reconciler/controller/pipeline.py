@@ -138,18 +138,18 @@ class Pipeline:
         recorder.emit(EventType.EXITED, {"message": message, "hash": row.hash})
 
     def _run_all(self, run: Run, steps: list[Step]) -> None:
-        pid = run.facts.project_id
+        project_id = run.facts.project_id
         try:
             for step in steps:
                 run.check()
                 self.run(run, step)
         except Cancelled:
-            logger.info("%s: pipeline cancelled; applying the new desired state", pid)
+            logger.info("%s: pipeline cancelled; applying the new desired state", project_id)
             raise
         except PermanentError as exc:
             message = _with_serving(str(exc), run)
             exc.args = (message,)  # the deployment's error event says it too
-            logger.warning("%s: failed: %s", pid, message.splitlines()[0])
+            logger.warning("%s: failed: %s", project_id, message.splitlines()[0])
             if not _serving(run):  # no address that answers is shown
                 run.recorder.update(productionUrl=None, productionPort=None)
             run.recorder.update(
@@ -160,11 +160,11 @@ class Pipeline:
             )
             raise
         except TransientError as exc:
-            logger.warning("%s: %s (will retry)", pid, exc)
+            logger.warning("%s: %s (will retry)", project_id, exc)
             run.recorder.update(productionStatus=Status.ERROR, productionError=str(exc))
             raise
         except Exception as exc:
-            logger.exception("%s: unexpected error", pid)
+            logger.exception("%s: unexpected error", project_id)
             run.recorder.update(
                 productionStatus=Status.ERROR,
                 productionError=f"unexpected error (will retry): {describe(exc)}",
@@ -215,14 +215,14 @@ class Pipeline:
         self._stopped(run)
 
     def activate_kept(self, run: Run, step: Activate) -> None:
-        pid, rec, row = run.facts.project_id, run.recorder, run.facts.row
-        release = self.releases.get(pid, step.hash)
+        project_id, rec, row = run.facts.project_id, run.recorder, run.facts.row
+        release = self.releases.get(project_id, step.hash)
         if release is None:
             raise PermanentError(f"version {step.hash} is not kept")
         if step.repair:
-            self.repairs.note(pid)
+            self.repairs.note(project_id)
             message = f"The instance of {step.hash} is not running; starting it again"
-            logger.warning("%s: %s", pid, message)
+            logger.warning("%s: %s", project_id, message)
             rec.update(productionStatus=Status.ERROR, productionError=message)
         elif row is None or row.productionStatus in (Status.STOPPED, Status.FAILED):
             rec.update(productionStatus=Status.QUEUED, productionError=None)

@@ -194,7 +194,7 @@ class Edge:
                 self._loaded = running
                 self._last_verify = self.clock()
             refused = self._refusals(sites)
-            served = {pid: s for pid, s in sites.items() if pid not in refused}
+            served = {project_id: s for project_id, s in sites.items() if project_id not in refused}
             wanted = edge_config(self.settings, list(served.values()))
             if wanted != self._loaded:
                 started = time.monotonic()
@@ -224,12 +224,12 @@ class Edge:
         """Sites whose public port another process holds (the edge does not serve it yet)."""
         running = (self._loaded or {}).get("apps", {}).get("http", {}).get("servers", {})
         refused = {}
-        for pid, site in sites.items():
-            listen = running.get(server_name(pid), {}).get("listen", [])
+        for project_id, site in sites.items():
+            listen = running.get(server_name(project_id), {}).get("listen", [])
             if any(entry.endswith(f":{site.port}") for entry in listen):
                 continue  # the edge holds it already
             if not port_is_free(self.settings.bind_host, site.port):
-                refused[pid] = (
+                refused[project_id] = (
                     f"port {site.port} ({self.settings.bind_host}) is held by another process; "
                     "the edge cannot serve this site until it is free"
                 )

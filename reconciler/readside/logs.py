@@ -29,7 +29,7 @@ class LogReads:
         db: StateDB
         releases: ReleaseStore
 
-    def log_path(self, pid: ProjectId, name: str) -> tuple[str | None, Path | None]:
+    def log_path(self, project_id: ProjectId, name: str) -> tuple[str | None, Path | None]:
         """The log an operator wants by ``name``: of the latest attempt (the version the
         project last built or started, which may not be the one serving), else of the
         current release; the build log of a build that failed is kept beside the releases."""
@@ -37,7 +37,7 @@ class LogReads:
             raise OperationError(ErrorKind.INVALID, f"log must be one of: {', '.join(LOG_NAMES)}")
         if name == "access":  # the edge's, shared by every site, across versions
             return None, self.releases.root.parent / "edge" / "access.log"
-        attempt = self.db.latest_attempt(pid)
+        attempt = self.db.latest_attempt(project_id)
         failed_build = (
             attempt is not None
             and attempt.type == JobType.BUILD
@@ -45,23 +45,23 @@ class LogReads:
             and attempt.hash is None
         )
         if failed_build and name == "build":
-            return None, self.releases.failed_build_log(pid)
+            return None, self.releases.failed_build_log(project_id)
         version = attempt.hash if attempt is not None and attempt.hash else None
-        if version is None or self.releases.get(pid, version) is None:
-            version = self.releases.current(pid)
+        if version is None or self.releases.get(project_id, version) is None:
+            version = self.releases.current(project_id)
         if version is None:
             return None, None
-        return version, self.releases.project_dir(pid) / version / "logs" / f"{name}.log"
+        return version, self.releases.project_dir(project_id) / version / "logs" / f"{name}.log"
 
     def read_log(
-        self, pid: ProjectId, name: str, *, offset: int | None, tail: int
+        self, project_id: ProjectId, name: str, *, offset: int | None, tail: int
     ) -> dict[str, Any]:
         """A chunk of the current release's build or app log, or of the site's access log,
         from ``offset`` or the tail."""
-        version, path = self.log_path(pid, name)
+        version, path = self.log_path(project_id, name)
         if path is None or not path.is_file():
             return {"log": name, "hash": version, "offset": 0, "text": ""}
-        keep = _site_lines(pid) if name == "access" else None
+        keep = _site_lines(project_id) if name == "access" else None
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
             if offset is None or offset > size:  # the tail (or the file was rotated)

@@ -104,12 +104,12 @@ class Operations(LogReads, Streams):
     def project(self, raw: str) -> ProjectId:
         """A project id that passes the allowlist and has a desired file."""
         try:
-            pid = check_project_id(raw)
+            project_id = check_project_id(raw)
         except InvalidProjectId as exc:
             raise OperationError(ErrorKind.INVALID, str(exc)) from None
-        if self.desired.path_for(pid) is None:
-            raise _not_found(pid)
-        return pid
+        if self.desired.path_for(project_id) is None:
+            raise _not_found(project_id)
+        return project_id
 
     def relative(self, message: str) -> str:
         """Name desired files relative to the desired dir: never leak absolute paths."""
@@ -118,17 +118,17 @@ class Operations(LogReads, Streams):
     # -- reads -----------------------------------------------------------------------------
 
     def _read(
-        self, pid: ProjectId
+        self, project_id: ProjectId
     ) -> tuple[tuple[ProductionStatus, ProjectSummary | None], float | None]:
         """A project's status and list entry, read from the stores (see ``readcache``)."""
-        snap = self.reader.snapshot(pid)
+        snap = self.reader.snapshot(project_id)
         desired, status = snap.file, snap.status()
         if status.error:
             status = status.model_copy(update={"error": self.relative(status.error)})
         summary = None
         if desired is not None:
             summary = ProjectSummary(
-                id=pid,
+                id=project_id,
                 file=desired.path.name,
                 valid=desired.valid,
                 production=status,
@@ -136,18 +136,18 @@ class Operations(LogReads, Streams):
             )
         return (status, summary), desired.settles_at if desired else None
 
-    def status(self, pid: ProjectId) -> ProductionStatus:
-        return self.cache.get(pid)[0]
+    def status(self, project_id: ProjectId) -> ProductionStatus:
+        return self.cache.get(project_id)[0]
 
     def status_of(self, raw: str) -> ProductionStatus:
         """``status(project(raw))`` with the file looked up once: the API's hottest read."""
         try:
-            pid = check_project_id(raw)
+            project_id = check_project_id(raw)
         except InvalidProjectId as exc:
             raise OperationError(ErrorKind.INVALID, str(exc)) from None
-        found = self.cache.get_present(pid)
+        found = self.cache.get_present(project_id)
         if found is None:
-            raise _not_found(pid)
+            raise _not_found(project_id)
         return found[0]
 
     def projects(self) -> ProjectList:
@@ -174,21 +174,21 @@ class Operations(LogReads, Streams):
         self._listing = (listing, body)
         return body
 
-    def plan(self, pid: ProjectId) -> Plan:
+    def plan(self, project_id: ProjectId) -> Plan:
         """The steps the next reconcile would take (a dry run: nothing is done)."""
-        steps = list(self.reader.snapshot(pid).steps)
+        steps = list(self.reader.snapshot(project_id).steps)
         kind = deployment_of(steps)
         return Plan(
-            project=pid,
+            project=project_id,
             pending=bool(steps),
             deployment=str(kind) if kind is not None else None,
             steps=[describe(step) for step in steps],
         )
 
-    def history(self, pid: ProjectId) -> History:
-        row = self.db.project(pid)
+    def history(self, project_id: ProjectId) -> History:
+        row = self.db.project(project_id)
         active = row.productionHash if row and row.productionStatus != Status.STOPPED else ""
-        config = self.status(pid).config if active else None
+        config = self.status(project_id).config if active else None
         return History(
             versions=[
                 Version(
@@ -196,9 +196,9 @@ class Operations(LogReads, Streams):
                     isActive=v.is_active,
                     createdAt=v.created_at,
                     config=config if v.is_active else None,
-                    **running_commit(row, v.hash, self.releases.source_of(pid, v.hash)),
+                    **running_commit(row, v.hash, self.releases.source_of(project_id, v.hash)),
                 )
-                for v in self.releases.history(pid, active=active or "")
+                for v in self.releases.history(project_id, active=active or "")
             ]
         )
 
@@ -206,15 +206,15 @@ class Operations(LogReads, Streams):
 
     def _edit(
         self,
-        pid: ProjectId,
+        project_id: ProjectId,
         mutate: Callable[[ProjectSpec], dict[str, object]],
         reason: str = "edit",
     ) -> bool:
         """Edit the desired file; True when it changed."""
         try:
-            return self.desired.edit(pid, mutate, reason=reason).changed
+            return self.desired.edit(project_id, mutate, reason=reason).changed
         except ProjectNotFound:
-            raise _not_found(pid) from None
+            raise _not_found(project_id) from None
         except DesiredFileError as exc:
             raise OperationError(
                 ErrorKind.CONFLICT,
@@ -223,13 +223,13 @@ class Operations(LogReads, Streams):
         except EditError as exc:
             raise OperationError(ErrorKind.CONFLICT, self.relative(str(exc))) from None
         finally:
-            self.cache.forget(pid)
+            self.cache.forget(project_id)
 
-    def deploy(self, pid: ProjectId) -> ProductionStatus:
+    def deploy(self, project_id: ProjectId) -> ProductionStatus:
         """Bump the generation unless a deploy is already in progress."""
 
         def mutate(spec: ProjectSpec) -> dict[str, object]:
-            if in_progress(self.reader.snapshot(pid).status()):
+            if in_progress(self.reader.snapshot(project_id).status()):
                 return {}
             return {
                 "production.state": "running",
@@ -237,38 +237,38 @@ class Operations(LogReads, Streams):
                 "production.generation": spec.production.generation + 1,
             }
 
-        changed = self._edit(pid, mutate, "deploy")
-        status = self.status(pid)
+        changed = self._edit(project_id, mutate, "deploy")
+        status = self.status(project_id)
         if changed:  # answer for this request (the daemon may already have moved on)
             return queued(status, ActiveJob(type=JobType.BUILD, state=JobState.QUEUED))
         return status
 
-    def stop(self, pid: ProjectId) -> ProductionStatus:
-        changed = self._edit(pid, lambda spec: {"production.state": "stopped"}, "stop")
-        status = self.status(pid)
+    def stop(self, project_id: ProjectId) -> ProductionStatus:
+        changed = self._edit(project_id, lambda spec: {"production.state": "stopped"}, "stop")
+        status = self.status(project_id)
         if changed:
             return stopping(status, ActiveJob(type=JobType.STOP, state=JobState.QUEUED))
         return status
 
-    def rollback(self, pid: ProjectId, target: str, *, wait: bool = True) -> RollbackResult:
+    def rollback(self, project_id: ProjectId, target: str, *, wait: bool = True) -> RollbackResult:
         """Pin a kept version; wait until it serves (or fails, or the wait runs out)."""
         if not is_hash8(target):
             raise OperationError(
                 ErrorKind.INVALID, "the version must be 8 lowercase hex characters"
             )
-        if self.releases.get(pid, target) is None:
+        if self.releases.get(project_id, target) is None:
             raise OperationError(ErrorKind.NOT_FOUND, f"version {target} not found (not kept)")
-        row = self.db.project(pid)
+        row = self.db.project(project_id)
         if row is not None and row.productionHash == target and row.productionStatus == "running":
             raise OperationError(ErrorKind.REFUSED, f"version {target} is already active")
         self._edit(
-            pid,
+            project_id,
             lambda spec: {"production.state": "running", "production.version": target},
             "rollback",
         )
         if not wait:
             return RollbackResult(success=True, hash=target, message=f"Pinned version {target}")
-        spec = self.reader.snapshot(pid).spec
+        spec = self.reader.snapshot(project_id).spec
         assert spec is not None
         digest = spec.digest()
         budget = spec.health.timeout + self.rollback_grace
@@ -276,7 +276,7 @@ class Operations(LogReads, Streams):
         bell = self.db.bell
         while time.monotonic() < deadline:
             rung = bell.seq()
-            snap = self.reader.snapshot(pid)
+            snap = self.reader.snapshot(project_id)
             row = snap.row
             if row is not None:
                 if row.productionHash == target and row.productionStatus == Status.RUNNING:

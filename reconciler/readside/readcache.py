@@ -82,7 +82,7 @@ class ReadCache(Generic[V]):
         background: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``compute(pid)`` returns the value and, if it depends on time, the Unix time it
+        """``compute(project_id)`` returns the value and, if it depends on time, the Unix time it
         goes stale; ``shared()`` is what every value depends on."""
         self.db = db
         self.directory = str(desired_dir)
@@ -112,10 +112,10 @@ class ReadCache(Generic[V]):
 
     # -- what changed ----------------------------------------------------------------------
 
-    def _key(self, pid: ProjectId) -> Key:
+    def _key(self, project_id: ProjectId) -> Key:
         keys: list[Stat] = []
         for suffix in SUFFIXES:
-            path = os.path.join(self.directory, f"{pid}{suffix}")
+            path = os.path.join(self.directory, f"{project_id}{suffix}")
             try:
                 st = os.stat(path, follow_symlinks=False)
             except OSError:
@@ -126,9 +126,9 @@ class ReadCache(Generic[V]):
                 keys.append(_stat(path))
         return tuple(keys)
 
-    def _drop(self, pid: ProjectId) -> None:
-        self._expiring.pop(pid, None)
-        if self._entries.pop(pid, None) is not None:
+    def _drop(self, project_id: ProjectId) -> None:
+        self._expiring.pop(project_id, None)
+        if self._entries.pop(project_id, None) is not None:
             self.version += 1
 
     def _quiet(self) -> bool:
@@ -152,8 +152,8 @@ class ReadCache(Generic[V]):
         """Drop what went stale, what the shared inputs moved and what the database changed
         (under the lock)."""
         now = time.time()
-        for pid in [p for p, at in self._expiring.items() if at <= now]:
-            self._drop(pid)
+        for project_id in [p for p, at in self._expiring.items() if at <= now]:
+            self._drop(project_id)
         shared = self.shared()
         if shared != self._shared:
             self._shared = shared
@@ -187,8 +187,8 @@ class ReadCache(Generic[V]):
         if names != self._names:
             self._names = names
             self._ids, self._orphans = classify(names)
-            for pid in set(self._entries) - set(self._ids):
-                self._drop(pid)
+            for project_id in set(self._entries) - set(self._ids):
+                self._drop(project_id)
             self.version += 1
         self._wake.set()
 
@@ -196,12 +196,12 @@ class ReadCache(Generic[V]):
         """Drop every value whose desired file moved (an edit in place leaves the dir as it
         was). The stats are taken without the lock: a thousand of them would hold up every
         request (each one hands the GIL to a busy thread and waits to get it back)."""
-        keys = {pid: self._key(pid) for pid in list(self._entries)}
+        keys = {project_id: self._key(project_id) for project_id in list(self._entries)}
         with self.lock:
-            for pid, key in keys.items():
-                entry = self._entries.get(pid)
+            for project_id, key in keys.items():
+                entry = self._entries.get(project_id)
                 if entry is not None and entry.key != key:
-                    self._drop(pid)
+                    self._drop(project_id)
 
     def _sweeper(self) -> None:
         while True:
@@ -220,29 +220,29 @@ class ReadCache(Generic[V]):
 
     # -- reading ---------------------------------------------------------------------------
 
-    def get(self, pid: ProjectId) -> V:
+    def get(self, project_id: ProjectId) -> V:
         """One project's value, its desired file checked now. Takes the lock only when
         something changed."""
-        return self._get(pid, self._key(pid))
+        return self._get(project_id, self._key(project_id))
 
-    def get_present(self, pid: ProjectId) -> V | None:
+    def get_present(self, project_id: ProjectId) -> V | None:
         """Like ``get``, but None when the project has no desired file (the same stats
         tell both)."""
-        key = self._key(pid)
+        key = self._key(project_id)
         if not any(key):
             return None
-        return self._get(pid, key)
+        return self._get(project_id, key)
 
-    def _get(self, pid: ProjectId, key: Key) -> V:
+    def _get(self, project_id: ProjectId, key: Key) -> V:
         self._catch_up()
-        entry = self._entries.get(pid)
+        entry = self._entries.get(project_id)
         if entry is not None and entry.key == key:
             return entry.value
         with self.lock:
-            entry = self._entries.get(pid)
+            entry = self._entries.get(project_id)
             if entry is not None and entry.key == key:
                 return entry.value
-            return self._fill(pid, key)
+            return self._fill(project_id, key)
 
     def all(self) -> Listing[V]:
         """Every project with a desired file, by id; and the desired files whose names are
@@ -261,25 +261,29 @@ class ReadCache(Generic[V]):
             if listing is not None and listing.version == self.version:
                 return listing
             found = []
-            for pid in self._ids:
-                entry = self._entries.get(pid)
-                value = entry.value if entry is not None else self._fill(pid, self._key(pid))
-                found.append((pid, value))
+            for project_id in self._ids:
+                entry = self._entries.get(project_id)
+                value = (
+                    entry.value
+                    if entry is not None
+                    else self._fill(project_id, self._key(project_id))
+                )
+                found.append((project_id, value))
             listing = Listing(self.version, found, list(self._orphans))
             self._listing = listing
             return listing
 
-    def _fill(self, pid: ProjectId, key: Key) -> V:
-        value, stale_at = self.compute(pid)
-        self._entries[pid] = _Entry(value, key)
+    def _fill(self, project_id: ProjectId, key: Key) -> V:
+        value, stale_at = self.compute(project_id)
+        self._entries[project_id] = _Entry(value, key)
         if stale_at is not None:
-            self._expiring[pid] = stale_at
+            self._expiring[project_id] = stale_at
             self._next_expiry = min(self._next_expiry, stale_at)
         self.version += 1
         return value
 
-    def forget(self, pid: ProjectId) -> None:
+    def forget(self, project_id: ProjectId) -> None:
         """Drop one project's value (its file was just written through the API)."""
         with self.lock:
-            self._drop(pid)
+            self._drop(project_id)
             self._dir = None  # and list the dir again at the next listing

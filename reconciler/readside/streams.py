@@ -35,7 +35,7 @@ class Streams:
 
         def daemon(self) -> tuple[bool, str]: ...
 
-    def follow(self, pid: ProjectId, last_id: int | None = None) -> Iterator[Event | None]:
+    def follow(self, project_id: ProjectId, last_id: int | None = None) -> Iterator[Event | None]:
         """The events of the deployment that serves the current desired state, until it ends.
 
         Without ``last_id``: replay that deployment if it is open, or wait for it if the
@@ -53,8 +53,10 @@ class Streams:
         """
         resume = last_id is not None
         if last_id is None:
-            last_id = self.db.last_event_id(pid)  # before the snapshot: nothing can fall between
-        snap = self.reader.snapshot(pid)
+            last_id = self.db.last_event_id(
+                project_id
+            )  # before the snapshot: nothing can fall between
+        snap = self.reader.snapshot(project_id)
         spec = snap.spec
         budget = (spec.build.timeout + spec.health.timeout if spec else 900) + self.follow_grace
         target: str | None = None
@@ -64,7 +66,7 @@ class Streams:
             if opened is None:
                 return
             last_id = opened
-        yield from self._tail(pid, target, last_id, budget)
+        yield from self._tail(project_id, target, last_id, budget)
 
     def _opening(
         self, snap: Snapshot, target: str | None, last_id: int
@@ -89,7 +91,7 @@ class Streams:
         return last_id
 
     def _tail(
-        self, pid: ProjectId, target: str | None, last_id: int, budget: float
+        self, project_id: ProjectId, target: str | None, last_id: int, budget: float
     ) -> Iterator[Event | None]:
         """Every later event of our deployment (a newer one's after a cancel), until it ends."""
         db = self.db
@@ -100,7 +102,7 @@ class Streams:
         bell = db.bell
         while True:
             rung = bell.seq()
-            batch = db.events_after(pid, last_id, limit=500)
+            batch = db.events_after(project_id, last_id, limit=500)
             for row in batch:
                 last_id = row.id
                 if target is not None and self._digest_of(row.deployment, digests) != target:
@@ -110,7 +112,7 @@ class Streams:
                     yield Event(row.id, STREAM_END, {})
                     return
                 if row.type == EventType.CANCELLED and target is not None:
-                    snap = self.reader.snapshot(pid)  # a newer edit: follow what it starts
+                    snap = self.reader.snapshot(project_id)  # a newer edit: follow what it starts
                     target = snap.desired.digest if snap.desired else None
             now = time.monotonic()
             if batch:
@@ -132,7 +134,8 @@ class Streams:
             if now - started >= budget:
                 message = (
                     f"no outcome within {int(budget)} s (the build and health timeouts and "
-                    f"{int(self.follow_grace)} s); `reconciler status {pid}` shows where it is"
+                    f"{int(self.follow_grace)} s); `reconciler status {project_id}` shows where "
+                    "it is"
                 )
                 yield Event(last_id, STREAM_END, {"reason": "timeout", "message": message})
                 return

@@ -42,9 +42,9 @@ class OperationError(Exception):
         self.message = message
 
 
-def _not_found(pid: ProjectId) -> OperationError:
+def _not_found(project_id: ProjectId) -> OperationError:
     return OperationError(
-        ErrorKind.NOT_FOUND, f"project {pid!r} not found: there is no desired file for it"
+        ErrorKind.NOT_FOUND, f"project {project_id!r} not found: there is no desired file for it"
     )
 
 
@@ -55,7 +55,7 @@ class Event:
     data: dict[str, Any]
 
 
-def _site_lines(pid: ProjectId) -> Callable[[str], bool]:
-    """Lines of the shared access log that belong to ``pid`` (its server's logger name)."""
-    marker = f'"logger":"http.log.access.site-{pid}"'
+def _site_lines(project_id: ProjectId) -> Callable[[str], bool]:
+    """Lines of the shared access log that belong to ``project_id`` (its server's logger name)."""
+    marker = f'"logger":"http.log.access.site-{project_id}"'
     return lambda line: marker in line

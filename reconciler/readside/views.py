@@ -316,13 +316,13 @@ class Reader:
             return RuntimeName(row.runtime)
         return self.default_runtime
 
-    def snapshot(self, pid: ProjectId) -> Snapshot:
+    def snapshot(self, project_id: ProjectId) -> Snapshot:
         seen = Observe(self.db, self.desired, self.releases)(
-            pid, edge=self.edge_mode(), default_runtime=self.runtime()
+            project_id, edge=self.edge_mode(), default_runtime=self.runtime()
         )
         row, instances, view = seen.row, seen.instance_rows, seen.view
-        deployment = self.db.open_deployment(pid)
-        job = self.db.active_job(pid, deployment=deployment.id) if deployment else None
+        deployment = self.db.open_deployment(project_id)
+        job = self.db.active_job(project_id, deployment=deployment.id) if deployment else None
         active = [
             r
             for r in instances
@@ -335,7 +335,7 @@ class Reader:
             else None
         )
         version = row.productionHash if row is not None else None
-        commit = running_commit(row, version, self.releases.source_of(pid, version))
+        commit = running_commit(row, version, self.releases.source_of(project_id, version))
         return Snapshot(
             view, seen.spec, row, deployment, job, tuple(plan(view, seen.observed)),
             serving[0] if serving else None, seen.desired, commit or None, seen.source, usage,

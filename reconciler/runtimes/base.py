@@ -30,7 +30,7 @@ PROBE_GROWTH = 1.2
 STARTUP_PROBE_CAP = 0.04  # while an app starts, readiness is seen within this of it
 STARTUP_PROBING = 30.0  # after this long, probes slow down to ``health.interval``
 LineSink = Callable[[str], None]
-Notify = Callable[[ProjectId | None], None]
+OnChange = Callable[[ProjectId | None], None]
 TAIL_LINES = 20
 
 
@@ -143,9 +143,9 @@ class Runtime(Protocol):
         """Why the project's instances ended by themselves since last asked, each once, when
         the engine tells (docker: killed for memory, then restarted by the engine)."""
 
-    def watch(self, notify: Notify, stop: threading.Event) -> None:
+    def watch(self, changed: OnChange, stop: threading.Event) -> None:
         """Report instances that change outside the daemon's hands, until ``stop`` is set:
-        ``notify(project)`` for one, ``notify(None)`` to re-check every project. A runtime
+        ``changed(project)`` for one, ``changed(None)`` to re-check every project. A runtime
         whose engine reports nothing returns at once (the health poll covers it)."""
 
     def close(self) -> None:

@@ -235,11 +235,11 @@ class Follower:
             self.take_nudges()
             return
         with self._lock:
-            entries = [pids for (path, _r), (_h, pids) in self._watches.items() if path == root]
-            kinds = {pid: self._targets[pid].kind for pids in entries for pid in pids
-                     if pid in self._targets}  # fmt: skip
-        for pid, kind in kinds.items():
-            (self._git_events if kind == "git" else self._dir_events).touch(pid)
+            entries = [ids for (path, _r), (_h, ids) in self._watches.items() if path == root]
+            kinds = {project: self._targets[project].kind for ids in entries for project in ids
+                     if project in self._targets}  # fmt: skip
+        for project_id, kind in kinds.items():
+            (self._git_events if kind == "git" else self._dir_events).touch(project_id)
 
     def take_nudges(self) -> None:
         """Webhook nudges: one file per project in the nudge dir; each is a check now."""
@@ -254,12 +254,12 @@ class Follower:
                 self.on_desired_nudge()
                 continue
             try:
-                pid = check_project_id(name)
+                project_id = check_project_id(name)
             except InvalidProjectId:
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(self.nudge_dir / name)
-            self.check_soon(pid)
+            self.check_soon(project_id)
 
     def check_soon(self, project_id: ProjectId) -> None:
         self._checks.add(project_id)

@@ -32,7 +32,8 @@ from reconciler.core.kinds import (
 from reconciler.core.queue import Done, Permanent, RequeueAfter, Retry
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.core.timeutil import utcnow
-from reconciler.runtimes.base import BuildRequest, BuildResult, Instance, Notify
+from reconciler.runtimes.base import BuildRequest, BuildResult, Instance
+from reconciler.runtimes.base import OnChange as Notify
 from reconciler.stores.desired import DesiredStore
 from reconciler.stores.ports import PortAllocator
 from reconciler.stores.releases import Release, ReleaseStore

@@ -16,7 +16,7 @@ from typing import Any
 import docker
 
 from reconciler.core.spec import InvalidProjectId, check_project_id
-from reconciler.runtimes.base import Notify
+from reconciler.runtimes.base import OnChange
 from reconciler.runtimes.docker.engine import Engine
 from reconciler.runtimes.docker.labels import LABEL_PROJECT, MANAGED_BY, MANAGER
 
@@ -27,7 +27,7 @@ ACTIONS = frozenset({"die", "destroy", "stop", "kill", "oom", "start"})
 
 def watch_events(
     engine: Engine,
-    notify: Notify,
+    changed: OnChange,
     stop: threading.Event,
     *,
     filters: dict[str, Any] | None = None,
@@ -63,14 +63,14 @@ def watch_events(
             return
         try:
             events = client.events(decode=True, filters=wanted)
-            notify(None)
+            changed(None)
             for event in events:
                 if stop.is_set():
                     break
                 if record is not None:
                     with contextlib.suppress(Exception):
                         record(event)
-                _dispatch(event, notify, project_of)
+                _dispatch(event, changed, project_of)
         finally:
             close_current()
 
@@ -98,11 +98,11 @@ def _labelled_project(event: dict[str, Any]) -> str | None:
 
 
 def _dispatch(
-    event: dict[str, Any], notify: Notify, project_of: Callable[[dict[str, Any]], str | None]
+    event: dict[str, Any], changed: OnChange, project_of: Callable[[dict[str, Any]], str | None]
 ) -> None:
     action = str(event.get("Action", ""))
     project = project_of(event)
     relevant = action in ACTIONS or action.startswith("health_status")
     if (relevant or event.get("Type") == "service") and project:
         with contextlib.suppress(InvalidProjectId):
-            notify(check_project_id(project))
+            changed(check_project_id(project))

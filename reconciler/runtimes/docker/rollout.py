@@ -21,7 +21,7 @@ from reconciler.core.spec import (
 )
 from reconciler.runtimes.base import (
     Instance,
-    Notify,
+    OnChange,
     with_tail,
 )
 from reconciler.runtimes.docker.engine import Engine, engine_calls
@@ -75,15 +75,15 @@ class Rollouts:
         update back, a new service's tasks keep failing, or it takes longer than the health
         timeout per replica (then the update is rolled back here); Cancelled on ``cancel``
         (rolled back too: the next deploy starts from the version that served)."""
-        pid = instance.project_id
+        project_id = instance.project_id
         wanted = spec.deploy.replicas
         deadline = time.monotonic() + spec.health.timeout * wanted + 10
         said = ""
         routed: tuple[tuple[str, int | None], ...] | None = None
         while True:
-            service = self._service(pid)
-            if service is None or not owned_service(service, pid):
-                raise StartFailed(f"Start failed: service {service_name(pid)} was removed")
+            service = self._service(project_id)
+            if service is None or not owned_service(service, project_id):
+                raise StartFailed(f"Start failed: service {service_name(project_id)} was removed")
             tasks = self._tasks(service["ID"])
             serving = tuple(sorted(((t.node, t.port) for t in tasks if t.serving), key=str))
             if serving != routed:  # (the nodes' addresses are read only when tasks move)
@@ -110,7 +110,7 @@ class Rollouts:
                         f"({len(failed)} failed): {_errors(failed)}",
                         self._task_logs(failed),
                     )
-                    + f"\n{_hint(pid)}"
+                    + f"\n{_hint(project_id)}"
                 )
             if cancel.is_set():
                 self.abandon(instance)
@@ -122,7 +122,7 @@ class Rollouts:
                 raise StartFailed(
                     f"Health check timeout: the rollout of {instance.hash} did not finish within "
                     f"{spec.health.timeout:g} s per replica ({ready}/{wanted} healthy; {why}); "
-                    "rolled back\n" + _hint(pid)
+                    "rolled back\n" + _hint(project_id)
                 )
             time.sleep(POLL)
 
@@ -135,12 +135,12 @@ class Rollouts:
     ) -> None:
         """The service's spec is not ours any more: Swarm rolled the update back (or someone
         else updated it). Wait for the rollback to finish, following its tasks; then fail."""
-        pid = instance.project_id
+        project_id = instance.project_id
         update = service.get("UpdateStatus") or {}
         deadline = time.monotonic() + ROLLBACK_WAIT
         while str(update.get("State", "")) == "rollback_started" and time.monotonic() < deadline:
             time.sleep(POLL)
-            current = self._service(pid)
+            current = self._service(project_id)
             if current is None:
                 break
             service, update = current, current.get("UpdateStatus") or {}
@@ -160,7 +160,7 @@ class Rollouts:
                 + (f"; task error: {_errors(failed)}" if failed else ""),
                 self._task_logs(failed),
             )
-            + f"\n{_hint(pid)}"
+            + f"\n{_hint(project_id)}"
         )
 
     def abandon(self, instance: Instance) -> None:
@@ -210,23 +210,23 @@ class Rollouts:
             endpoint_spec=spec.get("EndpointSpec"),
         )
 
-    def watch(self, notify: Notify, stop: threading.Event) -> None:
+    def watch(self, changed: OnChange, stop: threading.Event) -> None:
         """Service and task-container events as they happen on this node, and every
         ``WATCH_POLL`` seconds a comparison of every service's tasks (other nodes' too)."""
         watch_events(
             self.engine,
-            notify,
+            changed,
             stop,
             filters={"type": ["service", "container"]},
             project_of=_project_of_event,
             name="swarm-events",
         )
         thread = threading.Thread(
-            target=self._poll, args=(notify, stop), name="swarm-poll", daemon=True
+            target=self._poll, args=(changed, stop), name="swarm-poll", daemon=True
         )
         thread.start()
 
-    def _poll(self, notify: Notify, stop: threading.Event) -> None:
+    def _poll(self, changed: OnChange, stop: threading.Event) -> None:
         seen: dict[str, tuple[Any, ...]] = {}
         while not stop.wait(WATCH_POLL):
             try:
@@ -252,7 +252,7 @@ class Rollouts:
             for project in set(now) | set(seen):
                 if now.get(project) != seen.get(project):
                     with contextlib.suppress(InvalidProjectId):
-                        notify(check_project_id(project))
+                        changed(check_project_id(project))
             seen = now
 
     def _task_logs(self, tasks: list[Task]) -> str:

@@ -26,7 +26,7 @@ from reconciler.runtimes.base import (
     BuildResult,
     CpuMeter,
     Instance,
-    Notify,
+    OnChange,
     OutputTail,
     Usage,
 )
@@ -201,8 +201,8 @@ class DockerRuntime:
             except docker.errors.APIError as exc:
                 logger.warning("could not remove image %s: %s", tag, exc)
 
-    def watch(self, notify: Notify, stop: threading.Event) -> None:
-        watch_events(self.engine, notify, stop, record=self._record)
+    def watch(self, changed: OnChange, stop: threading.Event) -> None:
+        watch_events(self.engine, changed, stop, record=self._record)
 
     def _record(self, event: dict[str, Any]) -> None:
         """Keep what the engine says of our containers that it will restart by itself."""

@@ -213,14 +213,14 @@ class SwarmRuntime(Rollouts, DockerRuntime):
         self, release: Release, spec: ProjectSpec, *, cport: int, config: str
     ) -> dict[str, Any]:
         """The whole service, as ``create_service`` and ``update_service`` take it."""
-        pid, version = release.project_id, release.hash
+        project_id, version = release.project_id, release.hash
         health = spec.health
         url = f"http://127.0.0.1:{cport}{health.path}"
         test = spec.deploy.healthcheck or ["wget", "-q", "-O", "/dev/null", url]
         container = ContainerSpec(
-            image=self.image_ref(pid, version),
+            image=self.image_ref(project_id, version),
             env={**spec.env, "PORT": str(cport)},
-            labels={LABEL_SERVICE_OF: pid, LABEL_HASH: version, LABEL_CONFIG: config},
+            labels={LABEL_SERVICE_OF: project_id, LABEL_HASH: version, LABEL_CONFIG: config},
             healthcheck=Healthcheck(
                 test=["CMD", *test],
                 interval=_ns(health.interval),
@@ -234,7 +234,7 @@ class SwarmRuntime(Rollouts, DockerRuntime):
             mounts=[
                 Mount("/tmp", None, type="tmpfs", tmpfs_size=64 << 20),  # noqa: S108
                 *(
-                    Mount(path, volume_name(pid, path), type="volume")
+                    Mount(path, volume_name(project_id, path), type="volume")
                     for path in spec.start.writable
                 ),
             ],
@@ -253,10 +253,10 @@ class SwarmRuntime(Rollouts, DockerRuntime):
         monitor = _ns(max(1.0, min(health.interval, 5.0)))
         return {
             "task_template": template,
-            "name": service_name(pid),
+            "name": service_name(project_id),
             "labels": {
                 MANAGED_BY: MANAGER,
-                LABEL_PROJECT: pid,
+                LABEL_PROJECT: project_id,
                 LABEL_HASH: version,
                 LABEL_CONFIG: config,
                 LABEL_REPLICAS: str(spec.deploy.replicas),
@@ -287,24 +287,28 @@ class SwarmRuntime(Rollouts, DockerRuntime):
         """Create the project's service, or update it to ``release``; returns at once (the
         rollout is ``rollout``'s to watch). ``port`` is not used: tasks get their own."""
         self._manager()
-        pid = release.project_id
+        project_id = release.project_id
         image = self.release_image(release)
         kwargs = self.service_spec(release, spec, cport=container_port(spec, image), config=config)
-        existing = self._service(pid)
+        existing = self._service(project_id)
         with engine_calls():
             try:
                 if existing is None:
-                    logger.info("%s: creating service %s (%s)", pid, kwargs["name"], release.hash)
+                    logger.info(
+                        "%s: creating service %s (%s)", project_id, kwargs["name"], release.hash
+                    )
                     created = self.api.create_service(**kwargs)
                     service_id = str(created["ID"])
                 else:
-                    if not owned_service(existing, pid):
+                    if not owned_service(existing, project_id):
                         raise StartFailed(
                             f"Start failed: a service named {kwargs['name']} exists and is not "
                             "managed by reconciler; rename or remove it"
                         )
                     service_id = str(existing["ID"])
-                    logger.info("%s: updating service %s to %s", pid, kwargs["name"], release.hash)
+                    logger.info(
+                        "%s: updating service %s to %s", project_id, kwargs["name"], release.hash
+                    )
                     self.api.update_service(service_id, existing["Version"]["Index"], **kwargs)
             except docker.errors.APIError as exc:
                 text = str(exc.explanation or exc)
@@ -314,7 +318,13 @@ class SwarmRuntime(Rollouts, DockerRuntime):
                     ) from None
                 raise StartFailed(f"Start failed: {kwargs['name']}: {text}") from None
         return Instance(
-            pid, release.hash, self.name, None, utcnow(), container_id=service_id, config=config
+            project_id,
+            release.hash,
+            self.name,
+            None,
+            utcnow(),
+            container_id=service_id,
+            config=config,
         )
 
     def alive(self, instance: Instance) -> bool:

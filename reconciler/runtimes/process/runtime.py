@@ -26,7 +26,7 @@ from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import (
     CpuMeter,
     Instance,
-    Notify,
+    OnChange,
     Usage,
     tail_file,
     with_tail,
@@ -349,7 +349,7 @@ class ProcessRuntime(Builds):
     def remove_version(self, project_id: ProjectId, version: str) -> None:
         return None
 
-    def watch(self, notify: Notify, stop: threading.Event) -> None:
+    def watch(self, changed: OnChange, stop: threading.Event) -> None:
         return None  # processes report nothing by themselves: the health poll notices deaths
 
     def close(self) -> None:
