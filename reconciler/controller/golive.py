@@ -82,7 +82,7 @@ def start_and_wait(
                 EventType.STARTING,
                 {"message": f"Starting {release.hash} on port {port}...", "port": port},
             )
-            started = runtime.start(release, spec, port=port, config=run.config)
+            started = runtime.start(release, spec, port=port, config=run.settings)
             rec.put_instance(started, InstanceRole.CANDIDATE)
         instance = started
         with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
@@ -272,7 +272,7 @@ class Slots:
         if choice.reuse and found is not None:
             instance = reuse(run, release, found[0], generation)
         else:
-            self._clear(run, choice.port, f"{release.hash}-{run.config}")
+            self._clear(run, choice.port, f"{release.hash}-{run.settings}")
             instance = start_and_wait(
                 run, runtime, release, generation, port=choice.port, probe_host="127.0.0.1"
             )
@@ -369,7 +369,7 @@ class Service:
                         "port": port,
                     },
                 )
-                instance = runtime.start(release, spec, port=port, config=run.config)
+                instance = runtime.start(release, spec, port=port, config=run.settings)
                 rec.put_instance(instance, InstanceRole.CANDIDATE)
             try:
                 with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):

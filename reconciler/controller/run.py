@@ -35,8 +35,9 @@ class Run:
         return self.facts.view.mode if self.facts.view is not None else ServeMode.PORT
 
     @property
-    def config(self) -> str:
-        """The settings an instance of this project must run with."""
+    def settings(self) -> str:
+        """The digest of the settings an instance of this project must run with (what the
+        runtimes, the database and the API call an instance's ``config``)."""
         view = self.facts.view
         if view is None or view.config is None:
             raise PermanentError("no instance settings for a project without one")
