@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format check run install-systemd clean crash hostile load faults reliability bench
+.PHONY: help install test unit lint format check run install-systemd clean crash hostile load faults reliability bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ install: $(STAMP) ## create .venv and install reconciler with its dev tools
 
 test: $(STAMP) ## run the whole test suite (installs first if needed)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+unit: $(STAMP) ## the unit suite alone (pure plans, stores, the API in-process: about half a minute)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
 crash: $(STAMP) ## crash injection, full: 200 SIGKILLs over the process runtime, 50 over Docker (~25 min)
 	CRASH_RUNS=$${CRASH_RUNS:-200} CRASH_DOCKER_RUNS=$${CRASH_DOCKER_RUNS:-50} $(BIN)/pytest -q -s tests/suites/test_crash_injection.py

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from reconciler.stores.desired import (
     parse,
     set_values,
 )
-from tests.conftest import PYTHON, REPO, write
+from tests.conftest import write
 
 COMMENTED = textwrap.dedent(
     """\
@@ -132,32 +131,6 @@ def test_edit_keeps_file_mode_and_leaves_no_temp_files(desired_dir: Path) -> Non
     DesiredStore(desired_dir).edit(SITE, lambda s: {"production.generation": 10})
     assert path.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in desired_dir.iterdir()) == [".locks", "www.yaml"]
-
-
-def test_fifty_processes_bump_generation_without_lost_updates(tmp_path: Path) -> None:
-    desired = tmp_path / "desired"
-    path = write(desired / "www.yaml", COMMENTED)
-    script = textwrap.dedent(
-        f"""
-        import sys, time
-        sys.path.insert(0, {str(REPO)!r})
-        from pathlib import Path
-        from reconciler.stores.desired import DesiredStore
-        go = Path({str(tmp_path / "go")!r})
-        while not go.exists():
-            time.sleep(0.001)
-        DesiredStore(Path({str(desired)!r})).edit(
-            "www", lambda s: {{"production.generation": s.production.generation + 1}}
-        )
-        """
-    )
-    procs = [subprocess.Popen([PYTHON, "-c", script]) for _ in range(50)]
-    (tmp_path / "go").touch()
-    codes = [p.wait(timeout=60) for p in procs]
-    assert codes == [0] * 50
-    text = path.read_text()
-    assert parse(path, text.encode()).production.generation == 53
-    assert text == COMMENTED.replace("generation: 3 ", "generation: 53 ")
 
 
 def test_truncated_file_never_replaces_last_good(desired_dir: Path) -> None:

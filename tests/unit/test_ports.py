@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ from reconciler.core.config import PortRange
 from reconciler.core.errors import TransientError
 from reconciler.stores.ports import PortAllocator, port_is_free
 from reconciler.stores.state import StateDB
-from tests.conftest import PYTHON, REPO, free_port
+from tests.conftest import free_port
 
 
 def test_port_range_parse() -> None:
@@ -51,42 +49,3 @@ def test_exhausted_range_is_transient(tmp_path: Path) -> None:
     ports.allocate("a")
     with pytest.raises(TransientError, match="no free port"):
         ports.allocate("b")
-
-
-ALLOCATOR = textwrap.dedent(
-    """
-    import sys, time
-    sys.path.insert(0, {repo!r})
-    from pathlib import Path
-    from reconciler.core.config import PortRange
-    from reconciler.stores.ports import PortAllocator
-    from reconciler.stores.state import StateDB
-    ports = PortAllocator(StateDB(Path({db!r})), PortRange({first}, {last}))
-    go = Path({go!r})
-    while not go.exists():
-        time.sleep(0.001)
-    print(" ".join(str(ports.allocate("p" + sys.argv[1])) for _ in range(50)))
-    """
-)
-
-
-@pytest.mark.timeout(120)
-def test_eight_processes_never_share_a_port(tmp_path: Path) -> None:
-    first = 42000
-    db = tmp_path / "state.db"
-    StateDB(db).close()
-    script = ALLOCATOR.format(
-        repo=str(REPO), db=str(db), first=first, last=first + 999, go=str(tmp_path / "go")
-    )
-    procs = [
-        subprocess.Popen([PYTHON, "-c", script, str(i)], stdout=subprocess.PIPE, text=True)
-        for i in range(8)
-    ]
-    (tmp_path / "go").touch()
-    got: list[int] = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=100)
-        assert proc.returncode == 0
-        got.extend(int(p) for p in out.split())
-    assert len(got) == 400
-    assert len(set(got)) == 400

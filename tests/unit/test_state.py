@@ -1,11 +1,7 @@
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-import subprocess
-import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +10,6 @@ import pytest
 from reconciler.core.kinds import DeploymentKind, DeploymentState
 from reconciler.core.spec import ProjectId
 from reconciler.stores.state import MIGRATIONS, InstanceRow, StateDB
-from tests.conftest import PYTHON, REPO
 
 P = ProjectId("site")
 
@@ -139,77 +134,6 @@ def test_instances(tmp_path: Path) -> None:
     assert len(db.instances(P)) == 2, "one version, two settings: two instances"
     db.remove_instance(P, "a1b2c3d4-0f0f0f0f")
     assert db.instances() == [other]
-
-
-WRITER = textwrap.dedent(
-    """
-    import json, sys, time
-    sys.path.insert(0, {repo!r})
-    from pathlib import Path
-    from reconciler.stores.state import StateDB
-    db = StateDB(Path({db!r}))
-    name, deadline, seq = sys.argv[1], time.monotonic() + float(sys.argv[2]), 0
-    while time.monotonic() < deadline:
-        job = db.create_job("site", "production.build", generation=seq)
-        db.append_event("site", "production.building", {{"writer": name, "seq": seq}})
-        db.finish_job(job, "succeeded")
-        if seq % 50 == 0:
-            db.prune(events_per_project=1_000_000, jobs_per_project=100)
-        seq += 1
-    print(seq)
-    """
-)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-def test_two_processes_write_concurrently_without_lock_errors(tmp_path: Path) -> None:
-    seconds = float(os.environ.get("RECONCILER_SOAK_SECONDS", "60"))
-    path = tmp_path / "state.db"
-    StateDB(path).close()
-    script = WRITER.format(repo=str(REPO), db=str(path))
-    writers = [
-        subprocess.Popen(
-            [PYTHON, "-c", script, name, str(seconds)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("a", "b")
-    ]
-    reader_db = StateDB(path)
-    seen: list[tuple[int, str, int]] = []
-    errors: list[str] = []
-    done = threading.Event()
-
-    def follow() -> None:
-        last = 0
-        while True:
-            finished = done.is_set()
-            for event in reader_db.events_after("site", last):
-                if event.id <= last:
-                    errors.append(f"id {event.id} after {last}")
-                last = event.id
-                data = json.loads(event.data)
-                seen.append((event.id, data["writer"], data["seq"]))
-            if finished:
-                return
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=follow)
-    thread.start()
-    outputs = [w.communicate(timeout=seconds + 60) for w in writers]
-    done.set()
-    thread.join()
-    reader_db.close()
-    for writer, (_out, err) in zip(writers, outputs, strict=True):
-        assert writer.returncode == 0, err
-        assert "locked" not in err
-    counts = {name: int(out) for name, (out, _) in zip("ab", outputs, strict=True)}
-    assert errors == []
-    for name, count in counts.items():
-        assert [s for _, w, s in seen if w == name] == list(range(count)), "gap or duplicate"
-    assert sum(counts.values()) > 200
 
 
 def test_daemon_liveness_row(tmp_path: Path) -> None:
