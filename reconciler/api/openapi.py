@@ -9,6 +9,7 @@ from pydantic.json_schema import models_json_schema
 
 from reconciler import __version__
 from reconciler.api.models import ErrorBody, Health, RollbackRequest
+from reconciler.core.spec import PROJECT_ID
 from reconciler.readside.views import (
     History,
     ProductionStatus,
@@ -80,7 +81,7 @@ def document() -> dict[str, Any]:
         "name": "id",
         "in": "path",
         "required": True,
-        "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"},
+        "schema": {"type": "string", "pattern": f"^{PROJECT_ID}$"},
     }
     writes = _errors(400, 401, 403, 404, 409, 413, 415)
     body = {

@@ -49,12 +49,13 @@ class Client(Protocol):
 
 class LocalClient:
     def __init__(self, desired: Path, data: Path) -> None:
-        if not (data / "state.db").exists():
+        config = Config(desired_dir=desired, data_dir=data, edge=EdgeMode.OFF)
+        if not config.layout.state_db.exists():
             raise OperationError(
                 ErrorKind.UNAVAILABLE,
-                f"no state database at {data / 'state.db'}: has the daemon run with --data {data}?",
+                f"no state database at {config.layout.state_db}: has the daemon run with "
+                f"--data {data}?",
             )
-        config = Config(desired_dir=desired, data_dir=data, edge=EdgeMode.OFF)
         self.ops = Operations.of(open_stores(config), config)
 
     def projects(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from reconciler.cli.client import Client, LocalClient, RemoteClient
-from reconciler.core.config import env
+from reconciler.core.config import DataLayout, env
 from reconciler.core.spec import is_hash8
 from reconciler.readside.terms import ErrorKind, Event, OperationError
 
@@ -128,7 +128,7 @@ def cmd_hook_secret(args: argparse.Namespace) -> int:
 
     name = args.project
     if name == "_notify":  # the daemon's notification signing secret
-        value = hooks.make_secret(Path(args.data).absolute() / "hooks" / "secrets", name,
+        value = hooks.make_secret(DataLayout(Path(args.data).absolute()).secrets, name,
                                   rotate=args.rotate)  # fmt: skip
         print(f"secret: {value}")
         print("notifications carry X-Reconciler-Signature-256: sha256=<HMAC-SHA256 of the body>")
@@ -139,7 +139,7 @@ def cmd_hook_secret(args: argparse.Namespace) -> int:
         except InvalidProjectId as exc:
             print(f"reconciler: {exc}", file=sys.stderr)
             return 2
-    secret_dir = Path(args.data).absolute() / "hooks" / "secrets"
+    secret_dir = DataLayout(Path(args.data).absolute()).secrets
     value = hooks.make_secret(secret_dir, name, rotate=args.rotate)
     base = (args.api_url or "http://127.0.0.1:3000").rstrip("/")
     path = "/api/hooks/desired" if name == hooks.DESIRED else f"/api/projects/{name}/hooks/git"
@@ -163,7 +163,7 @@ def cmd_init_repo(args: argparse.Namespace) -> int:
     except InvalidProjectId as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return 2
-    repo = Path(args.data).absolute() / "repos" / f"{project_id}.git"
+    repo = DataLayout(Path(args.data).absolute()).repos / f"{project_id}.git"
     if not (repo / "HEAD").is_file():
         repo.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(

@@ -37,7 +37,7 @@ from reconciler.core.config import Config
 from reconciler.core.errors import StartFailed, TransientError
 from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode
 from reconciler.core.spec import ProjectId, ProjectSpec
-from reconciler.edge.config import SLOT_HEADER, Site, service_fanout
+from reconciler.edge.config import SLOT_HEADER, Site, site_of
 from reconciler.edge.manager import Edge
 from reconciler.runtimes.base import (
     Instance,
@@ -143,7 +143,7 @@ def running(instance: Instance, *, draining: bool = False) -> Running:
 
 
 def site_for(run: Run, port: int, mode: ServeMode, slots: tuple[int, int] | None) -> Site:
-    return Site(run.facts.project_id, port, mode, slots, tuple(run.spec.domains))
+    return site_of(run.facts.project_id, port, mode, run.spec, slots)
 
 
 def check_through_edge(
@@ -334,11 +334,10 @@ class Service:
         """Make the edge route the project's stable port to ``upstreams``: the task files
         it reads on every request, and its site (loaded only when the site is new or its
         replicas or domains changed)."""
-        project_id, spec = run.facts.project_id, run.spec
-        fanout = service_fanout(spec.deploy.replicas)
-        if self.releases.route_tasks(project_id, upstreams, fanout):
-            logger.info("%s: routing to %s", project_id, ", ".join(upstreams) or "no task")
-        self.edge.put(Site(project_id, port, ServeMode.SERVICE, None, tuple(spec.domains), fanout))
+        site = site_for(run, port, ServeMode.SERVICE, None)
+        if self.releases.route_tasks(site.project_id, upstreams, site.fanout):
+            logger.info("%s: routing to %s", site.project_id, ", ".join(upstreams) or "no task")
+        self.edge.put(site)
 
     def follow(self, run: Run, port: int, upstreams: tuple[str, ...]) -> None:
         """``route`` during a rollout: a failure is logged (the rollout goes on; the route

@@ -296,7 +296,7 @@ class Controller:
         for row in self.db.instances():
             if row.runtime != RuntimeName.PROCESS or not is_hash8(row.hash):
                 continue
-            log = self.releases.project_dir(ProjectId(row.project)) / row.hash / "logs" / "app.log"
+            log = self.releases.log(ProjectId(row.project), row.hash, "app")
             if rotate(log, self.config.logs):
                 logger.info("%s: rotated %s", row.project, log)
                 done += 1

@@ -43,6 +43,7 @@ from reconciler.core.plan import (
 from reconciler.core.queue import Done, Permanent, RequeueAfter, Result, Retry
 from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import Instance, Runtime, wait_ready
+from reconciler.stores.gitcache import GitCache
 from reconciler.stores.ports import PortAllocator
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import InstanceRow, StateDB
@@ -75,6 +76,7 @@ class Pipeline:
             log_limits=config.logs,
             min_free=config.min_free_bytes,
             disk_default=config.limits.disk,
+            git=GitCache(config.layout.git_caches),
         )
         self.activator = activator
         self.site_url = config.site_url

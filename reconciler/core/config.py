@@ -24,6 +24,7 @@ from reconciler.core.logfiles import LogLimits
 from reconciler.core.spec import GIT_REF_RE, REGISTRY_RE, Limits, NotifyTarget
 
 MIB = 1024 * 1024
+ACCESS_LOG = "access.log"  # in the edge dir
 SOCKET_PATH_MAX = 107  # bytes a unix socket's path may have (sun_path, less its NUL)
 
 
@@ -75,6 +76,16 @@ class DataLayout:
     @property
     def edge_socket(self) -> Path:
         return self.edge / "admin.sock"
+
+    @property
+    def access_log(self) -> Path:
+        """The edge's access log, shared by every site (the edge writes it)."""
+        return self.edge / ACCESS_LOG
+
+    @property
+    def repos(self) -> Path:
+        """Bare repositories that deploy on push (``reconciler init-repo``)."""
+        return self.root / "repos"
 
     @property
     def hooks(self) -> Path:

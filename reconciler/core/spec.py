@@ -25,7 +25,9 @@ from reconciler.core.kinds import RuntimeName
 ProjectId = NewType("ProjectId", str)
 SOURCE_TAGS = ("directory", "repository")  # in error locations after "source"; not keys
 
-PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# a project id, written once: the API, the edge and the CLI check ids against it
+PROJECT_ID = r"[a-z0-9][a-z0-9_-]{0,62}"
+PROJECT_ID_RE = re.compile(f"^{PROJECT_ID}$")
 HOST_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 HASH8_RE = re.compile(r"^[0-9a-f]{8}$")
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"

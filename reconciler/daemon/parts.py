@@ -10,7 +10,7 @@ from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, RuntimeName, ServeMode
 from reconciler.core.spec import ProjectId
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
-from reconciler.edge.config import Site, service_fanout
+from reconciler.edge.config import Site, site_of
 from reconciler.edge.manager import Edge
 from reconciler.edge.settings import edge_settings
 from reconciler.runtimes.base import Runtime
@@ -123,7 +123,5 @@ def served_sites(
             continue
         if mode == ServeMode.DYNAMIC and (not site.slots or releases.slot(project) is None):
             continue
-        slots = site.slots if mode == ServeMode.DYNAMIC else None
-        fanout = service_fanout(spec.deploy.replicas) if mode == ServeMode.SERVICE else 0
-        found.append(Site(project, site.publicPort, mode, slots, tuple(spec.domains), fanout))
+        found.append(site_of(project, site.publicPort, mode, spec, site.slots))
     return found

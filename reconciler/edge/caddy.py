@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.config import ACCESS_LOG
 from reconciler.core.errors import TransientError
 from reconciler.core.fileio import atomic_write
 
@@ -166,7 +167,7 @@ class Paths:
 
     @property
     def access_log(self) -> Path:
-        return self.root / "access.log"
+        return self.root / ACCESS_LOG
 
     @property
     def storage(self) -> Path:

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reconciler.core.kinds import ServeMode
-from reconciler.core.spec import ProjectId
+from reconciler.core.spec import PROJECT_ID, ProjectId, ProjectSpec
 from reconciler.stores.releases import TASKS
 
 SLOT_HEADER = "Reconciler-Slot"
-PREVIEW_PATTERN = r"^/[a-z0-9][a-z0-9_-]{0,62}/preview/dist(/.*)?$"
+PREVIEW_PATTERN = rf"^/{PROJECT_ID}/preview/dist(/.*)?$"
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,25 @@ class Site:
     slots: tuple[int, int] | None = None  # dynamic: the internal ports of slots a and b
     domains: tuple[str, ...] = ()
     fanout: int = 0  # service: the upstream entries its tasks are spread over
+
+
+def site_of(
+    project_id: ProjectId,
+    port: int,
+    mode: ServeMode,
+    spec: ProjectSpec,
+    slots: tuple[int, int] | None = None,
+) -> Site:
+    """The site a project's spec makes at ``port`` (the one place a ``Site`` is made)."""
+    fanout = service_fanout(spec.deploy.replicas) if mode == ServeMode.SERVICE else 0
+    return Site(
+        project_id,
+        port,
+        mode,
+        slots if mode == ServeMode.DYNAMIC else None,
+        tuple(spec.domains),
+        fanout,
+    )
 
 
 def server_name(project_id: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.core.config import DataLayout
 from reconciler.core.kinds import (
     JobState,
     JobType,
@@ -28,6 +29,7 @@ class LogReads:
     if TYPE_CHECKING:  # what the operations it is part of provide
         db: StateDB
         releases: ReleaseStore
+        layout: DataLayout | None
 
     def log_path(self, project_id: ProjectId, name: str) -> tuple[str | None, Path | None]:
         """The log an operator wants by ``name``: of the latest attempt (the version the
@@ -36,7 +38,8 @@ class LogReads:
         if name not in LOG_NAMES:
             raise OperationError(ErrorKind.INVALID, f"log must be one of: {', '.join(LOG_NAMES)}")
         if name == "access":  # the edge's, shared by every site, across versions
-            return None, self.releases.root.parent / "edge" / "access.log"
+            assert self.layout is not None  # set when the operations are made
+            return None, self.layout.access_log
         attempt = self.db.latest_attempt(project_id)
         failed_build = (
             attempt is not None
@@ -51,7 +54,7 @@ class LogReads:
             version = self.releases.current(project_id)
         if version is None:
             return None, None
-        return version, self.releases.project_dir(project_id) / version / "logs" / f"{name}.log"
+        return version, self.releases.log(project_id, version, name)
 
     def read_log(
         self, project_id: ProjectId, name: str, *, offset: int | None, tail: int

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from reconciler.core.config import Config
+from reconciler.core.config import Config, DataLayout
 from reconciler.core.kinds import (
     EdgeMode,
     JobState,
@@ -76,6 +76,7 @@ class Operations(LogReads, Streams):
     follow_grace: float = 120.0  # beyond the build and health timeouts, before a follow ends
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
+    layout: DataLayout | None = None  # None: the data dir the releases are in
     reader: Reader = field(init=False)
     cache: ReadCache[tuple[ProductionStatus, ProjectSummary | None]] = field(init=False)
     _listing: tuple[object, bytes] | None = field(init=False, default=None)
@@ -88,9 +89,12 @@ class Operations(LogReads, Streams):
             releases=stores.releases,
             edge=config.edge,
             default_runtime=config.default_runtime,
+            layout=config.layout,
         )
 
     def __post_init__(self) -> None:
+        if self.layout is None:
+            self.layout = DataLayout(self.releases.root.parent)
         self.reader = Reader(self.db, self.desired, self.releases, self.edge, self.default_runtime)
         self.cache = ReadCache(
             self.db,

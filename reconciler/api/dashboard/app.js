@@ -305,7 +305,8 @@ async function daemonLine() {
 }
 
 function route() {
-  const match = location.hash.match(/^#\/p\/([a-z0-9][a-z0-9_-]{0,62})$/);
+  // any name: the API checks project ids (404 for one that is not there); URLs encode it
+  const match = location.hash.match(/^#\/p\/([^/]+)$/);
   if (match) showProject(match[1]);
   else showList();
 }

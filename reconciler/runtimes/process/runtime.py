@@ -125,7 +125,7 @@ class ProcessRuntime(Builds):
                 p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
             )
         unit = f"reconciler-site-{release.project_id}-{release.hash}-{config}"
-        log = release.logs / "app.log"
+        log = release.log("app")
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(f"--- {utcnow()} starting {release.hash} ({config}) on port {port}\n")
         try:
@@ -224,7 +224,7 @@ class ProcessRuntime(Builds):
         executable was busy (ETXTBSY): a process forked by another thread while this
         release's files were being written still held one open for writing; that passes,
         so the start is tried again rather than failed."""
-        log = self.releases.project_dir(instance.project_id) / instance.hash / "logs" / "app.log"
+        log = self.releases.log(instance.project_id, instance.hash, "app")
         if self.units is not None:
             name = site_instance(instance.project_id, instance.hash, instance.config)
             return with_tail(
@@ -278,11 +278,8 @@ class ProcessRuntime(Builds):
                     len(left),
                     instance.hash,
                 )
-        record = (
-            self.releases.project_dir(instance.project_id)
-            / instance.hash
-            / "logs"
-            / instance_file(instance.config)
+        record = self.releases.logs_dir(instance.project_id, instance.hash) / instance_file(
+            instance.config
         )
         with contextlib.suppress(FileNotFoundError, ValueError):
             if json.loads(record.read_text()).get("pid") == instance.pid:

@@ -102,6 +102,10 @@ class Release:
     def logs(self) -> Path:
         return self.path / "logs"
 
+    def log(self, name: str) -> Path:
+        """``app`` or ``build``: the release's log of that name."""
+        return self.logs / f"{name}.log"
+
 
 @dataclass(frozen=True)
 class Version:

@@ -159,7 +159,7 @@ class Stager:
         build_log = staging.logs / "build.log"
         if build_log.exists():
             final.joinpath("logs").mkdir(exist_ok=True)
-            os.replace(build_log, final / "logs" / "build.log")
+            os.replace(build_log, final / "logs" / build_log.name)
         self.abort(staging)
         return Release(
             staging.project_id, final.name, digest, final, str(existing["createdAt"]), reused=True

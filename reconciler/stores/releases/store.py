@@ -88,6 +88,14 @@ class ReleaseStore(Stager, SiteLinks):
             raise ReleaseError(f"invalid version {version!r}")
         return self.project_dir(project_id) / version
 
+    def logs_dir(self, project_id: ProjectId, version: str) -> Path:
+        """``<id>/<version>/logs``: the one part of a release that changes after it is made."""
+        return self.project_dir(project_id) / version / "logs"
+
+    def log(self, project_id: ProjectId, version: str, name: str) -> Path:
+        """A release's log by name (``app``, ``build``)."""
+        return self.logs_dir(project_id, version) / f"{name}.log"
+
     # -- startup ---------------------------------------------------------------------------
 
     # -- staging ---------------------------------------------------------------------------
