@@ -38,6 +38,8 @@ class _Item:
 
 
 class Drainer:
+    name = "drainer"
+
     def __init__(
         self,
         db: StateDB,
@@ -57,7 +59,12 @@ class Drainer:
         self._cond = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drain")
         self._thread = threading.Thread(target=self._run, name="drainer", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
+
+    def stop(self) -> None:
+        self.close()
 
     def drain(self, instance: Instance, runtime: Runtime, *, after: float | None = None) -> None:
         """Take ``instance`` out of service: mark it, stop it after the drain period."""
@@ -110,7 +117,8 @@ class Drainer:
             self._pending.clear()
         self._due.close()
         self._pool.shutdown(wait=True)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def _begin(self, item: _Item) -> Future[None]:
         """Hand one item to the pool (under the lock)."""

@@ -145,8 +145,6 @@ class Controller:
             for _digest, cancel in self._inflight.values():
                 cancel.set()
         self.workers.stop(timeout)
-        if self.at_edge is not None:
-            self.at_edge.drainer.close()
 
     def hung(self) -> list[str]:
         return self.workers.hung()

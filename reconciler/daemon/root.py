@@ -36,7 +36,7 @@ from reconciler.daemon.notifications import Notifications
 from reconciler.daemon.parts import make_edge, make_runtime_factory, served_sites
 from reconciler.daemon.schedule import Job, Schedule
 from reconciler.daemon.sdnotify import Notifier
-from reconciler.runtimes.base import Runtime
+from reconciler.runtimes.base import Leftovers, Runtime
 from reconciler.runtimes.systemd import SiteUnits
 from reconciler.sources.follow import ConfigFollower, Follower
 from reconciler.sources.hooks import make_secret
@@ -160,6 +160,8 @@ class Daemon:
         parts: list[Part] = [self.engines]
         if self.edge is not None:
             parts.append(self.edge)
+        if self.controller.at_edge is not None:
+            parts.append(self.controller.at_edge.drainer)
         parts.append(Step("adoption", self._adopt))
         parts.append(Step("controller", self.controller.start, self.controller.stop))
         parts += [self.follower, Step("notifications", on_stop=self.notifications.close)]
@@ -202,11 +204,8 @@ class Daemon:
 
     def _recover(self) -> None:
         """What a previous daemon left: its builds, staging dirs, open jobs, reservations."""
-        from reconciler.runtimes.process.processes import kill_orphan_builds
-
-        orphans = kill_orphan_builds(self.releases)
-        if self.site_units is not None:
-            orphans += [f"reconciler-build@{b}" for b in self.site_units.stop_builds()]
+        leftovers = self._leftovers()
+        orphans = leftovers.stop_leftover_builds() if leftovers is not None else []
         if orphans:
             logger.warning("stopped builds a previous daemon left running: %s", ", ".join(orphans))
         removed = self.releases.cleanup()
@@ -226,13 +225,17 @@ class Daemon:
 
     def _adopt(self) -> None:
         """Record what really runs (the edge serves already), then stop what no record names."""
-        from reconciler.runtimes.process.runtime import kill_orphan_instances
-
         self.controller.adopt()
-        strays = kill_orphan_instances(self.releases, self.site_units)
+        leftovers = self._leftovers()
+        strays = leftovers.stop_strays() if leftovers is not None else []
         if strays:
             logger.warning("stopped instance processes no record names: %s", ", ".join(strays))
         self._initial = self.controller.known_projects()
+
+    def _leftovers(self) -> Leftovers | None:
+        """The runtime whose processes outlive a killed daemon (the process runtime)."""
+        runtime = self.controller.runtimes.get(RuntimeName.PROCESS)
+        return runtime if isinstance(runtime, Leftovers) else None
 
     def _enqueue(self, project: ProjectId, delay: float = 0.0) -> None:
         self.controller.enqueue(project, delay)

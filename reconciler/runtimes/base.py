@@ -152,6 +152,17 @@ class Runtime(Protocol):
         """Release connections to the engine; instances keep running."""
 
 
+@runtime_checkable
+class Leftovers(Protocol):
+    """A runtime whose work can outlive a daemon that was killed: what it left is stopped at
+    startup, builds before anything else, stray instances once adoption has recorded what
+    the records name."""
+
+    def stop_leftover_builds(self) -> list[str]: ...
+
+    def stop_strays(self) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class ServiceTasks:
     upstreams: tuple[str, ...]  # host:port of each task that runs

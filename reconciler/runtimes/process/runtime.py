@@ -352,6 +352,16 @@ class ProcessRuntime(Builds):
     def close(self) -> None:
         return None
 
+    def stop_leftover_builds(self) -> list[str]:
+        """Builds a killed daemon left running (and, with site users, their units)."""
+        stopped = kill_orphan_builds(self.releases)
+        if self.units is not None:
+            stopped += [f"reconciler-build@{b}" for b in self.units.stop_builds()]
+        return stopped
+
+    def stop_strays(self) -> list[str]:
+        return kill_orphan_instances(self.releases, self.units)
+
 
 def kill_orphan_instances(releases: ReleaseStore, units: SiteUnits | None = None) -> list[str]:
     """At startup, after adoption: stop instance processes of this data dir that no record
