@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from reconciler.controller.decide import Retire, retire_how
 from reconciler.controller.drain import Drainer
+from reconciler.controller.front import Front
 from reconciler.controller.golive import (
     GoLive,
     NoEdge,
@@ -29,7 +30,6 @@ from reconciler.controller.run import Run
 from reconciler.core.config import Config
 from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode, Status
 from reconciler.core.timeutil import utcnow
-from reconciler.edge.manager import Edge
 from reconciler.stores.facts import commit_fields
 from reconciler.stores.ports import PortAllocator, SiteAllocator
 from reconciler.stores.releases import Release, ReleaseStore
@@ -43,7 +43,7 @@ class AtEdge:
     """What serving through the edge takes: the edge, the ports reserved for each site, the
     drainer, and the edge's check listener."""
 
-    edge: Edge
+    edge: Front
     sites: SiteAllocator
     drainer: Drainer
     control_port: int

@@ -27,25 +27,22 @@ import logging
 import time
 from typing import Protocol
 
-import httpx
-
 from reconciler.controller.decide import Reuse, Running, on_port, slot_adoption, slot_choice
 from reconciler.controller.drain import Drainer
+from reconciler.controller.front import Front
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
 from reconciler.core.config import Config
 from reconciler.core.errors import StartFailed, TransientError
 from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode
 from reconciler.core.spec import ProjectId, ProjectSpec
-from reconciler.edge.config import SLOT_HEADER, Site, site_of
-from reconciler.edge.manager import Edge
+from reconciler.edge.config import Site, site_of
 from reconciler.runtimes.base import (
     Instance,
     Runtime,
     ServiceRuntime,
     ServiceTasks,
     describe_seconds,
-    loopback_client,
     wait_ready,
 )
 from reconciler.stores.ports import PortAllocator, SiteAllocator
@@ -147,24 +144,22 @@ def site_for(run: Run, port: int, mode: ServeMode, slots: tuple[int, int] | None
 
 
 def check_through_edge(
-    url: str, *, slot: str | None = None, timeout: float = EDGE_CHECK_TIMEOUT
+    front: Front, url: str, *, slot: str | None = None, timeout: float = EDGE_CHECK_TIMEOUT
 ) -> None:
     """The edge answers ``url`` with 2xx (from ``slot``, when given)."""
     deadline = time.monotonic() + timeout
-    last = "no answer"
-    with loopback_client() as http:
-        while True:
-            try:
-                response = http.get(url)
-                served_by = response.headers.get(SLOT_HEADER)
-                if 200 <= response.status_code < 300 and (slot is None or served_by == slot):
-                    return
-                last = f"HTTP {response.status_code}" + (f" from slot {served_by}" if slot else "")
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            if time.monotonic() > deadline:
-                raise TransientError(f"the edge does not serve the new version at {url} ({last})")
-            time.sleep(0.02)
+    while True:
+        answer = front.answer(url)
+        if answer is not None:
+            status, served_by = answer
+            if 200 <= status < 300 and (slot is None or served_by == slot):
+                return
+            last = f"HTTP {status}" + (f" from slot {served_by}" if slot else "")
+        else:
+            last = "no answer"
+        if time.monotonic() > deadline:
+            raise TransientError(f"the edge does not serve the new version at {url} ({last})")
+        time.sleep(0.02)
 
 
 class Static:
@@ -174,7 +169,7 @@ class Static:
         *,
         releases: ReleaseStore,
         sites: SiteAllocator,
-        edge: Edge,
+        edge: Front,
         control_port: int,
     ) -> None:
         self.config = config
@@ -199,43 +194,43 @@ class Static:
                 {"message": f"Checking {release.hash} through the edge (no process needed)"},
             )
         with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
-            check_static(self.preview_url(run), release, spec, run)
+            check_static(self.edge, self.preview_url(run), release, spec, run)
         self.releases.switch(project_id, release.hash)
         self.edge.put(site_for(run, site.publicPort, ServeMode.STATIC, None))
-        check_through_edge(f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}")
+        check_through_edge(
+            self.edge, f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}"
+        )
         return None, site.publicPort
 
 
-def check_static(url: str, release: Release, spec: ProjectSpec, run: Run) -> None:
+def check_static(front: Front, url: str, release: Release, spec: ProjectSpec, run: Run) -> None:
     """The release's health path, fetched through the edge's check route: a definite answer
     other than 2xx fails at once (the file is not in the release); no answer is retried
     until the health timeout (the edge may be restarting)."""
     deadline = time.monotonic() + spec.health.timeout
     delay = 0.01
     last = "no answer"
-    with loopback_client() as http:
-        while True:
-            run.check()
-            try:
-                response = http.get(url)
-                if 200 <= response.status_code < 300:
-                    return
-                if response.status_code < 500:
-                    raise StartFailed(
-                        f"Start failed: GET {spec.health.path} answered {response.status_code} "
-                        f"from version {release.hash} (checked through the edge at {url}); "
-                        "is it in the build output?"
-                    )
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            if time.monotonic() > deadline:
-                raise TransientError(
-                    f"the edge did not answer GET {url} within "
-                    f"{describe_seconds(spec.health.timeout)} (last: {last})"
+    while True:
+        run.check()
+        answer = front.answer(url)
+        if answer is not None:
+            status = answer[0]
+            if 200 <= status < 300:
+                return
+            if status < 500:
+                raise StartFailed(
+                    f"Start failed: GET {spec.health.path} answered {status} "
+                    f"from version {release.hash} (checked through the edge at {url}); "
+                    "is it in the build output?"
                 )
-            time.sleep(delay)
-            delay = min(delay * 2, spec.health.interval)
+            last = f"HTTP {status}"
+        if time.monotonic() > deadline:
+            raise TransientError(
+                f"the edge did not answer GET {url} within "
+                f"{describe_seconds(spec.health.timeout)} (last: {last})"
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, spec.health.interval)
 
 
 class Slots:
@@ -245,7 +240,7 @@ class Slots:
         *,
         releases: ReleaseStore,
         sites: SiteAllocator,
-        edge: Edge,
+        edge: Front,
         runtimes: Runtimes,
         drainer: Drainer,
     ) -> None:
@@ -286,7 +281,9 @@ class Slots:
             raise
         self.releases.set_slot(project_id, target)
         check_through_edge(
-            f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}", slot=target
+            self.edge,
+            f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}",
+            slot=target,
         )
         self.releases.switch(project_id, release.hash)
         return instance, site.publicPort
@@ -321,7 +318,7 @@ class Service:
         *,
         releases: ReleaseStore,
         sites: SiteAllocator,
-        edge: Edge,
+        edge: Front,
         runtimes: Runtimes,
     ) -> None:
         self.config = config
@@ -387,7 +384,7 @@ class Service:
                     self.follow(run, port, upstreams(runtime, project_id))
                 raise
         self.route(run, port, upstreams(runtime, project_id))
-        check_through_edge(f"http://{self.config.probe_host}:{port}{spec.health.path}")
+        check_through_edge(self.edge, f"http://{self.config.probe_host}:{port}{spec.health.path}")
         self.releases.switch(project_id, release.hash)
         return instance, port
 

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpx
+
 from reconciler.core.errors import TransientError
 from reconciler.core.kinds import EdgeMode
 from reconciler.core.spec import ProjectId
@@ -33,7 +35,14 @@ from reconciler.edge.caddy import (
     EdgeUnavailable,
     caddy_version,
 )
-from reconciler.edge.config import EdgeSettings, Site, bootstrap_config, edge_config, server_name
+from reconciler.edge.config import (
+    SLOT_HEADER,
+    EdgeSettings,
+    Site,
+    bootstrap_config,
+    edge_config,
+    server_name,
+)
 from reconciler.stores.ports import port_is_free
 from reconciler.stores.state import StateDB
 
@@ -68,6 +77,13 @@ class Edge:
         self.verify_interval = verify_interval
         self.clock = clock
         self._cond = threading.Condition()
+        # the checks through the edge: plain HTTP to 127.0.0.1, no proxy from the environment
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(5.0, connect=2.0),
+            follow_redirects=False,
+            verify=False,  # noqa: S501 - plain HTTP to 127.0.0.1 only
+            trust_env=False,
+        )
         self._sites: dict[ProjectId, Site] = {}
         self._wanted = 0  # generation of the wanted set
         self._applied = 0  # generation the edge runs
@@ -153,6 +169,15 @@ class Edge:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(10)
+        self._http.close()
+
+    def answer(self, url: str) -> tuple[int, str | None] | None:
+        """One GET of ``url`` through the edge: its status and the slot that served it."""
+        try:
+            response = self._http.get(url)
+        except httpx.HTTPError:
+            return None
+        return response.status_code, response.headers.get(SLOT_HEADER)
 
     def _loop(self) -> None:
         backoff = 0.0  # after a failed sync: wait before the next try, longer each time

@@ -9,6 +9,7 @@ import http.server
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import httpx
 import pytest
 
 from reconciler.controller import Controller
+from reconciler.controller.activate import AtEdge
+from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
 from reconciler.core.config import Config, PortRange
 from reconciler.core.errors import BuildFailed, Cancelled, TransientError
@@ -27,18 +30,21 @@ from reconciler.core.kinds import (
     JobState,
     JobType,
     RuntimeName,
+    ServeMode,
     Status,
 )
 from reconciler.core.queue import Done, Permanent, RequeueAfter, Retry
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.core.timeutil import utcnow
+from reconciler.edge.config import Site
 from reconciler.runtimes.base import BuildRequest, BuildResult, Instance
 from reconciler.runtimes.base import OnChange as Notify
 from reconciler.stores.desired import DesiredStore
-from reconciler.stores.ports import PortAllocator
+from reconciler.stores.ports import PortAllocator, SiteAllocator
 from reconciler.stores.releases import Release, ReleaseStore
 from reconciler.stores.state import StateDB
 from tests.conftest import free_port
+from tests.integration.harness import wait_for
 
 P = ProjectId("www")
 
@@ -399,3 +405,163 @@ def test_a_stopped_status_carries_no_old_error(world: World) -> None:
     client = LocalClient(world.root / "desired", world.root / "data")
     assert client.status("www")["error"] is None
     client.close()
+
+
+# -- at the edge: the same controller with a fake edge in front -----------------------------
+
+
+@dataclass
+class FakeFront:
+    """The edge at its boundary: keeps the sites it is told to route and answers a GET from
+    the release store (a static site's files, a preview) or from the instance on the slot a
+    dynamic site routes to, as Caddy does with its configuration."""
+
+    releases: ReleaseStore
+    control_port: int
+    sites: dict[str, Site] = field(default_factory=dict)
+
+    def put(self, site: Site) -> None:
+        self.sites[site.project_id] = site
+
+    def drop(self, project_id: ProjectId) -> None:
+        self.sites.pop(project_id, None)
+
+    def answer(self, url: str) -> tuple[int, str | None] | None:
+        found = self._get(url)
+        return None if found is None else (found[0], found[2])
+
+    def fetch(self, port: int, path: str = "/") -> str:
+        found = self._get(f"http://127.0.0.1:{port}{path}")
+        assert found is not None and found[0] == 200, f"the edge does not serve port {port}"
+        return found[1]
+
+    def _get(self, url: str) -> tuple[int, str, str | None] | None:
+        parts = urllib.parse.urlsplit(url)
+        path = parts.path if not parts.path.endswith("/") else parts.path + "index.html"
+        if parts.port == self.control_port:
+            project, _, rest = path.lstrip("/").partition("/preview/dist/")
+            return self._file(self.releases.root / project / "preview" / "dist" / rest)
+        site = next((s for s in self.sites.values() if s.port == parts.port), None)
+        if site is None:
+            return None
+        root = self.releases.root / site.project_id
+        if site.mode == ServeMode.STATIC:
+            return self._file(root / "current" / "dist" / path.lstrip("/"))
+        slot = self.releases.slot(ProjectId(site.project_id))
+        if site.slots is None or slot is None:
+            return None
+        port = site.slots[0] if slot == "a" else site.slots[1]
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}{parts.path}", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return response.status_code, response.text, slot
+
+    @staticmethod
+    def _file(path: Path) -> tuple[int, str, str | None]:
+        return (200, path.read_text(), None) if path.is_file() else (404, "", None)
+
+
+@dataclass
+class EdgeWorld(World):
+    front: FakeFront = field(default=None)  # type: ignore[assignment]
+
+    def serving(self) -> str:
+        row = self.db.project(P)
+        assert row is not None and row.productionPort is not None
+        return self.front.fetch(row.productionPort)
+
+    def write_site(self, html: str, *, extra: str = "", **production: object) -> None:
+        self.write(html, **production)
+        path = self.root / "desired" / "www.yaml"
+        path.write_text(path.read_text() + extra)
+        old = time.time() - 2
+        os.utime(path, (old, old))
+
+
+@pytest.fixture
+def edge_world(tmp_path: Path) -> Iterator[EdgeWorld]:
+    (tmp_path / "desired").mkdir()
+    first = max(20000, min(free_port(), 60000))
+    config = Config(
+        desired_dir=tmp_path / "desired",
+        data_dir=tmp_path / "data",
+        port_range=PortRange(first, first + 49),
+        internal_port_range=PortRange(first + 50, first + 99),
+        edge=EdgeMode.ON,
+        drain=0.05,
+    )
+    db = StateDB(config.state_db)
+    releases = ReleaseStore(config.releases_dir)
+    runtime = FakeRuntime()
+    front = FakeFront(releases, control_port=free_port())
+    drainer = Drainer(db, drain=config.drain, grace=1.0)
+    drainer.start()
+    sites = SiteAllocator(db, config.port_range, config.internal_port_range, records=releases.root)
+    controller = Controller(
+        config,
+        desired=DesiredStore(config.desired_dir, lock_dir=config.lock_dir),
+        db=db,
+        releases=releases,
+        ports=PortAllocator(db, config.port_range),
+        runtimes=Runtimes(lambda _name: runtime, RuntimeName.PROCESS),
+        at_edge=AtEdge(front, sites, drainer, front.control_port),
+    )
+    yield EdgeWorld(tmp_path, controller, runtime, db, releases, front)
+    drainer.close()
+    runtime.close()
+    db.close()
+
+
+def test_at_the_edge_a_static_site_is_checked_in_preview_and_keeps_its_port(
+    edge_world: EdgeWorld,
+) -> None:
+    world = edge_world
+    world.write_site("one")
+    assert world.controller.reconcile(P) == Done()
+    row = world.db.project(P)
+    assert row is not None and row.productionStatus == Status.RUNNING
+    port = row.productionPort
+    assert world.front.sites[P].mode == ServeMode.STATIC and world.front.sites[P].port == port
+    assert world.serving() == "one" and world.runtime.instances == {}, "no process serves it"
+    world.write_site("two", generation=2)
+    assert world.controller.reconcile(P) == Done()
+    assert world.serving() == "two"
+    assert world.db.project(P).productionPort == port  # type: ignore[union-attr]
+    # a health path the release does not have fails at once; the old version keeps serving
+    world.write_site("three", generation=3, extra="  path: /missing.html\n")
+    result = world.controller.reconcile(P)
+    assert isinstance(result, Permanent) and "answered 404" in result.reason
+    assert world.serving() == "two"
+
+
+def test_at_the_edge_a_dynamic_site_flips_its_slot_and_drains_the_old_instance(
+    edge_world: EdgeWorld,
+) -> None:
+    world = edge_world
+    start = "start:\n  command: serve\n"
+    world.write_site("one", extra=start)
+    assert world.controller.reconcile(P) == Done()
+    site = world.front.sites[P]
+    assert site.mode == ServeMode.DYNAMIC and site.slots is not None
+    assert world.releases.slot(P) == "a" and world.serving() == "one"
+    first = world.db.project(P).productionHash  # type: ignore[union-attr]
+    world.write_site("two", generation=2, extra=start)
+    assert world.controller.reconcile(P) == Done()
+    assert world.releases.slot(P) == "b" and world.serving() == "two"
+    wait_for(lambda: [i.hash for i in world.runtime.instances.values()] != [first] and
+             len(world.runtime.instances) == 1, 10, "the old instance drained")  # fmt: skip
+    stop = next(j for j in world.db.jobs(P) if j.type == JobType.STOP)
+    assert stop.hash == first and stop.deployment is None, "drained outside the deployment"
+
+
+def test_at_the_edge_a_stop_drops_the_site_and_keeps_its_port(edge_world: EdgeWorld) -> None:
+    world = edge_world
+    world.write_site("one")
+    world.controller.reconcile(P)
+    port = world.db.project(P).productionPort  # type: ignore[union-attr]
+    world.write_site("one", state="stopped")
+    assert world.controller.reconcile(P) == Done()
+    assert P not in world.front.sites
+    assert world.db.project(P).productionStatus == Status.STOPPED  # type: ignore[union-attr]
+    assert world.db.site(P).publicPort == port  # type: ignore[union-attr]
