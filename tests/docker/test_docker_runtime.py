@@ -16,6 +16,7 @@ from reconciler.runtimes.docker import DockerRuntime, container_name
 from reconciler.stores.releases import Release, ReleaseStore
 from tests.conftest import free_port
 from tests.docker.conftest import make_project
+from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.docker
 P = ProjectId("dsite")
@@ -154,9 +155,7 @@ def test_dead_container_is_reported_and_described(
     seen: list[object] = []
     docker_runtime.watch(seen.append, stop)
     try:
-        deadline = time.monotonic() + 10
-        while None not in seen and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: None in seen, 10, "the event stream to start")
         inst = docker_runtime.start(release, spec(), port=free_port(), config="c0ffee00")
         with pytest.raises(StartFailed) as info:
             wait_ready(
@@ -168,10 +167,7 @@ def test_dead_container_is_reported_and_described(
         message = str(info.value)
         assert "exited with code 7" in message or "Docker restarted it" in message
         assert "boom" in message
-        deadline = time.monotonic() + 10
-        while P not in seen and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert P in seen, "the die event was not reported"
+        wait_for(lambda: P in seen, 10, "the die event to be reported")
         docker_runtime.stop(inst)
     finally:
         stop.set()
@@ -227,26 +223,23 @@ def test_cancelled_build_stops_within_a_second(
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.monotonic() + 30
-    while "sleeping" not in lines and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "sleeping" in lines
+    wait_for(lambda: "sleeping" in lines, 30, "the build's RUN step")
     started = time.monotonic()
     cancel.set()
     thread.join(10)
     assert time.monotonic() - started < 1.0
     assert isinstance(errors[0], Cancelled)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        running = [
-            c
-            for c in docker_client.containers.list()
-            if "sleep 600" in " ".join(c.attrs["Config"].get("Cmd") or [])
-        ]
-        if not running:
-            break
-        time.sleep(0.2)
-    assert running == [], "the build's RUN container kept running after the cancel"
+    wait_for(
+        lambda: (
+            not [
+                c
+                for c in docker_client.containers.list()
+                if "sleep 600" in " ".join(c.attrs["Config"].get("Cmd") or [])
+            ]
+        ),
+        10,
+        "the build's RUN container to stop after the cancel",
+    )
 
 
 def test_unreachable_engine_is_transient(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import socket
 import threading
-import time
 from pathlib import Path
 
 import docker
@@ -16,6 +15,7 @@ import pytest
 from reconciler.runtimes.docker.engine import Engine
 from reconciler.runtimes.docker.sdk import AbortableBuildAPI, response_socket
 from tests.docker.conftest import make_project
+from tests.integration.harness import wait_for
 
 SLEEPY = (
     "FROM scratch\nCOPY busybox /bin/busybox\n"
@@ -52,21 +52,17 @@ def test_abort_cuts_a_real_build_stream(
 
     thread = threading.Thread(target=consume, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 60
-    while not any("sdk-probe" in line for line in lines) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: any("sdk-probe" in line for line in lines), 60, "the build's output")
     assert api.response is not None, "the override no longer sees the build's response"
     assert isinstance(response_socket(api.response), socket.socket)
     assert api.abort() is True
     assert ended.wait(5), "the stream did not end after its socket was shut down"
     api.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        running = [
+    wait_for(
+        lambda: not [
             c for c in docker_client.containers.list()
             if "sleep 600" in " ".join(c.attrs["Config"].get("Cmd") or [])
-        ]  # fmt: skip
-        if not running:
-            break
-        time.sleep(0.2)
-    assert running == [], "the engine kept building after the abort"
+        ],
+        20,
+        "the engine to stop building after the abort",
+    )  # fmt: skip

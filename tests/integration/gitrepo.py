@@ -84,17 +84,21 @@ class GitDaemon:
         return f"git://127.0.0.1:{self.port}/{repo.relative_to(self.base)}"
 
     def wait(self, repo: Path, timeout: float = 10) -> None:
-        import time
+        from tests.integration.harness import wait_for
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            probe = subprocess.run(
-                ["git", "ls-remote", self.url(repo)], capture_output=True, timeout=10, check=False
-            )
-            if probe.returncode == 0:
-                return
-            time.sleep(0.05)
-        raise AssertionError("git daemon did not come up")
+        wait_for(
+            lambda: (
+                subprocess.run(
+                    ["git", "ls-remote", self.url(repo)],
+                    capture_output=True,
+                    timeout=10,
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            timeout,
+            "the git daemon to come up",
+        )
 
     def stop(self) -> None:
         self.proc.terminate()

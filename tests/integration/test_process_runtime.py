@@ -17,6 +17,7 @@ from reconciler.runtimes.base import BuildRequest, Clock, wait_ready
 from reconciler.runtimes.process.runtime import ProcessRuntime, pid_alive, process_start_time
 from reconciler.stores.releases import Release, ReleaseStore
 from tests.conftest import PYTHON, REPO, free_port
+from tests.integration.harness import wait_for
 
 P = ProjectId("site")
 
@@ -131,9 +132,7 @@ def test_cancelled_build_dies_within_a_second_with_its_children(
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not any(line.startswith("child ") for line in lines) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: any(line.startswith("child ") for line in lines), 10, "the build's child")
     child = int(next(line for line in lines if line.startswith("child ")).split()[1])
     assert process_start_time(child) is not None
     cancelled_at = time.monotonic()

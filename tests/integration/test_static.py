@@ -4,7 +4,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 
 from tests.conftest import PYTHON, REPO, free_port
+from tests.integration.harness import wait_for
 
 
 @pytest.fixture
@@ -45,13 +45,11 @@ def site(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         stdout=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.02)
+    wait_for(
+        lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() or True,
+        10,
+        "the static server to listen",
+    )
     yield base, proc
     proc.terminate()
     proc.wait(5)

@@ -9,6 +9,7 @@ from pathlib import Path
 from reconciler.core.spec import ProjectId
 from reconciler.readside.readcache import ReadCache
 from reconciler.stores.state import StateDB
+from tests.integration.harness import wait_for
 
 A, B = ProjectId("alpha"), ProjectId("beta")
 
@@ -94,10 +95,7 @@ def test_the_sweeper_thread_drops_what_moved(tmp_path: Path) -> None:
     assert cache.all().projects == [(A, "a1")]
     with open(s.desired / "alpha.yaml", "w") as fh:
         fh.write("a2 edited in place")
-    deadline = time.monotonic() + 5
-    while cache.all().projects != [(A, "a2 edited in place")] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert cache.all().projects == [(A, "a2 edited in place")]
+    wait_for(lambda: cache.all().projects == [(A, "a2 edited in place")], 5, "the edit seen")
 
 
 def test_a_file_that_has_yet_to_settle_is_read_again_when_it_does(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from reconciler.core.kinds import DeploymentKind, DeploymentState
 from reconciler.core.spec import ProjectId
 from reconciler.stores.state import MIGRATIONS, InstanceRow, StateDB
+from tests.integration.harness import wait_for
 
 P = ProjectId("site")
 
@@ -206,10 +207,7 @@ def test_the_bell_rings_on_a_commit_from_anywhere_and_misses_none(tmp_path: Path
     started = _time.monotonic()
     assert bell.wait(seen, 0.3) == seen  # nothing committed: the timeout
     assert _time.monotonic() - started >= 0.29
-    deadline = _time.monotonic() + 5
-    while bell._state != "stopped" and _time.monotonic() < deadline:
-        _time.sleep(0.05)
-    assert bell._state == "stopped"
+    wait_for(lambda: bell._state == "stopped", 5, "the idle bell to stop")
     assert bell.thread is not None
     bell.thread.join(2)
     assert not bell.thread.is_alive()
