@@ -7,12 +7,31 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from docker.types import (
+    ContainerSpec,
+    DriverConfig,
+    EndpointSpec,
+    Healthcheck,
+    Mount,
+    Placement,
+    Resources,
+    RestartPolicy,
+    RollbackConfig,
+    ServiceMode,
+    TaskTemplate,
+    UpdateConfig,
+)
+
+from reconciler.core.logfiles import LogLimits
 from reconciler.core.spec import (
     REGISTRY_RE,
+    Limits,
+    ProjectSpec,
 )
 from reconciler.runtimes.base import (
     Instance,
 )
+from reconciler.runtimes.docker.containers import volume_name
 from reconciler.runtimes.docker.labels import (
     LABEL_CONFIG,
     LABEL_HASH,
@@ -20,6 +39,7 @@ from reconciler.runtimes.docker.labels import (
     MANAGED_BY,
     MANAGER,
 )
+from reconciler.stores.releases import Release
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +158,96 @@ def _project_of_event(event: dict[str, Any]) -> str | None:
         name = str(attrs.get("name", ""))
         return name[len(SERVICE_PREFIX) :] if name.startswith(SERVICE_PREFIX) else None
     return attrs.get(LABEL_SERVICE_OF)
+
+
+def service_spec(
+    release: Release,
+    spec: ProjectSpec,
+    *,
+    image: str,
+    cport: int,
+    config: str,
+    stop_grace: float,
+    limits: Limits,
+    log_limits: LogLimits,
+) -> dict[str, Any]:
+    """The whole service, as ``create_service`` and ``update_service`` take it (pure)."""
+    project_id, version = release.project_id, release.hash
+    health = spec.health
+    container = _container(release, spec, image=image, cport=cport, config=config,
+                           stop_grace=stop_grace)  # fmt: skip
+    wanted = spec.limits.otherwise(limits)
+    template = TaskTemplate(
+        container_spec=container,
+        restart_policy=RestartPolicy(condition="any", delay=NS),
+        placement=Placement(constraints=list(spec.deploy.placement.constraints)),
+        resources=Resources(
+            cpu_limit=int(wanted.cpu * 1e9) if wanted.cpu is not None else None,
+            mem_limit=wanted.memory,
+        ),
+        log_driver=DriverConfig("json-file", log_limits.docker()),
+    )
+    monitor = _ns(max(1.0, min(health.interval, 5.0)))
+    return {
+        "task_template": template,
+        "name": service_name(project_id),
+        "labels": {
+            MANAGED_BY: MANAGER,
+            LABEL_PROJECT: project_id,
+            LABEL_HASH: version,
+            LABEL_CONFIG: config,
+            LABEL_REPLICAS: str(spec.deploy.replicas),
+        },
+        "mode": ServiceMode("replicated", replicas=spec.deploy.replicas),
+        "update_config": UpdateConfig(
+            parallelism=1,
+            delay=0,
+            failure_action="rollback",
+            monitor=monitor,
+            max_failure_ratio=0,
+            order="start-first",
+        ),
+        "rollback_config": RollbackConfig(
+            parallelism=0,  # every task at once: the old version is known to work
+            delay=0,
+            failure_action="pause",
+            monitor=monitor,
+            order="start-first",
+        ),
+        "endpoint_spec": EndpointSpec(
+            mode="vip",
+            ports=[{"TargetPort": cport, "Protocol": "tcp", "PublishMode": "host"}],
+        ),
+    }
+
+
+def _container(
+    release: Release, spec: ProjectSpec, *, image: str, cport: int, config: str, stop_grace: float
+) -> ContainerSpec:
+    """A task's container: read-only, no capabilities, the desired file's health check."""
+    project_id, version = release.project_id, release.hash
+    health = spec.health
+    url = f"http://127.0.0.1:{cport}{health.path}"
+    test = spec.deploy.healthcheck or ["wget", "-q", "-O", "/dev/null", url]
+    return ContainerSpec(
+        image=image,
+        env={**spec.env, "PORT": str(cport)},
+        labels={LABEL_SERVICE_OF: project_id, LABEL_HASH: version, LABEL_CONFIG: config},
+        healthcheck=Healthcheck(
+            test=["CMD", *test],
+            interval=_ns(health.interval),
+            timeout=_ns(min(health.timeout, 5.0)),
+            retries=3,
+            start_period=_ns(health.timeout),
+        ),
+        stop_grace_period=_ns(stop_grace),
+        read_only=True,
+        cap_drop=["ALL"],
+        mounts=[
+            Mount("/tmp", None, type="tmpfs", tmpfs_size=64 << 20),  # noqa: S108
+            *(
+                Mount(path, volume_name(project_id, path), type="volume")
+                for path in spec.start.writable
+            ),
+        ],
+    )

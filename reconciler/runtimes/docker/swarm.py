@@ -26,20 +26,6 @@ import time
 from typing import Any
 
 import docker.errors
-from docker.types import (
-    ContainerSpec,
-    DriverConfig,
-    EndpointSpec,
-    Healthcheck,
-    Mount,
-    Placement,
-    Resources,
-    RestartPolicy,
-    RollbackConfig,
-    ServiceMode,
-    TaskTemplate,
-    UpdateConfig,
-)
 
 from reconciler.core.errors import StartFailed, TransientError
 from reconciler.core.kinds import RuntimeName
@@ -57,7 +43,7 @@ from reconciler.runtimes.base import (
     ServiceTasks,
     Usage,
 )
-from reconciler.runtimes.docker.containers import container_port, volume_name
+from reconciler.runtimes.docker.containers import container_port
 from reconciler.runtimes.docker.engine import engine_calls
 from reconciler.runtimes.docker.labels import (
     LABEL_CONFIG,
@@ -89,6 +75,7 @@ from reconciler.runtimes.docker.services import (  # noqa: F401 - importable fro
     owned_service,
     runs,
     service_name,
+    service_spec,
 )
 from reconciler.stores.releases import Release
 
@@ -209,87 +196,22 @@ class SwarmRuntime(Rollouts, DockerRuntime):
 
     # -- instances -------------------------------------------------------------------------
 
-    def service_spec(
-        self, release: Release, spec: ProjectSpec, *, cport: int, config: str
-    ) -> dict[str, Any]:
-        """The whole service, as ``create_service`` and ``update_service`` take it."""
-        project_id, version = release.project_id, release.hash
-        health = spec.health
-        url = f"http://127.0.0.1:{cport}{health.path}"
-        test = spec.deploy.healthcheck or ["wget", "-q", "-O", "/dev/null", url]
-        container = ContainerSpec(
-            image=self.image_ref(project_id, version),
-            env={**spec.env, "PORT": str(cport)},
-            labels={LABEL_SERVICE_OF: project_id, LABEL_HASH: version, LABEL_CONFIG: config},
-            healthcheck=Healthcheck(
-                test=["CMD", *test],
-                interval=_ns(health.interval),
-                timeout=_ns(min(health.timeout, 5.0)),
-                retries=3,
-                start_period=_ns(health.timeout),
-            ),
-            stop_grace_period=_ns(self.stop_grace),
-            read_only=True,
-            cap_drop=["ALL"],
-            mounts=[
-                Mount("/tmp", None, type="tmpfs", tmpfs_size=64 << 20),  # noqa: S108
-                *(
-                    Mount(path, volume_name(project_id, path), type="volume")
-                    for path in spec.start.writable
-                ),
-            ],
-        )
-        limits = spec.limits.otherwise(self.limits)
-        template = TaskTemplate(
-            container_spec=container,
-            restart_policy=RestartPolicy(condition="any", delay=NS),
-            placement=Placement(constraints=list(spec.deploy.placement.constraints)),
-            resources=Resources(
-                cpu_limit=int(limits.cpu * 1e9) if limits.cpu is not None else None,
-                mem_limit=limits.memory,
-            ),
-            log_driver=DriverConfig("json-file", self.log_limits.docker()),
-        )
-        monitor = _ns(max(1.0, min(health.interval, 5.0)))
-        return {
-            "task_template": template,
-            "name": service_name(project_id),
-            "labels": {
-                MANAGED_BY: MANAGER,
-                LABEL_PROJECT: project_id,
-                LABEL_HASH: version,
-                LABEL_CONFIG: config,
-                LABEL_REPLICAS: str(spec.deploy.replicas),
-            },
-            "mode": ServiceMode("replicated", replicas=spec.deploy.replicas),
-            "update_config": UpdateConfig(
-                parallelism=1,
-                delay=0,
-                failure_action="rollback",
-                monitor=monitor,
-                max_failure_ratio=0,
-                order="start-first",
-            ),
-            "rollback_config": RollbackConfig(
-                parallelism=0,  # every task at once: the old version is known to work
-                delay=0,
-                failure_action="pause",
-                monitor=monitor,
-                order="start-first",
-            ),
-            "endpoint_spec": EndpointSpec(
-                mode="vip",
-                ports=[{"TargetPort": cport, "Protocol": "tcp", "PublishMode": "host"}],
-            ),
-        }
-
     def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
         """Create the project's service, or update it to ``release``; returns at once (the
         rollout is ``rollout``'s to watch). ``port`` is not used: tasks get their own."""
         self._manager()
         project_id = release.project_id
         image = self.release_image(release)
-        kwargs = self.service_spec(release, spec, cport=container_port(spec, image), config=config)
+        kwargs = service_spec(
+            release,
+            spec,
+            image=self.image_ref(release.project_id, release.hash),
+            cport=container_port(spec, image),
+            config=config,
+            stop_grace=self.stop_grace,
+            limits=self.limits,
+            log_limits=self.log_limits,
+        )
         existing = self._service(project_id)
         with engine_calls():
             try:
