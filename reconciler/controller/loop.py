@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from reconciler.controller.activate import Activator, AtEdge
-from reconciler.controller.adopt import adopt
+from reconciler.controller.adopt import Adoption
 from reconciler.controller.observe import (
     FactFinder,
     Facts,
@@ -267,7 +267,10 @@ class Controller:
 
     def adopt(self) -> None:
         """At startup: record what really runs and free port reservations nothing holds."""
-        adopt(self)
+        Adoption(
+            self.config, self.desired, self.db, self.releases, self.ports, self.facts,
+            self.last_good, self.at_edge.drainer if self.at_edge is not None else None,
+        ).run(self.known_projects())  # fmt: skip
 
     def resync(self, *, full: bool = True) -> int:
         """Queue every known project (``full``), or those whose inputs moved since they last
