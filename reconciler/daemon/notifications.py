@@ -94,6 +94,12 @@ class Notifications:
         self._lock = threading.Lock()
         self.client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
 
+    def start(self) -> None:
+        return None  # deliveries run on the pool as deployments finish
+
+    def stop(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -163,8 +163,7 @@ class Daemon:
         if self.controller.at_edge is not None:
             parts.append(self.controller.at_edge.drainer)
         parts.append(Step("adoption", self._adopt))
-        parts.append(Step("controller", self.controller.start, self.controller.stop))
-        parts += [self.follower, Step("notifications", on_stop=self.notifications.close)]
+        parts += [self.controller, self.follower, self.notifications]
         parts += [part for part in (self.config_follower, self.watcher) if part is not None]
         parts.append(Schedule(self._jobs()))
         return parts
