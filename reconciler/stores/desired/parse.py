@@ -7,14 +7,16 @@ and column. Nothing here touches the desired directory beyond reading one named 
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from yaml.events import AliasEvent, NodeEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -228,7 +230,7 @@ def _validation_problems(path: Path, root: MappingNode, exc: ValidationError) ->
         msg = str(err["msg"]).removeprefix("Value error, ")
         if kind == "extra_forbidden":
             where = ".".join(str(p) for p in loc[:-1]) or "the top level"
-            message = f"unknown key {loc[-1]!r} in {where}"
+            message = f"unknown key {loc[-1]!r} in {where}" + _did_you_mean(loc)
             target: Node = key_node if key_node is not None and depth == len(loc) else node
         elif kind == "missing":
             message = f"missing required key {dotted!r}"
@@ -242,6 +244,31 @@ def _validation_problems(path: Path, root: MappingNode, exc: ValidationError) ->
         problems.append(_problem(path, target, message))
     problems.sort(key=lambda p: (p.line, p.column))
     return problems
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys a desired file may have at ``loc`` (the fields of the model found there)."""
+    models: list[type[BaseModel]] = [ProjectSpec]
+    for part in loc:
+        found: list[type[BaseModel]] = []
+        for model in models:
+            field = model.model_fields.get(str(part))
+            if field is not None:
+                found += _models_in(field.annotation)
+        models = found
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """A close known key for a misspelled one ('producton' -> 'production'), as a hint."""
+    close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def parse(path: Path, data: bytes, *, settled: bool = False) -> ProjectSpec:
