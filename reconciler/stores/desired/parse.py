@@ -136,6 +136,48 @@ def decode(path: Path, data: bytes, *, settled: bool = False) -> str:
     return text
 
 
+# PyYAML's words for a syntax error -> what it means and its usual causes
+_PLAIN = (
+    ("mapping values are not allowed here",
+     "a ':' where a value was expected; usual causes: this line is indented deeper than the "
+     "key above it, the line before lacks ': ' after its key, or a value holding ': ' needs "
+     "quotes"),
+    ("could not find expected ':'",
+     "a key without ':'; write 'key: value', with a space after the colon"),
+    ("while scanning a quoted scalar",
+     "a quote that is never closed; close it on the same line, or quote the whole value"),
+    ("expected ',' or '}'", "a '{' that is never closed with '}'"),
+    ("expected ',' or ']'", "a '[' that is never closed with ']'"),
+    ("expected <block end>",
+     "this line is indented differently from the lines of its block (in YAML the indentation "
+     "is the structure); line it up with the keys beside it"),
+    ("did not find expected key",
+     "this line is indented differently from the lines of its block (in YAML the indentation "
+     "is the structure); line it up with the keys beside it"),
+    ("expected a single document",
+     "a second document ('---'); a desired file holds one project"),
+    ("cannot start any token", "a character that cannot start a value here; quote the value"),
+)  # fmt: skip
+
+
+_AT_START = ("could not find expected ':'", "while scanning a quoted scalar")
+
+
+def plain_syntax(pyyaml: str) -> str:
+    """A YAML syntax error in plain words (PyYAML's own when it is not a usual one)."""
+    return next((plain for words, plain in _PLAIN if words in pyyaml), pyyaml)
+
+
+def _pointer(text: str, mark: Any) -> str:
+    """The line a syntax error is on, and a caret under its column."""
+    if mark is None:
+        return ""
+    lines = text.split("\n")
+    if not 0 <= mark.line < len(lines) or not lines[mark.line].strip():
+        return ""
+    return f"\n    {lines[mark.line]}\n    {' ' * mark.column}^"
+
+
 def compose(path: Path, text: str) -> MappingNode:
     """Parse text into a node tree with positions; refuses duplicate keys and unknown tags."""
     try:
@@ -145,15 +187,24 @@ def compose(path: Path, text: str) -> MappingNode:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise DesiredFileError([_problem(path, mark, f"YAML syntax: {message}")]) from None
+        # what is never closed, or a key without its colon, is pointed at where it starts
+        starts = any(words in message for words in _AT_START)
+        mark = (exc.context_mark if starts else None) or exc.problem_mark or exc.context_mark
+        plain = plain_syntax(message)
+        if "flow" in message and exc.context_mark is not None:
+            plain += f" (it opens on line {exc.context_mark.line + 1})"
+        message = f"YAML syntax: {plain}{_pointer(text, mark)}"
+        raise DesiredFileError([_problem(path, mark, message)]) from None
     except yaml.YAMLError as exc:
         raise DesiredFileError([Problem(path, 1, 1, f"YAML syntax: {exc}")]) from None
     if root is None:
         raise DesiredFileError([Problem(path, 1, 1, "file holds no document")])
     if not isinstance(root, MappingNode):
-        raise DesiredFileError([_problem(path, root, "the document must be a mapping of keys")])
+        message = "the document must be a mapping of keys"
+        if isinstance(root, ScalarNode) and ":" in str(root.value):
+            message += " (a key needs a space after its colon: 'source: ./site')"
+        raise DesiredFileError([_problem(path, root, message)])
     problems: list[Problem] = []
     _check_nodes(path, root, problems)
     if problems:
