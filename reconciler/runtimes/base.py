@@ -26,6 +26,8 @@ from reconciler.core.spec import Health, ProjectId, ProjectSpec
 from reconciler.stores.releases import Release
 
 FIRST_PROBE_DELAY = 0.005
+# a path that keeps answering 4xx this long is the wrong path, not an app still starting
+WRONG_PATH_GRACE = 10.0
 PROBE_GROWTH = 1.2
 STARTUP_PROBE_CAP = 0.04  # while an app starts, readiness is seen within this of it
 STARTUP_PROBING = 30.0  # after this long, probes slow down to ``health.interval``
@@ -297,19 +299,35 @@ def wait_ready(
     deadline = started + health.timeout
     delay = FIRST_PROBE_DELAY
     last = "no answer yet"
+    client_error_since: float | None = None  # answering 4xx since then
     try:
         while True:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("health check cancelled")
+            refused_since = client_error_since
+            client_error_since = None
             try:
                 response = http.get(url)
                 if 200 <= response.status_code < 300:
                     return
                 last = f"HTTP {response.status_code}"
+                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+                    client_error_since = (
+                        refused_since if refused_since is not None else clock.monotonic()
+                    )
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if not alive():
                 raise StartFailed(why_dead())
+            if (
+                client_error_since is not None
+                and clock.monotonic() - client_error_since >= WRONG_PATH_GRACE
+            ):
+                raise StartFailed(
+                    f"Start failed: GET {url} answered {last} for "
+                    f"{describe_seconds(WRONG_PATH_GRACE)} (last: {last}): the app runs, but "
+                    f"is health.path right? It is {health.path!r}; it must answer 2xx"
+                )
             remaining = deadline - clock.monotonic()
             if remaining <= 0:
                 raise StartFailed(
