@@ -93,8 +93,16 @@ def test_build_without_command_uses_dist(tmp_path: Path, runtime: ProcessRuntime
     (tmp_path / "src" / "dist").mkdir(parents=True)
     assert runtime.build(request(tmp_path, spec())).dist == tmp_path / "src" / "dist"
     (tmp_path / "src" / "dist").rmdir()
-    with pytest.raises(BuildFailed, match="dist/ does not exist"):
+    with pytest.raises(
+        BuildFailed, match=r"the source has no dist/ \(build.output: dist\)"
+    ) as info:
         runtime.build(request(tmp_path, spec()))
+    assert str(tmp_path) not in str(info.value), "no internal path: the file's own words"
+    (tmp_path / "src" / "sub").mkdir()
+    built = spec(build={"command": "true", "output": "out"})
+    with pytest.raises(BuildFailed, match=r"produced no out/ \(build.output: out\)") as info:
+        runtime.build(request(tmp_path, built))
+    assert str(tmp_path) not in str(info.value)
 
 
 @pytest.mark.parametrize("output", ["../x", "/abs", "a/../../b"])

@@ -56,8 +56,9 @@ class Builds:
         if spec.build.command is None:
             if not dist.is_dir():
                 raise BuildFailed(
-                    f"no build.command and {output}/ does not exist in {request.source}; "
-                    "build it or set build.command"
+                    f"Build failed: no build.command, and the source has no {output}/ "
+                    f"(build.output: {output}); build it into the source, set build.command, "
+                    "or set build.output to the dir that holds the site"
                 )
             request.on_line(f"No build command: using {output}/ as it is")
             return BuildResult(
@@ -78,7 +79,7 @@ class Builds:
         if not dist.is_dir():
             raise BuildFailed(
                 f"Build failed: {spec.build.command} succeeded but produced no {output}/ "
-                f"in {request.source}"
+                f"(build.output: {output}); set build.output to the dir the build writes"
             )
         return BuildResult(
             dist,
