@@ -290,3 +290,15 @@ def test_task_files_spread_the_tasks_and_go_when_none_runs(tmp_path: Path) -> No
     assert list(tasks.iterdir()) == []
     assert store.routed_tasks(P) == ()
     assert store.versions(P) == []  # not a release
+
+
+def test_a_build_refused_at_staging_keeps_its_log(tmp_path: Path) -> None:
+    """A build that ran but whose output is refused (a symlink that leaves it) makes no
+    release: its log is kept where `reconciler logs --log build` reads a failed build's."""
+    store = ReleaseStore(tmp_path / "production")
+    source = make_source(tmp_path / "src", "hi")
+    (source / "dist" / "leak").symlink_to("/etc/passwd")
+    with pytest.raises(ReleaseError, match="leaves dist/"):
+        stage(store, source)
+    assert store.failed_build_log(P).read_text() == "build 1\n"
+    assert [p.name for p in store.project_dir(P).iterdir()] == ["logs"], "nothing staged left"

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.core.errors import ReleaseError
+from reconciler.core.errors import PermanentError, ReleaseError
 from reconciler.core.fileio import atomic_write, fsync_dir
 from reconciler.core.spec import ProjectId
 from reconciler.core.timeutil import utcnow
@@ -141,7 +141,9 @@ class Stager:
                 return self._reuse(staging, final, digest, identity)
             fsync_dir(final.parent)
             return Release(staging.project_id, version, digest, final, created)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, PermanentError):  # the build ran: its log tells what it made
+                self.keep_failed_build_log(staging)
             self.abort(staging)
             raise
 
