@@ -96,6 +96,16 @@ class _Events(FileSystemEventHandler):
         self.follower.changed(self.root)
 
 
+def missing_ref(ref: str, *, ever_seen: bool) -> str:
+    """Why a followed ref is not in its repository: not pushed yet, or deleted."""
+    if not ever_seen:
+        return (
+            f"waiting for the first push to {ref!r} (the repository has no {ref!r} yet): "
+            f"git push <remote> HEAD:{ref}"
+        )
+    return f"{ref!r} is gone from the repository (deleted?); the running version keeps serving"
+
+
 class Follower:
     def __init__(
         self,
@@ -299,10 +309,7 @@ class Follower:
                 assert target.ref is not None
                 found = ls_remote(target.location, target.ref)
                 if found is None:
-                    raise GitError(
-                        f"{target.ref!r} is gone from the repository (deleted?); the running "
-                        "version keeps serving"
-                    )
+                    raise GitError(missing_ref(target.ref, ever_seen=old_rev is not None))
                 rev, detail = found[0], {"ref": found[1]}
             else:
                 rev, detail = fingerprint(Path(target.location), target.output), None
