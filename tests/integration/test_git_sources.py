@@ -82,7 +82,7 @@ def test_each_pushed_commit_deploys_in_order(tmp_path: Path, edge: EdgeMode) -> 
         failed = wait_for(
             lambda: (s := ops.status("www"))["status"] == "failed" and s, 30, "the build failed"
         )
-        assert "dist/ does not exist" in failed["error"]
+        assert "the source has no dist/ (build.output: dist)" in failed["error"]
         assert failed["commit"] == third and failed["source"]["tip"] == broken
         assert get(f"http://127.0.0.1:{failed['port']}/") == "<p>three</p>\n"
 

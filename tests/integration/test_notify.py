@@ -155,7 +155,7 @@ def test_deploys_failures_and_rollbacks_are_told_without_waiting_for_receivers(
         env.wait_status("www", "failed")
         wait_for(lambda: len(ok.got) == 2, 20, "the failure told")
         failure = json.loads(ok.got[1][1])
-        assert failure["event"] == "deploy.failed" and "dist/ does not exist" in failure["error"]
+        assert failure["event"] == "deploy.failed" and "the source has no dist/" in failure["error"]
         assert len(flaky.got) == 1, "flaky takes deploy.succeeded only"
 
         # a rollback (pin a kept version)
