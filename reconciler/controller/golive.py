@@ -39,6 +39,7 @@ from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.edge.config import Site, site_of
 from reconciler.runtimes.base import (
     Instance,
+    Ports,
     Runtime,
     ServiceRuntime,
     ServiceTasks,
@@ -89,6 +90,11 @@ def start_and_wait(
                 alive=lambda: runtime.alive(instance),
                 why_dead=lambda: runtime.describe_exit(instance),
                 cancel=run.cancel,
+                wrong_port=(
+                    (lambda: runtime.wrong_port(instance))
+                    if isinstance(runtime, Ports)
+                    else (lambda: None)
+                ),
             )
     except BaseException as exc:
         if started is not None:

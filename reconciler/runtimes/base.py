@@ -28,6 +28,8 @@ from reconciler.stores.releases import Release
 FIRST_PROBE_DELAY = 0.005
 # a path that keeps answering 4xx this long is the wrong path, not an app still starting
 WRONG_PATH_GRACE = 10.0
+# an app listening only on other ports this long does not use the port it was given
+WRONG_PORT_GRACE = 5.0
 PROBE_GROWTH = 1.2
 STARTUP_PROBE_CAP = 0.04  # while an app starts, readiness is seen within this of it
 STARTUP_PROBING = 30.0  # after this long, probes slow down to ``health.interval``
@@ -155,6 +157,16 @@ class Runtime(Protocol):
 
 
 @runtime_checkable
+class Ports(Protocol):
+    """A runtime that can see which ports an instance's app listens on."""
+
+    def wrong_port(self, instance: Instance) -> str | None:
+        """What to fix when the app listens, but not on the port it was given (None: it
+        listens on it, on nothing yet, or this cannot be seen)."""
+        ...
+
+
+@runtime_checkable
 class Leftovers(Protocol):
     """A runtime whose work can outlive a daemon that was killed: what it left is stopped at
     startup, builds before anything else, stray instances once adoption has recorded what
@@ -266,6 +278,33 @@ def loopback_client(timeout: float = 5.0) -> httpx.Client:
     )
 
 
+class PortCheck:
+    """While probes get no answer, ask (at most once a second) whether the app listens on
+    other ports than its own; the same answer for WRONG_PORT_GRACE fails the start."""
+
+    def __init__(self, wrong_port: Callable[[], str | None], clock: Clock) -> None:
+        self.wrong_port = wrong_port
+        self.clock = clock
+        self.asked = -1e9
+        self.since: float | None = None
+
+    def unanswered(self) -> None:
+        now = self.clock.monotonic()
+        if now - self.asked < 1.0:
+            return
+        self.asked = now
+        try:
+            fix = self.wrong_port()
+        except Exception:  # a process gone mid-scan: ask again next time
+            fix = None
+        if fix is None:
+            self.since = None
+            return
+        self.since = now if self.since is None else self.since
+        if now - self.since >= WRONG_PORT_GRACE:
+            raise StartFailed(f"Start failed: {fix}")
+
+
 @dataclass
 class Clock:
     """Injected time, so tests can run the probe schedule without sleeping."""
@@ -283,6 +322,7 @@ def wait_ready(
     cancel: threading.Event | None = None,
     clock: Clock | None = None,
     client: httpx.Client | None = None,
+    wrong_port: Callable[[], str | None] = lambda: None,
 ) -> None:
     """Poll ``GET url`` until it answers 2xx.
 
@@ -300,6 +340,7 @@ def wait_ready(
     delay = FIRST_PROBE_DELAY
     last = "no answer yet"
     client_error_since: float | None = None  # answering 4xx since then
+    port_check = PortCheck(wrong_port, clock)
     try:
         while True:
             if cancel is not None and cancel.is_set():
@@ -317,6 +358,7 @@ def wait_ready(
                     )
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                port_check.unanswered()
             if not alive():
                 raise StartFailed(why_dead())
             if (

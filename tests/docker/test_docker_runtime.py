@@ -332,3 +332,32 @@ def test_containers_are_confined_and_limited(
         runtime.stop(inst, timeout=1)
         runtime.close()
         docker_client.volumes.get(volume).remove(force=True)
+
+
+def test_an_app_listening_on_another_port_than_start_port_is_told_so(
+    tmp_path: Path, docker_runtime: DockerRuntime
+) -> None:
+    """The image listens on 8080; the desired file says start.port: 3000. The start fails
+    within seconds naming both, not after the health timeout with a disconnect."""
+    store = ReleaseStore(tmp_path / "production")
+    source = make_project(tmp_path / "src")
+    wrong = spec(start={"port": 3000}, health={"timeout": 120})
+    release = build_release(docker_runtime, store, source, wrong)
+    port = free_port()
+    inst = docker_runtime.start(release, wrong, port=port, config="c0ffee00")
+    started = time.monotonic()
+    try:
+        with pytest.raises(StartFailed) as info:
+            wait_ready(
+                f"http://127.0.0.1:{port}/",
+                wrong.health,
+                alive=lambda: docker_runtime.alive(inst),
+                why_dead=lambda: docker_runtime.describe_exit(inst),
+                wrong_port=lambda: docker_runtime.wrong_port(inst),
+            )
+    finally:
+        docker_runtime.stop(inst, timeout=2)
+    message = str(info.value)
+    assert "the app listens on port 8080 in its container, not on 3000 (start.port" in message
+    assert "set start.port: 8080" in message
+    assert time.monotonic() - started < 30, "not the 120 s timeout"

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from reconciler.core.errors import StartFailed
-from reconciler.core.spec import Health
-from reconciler.runtimes.base import WRONG_PATH_GRACE, Clock, wait_ready
+from reconciler.core.spec import Health, ProjectId, ProjectSpec
+from reconciler.runtimes.base import WRONG_PATH_GRACE, WRONG_PORT_GRACE, Clock, wait_ready
+from reconciler.runtimes.process.runtime import ProcessRuntime
+from reconciler.stores.releases import ReleaseStore
+from tests.conftest import PYTHON, free_port
 
 
 class App(http.server.BaseHTTPRequestHandler):
@@ -72,3 +77,32 @@ def test_an_app_whose_path_answers_404_while_it_starts_is_waited_for(
     clock, _now = fake_clock(lambda t: ready.set() if t > WRONG_PATH_GRACE - 2 else None)
     wait_ready(f"http://127.0.0.1:{port}/up", Health(path="/up", timeout=300),
                alive=lambda: True, why_dead=str, clock=clock)  # fmt: skip
+
+
+def test_an_app_that_ignores_its_port_is_told_which_port_it_listens_on(tmp_path: Path) -> None:
+    """A start command that listens on a port of its own instead of $PORT fails within
+    seconds, naming both ports, instead of waiting out the health timeout."""
+    store = ReleaseStore(tmp_path / "production")
+    staging = store.begin(ProjectId("app"))
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "index.html").write_text("hi")
+    release = store.commit(staging, dist=tmp_path / "dist")
+    own = free_port()
+    spec = ProjectSpec.model_validate(
+        {"source": "x", "start": {"command": f"exec {PYTHON} -m http.server {own} --bind 127.0.0.1"},
+         "health": {"timeout": 120}}
+    )  # fmt: skip
+    runtime = ProcessRuntime(store)
+    port = free_port()
+    instance = runtime.start(release, spec, port=port, config="c0ffee00")
+    started = time.monotonic()
+    try:
+        with pytest.raises(StartFailed) as info:
+            wait_ready(f"http://127.0.0.1:{port}/", spec.health, alive=lambda: True,
+                       why_dead=str, wrong_port=lambda: runtime.wrong_port(instance))  # fmt: skip
+    finally:
+        runtime.stop(instance, timeout=2)
+    assert f"the app listens on port {own} but not on {port}, the port in its $PORT" in str(
+        info.value
+    )
+    assert time.monotonic() - started < WRONG_PORT_GRACE + 10, "not the 120 s timeout"

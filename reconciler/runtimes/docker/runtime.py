@@ -37,6 +37,7 @@ from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.events import watch_events
 from reconciler.runtimes.docker.extract import extract_dist
 from reconciler.runtimes.docker.labels import LABEL_HASH, LABEL_PROJECT
+from reconciler.runtimes.sockets import ports_in_namespace
 from reconciler.stores.releases import Release
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,24 @@ class DockerRuntime:
 
     def alive(self, instance: Instance) -> bool:
         return containers.is_running(self.engine, instance)
+
+    def wrong_port(self, instance: Instance) -> str | None:
+        with engine_calls():
+            container = containers.find(self.engine, instance)
+            if container is None:
+                return None
+            pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+            bindings = container.attrs.get("HostConfig", {}).get("PortBindings") or {}
+        wanted = {int(key.split("/")[0]) for key in bindings}
+        ports = ports_in_namespace(pid) if pid > 0 else set()
+        if not ports or not wanted or wanted & ports:
+            return None
+        port = min(ports)
+        return (
+            f"the app listens on port {', '.join(map(str, sorted(ports)))} in its container, "
+            f"not on {', '.join(map(str, sorted(wanted)))} (start.port, or the image's EXPOSE); "
+            f"set start.port: {port}, or make the app listen on $PORT"
+        )
 
     def usage(self, instance: Instance) -> Usage | None:
         """The container's memory (less its page cache) and CPU, from one-shot stats."""

@@ -64,6 +64,7 @@ from reconciler.runtimes.process.processes import (  # noqa: F401 - importable f
     site_instance,
     spawn_detached,
 )
+from reconciler.runtimes.sockets import ports_of
 from reconciler.runtimes.systemd import SiteUnits
 from reconciler.stores.releases import Release, ReleaseStore
 
@@ -351,6 +352,18 @@ class ProcessRuntime(Builds):
 
     def close(self) -> None:
         return None
+
+    def wrong_port(self, instance: Instance) -> str | None:
+        if self.units is not None or instance.pid is None or instance.port is None:
+            return None  # a site unit's processes are its own user's
+        ports = ports_of(session_members(instance.pid, instance.pid_start))
+        if not ports or instance.port in ports:
+            return None
+        return (
+            f"the app listens on port {', '.join(map(str, sorted(ports)))} but not on "
+            f"{instance.port}, the port in its $PORT; make it listen on $PORT (the start "
+            "command gets it in its environment)"
+        )
 
     def stop_leftover_builds(self) -> list[str]:
         """Builds a killed daemon left running (and, with site users, their units)."""
