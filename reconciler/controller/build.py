@@ -82,6 +82,7 @@ class Builder:
             generation=generation,
             identity=result.identity,
             max_bytes=room,
+            keep_failed_log=True,
             details={
                 **result.details,
                 "desiredDigest": run.facts.digest,

@@ -168,3 +168,19 @@ def test_limits(tmp_path: Path) -> None:
 def test_missing_dist_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ReleaseError, match="is not a directory"):
         hash_dist(tmp_path / "nope")
+
+
+def test_a_refused_link_is_the_one_that_leaves_with_what_to_do(tmp_path: Path) -> None:
+    """A virtualenv's bin/python -> python3 -> /usr/bin/python3: the refusal names the link
+    that leaves (not the relative one leading to it), where it points, and the way out."""
+    root = tmp_path / "dist"
+    (root / ".venv" / "bin").mkdir(parents=True)
+    os.symlink("/usr/bin/python3", root / ".venv" / "bin" / "python3")
+    os.symlink("python3", root / ".venv" / "bin" / "python")
+    with pytest.raises(ReleaseError) as info:
+        hash_dist(root)
+    assert str(info.value) == (
+        "symlink dist/.venv/bin/python3 -> /usr/bin/python3 leaves dist/ (dist/.venv/bin/python "
+        "leads to it); refusing to follow it: a virtualenv links to the interpreter it was made "
+        "with; make it with 'python3 -m venv --copies', or outside build.output"
+    )

@@ -298,7 +298,9 @@ def test_a_build_refused_at_staging_keeps_its_log(tmp_path: Path) -> None:
     store = ReleaseStore(tmp_path / "production")
     source = make_source(tmp_path / "src", "hi")
     (source / "dist" / "leak").symlink_to("/etc/passwd")
+    staging = store.begin(P)
+    (staging.logs / "build.log").write_text("build 1\n")
     with pytest.raises(ReleaseError, match="leaves dist/"):
-        stage(store, source)
+        store.commit(staging, dist=source / "dist", keep_failed_log=True)
     assert store.failed_build_log(P).read_text() == "build 1\n"
     assert [p.name for p in store.project_dir(P).iterdir()] == ["logs"], "nothing staged left"

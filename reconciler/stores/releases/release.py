@@ -184,6 +184,24 @@ class _TreeHasher:
             self._entry(rel, st, dest)
         return self.sha.hexdigest()
 
+    def _leaving(self, rel: str, target: str) -> str:
+        """Why a symlink is refused: the link of its chain that leaves the output (not the
+        relative one that leads to it), where it points, and what to do about it."""
+        first = rel
+        for _ in range(40):  # a chain of links inside the output, to the one that leaves it
+            if os.path.isabs(target):
+                break
+            following = os.path.normpath(os.path.join(os.path.dirname(rel), target))
+            path = os.path.join(self.root_real, following)
+            if following.startswith("..") or not os.path.islink(path):
+                break
+            rel, target = following, os.readlink(path)
+        via = f" (dist/{first} leads to it)" if rel != first else ""
+        return (
+            f"symlink dist/{rel} -> {target} leaves dist/{via}; refusing to follow it: "
+            f"{_link_hint(rel)}"
+        )
+
     def _count(self, size: int) -> None:
         self.files += 1
         self.bytes += size
@@ -209,9 +227,7 @@ class _TreeHasher:
             target = os.readlink(path)
             resolved = os.path.realpath(path)
             if os.path.isabs(target) or not _is_inside(self.root_real, resolved):
-                raise ReleaseError(
-                    f"symlink dist/{rel} -> {target} leaves dist/; refusing to follow it"
-                )
+                raise ReleaseError(self._leaving(rel, target))
             self.sha.update(b"l\0" + name + b"\0" + os.fsencode(target) + b"\0")
             if dest is not None:
                 os.symlink(target, dest / rel)
@@ -375,3 +391,18 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(dirpath))
+
+
+def _link_hint(rel: str) -> str:
+    parts = rel.split("/")
+    if any(p in (".venv", "venv", "env") for p in parts) or "site-packages" in parts:
+        return (
+            "a virtualenv links to the interpreter it was made with; make it with "
+            "'python3 -m venv --copies', or outside build.output"
+        )
+    if "node_modules" in parts:
+        return (
+            "a linked package (npm link, workspaces); install it without links, or leave "
+            "node_modules out of build.output"
+        )
+    return "copy what it points to into the build output, or link to a file inside it"

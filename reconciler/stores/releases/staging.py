@@ -96,6 +96,7 @@ class Stager:
         details: dict[str, Any] | None = None,
         identity: str | None = None,
         max_bytes: int | None = None,
+        keep_failed_log: bool = False,
     ) -> Release:
         """Copy ``dist`` (less its top-level ``dist_exclude`` names) into staging, hash, and
         publish it as <hash8>. ``identity``: what runs besides ``dist`` (an image runtime's
@@ -103,6 +104,8 @@ class Stager:
         files it serves are the same (the manifest's ``digest`` stays the dist's).
 
         The same content again reuses the existing release (its logs get the new build log).
+        A refused output leaves nothing behind; with ``keep_failed_log`` the build's log is kept
+        where a failed build's is read (``failed_build_log``).
         """
         try:
             base = self._link_base(staging.project_id)
@@ -142,7 +145,7 @@ class Stager:
             fsync_dir(final.parent)
             return Release(staging.project_id, version, digest, final, created)
         except BaseException as exc:
-            if isinstance(exc, PermanentError):  # the build ran: its log tells what it made
+            if keep_failed_log and isinstance(exc, PermanentError):  # the log says what it made
                 self.keep_failed_build_log(staging)
             self.abort(staging)
             raise
