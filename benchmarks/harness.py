@@ -182,7 +182,7 @@ class Daemon:
                 if "Z" in Path(f"/proc/{edge}/stat").read_text().rsplit(")", 1)[1].split()[0]:
                     break  # exited; nobody reaps it here
                 time.sleep(0.05)
-        for record in (self.data / "production").glob("*/*/logs/instance.json"):
+        for record in (self.data / "production").glob("*/*/logs/instance*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError):
                 os.killpg(int(json.loads(record.read_text())["pid"]), signal.SIGTERM)
         for project in self.docker_projects:
