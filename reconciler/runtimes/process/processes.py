@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from reconciler.core.errors import BuildFailed
 from reconciler.core.kinds import RuntimeName
 from reconciler.core.spec import Limits, ProjectSpec
+from reconciler.runtimes.sockets import ports_of
 from reconciler.stores.releases import ReleaseStore
 
 logger = logging.getLogger(__name__)
@@ -298,3 +299,18 @@ class _Reaper:
 
 
 _reaper = _Reaper()
+
+
+def session_port_mismatch(sid: int | None, start: int | None, port: int | None) -> str | None:
+    """What to fix when the processes of an instance's session listen, but not on ``port``
+    (the one in its $PORT); None when they do, listen on nothing yet, or cannot be seen."""
+    if sid is None or port is None:
+        return None
+    ports = ports_of(session_members(sid, start))
+    if not ports or port in ports:
+        return None
+    return (
+        f"the app listens on port {', '.join(map(str, sorted(ports)))} but not on {port}, "
+        "the port in its $PORT; make it listen on $PORT (the start command gets it in its "
+        "environment)"
+    )

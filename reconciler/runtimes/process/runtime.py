@@ -61,10 +61,10 @@ from reconciler.runtimes.process.processes import (  # noqa: F401 - importable f
     pid_alive,
     process_start_time,
     session_members,
+    session_port_mismatch,
     site_instance,
     spawn_detached,
 )
-from reconciler.runtimes.sockets import ports_of
 from reconciler.runtimes.systemd import SiteUnits
 from reconciler.stores.releases import Release, ReleaseStore
 
@@ -354,16 +354,9 @@ class ProcessRuntime(Builds):
         return None
 
     def wrong_port(self, instance: Instance) -> str | None:
-        if self.units is not None or instance.pid is None or instance.port is None:
+        if self.units is not None:
             return None  # a site unit's processes are its own user's
-        ports = ports_of(session_members(instance.pid, instance.pid_start))
-        if not ports or instance.port in ports:
-            return None
-        return (
-            f"the app listens on port {', '.join(map(str, sorted(ports)))} but not on "
-            f"{instance.port}, the port in its $PORT; make it listen on $PORT (the start "
-            "command gets it in its environment)"
-        )
+        return session_port_mismatch(instance.pid, instance.pid_start, instance.port)
 
     def stop_leftover_builds(self) -> list[str]:
         """Builds a killed daemon left running (and, with site users, their units)."""
