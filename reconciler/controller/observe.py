@@ -13,18 +13,18 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from reconciler.core.kinds import EdgeMode, InstanceRole, RuntimeName
-from reconciler.core.plan import FLAP_WINDOW, DesiredView, ObservedInstance, ObservedView
+from reconciler.core.plan import FLAP_WINDOW, DesiredView, ObservedInstance
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.runtimes.base import Instance, Runtime
 from reconciler.stores.desired import DesiredFile, DesiredStore, LastGood
 from reconciler.stores.facts import desired_view, spec_from_row
-from reconciler.stores.observation import Observe
+from reconciler.stores.observation import Observation, Observe
 from reconciler.stores.releases import ReleaseStore
-from reconciler.stores.state import InstanceRow, ProjectRow, SiteRow, StateDB
+from reconciler.stores.state import InstanceRow, ProjectRow, StateDB
 
 Live = dict[str, tuple[Instance, Runtime]]  # by Instance.key
 
@@ -160,18 +160,12 @@ def instance_from_row(row: InstanceRow) -> Instance:
 
 
 @dataclass(frozen=True)
-class Facts:
-    """Everything one reconcile of one project knows before it plans."""
+class Facts(Observation):
+    """Everything one reconcile of one project knows before it plans: the observation, with
+    the instances its runtimes really run."""
 
-    project_id: ProjectId
-    desired: DesiredFile | None
-    spec: ProjectSpec | None  # in force: the file's, or the last good one
-    view: DesiredView | None
-    row: ProjectRow | None
-    live: Live  # instances that run, draining ones included
-    gone: tuple[InstanceRow, ...]  # database rows of instances that no longer run
-    observed: ObservedView
-    site: SiteRow | None = None  # the project's reserved ports at the edge
+    live: Live = field(default_factory=dict)  # instances that run, draining ones included
+    gone: tuple[InstanceRow, ...] = ()  # database rows of instances that no longer run
 
     @property
     def digest(self) -> str | None:
@@ -259,10 +253,8 @@ class FactFinder:
             path = seen.desired.path if seen.desired is not None else None
             self.on_spec(project_id, seen.spec, path)
         live, gone = found["live"]
-        return Facts(
-            project_id, seen.desired, seen.spec, seen.view, seen.row, live, tuple(gone),
-            seen.observed, seen.site,
-        )  # fmt: skip
+        taken = {f.name: getattr(seen, f.name) for f in fields(Observation)}
+        return Facts(**taken, live=live, gone=tuple(gone))
 
     def _last_good(self, project_id: ProjectId, row: ProjectRow | None) -> ProjectSpec | None:
         """The last good spec in memory; after a restart, before a valid read, the row's."""

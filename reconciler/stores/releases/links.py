@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from reconciler.core.errors import ReleaseError
 from reconciler.core.fileio import atomic_write
@@ -18,23 +17,11 @@ from reconciler.stores.releases.release import (
     SLOT_NAMES,
     SLOTS,
     TASKS,
-    Limits,
-    Release,
+    StoreParts,
 )
 
 
-class SiteLinks:
-    if TYPE_CHECKING:  # what the store it is part of provides
-        root: Path
-        limits: Limits
-        _manifests: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]]
-
-        def project_dir(self, project_id: ProjectId) -> Path: ...
-        def get(self, project_id: ProjectId, version: str) -> Release | None: ...
-        def versions(self, project_id: ProjectId) -> list[Release]: ...
-        def current(self, project_id: ProjectId) -> str | None: ...
-        def _point(self, project_id: ProjectId, name: str, target: str) -> None: ...
-
+class SiteLinks(StoreParts):
     def _link_base(self, project_id: ProjectId) -> Path | None:
         """The dist a new release shares unchanged files with: the one ``current`` points
         at, else the newest kept release."""

@@ -1,31 +1,11 @@
-"""A release and how its content is named: the canonical walk of dist/ and its SHA-256 (symlinks
-that leave dist/, devices and fifos refused), the manifest, and the names of the store's files.
-
-
-::
-
-    <id>/<hash8>/           dist/ logs/ manifest.json   (complete; never changed but logs/)
-    <id>/current -> <hash8> relative symlink, switched atomically, never partial
-    <id>/.staging-*         work in progress; removed at startup
-    <id>/.trash-*           a release being deleted; removed at startup
-    <id>/activations.json   when each version was last switched to (for retention)
-    <id>/preview -> <hash8> the release being checked through the edge before it goes live
-    <id>/slot -> slots/a|b  which blue-green slot the edge routes to (slots/a/a, slots/b/b
-                            are the marker files its ``file`` matcher looks for)
-    <id>/logs/build.log     the output of the last build that failed (no release to hold it)
-    <id>/tasks/0..k-1       a swarm service's running tasks, one host:port per file (each
-                            task in turn): the edge reads the address to dial from them
+"""A release and how its content is named: the canonical walk of dist/ and its SHA-256, the
+manifest, and the names of the store's files (the layout is drawn in ``store``).
 
 The version id is the first 8 hex characters of the dist hash (for an image runtime, of the
 dist hash and the image id together: what runs is the image): SHA-256 over a canonical walk
 of ``dist/`` in byte-sorted relative paths, each entry tagged by type with its path; files add
 the executable bit, size and contents; in-tree symlinks add their target text. Symlinks that
 leave ``dist/``, devices, fifos and sockets are refused and never opened.
-
-A release holds what was built and nothing else: what runs is ``dist/``. (The source is not
-snapshotted: many sources build the same dist, so a snapshot beside it could only be stale.)
-When the build output is the source dir itself (``build.output: .``), its top-level
-``.git`` is left out of the hash and the copy, so a commit alone does not make a new version.
 """
 
 from __future__ import annotations
@@ -37,7 +17,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from reconciler.core.errors import DistTooLarge, ReleaseError
 from reconciler.core.fileio import fsync_dir, sync_filesystem
@@ -406,3 +386,19 @@ def _link_hint(rel: str) -> str:
             "node_modules out of build.output"
         )
     return "copy what it points to into the build output, or link to a file inside it"
+
+
+class StoreParts:
+    """What the release store's parts (staging, the edge's link files) use of the store."""
+
+    if TYPE_CHECKING:
+        root: Path
+        limits: Limits
+        _manifests: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]]
+
+        def project_dir(self, project_id: ProjectId) -> Path: ...
+        def get(self, project_id: ProjectId, version: str) -> Release | None: ...
+        def versions(self, project_id: ProjectId) -> list[Release]: ...
+        def current(self, project_id: ProjectId) -> str | None: ...
+        def _point(self, project_id: ProjectId, name: str, target: str) -> None: ...
+        def _link_base(self, project_id: ProjectId) -> Path | None: ...

@@ -11,7 +11,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.core.errors import PermanentError, ReleaseError
 from reconciler.core.fileio import atomic_write, fsync_dir
@@ -24,6 +24,7 @@ from reconciler.stores.releases.release import (
     Limits,
     Release,
     Staging,
+    StoreParts,
     _fsync_tree,
     _TreeHasher,
     _version,
@@ -31,19 +32,7 @@ from reconciler.stores.releases.release import (
 )
 
 
-class Stager:
-    if TYPE_CHECKING:  # what the store it is part of provides
-        root: Path
-        limits: Limits
-        _manifests: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]]
-
-        def project_dir(self, project_id: ProjectId) -> Path: ...
-        def get(self, project_id: ProjectId, version: str) -> Release | None: ...
-        def versions(self, project_id: ProjectId) -> list[Release]: ...
-        def current(self, project_id: ProjectId) -> str | None: ...
-        def _point(self, project_id: ProjectId, name: str, target: str) -> None: ...
-        def _link_base(self, project_id: ProjectId) -> Path | None: ...
-
+class Stager(StoreParts):
     def cleanup(self) -> list[Path]:
         """Remove leftover staging and trash dirs and temp links of every project."""
         removed: list[Path] = []

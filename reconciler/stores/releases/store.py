@@ -14,14 +14,9 @@
     <id>/tasks/0..k-1       a swarm service's running tasks, one host:port per file (each
                             task in turn): the edge reads the address to dial from them
 
-The version id is the first 8 hex characters of the dist hash (for an image runtime, of the
-dist hash and the image id together: what runs is the image): SHA-256 over a canonical walk
-of ``dist/`` in byte-sorted relative paths, each entry tagged by type with its path; files add
-the executable bit, size and contents; in-tree symlinks add their target text. Symlinks that
-leave ``dist/``, devices, fifos and sockets are refused and never opened.
-
-A release holds what was built and nothing else: what runs is ``dist/``. (The source is not
-snapshotted: many sources build the same dist, so a snapshot beside it could only be stale.)
+How a version is named is in ``release``. A release holds what was built and nothing else:
+what runs is ``dist/``. (The source is not snapshotted: many sources build the same dist, so
+a snapshot beside it could only be stale.)
 When the build output is the source dir itself (``build.output: .``), its top-level
 ``.git`` is left out of the hash and the copy, so a commit alone does not make a new version.
 """
