@@ -101,6 +101,11 @@ def register(sub: Any) -> None:
     add_client_options(logs)
     logs.set_defaults(func=run_command(cmd_logs))
 
+    register_sources(sub)
+
+
+def register_sources(sub: Any) -> None:
+    """The commands about a project's source and its push hooks."""
     secret = sub.add_parser(
         "hook-secret",
         help="print (or --rotate) the webhook secret of a project (or _desired) and its URL",
@@ -110,6 +115,19 @@ def register(sub: Any) -> None:
     secret.add_argument("--data", default=env("DATA", "data"), help="data dir")
     secret.add_argument("--api-url", default=env("API"), help="the API's public URL, to print")
     secret.set_defaults(func=cmd_hook_secret)
+
+    detect = sub.add_parser(
+        "detect", help="what a deploy of the app in DIR would build and start (reads files only)"
+    )
+    detect.add_argument("path", metavar="DIR")
+    detect.add_argument("--json", action="store_true", help="machine-readable output")
+    detect.set_defaults(func=cmd_detect)
+
+    new = sub.add_parser("new", help="write desired/ID.yaml for the app in --source, to edit")
+    new.add_argument("project", metavar="ID")
+    new.add_argument("--source", required=True, metavar="DIR", help="the app's source dir")
+    new.add_argument("--desired", default=env("DESIRED", "desired"), help="desired dir")
+    new.set_defaults(func=cmd_new)
 
     init_repo = sub.add_parser(
         "init-repo",
@@ -148,6 +166,58 @@ def cmd_hook_secret(args: argparse.Namespace) -> int:
     print("GitHub/Gitea/Forgejo: content type application/json, this secret; GitLab: the "
           "secret token field. Push events only.")  # fmt: skip
     return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from reconciler.sources.detect import DetectError, detect
+
+    try:
+        found = detect(Path(args.path))
+    except DetectError as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return FAILED
+    if args.json:
+        _print_json(found.describe(), sys.stdout)
+        return OK
+    rows = [
+        ("app", f"{found.kind} ({', '.join(found.seen)})"),
+        ("runtime", str(found.runtime)),
+        ("build", found.build or "none: the files are used as they are"),
+        ("output", found.output or "-"),
+        ("start", found.start or "none: a static site, served by the edge"),
+        ("port", str(found.port) if found.port else "$PORT" if found.start else "-"),
+        ("health", found.health),
+    ]
+    for name, value in rows:
+        print(f"{name + ':':9}{value}")
+    for note in found.notes:
+        print(f"note:    {note}")
+    return OK
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    """Write a desired file for the app in --source: stopped, with the detected commands
+    spelled out, to read and edit before ``reconciler deploy ID``."""
+    from reconciler.core.fileio import atomic_write
+    from reconciler.core.spec import InvalidProjectId, check_project_id
+    from reconciler.sources.detect import DetectError, detect
+
+    try:
+        project_id = check_project_id(args.project)
+        found = detect(Path(args.source))
+    except (InvalidProjectId, DetectError) as exc:
+        print(f"reconciler: {exc}", file=sys.stderr)
+        return USAGE if isinstance(exc, InvalidProjectId) else FAILED
+    desired = Path(args.desired).absolute()
+    path = desired / f"{project_id}.yaml"
+    if path.exists() or (desired / f"{project_id}.yml").exists():
+        print(f"reconciler: {path} exists; edit it, or pick another id", file=sys.stderr)
+        return FAILED
+    source = os.path.relpath(Path(args.source).absolute(), desired)
+    desired.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, found.desired_yaml(source).encode())
+    print(f"wrote {path} ({found.kind}); read it, then: reconciler deploy {project_id}")
+    return OK
 
 
 def cmd_init_repo(args: argparse.Namespace) -> int:
