@@ -32,7 +32,9 @@ class Builder:
         min_free: int = 256 * 1024 * 1024,
         git: GitCache | None = None,
         disk_default: int | None = None,
+        caches: Path | None = None,
     ) -> None:
+        self.caches = caches  # each project's package caches, under it
         self.disk_default = disk_default
         self.git = git or GitCache(releases.root.parent / "git")
         self.releases = releases
@@ -146,6 +148,7 @@ class Builder:
                     run.cancel,
                     lambda line: run.recorder.emit(EventType.BUILDING, {"message": line}),
                     self.log_limits,
+                    self.caches / project_id if self.caches is not None else None,
                 )
             )
             run.check()

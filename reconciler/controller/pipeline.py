@@ -77,6 +77,7 @@ class Pipeline:
             min_free=config.min_free_bytes,
             disk_default=config.limits.disk,
             git=GitCache(config.layout.git_caches),
+            caches=config.layout.caches,
         )
         self.activator = activator
         self.site_url = config.site_url

@@ -105,6 +105,11 @@ class DataLayout:
         return self.root / "git"
 
     @property
+    def caches(self) -> Path:
+        """Each project's package caches for its builds (``<id>/pip``, ``<id>/npm``...)."""
+        return self.root / "cache"
+
+    @property
     def desired_git(self) -> Path:
         """The configuration repository's cache, its applied trees and ``current``."""
         return self.root / "desired-git"

@@ -48,6 +48,7 @@ class BuildRequest:
     cancel: threading.Event
     on_line: LineSink = lambda _line: None
     log_limits: LogLimits = DEFAULT_LIMITS
+    cache_dir: Path | None = None  # the project's package caches, kept from build to build
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -403,3 +404,29 @@ def test_an_executable_still_open_for_writing_is_a_transient_start_failure(
     time.sleep(0.5)
     assert runtime.alive(again)
     runtime.stop(again, timeout=2)
+
+
+def test_builds_keep_their_package_caches_per_project(
+    tmp_path: Path, runtime: ProcessRuntime
+) -> None:
+    """pip, npm, yarn and pnpm are pointed at the project's own caches, kept from build to
+    build (a build with unchanged dependencies downloads nothing again); the desired file's
+    env still wins."""
+    (tmp_path / "src").mkdir()
+    command = (
+        'mkdir -p dist && echo "$PIP_CACHE_DIR $npm_config_cache" > dist/caches '
+        '&& echo kept >> "$PIP_CACHE_DIR/marker"'
+    )
+    caches = tmp_path / "cache" / P
+    build = dataclasses.replace(request(tmp_path, spec(build={"command": command})),
+                                cache_dir=caches)  # fmt: skip
+    runtime.build(build)
+    assert (tmp_path / "src" / "dist" / "caches").read_text().split() == [
+        str(caches / "pip"), str(caches / "npm"),
+    ]  # fmt: skip
+    runtime.build(build)
+    assert (caches / "pip" / "marker").read_text() == "kept\nkept\n", "the same cache again"
+    own = spec(build={"command": command}, env={"PIP_CACHE_DIR": str(tmp_path / "mine")})
+    (tmp_path / "mine").mkdir()
+    runtime.build(dataclasses.replace(request(tmp_path, own), cache_dir=caches))
+    assert (tmp_path / "src" / "dist" / "caches").read_text().split()[0] == str(tmp_path / "mine")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from reconciler.core.errors import BuildFailed, Cancelled
@@ -89,7 +90,8 @@ class Builds:
 
     def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
         spec = request.spec
-        env = {**base_environ(), **spec.env}
+        caches = package_caches(request.cache_dir) if self.units is None else {}
+        env = {**base_environ(), **caches, **spec.env}
         if self.units is not None:
             return self._run_build_unit(request, tail, env)
         proc = subprocess.Popen(
@@ -196,3 +198,23 @@ class Builds:
 
     def finish_build(self, result: BuildResult, release: Release) -> None:
         return None
+
+
+# package managers' download caches, per project, so a build with unchanged dependencies
+# fetches nothing again (pip, npm, yarn, pnpm read these variables)
+CACHE_VARIABLES = {
+    "PIP_CACHE_DIR": "pip",
+    "npm_config_cache": "npm",
+    "YARN_CACHE_FOLDER": "yarn",
+    "npm_config_store_dir": "pnpm",
+}
+
+
+def package_caches(cache_dir: Path | None) -> dict[str, str]:
+    """The environment that points a build's package managers at the project's caches (none
+    for a build unit, which sees only its source tree)."""
+    if cache_dir is None:
+        return {}
+    for sub in CACHE_VARIABLES.values():
+        (cache_dir / sub).mkdir(parents=True, exist_ok=True)
+    return {name: str(cache_dir / sub) for name, sub in CACHE_VARIABLES.items()}
