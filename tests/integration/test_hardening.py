@@ -79,8 +79,9 @@ def test_a_start_command_that_forks_and_exits_is_refused_and_leaves_nothing(
         failed = env.wait_status("app", "failed")
         error = str(failed.productionError)
         # how many: the shell's own forks (a subshell for the redirection, nohup before its
-        # exec) may still be on their way when it is counted
-        assert re.search(r"left [12] process\(es\) running in the background", error), error
+        # exec, a python3 that is a pyenv shim running its helpers before its exec) may still
+        # be on their way when it is counted
+        assert re.search(r"left [1-9] process\(es\) running in the background", error), error
         assert "a start command must stay in the foreground" in error
         assert f"version {good.productionHash} keeps serving" in error
         assert _ours(marker) == [], "the background server was stopped with its instance"
