@@ -163,6 +163,11 @@ def on_off(text: str) -> bool:
     return text == "on"
 
 
+def default_of(name: str) -> Any:
+    """A field's default, as written once on the field."""
+    return Config.__dataclass_fields__[name].default
+
+
 def flag_for(name: str) -> str:
     """The flag that sets field ``name`` (for messages)."""
     for f in dataclasses.fields(Config):
@@ -188,7 +193,8 @@ class Config:
     listen_host: str = opt(
         "127.0.0.1",
         Option("--listen", "API address HOST:PORT", lambda t: parse_listen(t),
-               spread=("listen_host", "listen_port"), show=lambda _: "127.0.0.1:3000"),
+               spread=("listen_host", "listen_port"),
+               show=lambda host: f"{host}:{default_of('listen_port')}"),
     )  # fmt: skip
     listen_port: int = 3000
     port_range: PortRange = opt(

@@ -96,7 +96,9 @@ class Daemon:
             on_desired_nudge=self.config_follower.nudge if self.config_follower else None,
         )
         self.engines = Engines(
-            make_runtime_factory(config, self.releases, self.site_units), self._engine_event
+            make_runtime_factory(config, self.releases, self.site_units),
+            config.default_runtime,
+            self._engine_event,
         )
         self.controller = self._controller()
         self.metrics.queue(self.controller.queue.depth)
@@ -128,9 +130,7 @@ class Daemon:
             db=self.db,
             releases=self.releases,
             ports=self.ports,
-            runtimes=Runtimes(
-                self.engines.factory, self.config.default_runtime, on_new=self.engines.watch
-            ),
+            runtimes=self.engines.runtimes,
             at_edge=at_edge,
             clock=self.clock,
         )
@@ -347,33 +347,29 @@ class Daemon:
 
 
 class Engines:
-    """The runtimes' engines: each runtime made is watched from the moment a project first
-    needs it; at the end the watches stop and the runtimes close."""
+    """The runtimes, as a part: each one made is watched from the moment a project first needs
+    it (``runtimes``, handed to the controller); at the end the watches stop and every runtime
+    made is closed."""
 
     name = "engines"
 
     def __init__(
         self,
         factory: Callable[[RuntimeName], Runtime],
-        notify: Callable[[ProjectId | None], None],
+        default: RuntimeName,
+        changed: Callable[[ProjectId | None], None],
     ) -> None:
-        self._factory = factory
-        self._notify = notify  # a project whose instances changed; None: maybe every project
-        self._made: list[Runtime] = []
+        self._changed = changed  # a project whose instances changed; None: maybe every project
         self._stop = threading.Event()
+        self.runtimes = Runtimes(factory, default, on_new=self._watch)
 
-    def factory(self, name: RuntimeName) -> Runtime:
-        runtime = self._factory(name)
-        self._made.append(runtime)
-        return runtime
-
-    def watch(self, runtime: Runtime) -> None:
-        runtime.watch(self._notify, self._stop)
+    def _watch(self, runtime: Runtime) -> None:
+        runtime.watch(self._changed, self._stop)
 
     def start(self) -> None:
         pass
 
     def stop(self) -> None:
         self._stop.set()
-        for runtime in self._made:
+        for runtime in self.runtimes.made():
             runtime.close()

@@ -304,6 +304,10 @@ class Reader:
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
 
+    @property
+    def observe(self) -> Observe:
+        return Observe(self.db, self.desired, self.releases)
+
     def edge_mode(self) -> EdgeMode:
         row = self.db.edge()
         return row.mode if row is not None else self.edge
@@ -317,9 +321,7 @@ class Reader:
         return self.default_runtime
 
     def snapshot(self, project_id: ProjectId) -> Snapshot:
-        seen = Observe(self.db, self.desired, self.releases)(
-            project_id, edge=self.edge_mode(), default_runtime=self.runtime()
-        )
+        seen = self.observe(project_id, edge=self.edge_mode(), default_runtime=self.runtime())
         row, instances, view = seen.row, seen.instance_rows, seen.view
         deployment = self.db.open_deployment(project_id)
         job = self.db.active_job(project_id, deployment=deployment.id) if deployment else None

@@ -9,7 +9,7 @@ status and the next reconcile ask ``plan()`` the same question.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from reconciler.core.kinds import EdgeMode, InstanceRole, RuntimeName
@@ -55,7 +55,7 @@ class Observation:
     @property
     def known(self) -> bool:
         """Anything at all: a desired file, a row or an instance."""
-        return self.desired is not None or self.row is not None or bool(self.instance_rows)
+        return _known(self.desired, self.row, self.instance_rows)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class Observe:
             desired, spec, edge=edge, default_runtime=default_runtime, source=source
         )
         site = self.db.site(project_id)
-        known = desired is not None or row is not None or bool(rows)
+        known = _known(desired, row, rows)
         observed = observed_view(
             row,
             instances=instances(spec, rows) if known else (),
@@ -101,3 +101,9 @@ class Observe:
         return Observation(
             project_id, desired, spec, view, row, tuple(rows), site, source, observed
         )
+
+
+def _known(
+    desired: DesiredFile | None, row: ProjectRow | None, rows: Sequence[InstanceRow]
+) -> bool:
+    return desired is not None or row is not None or bool(rows)

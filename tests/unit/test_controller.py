@@ -158,6 +158,24 @@ class World:
         return [(d.kind, d.state, d.error) for d in found if d is not None]
 
 
+def make_controller(
+    config: Config,
+    db: StateDB,
+    releases: ReleaseStore,
+    runtime: FakeRuntime,
+    at_edge: AtEdge | None = None,
+) -> Controller:
+    return Controller(
+        config,
+        desired=DesiredStore(config.desired_dir, lock_dir=config.lock_dir),
+        db=db,
+        releases=releases,
+        ports=PortAllocator(db, config.port_range),
+        runtimes=Runtimes(lambda _name: runtime, RuntimeName.PROCESS),
+        at_edge=at_edge,
+    )
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     (tmp_path / "desired").mkdir()
@@ -171,14 +189,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     db = StateDB(config.state_db)
     releases = ReleaseStore(config.releases_dir)
     runtime = FakeRuntime()
-    controller = Controller(
-        config,
-        desired=DesiredStore(config.desired_dir, lock_dir=config.lock_dir),
-        db=db,
-        releases=releases,
-        ports=PortAllocator(db, config.port_range),
-        runtimes=Runtimes(lambda _name: runtime, RuntimeName.PROCESS),
-    )
+    controller = make_controller(config, db, releases, runtime)
     yield World(tmp_path, controller, runtime, db, releases)
     runtime.close()
     db.close()
@@ -498,14 +509,8 @@ def edge_world(tmp_path: Path) -> Iterator[EdgeWorld]:
     drainer = Drainer(db, drain=config.drain, grace=1.0)
     drainer.start()
     sites = SiteAllocator(db, config.port_range, config.internal_port_range, records=releases.root)
-    controller = Controller(
-        config,
-        desired=DesiredStore(config.desired_dir, lock_dir=config.lock_dir),
-        db=db,
-        releases=releases,
-        ports=PortAllocator(db, config.port_range),
-        runtimes=Runtimes(lambda _name: runtime, RuntimeName.PROCESS),
-        at_edge=AtEdge(front, sites, drainer, front.control_port),
+    controller = make_controller(
+        config, db, releases, runtime, AtEdge(front, sites, drainer, front.control_port)
     )
     yield EdgeWorld(tmp_path, controller, runtime, db, releases, front)
     drainer.close()
