@@ -29,7 +29,7 @@ class LogReads:
     if TYPE_CHECKING:  # what the operations it is part of provide
         db: StateDB
         releases: ReleaseStore
-        layout: DataLayout | None
+        layout: DataLayout
 
     def log_path(self, project_id: ProjectId, name: str) -> tuple[str | None, Path | None]:
         """The log an operator wants by ``name``: of the latest attempt (the version the
@@ -38,7 +38,6 @@ class LogReads:
         if name not in LOG_NAMES:
             raise OperationError(ErrorKind.INVALID, f"log must be one of: {', '.join(LOG_NAMES)}")
         if name == "access":  # the edge's, shared by every site, across versions
-            assert self.layout is not None  # set when the operations are made
             return None, self.layout.access_log
         attempt = self.db.latest_attempt(project_id)
         failed_build = (

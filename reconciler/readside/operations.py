@@ -69,6 +69,7 @@ class Operations(LogReads, Streams):
     db: StateDB
     desired: DesiredStore
     releases: ReleaseStore
+    layout: DataLayout  # where the edge's access log is
     poll_interval: float = 0.2
     heartbeat: float = 3.0  # a closed stream's slot is freed at the next one; < idle timeout
     rollback_grace: float = 30.0
@@ -76,7 +77,6 @@ class Operations(LogReads, Streams):
     follow_grace: float = 120.0  # beyond the build and health timeouts, before a follow ends
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
-    layout: DataLayout | None = None  # None: the data dir the releases are in
     reader: Reader = field(init=False)
     cache: ReadCache[tuple[ProductionStatus, ProjectSummary | None]] = field(init=False)
     _listing: tuple[object, bytes] | None = field(init=False, default=None)
@@ -93,8 +93,6 @@ class Operations(LogReads, Streams):
         )
 
     def __post_init__(self) -> None:
-        if self.layout is None:
-            self.layout = DataLayout(self.releases.root.parent)
         self.reader = Reader(self.db, self.desired, self.releases, self.edge, self.default_runtime)
         self.cache = ReadCache(
             self.db,

@@ -19,7 +19,7 @@ from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, EdgeRefused, Paths, 
 from reconciler.edge.config import EdgeSettings, Site
 from reconciler.edge.manager import Edge
 from reconciler.stores.state import StateDB
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -165,7 +165,7 @@ def test_changes_that_arrive_together_load_together(world: World) -> None:
     edge = world.edge()
     edge.start()
     try:
-        ports = [free_port() for _ in range(20)]
+        ports = free_ports(20)  # twenty different ports: one repeated fails the load
         barrier = threading.Barrier(20)
 
         def put(index: int) -> None:
