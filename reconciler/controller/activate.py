@@ -91,6 +91,7 @@ class Activator:
     def activate(self, run: Run, release: Release, *, generation: int | None, built: bool) -> None:
         """Bring ``release`` live, record it, retire what it replaces, prune."""
         project_id, rec = run.facts.project_id, run.recorder
+        run.bring(release.hash, runs_app=self.releases.runs_app(project_id, release.hash))
         mode = run.mode
         instance, port = self.ways[mode].go_live(run, release, generation)
         if mode == ServeMode.PORT:

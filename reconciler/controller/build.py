@@ -85,6 +85,7 @@ class Builder:
             identity=result.identity,
             max_bytes=room,
             keep_failed_log=True,
+            links_out=result.runs_app,
             details={
                 **result.details,
                 "desiredDigest": run.facts.digest,

@@ -236,6 +236,7 @@ class Pipeline:
             self.activator.unserve(run)
             self._stopped(run)
             return
+        run.version = step.hash
         entry = run.find(step.hash) if run.mode != ServeMode.STATIC else None
         instance = entry[0] if entry is not None else None
         if entry is not None and run.mode == ServeMode.PORT:

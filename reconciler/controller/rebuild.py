@@ -41,7 +41,10 @@ def rebuild_record(
     if serving is None:
         return False
     latest = versions[0].hash
-    mode = serve_mode(config.edge, spec, config.default_runtime)
+    mode = serve_mode(
+        config.edge, spec, config.default_runtime,
+        runs_app=releases.runs_app(project_id, serving),
+    )  # fmt: skip
     port = None
     if mode == ServeMode.PORT:
         ports = [i.port for i, _r in alive.values() if i.hash == serving and i.port is not None]

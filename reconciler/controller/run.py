@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reconciler.controller.observe import Facts, Live
 from reconciler.controller.recorder import Recorder
 from reconciler.core.errors import Cancelled, PermanentError
 from reconciler.core.kinds import ServeMode
+from reconciler.core.plan import mode_of
 from reconciler.core.spec import ProjectSpec
 from reconciler.runtimes.base import Instance, Runtime
 
@@ -22,6 +23,11 @@ class Run:
     cancel: threading.Event
     live: Live  # instances that run now; executors keep it current
     built_from: dict[str, object] | None = None  # set by a build: its source's revision
+    version: str | None = None  # the release the run brings live (None: the one serving)
+    apps: set[str] = field(default_factory=set)  # releases that run as apps (see ObservedView)
+
+    def __post_init__(self) -> None:
+        self.apps |= self.facts.observed.apps
 
     @property
     def spec(self) -> ProjectSpec:
@@ -32,7 +38,18 @@ class Run:
 
     @property
     def mode(self) -> ServeMode:
-        return self.facts.view.mode if self.facts.view is not None else ServeMode.PORT
+        """How the run's release (``version``, else the one serving) reaches users."""
+        if self.facts.view is None:
+            return ServeMode.PORT
+        row = self.facts.row
+        version = self.version or (row.productionHash if row is not None else None)
+        return mode_of(self.facts.view.mode, version, frozenset(self.apps))
+
+    def bring(self, version: str, *, runs_app: bool) -> None:
+        """The run now brings ``version`` live (``runs_app``: it runs as an app)."""
+        self.version = version
+        if runs_app:
+            self.apps.add(version)
 
     @property
     def settings(self) -> str:

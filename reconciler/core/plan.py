@@ -81,6 +81,9 @@ class ObservedView:
     public_port: int | None = None
     routed: str | None = None  # the key of the instance the edge routes to
     built_rev: str | None = None  # what the latest release was built from
+    # releases that run as an app whatever the spec says (they start one of their own, found
+    # at their build, or keep links that leave them): never served as files
+    apps: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,10 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     else:
         target = observed.latest_hash
 
-    serving = _serving(desired, target, live, observed)
+    mode = mode_of(desired.mode, target, observed.apps)
+    serving = _serving(desired, mode, target, live, observed)
     if serving is None:
-        if desired.mode == ServeMode.STATIC:
+        if mode == ServeMode.STATIC:
             gone = observed.current != target
         else:
             gone = all(i.hash != target for i in live)  # not a settings change: it died
@@ -176,9 +180,9 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     others = tuple(i.key for i in live if i.key != serving)
     if others:
         steps.append(StopInstances(others, final=False))
-    if desired.mode != ServeMode.STATIC and observed.current != target:
+    if mode != ServeMode.STATIC and observed.current != target:
         steps.append(RestoreCurrent(target))
-    moved = desired.mode == ServeMode.PORT and any(
+    moved = mode == ServeMode.PORT and any(
         i.key == serving and i.port != observed.port for i in live
     )  # the instance that serves is not the one the status names (after a crash)
     if observed.active_hash != target or observed.status != Status.RUNNING or moved:
@@ -186,13 +190,25 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     return steps
 
 
+def mode_of(mode: ServeMode, version: str | None, apps: frozenset[str]) -> ServeMode:
+    """How ``version`` reaches users: as the spec says (``mode``), except that a release that
+    runs as an app (``apps``) is never served as files: it runs in a slot like any app."""
+    if mode == ServeMode.STATIC and version is not None and version in apps:
+        return ServeMode.DYNAMIC
+    return mode
+
+
 def _serving(
-    desired: DesiredView, target: str, live: tuple[ObservedInstance, ...], observed: ObservedView
+    desired: DesiredView,
+    mode: ServeMode,
+    target: str,
+    live: tuple[ObservedInstance, ...],
+    observed: ObservedView,
 ) -> str | None:
     """What serves ``target`` with the wanted settings at the project's address now: the
     instance's key, ``""`` for a static release (no instance), None when nothing does."""
     at_edge = observed.public_port is not None and observed.port == observed.public_port
-    match desired.mode:
+    match mode:
         case ServeMode.PORT:
             wanted = [i for i in live if i.hash == target and i.config == desired.config]
             return wanted[0].key if wanted else None
@@ -206,7 +222,7 @@ def _serving(
             fits = routed and routed[0].hash == target and routed[0].config == desired.config
             return routed[0].key if at_edge and fits else None
         case _:
-            assert_never(desired.mode)
+            assert_never(mode)
 
 
 def _after_strays(

@@ -118,7 +118,11 @@ def served_sites(
             spec = file.spec if file is not None else None
             if releases.current(project) is None:
                 continue
-        mode = serve_mode(config.edge, spec, config.default_runtime)
+        version = row.productionHash if row is not None else releases.current(project)
+        mode = serve_mode(
+            config.edge, spec, config.default_runtime,
+            runs_app=releases.runs_app(project, version),
+        )  # fmt: skip
         if spec is None or mode == ServeMode.PORT:
             continue
         if mode == ServeMode.DYNAMIC and (not site.slots or releases.slot(project) is None):

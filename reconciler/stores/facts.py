@@ -16,10 +16,17 @@ from reconciler.stores.desired import DesiredFile
 from reconciler.stores.state import ProjectRow, SiteRow, SourceRow
 
 
-def serve_mode(edge: EdgeMode, spec: ProjectSpec | None, default_runtime: RuntimeName) -> ServeMode:
-    """Static sites (process runtime, no start command) are served by the edge itself; a
-    swarm service's tasks are proxied to by the edge; everything else runs an instance the
-    edge proxies to, or without an edge, that answers on its own port."""
+def serve_mode(
+    edge: EdgeMode,
+    spec: ProjectSpec | None,
+    default_runtime: RuntimeName,
+    *,
+    runs_app: bool = False,
+) -> ServeMode:
+    """Static sites (process runtime, no start command, a release that does not run as an
+    app: ``runs_app``) are served by the edge itself; a swarm service's tasks are proxied to
+    by the edge; everything else runs an instance the edge proxies to, or without an edge,
+    that answers on its own port."""
     if spec is None:
         return ServeMode.PORT
     runtime = spec.runtime or default_runtime
@@ -27,7 +34,7 @@ def serve_mode(edge: EdgeMode, spec: ProjectSpec | None, default_runtime: Runtim
         return ServeMode.SERVICE  # its tasks have no one address: only the edge serves it
     if edge == EdgeMode.OFF:
         return ServeMode.PORT
-    if runtime == RuntimeName.PROCESS and spec.start.command is None:
+    if runtime == RuntimeName.PROCESS and spec.start.command is None and not runs_app:
         return ServeMode.STATIC
     return ServeMode.DYNAMIC
 
@@ -61,9 +68,8 @@ def desired_view(
         f"{digest}@{rev[:12]}" if digest and rev else digest,
         desired.error,
         mode,
-        None
-        if in_force is None or mode == ServeMode.STATIC
-        else in_force.instance_config(default_runtime),
+        # a static spec's release may still run as an app (``ObservedView.apps``)
+        None if in_force is None else in_force.instance_config(default_runtime),
         rev,
     )
 
@@ -94,6 +100,7 @@ def observed_view(
     recent_repairs: int = 0,
     site: SiteRow | None = None,
     slot: str | None = None,
+    apps: frozenset[str] = frozenset(),
 ) -> ObservedView:
     found = tuple(sorted(instances, key=lambda i: i.hash))
     routed_port = slot_port(site, slot)
@@ -119,6 +126,7 @@ def observed_view(
         public_port=site.publicPort if site else None,
         routed=routed,
         built_rev=_rev(row),
+        apps=apps,
     )
 
 

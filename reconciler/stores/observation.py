@@ -89,11 +89,13 @@ class Observe:
         )
         site = self.db.site(project_id)
         known = _known(desired, row, rows)
+        versions = [r.hash for r in self.releases.versions(project_id)]
         observed = observed_view(
             row,
             instances=instances(spec, rows) if known else (),
             current=self.releases.current(project_id),
-            releases=frozenset(r.hash for r in self.releases.versions(project_id)),
+            releases=frozenset(versions),
+            apps=frozenset(v for v in versions if self.releases.runs_app(project_id, v)),
             recent_repairs=recent_repairs,
             site=site,
             slot=self.releases.slot(project_id),

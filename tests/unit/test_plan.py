@@ -202,6 +202,21 @@ EDGE_CASES = [
         [Record("running", A)],
         id="static-status-recorded",
     ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, routed=A, apps=frozenset({A})),
+        [],
+        id="a-release-that-runs-an-app-is-served-by-its-instance-not-as-files",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, routed=None, instances=(), apps=frozenset({A})),
+        [Activate(A, repair=True)],
+        id="a-release-that-runs-an-app-whose-instance-died-is-repaired",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, instances=up(A), routed=A, apps=frozenset({B})),
+        [StopInstances((A,), final=False)],
+        id="another-version-that-runs-an-app-leaves-a-site-served-as-files",
+    ),
     pytest.param(*at_edge(ServeMode.DYNAMIC, routed=A), [], id="dynamic-routed-noop"),
     pytest.param(
         *at_edge(ServeMode.DYNAMIC, routed=None),

@@ -141,8 +141,13 @@ class _TreeHasher:
         limits: Limits,
         skip_top: frozenset[str] = frozenset(),
         base: Path | None = None,
+        links_out: bool = False,
     ) -> None:
         self.root = root
+        # an app's release may keep links that leave it (a virtualenv's interpreter): they
+        # are copied as links, never followed; a release the edge serves as files refuses them
+        self.links_out = links_out
+        self.left = 0  # links kept that leave the output
         self.base = base  # a kept release's dist: files with the same bytes are linked from it
         self.linked = 0
         self.written = 0
@@ -207,7 +212,9 @@ class _TreeHasher:
             target = os.readlink(path)
             resolved = os.path.realpath(path)
             if os.path.isabs(target) or not _is_inside(self.root_real, resolved):
-                raise ReleaseError(self._leaving(rel, target))
+                if not self.links_out:
+                    raise ReleaseError(self._leaving(rel, target))
+                self.left += 1
             self.sha.update(b"l\0" + name + b"\0" + os.fsencode(target) + b"\0")
             if dest is not None:
                 os.symlink(target, dest / rel)

@@ -86,6 +86,7 @@ class Stager(StoreParts):
         identity: str | None = None,
         max_bytes: int | None = None,
         keep_failed_log: bool = False,
+        links_out: bool = False,
     ) -> Release:
         """Copy ``dist`` (less its top-level ``dist_exclude`` names) into staging, hash, and
         publish it as <hash8>. ``identity``: what runs besides ``dist`` (an image runtime's
@@ -94,7 +95,9 @@ class Stager(StoreParts):
 
         The same content again reuses the existing release (its logs get the new build log).
         A refused output leaves nothing behind; with ``keep_failed_log`` the build's log is kept
-        where a failed build's is read (``failed_build_log``).
+        where a failed build's is read (``failed_build_log``). ``links_out``: the release runs
+        as an app (never served as files), so symlinks that leave it are kept as links; the
+        manifest says so (``linksOut``), and such a release is never served as files.
         """
         try:
             base = self._link_base(staging.project_id)
@@ -102,7 +105,7 @@ class Stager(StoreParts):
             limits = self.limits
             if max_bytes is not None and max_bytes < limits.max_bytes:
                 limits = Limits(limits.max_files, max(0, max_bytes))
-            hasher = _TreeHasher(Path(dist), limits, frozenset(dist_exclude), base)
+            hasher = _TreeHasher(Path(dist), limits, frozenset(dist_exclude), base, links_out)
             digest = hasher.run_into(staging.path / "dist")
             copied = time.monotonic()
             version = _version(digest, identity)
@@ -114,6 +117,7 @@ class Stager(StoreParts):
                 "createdAt": created,
                 "generation": generation,
                 **(details or {}),
+                **({"linksOut": hasher.left} if hasher.left else {}),
             }
             atomic_write(staging.path / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
             _fsync_tree(staging.path)

@@ -105,6 +105,28 @@ class ReleaseStore(Stager, SiteLinks):
         source = manifest.get("source") if manifest else None
         return source if isinstance(source, dict) else None
 
+    def app_of(self, project_id: ProjectId, version: str | None) -> dict[str, Any] | None:
+        """How a release's build was worked out from its files (its manifest's ``app``: what
+        was recognised, and the commands it builds, starts and releases with), if it was."""
+        if version is None or not is_hash8(version):
+            return None
+        manifest = self._manifest(self.project_dir(project_id) / version)
+        app = manifest.get("app") if manifest else None
+        return app if isinstance(app, dict) else None
+
+    def runs_app(self, project_id: ProjectId, version: str | None) -> bool:
+        """Does the release run as an app whatever the spec says: it starts one of its own
+        (found at its build), or it keeps links that leave it? Such a release is never
+        served as files."""
+        if version is None or not is_hash8(version):
+            return False
+        manifest = self._manifest(self.project_dir(project_id) / version)
+        if not manifest:
+            return False
+        app = manifest.get("app")
+        starts = isinstance(app, dict) and isinstance(app.get("start"), str)
+        return starts or bool(manifest.get("linksOut"))
+
     def get(self, project_id: ProjectId, version: str) -> Release | None:
         if not is_hash8(version):
             return None
