@@ -169,7 +169,7 @@ def cmd_hook_secret(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from reconciler.sources.detect import DetectError, detect
+    from reconciler.core.detect import DetectError, detect
 
     try:
         found = detect(Path(args.path))
@@ -198,9 +198,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_new(args: argparse.Namespace) -> int:
     """Write a desired file for the app in --source: stopped, with the detected commands
     spelled out, to read and edit before ``reconciler deploy ID``."""
+    from reconciler.core.detect import DetectError, detect
     from reconciler.core.fileio import atomic_write
     from reconciler.core.spec import InvalidProjectId, check_project_id
-    from reconciler.sources.detect import DetectError, detect
 
     try:
         project_id = check_project_id(args.project)
@@ -325,6 +325,8 @@ def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "")
     lines = [line]
     if status.get("commit"):
         lines.append(f"  commit: {status['commit'][:12]} {status.get('subject') or ''}".rstrip())
+    if status.get("app"):
+        lines.append(f"  app: {_app_line(status['app'])}")
     source = status.get("source")
     if source and source.get("error"):
         lines.append(f"  source: {source['error']}")
@@ -504,10 +506,25 @@ def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             if version.get("commit")
             else ""
         )
+        app = f"  [{version['app']['kind']}]" if version.get("app") else ""
         print(
-            f"{mark} {version['hash']}  {version['createdAt']}{active}{commit}".rstrip(), file=out
+            f"{mark} {version['hash']}  {version['createdAt']}{active}{commit}{app}".rstrip(),
+            file=out,
         )
     return OK
+
+
+def _app_line(app: dict[str, Any]) -> str:
+    """How the serving version was found to build and start: ``python (requirements.txt,
+    app.py); starts: exec .venv/bin/python -m gunicorn ...``."""
+    line = f"{app['kind']} ({', '.join(app.get('seen') or [])})"
+    if app.get("start"):
+        line += f"; starts: {app['start']}"
+    else:
+        line += "; a static site"
+    if app.get("release"):
+        line += f"; release phase: {app['release']}"
+    return line
 
 
 def cmd_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:

@@ -226,7 +226,12 @@ class Limits(_Model):
 
 
 class Build(_Model):
-    command: str | None = Field(default=None, description="run by /bin/sh -c in the source dir")
+    command: str | None = Field(
+        default=None,
+        description="run by /bin/sh -c in the source dir; with build.output and start.command "
+        "null, the build is found from the app's files (Procfile, package.json, "
+        "requirements.txt...)",
+    )
     output: str | None = Field(
         default=None,
         description="process: dir under source (default dist); docker: path in the image "
@@ -247,7 +252,11 @@ def _writable(value: list[str]) -> list[str]:
 
 
 class Start(_Model):
-    command: str | None = Field(default=None, description="gets $PORT; null = static server")
+    command: str | None = Field(
+        default=None,
+        description="gets $PORT and $HOST; null: found from the app's files at its build (when "
+        "build.command and build.output are null too), else a static site",
+    )
     port: int | None = Field(default=None, ge=1, le=65535, description="docker: container port")
     writable: list[str] = Field(
         default_factory=list,

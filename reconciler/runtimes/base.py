@@ -64,6 +64,8 @@ class BuildResult:
     details: dict[str, Any] = field(default_factory=dict)
     dist_exclude: tuple[str, ...] = ()
     identity: str | None = None  # what runs besides dist (an image id): part of the version
+    runs_app: bool = False  # never served as files: links that leave it are kept as links
+    request: BuildRequest | None = None  # what was built (for finish_build)
 
 
 @dataclass(frozen=True)

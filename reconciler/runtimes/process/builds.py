@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -23,6 +25,12 @@ from reconciler.runtimes.base import (
     OutputTail,
     describe_seconds,
     with_tail,
+)
+from reconciler.runtimes.process.apps import (
+    found_app,
+    keep_dependencies,
+    relocate_venvs,
+    restore_dependencies,
 )
 from reconciler.runtimes.process.processes import (
     BUILD_RECORD,
@@ -38,16 +46,35 @@ from reconciler.runtimes.process.processes import (
     process_start_time,
 )
 from reconciler.runtimes.systemd import SiteUnits
-from reconciler.stores.releases import Release
+from reconciler.stores.releases import Release, ReleaseStore
 
 
 class Builds:
     if TYPE_CHECKING:  # what the runtime it is part of provides
         name: RuntimeName
+        releases: ReleaseStore
         units: SiteUnits | None
         build_limits: Limits
 
     def build(self, request: BuildRequest) -> BuildResult:
+        """Build the source as its desired file says, or (it names no build or start command)
+        as its files say (``detect``); an app's release keeps what was found."""
+        app = found_app(request)
+        if app is not None:
+            request = replace(request, spec=app.applied(request.spec))
+            request.on_line(f"Detected {app.summary}")
+            if self.units is None:
+                restore_dependencies(request)
+        result = self._build(request)
+        runs_app = request.spec.start.command is not None or (app is not None and app.start)
+        if runs_app:
+            relocate_venvs(result.dist, request.on_line)
+        if app is not None:
+            details = {**result.details, "app": app.record()}
+            result = replace(result, details=details, identity=app.identity)
+        return replace(result, runs_app=bool(runs_app), request=request)
+
+    def _build(self, request: BuildRequest) -> BuildResult:
         spec = request.spec
         output = _output_dir(spec)
         dist = request.source / output
@@ -69,7 +96,7 @@ class Builds:
         with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
             tail = OutputTail(request.on_line, log, request.log_limits)
             tail.add(f"$ {spec.build.command}")
-            code = self._run_build(request, tail)
+            code = self._run_build(request, spec.build.command, tail)
         if code != 0:
             raise BuildFailed(
                 with_tail(
@@ -88,17 +115,14 @@ class Builds:
             _dist_exclude(output),
         )
 
-    def _run_build(self, request: BuildRequest, tail: OutputTail) -> int:
+    def _run_build(self, request: BuildRequest, command: str, tail: OutputTail) -> int:
         spec = request.spec
         caches = package_caches(request.cache_dir) if self.units is None else {}
         env = {**base_environ(), **caches, **spec.env}
         if self.units is not None:
-            return self._run_build_unit(request, tail, env)
+            return self._run_build_unit(request, command, tail, env)
         proc = subprocess.Popen(
-            limited(
-                ["/bin/sh", "-c", spec.build.command or "true"],
-                spec.build.limits.otherwise(self.build_limits),
-            ),
+            limited(["/bin/sh", "-c", command], spec.build.limits.otherwise(self.build_limits)),
             cwd=request.source,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -113,12 +137,14 @@ class Builds:
         start = process_start_time(proc.pid)
         atomic_write(record, json.dumps({"pid": proc.pid, "pidStart": start}).encode() + b"\n")
         try:
-            return self._wait_build(request, tail, proc, stdout)
+            return self._wait_build(request, tail, proc, stdout, command)
         finally:
             kill_session(proc.pid, start, timeout=KILL_GRACE)  # what the build left running
             record.unlink(missing_ok=True)
 
-    def _run_build_unit(self, request: BuildRequest, tail: OutputTail, env: dict[str, str]) -> int:
+    def _run_build_unit(
+        self, request: BuildRequest, command: str, tail: OutputTail, env: dict[str, str]
+    ) -> int:
         """The build as a unit of its own user (``--site-users``): see SiteUnits.build."""
         assert self.units is not None
         spec = request.spec
@@ -127,7 +153,7 @@ class Builds:
                 build_instance(request.project_id),
                 f"reconciler build {request.project_id}",
                 request.source,
-                ["/bin/sh", "-c", spec.build.command or "true"],
+                ["/bin/sh", "-c", command],
                 # the build's user has no home; the unit's /tmp is its own (PrivateTmp)
                 {**env, "HOME": "/tmp"},  # noqa: S108
                 spec.build.limits.otherwise(self.build_limits),
@@ -142,7 +168,7 @@ class Builds:
         if reason == "timeout":
             raise BuildFailed(
                 with_tail(
-                    f"Build failed: {spec.build.command} timed out after "
+                    f"Build failed: {command} timed out after "
                     f"{describe_seconds(spec.build.timeout)}",
                     tail.text(),
                 )
@@ -155,6 +181,7 @@ class Builds:
         tail: OutputTail,
         proc: subprocess.Popen[bytes],
         stdout: IO[bytes],
+        command: str,
     ) -> int:
         spec = request.spec
 
@@ -184,7 +211,7 @@ class Builds:
                 raise Cancelled("build cancelled")
             raise BuildFailed(
                 with_tail(
-                    f"Build failed: {spec.build.command} timed out after "
+                    f"Build failed: {command} timed out after "
                     f"{describe_seconds(spec.build.timeout)}",
                     tail.text(),
                 )
@@ -197,7 +224,32 @@ class Builds:
         return proc.returncode
 
     def finish_build(self, result: BuildResult, release: Release) -> None:
-        return None
+        """The release phase (a Procfile's ``release:``): once per built release, in its
+        files, before it goes live; a failure fails the deploy (the old version serves)."""
+        app = result.details.get("app")
+        if result.request is None or not isinstance(app, dict):
+            return
+        command = app.get("release")
+        if self.units is None:
+            keep_dependencies(result.request)
+        if not isinstance(command, str):
+            return
+        request = replace(result.request, source=release.dist)
+        with open(release.log("build"), "a", encoding="utf-8") as log:
+            tail = OutputTail(request.on_line, log, request.log_limits)
+            tail.add(f"$ {command}  (release phase)")
+            code = self._run_build(request, command, tail)
+        if code != 0:
+            failed = self.releases.failed_build_log(release.project_id)
+            failed.parent.mkdir(exist_ok=True)
+            shutil.copyfile(release.log("build"), failed)
+            raise BuildFailed(
+                with_tail(
+                    f"Release phase failed: {command} exited with code {code}; {release.hash} "
+                    "was not brought live",
+                    tail.text(),
+                )
+            )
 
 
 # package managers' download caches, per project, so a build with unchanged dependencies
@@ -217,4 +269,5 @@ def package_caches(cache_dir: Path | None) -> dict[str, str]:
         return {}
     for sub in CACHE_VARIABLES.values():
         (cache_dir / sub).mkdir(parents=True, exist_ok=True)
-    return {name: str(cache_dir / sub) for name, sub in CACHE_VARIABLES.items()}
+    found = {name: str(cache_dir / sub) for name, sub in CACHE_VARIABLES.items()}
+    return {**found, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}

@@ -99,28 +99,15 @@ class ProcessRuntime(Builds):
 
     # -- instances -------------------------------------------------------------------------
 
-    def _argv(self, release: Release, spec: ProjectSpec, port: int) -> list[str]:
-        if spec.start.command is None:
-            return [
-                self.python,
-                "-m",
-                "reconciler.runtimes.process.static",
-                "--dir",
-                str(release.dist),
-                "--host",
-                self.bind_host,
-                "--port",
-                str(port),
-            ]
-        return ["/bin/sh", "-c", spec.start.command]
-
     def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
         """The start command runs in the release's ``dist/`` (what was built), never in the
         release root, so nothing of the release's bookkeeping is reachable by its paths."""
         release.logs.mkdir(exist_ok=True)
         env = {**base_environ(), **spec.env, "PORT": str(port), "HOST": self.bind_host}
         env[INSTANCE_MARK] = instance_mark(self.releases, release.project_id, release.hash, config)
-        if spec.start.command is None:
+        command = spec.start.command or app_start(self.releases, release)
+        argv = instance_argv(command, self.python, release.dist, self.bind_host, port)
+        if command is None:
             package_root = str(Path(__file__).resolve().parents[2])
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p
@@ -135,7 +122,7 @@ class ProcessRuntime(Builds):
                     site_instance(release.project_id, release.hash, config),
                     f"reconciler site {release.project_id} {release.hash} (settings {config})",
                     release.path,
-                    self._argv(release, spec, port),
+                    argv,
                     release.dist,
                     env,
                     log,
@@ -143,7 +130,7 @@ class ProcessRuntime(Builds):
                 )
             else:
                 pid = self.launcher(
-                    self._argv(release, spec, port),
+                    argv,
                     release.dist,
                     env,
                     log,
@@ -402,3 +389,19 @@ def kill_orphan_instances(releases: ReleaseStore, units: SiteUnits | None = None
             os.kill(pid, signal.SIGKILL)
         stopped.append(mark.decode(errors="replace").split("=", 1)[1])
     return stopped
+
+
+def app_start(releases: ReleaseStore, release: Release) -> str | None:
+    """The start command a release found at its build (its manifest's ``app.start``)."""
+    app = releases.app_of(release.project_id, release.hash)
+    start = app.get("start") if app is not None else None
+    return start if isinstance(start, str) else None
+
+
+def instance_argv(command: str | None, python: str, dist: Path, host: str, port: int) -> list[str]:
+    """What an instance runs: its start command by /bin/sh, or (none) the built-in static
+    server on its dist."""
+    if command is not None:
+        return ["/bin/sh", "-c", command]
+    static = "reconciler.runtimes.process.static"
+    return [python, "-m", static, "--dir", str(dist), "--host", host, "--port", str(port)]
