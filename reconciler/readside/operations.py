@@ -45,6 +45,7 @@ from reconciler.readside.terms import (  # noqa: F401 - importable from here too
 )
 from reconciler.readside.views import (
     ActiveJob,
+    AppFound,
     History,
     Plan,
     ProductionStatus,
@@ -199,6 +200,7 @@ class Operations(LogReads, Streams):
                     createdAt=v.created_at,
                     config=config if v.is_active else None,
                     **running_commit(row, v.hash, self.releases.source_of(project_id, v.hash)),
+                    app=AppFound.of(self.releases.app_of(project_id, v.hash)),
                 )
                 for v in self.releases.history(project_id, active=active or "")
             ]

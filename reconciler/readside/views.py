@@ -14,7 +14,7 @@ operator's request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,29 @@ class ActiveJob(_Out):
     state: JobState
 
 
+class AppFound(_Out):
+    """How a version was built and starts, worked out from its files (its desired file named
+    no build or start command)."""
+
+    kind: str = Field(description="python, node, procfile, static")
+    seen: list[str] = Field(description="the files it went by")
+    build: str | None = None
+    start: str | None = Field(default=None, description="None: a static site")
+    release: str | None = Field(default=None, description="the Procfile's release phase")
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any] | None) -> AppFound | None:
+        """From a release's manifest ``app`` (None: the desired file said how)."""
+        if record is None:
+            return None
+        try:
+            return cls.model_validate(
+                {k: record.get(k) for k in ("kind", "seen", "build", "start", "release")}
+            )
+        except ValueError:
+            return None
+
+
 class InstanceUsage(_Out):
     memory: int | None = Field(description="bytes")
     cpu: float | None = Field(description="percent of one core")
@@ -100,6 +123,9 @@ class ProductionStatus(_Out):
         description="what the serving instance uses, as the daemon last sampled it (process "
         "and docker runtimes)",
     )
+    app: AppFound | None = Field(
+        default=None, description="the serving version's build and start, found from its files"
+    )
 
 
 class Version(_Out):
@@ -111,6 +137,9 @@ class Version(_Out):
     )
     commit: str | None = Field(default=None, description="git source: the commit it was built from")
     subject: str | None = None
+    app: AppFound | None = Field(
+        default=None, description="its build and start, found from its files"
+    )
 
 
 class History(_Out):
@@ -253,6 +282,7 @@ class Snapshot:
     commit: dict[str, str] | None = None  # the commit the row's version was built from
     source: SourceRow | None = None  # a followed source's standing
     usage: InstanceUsage | None = None  # what the serving instance uses
+    app: AppFound | None = None  # the row's version: its build and start, found from its files
 
     @property
     def file_spec(self) -> ProjectSpec | None:
@@ -281,6 +311,8 @@ class Snapshot:
             extra["replicas"] = self.row.productionReplicas
         if self.usage is not None and status.status == Status.RUNNING:
             extra["usage"] = self.usage
+        if self.app is not None:
+            extra["app"] = self.app
         if self.source is not None:
             extra["source"] = SourceState(
                 tip=self.source.rev, error=self.source.error, checkedAt=self.source.checkedAt
@@ -341,4 +373,5 @@ class Reader:
         return Snapshot(
             view, seen.spec, row, deployment, job, tuple(plan(view, seen.observed)),
             serving[0] if serving else None, seen.desired, commit or None, seen.source, usage,
+            AppFound.of(self.releases.app_of(project_id, version)),
         )  # fmt: skip

@@ -64,6 +64,11 @@ def test_deploy_progress_rollback_failures_and_invalid_files(
         env.start()
         env.write("www", desired_yaml(site, extra="build:\n  command: sleep 1\n"))
         env.write("broken", desired_yaml(broken, extra="build:\n  command: sh build.sh\n"))
+        app = tmp_path / "app"
+        app.mkdir()
+        (app / "Procfile").write_text("web: python3 -m http.server $PORT\n")
+        (app / "index.html").write_text("<p>an app found by its Procfile</p>")
+        env.write("app", desired_yaml(app))
         (env.desired / "typo.yaml").write_text("source: x\nproduction:\n  state: runing\n")
         first = env.wait_serving("www", "version one")
         env.wait_status("broken", "failed")
@@ -85,7 +90,17 @@ def test_deploy_progress_rollback_failures_and_invalid_files(
             assert "typo.yaml:3:10: production.state" in page.inner_text("body")
             shot(page, "list")
 
+            # how a version was found to build and start
+            env.wait_status("app", "running")
+            page.goto(f"{base}/#/p/app")
+            page.wait_for_selector("#app")
+            found = page.inner_text("#app")
+            assert "detected procfile from Procfile" in found, found
+            assert "starts: exec python3 -m http.server $PORT" in found, found
+            assert "procfile (Procfile)" in page.inner_text("#history")
+
             # a failed build's output
+            page.goto(f"{base}/")
             page.click("tr[data-project=broken] a")
             page.wait_for_selector("#status-error")
             assert "exited with code 3" in page.inner_text("#status-error")

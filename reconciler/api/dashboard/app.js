@@ -174,6 +174,7 @@ async function refreshProject() {
     parts.push(el("span", { class: "muted" }, `commit ${status.commit.slice(0, 12)} ${status.subject || ""}`), " ");
   }
   if (status.startedAt) parts.push(el("span", { class: "muted" }, `since ${ago(status.startedAt)}`));
+  if (status.app) parts.push(el("div", { class: "muted", id: "app" }, appLine(status.app)));
   if (status.error) parts.push(el("div", { class: "error", id: "status-error" }, status.error));
   if (status.note) parts.push(el("div", { class: "muted" }, status.note));
   $("#summary").replaceChildren(...parts);
@@ -184,9 +185,18 @@ async function refreshProject() {
     el("tr", { "data-version": v.hash },
       el("td", { "data-label": "Version" }, v.hash, v.isActive ? el("span", { class: "muted" }, " (active)") : null),
       el("td", { "data-label": "Commit" }, v.commit ? `${v.commit.slice(0, 12)} ${v.subject || ""}` : ""),
+      el("td", { "data-label": "App" }, v.app ? `${v.app.kind} (${v.app.seen.join(", ")})` : "as written"),
       el("td", { "data-label": "Built" }, ago(v.createdAt)),
       el("td", {}, v.isActive ? "" : el("button", { class: "secondary rollback", onclick: () => rollback(v.hash) }, "Roll back")),
     )));
+}
+
+// how a version was found to build and start (its desired file named no commands)
+function appLine(app) {
+  const seen = app.seen.length ? ` from ${app.seen.join(", ")}` : "";
+  const start = app.start ? `starts: ${app.start}` : "a static site, served as files";
+  const release = app.release ? `; release phase: ${app.release}` : "";
+  return `detected ${app.kind}${seen}; ${start}${release}`;
 }
 
 async function showNotifications() {
