@@ -92,7 +92,7 @@ def stage(config: Config, html: str, tmp_path: Path) -> str:
 
 STATUS_KEYS = [
     "status", "url", "port", "error", "startedAt", "activeJob", "hash", "config", "note",
-    "commit", "subject", "source", "replicas", "usage",
+    "commit", "subject", "source", "replicas", "usage", "app",
 ]  # fmt: skip
 
 
@@ -104,7 +104,7 @@ def test_status_of_a_new_project(client: FlaskClient) -> None:
     assert response.json == {
         "status": "stopped", "url": None, "port": None, "error": None,
         "startedAt": None, "activeJob": None, "hash": None, "config": None, "note": None,
-        "commit": None, "subject": None, "source": None, "replicas": None, "usage": None,
+        "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
     }  # fmt: skip
 
 
@@ -137,7 +137,7 @@ def test_status_of_a_running_project(
     running = {
         "status": "running", "url": "http://localhost:3001", "port": 3001, "error": None,
         "startedAt": "2025-12-27T10:30:45.000Z", "activeJob": None, "hash": version,
-        "config": settings, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None,
+        "config": settings, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
     }  # fmt: skip
     assert client.get("/api/projects/www/production").json == running
     # housekeeping (a job outside any deployment) is not an operator's request
@@ -196,7 +196,7 @@ def test_deploy_bumps_generation_and_reports_queued_at_once(
     assert response.json == {
         "status": "queued", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.build", "state": "queued"}, "hash": None,
-        "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None,
+        "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
     }  # fmt: skip
     text = (config.desired_dir / "www.yaml").read_text()
     assert text == SITE.replace("state: stopped ", "state: running ").replace(
@@ -260,7 +260,7 @@ def test_stop_production(client: FlaskClient, app: Flask, config: Config) -> Non
     assert response.json == {
         "status": "stopped", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.stop", "state": "queued"}, "hash": "a1b2c3d4",
-        "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None,
+        "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
     }  # fmt: skip
     assert (config.desired_dir / "www.yaml").read_text() == SITE
     db(app).update_project(
@@ -281,7 +281,7 @@ def test_history_newest_first(
     versions = client.get("/api/projects/www/production-history").json["versions"]  # type: ignore[index]
     assert [(v["hash"], v["isActive"]) for v in versions] == [(new, True), (old, False)]
     assert all(
-        list(v) == ["hash", "isActive", "createdAt", "config", "commit", "subject"]
+        list(v) == ["hash", "isActive", "createdAt", "config", "commit", "subject", "app"]
         and v["createdAt"].endswith("Z")
         for v in versions
     )
