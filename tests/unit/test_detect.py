@@ -113,9 +113,7 @@ def test_the_python_asked_for_is_used_or_named_with_the_ones_installed(tmp_path:
     with pytest.raises(DetectError, match=r"asks for Python 3\.9 .* installed: 3\.11, 3\.12"):
         detect(app(tmp_path / "b", {**files, ".python-version": "3.9\n"}), which=which)
     runtime_txt = {"requirements.txt": "flask\n", "app.py": FLASK, "runtime.txt": "python-3.11.4"}
-    assert "python3.11 -m venv" in str(
-        detect(app(tmp_path / "c", runtime_txt), which=which).build
-    )
+    assert "python3.11 -m venv" in str(detect(app(tmp_path / "c", runtime_txt), which=which).build)
 
 
 def test_nothing_to_go_by_says_what_it_looks_for(tmp_path: Path) -> None:

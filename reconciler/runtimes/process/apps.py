@@ -52,7 +52,7 @@ def found_app(request: BuildRequest) -> Detected | None:
     return app
 
 
-def relocate_venvs(dist: Path, on_line: LineSink) -> int:
+def relocate_venvs(dist: Path, say: LineSink) -> int:
     """Make the console scripts of a virtualenv in ``dist`` (``.venv/bin/gunicorn``) find
     the interpreter beside them, so they run from the release (their shebangs name the dir
     the build made them in, which is gone). Returns how many it rewrote."""
@@ -65,7 +65,7 @@ def relocate_venvs(dist: Path, on_line: LineSink) -> int:
             if _relocate(Path(entry.path)):
                 rewritten += 1
     if rewritten:
-        on_line(f"Made {rewritten} virtualenv scripts run from wherever the release is")
+        say(f"Made {rewritten} virtualenv scripts run from wherever the release is")
     return rewritten
 
 
@@ -95,7 +95,7 @@ def _relocate(script: Path) -> bool:
 DEPENDENCY_DIRS = (".venv", "node_modules")
 
 
-def restore_dependencies(request: BuildRequest) -> int:
+def restore_dependencies(request: BuildRequest, say: LineSink) -> int:
     """Move the dependencies the last build installed into this build's clean checkout, so
     that unchanged dependencies install nothing. Returns how many dirs it moved."""
     if request.spec.git is None or request.cache_dir is None:
@@ -111,7 +111,7 @@ def restore_dependencies(request: BuildRequest) -> int:
             except OSError:
                 shutil.rmtree(found, ignore_errors=True)
     if moved:
-        request.on_line("Reusing the dependencies the last build installed")
+        say("Reusing the dependencies the last build installed")
     return moved
 
 
@@ -129,3 +129,16 @@ def keep_dependencies(request: BuildRequest) -> None:
                 os.rename(found, kept / name)
             except OSError:
                 continue
+
+
+def noting(request: BuildRequest) -> LineSink:
+    """A line for the build's events and its log both (what the build does besides its
+    commands)."""
+
+    def say(line: str) -> None:
+        request.on_line(line)
+        request.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(request.log_dir / "build.log", "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+
+    return say

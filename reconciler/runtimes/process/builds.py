@@ -29,6 +29,7 @@ from reconciler.runtimes.base import (
 from reconciler.runtimes.process.apps import (
     found_app,
     keep_dependencies,
+    noting,
     relocate_venvs,
     restore_dependencies,
 )
@@ -59,16 +60,16 @@ class Builds:
     def build(self, request: BuildRequest) -> BuildResult:
         """Build the source as its desired file says, or (it names no build or start command)
         as its files say (``detect``); an app's release keeps what was found."""
-        app = found_app(request)
+        app, say = found_app(request), noting(request)
         if app is not None:
             request = replace(request, spec=app.applied(request.spec))
-            request.on_line(f"Detected {app.summary}")
+            say(f"Detected {app.summary}")
             if self.units is None:
-                restore_dependencies(request)
+                restore_dependencies(request, say)
         result = self._build(request)
         runs_app = request.spec.start.command is not None or (app is not None and app.start)
         if runs_app:
-            relocate_venvs(result.dist, request.on_line)
+            relocate_venvs(result.dist, say)
         if app is not None:
             details = {**result.details, "app": app.record()}
             result = replace(result, details=details, identity=app.identity)
