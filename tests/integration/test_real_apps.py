@@ -87,9 +87,9 @@ def test_a_flask_app_from_its_guide_deploys_and_redeploys_from_the_smallest_file
         env.write("flaskapp", smallest("flaskapp", 1))
         second = served(env, "flaskapp", "hello from flask 2")
         assert second != first
-        build_log = (
-            env.data / "production" / "flaskapp" / second / "logs" / "build.log"
-        ).read_text()
+        logs = env.data / "production" / "flaskapp"
+        assert "Successfully installed" in (logs / first / "logs" / "build.log").read_text()
+        build_log = (logs / second / "logs" / "build.log").read_text()
         assert "Successfully installed" not in build_log, "unchanged dependencies: none again"
 
 
