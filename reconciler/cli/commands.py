@@ -520,6 +520,8 @@ def _app_line(app: dict[str, Any]) -> str:
     line = f"{app['kind']} ({', '.join(app.get('seen') or [])})"
     if app.get("start"):
         line += f"; starts: {app['start']}"
+    elif app["kind"] == "docker":
+        line += "; the docker runtime: runs the image's command"
     else:
         line += "; a static site"
     if app.get("release"):

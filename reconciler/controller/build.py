@@ -11,7 +11,7 @@ from pathlib import Path
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
 from reconciler.core.errors import DistTooLarge, PermanentError, TransientError
-from reconciler.core.kinds import EventType, JobType, Status
+from reconciler.core.kinds import EventType, JobType, RuntimeName, Status
 from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.core.spec import GitSource, ProjectSpec, redact, show_memory
 from reconciler.runtimes.base import BuildRequest, BuildResult, Runtime
@@ -88,6 +88,7 @@ class Builder:
             links_out=result.runs_app,
             details={
                 **result.details,
+                **_found_docker(run),
                 "desiredDigest": run.facts.digest,
                 **({"source": run.built_from} if spec.git is not None else {}),
             },
@@ -203,6 +204,18 @@ class Builder:
                 {"commit": commit.sha, "subject": commit.subject})},
         )  # fmt: skip
         return {"rev": commit.sha, **commit.record()}
+
+
+def _found_docker(run: Run) -> dict[str, object]:
+    """A release of an app put on the docker runtime by its Dockerfile alone (its file names
+    no runtime): say so with the release, as a build that found its app does."""
+    desired = run.facts.desired
+    if desired is None or desired.spec is None or desired.spec.runtime is not None:
+        return {}
+    if run.spec.runtime != RuntimeName.DOCKER:
+        return {}
+    return {"app": {"kind": "docker", "seen": ["Dockerfile"], "build": "docker build",
+                    "start": None, "release": None}}  # fmt: skip
 
 
 def _free_bytes(path: Path) -> int:

@@ -74,7 +74,7 @@ class Controller:
         self.releases = releases
         self.ports = ports
         self.runtimes = runtimes
-        self.last_good = last_good if last_good is not None else LastGood()
+        self.last_good = last_good if last_good is not None else LastGood(config.default_runtime)
         repairs = RepairLog(clock)
         self.fingerprints = Fingerprints(desired, releases)
         self.facts = FactFinder(

@@ -73,7 +73,7 @@ class Daemon:
         )
         self.edge = make_edge(config, self.db) if config.edge != EdgeMode.OFF else None
         self.metrics = DaemonMetrics()
-        self.last_good = LastGood()
+        self.last_good = LastGood(config.default_runtime)
         self._secret_lock = threading.Lock()
         self.notifications = Notifications(
             self.db,

@@ -80,7 +80,7 @@ class Observe:
         desired = self.desired.read(project_id)
         rows = self.db.instances(project_id)
         last = last_good(project_id, row)
-        spec = spec_in_force(desired, last) if desired is not None else None
+        spec = spec_in_force(desired, last, default_runtime) if desired is not None else None
         source = None
         if desired is not None and spec is not None and spec.production.follow:
             source = self.db.source(project_id)

@@ -216,3 +216,27 @@ def test_docker_builds_each_pushed_commit_of_a_followed_branch(
             assert serving(env, project, "docker commit two", timeout=120) == second
         finally:
             _clean(env, docker_client, project, prefix)
+
+
+@pytest.mark.timeout(240)
+def test_an_app_that_only_a_dockerfile_builds_takes_the_docker_runtime(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """A desired file that names no runtime, on a daemon whose default is the process
+    runtime: the Dockerfile says how, the docker runtime builds and runs it, and the status
+    says why."""
+    source = make_project(tmp_path / "src", "found by its dockerfile")
+    project = f"df{tmp_path.name[-6:].lower().replace('_', '')}"
+    with environment(tmp_path, runtime="process") as env:
+        prefix = env.config().docker_prefix
+        try:
+            env.start()
+            env.write(project, f"source: {source}\nproduction:\n  state: running\n")
+            row = env.wait_serving(project, "found by its dockerfile", timeout=120)
+            assert _versions(docker_client, project) == [
+                f"doce_prod_{project}_{row.productionHash}"
+            ]
+            app = env.releases().app_of(project, row.productionHash)  # type: ignore[arg-type]
+            assert app is not None and app["kind"] == "docker" and app["seen"] == ["Dockerfile"]
+        finally:
+            _clean(env, docker_client, project, prefix)

@@ -10,6 +10,7 @@ import pytest
 
 from reconciler.core.detect import DetectError, detect, find_program
 from reconciler.core.kinds import RuntimeName
+from reconciler.core.spec import ProjectSpec
 from reconciler.stores.desired import parse
 from tests.conftest import PYTHON, REPO
 
@@ -179,3 +180,26 @@ def test_a_python_version_is_found_past_a_pyenv_shim(
     files = {"requirements.txt": "flask\n", "app.py": FLASK, ".python-version": "3.12\n"}
     found = detect(app(tmp_path / "app", files))
     assert f"|| {real}/python3.12 -m venv --copies --clear .venv" in str(found.build)
+
+
+def test_only_an_app_that_just_a_dockerfile_builds_is_put_on_the_docker_runtime(
+    tmp_path: Path,
+) -> None:
+    from reconciler.stores.desired.store import found_runtime
+
+    def spec(source: Path, extra: str = "") -> ProjectSpec:
+        path = tmp_path / "desired" / "x.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"source: {source}\n{extra}")
+        return parse(path, path.read_bytes())
+
+    alone = app(tmp_path / "alone", {"Dockerfile": "FROM x\n", "site/index.html": "hi"})
+    both = app(tmp_path / "both", {"Dockerfile": "FROM x\n", "requirements.txt": "", "Procfile":
+                                   "web: python -m http.server $PORT\n"})  # fmt: skip
+    desired = tmp_path / "desired" / "x.yaml"
+    process, swarm = RuntimeName.PROCESS, RuntimeName.SWARM
+    assert found_runtime(spec(alone), desired, process).runtime == RuntimeName.DOCKER
+    assert found_runtime(spec(both), desired, process).runtime is None, "a build here"
+    assert found_runtime(spec(alone), desired, swarm).runtime is None, "swarm builds images"
+    said = spec(alone, "runtime: process\nbuild:\n  output: site\n")
+    assert found_runtime(said, desired, process) == said, "what the file says wins"

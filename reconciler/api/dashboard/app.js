@@ -194,7 +194,8 @@ async function refreshProject() {
 // how a version was found to build and start (its desired file named no commands)
 function appLine(app) {
   const seen = app.seen.length ? ` from ${app.seen.join(", ")}` : "";
-  const start = app.start ? `starts: ${app.start}` : "a static site, served as files";
+  const start = app.start ? `starts: ${app.start}`
+    : app.kind === "docker" ? "the docker runtime: runs the image's command" : "a static site, served as files";
   const release = app.release ? `; release phase: ${app.release}` : "";
   return `detected ${app.kind}${seen}; ${start}${release}`;
 }

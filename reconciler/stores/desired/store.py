@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.core.detect import DetectError, detect
 from reconciler.core.fileio import atomic_write
+from reconciler.core.kinds import RuntimeName
 from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
 from reconciler.stores.desired.edit import EditError, set_values
 from reconciler.stores.desired.parse import (
@@ -91,11 +93,13 @@ Mutation = Callable[[ProjectSpec], Mapping[str, object]]
 
 
 class LastGood:
-    """The last valid spec of each project: what stays in force while its file is invalid."""
+    """The last valid spec of each project: what stays in force while its file is invalid.
+    ``default_runtime``: the daemon's, for a file that names none (see ``found_runtime``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, default_runtime: RuntimeName = RuntimeName.PROCESS) -> None:
         self._specs: dict[ProjectId, ProjectSpec] = {}
         self._lock = threading.Lock()
+        self.default_runtime = default_runtime
 
     def remember(self, project_id: ProjectId, spec: ProjectSpec) -> None:
         with self._lock:
@@ -116,15 +120,45 @@ class LastGood:
 
     def in_force(self, desired: DesiredFile) -> ProjectSpec | None:
         """The file's spec when it is valid, else the last good one."""
-        return spec_in_force(desired, self.get(desired.project_id))
+        return spec_in_force(desired, self.get(desired.project_id), self.default_runtime)
 
 
-def spec_in_force(desired: DesiredFile, last: ProjectSpec | None) -> ProjectSpec | None:
+def spec_in_force(
+    desired: DesiredFile,
+    last: ProjectSpec | None,
+    default_runtime: RuntimeName = RuntimeName.PROCESS,
+) -> ProjectSpec | None:
     """The spec a project runs by: its file's when the file is valid (keeping the last
-    production state when the file has no ``production:``), else the last good one."""
+    production state when the file has no ``production:``; an app that only a Dockerfile
+    builds on the docker runtime), else the last good one."""
     if desired.spec is None:
         return last
-    return keep_production(desired.spec, last)
+    return found_runtime(keep_production(desired.spec, last), desired.path, default_runtime)
+
+
+def found_runtime(spec: ProjectSpec, desired_file: Path, default: RuntimeName) -> ProjectSpec:
+    """A directory source whose file names no runtime and no build or start, and whose only
+    way to build is its ``Dockerfile``, runs on the docker runtime where the daemon's default
+    (the process runtime) could not build it. One stat for a source without a Dockerfile."""
+    if (
+        default != RuntimeName.PROCESS
+        or spec.runtime is not None
+        or spec.git is not None
+        or spec.build.command
+        or spec.build.output
+        or spec.start.command
+    ):
+        return spec
+    source = spec.source_dir(desired_file)
+    if not (source / "Dockerfile").is_file():
+        return spec
+    try:
+        found = detect(source, docker_first=False)
+    except DetectError:
+        return spec
+    if found.runtime != RuntimeName.DOCKER:
+        return spec
+    return spec.model_copy(update={"runtime": RuntimeName.DOCKER})
 
 
 def keep_production(spec: ProjectSpec, last: ProjectSpec | None) -> ProjectSpec:
