@@ -288,7 +288,7 @@ def metrics() -> Response:
     runs) and the edge's per-site request metrics (while it runs)."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    from reconciler.api.metrics import api_registry, edge_lines
+    from reconciler.api.metrics import api_registry, edge_lines, host_sites
 
     config: Config = current_app.config["RECONCILER_CONFIG"]
     db = ops().db
@@ -302,7 +302,7 @@ def metrics() -> Response:
             with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), timeout=2) as edge:
                 response = edge.get("http://edge/metrics")
             if response.status_code == 200:
-                parts.append(edge_lines(response.text).encode())
+                parts.append(edge_lines(response.text, host_sites(db)).encode())
         except httpx.HTTPError:
             pass  # the edge is down: its status says so; the rest is still worth a scrape
     return Response(b"".join(parts), mimetype=CONTENT_TYPE_LATEST.split(";")[0],

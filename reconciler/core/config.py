@@ -285,8 +285,8 @@ class Config:
     acme_email: str | None = opt(None, Option("--acme-email", "", group=EDGE))
     access_logs: bool = opt(
         True,
-        Option("--access-logs", "per-site JSON access logs at the edge "
-               "(data/production/<id>/logs/access.log)", on_off,
+        Option("--access-logs", "JSON access logs at the edge (data/edge/access.log, each "
+               "line naming its site)", on_off,
                show=lambda v: "on" if v else "off", choices=("on", "off"), group=EDGE),
     )  # fmt: skip
     drain: float = opt(

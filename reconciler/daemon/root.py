@@ -30,6 +30,7 @@ from reconciler.controller.recorder import Listeners
 from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, RuntimeName
 from reconciler.core.spec import NotifyTarget, ProjectId, redact
+from reconciler.daemon.down import at_exit, down_mark
 from reconciler.daemon.lifecycle import Lifecycle, Part, Step
 from reconciler.daemon.notifications import SECRET_NAME as NOTIFY_SECRET
 from reconciler.daemon.notifications import Notifications
@@ -64,14 +65,15 @@ class Daemon:
         # --site-users: process-runtime instances as reconciler-site@ units (one per daemon)
         self.site_units = SiteUnits(config.data_dir) if config.site_users else None
         self.ports = PortAllocator(self.db, config.port_range, bind_host=config.bind_host)
+        self.edge = make_edge(config, self.db) if config.edge != EdgeMode.OFF else None
         self.sites = SiteAllocator(
             self.db,
             config.port_range,
             config.internal_port_range,
             records=self.releases.root,
             bind_host=config.bind_host,
+            public_held=self.edge.held_ports if self.edge is not None else None,
         )
-        self.edge = make_edge(config, self.db) if config.edge != EdgeMode.OFF else None
         self.metrics = DaemonMetrics()
         self.last_good = LastGood(config.default_runtime)
         self._secret_lock = threading.Lock()
@@ -203,6 +205,7 @@ class Daemon:
 
     def _recover(self) -> None:
         """What a previous daemon left: its builds, staging dirs, open jobs, reservations."""
+        down_mark(self.config).unlink(missing_ok=True)  # `reconciler run` after a down
         leftovers = self._leftovers()
         orphans = leftovers.stop_leftover_builds() if leftovers is not None else []
         if orphans:
@@ -304,8 +307,12 @@ class Daemon:
         self.stop_requested.set()
 
     def shutdown(self) -> None:
-        logger.info("shutting down: cancelling in-flight work; instances keep running")
+        down = down_mark(self.config).exists()
+        logger.info(
+            "shutting down; %s", "every site and the edge stop" if down else "sites keep running"
+        )
         self.lifecycle.stop()
+        at_exit(self.config, self.db, self.releases, down=down)
         with contextlib.suppress(Exception):
             self.db.daemon_stopped()
         self.stores.close()

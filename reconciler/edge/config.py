@@ -1,26 +1,31 @@
-"""The edge's whole configuration as a pure function: ``edge_config(settings, sites) -> dict``.
+"""The edge's whole configuration as a pure function of its own settings:
+``edge_config(settings, held=..., domains=...) -> dict``.
 
-No I/O: the same sites give the same JSON, so the manager can compare it with what Caddy
-reports and load it only when they differ. Nothing here changes when a site's version
-changes: versions switch by links the routes read on every request (``current`` for static
-releases, ``slot`` for dynamic ones), so a deploy or rollback never reloads Caddy. A load
-happens when the set of served sites, their ports or their domains change.
+No site is named in it. Adding, removing, stopping, switching a site or moving a domain is a
+change of files (``routes``), never a configuration load: every Caddy load closes listeners
+and idle keep-alive connections on every site. A load happens only when the edge's settings
+change (its port range, bind address, TLS), when a port of the range that another process
+held is free again (or the reverse), and the first time a site asks for a domain.
 
-Per site (``site-<id>``), one server on its stable public port (its access log lines carry
-``"logger": "http.log.access.site-<id>"`` in the one shared access log):
+One server listens on the whole public port range (less the ports other processes hold).
+A request is routed by the port it arrived on, through ``<routes>/ports/<port>/``:
 
-- static: ``file_server`` rooted at ``<releases>/<id>/current/dist``;
-- dynamic: two routes, the first taken when ``<id>/slot/a`` exists (``slot -> slots/a``), each
-  proxying to its slot's internal port and naming the slot in a ``Reconciler-Slot`` header;
-- service (swarm runtime): round robin over entries that each dial the address in a file
-  under ``<id>/tasks/``, retried on the next when one refuses; the daemon rewrites the files
-  as the tasks move, so a rollout does not reload the edge either.
+- ``static`` (a file) and ``dist`` -> ``<releases>/<id>/current/dist``: ``file_server``;
+- ``up`` -> ``<releases>/<id>/slot`` (``slots/a|b``): the slot's dir holds one file named
+  ``<slot>@<address>`` (``a@127.0.0.1:20001``), which a ``map`` turns into the upstream the
+  request is proxied to (and the ``Reconciler-Slot`` header); the ``slot`` flip is the switch;
+- ``svc`` -> ``<releases>/<id>/tasks``: a swarm service's tasks, one file named
+  ``@<addr>,<addr>,...`` (``FANOUT`` addresses, in turn), proxied to round robin;
+- nothing: ``503 no site is served on port N``.
 
-The control server (127.0.0.1 only) serves ``/<id>/preview/dist/...`` for the check a static
-release passes before it goes live. Sites with ``domains`` are also routed by Host on one
-shared HTTPS listener with automatic certificates (ACME, or Caddy's internal CA).
-Every value that reaches this function was validated where it entered (project ids,
-hostnames, ports); paths are built only under ``releases``.
+Sites with domains are routed the same way by a validated Host through
+``<routes>/hosts/<domain> -> ../ports/<port>`` on one HTTPS listener, with certificates on
+demand: Caddy asks the control server, which answers from the same links (only names a
+desired file claims get one). Every access log line names the port it came to (``"port"``)
+or its host (a domain).
+The control server (127.0.0.1 only) also serves ``/<id>/preview/dist/...`` for the check a
+static release passes before it goes live. Values reaching a path were validated where
+they entered (project ids, hostnames, ports); Host is validated before it becomes a path.
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from typing import Any, Literal
 
 from reconciler.core.kinds import ServeMode
 from reconciler.core.spec import PROJECT_ID, ProjectId, ProjectSpec
-from reconciler.stores.releases import TASKS
 
 SLOT_HEADER = "Reconciler-Slot"
 PREVIEW_PATTERN = rf"^/{PROJECT_ID}/preview/dist(/.*)?$"
@@ -46,13 +50,15 @@ class EdgeSettings:
     access_log: Path
     bind_host: str
     control_port: int
+    routes: Path = Path("/nonexistent")  # the files requests are routed through (see above)
+    port_range: tuple[int, int] = (3001, 3999)  # the public ports the one server listens on
     domains_http_port: int = 80
     domains_https_port: int = 443
     domains_tls: Literal["acme", "internal"] = "acme"
     acme_email: str | None = None
     log_roll_mb: int = 10
     log_roll_keep: int = 5
-    access_logs: bool = True  # one JSON line per request (costs ~20 % of static throughput)
+    access_logs: bool = True  # one JSON line per request
 
 
 @dataclass(frozen=True)
@@ -75,19 +81,14 @@ def site_of(
     slots: tuple[int, int] | None = None,
 ) -> Site:
     """The site a project's spec makes at ``port`` (the one place a ``Site`` is made)."""
-    fanout = service_fanout(spec.deploy.replicas) if mode == ServeMode.SERVICE else 0
     return Site(
         project_id,
         port,
         mode,
         slots if mode == ServeMode.DYNAMIC else None,
         tuple(spec.domains),
-        fanout,
+        FANOUT if mode == ServeMode.SERVICE else 0,
     )
-
-
-def server_name(project_id: str) -> str:
-    return f"site-{project_id}"
 
 
 def admin_config(settings: EdgeSettings) -> dict[str, Any]:
@@ -108,58 +109,68 @@ def _writer(settings: EdgeSettings, filename: Path) -> dict[str, Any]:
     }
 
 
-def _site_routes(settings: EdgeSettings, site: Site) -> list[dict[str, Any]]:
-    root = settings.releases / site.project_id
-    if site.mode == ServeMode.STATIC:
-        return [{"handle": [{"handler": "file_server", "root": str(root / "current" / "dist")}]}]
-    if site.mode == ServeMode.SERVICE:
-        return _service_routes(root, site)
-    if site.slots is None:
-        raise ValueError(f"dynamic site {site.project_id} has no slot ports")
-    routes = []
-    for name, port in zip(("a", "b"), site.slots, strict=True):
-        route: dict[str, Any] = {
-            "handle": [
-                {"handler": "headers", "response": {"set": {SLOT_HEADER: [name]}}},
-                {"handler": "reverse_proxy", "upstreams": [{"dial": f"127.0.0.1:{port}"}]},
-            ],
-            "terminal": True,
-        }
-        if name == "a":
-            route["match"] = [{"file": {"root": str(root), "try_files": ["slot/a"]}}]
-        routes.append(route)
-    return routes
-
-
 SERVICE_TRY_DURATION = "5s"  # a task that went away: the request is tried on the others
-FANOUT_MAX = 64
+FANOUT = 8  # a service's upstream entries: its tasks in turn (a file name holds 8 addresses)
+HOST_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
+PORT = "{http.request.local.port}"
+HOST = "{http.request.host}"
 
 
-def service_fanout(replicas: int) -> int:
-    """How many upstream entries a service's site has: twice its replicas (a rollout runs
-    one task more), at least 2. A change of replicas is a load; a change of tasks is not."""
-    return min(FANOUT_MAX, max(2, 2 * replicas))
+def _file(root: Path, pattern: str) -> dict[str, Any]:
+    return {"file": {"root": str(root), "try_files": [pattern]}}
 
 
-def _service_routes(root: Path, site: Site) -> list[dict[str, Any]]:
-    """Round robin over ``fanout`` entries, each dialing the address in ``tasks/<i>`` (the
-    daemon rewrites those files as Swarm starts and stops tasks, so a rollout never reloads
-    the edge). A task that went away refuses the connection: that request is tried on the
-    next entry. Without ``tasks/0`` (no task runs) the site answers 503."""
-    tasks = root / TASKS
-    proxy = {
+def _named(pattern: str, outputs: list[str], destinations: list[str]) -> dict[str, Any]:
+    """Placeholders taken from the path of the route file that matched."""
+    return {
+        "handler": "map",
+        "source": "{http.matchers.file.relative}",
+        "destinations": [f"{{{name}}}" for name in destinations],
+        "mappings": [{"input_regexp": pattern, "outputs": outputs}],
+    }
+
+
+def _site_routes(root: Path, key: str, logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Serve the site whose route files are under ``root/<key>/`` (``key``: the port a request
+    arrived on, or its validated Host). A static site costs one stat more than a plain file
+    server; an app's upstream is the name of the one file in its slot's dir."""
+    proxy_service = {
         "handler": "reverse_proxy",
-        "upstreams": [{"dial": f"{{file.{tasks / str(i)}}}"} for i in range(site.fanout)],
+        "upstreams": [{"dial": f"{{task{i}}}"} for i in range(FANOUT)],
         "load_balancing": {
             "selection_policy": {"policy": "round_robin"},
             "try_duration": SERVICE_TRY_DURATION,
             "try_interval": "10ms",
         },
     }
+    tasks = ",".join(["([^,]+)"] * FANOUT)
     return [
         {
-            "match": [{"file": {"root": str(root), "try_files": [f"{TASKS}/0"]}}],
-            "handle": [proxy],
+            "match": [_file(root, f"{key}/static")],
+            "handle": [*logged, {"handler": "file_server", "root": f"{root}/{key}/dist"}],
+            "terminal": True,
+        },
+        {
+            "match": [_file(root, f"{key}/up/*@*")],
+            "handle": [
+                _named(r"^/[^/]+/up/([ab])@(.+)$", ["${1}", "${2}"], ["slot", "upstream"]),
+                *logged,
+                {"handler": "headers", "response": {"set": {SLOT_HEADER: ["{slot}"]}}},
+                {"handler": "reverse_proxy", "upstreams": [{"dial": "{upstream}"}]},
+            ],
+            "terminal": True,
+        },
+        {
+            "match": [_file(root, f"{key}/svc/@*")],
+            "handle": [
+                _named(
+                    f"^/[^/]+/svc/@{tasks}$",
+                    [f"${{{i}}}" for i in range(1, FANOUT + 1)],
+                    [f"task{i}" for i in range(FANOUT)],
+                ),
+                *logged,
+                proxy_service,
+            ],
             "terminal": True,
         },
         {
@@ -167,19 +178,128 @@ def _service_routes(root: Path, site: Site) -> list[dict[str, Any]]:
                 {
                     "handler": "static_response",
                     "status_code": 503,
-                    "body": f"no task of {site.project_id} is running\n",
+                    "body": "no site is served here now\n",
+                    "close": True,
                 }
             ]
         },
     ]
 
 
-def _listen(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def _listen(host: str, port: int, last: int | None = None) -> str:
+    ports = f"{port}-{last}" if last is not None and last != port else f"{port}"
+    return f"[{host}]:{ports}" if ":" in host else f"{host}:{ports}"
 
 
-def edge_config(settings: EdgeSettings, sites: list[Site]) -> dict[str, Any]:
-    ordered = sorted(sites, key=lambda s: s.project_id)
+def listen_spans(settings: EdgeSettings, held: frozenset[int]) -> list[str]:
+    """The range's listen addresses, around the ports other processes hold (one port that
+    cannot be bound would fail the whole load)."""
+    first, last = settings.port_range
+    spans: list[str] = []
+    start: int | None = None
+    for port in range(first, last + 2):
+        free = port <= last and port not in held
+        if free and start is None:
+            start = port
+        elif not free and start is not None:
+            spans.append(_listen(settings.bind_host, start, port - 1))
+            start = None
+    return spans
+
+
+def _control(settings: EdgeSettings) -> dict[str, Any]:
+    hosts = settings.routes / "hosts"
+    return {
+        "listen": [_listen("127.0.0.1", settings.control_port)],
+        "automatic_https": {"disable": True},
+        "routes": [
+            {
+                "match": [{"path_regexp": {"pattern": PREVIEW_PATTERN}}],
+                "handle": [{"handler": "file_server", "root": str(settings.releases)}],
+                "terminal": True,
+            },
+            {  # Caddy asks before it gets a certificate: only for names a site claims
+                "match": [
+                    {
+                        "path": ["/ask"],
+                        "vars_regexp": {"{http.request.uri.query.domain}": {"pattern": HOST_RE}},
+                    },
+                ],
+                "handle": [
+                    {
+                        "handler": "subroute",
+                        "routes": [
+                            {
+                                "match": [_file(hosts, "{http.request.uri.query.domain}/")],
+                                "handle": [{"handler": "static_response", "status_code": 200}],
+                                "terminal": True,
+                            },
+                        ],
+                    }
+                ],
+            },
+            {"handle": [{"handler": "static_response", "status_code": 404}]},
+        ],
+    }
+
+
+def _domains(settings: EdgeSettings, servers: dict[str, Any]) -> dict[str, Any]:
+    """The HTTPS listener routing by a validated Host, the HTTP one redirecting to it, and
+    certificates on demand for the names the control server says a site claims."""
+    hosts = settings.routes / "hosts"
+    valid = {"vars_regexp": {HOST: {"pattern": HOST_RE}}}
+    servers["domains"] = {
+        "listen": [f":{settings.domains_https_port}"],
+        "routes": [
+            {
+                "match": [valid],
+                "handle": [{"handler": "subroute", "routes": _site_routes(hosts, HOST, [])}],
+                "terminal": True,
+            },
+            {"handle": [{"handler": "static_response", "status_code": 404}]},
+        ],
+        "tls_connection_policies": [{}],
+    }
+    if settings.access_logs:
+        servers["domains"]["logs"] = {"default_logger_name": "sites"}
+    servers["redirect"] = {
+        "listen": [f":{settings.domains_http_port}"],
+        "automatic_https": {"disable": True},
+        "routes": [
+            {
+                "match": [valid, _file(hosts, f"{HOST}/")],
+                "handle": [
+                    {
+                        "handler": "static_response",
+                        "status_code": 308,
+                        "headers": {"Location": [f"https://{HOST}{{http.request.uri}}"]},
+                    }
+                ],
+                "terminal": True,
+            },
+            {"handle": [{"handler": "static_response", "status_code": 404}]},
+        ],
+    }
+    if settings.domains_tls == "internal":
+        issuer: dict[str, Any] = {"module": "internal"}
+    else:
+        issuer = {"module": "acme"}
+        if settings.acme_email:
+            issuer["email"] = settings.acme_email
+    ask = f"http://127.0.0.1:{settings.control_port}/ask"
+    return {
+        "automation": {
+            "policies": [{"issuers": [issuer], "on_demand": True}],
+            "on_demand": {"permission": {"module": "http", "endpoint": ask}},
+        }
+    }
+
+
+def edge_config(
+    settings: EdgeSettings, *, held: frozenset[int] = frozenset(), domains: bool = False
+) -> dict[str, Any]:
+    """The configuration: the same for every set of sites. ``held``: ports of the range
+    that other processes hold; ``domains``: serve domains (once a site asks for one)."""
     logs: dict[str, Any] = {
         "default": {
             "writer": _writer(settings, settings.log_file),
@@ -187,69 +307,36 @@ def edge_config(settings: EdgeSettings, sites: list[Site]) -> dict[str, Any]:
             "exclude": ["http.log.access", "admin.api"],
         }
     }
-    if settings.access_logs and sites:
-        # One writer for every site (a writer per site made each load reopen 1,000 files):
-        # each line names its site in "logger" (http.log.access.site-<id>).
+    if settings.access_logs:
         logs["access"] = {
             "writer": _writer(settings, settings.access_log),
             "encoder": {"format": "json"},
             "include": ["http.log.access"],
         }
-    servers: dict[str, Any] = {
-        "control": {
-            "listen": [_listen("127.0.0.1", settings.control_port)],
+    ports = settings.routes / "ports"
+    servers: dict[str, Any] = {"control": _control(settings)}
+    # each line names the port it came to (a domain's names its host already)
+    logged = [{"handler": "log_append", "key": "port", "value": PORT}]
+    logged = logged if settings.access_logs else []
+    spans = listen_spans(settings, held)
+    if spans:
+        servers["sites"] = {
+            "listen": spans,
             "automatic_https": {"disable": True},
-            "routes": [
-                {
-                    "match": [{"path_regexp": {"pattern": PREVIEW_PATTERN}}],
-                    "handle": [{"handler": "file_server", "root": str(settings.releases)}],
-                    "terminal": True,
-                },
-                {"handle": [{"handler": "static_response", "status_code": 404}]},
-            ],
-        }
-    }
-    host_routes: list[dict[str, Any]] = []
-    host_loggers: dict[str, list[str]] = {}
-    for site in ordered:
-        name = server_name(site.project_id)
-        routes = _site_routes(settings, site)
-        servers[name] = {
-            "listen": [_listen(settings.bind_host, site.port)],
-            "automatic_https": {"disable": True},
-            "routes": routes,
+            "routes": _site_routes(ports, PORT, logged),
         }
         if settings.access_logs:
-            servers[name]["logs"] = {"default_logger_name": name}
-        if site.domains:
-            host_routes.append(
-                {
-                    "match": [{"host": list(site.domains)}],
-                    "handle": [{"handler": "subroute", "routes": routes}],
-                    "terminal": True,
-                }
-            )
-            if settings.access_logs:
-                for domain in site.domains:
-                    host_loggers[domain] = [name]
-    # metrics: per-site request counts and latencies (label server="site-<id>") at the
-    # admin endpoint's /metrics, which the API's /metrics passes on
-    apps: dict[str, Any] = {"http": {"servers": servers, "metrics": {}}}
-    if host_routes:
+            servers["sites"]["logs"] = {"default_logger_name": "sites"}
+    # metrics: request counts and latencies by host (every host: the one server serves them
+    # all) at the admin endpoint's /metrics, which the API's /metrics passes on by site
+    metrics = {"per_host": True, "observe_catchall_hosts": True}
+    apps: dict[str, Any] = {"http": {"servers": servers, "metrics": metrics}}
+    if domains:
         apps["http"]["http_port"] = settings.domains_http_port
         apps["http"]["https_port"] = settings.domains_https_port
-        servers["domains"] = {"listen": [f":{settings.domains_https_port}"], "routes": host_routes}
-        if host_loggers:
-            servers["domains"]["logs"] = {"logger_names": host_loggers}
-        domains = sorted({d for site in ordered for d in site.domains})
+        apps["tls"] = _domains(settings, servers)
         if settings.domains_tls == "internal":
-            issuer: dict[str, Any] = {"module": "internal"}
             apps["pki"] = {"certificate_authorities": {"local": {"install_trust": False}}}
-        else:
-            issuer = {"module": "acme"}
-            if settings.acme_email:
-                issuer["email"] = settings.acme_email
-        apps["tls"] = {"automation": {"policies": [{"subjects": domains, "issuers": [issuer]}]}}
     return {
         "admin": admin_config(settings),
         "storage": {"module": "file_system", "root": str(settings.storage)},

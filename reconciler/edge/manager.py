@@ -10,8 +10,11 @@
   else runs it (a systemd unit) and the manager only configures it.
 - Every ``verify_interval`` seconds the running configuration is read back and compared, so
   a hand change through the admin API is reverted.
-- A site whose public port another process holds is left out of the load (a port that cannot
-  be bound would fail the whole load, for every site) and its ``put`` fails with a clear error.
+- Sites are served through route files (``RouteFiles``), never a load: the configuration
+  depends on the edge's settings alone, and on the ports of the range other processes hold
+  (a port that cannot be bound would fail the whole load): the edge listens around them,
+  names them (with the process, when it can be seen) in its status, and a site given one
+  is refused with that error until it is free; freed ports are taken at the next check.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ from reconciler.edge.config import (
     Site,
     bootstrap_config,
     edge_config,
-    server_name,
 )
-from reconciler.stores.ports import port_is_free
+from reconciler.edge.routes import RouteFiles
+from reconciler.stores.ports import holder, port_is_free
 from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
@@ -99,6 +102,9 @@ class Edge:
         self._version: str | None = None
         self._recorded: tuple[Any, ...] | None = None
         self.loads = 0  # loads pushed since start (reported by benchmarks and tests)
+        self.routes = RouteFiles(settings.routes, settings.releases)
+        self._held: dict[int, str] | None = None  # ports of the range others hold: by whom
+        self._domains = False  # serve domains: from the first site that has one, on
 
     # -- the wanted set --------------------------------------------------------------------
 
@@ -112,6 +118,11 @@ class Edge:
     def sites(self) -> dict[ProjectId, Site]:
         with self._cond:
             return dict(self._sites)
+
+    def held_ports(self) -> frozenset[int]:
+        """The ports of the range that other processes hold, as last checked."""
+        with self._cond:
+            return frozenset(self._held or ())
 
     def serves(self, project_id: ProjectId) -> bool:
         with self._cond:
@@ -203,33 +214,42 @@ class Edge:
                 backoff = min(max(backoff * 2, 0.1), 5.0)
 
     def sync(self, *, verify: bool = False) -> None:
-        """Make the edge run the wanted configuration (level-based; safe to call any time)."""
+        """Make the edge serve the wanted sites (level-based; safe to call any time): the
+        route files first, then the configuration, loaded only when it changed."""
         with self._cond:
             generation = self._wanted
             sites = dict(self._sites)
         try:
             restarted = self._ensure_running()
-            if not (verify or restarted or self._loaded is None or generation != self._applied):
-                self._record("up", "; ".join(self._refused.values()) or None)
+            fresh = verify or restarted or self._loaded is None
+            if not (fresh or generation != self._applied):
+                self._record("up", self._problems({}))
                 return  # alive, and nothing changed
-            if verify or restarted or self._loaded is None:
+            if fresh:
                 running = self.admin.config()
                 if self._loaded is not None and not restarted and running != self._loaded:
                     logger.warning("edge: its configuration was changed by hand; restoring it")
                 self._loaded = running
                 self._last_verify = self.clock()
-            refused = self._refusals(sites)
+            held = self._held_now(rescan=fresh)
+            refused = {
+                project_id: self._refusal(site.port, held[site.port])
+                for project_id, site in sites.items()
+                if site.port in held
+            }
             served = {project_id: s for project_id, s in sites.items() if project_id not in refused}
-            wanted = edge_config(self.settings, list(served.values()))
+            self.routes.apply(served, full=fresh)
+            self._domains = self._domains or any(site.domains for site in served.values())
+            wanted = edge_config(self.settings, held=frozenset(held), domains=self._domains)
             if wanted != self._loaded:
                 started = time.monotonic()
                 self.admin.load(wanted)
                 self.loads += 1
                 logger.info(
-                    "edge: loaded %d site(s) in %.0f ms",
-                    len(served),
-                    (time.monotonic() - started) * 1000,
-                )
+                    "edge: loaded its configuration in %.0f ms (%d site(s), %d port(s) held "
+                    "by other processes)",
+                    (time.monotonic() - started) * 1000, len(served), len(held),
+                )  # fmt: skip
                 self._loaded = wanted
         except TransientError as exc:
             with self._cond:
@@ -243,22 +263,42 @@ class Edge:
             self._applied = max(self._applied, generation)
             self._failed = None
             self._cond.notify_all()
-        self._record("up", "; ".join(refused.values()) or None)
+        self._record("up", self._problems(refused))
 
-    def _refusals(self, sites: dict[ProjectId, Site]) -> dict[ProjectId, str]:
-        """Sites whose public port another process holds (the edge does not serve it yet)."""
-        running = (self._loaded or {}).get("apps", {}).get("http", {}).get("servers", {})
-        refused = {}
-        for project_id, site in sites.items():
-            listen = running.get(server_name(project_id), {}).get("listen", [])
-            if any(entry.endswith(f":{site.port}") for entry in listen):
-                continue  # the edge holds it already
-            if not port_is_free(self.settings.bind_host, site.port):
-                refused[project_id] = (
-                    f"port {site.port} ({self.settings.bind_host}) is held by another process; "
-                    "the edge cannot serve this site until it is free"
-                )
-        return refused
+    def _problems(self, refused: dict[ProjectId, str]) -> str | None:
+        """What the status says is wrong: the sites refused, the ports held."""
+        with self._cond:
+            refused = refused or dict(self._refused)
+            held = dict(self._held or {})
+        said = list(refused.values())
+        taken = {p for p in held if not any(f"port {p} " in r for r in said)}
+        if taken:
+            ports = ", ".join(f"{p} ({held[p]})" for p in sorted(taken)[:10])
+            more = f" and {len(taken) - 10} more" if len(taken) > 10 else ""
+            said.append(f"ports of the range held by other processes: {ports}{more}")
+        return "; ".join(said) or None
+
+    def _refusal(self, port: int, who: str) -> str:
+        return (
+            f"port {port} ({self.settings.bind_host}) is held by {who}; the edge cannot serve "
+            "this site until it is free"
+        )
+
+    def _held_now(self, *, rescan: bool) -> dict[int, str]:
+        """The ports of the range that other processes hold: all of them checked at a
+        verify (the edge's own are not probed), else the ones held before (free yet?)."""
+        ours = _listening(self._loaded)
+        first, last = self.settings.port_range
+        before = self._held or {}
+        candidates = range(first, last + 1) if rescan or self._held is None else list(before)
+        held: dict[int, str] = {}
+        for port in candidates:
+            if port in ours or port_is_free(self.settings.bind_host, port):
+                continue
+            held[port] = before.get(port) or holder(port) or "another process"
+        with self._cond:
+            self._held = held
+        return held
 
     def _ensure_running(self) -> bool:
         """Start or restart the edge when it does not answer. True when it was (re)started."""
@@ -307,3 +347,16 @@ class Edge:
             )
         except Exception:
             logger.debug("edge: could not record its status", exc_info=True)
+
+
+def _listening(config: dict[str, Any] | None) -> set[int]:
+    """The ports a configuration listens on (``host:3001``, ``host:3001-3999``)."""
+    ports: set[int] = set()
+    servers = (config or {}).get("apps", {}).get("http", {}).get("servers", {})
+    for server in servers.values():
+        for entry in server.get("listen", []):
+            span = str(entry).rsplit(":", 1)[-1]
+            first, _, last = span.partition("-")
+            if first.isdigit():
+                ports.update(range(int(first), int(last or first) + 1))
+    return ports

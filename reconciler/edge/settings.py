@@ -45,6 +45,8 @@ def edge_settings(config: Config) -> EdgeSettings:
         releases=Path(config.releases_dir).absolute(),
         bind_host=config.bind_host,
         control_port=control_port(config, paths),
+        routes=paths.root / "routes",
+        port_range=(config.port_range.first, config.port_range.last),
         domains_http_port=config.domains_http_port,
         domains_https_port=config.domains_https_port,
         domains_tls=config.domains_tls,

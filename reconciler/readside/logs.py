@@ -3,6 +3,7 @@ app log of the version that serves, the edge's access log."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from reconciler.readside.terms import (
     OperationError,
     _site_lines,
 )
+from reconciler.stores.facts import spec_from_row
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
 
@@ -55,6 +57,11 @@ class LogReads:
             return None, None
         return version, self.releases.log(project_id, version, name)
 
+    def _site_lines(self, project_id: ProjectId) -> Callable[[str], bool]:
+        site = self.db.site(project_id)
+        spec = spec_from_row(self.db.project(project_id))
+        return _site_lines(site.publicPort if site else None, spec.domains if spec else ())
+
     def read_log(
         self, project_id: ProjectId, name: str, *, offset: int | None, tail: int
     ) -> dict[str, Any]:
@@ -63,7 +70,7 @@ class LogReads:
         version, path = self.log_path(project_id, name)
         if path is None or not path.is_file():
             return {"log": name, "hash": version, "offset": 0, "text": ""}
-        keep = _site_lines(project_id) if name == "access" else None
+        keep = self._site_lines(project_id) if name == "access" else None
         with open(path, "rb") as fh:
             size = fh.seek(0, 2)
             if offset is None or offset > size:  # the tail (or the file was rotated)

@@ -3,7 +3,8 @@ ask for."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -55,7 +56,12 @@ class Event:
     data: dict[str, Any]
 
 
-def _site_lines(project_id: ProjectId) -> Callable[[str], bool]:
-    """Lines of the shared access log that belong to ``project_id`` (its server's logger name)."""
-    marker = f'"logger":"http.log.access.site-{project_id}"'
-    return lambda line: marker in line
+def _site_lines(port: int | None, domains: Iterable[str]) -> Callable[[str], bool]:
+    """Lines of the shared access log that belong to the site on ``port`` (the ``port`` field
+    the edge adds to each line) or to one of its ``domains`` (the request's host)."""
+    names = [re.escape(f'"port":{port}')] if port is not None else []
+    names += [re.escape(f'"host":"{domain}"') for domain in domains]
+    if not names:
+        return lambda _line: False
+    found = re.compile(f"(?:{'|'.join(names)})[,}}]").search
+    return lambda line: found(line) is not None

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.core.config import PortRange
@@ -36,6 +38,34 @@ def port_is_free(host: str, port: int) -> bool:
                 return False
             raise
     return True
+
+
+def holder(port: int) -> str | None:
+    """Who listens on TCP ``port``, as far as /proc shows it: ``pid 123 (nginx)``, or None
+    (no listener seen, or one of another user's that this process may not look into)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh, None)
+                for line in fh:
+                    fields = line.split()
+                    local, state, inode = fields[1], fields[3], fields[9]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{inode}]")
+        except (OSError, ValueError, IndexError):
+            continue
+    if not inodes:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
+                with open(f"/proc/{pid}/comm") as fh:
+                    return f"pid {pid} ({fh.read().strip()})"
+        except OSError:
+            continue
+    return "another process"
 
 
 class PortAllocator:
@@ -110,12 +140,16 @@ class SiteAllocator:
         *,
         records: Path,
         bind_host: str = "127.0.0.1",
+        public_held: Callable[[], frozenset[int]] | None = None,
     ) -> None:
         self.db = db
         self.public = public
         self.internal = internal
         self.records = records
         self.bind_host = bind_host
+        # with the edge: it listens on every public port, so a port is not probed; the ones
+        # other processes hold (as the edge found them) are left out
+        self.public_held = public_held
 
     def _held(self, conn: sqlite3.Connection) -> set[int]:
         rows = conn.execute(
@@ -127,8 +161,11 @@ class SiteAllocator:
 
     def _pick(self, span: PortRange, host: str, held: set[int], count: int) -> list[int]:
         found: list[int] = []
+        edge = self.public_held is not None and span == self.public
+        if edge and self.public_held is not None:
+            held = held | self.public_held()
         for port in range(span.first, span.last + 1):
-            if port in held or not port_is_free(host, port):
+            if port in held or (not edge and not port_is_free(host, port)):
                 continue
             found.append(port)
             if len(found) == count:

@@ -828,3 +828,26 @@ def test_the_api_serves_when_its_sockets_are_past_descriptor_1024(
         for read, write in held:
             os.close(read)
             os.close(write)
+
+
+def test_the_edges_metrics_are_relabelled_by_site() -> None:
+    """Caddy counts by host; the API's /metrics names the site each host reached (by its
+    public port, or a domain), sums what ends up alike, and leaves unknown hosts out."""
+    from reconciler.api.metrics import edge_lines
+
+    text = "\n".join([
+        "# HELP caddy_http_requests_total Counter of HTTP(S) requests made.",
+        "# TYPE caddy_http_requests_total counter",
+        'caddy_http_requests_total{handler="map",host="127.0.0.1:3001",server="sites"} 3',
+        'caddy_http_requests_total{handler="map",host="localhost:3001",server="sites"} 2',
+        'caddy_http_requests_total{handler="map",host="www.example.com",server="domains"} 4',
+        'caddy_http_requests_total{handler="map",host="evil.test",server="sites"} 9',
+        "go_goroutines 12",
+    ])  # fmt: skip
+    sites = {"127.0.0.1:3001": "www", "localhost:3001": "www", "www.example.com": "www"}
+    lines = edge_lines(text, sites.get).splitlines()
+    assert lines[:2] == [
+        "# HELP caddy_http_requests_total Counter of HTTP(S) requests made.",
+        "# TYPE caddy_http_requests_total counter",
+    ]
+    assert lines[2:] == ['caddy_http_requests_total{handler="map",server="site-www"} 9']

@@ -1,23 +1,25 @@
-"""``edge_config`` is pure: table cases for what each kind of site becomes in Caddy's JSON."""
+"""``edge_config`` is pure and names no site: the same settings give the same JSON whatever
+is served; the route files (``RouteFiles``) say what each port and domain serves."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from reconciler.core.kinds import ServeMode
 from reconciler.core.spec import ProjectId
 from reconciler.edge.config import (
+    FANOUT,
     PREVIEW_PATTERN,
     EdgeSettings,
     Site,
     bootstrap_config,
     edge_config,
-    service_fanout,
+    listen_spans,
 )
+from reconciler.edge.routes import RouteFiles
 
 SETTINGS = EdgeSettings(
     admin_socket=Path("/d/edge/admin.sock"),
@@ -27,6 +29,8 @@ SETTINGS = EdgeSettings(
     releases=Path("/d/production"),
     bind_host="127.0.0.1",
     control_port=29999,
+    routes=Path("/d/edge/routes"),
+    port_range=(3001, 3999),
 )
 WWW = Site(ProjectId("www"), 3001, ServeMode.STATIC)
 API = Site(ProjectId("api"), 3002, ServeMode.DYNAMIC, (20000, 20001))
@@ -36,99 +40,83 @@ def servers(config: dict[str, Any]) -> dict[str, Any]:
     return config["apps"]["http"]["servers"]  # type: ignore[no-any-return]
 
 
-def test_no_sites_still_has_the_admin_socket_and_the_check_listener() -> None:
-    config = edge_config(SETTINGS, [])
+def test_the_admin_socket_the_check_listener_and_one_server_on_the_whole_range() -> None:
+    config = edge_config(SETTINGS)
     assert config["admin"] == {
         "listen": "unix//d/edge/admin.sock",
         "origins": ["localhost"],
         "config": {"persist": False},
     }
-    assert list(servers(config)) == ["control"]
+    assert list(servers(config)) == ["control", "sites"]
     control = servers(config)["control"]
     assert control["listen"] == ["127.0.0.1:29999"]
     assert control["routes"][0]["match"] == [{"path_regexp": {"pattern": PREVIEW_PATTERN}}]
     assert control["routes"][0]["handle"] == [{"handler": "file_server", "root": "/d/production"}]
+    sites = servers(config)["sites"]
+    assert sites["listen"] == ["127.0.0.1:3001-3999"]
+    assert sites["automatic_https"] == {"disable": True}
     assert "tls" not in config["apps"]
+    assert json.dumps(config) == json.dumps(edge_config(SETTINGS)), "a pure function"
 
 
-def test_static_site_serves_current_dist_on_its_port_naming_it_in_the_access_log() -> None:
-    config = edge_config(SETTINGS, [WWW, API])
-    server = servers(config)["site-www"]
-    assert server["listen"] == ["127.0.0.1:3001"]
-    assert server["automatic_https"] == {"disable": True}
-    assert server["routes"] == [
-        {"handle": [{"handler": "file_server", "root": "/d/production/www/current/dist"}]}
-    ]
-    assert server["logs"] == {"default_logger_name": "site-www"}
-    logs = config["logging"]["logs"]
-    assert set(logs) == {"default", "access"}, "one access writer for every site"
-    assert logs["access"]["writer"]["filename"] == "/d/edge/access.log"
-    assert logs["access"]["include"] == ["http.log.access"]
-    assert logs["default"]["exclude"] == ["http.log.access", "admin.api"]
-
-
-def test_dynamic_site_routes_by_slot_marker_to_fixed_ports() -> None:
-    routes = servers(edge_config(SETTINGS, [API]))["site-api"]["routes"]
-    assert routes[0]["match"] == [{"file": {"root": "/d/production/api", "try_files": ["slot/a"]}}]
-    assert routes[0]["handle"][1] == {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": "127.0.0.1:20000"}],
+def test_requests_are_routed_by_their_port_through_the_route_files() -> None:
+    routes = servers(edge_config(SETTINGS))["sites"]["routes"]
+    port = "{http.request.local.port}"
+    tries = [r["match"][0]["file"]["try_files"] for r in routes[:3]]
+    assert tries == [[f"{port}/static"], [f"{port}/up/*@*"], [f"{port}/svc/@*"]]
+    assert all(r["match"][0]["file"]["root"] == "/d/edge/routes/ports" for r in routes[:3])
+    static, up, svc, nothing = routes
+    assert static["handle"][-1] == {
+        "handler": "file_server",
+        "root": f"/d/edge/routes/ports/{port}/dist",
     }
-    assert routes[0]["handle"][0]["response"]["set"] == {"Reconciler-Slot": ["a"]}
-    assert "match" not in routes[1]
-    assert routes[1]["handle"][1]["upstreams"] == [{"dial": "127.0.0.1:20001"}]
+    assert static["handle"][0] == {"handler": "log_append", "key": "port", "value": port}
+    assert up["handle"][0]["destinations"] == ["{slot}", "{upstream}"]
+    assert up["handle"][-1] == {"handler": "reverse_proxy", "upstreams": [{"dial": "{upstream}"}]}
+    assert up["handle"][-2]["response"]["set"] == {"Reconciler-Slot": ["{slot}"]}
+    proxy = svc["handle"][-1]
+    assert proxy["upstreams"] == [{"dial": f"{{task{i}}}"} for i in range(FANOUT)]
+    assert proxy["load_balancing"]["selection_policy"] == {"policy": "round_robin"}
+    assert nothing["handle"][0]["status_code"] == 503
 
 
-def test_a_dynamic_site_without_slots_is_a_bug() -> None:
-    with pytest.raises(ValueError, match="no slot ports"):
-        edge_config(SETTINGS, [Site(ProjectId("api"), 3002, ServeMode.DYNAMIC)])
+def test_ports_held_by_other_processes_are_left_out_of_the_listeners() -> None:
+    assert listen_spans(SETTINGS, frozenset({3001, 3500, 3501, 3999})) == [
+        "127.0.0.1:3002-3499",
+        "127.0.0.1:3502-3998",
+    ]
+    v6 = EdgeSettings(**{**SETTINGS.__dict__, "bind_host": "::", "port_range": (3001, 3003)})
+    assert listen_spans(v6, frozenset({3002})) == ["[::]:3001", "[::]:3003"]
+    config = edge_config(SETTINGS, held=frozenset({3001}))
+    assert servers(config)["sites"]["listen"] == ["127.0.0.1:3002-3999"]
 
 
-@pytest.mark.parametrize(
-    ("changed", "same"),
-    [
-        pytest.param([WWW, API], [API, WWW], id="order-does-not-matter"),
-    ],
-)
-def test_the_same_sites_give_the_same_config(changed: list[Site], same: list[Site]) -> None:
-    assert json.dumps(edge_config(SETTINGS, changed)) == json.dumps(edge_config(SETTINGS, same))
-
-
-def test_domains_route_by_host_with_certificates() -> None:
-    site = Site(
-        ProjectId("www"), 3001, ServeMode.STATIC, domains=("example.com", "www.example.com")
-    )
+def test_domains_route_by_a_validated_host_with_certificates_on_demand() -> None:
     settings = EdgeSettings(**{**SETTINGS.__dict__, "domains_https_port": 8443,
                                "domains_http_port": 8080, "domains_tls": "internal"})  # fmt: skip
-    config = edge_config(settings, [site])
+    config = edge_config(settings, domains=True)
     http = config["apps"]["http"]
     assert (http["http_port"], http["https_port"]) == (8080, 8443)
     domains = http["servers"]["domains"]
     assert domains["listen"] == [":8443"]
-    assert domains["routes"][0]["match"] == [{"host": ["example.com", "www.example.com"]}]
-    assert domains["routes"][0]["handle"][0]["routes"] == http["servers"]["site-www"]["routes"]
-    assert domains["logs"]["logger_names"] == {
-        "example.com": ["site-www"],
-        "www.example.com": ["site-www"],
+    (valid,) = domains["routes"][0]["match"]
+    assert set(valid["vars_regexp"]) == {"{http.request.host}"}
+    inner = domains["routes"][0]["handle"][0]["routes"]
+    assert inner[0]["match"][0]["file"] == {
+        "root": "/d/edge/routes/hosts",
+        "try_files": ["{http.request.host}/static"],
     }
-    policy = config["apps"]["tls"]["automation"]["policies"][0]
-    assert policy == {
-        "subjects": ["example.com", "www.example.com"],
-        "issuers": [{"module": "internal"}],
+    assert http["servers"]["redirect"]["listen"] == [":8080"]
+    automation = config["apps"]["tls"]["automation"]
+    assert automation["policies"] == [{"issuers": [{"module": "internal"}], "on_demand": True}]
+    assert automation["on_demand"]["permission"] == {
+        "module": "http",
+        "endpoint": "http://127.0.0.1:29999/ask",
     }
     assert config["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
-
-
-def test_acme_is_the_default_issuer() -> None:
-    site = Site(ProjectId("www"), 3001, ServeMode.STATIC, domains=("example.com",))
-    settings = EdgeSettings(**{**SETTINGS.__dict__, "acme_email": "ops@example.com"})
-    policy = edge_config(settings, [site])["apps"]["tls"]["automation"]["policies"][0]
+    acme = EdgeSettings(**{**SETTINGS.__dict__, "acme_email": "ops@example.com"})
+    policy = edge_config(acme, domains=True)["apps"]["tls"]["automation"]["policies"][0]
     assert policy["issuers"] == [{"module": "acme", "email": "ops@example.com"}]
-
-
-def test_ipv6_bind_hosts_are_bracketed() -> None:
-    settings = EdgeSettings(**{**SETTINGS.__dict__, "bind_host": "::"})
-    assert servers(edge_config(settings, [WWW]))["site-www"]["listen"] == ["[::]:3001"]
 
 
 def test_bootstrap_is_the_admin_socket_and_the_log_only() -> None:
@@ -139,29 +127,39 @@ def test_bootstrap_is_the_admin_socket_and_the_log_only() -> None:
 
 def test_access_logs_can_be_turned_off() -> None:
     settings = EdgeSettings(**{**SETTINGS.__dict__, "access_logs": False})
-    site = Site(ProjectId("www"), 3001, ServeMode.STATIC, domains=("example.com",))
-    config = edge_config(settings, [site])
-    assert "logs" not in servers(config)["site-www"]
+    config = edge_config(settings, domains=True)
+    assert "logs" not in servers(config)["sites"]
     assert "logs" not in servers(config)["domains"]
     assert set(config["logging"]["logs"]) == {"default"}
-    assert config["apps"]["tls"]["automation"]["policies"][0]["subjects"] == ["example.com"]
+    handlers = [h["handler"] for r in servers(config)["sites"]["routes"] for h in r["handle"]]
+    assert "log_append" not in handlers
 
 
-def test_a_service_site_dials_the_addresses_in_its_task_files() -> None:
-    """The tasks move without a load: each upstream entry reads its address from a file per
-    request; without tasks/0 the site answers 503."""
-    site = Site(ProjectId("svc"), 3003, ServeMode.SERVICE, fanout=service_fanout(2))
-    routes = servers(edge_config(SETTINGS, [site]))["site-svc"]["routes"]
-    assert routes[0]["match"] == [{"file": {"root": "/d/production/svc", "try_files": ["tasks/0"]}}]
-    proxy = routes[0]["handle"][0]
-    assert proxy["upstreams"] == [
-        {"dial": f"{{file./d/production/svc/tasks/{i}}}"} for i in range(4)
+def test_route_files_say_what_each_port_and_domain_serves(tmp_path: Path) -> None:
+    routes, releases = tmp_path / "routes", tmp_path / "production"
+    files = RouteFiles(routes, releases)
+    site = Site(ProjectId("www"), 3001, ServeMode.STATIC, domains=("www.example.com",))
+    svc = Site(ProjectId("svc"), 3003, ServeMode.SERVICE, fanout=FANOUT)
+    assert files.apply({WWW.project_id: site, API.project_id: API, svc.project_id: svc}) == 5
+    assert os.readlink(routes / "ports/3001/dist") == str(releases / "www/current/dist")
+    assert (routes / "ports/3001/static").is_file()
+    assert os.readlink(routes / "ports/3002/up") == str(releases / "api/slot")
+    assert os.readlink(routes / "ports/3003/svc") == str(releases / "svc/tasks")
+    assert os.readlink(routes / "hosts/www.example.com") == "../ports/3001"
+    assert sorted(p.name for p in (releases / "api/slots").glob("*/*@*")) == [
+        "a@127.0.0.1:20000",
+        "b@127.0.0.1:20001",
     ]
-    assert proxy["load_balancing"]["selection_policy"] == {"policy": "round_robin"}
-    assert proxy["load_balancing"]["try_duration"] == "5s"
-    assert routes[1]["handle"][0]["status_code"] == 503
-
-
-@pytest.mark.parametrize(("replicas", "fanout"), [(1, 2), (2, 4), (5, 10), (100, 64)])
-def test_a_service_has_twice_its_replicas_in_entries(replicas: int, fanout: int) -> None:
-    assert service_fanout(replicas) == fanout
+    assert files.apply({WWW.project_id: site, API.project_id: API, svc.project_id: svc}) == 0
+    moved = Site(ProjectId("www"), 3001, ServeMode.STATIC, domains=("example.org",))
+    assert files.apply({WWW.project_id: moved}) == 4, "a domain moved, two sites gone"
+    assert sorted(os.listdir(routes / "ports/3001")) == ["dist", "static"]
+    assert sorted(os.listdir(routes / "ports")) == ["3001"]
+    assert os.listdir(routes / "hosts") == ["example.org"]
+    (routes / "ports/3001/stray").mkdir()
+    (routes / "ports/9").symlink_to("/")
+    (routes / "ports/3005").mkdir()
+    again = RouteFiles(routes, releases)  # a restart: what is on disk is read first
+    assert again.apply({WWW.project_id: moved}) == 0
+    assert sorted(os.listdir(routes / "ports")) == ["3001"]
+    assert sorted(os.listdir(routes / "ports/3001")) == ["dist", "static"]

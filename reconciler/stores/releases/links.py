@@ -75,10 +75,18 @@ class SiteLinks(StoreParts):
                 tasks.mkdir(parents=True, exist_ok=True)
             atomic_write(path, address.encode(), durable=False)
             changed = True
+        # the edge reads them from one name: ``@<addr>,<addr>,...`` (``fanout`` entries)
+        routed = "@" + ",".join(wanted.values()) if wanted else None
+        if routed is not None and len(routed) > 250:  # a file name's limit: fewer, in turn
+            routed = "@" + ",".join(upstreams[i % 4 % len(upstreams)] for i in range(fanout))
+        if routed is not None and not (tasks / routed).exists():
+            (tasks / routed).touch()
+            changed = True
         if tasks.is_dir():
             # the first file goes last: the edge's route takes the tasks while it exists
             for entry in sorted(os.scandir(tasks), key=lambda e: e.name == "0"):
-                if entry.name.isdigit() and entry.name not in wanted:
+                stale = entry.name.isdigit() and entry.name not in wanted
+                if stale or (entry.name.startswith("@") and entry.name != routed):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                     changed = True

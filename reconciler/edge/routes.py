@@ -1,0 +1,152 @@
+"""The files the edge's one configuration routes requests through (see ``edge.config``):
+
+::
+
+    <routes>/ports/<port>/static                                       a static site: a file,
+    <routes>/ports/<port>/dist   -> <releases>/<id>/current/dist        and what it serves
+    <routes>/ports/<port>/up     -> <releases>/<id>/slot                a dynamic site
+    <routes>/ports/<port>/svc    -> <releases>/<id>/tasks               a swarm service
+    <routes>/hosts/<domain>           -> ../ports/<port>                 its domains
+    <releases>/<id>/slots/a/a@127.0.0.1:<port of slot a>                 the slots' upstreams
+
+Serving a site, stopping it, moving a domain are link changes (each one atomic: a new link
+renamed over the old), never a configuration load. ``apply`` makes the files match the
+sites that should be served and remembers what it wrote, so that the next call touches only
+what changed; ``apply(..., full=True)`` reads the directory again first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from reconciler.core.kinds import ServeMode
+from reconciler.core.spec import ProjectId
+from reconciler.edge.config import Site
+from reconciler.stores.releases import SLOT, SLOT_NAMES, SLOTS, TASKS
+
+KIND_OF = {ServeMode.STATIC: "static", ServeMode.DYNAMIC: "up", ServeMode.SERVICE: "svc"}
+NAMES = ("static", "dist", "up", "svc")
+MARKER = ""  # the target of an entry that is an empty file, not a link
+
+Links = dict[Path, str]  # path -> link target (MARKER: an empty file)
+
+
+class RouteFiles:
+    def __init__(self, routes: Path, releases: Path) -> None:
+        self.ports = routes / "ports"
+        self.hosts = routes / "hosts"
+        self.releases = releases
+        self._written: Links | None = None  # what the routes hold (None: read them first)
+        self._upstreams: dict[ProjectId, tuple[int, int]] = {}
+
+    def wanted(self, sites: Mapping[ProjectId, Site]) -> Links:
+        links: Links = {}
+        for site in sites.values():
+            kind = KIND_OF.get(site.mode)
+            if kind is None:
+                continue
+            project = self.releases / site.project_id
+            here = self.ports / str(site.port)
+            if kind == "static":  # the marker a glob finds, and the dist it serves
+                links[here / "dist"] = str(project / "current" / "dist")
+                links[here / "static"] = MARKER
+            else:
+                links[here / kind] = str(project / (SLOT if kind == "up" else TASKS))
+            for domain in site.domains:
+                links[self.hosts / domain] = f"../ports/{site.port}"
+        return links
+
+    def apply(self, sites: Mapping[ProjectId, Site], *, full: bool = False) -> int:
+        """Make the route files say ``sites``; returns how many links changed."""
+        wanted = self.wanted(sites)
+        if full or self._written is None:
+            self._written = self._read()
+        changed = 0
+        for path, target in wanted.items():
+            if self._written.get(path) != target:
+                _link(path, target)
+                changed += 1
+        for path in [p for p in self._written if p not in wanted]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            _prune(path.parent, stop=(self.ports, self.hosts))
+            changed += 1
+        self._written = wanted
+        for site in sites.values():
+            if site.mode == ServeMode.DYNAMIC and site.slots is not None:
+                self._slot_upstreams(site.project_id, site.slots, full)
+        return changed
+
+    def _slot_upstreams(self, project_id: ProjectId, slots: tuple[int, int], full: bool) -> None:
+        """``slots/<s>/<s>@127.0.0.1:<port>``: the address of each slot, in the dir the
+        project's ``slot`` link points at (its flip is the switch)."""
+        if not full and self._upstreams.get(project_id) == slots:
+            return
+        for name, port in zip(SLOT_NAMES, slots, strict=True):
+            where = self.releases / project_id / SLOTS / name
+            where.mkdir(parents=True, exist_ok=True)
+            wanted = f"{name}@127.0.0.1:{port}"
+            for entry in os.scandir(where):
+                if "@" in entry.name and entry.name != wanted:
+                    os.unlink(entry.path)
+            (where / wanted).touch()
+        self._upstreams[project_id] = slots
+
+    def _read(self) -> Links:
+        """The links the routes hold now (anything else found there is removed)."""
+        found: Links = {}
+        for root in (self.ports, self.hosts):
+            root.mkdir(parents=True, exist_ok=True)
+        for port in os.scandir(self.ports):
+            if not port.name.isdigit() or not port.is_dir(follow_symlinks=False):
+                _remove(Path(port.path))
+                continue
+            for kind in os.scandir(port.path):
+                if kind.name in NAMES and kind.is_symlink():
+                    found[Path(kind.path)] = os.readlink(kind.path)
+                elif kind.name == "static" and kind.is_file(follow_symlinks=False):
+                    found[Path(kind.path)] = MARKER
+                else:
+                    _remove(Path(kind.path))
+            _prune(Path(port.path), stop=(self.ports,))  # nothing left: gone
+        for host in os.scandir(self.hosts):
+            if host.is_symlink():
+                found[Path(host.path)] = os.readlink(host.path)
+            else:
+                _remove(Path(host.path))
+        return found
+
+
+def _link(path: Path, target: str) -> None:
+    """``path`` -> ``target`` (or an empty file: ``MARKER``), replacing what is there in one
+    rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    if target == MARKER:
+        temporary.touch()
+    else:
+        os.symlink(target, temporary)
+    os.replace(temporary, path)
+
+
+def _prune(directory: Path, *, stop: tuple[Path, ...]) -> None:
+    """Remove ``directory`` and its parents while they are empty, up to ``stop``."""
+    while directory not in stop and directory != directory.parent:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        directory = directory.parent
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
