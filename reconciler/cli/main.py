@@ -258,6 +258,33 @@ def cmd_edge(args: argparse.Namespace) -> int:
     os.execve(argv[0], argv, caddy_environment(paths, notify=True))  # noqa: S606 - argv, no shell
 
 
+def cmd_down(args: argparse.Namespace) -> int:
+    """Stop every site and the edge and end the daemon; the desired files stay as they are
+    (``reconciler run`` brings it all back)."""
+    from reconciler.core.kinds import EdgeMode
+    from reconciler.daemon.down import ask_daemon_down, take_down
+    from reconciler.stores.opened import open_stores
+
+    prepared = _prepare(args, api=False)
+    if isinstance(prepared, int):
+        return prepared
+    config = prepared[0]
+    stores = open_stores(config)
+    try:
+        daemon = stores.db.daemon()
+        if daemon is not None and daemon.stoppedAt is None and ask_daemon_down(config, daemon.pid):
+            print(f"the daemon (pid {daemon.pid}) stopped every site and the edge, and ended")
+        else:
+            stopped = take_down(config, stores.db, stores.releases)
+            print(f"stopped {', '.join(stopped) or 'nothing: nothing ran'}")
+        if config.edge == EdgeMode.EXTERNAL:
+            print("the edge runs as its own unit: systemctl stop reconciler-edge")
+        print("the desired files are unchanged: `reconciler run` (or the units) brings it back")
+    finally:
+        stores.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler",
@@ -287,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge = sub.add_parser("edge", help="run the edge (Caddy) in the foreground, for a unit")
     add_server_options(edge)
     edge.set_defaults(func=cmd_edge)
+
+    down = sub.add_parser(
+        "down", help="stop every site and the edge and end the daemon (desired files unchanged)"
+    )
+    add_server_options(down)
+    down.set_defaults(func=cmd_down)
     from reconciler.cli import commands
 
     commands.register(sub)
