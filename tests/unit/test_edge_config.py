@@ -62,21 +62,22 @@ def test_the_admin_socket_the_check_listener_and_one_server_on_the_whole_range()
 def test_requests_are_routed_by_their_port_through_the_route_files() -> None:
     routes = servers(edge_config(SETTINGS))["sites"]["routes"]
     port = "{http.request.local.port}"
-    tries = [r["match"][0]["file"]["try_files"] for r in routes[:3]]
-    assert tries == [[f"{port}/static"], [f"{port}/up/*@*"], [f"{port}/svc/@*"]]
-    assert all(r["match"][0]["file"]["root"] == "/d/edge/routes/ports" for r in routes[:3])
-    static, up, svc, nothing = routes
-    assert static["handle"][-1] == {
-        "handler": "file_server",
-        "root": f"/d/edge/routes/ports/{port}/dist",
-    }
-    assert static["handle"][0] == {"handler": "log_append", "key": "port", "value": port}
+    static, up, svc, missing, nothing = routes
+    assert "match" not in static, "a static site's files are served with no matcher"
+    assert static["handle"] == [
+        {"handler": "log_append", "key": "port", "value": port},
+        {"handler": "file_server", "root": f"/d/edge/routes/ports/{port}/dist", "pass_thru": True},
+    ]
+    tries = [r["match"][0]["file"]["try_files"] for r in (up, svc, missing)]
+    assert tries == [[f"{port}/up/*@*"], [f"{port}/svc/@*"], [f"{port}/static"]]
+    assert all(r["match"][0]["file"]["root"] == "/d/edge/routes/ports" for r in (up, svc))
     assert up["handle"][0]["destinations"] == ["{slot}", "{upstream}"]
     assert up["handle"][-1] == {"handler": "reverse_proxy", "upstreams": [{"dial": "{upstream}"}]}
     assert up["handle"][-2]["response"]["set"] == {"Reconciler-Slot": ["{slot}"]}
     proxy = svc["handle"][-1]
     assert proxy["upstreams"] == [{"dial": f"{{task{i}}}"} for i in range(FANOUT)]
     assert proxy["load_balancing"]["selection_policy"] == {"policy": "round_robin"}
+    assert missing["handle"][0]["status_code"] == 404, "a file a static site does not have"
     assert nothing["handle"][0]["status_code"] == 503
 
 
@@ -102,10 +103,10 @@ def test_domains_route_by_a_validated_host_with_certificates_on_demand() -> None
     (valid,) = domains["routes"][0]["match"]
     assert set(valid["vars_regexp"]) == {"{http.request.host}"}
     inner = domains["routes"][0]["handle"][0]["routes"]
-    assert inner[0]["match"][0]["file"] == {
-        "root": "/d/edge/routes/hosts",
-        "try_files": ["{http.request.host}/static"],
-    }
+    assert inner[0]["handle"] == [
+        {"handler": "file_server", "root": "/d/edge/routes/hosts/{http.request.host}/dist",
+         "pass_thru": True}
+    ]  # fmt: skip
     assert http["servers"]["redirect"]["listen"] == [":8080"]
     automation = config["apps"]["tls"]["automation"]
     assert automation["policies"] == [{"issuers": [{"module": "internal"}], "on_demand": True}]
