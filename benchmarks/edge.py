@@ -1,11 +1,14 @@
-"""Figure 8, the edge: what a configuration load costs other sites (failed requests on an
-unrelated site while LOADS sites are added one by one, each one load), and static throughput
-through the edge against a plain Caddy serving the same directory (`caddy file-server`, same
-binary, same run), with access logs on and off (wrk, loopback).
+"""Figure 8, the edge: what sites coming and going cost other sites (failed requests on two
+bystander sites, a static and an app, from keep-alive and fresh-connection loops, while
+SITES sites are added one by one and then removed one by one; and how many configuration
+loads that took), and static throughput through the edge against a plain Caddy serving the
+same directory with the same access logging (same binary, same run), logs on and off (wrk,
+loopback).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -20,37 +23,67 @@ import httpx
 from benchmarks.harness import CADDY, Daemon, free_port, site_yaml
 
 
-def _load_cost(daemon: Daemon, root: Path, loads: int) -> dict[str, Any]:
-    bystander = daemon.status("st")["port"]
+def _churn_cost(daemon: Daemon, root: Path, sites: int) -> dict[str, Any]:
+    bystanders = [daemon.status(name)["port"] for name in ("st", "app")]
     failures: list[str] = []
     count = [0]
     stop = threading.Event()
 
-    def loop() -> None:
-        with httpx.Client(timeout=5) as client:
+    def loop(port: int, keep_alive: bool) -> None:
+        headers = {} if keep_alive else {"Connection": "close"}
+        with httpx.Client(timeout=5, headers=headers) as client:
             while not stop.is_set():
                 try:
-                    if client.get(f"http://127.0.0.1:{bystander}/").status_code != 200:
+                    if client.get(f"http://127.0.0.1:{port}/").status_code != 200:
                         failures.append("status")
                 except httpx.HTTPError as exc:
                     failures.append(type(exc).__name__)
                 count[0] += 1
 
-    threads = [threading.Thread(target=loop) for _ in range(4)]
+    threads = [
+        threading.Thread(target=loop, args=(port, keep_alive))
+        for port in bystanders
+        for keep_alive in (True, False)
+    ]
     for thread in threads:
         thread.start()
     source = root / "extra-site"
-    (source / "dist").mkdir(parents=True)
+    (source / "dist").mkdir(parents=True, exist_ok=True)
     (source / "dist" / "index.html").write_text("extra")
+    loads_before = len(daemon.log_lines("edge: loaded"))
+    started = time.monotonic()
     try:
-        for index in range(loads):
+        for index in range(sites):
             daemon.write(f"extra{index}", site_yaml(source, 1))
             daemon.wait(f"extra{index}", "extra")
+        for index in range(sites):
+            port = daemon.status(f"extra{index}")["port"]
+            (daemon.desired / f"extra{index}.yaml").unlink()
+            _wait_unserved(port)
     finally:
         stop.set()
         for thread in threads:
             thread.join(10)
-    return {"loads": loads, "requests": count[0], "failed": len(failures)}
+    return {
+        "sites": sites,
+        "requests": count[0],
+        "failed": len(failures),
+        "failures": sorted(set(failures)),
+        "loads": len(daemon.log_lines("edge: loaded")) - loads_before,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _wait_unserved(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 503:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise SystemExit(f"port {port} still serves a removed site")
 
 
 def _wrk(url: str, seconds: int) -> float:
@@ -61,13 +94,32 @@ def _wrk(url: str, seconds: int) -> float:
     return float(line.split()[1])
 
 
-def _throughput(daemon: Daemon, seconds: int, rounds: int) -> dict[str, float]:
+def _plain(root: Path, port: int, where: Path, logs: bool) -> dict[str, Any]:
+    """A plain Caddy serving ``root``, with a JSON access log to a file like the edge's."""
+    server: dict[str, Any] = {
+        "listen": [f"127.0.0.1:{port}"],
+        "routes": [{"handle": [{"handler": "file_server", "root": str(root)}]}],
+    }
+    config: dict[str, Any] = {
+        "admin": {"disabled": True},
+        "apps": {"http": {"servers": {"plain": server}}},
+    }
+    if logs:
+        server["logs"] = {}
+        writer = {"output": "file", "filename": str(where / "plain-access.log")}
+        config["logging"] = {"logs": {"access": {"writer": writer, "encoder": {"format": "json"},
+                                                 "include": ["http.log.access"]}}}  # fmt: skip
+    return config
+
+
+def _throughput(daemon: Daemon, seconds: int, rounds: int, logs: bool) -> dict[str, float]:
     port = daemon.status("st")["port"]
     current = daemon.data / "production" / "st" / "current" / "dist"
     plain_port = free_port()
+    config = daemon.root / "plain.json"
+    config.write_text(json.dumps(_plain(current.resolve(), plain_port, daemon.root, logs)))
     plain = subprocess.Popen(
-        [CADDY, "file-server", "--root", str(current.resolve()), "--listen",
-         f"127.0.0.1:{plain_port}"],
+        [CADDY, "run", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "HOME": str(daemon.root)},
     )  # fmt: skip
@@ -84,25 +136,33 @@ def _throughput(daemon: Daemon, seconds: int, rounds: int) -> dict[str, float]:
     return {"edge_rps": edge, "plain_rps": baseline, "ratio": round(edge / baseline, 2)}
 
 
-def run(root: Path, *, loads: int = 20, seconds: int = 10, rounds: int = 3) -> dict[str, Any]:
+def run(root: Path, *, sites: int = 100, seconds: int = 10, rounds: int = 3) -> dict[str, Any]:
     static = root / "static"
     (static / "dist").mkdir(parents=True)
     (static / "dist" / "index.html").write_text("bystander")
     results: dict[str, Any] = {}
     runs = (
-        ("access_logs_on", ("16200-16299", "16300-16399"), ()),
-        ("access_logs_off", ("16400-16499", "16500-16599"), ("--access-logs", "off")),
+        ("access_logs_on", ("16200-16399", "16400-16599"), ()),
+        ("access_logs_off", ("16600-16799", "16800-16999"), ("--access-logs", "off")),
     )
+    app = root / "app"
+    (app / "dist").mkdir(parents=True)
+    (app / "dist" / "index.html").write_text("bystander app")
+    start = "start:\n  command: exec python3 -m http.server $PORT\n"
     for label, (ports, internal), extra in runs:
         # a short dir name: the edge's admin socket lives under it (unix sockets: 107 bytes)
         daemon = Daemon(root / label[-3:], ports, internal, "--drain", "0", *extra)
         try:
             daemon.write("st", site_yaml(static, 1))
+            daemon.write("app", site_yaml(app, 1, extra=start))
             daemon.wait("st", "bystander")
+            daemon.wait("app", "bystander app")
             if label == "access_logs_on":
-                results["load_cost"] = _load_cost(daemon, root, loads)
+                results["churn_cost"] = _churn_cost(daemon, root, sites)
             if shutil.which("wrk"):
-                results[f"throughput_{label}"] = _throughput(daemon, seconds, rounds)
+                results[f"throughput_{label}"] = _throughput(
+                    daemon, seconds, rounds, label == "access_logs_on"
+                )
         finally:
             daemon.stop()
     return results
