@@ -104,6 +104,7 @@ class Edge:
         self.loads = 0  # loads pushed since start (reported by benchmarks and tests)
         self.routes = RouteFiles(settings.routes, settings.releases)
         self._held: dict[int, str] | None = None  # ports of the range others hold: by whom
+        self._dirty: set[ProjectId] = set()  # sites put or dropped since the last sync
         self._domains = False  # serve domains: from the first site that has one, on
 
     # -- the wanted set --------------------------------------------------------------------
@@ -134,6 +135,7 @@ class Edge:
             if self._sites.get(site.project_id) == site and site.project_id in self._served:
                 return
             self._sites[site.project_id] = site
+            self._dirty.add(site.project_id)
             self._wait(site.project_id)
 
     def drop(self, project_id: ProjectId) -> None:
@@ -142,6 +144,7 @@ class Edge:
             if project_id not in self._sites and project_id not in self._served:
                 return
             self._sites.pop(project_id, None)
+            self._dirty.add(project_id)
             self._wait(project_id)
 
     def _wait(self, project_id: ProjectId) -> None:
@@ -219,6 +222,7 @@ class Edge:
         with self._cond:
             generation = self._wanted
             sites = dict(self._sites)
+            dirty, self._dirty = self._dirty, set()
         try:
             restarted = self._ensure_running()
             fresh = verify or restarted or self._loaded is None
@@ -231,14 +235,16 @@ class Edge:
                     logger.warning("edge: its configuration was changed by hand; restoring it")
                 self._loaded = running
                 self._last_verify = self.clock()
+            before = frozenset(self._held or ())
             held = self._held_now(rescan=fresh)
+            held_moved = frozenset(held) != before  # a site may be refused or taken again
             refused = {
                 project_id: self._refusal(site.port, held[site.port])
                 for project_id, site in sites.items()
                 if site.port in held
             }
             served = {project_id: s for project_id, s in sites.items() if project_id not in refused}
-            self.routes.apply(served, full=fresh)
+            self.routes.apply(served, full=fresh, changed=None if held_moved else dirty)
             self._domains = self._domains or any(site.domains for site in served.values())
             wanted = edge_config(self.settings, held=frozenset(held), domains=self._domains)
             if wanted != self._loaded:
@@ -253,9 +259,14 @@ class Edge:
                 self._loaded = wanted
         except TransientError as exc:
             with self._cond:
+                self._dirty |= dirty  # written at the next try
                 self._failed = (generation, str(exc))
                 self._cond.notify_all()
             self._record("down", str(exc))
+            raise
+        except Exception:
+            with self._cond:
+                self._dirty |= dirty
             raise
         with self._cond:
             self._served = set(served)

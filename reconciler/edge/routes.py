@@ -21,7 +21,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from reconciler.core.kinds import ServeMode
@@ -42,45 +42,85 @@ class RouteFiles:
         self.hosts = routes / "hosts"
         self.releases = releases
         self._written: Links | None = None  # what the routes hold (None: read them first)
+        self._by_site: dict[ProjectId, Links] = {}
         self._upstreams: dict[ProjectId, tuple[int, int]] = {}
 
-    def wanted(self, sites: Mapping[ProjectId, Site]) -> Links:
+    def links_of(self, site: Site | None) -> Links:
+        """The route files one site needs (none for a site that is not served)."""
         links: Links = {}
-        for site in sites.values():
-            kind = KIND_OF.get(site.mode)
-            if kind is None:
-                continue
-            project = self.releases / site.project_id
-            here = self.ports / str(site.port)
-            if kind == "static":  # the marker a glob finds, and the dist it serves
-                links[here / "dist"] = str(project / "current" / "dist")
-                links[here / "static"] = MARKER
-            else:
-                links[here / kind] = str(project / (SLOT if kind == "up" else TASKS))
-            for domain in site.domains:
-                links[self.hosts / domain] = f"../ports/{site.port}"
+        kind = KIND_OF.get(site.mode) if site is not None else None
+        if site is None or kind is None:
+            return links
+        project = self.releases / site.project_id
+        here = self.ports / str(site.port)
+        if kind == "static":  # the marker of a static site, and the dist it serves
+            links[here / "dist"] = str(project / "current" / "dist")
+            links[here / "static"] = MARKER
+        else:
+            links[here / kind] = str(project / (SLOT if kind == "up" else TASKS))
+        for domain in site.domains:
+            links[self.hosts / domain] = f"../ports/{site.port}"
         return links
 
-    def apply(self, sites: Mapping[ProjectId, Site], *, full: bool = False) -> int:
-        """Make the route files say ``sites``; returns how many links changed."""
-        wanted = self.wanted(sites)
+    def wanted(self, sites: Mapping[ProjectId, Site]) -> Links:
+        return {path: t for site in sites.values() for path, t in self.links_of(site).items()}
+
+    def apply(
+        self,
+        sites: Mapping[ProjectId, Site],
+        *,
+        full: bool = False,
+        changed: Iterable[ProjectId] | None = None,
+    ) -> int:
+        """Make the route files say ``sites``; returns how many links changed. ``changed``:
+        only these sites changed since the last call (the others' files are not looked at);
+        ``full`` (or a first call): every file is compared with what is on disk."""
+        if full or self._written is None or changed is None:
+            return self._apply_all(sites, full=full)
+        count = 0
+        for project_id in set(changed):
+            site = sites.get(project_id)
+            before = self._by_site.pop(project_id, {})
+            after = self.links_of(site)
+            count += self._write(after, before)
+            if after:
+                self._by_site[project_id] = after
+            if site is not None and site.mode == ServeMode.DYNAMIC and site.slots is not None:
+                self._slot_upstreams(site.project_id, site.slots, False)
+        return count
+
+    def _apply_all(self, sites: Mapping[ProjectId, Site], *, full: bool) -> int:
         if full or self._written is None:
             self._written = self._read()
-        changed = 0
-        for path, target in wanted.items():
-            if self._written.get(path) != target:
-                _link(path, target)
-                changed += 1
-        for path in [p for p in self._written if p not in wanted]:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            _prune(path.parent, stop=(self.ports, self.hosts))
-            changed += 1
-        self._written = wanted
+        wanted = self.wanted(sites)
+        count = self._write(wanted, dict(self._written))
+        self._by_site = {
+            project_id: links
+            for project_id, site in sites.items()
+            if (links := self.links_of(site))
+        }
         for site in sites.values():
             if site.mode == ServeMode.DYNAMIC and site.slots is not None:
                 self._slot_upstreams(site.project_id, site.slots, full)
-        return changed
+        return count
+
+    def _write(self, after: Links, before: Links) -> int:
+        """Files from ``before`` to ``after``: the new and changed written, the gone removed."""
+        assert self._written is not None
+        count = 0
+        for path, target in after.items():
+            if self._written.get(path) != target:
+                _link(path, target)
+                self._written[path] = target
+                count += 1
+        for path in before:
+            if path not in after and path in self._written:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                del self._written[path]
+                _prune(path.parent, stop=(self.ports, self.hosts))
+                count += 1
+        return count
 
     def _slot_upstreams(self, project_id: ProjectId, slots: tuple[int, int], full: bool) -> None:
         """``slots/<s>/<s>@127.0.0.1:<port>``: the address of each slot, in the dir the

@@ -152,8 +152,12 @@ def test_route_files_say_what_each_port_and_domain_serves(tmp_path: Path) -> Non
         "b@127.0.0.1:20001",
     ]
     assert files.apply({WWW.project_id: site, API.project_id: API, svc.project_id: svc}) == 0
+    everything = {WWW.project_id: site, API.project_id: API, svc.project_id: svc}
+    del everything[svc.project_id]
+    assert files.apply(everything, changed={svc.project_id}) == 1, "only what changed"
+    assert not (routes / "ports/3003").exists() and (routes / "ports/3002/up").is_symlink()
     moved = Site(ProjectId("www"), 3001, ServeMode.STATIC, domains=("example.org",))
-    assert files.apply({WWW.project_id: moved}) == 4, "a domain moved, two sites gone"
+    assert files.apply({WWW.project_id: moved}) == 3, "a domain moved, a site gone"
     assert sorted(os.listdir(routes / "ports/3001")) == ["dist", "static"]
     assert sorted(os.listdir(routes / "ports")) == ["3001"]
     assert os.listdir(routes / "hosts") == ["example.org"]
