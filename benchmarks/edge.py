@@ -13,46 +13,23 @@ import os
 import shutil
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.harness import CADDY, Daemon, free_port, site_yaml
+from benchmarks.harness import CADDY, Daemon, Loops, free_port, site_yaml
 
 
 def _churn_cost(daemon: Daemon, root: Path, sites: int) -> dict[str, Any]:
     bystanders = [daemon.status(name)["port"] for name in ("st", "app")]
-    failures: list[str] = []
-    count = [0]
-    stop = threading.Event()
-
-    def loop(port: int, keep_alive: bool) -> None:
-        headers = {} if keep_alive else {"Connection": "close"}
-        with httpx.Client(timeout=5, headers=headers) as client:
-            while not stop.is_set():
-                try:
-                    if client.get(f"http://127.0.0.1:{port}/").status_code != 200:
-                        failures.append("status")
-                except httpx.HTTPError as exc:
-                    failures.append(type(exc).__name__)
-                count[0] += 1
-
-    threads = [
-        threading.Thread(target=loop, args=(port, keep_alive))
-        for port in bystanders
-        for keep_alive in (True, False)
-    ]
-    for thread in threads:
-        thread.start()
     source = root / "extra-site"
     (source / "dist").mkdir(parents=True, exist_ok=True)
     (source / "dist" / "index.html").write_text("extra")
     loads_before = len(daemon.log_lines("edge: loaded"))
     started = time.monotonic()
-    try:
+    with Loops(bystanders) as loops:
         for index in range(sites):
             daemon.write(f"extra{index}", site_yaml(source, 1))
             daemon.wait(f"extra{index}", "extra")
@@ -60,15 +37,9 @@ def _churn_cost(daemon: Daemon, root: Path, sites: int) -> dict[str, Any]:
             port = daemon.status(f"extra{index}")["port"]
             (daemon.desired / f"extra{index}.yaml").unlink()
             _wait_unserved(port)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(10)
     return {
         "sites": sites,
-        "requests": count[0],
-        "failed": len(failures),
-        "failures": sorted(set(failures)),
+        **loops.figures(),
         "loads": len(daemon.log_lines("edge: loaded")) - loads_before,
         "seconds": round(time.monotonic() - started, 1),
     }

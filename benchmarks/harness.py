@@ -12,6 +12,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -194,3 +195,49 @@ class Daemon:
                 subprocess.run(
                     ["docker", "rm", "-f", *containers], capture_output=True, check=False
                 )
+
+
+class Loops:
+    """Request loops against sites while something happens (``with Loops(ports) as loops``):
+    for each port a keep-alive client and one that opens a connection per request; counts
+    the requests and the failures (a status other than 200, or an HTTP error)."""
+
+    def __init__(self, ports: Sequence[int]) -> None:
+        self.ports = ports
+        self.requests = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _loop(self, port: int, keep_alive: bool) -> None:
+        headers = {} if keep_alive else {"Connection": "close"}
+        with httpx.Client(timeout=5, headers=headers) as client:
+            while not self._stop.is_set():
+                try:
+                    if client.get(f"http://127.0.0.1:{port}/").status_code != 200:
+                        self.failures.append("status")
+                except httpx.HTTPError as exc:
+                    self.failures.append(type(exc).__name__)
+                self.requests += 1
+
+    def __enter__(self) -> Loops:
+        self._threads = [
+            threading.Thread(target=self._loop, args=(port, keep))
+            for port in self.ports
+            for keep in (True, False)
+        ]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "failed": len(self.failures),
+            "failures": sorted(set(self.failures)),
+        }

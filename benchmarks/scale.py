@@ -154,13 +154,16 @@ def run(
     desired = root / "scale" / "desired"
     desired.mkdir(parents=True)
     for index in range(sites):
-        (desired / f"s{index:04d}.yaml").write_text(site_yaml(static, 1))
+        (desired / f"s{index:05d}.yaml").write_text(site_yaml(static, 1))
     for index in range(apps):
         (desired / f"p{index:03d}.yaml").write_text(
             site_yaml(app, 1, extra=f"start:\n  command: {start}\n")
         )
     started = time.monotonic()
-    daemon = Daemon(root / "scale", "10000-11999", "12000-13999", "--drain", "0", wait_ready=False)
+    span = max(2000, sites + apps + 100)  # public ports (below the internal range)
+    public = f"10000-{9999 + span}"
+    internal = f"{10000 + span}-{10000 + span + 2 * apps + 999}"
+    daemon = Daemon(root / "scale", public, internal, "--drain", "0", wait_ready=False)
     try:
         daemon.wait_api()
         ports = _serving(daemon, sites + apps, time.monotonic() + 900)
@@ -171,7 +174,7 @@ def run(
         time.sleep(idle)
         idle_cpu = {pid: round((cpu_seconds(pid) - cpu[pid]) / idle * 100, 2) for pid in (edge, me)}
         resyncs = [_resync(daemon) for _ in range(3)]
-        api = _api_latency(daemon, f"s{sites // 2:04d}", api_seconds) if shutil.which("wrk") else {}
+        api = _api_latency(daemon, f"s{sites // 2:05d}", api_seconds) if shutil.which("wrk") else {}
         return {
             "static_sites": sites,
             "process_sites": apps,

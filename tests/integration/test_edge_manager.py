@@ -50,6 +50,9 @@ class World:
             control_port=free_port(),
             routes=root / "edge" / "routes",
             port_range=(self.first, self.first + 39),
+            domains_http_port=self.first + 40,
+            domains_https_port=self.first + 41,
+            domains_tls="internal",
         )
         self.db = StateDB(root / "state.db")
         self.admin = CaddyAdmin(self.paths.socket)
@@ -207,5 +210,30 @@ def test_the_admin_api_is_a_unix_socket_only(world: World) -> None:
         assert bootstrap["admin"]["listen"] == listen
         with pytest.raises(httpx.HTTPError):
             httpx.get("http://127.0.0.1:2019/config/", timeout=1)
+    finally:
+        edge.stop()
+
+
+def test_certificates_are_asked_for_only_names_a_site_claims(world: World) -> None:
+    """Caddy asks the edge's check listener before it gets a certificate on demand: yes for
+    a domain a served site names, no for any other name (or one that is not a host name)."""
+    static_site(world.root, "www", "www")
+    edge = world.edge()
+    edge.start()
+    try:
+        edge.put(
+            Site(ProjectId("www"), world.first, ServeMode.STATIC, domains=("www.example.com",))
+        )
+        ask = f"http://127.0.0.1:{world.settings.control_port}/ask"
+
+        def answer(domain: str) -> int:
+            return httpx.get(ask, params={"domain": domain}, timeout=2).status_code
+
+        assert answer("www.example.com") == 200
+        assert [answer(d) for d in ("other.example.com", "..", "*", "WWW.example.com/")] == [
+            404
+        ] * 4
+        edge.drop(ProjectId("www"))
+        assert answer("www.example.com") == 404, "a name no site claims any more"
     finally:
         edge.stop()
