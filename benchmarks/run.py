@@ -27,7 +27,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import apps, deploy, edge, gitpush, reaction, ready, rollback, scale, sse, store
+from benchmarks import (
+    apps,
+    deploy,
+    edge,
+    gitpush,
+    reaction,
+    ready,
+    rollback,
+    scale,
+    sse,
+    store,
+    upgrade,
+)
 from benchmarks.harness import CADDY, REPO
 
 FULL: dict[str, dict[str, Any]] = {
@@ -41,6 +53,7 @@ FULL: dict[str, dict[str, Any]] = {
     "edge": {"sites": 100, "seconds": 10, "rounds": 3},
     "gitpush": {"pushes": 10},
     "apps": {"redeploys": 5},
+    "upgrade": {"sites": 20, "seconds": 3.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "reaction": {"writes": 5, "fallback_writes": 2},
@@ -53,6 +66,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "edge": {"sites": 3, "seconds": 1, "rounds": 1},
     "gitpush": {"pushes": 2},
     "apps": {"redeploys": 1, "apps": "flask"},
+    "upgrade": {"sites": 2, "seconds": 1.0},
 }
 FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "reaction": reaction.run,
@@ -65,6 +79,7 @@ FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "edge": edge.run,
     "gitpush": gitpush.run,
     "apps": apps.run,
+    "upgrade": upgrade.run,
 }
 MARK_START = "<!-- results: written by `python -m benchmarks.run --write-md` -->"
 MARK_END = "<!-- end of results -->"
@@ -325,6 +340,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     if gp:
         add("9 git", "git push -> new commit served (hello-site, followed)", gp["served"],
             f"git push alone {gp['push']['median']:g} ms")  # fmt: skip
+    up = results.get("upgrade")
+    if up:
+        add("11 upgrade", f"an edge with a server per site ({up['sites']} sites) taken over in "
+            "place: failed requests", None, f"{up['failed']} of {up['requests']} "
+            f"({', '.join(up['failures']) or 'none'}); {up['loads']} load", "0",
+            "met" if up["failed"] == 0 else "**missed**")  # fmt: skip
     for name, app in (results.get("apps") or {}).items():
         if not isinstance(app, dict) or "redeploy" not in app:
             continue  # when and at which commit it ran

@@ -40,7 +40,7 @@ def earlier_config(settings: EdgeSettings, ports: dict[str, int]) -> dict[str, A
     return config
 
 
-def run(root: Path, sites: int = 5, seconds: float = 3.0) -> dict[str, Any]:
+def run(root: Path, *, sites: int = 5, seconds: float = 3.0) -> dict[str, Any]:
     binary = default_binary()
     assert binary is not None
     paths = Paths(root / "edge")
@@ -77,4 +77,5 @@ def run(root: Path, sites: int = 5, seconds: float = 3.0) -> dict[str, Any]:
 
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory(prefix="upgrade-") as tmp:
-        print(json.dumps(run(Path(tmp), int(sys.argv[1]) if len(sys.argv) > 1 else 5), indent=1))
+        count = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+        print(json.dumps(run(Path(tmp), sites=count), indent=1))
