@@ -67,7 +67,12 @@ def test_every_figure_runs_and_reports(tmp_path: Path) -> None:
     assert sse["received"] == sse["events"] > 0
     _figure(sse["record_to_client"])
     edge = figures["edge"]
-    assert edge["load_cost"]["requests"] > 0 and edge["load_cost"]["failed"] >= 0
+    churn = edge["churn_cost"]
+    assert churn["requests"] > 0 and churn["failed"] >= 0 and churn["loads"] >= 0
+    assert figures["upgrade"]["requests"] > 0 and figures["upgrade"]["loads"] >= 1
+    flask = figures["apps"]["flask"]
+    assert flask["first"] > 0 and flask["app"]["kind"] == "python"
+    _figure(flask["redeploy"])
     if shutil.which("wrk"):
         assert edge["throughput_access_logs_on"]["edge_rps"] > 0
     assert "| 1 reaction |" in run.stdout and "| 8 edge |" in run.stdout
