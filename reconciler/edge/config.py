@@ -10,13 +10,14 @@ held is free again (or the reverse), and the first time a site asks for a domain
 One server listens on the whole public port range (less the ports other processes hold).
 A request is routed by the port it arrived on, through ``<routes>/ports/<port>/``:
 
-- ``static`` (a file) and ``dist`` -> ``<releases>/<id>/current/dist``: ``file_server``;
+- ``dist`` -> ``<releases>/<id>/current/dist``: served by ``file_server`` before anything is
+  matched (it passes on a file it does not find); ``static`` (a file) makes that a 404;
 - ``up`` -> ``<releases>/<id>/slot`` (``slots/a|b``): the slot's dir holds one file named
   ``<slot>@<address>`` (``a@127.0.0.1:20001``), which a ``map`` turns into the upstream the
   request is proxied to (and the ``Reconciler-Slot`` header); the ``slot`` flip is the switch;
 - ``svc`` -> ``<releases>/<id>/tasks``: a swarm service's tasks, one file named
   ``@<addr>,<addr>,...`` (``FANOUT`` addresses, in turn), proxied to round robin;
-- nothing: ``503 no site is served on port N``.
+- nothing: ``503 no site is served here now``.
 
 Sites with domains are routed the same way by a validated Host through
 ``<routes>/hosts/<domain> -> ../ports/<port>`` on one HTTPS listener, with certificates on
