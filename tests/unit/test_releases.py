@@ -280,11 +280,13 @@ def test_task_files_spread_the_tasks_and_go_when_none_runs(tmp_path: Path) -> No
     assert store.route_tasks(P, ("10.0.0.1:30001", "10.0.0.2:30002"), 4)
     assert {p.name: p.read_text() for p in tasks.iterdir()} == {
         "0": "10.0.0.1:30001", "1": "10.0.0.2:30002", "2": "10.0.0.1:30001", "3": "10.0.0.2:30002",
+        # the one name the edge reads them from, in turn
+        "@10.0.0.1:30001,10.0.0.2:30002,10.0.0.1:30001,10.0.0.2:30002": "",
     }  # fmt: skip
     assert not store.route_tasks(P, ("10.0.0.1:30001", "10.0.0.2:30002"), 4)  # no change
     assert store.routed_tasks(P) == ("10.0.0.1:30001", "10.0.0.2:30002")
     assert store.route_tasks(P, ("10.0.0.3:30003",), 2)
-    assert sorted(p.name for p in tasks.iterdir()) == ["0", "1"]
+    assert sorted(p.name for p in tasks.iterdir()) == ["0", "1", "@10.0.0.3:30003,10.0.0.3:30003"]
     assert store.routed_tasks(P) == ("10.0.0.3:30003",)
     assert store.route_tasks(P, (), 2)
     assert list(tasks.iterdir()) == []
