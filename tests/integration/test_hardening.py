@@ -195,6 +195,43 @@ def test_a_build_left_by_a_killed_daemon_is_stopped_at_startup(tmp_path: Path) -
         wait_for(lambda: not _ours(marker), 10, "the cancelled build stopped")
 
 
+def test_a_build_started_just_before_the_daemon_died_is_found_by_its_mark(tmp_path: Path) -> None:
+    """The daemon killed between starting a build and writing its record: the build's own
+    environment says whose it is, and the next start stops it (and what it started)."""
+    import subprocess
+
+    from reconciler.runtimes.process.processes import BUILD_MARK, build_mark, kill_orphan_builds
+    from reconciler.stores.releases import ReleaseStore
+
+    store = ReleaseStore(tmp_path / "production")
+    store.root.mkdir(parents=True)
+    environ = {**os.environ, BUILD_MARK: build_mark(store, "www")}
+    build = subprocess.Popen(["sh", "-c", "sleep 300 & exec sleep 301"], env=environ,
+                             start_new_session=True)  # fmt: skip
+    other = subprocess.Popen(["sleep", "302"], start_new_session=True)  # not a build of ours
+    try:
+        wait_for(lambda: _children(build.pid) == 1, 10, "the build's child started")
+        assert kill_orphan_builds(store) == ["www"]
+        assert build.wait(10) is not None and _children(build.pid) == 0
+        assert other.poll() is None, "only this data dir's builds"
+    finally:
+        for proc in (build, other):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait(10)
+
+
+def _children(sid: int) -> int:
+    """Members of session ``sid`` other than its leader."""
+    found = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != sid:
+            with contextlib.suppress(OSError, IndexError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                found += fields[0] != "Z" and int(fields[3]) == sid
+    return found
+
+
 def test_a_restored_older_backup_of_the_state_database_keeps_serving(tmp_path: Path) -> None:
     """The README's backup advice: a state.db backed up at v1 and restored after v2 went
     live is reconciled against what runs: v2 keeps serving throughout."""

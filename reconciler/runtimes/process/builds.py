@@ -34,6 +34,7 @@ from reconciler.runtimes.process.apps import (
     restore_dependencies,
 )
 from reconciler.runtimes.process.processes import (
+    BUILD_MARK,
     BUILD_RECORD,
     KILL_GRACE,
     _dist_exclude,
@@ -41,6 +42,7 @@ from reconciler.runtimes.process.processes import (
     _output_dir,
     base_environ,
     build_instance,
+    build_mark,
     kill_group,
     kill_session,
     limited,
@@ -120,6 +122,7 @@ class Builds:
         spec = request.spec
         caches = package_caches(request.cache_dir) if self.units is None else {}
         env = {**base_environ(), **caches, **spec.env}
+        env[BUILD_MARK] = build_mark(self.releases, request.project_id)
         if self.units is not None:
             return self._run_build_unit(request, command, tail, env)
         proc = subprocess.Popen(

@@ -41,6 +41,7 @@ BUILD_RECORD = ".build.json"  # the running build of a project: pid and start ti
 
 
 INSTANCE_MARK = "RECONCILER_INSTANCE"  # in every instance's environment: whose it is
+BUILD_MARK = "RECONCILER_BUILD"  # in every build's environment: ``<data dir digest>:<id>``
 
 
 def instance_mark(releases: ReleaseStore, project_id: str, version: str, config: str) -> str:
@@ -87,7 +88,25 @@ def kill_orphan_builds(releases: ReleaseStore) -> list[str]:
         if isinstance(pid, int) and isinstance(start, int) and kill_session(pid, start, timeout=2):
             stopped.append(project.name)
         record.unlink(missing_ok=True)
-    return stopped
+    # a daemon killed between starting a build and writing its record: found by its mark
+    prefix = f"{BUILD_MARK}={_store_tag(releases)}:".encode()
+    for pid, fields in live_processes():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        mark = next((v for v in environ.split(b"\0") if v.startswith(prefix)), None)
+        if mark is None:
+            continue
+        sid = int(fields[STAT_SESSION])  # the build's own session: its leader, if still there
+        start = process_start_time(sid) or int(fields[STAT_START])
+        if kill_session(sid, start, timeout=2):
+            stopped.append(mark[len(prefix) :].decode(errors="replace"))
+    return sorted(set(stopped))
+
+
+def build_mark(releases: ReleaseStore, project_id: str) -> str:
+    return f"{_store_tag(releases)}:{project_id}"
 
 
 # The daemon's own settings and systemd's protocol variables never reach builds or sites.
