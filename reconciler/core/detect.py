@@ -178,17 +178,14 @@ def detect(
     root: Path,
     *,
     which: Callable[[str], str | None] = find_program,
-    docker_first: bool = True,
 ) -> Detected:
     """What the app in ``root`` needs (DetectError: nothing to go by, or a Python version this
-    host does not have). ``docker_first``: a Dockerfile wins over the other conventions (a
-    build on this host, not in an image, takes it only when nothing else says how)."""
+    host does not have). A Dockerfile is taken only when no other convention says how: what
+    ``reconciler detect`` prints is what a deploy does."""
     if not root.is_dir():
         raise DetectError(f"{root} is not a directory")
     files = _Files(root)
     web, release = _procfile(files)
-    if docker_first and files.has("Dockerfile"):
-        return _docker(files)
     found = None
     if files.has("package.json"):
         found = _node(files, web, which)

@@ -153,10 +153,9 @@ def test_a_procfile_release_runs_with_the_apps_tools(tmp_path: Path) -> None:
 
 def test_a_build_on_this_host_takes_a_dockerfile_last(tmp_path: Path) -> None:
     files = {"Dockerfile": "FROM x\n", "package.json": json.dumps({"scripts": {"start": "x"}})}
-    assert detect(app(tmp_path, files), docker_first=False).kind == "node"
-    assert detect(tmp_path, docker_first=True).kind == "docker"
+    assert detect(app(tmp_path, files)).kind == "node", "what reconciler detect says is done"
     alone = app(tmp_path / "alone", {"Dockerfile": "FROM x\n"})
-    assert detect(alone, docker_first=False).runtime == RuntimeName.DOCKER
+    assert detect(alone).runtime == RuntimeName.DOCKER
 
 
 def test_a_static_site_has_no_identity_beyond_its_files(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def found_app(request: BuildRequest) -> Detected | None:
     if not request.source.is_dir():
         return None  # the build says so
     try:
-        app = detect(request.source, docker_first=False)
+        app = detect(request.source)
     except DetectError as exc:
         if (request.source / "dist").is_dir():
             return None

@@ -153,7 +153,7 @@ def found_runtime(spec: ProjectSpec, desired_file: Path, default: RuntimeName) -
     if not (source / "Dockerfile").is_file():
         return spec
     try:
-        found = detect(source, docker_first=False)
+        found = detect(source)
     except DetectError:
         return spec
     if found.runtime != RuntimeName.DOCKER:
