@@ -369,6 +369,7 @@ def classify(names: Iterable[str]) -> tuple[list[ProjectId], list[tuple[str, str
     order and once each; and the desired files whose names are no project id, with why.
     Hidden files and other suffixes are neither."""
     ids: list[ProjectId] = []
+    seen: set[ProjectId] = set()
     refused: list[tuple[str, str]] = []
     for name in names:
         if name.startswith(".") or not name.endswith(SUFFIXES):
@@ -378,7 +379,8 @@ def classify(names: Iterable[str]) -> tuple[list[ProjectId], list[tuple[str, str
         except InvalidProjectId as exc:
             refused.append((name, str(exc)))
             continue
-        if project_id not in ids:
+        if project_id not in seen:
+            seen.add(project_id)
             ids.append(project_id)
     return ids, refused
 
