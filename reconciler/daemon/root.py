@@ -15,6 +15,7 @@ loop stops the pings and systemd restarts the daemon; ``STATUS=`` with a one-lin
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -49,7 +50,6 @@ from reconciler.stores.ports import PortAllocator, SiteAllocator
 logger = logging.getLogger(__name__)
 
 USAGE_INTERVAL = 10.0  # seconds between samples of what each serving instance uses
-FULL_EVERY = 10  # every 10th periodic resync queues every project, moved or not
 
 
 class Daemon:
@@ -94,7 +94,7 @@ class Daemon:
             poll=config.git_poll,
             default_runtime=config.default_runtime,
             watch=config.watch,
-            on_check=lambda result: self.metrics.source_checks.labels(result).inc(),
+            on_check=self.metrics.source_checked,
             on_desired_nudge=self.config_follower.nudge if self.config_follower else None,
         )
         self.engines = Engines(
@@ -107,10 +107,10 @@ class Daemon:
         self.watcher = self._watcher()
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
-        self._resyncs = 0
         self.pulse_interval = 2.0
         self.pulse_stale = max(10.0, 3 * self.pulse_interval)
         self.last_pulse = clock()
+        self._metrics_put: bytes | None = None
         self._initial: set[ProjectId] = set()
         self.notifier = Notifier()
         self.lifecycle = Lifecycle(self._parts())
@@ -270,7 +270,10 @@ class Daemon:
         database takes a write, quickly; the metrics go with it."""
         self.db.daemon_pulse()
         with contextlib.suppress(Exception):
-            self.db.put_metrics(self.metrics.exposition())
+            text = self.metrics.exposition()
+            if text is not self._metrics_put:
+                self.db.put_metrics(text)
+                self._metrics_put = text
         self.last_pulse = self.clock()
 
     def healthy(self) -> bool:
@@ -281,9 +284,7 @@ class Daemon:
         return all(self.controller.workers.handled(key) > 0 for key in self._initial)
 
     def status_line(self) -> str:
-        counts: dict[str, int] = {}
-        for row in self.db.projects():
-            counts[row.productionStatus] = counts.get(row.productionStatus, 0) + 1
+        counts = self.db.status_counts()
         busy = counts.get("queued", 0) + counts.get("building", 0)
         line = (
             f"{counts.get('running', 0)} running, {counts.get('failed', 0)} failed, "
@@ -292,14 +293,12 @@ class Daemon:
         return line if self.healthy() else line + "; reconcile loop not making progress"
 
     def resync(self) -> None:
-        """Every project (at startup, after an engine reconnects, every FULL_EVERY resyncs)."""
+        """Every project (at startup, after an engine reconnects, on SIGHUP)."""
         self.controller.resync(full=True)
 
     def periodic_resync(self) -> None:
-        """The safety net for missed file events: projects whose inputs moved, and every
-        project every FULL_EVERY-th time."""
-        self._resyncs += 1
-        queued = self.controller.resync(full=self._resyncs % FULL_EVERY == 0)
+        """The safety net for missed file events (``controller.sweeps``)."""
+        queued = self.controller.resync(full=False)
         if queued:
             logger.debug("resync queued %d project(s)", queued)
 
@@ -341,6 +340,7 @@ class Daemon:
                     notify.notify("READY=1", f"STATUS={self.status_line()}")
                     ready_sent = True
                     logger.info("ready")
+                    settle_heap()
                 if notify.watchdog_interval is not None and self.healthy():
                     notify.notify("WATCHDOG=1")
                 if notify.enabled and time.monotonic() - last_status >= 5:
@@ -351,6 +351,14 @@ class Daemon:
             notify.notify("STOPPING=1")
             self.shutdown()
         return 0
+
+
+def settle_heap() -> None:
+    """Once every project was reconciled: what the start made stays, so the collector
+    stops walking it (with 10,000 projects a full collection took ~0.3 s of an idle
+    daemon's CPU each time its turn came)."""
+    gc.collect()
+    gc.freeze()
 
 
 class Engines:

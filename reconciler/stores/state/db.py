@@ -32,13 +32,26 @@ class StateDB(EdgeTables):
             ProjectRow, self.read("SELECT * FROM projects WHERE id = ?", (project_id,))
         )
 
-    def running(self) -> list[tuple[ProjectId, str]]:
-        """(project, version) of every project whose status is running."""
+    def running(self, *, after: str = "", limit: int = -1) -> list[tuple[ProjectId, str]]:
+        """(project, version) of the projects whose status is running, by id: all of them,
+        or ``limit`` after the id ``after`` (a walk a slice at a time)."""
         rows = self.read(
-            "SELECT id, productionHash FROM projects "
-            "WHERE productionStatus = 'running' AND productionHash IS NOT NULL"
+            "SELECT id, productionHash FROM projects WHERE id > ? "
+            "AND productionStatus = 'running' AND productionHash IS NOT NULL "
+            "ORDER BY id LIMIT ?",
+            (after, limit),
         )
         return [(ProjectId(r[0]), str(r[1])) for r in rows]
+
+    def status_counts(self) -> dict[str, int]:
+        """How many projects are in each production status."""
+        rows = self.read("SELECT productionStatus, COUNT(*) FROM projects GROUP BY 1")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def project_ids(self) -> set[ProjectId]:
+        """Every project with a row or an instance row (no row is parsed)."""
+        rows = self.read("SELECT id FROM projects UNION SELECT project FROM instances")
+        return {ProjectId(r[0]) for r in rows}
 
     def projects(self) -> list[ProjectRow]:
         return [as_row(ProjectRow, r) for r in self.read("SELECT * FROM projects ORDER BY id")]
