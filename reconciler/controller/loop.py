@@ -7,7 +7,8 @@ half-started instance removed) when an enqueue finds that the desired spec it wo
 changed; the reconcile that follows applies the new desired state.
 
 Also here: startup adoption of instances that outlived the daemon, the full resync, and the
-health poll that notices a dead instance or a drifted ``current``.
+health poll that notices a dead instance; the periodic safety nets (fingerprints, a rolling
+full reconcile, ``current`` links) walk the projects a slice at a time (``sweeps``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from reconciler.controller.observe import (
 from reconciler.controller.pipeline import Pipeline
 from reconciler.controller.recorder import Listener, Recorder
 from reconciler.controller.refusals import Refusals
+from reconciler.controller.sweeps import SafetyNet
 from reconciler.core.config import Config
 from reconciler.core.errors import TransientError
 from reconciler.core.kinds import DeploymentKind, InstanceRole, RuntimeName, Status
@@ -121,6 +123,15 @@ class Controller:
         # the GIL (a full resync of 300 projects took 0.8 s with 8 workers, 0.4 s with one).
         # One at a time; the steps (builds, starts, health checks) still run side by side.
         self._thinking = threading.Lock()
+        self.net = SafetyNet(
+            ids=lambda: set(desired.ids()) | db.project_ids(),
+            fingerprints=self.fingerprints,
+            db=db,
+            releases=releases,
+            enqueue=self.enqueue,
+            watched=config.watch,
+            interval=config.resync_interval,
+        )
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -162,12 +173,13 @@ class Controller:
         """Converge one project: observe, plan, execute."""
         if self.workers.stopping:
             return Done()
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         result, sign = self._reconcile(project_id)
+        self.net.reconciled(time.thread_time() - cpu)
         if self.on_reconciled is not None:
             self.on_reconciled(time.monotonic() - started)
-        # the sign it leaves: taken while observing when nothing was to be done (no system
-        # call outside the one-at-a-time section), else now
+        # the sign it leaves: its inputs as they were when it read them (a file saved while it
+        # ran moves the sign: the next resync reconciles again)
         self.fingerprints.converged(project_id, isinstance(result, Done), sign)
         self._swept(project_id)
         return result
@@ -188,15 +200,14 @@ class Controller:
         )  # fmt: skip
 
     def _reconcile(self, project_id: ProjectId) -> tuple[Result, Sign | None]:
-        """The result, and the project's fingerprint when nothing was to be done."""
-        sign = None
+        """The result, and the project's fingerprint as the reconcile found it (its release
+        dir as the steps left it)."""
         with self._thinking:
+            sign = self.fingerprints.sign(project_id)  # before reading: a later save moves it
             facts = self.facts.observe(project_id)
             if facts is None:
-                return Done(), None
+                return Done(), sign
             steps = plan(facts.view, facts.observed)
-            if not steps and not facts.gone:
-                sign = self.fingerprints.sign(project_id)
         desired = facts.desired
         self.refusals.project(project_id, desired)
         wait = self._stop_settles(project_id, facts, steps)
@@ -214,7 +225,7 @@ class Controller:
         if desired is not None and desired.settles_at is not None and isinstance(result, Done):
             # saved without a final newline: read it again once it has settled
             return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01)), None
-        return result, sign
+        return result, self.fingerprints.rebased(project_id, sign) if steps else sign
 
     def _stop_settles(self, project_id: ProjectId, facts: Facts, steps: list[Step]) -> float:
         """Seconds to wait before stopping a site that serves: a change that takes a site
@@ -256,9 +267,7 @@ class Controller:
 
     def known_projects(self) -> set[ProjectId]:
         """Every project with a desired file, a row, an instance or a release dir."""
-        ids: set[ProjectId] = set(self.desired.ids())
-        ids |= {ProjectId(row.id) for row in self.db.projects()}
-        ids |= {ProjectId(row.project) for row in self.db.instances()}
+        ids: set[ProjectId] = set(self.desired.ids()) | self.db.project_ids()
         if self.releases.root.is_dir():
             for entry in self.releases.root.iterdir():
                 with contextlib.suppress(InvalidProjectId):
@@ -273,17 +282,15 @@ class Controller:
         ).run(self.known_projects())  # fmt: skip
 
     def resync(self, *, full: bool = True) -> int:
-        """Queue every known project (``full``), or those whose inputs moved since they last
-        converged. Returns how many were queued."""
+        """Queue every known project (``full``), or the periodic slice: those whose inputs
+        moved, and this tick's share of full reconciles (``SafetyNet.tick``). Returns how
+        many were queued."""
+        if not full:
+            return self.net.tick()
         started = self.clock()
-        queued: set[ProjectId] = set()
-        if full:
-            self.refusals.orphans(self.desired.scan_names())
-        for project_id in sorted(self.known_projects()):
-            if not full and not self.fingerprints.moved(project_id):
-                continue
-            queued.add(project_id)
-        if full and queued:
+        self.refusals.orphans(self.desired.scan_names())
+        queued = self.known_projects()
+        if queued:
             with self._sweep_lock:
                 self._sweep = (started, set(queued), len(queued))
         for project_id in sorted(queued):
@@ -321,10 +328,9 @@ class Controller:
         return done
 
     def check_health(self) -> None:
-        """Queue every project whose active instance is gone or whose ``current`` drifted."""
-        for project_id, version in self.db.running():
-            if not self.releases.points_at(project_id, version):
-                self.enqueue(project_id)
+        """Queue every project whose active instance is gone, and those of the slice whose
+        ``current`` drifted."""
+        self.net.check_current()
         for row in self.db.instances():
             if row.role != InstanceRole.ACTIVE or not is_hash8(row.hash):
                 continue

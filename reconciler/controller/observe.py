@@ -129,6 +129,10 @@ class Fingerprints:
             _identity(self.releases.project_dir(project_id)),
         )
 
+    def rebased(self, project_id: ProjectId, sign: Sign) -> Sign:
+        """``sign`` with the release dir as it is now (a reconcile's own steps changed it)."""
+        return (sign[0], _identity(self.releases.project_dir(project_id)))
+
     def converged(self, project_id: ProjectId, done: bool, sign: Sign | None = None) -> None:
         """After a reconcile: remember the sign it left (converged), or forget it.
         ``sign``: taken already (a reconcile that changed nothing)."""

@@ -373,6 +373,28 @@ def test_a_resync_queues_only_projects_whose_inputs_moved(world: World) -> None:
     assert world.controller.resync(full=False) == 1
 
 
+def test_the_health_poll_notices_a_current_moved_by_hand(world: World) -> None:
+    world.write("one")
+    assert world.controller.reconcile(P) == Done()
+    world.controller.check_health()
+    assert world.controller.queue.depth() == 0
+    (world.releases.project_dir(P) / "current").unlink()
+    world.controller.check_health()
+    assert world.controller.queue.get(timeout=0) == P
+
+
+def test_the_periodic_resync_spends_a_bounded_share_on_full_reconciles(world: World) -> None:
+    net = world.controller.net
+    assert net.full_share(10_000) == 1000, "a tenth of them a tick, before any cost is known"
+    net.reconciled(0.001)  # one reconcile costs 1 ms of CPU
+    assert net.full_share(10_000) == pytest.approx(0.002 * net.interval / 0.001)
+    assert net.full_share(10) == 1.0, "few projects: each every 10 ticks"
+    world.write("one")
+    assert world.controller.reconcile(P) == Done()
+    queued = [world.controller.resync(full=False) for _ in range(10)]
+    assert queued.count(1) == 1 and queued.count(0) == 9, "once in 10 ticks"
+
+
 @pytest.mark.parametrize(
     ("source", "said"),
     [("/", "source / is the whole filesystem"), ("..", "contains the data dir")],
