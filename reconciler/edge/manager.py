@@ -9,7 +9,8 @@
   seconds before it waits ``RESTART_PAUSE`` between tries. With ``--edge external`` someone
   else runs it (a systemd unit) and the manager only configures it.
 - Every ``verify_interval`` seconds the running configuration is read back and compared, so
-  a hand change through the admin API is reverted.
+  a hand change through the admin API is reverted, and the route files of the next
+  ``ROUTE_SLICE`` sites are compared with the disk (all of them when the edge restarts).
 - Sites are served through route files (``RouteFiles``), never a load: the configuration
   depends on the edge's settings alone, and on the ports of the range other processes hold
   (a port that cannot be bound would fail the whole load): the edge listens around them,
@@ -56,6 +57,7 @@ RESTART_WINDOW = 300.0
 RESTART_PAUSE = 60.0
 BATCH = 0.02  # gather changes that arrive together into one load
 APPLY_TIMEOUT = 60.0
+ROUTE_SLICE = 250  # sites whose route files one verification compares with the disk
 
 
 class Edge:
@@ -67,7 +69,7 @@ class Edge:
         admin: CaddyAdmin,
         process: CaddyProcess | None,
         db: StateDB,
-        check_interval: float = 1.0,
+        check_interval: float = 2.0,
         verify_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -225,7 +227,8 @@ class Edge:
             dirty, self._dirty = self._dirty, set()
         try:
             restarted = self._ensure_running()
-            fresh = verify or restarted or self._loaded is None
+            first = restarted or self._loaded is None
+            fresh = verify or first
             if not (fresh or generation != self._applied):
                 self._record("up", self._problems({}))
                 return  # alive, and nothing changed
@@ -239,12 +242,15 @@ class Edge:
             held = self._held_now(rescan=fresh)
             held_moved = frozenset(held) != before  # a site may be refused or taken again
             refused = {
-                project_id: self._refusal(site.port, held[site.port])
+                project_id: refusal(site.port, self.settings.bind_host, held[site.port])
                 for project_id, site in sites.items()
                 if site.port in held
             }
             served = {project_id: s for project_id, s in sites.items() if project_id not in refused}
-            self.routes.apply(served, full=fresh, changed=None if held_moved else dirty)
+            anew = first or held_moved  # every route file read again
+            self.routes.apply(served, full=anew, changed=None if held_moved else dirty)
+            if verify and not anew:
+                self.routes.check(served, ROUTE_SLICE)
             self._domains = self._domains or any(site.domains for site in served.values())
             wanted = edge_config(self.settings, held=frozenset(held), domains=self._domains)
             if wanted != self._loaded:
@@ -279,21 +285,7 @@ class Edge:
     def _problems(self, refused: dict[ProjectId, str]) -> str | None:
         """What the status says is wrong: the sites refused, the ports held."""
         with self._cond:
-            refused = refused or dict(self._refused)
-            held = dict(self._held or {})
-        said = list(refused.values())
-        taken = {p for p in held if not any(f"port {p} " in r for r in said)}
-        if taken:
-            ports = ", ".join(f"{p} ({held[p]})" for p in sorted(taken)[:10])
-            more = f" and {len(taken) - 10} more" if len(taken) > 10 else ""
-            said.append(f"ports of the range held by other processes: {ports}{more}")
-        return "; ".join(said) or None
-
-    def _refusal(self, port: int, who: str) -> str:
-        return (
-            f"port {port} ({self.settings.bind_host}) is held by {who}; the edge cannot serve "
-            "this site until it is free"
-        )
+            return problems(refused or dict(self._refused), dict(self._held or {}))
 
     def _held_now(self, *, rescan: bool) -> dict[int, str]:
         """The ports of the range that other processes hold: all of them checked at a
@@ -358,6 +350,22 @@ class Edge:
             )
         except Exception:
             logger.debug("edge: could not record its status", exc_info=True)
+
+
+def problems(refused: dict[ProjectId, str], held: dict[int, str]) -> str | None:
+    said = list(refused.values())
+    taken = {p for p in held if not any(f"port {p} " in r for r in said)}
+    if taken:
+        ports = ", ".join(f"{p} ({held[p]})" for p in sorted(taken)[:10])
+        more = f" and {len(taken) - 10} more" if len(taken) > 10 else ""
+        said.append(f"ports of the range held by other processes: {ports}{more}")
+    return "; ".join(said) or None
+
+
+def refusal(port: int, host: str, who: str) -> str:
+    return (
+        f"port {port} ({host}) is held by {who}; the edge cannot serve this site until it is free"
+    )
 
 
 def _listening(config: dict[str, Any] | None) -> set[int]:

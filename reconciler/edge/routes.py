@@ -12,7 +12,9 @@
 Serving a site, stopping it, moving a domain are link changes (each one atomic: a new link
 renamed over the old), never a configuration load. ``apply`` makes the files match the
 sites that should be served and remembers what it wrote, so that the next call touches only
-what changed; ``apply(..., full=True)`` reads the directory again first.
+what changed; ``apply(..., full=True)`` reads the directory again first, and ``check`` (the
+periodic verification) compares the files of the next slice of sites with the disk, so that its
+cost does not grow with the number of sites.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from reconciler.core.kinds import ServeMode
+from reconciler.core.rotation import Rotation
 from reconciler.core.spec import ProjectId
 from reconciler.edge.config import Site
 from reconciler.stores.releases import SLOT, SLOT_NAMES, SLOTS, TASKS
@@ -44,6 +47,7 @@ class RouteFiles:
         self._written: Links | None = None  # what the routes hold (None: read them first)
         self._by_site: dict[ProjectId, Links] = {}
         self._upstreams: dict[ProjectId, tuple[int, int]] = {}
+        self._rotation = Rotation()
 
     def links_of(self, site: Site | None) -> Links:
         """The route files one site needs (none for a site that is not served)."""
@@ -103,6 +107,44 @@ class RouteFiles:
             if site.mode == ServeMode.DYNAMIC and site.slots is not None:
                 self._slot_upstreams(site.project_id, site.slots, full)
         return count
+
+    def check(self, sites: Mapping[ProjectId, Site], count: int) -> int:
+        """The periodic verification: the next ``count`` sites' files compared with the disk
+        (what differs is written again, what no site wants in their dirs removed), and once
+        per round the port and host dirs no site wants removed. Returns how many files it
+        mended."""
+        if self._written is None:
+            return self._apply_all(sites, full=True)
+        mended = 0
+        for project_id in self._rotation.take(sorted(sites), count):
+            site = sites[ProjectId(project_id)]
+            links = self._by_site.get(site.project_id, {})
+            here = self.ports / str(site.port)
+            names = {path.name for path in links if path.parent == here}
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(here):
+                    if name not in names:
+                        _remove(here / name)
+                        mended += 1
+            for path, target in links.items():
+                if _on_disk(path) != target:
+                    _link(path, target)
+                    mended += 1
+            if site.mode == ServeMode.DYNAMIC and site.slots is not None:
+                self._slot_upstreams(site.project_id, site.slots, True)
+        return mended + (self._strays(sites) if self._rotation.wrapped else 0)
+
+    def _strays(self, sites: Mapping[ProjectId, Site]) -> int:
+        """Port and host entries no served site accounts for (one listing of each dir)."""
+        ports = {str(site.port) for site in sites.values() if KIND_OF.get(site.mode)}
+        hosts = {d for site in sites.values() if KIND_OF.get(site.mode) for d in site.domains}
+        stray = 0
+        for root, wanted in ((self.ports, ports), (self.hosts, hosts)):
+            for name in os.listdir(root):
+                if name not in wanted:
+                    _remove(root / name)
+                    stray += 1
+        return stray
 
     def _write(self, after: Links, before: Links) -> int:
         """Files from ``before`` to ``after``: the new and changed written, the gone removed."""
@@ -172,6 +214,16 @@ def _link(path: Path, target: str) -> None:
     else:
         os.symlink(target, temporary)
     os.replace(temporary, path)
+
+
+def _on_disk(path: Path) -> str | None:
+    """What ``path`` holds as a route file: its link target, ``MARKER`` for an empty file."""
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return MARKER if path.is_file() and not path.is_symlink() else None
 
 
 def _prune(directory: Path, *, stop: tuple[Path, ...]) -> None:

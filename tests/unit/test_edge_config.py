@@ -168,3 +168,30 @@ def test_route_files_say_what_each_port_and_domain_serves(tmp_path: Path) -> Non
     assert again.apply({WWW.project_id: moved}) == 0
     assert sorted(os.listdir(routes / "ports")) == ["3001"]
     assert sorted(os.listdir(routes / "ports/3001")) == ["dist", "static"]
+
+
+def test_the_periodic_check_mends_a_slice_of_sites_and_clears_strays_once_a_round(
+    tmp_path: Path,
+) -> None:
+    routes, releases = tmp_path / "routes", tmp_path / "production"
+    files = RouteFiles(routes, releases)
+    sites = {
+        ProjectId(f"s{i}"): Site(ProjectId(f"s{i}"), 3001 + i, ServeMode.STATIC) for i in range(4)
+    }
+    assert files.apply(sites) == 8
+    for i in range(4):  # every site's link pointed elsewhere by hand
+        (routes / f"ports/{3001 + i}/dist").unlink()
+        (routes / f"ports/{3001 + i}/dist").symlink_to("/")
+    (routes / "ports/3001/junk").touch()
+    (routes / "ports/3999").mkdir()
+    (routes / "hosts/nobody.example").symlink_to("../ports/3999")
+    assert files.check(sites, 2) == 3, "the first slice: s0 (and its junk) and s1"
+    assert os.readlink(routes / "ports/3001/dist") == str(releases / "s0/current/dist")
+    assert os.readlink(routes / "ports/3003/dist") == "/", "not in this slice"
+    assert not (routes / "ports/3001/junk").exists()
+    assert (routes / "ports/3999").exists(), "stray dirs wait for the end of the round"
+    assert files.check(sites, 2) == 2 + 2, "s2 and s3; the round ends: strays go"
+    assert os.readlink(routes / "ports/3004/dist") == str(releases / "s3/current/dist")
+    assert sorted(os.listdir(routes / "ports")) == ["3001", "3002", "3003", "3004"]
+    assert os.listdir(routes / "hosts") == []
+    assert files.check(sites, 4) == 0, "nothing left to mend"
