@@ -200,24 +200,40 @@ class Daemon:
 class Loops:
     """Request loops against sites while something happens (``with Loops(ports) as loops``):
     for each port a keep-alive client and one that opens a connection per request; counts
-    the requests and the failures (a status other than 200, or an HTTP error)."""
+    the requests and the failures (a status other than 200, or an HTTP error). A request
+    that failed because the server closed a kept-alive connection it was sent on is tried
+    once more on a fresh one, as browsers and curl do (an idempotent request may be retried,
+    RFC 9110 9.2.2); it counts as failed, and as failed after the retry only when that
+    failed too."""
 
     def __init__(self, ports: Sequence[int]) -> None:
         self.ports = ports
         self.requests = 0
         self.failures: list[str] = []
+        self.after_retry: list[str] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _get(self, client: httpx.Client, port: int) -> str | None:
+        """None when it answered 200, else what went wrong."""
+        try:
+            if client.get(f"http://127.0.0.1:{port}/").status_code != 200:
+                return "status"
+        except httpx.HTTPError as exc:
+            return type(exc).__name__
+        return None
 
     def _loop(self, port: int, keep_alive: bool) -> None:
         headers = {} if keep_alive else {"Connection": "close"}
         with httpx.Client(timeout=5, headers=headers) as client:
             while not self._stop.is_set():
-                try:
-                    if client.get(f"http://127.0.0.1:{port}/").status_code != 200:
-                        self.failures.append("status")
-                except httpx.HTTPError as exc:
-                    self.failures.append(type(exc).__name__)
+                failed = self._get(client, port)
+                if failed is not None:
+                    self.failures.append(failed)
+                    closed = keep_alive and failed == "RemoteProtocolError"
+                    again = self._get(client, port) if closed else failed
+                    if again is not None:
+                        self.after_retry.append(again + ("-ka" if keep_alive else "-fresh"))
                 self.requests += 1
 
     def __enter__(self) -> Loops:
@@ -240,4 +256,6 @@ class Loops:
             "requests": self.requests,
             "failed": len(self.failures),
             "failures": sorted(set(self.failures)),
+            "failed_after_retry": len(self.after_retry),
+            "failures_after_retry": sorted(set(self.after_retry)),
         }
