@@ -29,10 +29,11 @@ def _start(root: Path, sites: int) -> Daemon:
     return Daemon(root, public, internal, "--drain", "0", wait_ready=False)
 
 
-def _first_pass(daemon: Daemon, timeout: float = 900) -> float:
-    """Seconds from the daemon's start to its first pass over every project (logged)."""
+def _first_pass(daemon: Daemon, before: int, timeout: float = 900) -> float:
+    """Seconds from the daemon's start to its first pass over every project (logged; the
+    log holds ``before`` such lines from earlier daemons)."""
     deadline = time.monotonic() + timeout
-    while not daemon.log_lines("full resync:"):
+    while len(daemon.log_lines("full resync:")) <= before:
         if time.monotonic() > deadline:
             raise SystemExit("the first pass over every project did not end")
         time.sleep(0.5)
@@ -65,12 +66,13 @@ def run(root: Path, *, sites: int = 10000, idle: float = 60.0) -> dict[str, Any]
         daemon.proc.send_signal(signal.SIGTERM)  # the sites keep serving ...
         daemon.proc.wait(120)
         _kill_edge(daemon)  # ... until the edge goes too: a reboot
+        passes = len(daemon.log_lines("full resync:"))
         daemon.log.close()
         daemon = _start(root / "many", sites)
         daemon.wait_api()
         serving = len(_serving(daemon, sites, time.monotonic() + 900))
         serving_s = time.monotonic() - daemon.started
-        passed_s = _first_pass(daemon)
+        passed_s = _first_pass(daemon, passes)
         me, edge = daemon.proc.pid, daemon.edge_pid()
         time.sleep(5)  # the pass's last writes settle
         before = {pid: cpu_seconds(pid) for pid in (me, edge)}
