@@ -507,8 +507,10 @@ def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             else ""
         )
         app = f"  [{version['app']['kind']}]" if version.get("app") else ""
+        preview = f"\n      preview: {version['previewUrl']}" if version.get("previewUrl") else ""
         print(
-            f"{mark} {version['hash']}  {version['createdAt']}{active}{commit}{app}".rstrip(),
+            f"{mark} {version['hash']}  {version['createdAt']}{active}{commit}{app}".rstrip()
+            + preview,
             file=out,
         )
     return OK

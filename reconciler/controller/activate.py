@@ -25,11 +25,13 @@ from reconciler.controller.golive import (
     Static,
     site_for,
 )
-from reconciler.controller.observe import Runtimes
+from reconciler.controller.observe import Facts, Runtimes
 from reconciler.controller.run import Run
 from reconciler.core.config import Config
 from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode, Status
+from reconciler.core.plan import mode_of
 from reconciler.core.timeutil import utcnow
+from reconciler.edge.routes import PreviewLinks
 from reconciler.stores.facts import commit_fields
 from reconciler.stores.ports import PortAllocator, SiteAllocator
 from reconciler.stores.releases import Release, ReleaseStore
@@ -47,6 +49,22 @@ class AtEdge:
     sites: SiteAllocator
     drainer: Drainer
     control_port: int
+    previews: PreviewLinks | None = None  # the links previews of kept versions go through
+
+
+def sync_previews(at_edge: AtEdge | None, releases: ReleaseStore, facts: Facts, ran: bool) -> None:
+    """Point the project's preview links at its kept versions that are served as files (an
+    app's files are its code: never). ``ran``: steps ran, so the store is read again."""
+    if at_edge is None or at_edge.previews is None or facts.view is None:
+        return
+    project_id = facts.project_id
+    if ran:
+        kept = frozenset(r.hash for r in releases.versions(project_id))
+        apps = frozenset(v for v in kept if releases.runs_app(project_id, v))
+    else:
+        kept, apps = facts.observed.releases, facts.observed.apps
+    shown = [v for v in kept if mode_of(facts.view.mode, v, apps) == ServeMode.STATIC]
+    at_edge.previews.sync(project_id, shown)
 
 
 class Activator:

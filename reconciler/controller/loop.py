@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from reconciler.controller.activate import Activator, AtEdge
+from reconciler.controller.activate import Activator, AtEdge, sync_previews
 from reconciler.controller.adopt import Adoption
 from reconciler.controller.observe import (
     FactFinder,
@@ -222,6 +222,7 @@ class Controller:
                 recorder.remember_spec(facts.spec, facts.row)
         with self._inflight_scope(project_id, facts.digest) as cancel:
             result = self.pipeline.execute(facts, steps, cancel)
+        sync_previews(self.at_edge, self.releases, facts, bool(steps))
         if desired is not None and desired.settles_at is not None and isinstance(result, Done):
             # saved without a final newline: read it again once it has settled
             return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01)), None

@@ -289,6 +289,13 @@ class Config:
                "line naming its site)", on_off,
                show=lambda v: "on" if v else "off", choices=("on", "off"), group=EDGE),
     )  # fmt: skip
+    preview_domain: str = opt(
+        "localhost",
+        Option("--preview-domain", "previews of kept versions answer at "
+               "<version>.<project>.<this domain> on the edge's preview port (*.localhost "
+               "reaches this host from a browser here; a wildcard DNS name from elsewhere)",
+               group=EDGE),
+    )  # fmt: skip
     drain: float = opt(
         0.5,
         Option("--drain", "seconds a replaced instance keeps serving in-flight requests "

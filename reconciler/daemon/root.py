@@ -38,6 +38,7 @@ from reconciler.daemon.notifications import Notifications
 from reconciler.daemon.parts import make_edge, make_runtime_factory, served_sites
 from reconciler.daemon.schedule import Job, Schedule
 from reconciler.daemon.sdnotify import Notifier
+from reconciler.edge.routes import PreviewLinks
 from reconciler.runtimes.base import Leftovers, Runtime
 from reconciler.runtimes.systemd import SiteUnits
 from reconciler.sources.follow import ConfigFollower, Follower
@@ -118,10 +119,10 @@ class Daemon:
     def _controller(self) -> Controller:
         at_edge = None
         if self.edge is not None:
-            drainer = Drainer(
-                self.db, drain=self.config.drain, grace=self.config.stop_grace, clock=self.clock
-            )
-            at_edge = AtEdge(self.edge, self.sites, drainer, self.edge.settings.control_port)
+            c, edge = self.config, self.edge.settings
+            drainer = Drainer(self.db, drain=c.drain, grace=c.stop_grace, clock=self.clock)
+            previews = PreviewLinks.of(edge)
+            at_edge = AtEdge(self.edge, self.sites, drainer, edge.control_port, previews)
         return Controller(
             self.config,
             listener=Listeners([self.metrics, self.notifications]),

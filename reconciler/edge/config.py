@@ -31,12 +31,14 @@ they entered (project ids, hostnames, ports); Host is validated before it become
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from reconciler.core.kinds import ServeMode
 from reconciler.core.spec import PROJECT_ID, ProjectId, ProjectSpec
+from reconciler.stores.previews import COOKIE, PreviewAddress
 
 SLOT_HEADER = "Reconciler-Slot"
 PREVIEW_PATTERN = rf"^/{PROJECT_ID}/preview/dist(/.*)?$"
@@ -60,6 +62,7 @@ class EdgeSettings:
     log_roll_mb: int = 10
     log_roll_keep: int = 5
     access_logs: bool = True  # one JSON line per request
+    previews: PreviewAddress | None = None  # kept versions, by Host (see ``_previews``)
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,50 @@ def _control(settings: EdgeSettings) -> dict[str, Any]:
     }
 
 
+def _previews(settings: EdgeSettings, previews: PreviewAddress) -> dict[str, Any]:
+    """Kept versions by Host, ``<version>.<project>.<domain>``: the static ones a route file
+    (``previews/<project>/<version>`` -> its dist) names; a version that runs as an app has
+    none (its files are its code, never served). With a token: ``?token=`` once, then the
+    cookie the answer set."""
+    root = settings.routes / "previews"
+    domain = re.escape(previews.domain)
+    host = {"name": "pv", "pattern": rf"^([0-9a-f]{{8}})\.({PROJECT_ID})\.{domain}$"}
+    key = "{http.regexp.pv.2}/{http.regexp.pv.1}"
+    serve = [
+        {
+            "match": [_file(root, f"{key}/")],
+            "handle": [{"handler": "file_server", "root": f"{root}/{key}"}],
+            "terminal": True,
+        },
+        {"handle": [{"handler": "static_response", "status_code": 404,
+                     "body": "no preview of this version\n"}]},
+    ]  # fmt: skip
+    by_host = {"vars_regexp": {HOST: host}}
+    routes: list[dict[str, Any]]
+    if previews.token is None:
+        routes = [{"match": [by_host], "handle": [{"handler": "subroute", "routes": serve}],
+                   "terminal": True}]  # fmt: skip
+    else:
+        token = re.escape(previews.token)
+        cookie = {"name": "pc", "pattern": rf"(^|;\s*){COOKIE}={token}(;|$)"}
+        remember = {"handler": "headers", "response": {"set": {"Set-Cookie": [
+            f"{COOKIE}={previews.token}; Path=/; HttpOnly; SameSite=Lax"]}}}  # fmt: skip
+        routes = [
+            {"match": [{**by_host, "query": {"token": [previews.token]}}],
+             "handle": [remember, {"handler": "subroute", "routes": serve}], "terminal": True},
+            {"match": [{**by_host, "header_regexp": {"Cookie": cookie}}],
+             "handle": [{"handler": "subroute", "routes": serve}], "terminal": True},
+            {"match": [by_host], "handle": [{"handler": "static_response", "status_code": 401,
+             "body": "this preview needs its link's token\n"}], "terminal": True},
+        ]  # fmt: skip
+    routes.append({"handle": [{"handler": "static_response", "status_code": 404}]})
+    return {
+        "listen": [_listen(settings.bind_host, previews.port)],
+        "automatic_https": {"disable": True},
+        "routes": routes,
+    }
+
+
 def _domains(settings: EdgeSettings, servers: dict[str, Any]) -> dict[str, Any]:
     """The HTTPS listener routing by a validated Host, the HTTP one redirecting to it, and
     certificates on demand for the names the control server says a site claims."""
@@ -321,6 +368,8 @@ def edge_config(
         }
     ports = settings.routes / "ports"
     servers: dict[str, Any] = {"control": _control(settings)}
+    if settings.previews is not None:
+        servers["previews"] = _previews(settings, settings.previews)
     # each line names the port it came to (a domain's names its host already)
     logged = [{"handler": "log_append", "key": "port", "value": PORT}]
     logged = logged if settings.access_logs else []

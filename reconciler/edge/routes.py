@@ -29,7 +29,7 @@ from pathlib import Path
 from reconciler.core.kinds import ServeMode
 from reconciler.core.rotation import Rotation
 from reconciler.core.spec import ProjectId
-from reconciler.edge.config import Site
+from reconciler.edge.config import EdgeSettings, Site
 from reconciler.stores.releases import SLOT, SLOT_NAMES, SLOTS, TASKS
 
 KIND_OF = {ServeMode.STATIC: "static", ServeMode.DYNAMIC: "up", ServeMode.SERVICE: "svc"}
@@ -202,6 +202,39 @@ class RouteFiles:
             else:
                 _remove(Path(host.path))
         return found
+
+
+class PreviewLinks:
+    """``<routes>/previews/<id>/<version>`` -> that version's dist, for each kept version
+    served as files (the edge's preview server answers through them; see ``edge.config``).
+    Written by whoever reconciles the project; the edge's own thread never touches them."""
+
+    def __init__(self, root: Path, releases: Path) -> None:
+        self.root = root
+        self.releases = releases
+
+    @classmethod
+    def of(cls, settings: EdgeSettings) -> PreviewLinks:
+        return cls(settings.routes / "previews", settings.releases)
+
+    def sync(self, project_id: ProjectId, versions: Iterable[str]) -> int:
+        """Make the project's links name ``versions``; returns how many changed."""
+        here = self.root / project_id
+        wanted = {v: str(self.releases / project_id / v / "dist") for v in versions}
+        try:
+            present = set(os.listdir(here))
+        except FileNotFoundError:
+            present = set()
+        changed = 0
+        for name in present - set(wanted):
+            _remove(here / name)
+            changed += 1
+        for version in sorted(set(wanted) - present):
+            _link(here / version, wanted[version])
+            changed += 1
+        if not wanted and present:
+            _prune(here, stop=(self.root,))
+        return changed
 
 
 def _link(path: Path, target: str) -> None:

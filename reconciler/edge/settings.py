@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.core.config import Config
+from reconciler.core.config import Config, is_loopback
 from reconciler.core.fileio import atomic_write
 from reconciler.edge.caddy import Paths
 from reconciler.edge.config import EdgeSettings
 from reconciler.stores.ports import port_is_free
+from reconciler.stores.previews import PreviewAddress, choose_preview
 
 CONTROL_PORT_FILE = "control-port"
 
@@ -34,9 +35,23 @@ def control_port(config: Config, paths: Paths) -> int:
     raise RuntimeError(f"no free port in {span} for the edge's check listener")
 
 
+def preview_address(config: Config, paths: Paths, control: int) -> PreviewAddress:
+    """Where previews answer: a port of the internal range below the check listener's,
+    on the address sites listen on; with a token when that is beyond loopback."""
+    span = config.internal_port_range
+    return choose_preview(
+        paths.root,
+        range(span.first, min(span.last, control - 1) + 1),
+        domain=config.preview_domain,
+        token=not is_loopback(config.bind_host),
+        free=lambda port: port_is_free(config.bind_host, port),
+    )
+
+
 def edge_settings(config: Config) -> EdgeSettings:
     paths = Paths(config.edge_dir)
     paths.prepare()
+    control = control_port(config, paths)
     return EdgeSettings(
         admin_socket=paths.socket,
         storage=paths.storage,
@@ -44,7 +59,8 @@ def edge_settings(config: Config) -> EdgeSettings:
         access_log=paths.access_log,
         releases=Path(config.releases_dir).absolute(),
         bind_host=config.bind_host,
-        control_port=control_port(config, paths),
+        control_port=control,
+        previews=preview_address(config, paths, control),
         routes=paths.root / "routes",
         port_range=(config.port_range.first, config.port_range.last),
         domains_http_port=config.domains_http_port,

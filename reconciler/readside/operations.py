@@ -9,6 +9,7 @@ an HTTP status and the CLI to an exit code.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from reconciler.readside.views import (
 from reconciler.stores.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
 from reconciler.stores.facts import running_commit
 from reconciler.stores.opened import Stores
+from reconciler.stores.previews import read_preview
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
 
@@ -78,6 +80,7 @@ class Operations(LogReads, Streams):
     follow_grace: float = 120.0  # beyond the build and health timeouts, before a follow ends
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
+    preview_domain: str = "localhost"
     reader: Reader = field(init=False)
     cache: ReadCache[tuple[ProductionStatus, ProjectSummary | None]] = field(init=False)
     _listing: tuple[object, bytes] | None = field(init=False, default=None)
@@ -91,6 +94,7 @@ class Operations(LogReads, Streams):
             edge=config.edge,
             default_runtime=config.default_runtime,
             layout=config.layout,
+            preview_domain=config.preview_domain,
         )
 
     def __post_init__(self) -> None:
@@ -192,6 +196,7 @@ class Operations(LogReads, Streams):
         row = self.db.project(project_id)
         active = row.productionHash if row and row.productionStatus != Status.STOPPED else ""
         config = self.status(project_id).config if active else None
+        previews = self._previews(project_id)
         return History(
             versions=[
                 Version(
@@ -201,10 +206,22 @@ class Operations(LogReads, Streams):
                     config=config if v.is_active else None,
                     **running_commit(row, v.hash, self.releases.source_of(project_id, v.hash)),
                     app=AppFound.of(self.releases.app_of(project_id, v.hash)),
+                    previewUrl=previews.get(v.hash),
                 )
                 for v in self.releases.history(project_id, active=active or "")
             ]
         )
+
+    def _previews(self, project_id: ProjectId) -> dict[str, str]:
+        """The versions the edge shows at their own address (its preview links), by hash."""
+        if self.edge == EdgeMode.OFF:
+            return {}
+        address = read_preview(self.layout.edge, self.preview_domain)
+        try:
+            shown = os.listdir(self.layout.edge / "routes" / "previews" / project_id)
+        except OSError:
+            return {}
+        return {v: address.url(project_id, v) for v in shown} if address else {}
 
     # -- writes ----------------------------------------------------------------------------
 

@@ -140,6 +140,10 @@ class Version(_Out):
     app: AppFound | None = Field(
         default=None, description="its build and start, found from its files"
     )
+    previewUrl: str | None = Field(
+        default=None,
+        description="where the edge shows this version on its own (versions served as files)",
+    )
 
 
 class History(_Out):

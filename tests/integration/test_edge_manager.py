@@ -9,6 +9,7 @@ import socket
 import stat
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,8 @@ from reconciler.core.spec import ProjectId
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, EdgeRefused, Paths, default_binary
 from reconciler.edge.config import EdgeSettings, Site
 from reconciler.edge.manager import Edge
+from reconciler.edge.routes import PreviewLinks
+from reconciler.stores.previews import PreviewAddress
 from reconciler.stores.state import StateDB
 from tests.conftest import free_port
 from tests.integration.harness import _port_block, wait_for
@@ -235,5 +238,31 @@ def test_certificates_are_asked_for_only_names_a_site_claims(world: World) -> No
         ] * 4
         edge.drop(ProjectId("www"))
         assert answer("www.example.com") == 404, "a name no site claims any more"
+    finally:
+        edge.stop()
+
+
+def test_previews_beyond_loopback_need_their_token_then_a_cookie(world: World) -> None:
+    static_site(world.root, "www", "kept")
+    port = free_port()
+    world.settings = replace(
+        world.settings, previews=PreviewAddress(port, "localhost", "s3cret-token")
+    )
+    PreviewLinks.of(world.settings).sync(ProjectId("www"), ["aaaaaaaa"])
+    edge = world.edge()
+    edge.start()
+    try:
+        url, host = f"http://127.0.0.1:{port}/", {"Host": "aaaaaaaa.www.localhost"}
+        refused = httpx.get(url, headers=host, timeout=5)
+        assert refused.status_code == 401 and "token" in refused.text
+        wrong = httpx.get(url + "?token=guess", headers=host, timeout=5)
+        assert wrong.status_code == 401
+        first = httpx.get(url + "?token=s3cret-token", headers=host, timeout=5)
+        assert first.status_code == 200 and first.text == "kept"
+        assert first.headers["set-cookie"].startswith("reconciler_preview=s3cret-token;")
+        cookie = {**host, "Cookie": "theme=dark; reconciler_preview=s3cret-token"}
+        assert httpx.get(url + "index.html", headers=cookie, timeout=5).text == "kept"
+        forged = {**host, "Cookie": "reconciler_preview=s3cret-token-not"}
+        assert httpx.get(url, headers=forged, timeout=5).status_code == 401
     finally:
         edge.stop()

@@ -183,7 +183,8 @@ async function refreshProject() {
   const history = await api(`/api/projects/${encodeURIComponent(id)}/production-history`).catch(() => ({ versions: [] }));
   $("#history tbody").replaceChildren(...history.versions.map((v) =>
     el("tr", { "data-version": v.hash },
-      el("td", { "data-label": "Version" }, v.hash, v.isActive ? el("span", { class: "muted" }, " (active)") : null),
+      el("td", { "data-label": "Version" }, v.hash, v.isActive ? el("span", { class: "muted" }, " (active)") : null,
+        v.previewUrl ? el("a", { class: "preview", href: v.previewUrl, target: "_blank", rel: "noopener" }, " preview") : null),
       el("td", { "data-label": "Commit" }, v.commit ? `${v.commit.slice(0, 12)} ${v.subject || ""}` : ""),
       el("td", { "data-label": "App" }, v.app ? `${v.app.kind} (${v.app.seen.join(", ")})` : "as written"),
       el("td", { "data-label": "Built" }, ago(v.createdAt)),

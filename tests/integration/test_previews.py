@@ -1,0 +1,74 @@
+"""Every kept version served as files can be opened at its own address on the edge's preview
+port (``<version>.<project>.localhost``), beside the active one, through a real Caddy; an
+app's version has no preview (its files are its code); the history, the CLI and the API
+carry the link."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reconciler.api.app import create_app
+from reconciler.core.kinds import EdgeMode
+from reconciler.stores.previews import read_preview
+from tests.integration.harness import Env, desired_yaml, environment, make_site, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with environment(tmp_path, edge=EdgeMode.ON) as e:
+        e.start()
+        yield e
+
+
+def shown(port: int, host: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}/", headers={"Host": host}, timeout=5)
+
+
+def test_each_kept_static_version_answers_at_its_own_address(env: Env, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "one")
+    env.write("www", desired_yaml(site, generation=1))
+    first = env.wait_serving("www", "one")
+    (site / "dist" / "index.html").write_text("two")
+    env.write("www", desired_yaml(site, generation=2))
+    second = env.wait_serving("www", "two")
+    v1, v2 = first.productionHash, second.productionHash
+    assert v1 and v2 and v1 != v2
+
+    address = read_preview(env.data / "edge", "localhost")
+    assert address is not None and address.token is None, "loopback: no token"
+    links = env.data / "edge" / "routes" / "previews" / "www"
+    wait_for(lambda: sorted(os.listdir(links)) == sorted([v1, v2]), 10, "both versions linked")
+    assert shown(address.port, f"{v1}.www.localhost").text == "one", "the old version, as kept"
+    assert shown(address.port, f"{v2}.www.localhost").text == "two"
+    assert httpx.get(f"http://127.0.0.1:{second.productionPort}/").text == "two", "live: v2"
+    missing = shown(address.port, "00000000.www.localhost")
+    assert missing.status_code == 404 and "no preview of this version" in missing.text
+    for hostile in ("../x.www.localhost", f"{v1}.WWW.localhost", f"{v1}.www.example.com"):
+        assert shown(address.port, hostile).status_code in (400, 404)
+
+    api = create_app(env.config()).test_client()
+    history = api.get("/api/projects/www/production-history").get_json()["versions"]
+    urls = {v["hash"]: v.get("previewUrl") for v in history}
+    assert urls == {
+        v1: f"http://{v1}.www.localhost:{address.port}/",
+        v2: f"http://{v2}.www.localhost:{address.port}/",
+    }
+
+
+def test_an_app_version_has_no_preview(env: Env, tmp_path: Path) -> None:
+    app = make_site(tmp_path / "app", "app code")
+    serve = "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n"
+    env.write("api", desired_yaml(app, generation=1) + serve)
+    row = env.wait_serving("api", "app code", timeout=60)
+    address = read_preview(env.data / "edge", "localhost")
+    assert address is not None
+    answer = shown(address.port, f"{row.productionHash}.api.localhost")
+    assert answer.status_code == 404, "an app's files are never served as a preview"
+    assert not (env.data / "edge" / "routes" / "previews" / "api").exists()
