@@ -121,7 +121,7 @@ class Loop:
                         client.get(self.url) if keep_alive else httpx.get(self.url, timeout=5)
                     )
                     if response.status_code != 200:
-                        self.failures.append(f"HTTP {response.status_code}")
+                        self.failures.append(f"HTTP {response.status_code}: {response.text[:80]!r}")
                     else:
                         self.bodies[response.text] = self.bodies.get(response.text, 0) + 1
                 except httpx.HTTPError as exc:

@@ -281,7 +281,8 @@ def test_history_newest_first(
     versions = client.get("/api/projects/www/production-history").json["versions"]  # type: ignore[index]
     assert [(v["hash"], v["isActive"]) for v in versions] == [(new, True), (old, False)]
     assert all(
-        list(v) == ["hash", "isActive", "createdAt", "config", "commit", "subject", "app"]
+        list(v)
+        == ["hash", "isActive", "createdAt", "config", "commit", "subject", "app", "previewUrl"]
         and v["createdAt"].endswith("Z")
         for v in versions
     )
