@@ -55,9 +55,12 @@ class AtEdge:
 def sync_previews(at_edge: AtEdge | None, releases: ReleaseStore, facts: Facts, ran: bool) -> None:
     """Point the project's preview links at its kept versions that are served as files (an
     app's files are its code: never). ``ran``: steps ran, so the store is read again."""
-    if at_edge is None or at_edge.previews is None or facts.view is None:
+    if at_edge is None or at_edge.previews is None:
         return
     project_id = facts.project_id
+    if facts.view is None:  # its desired file is gone, and so are its previews
+        at_edge.previews.sync(project_id, [])
+        return
     if ran:
         kept = frozenset(r.hash for r in releases.versions(project_id))
         apps = frozenset(v for v in kept if releases.runs_app(project_id, v))

@@ -61,6 +61,10 @@ def test_each_kept_static_version_answers_at_its_own_address(env: Env, tmp_path:
         v2: f"http://{v2}.www.localhost:{address.port}/",
     }
 
+    (env.desired / "www.yaml").unlink()  # the project goes: so do its previews
+    wait_for(lambda: not links.exists(), 20, "the previews removed")
+    assert shown(address.port, f"{v1}.www.localhost").status_code == 404
+
 
 def test_an_app_version_has_no_preview(env: Env, tmp_path: Path) -> None:
     app = make_site(tmp_path / "app", "app code")
