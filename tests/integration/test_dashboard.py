@@ -97,6 +97,7 @@ def test_deploy_progress_rollback_failures_and_invalid_files(
             found = page.inner_text("#app")
             assert "detected procfile from Procfile" in found, found
             assert "starts: exec python3 -m http.server $PORT" in found, found
+            page.wait_for_selector("#history tbody tr")  # the history loads after the status
             assert "procfile (Procfile)" in page.inner_text("#history")
 
             # a failed build's output

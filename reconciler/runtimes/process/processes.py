@@ -72,6 +72,23 @@ def live_processes() -> Iterator[tuple[int, list[bytes]]]:
             yield int(entry.name), fields
 
 
+def marked_processes(
+    prefix: bytes, *, skip: frozenset[int] = frozenset()
+) -> Iterator[tuple[int, list[bytes], bytes]]:
+    """Live processes whose environment holds a ``prefix``ed entry (``NAME=<store tag>:``), as
+    (pid, stat fields, that entry); those in a session of ``skip`` are not read."""
+    for pid, fields in live_processes():
+        if int(fields[STAT_SESSION]) in skip:
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        mark = next((v for v in environ.split(b"\0") if v.startswith(prefix)), None)
+        if mark is not None:
+            yield pid, fields, mark
+
+
 def kill_orphan_builds(releases: ReleaseStore) -> list[str]:
     """At startup: stop builds a killed daemon left running (and everything they started),
     so two builds of one project never run in one source dir. Returns the projects."""
@@ -90,14 +107,7 @@ def kill_orphan_builds(releases: ReleaseStore) -> list[str]:
         record.unlink(missing_ok=True)
     # a daemon killed between starting a build and writing its record: found by its mark
     prefix = f"{BUILD_MARK}={_store_tag(releases)}:".encode()
-    for pid, fields in live_processes():
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        mark = next((v for v in environ.split(b"\0") if v.startswith(prefix)), None)
-        if mark is None:
-            continue
+    for _pid, fields, mark in marked_processes(prefix):
         sid = int(fields[STAT_SESSION])  # the build's own session: its leader, if still there
         start = process_start_time(sid) or int(fields[STAT_START])
         if kill_session(sid, start, timeout=2):

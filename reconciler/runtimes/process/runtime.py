@@ -58,6 +58,7 @@ from reconciler.runtimes.process.processes import (  # noqa: F401 - importable f
     limited,
     live_processes,
     logger,
+    marked_processes,
     pid_alive,
     process_start_time,
     session_members,
@@ -375,16 +376,7 @@ def kill_orphan_instances(releases: ReleaseStore, units: SiteUnits | None = None
                 units.stop(name, KILL_GRACE * 4)
                 stopped.append(f"reconciler-site@{name}")
     prefix = f"{INSTANCE_MARK}={_store_tag(releases)}:".encode()
-    for pid, fields in live_processes():
-        if int(fields[STAT_SESSION]) in known:
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        mark = next((v for v in environ.split(b"\0") if v.startswith(prefix)), None)
-        if mark is None:
-            continue
+    for pid, _fields, mark in marked_processes(prefix, skip=frozenset(known)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
         stopped.append(mark.decode(errors="replace").split("=", 1)[1])
