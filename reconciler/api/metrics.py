@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from reconciler.core.kinds import Status
 from reconciler.stores.facts import spec_from_row
 from reconciler.stores.state import StateDB
 
@@ -37,7 +38,7 @@ class StoreCollector(Collector):
         counts: dict[str, int] = {}
         for row in self.db.projects():
             counts[row.productionStatus] = counts.get(row.productionStatus, 0) + 1
-        for status in ("running", "failed", "error", "queued", "building", "stopped"):
+        for status in Status:
             statuses.add_metric([status], counts.get(status, 0))
         yield statuses
         up = GaugeMetricFamily(

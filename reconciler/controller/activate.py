@@ -27,6 +27,7 @@ from reconciler.controller.golive import (
 )
 from reconciler.controller.observe import Facts, Runtimes
 from reconciler.controller.run import Run
+from reconciler.controller.sleep import Sleeper
 from reconciler.core.config import Config
 from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode, Status
 from reconciler.core.plan import mode_of
@@ -50,6 +51,7 @@ class AtEdge:
     drainer: Drainer
     control_port: int
     previews: PreviewLinks | None = None  # the links previews of kept versions go through
+    sleeper: Sleeper | None = None  # idle sites sleep, and their requests wake them
 
 
 def sync_previews(at_edge: AtEdge | None, releases: ReleaseStore, facts: Facts, ran: bool) -> None:
@@ -206,7 +208,19 @@ class Activator:
         slots = site.slots if mode == ServeMode.DYNAMIC else None
         if mode == ServeMode.DYNAMIC and slots is None:
             return
-        self.edge.put(site_for(run, site.publicPort, mode, slots))
+        asleep = row.productionStatus == Status.SLEEPING
+        self.edge.put(site_for(run, site.publicPort, mode, slots, asleep=asleep))
+
+    def sleep(self, run: Run, keys: tuple[str, ...]) -> None:
+        """An idle site sleeps: first its requests go to the waker, then its instances stop
+        (drained: requests in flight finish)."""
+        project_id = run.facts.project_id
+        run.recorder.update(productionStatus=Status.SLEEPING, productionError=None)
+        message = "No request for a while: stopped until the next one"
+        run.recorder.emit(EventType.SLEEPING, {"status": "sleeping", "message": message})
+        self.serve(run)
+        logger.info("%s: sleeping (stopping %s)", project_id, ", ".join(keys) or "nothing")
+        self.retire(run, keys)
 
     def unserve(self, run: Run) -> None:
         """The project stops: the edge closes its port; a deleted project gives its ports back."""

@@ -34,7 +34,7 @@ from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
 from reconciler.core.config import Config
 from reconciler.core.errors import StartFailed, TransientError
-from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode
+from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode, Status
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.edge.config import Site, site_of
 from reconciler.runtimes.base import (
@@ -145,8 +145,10 @@ def running(instance: Instance, *, draining: bool = False) -> Running:
     return Running(instance.key, instance.port, draining)
 
 
-def site_for(run: Run, port: int, mode: ServeMode, slots: tuple[int, int] | None) -> Site:
-    return site_of(run.facts.project_id, port, mode, run.spec, slots)
+def site_for(
+    run: Run, port: int, mode: ServeMode, slots: tuple[int, int] | None, *, asleep: bool = False
+) -> Site:
+    return site_of(run.facts.project_id, port, mode, run.spec, slots, asleep=asleep)
 
 
 def check_through_edge(
@@ -277,6 +279,10 @@ class Slots:
             instance = start_and_wait(
                 run, runtime, release, generation, port=choice.port, probe_host="127.0.0.1"
             )
+        # waking: requests wait at the waker, so the slot flips before they are let through
+        waking = run.facts.observed.status == Status.SLEEPING
+        if waking:
+            self.releases.set_slot(project_id, target)
         try:
             self.edge.put(site_for(run, site.publicPort, ServeMode.DYNAMIC, slots))
         except BaseException:
@@ -285,7 +291,8 @@ class Slots:
                     runtime.stop(instance, timeout=2)
                 run.recorder.forget_instance(instance.key)
             raise
-        self.releases.set_slot(project_id, target)
+        if not waking:
+            self.releases.set_slot(project_id, target)
         check_through_edge(
             self.edge,
             f"http://{self.config.probe_host}:{site.publicPort}{spec.health.path}",

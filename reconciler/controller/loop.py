@@ -35,6 +35,7 @@ from reconciler.controller.observe import (
 from reconciler.controller.pipeline import Pipeline
 from reconciler.controller.recorder import Listener, Recorder
 from reconciler.controller.refusals import Refusals
+from reconciler.controller.sleep import observed_for_sleep, tell_sleeper
 from reconciler.controller.sweeps import SafetyNet
 from reconciler.core.config import Config
 from reconciler.core.errors import TransientError
@@ -202,11 +203,13 @@ class Controller:
     def _reconcile(self, project_id: ProjectId) -> tuple[Result, Sign | None]:
         """The result, and the project's fingerprint as the reconcile found it (its release
         dir as the steps left it)."""
+        sleeper = self.at_edge.sleeper if self.at_edge is not None else None
         with self._thinking:
             sign = self.fingerprints.sign(project_id)  # before reading: a later save moves it
             facts = self.facts.observe(project_id)
             if facts is None:
                 return Done(), sign
+            facts = observed_for_sleep(sleeper, facts)
             steps = plan(facts.view, facts.observed)
         desired = facts.desired
         self.refusals.project(project_id, desired)
@@ -223,6 +226,7 @@ class Controller:
         with self._inflight_scope(project_id, facts.digest) as cancel:
             result = self.pipeline.execute(facts, steps, cancel)
         sync_previews(self.at_edge, self.releases, facts, bool(steps))
+        tell_sleeper(sleeper, self.db, facts, bool(steps or facts.gone))
         if desired is not None and desired.settles_at is not None and isinstance(result, Done):
             # saved without a final newline: read it again once it has settled
             return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01)), None
@@ -234,7 +238,7 @@ class Controller:
         torn or half-done write never causes an outage. 0: go ahead."""
         if facts.desired is not None:
             self._missing_since.pop(project_id, None)
-        serving = facts.observed.status in (Status.RUNNING, Status.ERROR)
+        serving = facts.observed.status in (Status.RUNNING, Status.ERROR, Status.SLEEPING)
         if not serving or deployment_of(steps) != DeploymentKind.STOP:
             return 0.0
         if facts.desired is None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 DEPLOY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                      30, 60, 300)  # fmt: skip
+WAKE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,19 @@ class DaemonMetrics:
             ["result"],
             registry=r,
         )
+        self.wakes = Counter(
+            "reconciler_wakes",
+            "Sleeping sites woken by a request, by result (succeeded, failed: the waiting "
+            "requests were answered 503)",
+            ["result"],
+            registry=r,
+        )
+        self.wake_seconds = Histogram(
+            "reconciler_wake_duration_seconds",
+            "Cold starts: from a sleeping site's first request to the site serving it",
+            buckets=WAKE_BUCKETS,
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._depth: Callable[[], int] | None = None
         self._moves = 0  # bumped by every change; the exposition is made again only then
@@ -113,6 +127,12 @@ class DaemonMetrics:
 
     def reconciled(self, seconds: float) -> None:
         self.reconcile_seconds.observe(seconds)
+        self._moved()
+
+    def woke(self, seconds: float, ok: bool) -> None:
+        self.wakes.labels("succeeded" if ok else "failed").inc()
+        if ok:
+            self.wake_seconds.observe(seconds)
         self._moved()
 
     def source_checked(self, result: str) -> None:

@@ -36,6 +36,7 @@ from reconciler.core.plan import (
     Fail,
     Record,
     RestoreCurrent,
+    Sleep,
     Step,
     StopInstances,
     deployment_of,
@@ -192,6 +193,8 @@ class Pipeline:
                 self.releases.switch(run.facts.project_id, version)
             case Record():
                 self.record(run, step)
+            case Sleep(keys=keys):
+                self.activator.sleep(run, keys)
             case _:
                 assert_never(step)
 

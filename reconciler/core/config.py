@@ -21,7 +21,14 @@ from typing import Any, Literal
 
 from reconciler.core.kinds import EdgeMode, RuntimeName
 from reconciler.core.logfiles import LogLimits
-from reconciler.core.spec import GIT_REF_RE, REGISTRY_RE, Limits, NotifyTarget
+from reconciler.core.spec import (
+    GIT_REF_RE,
+    MIN_SLEEP_AFTER,
+    REGISTRY_RE,
+    Limits,
+    NotifyTarget,
+    parse_duration,
+)
 
 MIB = 1024 * 1024
 ACCESS_LOG = "access.log"  # in the edge dir
@@ -163,6 +170,16 @@ def on_off(text: str) -> bool:
     return text == "on"
 
 
+def parse_sleep_after(text: str) -> float:
+    """``--sleep-after``: a duration (15m, 900) or off; a short one is raised to the least."""
+    seconds = parse_duration(text)
+    return max(MIN_SLEEP_AFTER, seconds) if seconds else 0.0
+
+
+def show_duration(seconds: float) -> str:
+    return f"{seconds:g}s" if seconds else "off"
+
+
 def default_of(name: str) -> Any:
     """A field's default, as written once on the field."""
     return Config.__dataclass_fields__[name].default
@@ -295,6 +312,17 @@ class Config:
                "<version>.<project>.<this domain> on the edge's preview port (*.localhost "
                "reaches this host from a browser here; a wildcard DNS name from elsewhere)",
                group=EDGE),
+    )  # fmt: skip
+    sleep_after: float = opt(
+        0.0,
+        Option("--sleep-after", "stop a dynamic site after this long without a request "
+               "(e.g. 15m; a desired file's sleep.after wins); its next request starts it "
+               "again. off: never", parse_sleep_after, show=show_duration, group=EDGE),
+    )  # fmt: skip
+    wake_timeout: float = opt(
+        30.0,
+        Option("--wake-timeout", "seconds a request waits for a sleeping site to start before "
+               "it is answered 503 with Retry-After", at_least(1.0, float), group=EDGE),
     )  # fmt: skip
     drain: float = opt(
         0.5,

@@ -19,6 +19,7 @@ class Status(StrEnum):
     RUNNING = "running"
     FAILED = "failed"
     ERROR = "error"  # transient: repairing or retrying
+    SLEEPING = "sleeping"  # idle past its sleep.after: stopped, woken by its next request
 
 
 class JobType(StrEnum):
@@ -45,6 +46,7 @@ class DeploymentKind(StrEnum):
     ACTIVATE = "activate"  # run a kept release (a pin, or a stopped project started again)
     REPAIR = "repair"  # start the serving release again after its instance died
     STOP = "stop"  # stop the project
+    WAKE = "wake"  # start a sleeping site's version again: a request is waiting for it
 
 
 class DeploymentState(StrEnum):
@@ -96,6 +98,7 @@ class EventType(StrEnum):
     STATUS = "production.status"  # a status with nothing in progress (streams only)
     NOTIFICATION = "production.notification"  # one delivery attempt of a notification
     EXITED = "production.exited"  # a serving instance ended by itself (why: exit code, OOM)
+    SLEEPING = "production.sleeping"  # idle past sleep.after: stopped until its next request
 
 
 TERMINAL_EVENTS = frozenset({EventType.READY, EventType.ERROR, EventType.STOPPED})

@@ -17,6 +17,10 @@ Steps, in the order they may appear:
   ``current``; for a dynamic one, flip the slot the edge routes to.
 - ``RestoreCurrent``: put back a deleted or wrong ``current`` link to the running version.
 - ``Record``: set the status columns only (e.g. ``running`` after a restart adopted it).
+- ``Sleep``: an idle site that may sleep: the edge sends its requests to the waker, then its
+  instances stop (status ``sleeping``). A request for it marks it ``woken``: the plan then
+  activates its version again (a deployment of kind ``wake``). A sleeping site is not a
+  failed one: no repair, no flap count, nothing to do until a request or an edit comes.
 
 ``deployment_of(steps)`` names what a plan amounts to (deploy, activate, repair, stop): the
 controller records it as one deployment, and the API answers an operator by it.
@@ -84,6 +88,10 @@ class ObservedView:
     # releases that run as an app whatever the spec says (they start one of their own, found
     # at their build, or keep links that leave them): never served as files
     apps: frozenset[str] = field(default_factory=frozenset)
+    # sleeping (controller only): no request for its sleep.after (it may sleep), and a
+    # request that waits for it to wake
+    idle: bool = False
+    woken: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,13 @@ class Build:
 class Activate:
     hash: str
     repair: bool = False
+    wake: bool = False  # a sleeping site's version, for the request that waits
+
+
+@dataclass(frozen=True)
+class Sleep:
+    keys: tuple[str, ...]  # the instances that stop (ObservedInstance.key)
+    hash: str
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,9 @@ class Record:
     hash: str | None = None
 
 
-Step = StopInstances | Fail | Build | Activate | RestoreCurrent | Record
+Step = StopInstances | Fail | Build | Activate | RestoreCurrent | Record | Sleep
+
+SLEEPS = frozenset({ServeMode.DYNAMIC, ServeMode.SERVICE})  # what may sleep: what runs
 
 
 def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
@@ -156,6 +173,9 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
 
     mode = mode_of(desired.mode, target, observed.apps)
     serving = _serving(desired, mode, target, live, observed)
+    sleeps = mode in SLEEPS and observed.active_hash == target and not observed.woken
+    if serving is None and sleeps and observed.status == Status.SLEEPING:
+        return _asleep(live, observed, target, mode)
     if serving is None:
         if mode == ServeMode.STATIC:
             gone = observed.current != target
@@ -174,7 +194,10 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
                     "desired file or deploy again"
                 )
             ]
-        return _after_strays(live, observed, Activate(target, repair=repair))
+        wake = observed.status == Status.SLEEPING and observed.active_hash == target
+        return _after_strays(live, observed, Activate(target, repair=repair, wake=wake))
+    if sleeps and observed.idle and observed.status == Status.RUNNING:
+        return [Sleep(tuple(i.key for i in live), target)]
 
     steps: list[Step] = []
     others = tuple(i.key for i in live if i.key != serving)
@@ -239,6 +262,19 @@ def _after_strays(
     return [StopInstances(strays, final=False), step] if strays else [step]
 
 
+def _asleep(
+    live: tuple[ObservedInstance, ...], observed: ObservedView, target: str, mode: ServeMode
+) -> list[Step]:
+    """A sleeping site stays asleep: an instance found running anyway is stopped, and
+    ``current`` still names its version."""
+    steps: list[Step] = []
+    if live and mode == ServeMode.DYNAMIC:
+        steps.append(StopInstances(tuple(i.key for i in live), final=False))
+    if observed.current != target:
+        steps.append(RestoreCurrent(target))
+    return steps
+
+
 def _stop(everything: tuple[str, ...], observed: ObservedView) -> list[Step]:
     if everything:
         return [StopInstances(everything, final=True)]
@@ -273,7 +309,7 @@ def deciding(steps: Sequence[Step]) -> Step | None:
                 return step
             case Record(status=Status.STOPPED):
                 return step
-            case StopInstances() | RestoreCurrent() | Record():
+            case StopInstances() | RestoreCurrent() | Record() | Sleep():
                 continue
             case _:
                 assert_never(step)
@@ -287,11 +323,13 @@ def deployment_of(steps: Sequence[Step]) -> DeploymentKind | None:
             return DeploymentKind.DEPLOY
         case Activate(repair=True):
             return DeploymentKind.REPAIR
+        case Activate(wake=True):
+            return DeploymentKind.WAKE
         case Activate():
             return DeploymentKind.ACTIVATE
         case StopInstances() | Record():
             return DeploymentKind.STOP
-        case RestoreCurrent() | None:
+        case RestoreCurrent() | Sleep() | None:
             return None
         case step:
             assert_never(step)
@@ -307,7 +345,9 @@ def describe(step: Step) -> str:
             return f"mark the project failed: {error}"
         case Build(generation=generation):
             return f"build generation {generation}, start it, check its health, switch to it"
-        case Activate(hash=version, repair=repair):
+        case Activate(hash=version, repair=repair, wake=wake):
+            if wake:
+                return f"wake: start {version} for the request that waits, switch to it"
             if repair:
                 return f"put {version} back (its instance is gone)"
             return f"start {version}, check its health, switch to it"
@@ -315,5 +355,7 @@ def describe(step: Step) -> str:
             return f"point current back at {version}"
         case Record(status=status, hash=version):
             return f"record status {status}" + (f" ({version})" if version else "")
+        case Sleep(hash=version):
+            return f"sleep: no request for a while; stop {version} until the next one"
         case _:
             assert_never(step)

@@ -324,6 +324,50 @@ class Deploy(_Model):
     )
 
 
+DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``; ``"off"`` (or 0): never."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a text such as 15m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip().lower() == "off":
+        return 0.0
+    elif isinstance(value, str) and (found := DURATION_RE.match(value.strip().lower())):
+        seconds = float(found.group(1)) * DURATION_UNITS[found.group(2)]
+    else:
+        raise ValueError(f"{str(value)[:40]!r} is not a duration: write e.g. 90s, 15m, 2h or off")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class Sleep(_Model):
+    """When an idle dynamic site is stopped; its next request starts it again."""
+
+    after: float | None = Field(
+        default=None,
+        description="stop the site after this long without a request (e.g. 15m; at least 10s); "
+        "off: never; null: the daemon's --sleep-after",
+    )
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after(cls, value: object) -> float | None:
+        if value is None:
+            return None
+        seconds = parse_duration(value)
+        if 0 < seconds < MIN_SLEEP_AFTER:
+            raise ValueError(f"sleep.after must be at least {MIN_SLEEP_AFTER:g} seconds (or off)")
+        return seconds
+
+
+MIN_SLEEP_AFTER = 10.0
+
+
 class GitSource(_Model):
     """A git repository and the ref whose commits are built."""
 
@@ -437,6 +481,9 @@ class ProjectSpec(_Model):
     health: Health = Health()
     deploy: Deploy = Deploy()
     limits: Limits = Field(default=Limits(), description="what one instance may use")
+    sleep: Sleep = Field(
+        default=Sleep(), description="dynamic sites: stop when idle, start on the next request"
+    )
     keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
     env: dict[EnvName, str] = Field(default_factory=dict)
     domains: list[str] = Field(
@@ -526,6 +573,8 @@ class ProjectSpec(_Model):
             del data["build"]["limits"]
         if not self.start.writable:
             del data["start"]["writable"]
+        if self.sleep == Sleep():
+            del data["sleep"]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         found = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         key = id(self)

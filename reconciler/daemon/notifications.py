@@ -48,6 +48,8 @@ def event_of(finished: Finished) -> str | None:
             return "deploy.succeeded" if ok else "deploy.failed"
         case DeploymentKind.ACTIVATE if finished.pinned is not None:
             return "rollback.succeeded" if ok else "rollback.failed"
+        case DeploymentKind.WAKE if not ok:
+            return "wake.failed"  # a request for a sleeping site was answered 503
         case _:
             return None
 

@@ -3,22 +3,30 @@ edge manager, and the sites the edge served before a restart."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import assert_never
 
+from reconciler.controller.sleep import Sleeper
 from reconciler.core.config import Config
-from reconciler.core.kinds import EdgeMode, RuntimeName, ServeMode
+from reconciler.core.kinds import EdgeMode, RuntimeName, ServeMode, Status
 from reconciler.core.spec import ProjectId
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
 from reconciler.edge.config import Site, site_of
 from reconciler.edge.manager import Edge
 from reconciler.edge.settings import edge_settings
+from reconciler.edge.traffic import Traffic
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.systemd import SiteUnits
+from reconciler.sources.follow import ConfigFollower
+from reconciler.sources.watch import DesiredWatcher
 from reconciler.stores.desired import DesiredStore
+from reconciler.stores.desired.git import ConfigRepo
 from reconciler.stores.facts import serve_mode, spec_from_row
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
+
+logger = logging.getLogger(__name__)
 
 
 def make_runtime_factory(
@@ -127,5 +135,46 @@ def served_sites(
             continue
         if mode == ServeMode.DYNAMIC and (not site.slots or releases.slot(project) is None):
             continue
-        found.append(site_of(project, site.publicPort, mode, spec, site.slots))
+        asleep = row is not None and row.productionStatus == Status.SLEEPING
+        found.append(site_of(project, site.publicPort, mode, spec, site.slots, asleep=asleep))
     return found
+
+
+def make_sleeper(config: Config, edge: Edge, enqueue: Callable[[ProjectId], None],
+                 on_wake: Callable[[float, bool], None]) -> Sleeper:  # fmt: skip
+    """Sleeping sites: idle judged from the edge's access log (without it nothing sleeps)."""
+    traffic = Traffic(edge.settings.access_log) if config.access_logs else None
+    if traffic is None and config.sleep_after:
+        logger.warning("--sleep-after needs the edge's access logs (--access-logs on): "
+                       "no site sleeps")  # fmt: skip
+
+    def resolve(what: str, key: str) -> ProjectId | None:
+        for site in edge.sites().values():
+            if (what == "port" and str(site.port) == key) or key in site.domains:
+                return site.project_id
+        return None
+
+    return Sleeper(traffic, default_after=config.sleep_after, wake_timeout=config.wake_timeout,
+                   enqueue=enqueue, on_wake=on_wake, resolve=resolve)  # fmt: skip
+
+
+def make_config_follower(
+    config: Config, repo: ConfigRepo | None, changed: Callable[[tuple[str, ...] | None], None]
+) -> ConfigFollower | None:
+    """Desired state from a git repository (``--desired-git``): its follower."""
+    if repo is None:
+        return None
+    return ConfigFollower(repo, changed, poll=config.desired_git_poll, watch=config.watch)
+
+
+def make_watcher(
+    config: Config,
+    follower: ConfigFollower | None,
+    enqueue: Callable[[ProjectId], None],
+) -> DesiredWatcher | None:
+    """The desired dir's watcher (none when a repository feeds it, or with --no-watch)."""
+    if follower is not None or not config.watch:
+        return None
+    return DesiredWatcher(
+        config.desired_dir, enqueue, debounce=config.debounce, max_wait=config.debounce_max_wait
+    )

@@ -28,6 +28,7 @@ from reconciler.controller.drain import Drainer
 from reconciler.controller.metrics import DaemonMetrics
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.recorder import Listeners
+from reconciler.controller.sleep import Sleeper
 from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, RuntimeName
 from reconciler.core.spec import NotifyTarget, ProjectId, redact
@@ -35,15 +36,23 @@ from reconciler.daemon.down import at_exit, down_mark
 from reconciler.daemon.lifecycle import Lifecycle, Part, Step
 from reconciler.daemon.notifications import SECRET_NAME as NOTIFY_SECRET
 from reconciler.daemon.notifications import Notifications
-from reconciler.daemon.parts import make_edge, make_runtime_factory, served_sites
+from reconciler.daemon.parts import (
+    make_config_follower,
+    make_edge,
+    make_runtime_factory,
+    make_sleeper,
+    make_watcher,
+    served_sites,
+)
 from reconciler.daemon.schedule import Job, Schedule
 from reconciler.daemon.sdnotify import Notifier
+from reconciler.daemon.waker import WakeServer
 from reconciler.edge.routes import PreviewLinks
 from reconciler.runtimes.base import Leftovers, Runtime
 from reconciler.runtimes.systemd import SiteUnits
-from reconciler.sources.follow import ConfigFollower, Follower
+from reconciler.sources.follow import Follower
 from reconciler.sources.hooks import make_secret
-from reconciler.sources.watch import DesiredWatcher, project_for
+from reconciler.sources.watch import project_for
 from reconciler.stores.desired import LastGood
 from reconciler.stores.opened import open_stores
 from reconciler.stores.ports import PortAllocator, SiteAllocator
@@ -87,7 +96,7 @@ class Daemon:
             timeout=config.notify_timeout,
             backoff=config.notify_backoff,
         )
-        self.config_follower = self._config_follower()
+        self.config_follower = make_config_follower(config, self.config_repo, self._desired_changed)
         self.follower = Follower(
             self.db,
             self._enqueue,
@@ -105,7 +114,7 @@ class Daemon:
         )
         self.controller = self._controller()
         self.metrics.queue(self.controller.queue.depth)
-        self.watcher = self._watcher()
+        self.watcher = make_watcher(config, self.config_follower, self._enqueue)
         self.stop_requested = threading.Event()
         self.ready = threading.Event()
         self.pulse_interval = 2.0
@@ -122,7 +131,8 @@ class Daemon:
             c, edge = self.config, self.edge.settings
             drainer = Drainer(self.db, drain=c.drain, grace=c.stop_grace, clock=self.clock)
             previews = PreviewLinks.of(edge)
-            at_edge = AtEdge(self.edge, self.sites, drainer, edge.control_port, previews)
+            sleeper = make_sleeper(c, self.edge, self._enqueue, self.metrics.woke)
+            at_edge = AtEdge(self.edge, self.sites, drainer, edge.control_port, previews, sleeper)
         return Controller(
             self.config,
             listener=Listeners([self.metrics, self.notifications]),
@@ -138,26 +148,6 @@ class Daemon:
             clock=self.clock,
         )
 
-    def _config_follower(self) -> ConfigFollower | None:
-        if self.config_repo is None:
-            return None
-        return ConfigFollower(
-            self.config_repo,
-            self._desired_changed,
-            poll=self.config.desired_git_poll,
-            watch=self.config.watch,
-        )
-
-    def _watcher(self) -> DesiredWatcher | None:
-        if self.config_follower is not None or not self.config.watch:
-            return None
-        return DesiredWatcher(
-            self.config.desired_dir,
-            self._enqueue,
-            debounce=self.config.debounce,
-            max_wait=self.config.debounce_max_wait,
-        )
-
     def _parts(self) -> list[Part]:
         """In the order they start (they stop in reverse)."""
         parts: list[Part] = [self.engines]
@@ -166,7 +156,7 @@ class Daemon:
         if self.controller.at_edge is not None:
             parts.append(self.controller.at_edge.drainer)
         parts.append(Step("adoption", self._adopt))
-        parts += [self.controller, self.follower, self.notifications]
+        parts += [self.controller, self.follower, self.notifications, *self._waker()]
         parts += [part for part in (self.config_follower, self.watcher) if part is not None]
         parts.append(Schedule(self._jobs()))
         return parts
@@ -181,7 +171,16 @@ class Daemon:
             Job("logs", self.controller.rotate_logs, 30, 30),
             Job("usage", self.controller.sample_usage, USAGE_INTERVAL, int(USAGE_INTERVAL)),
             Job("retention", self.db.prune, 600, 600),
+            *([Job("sleep", sleeper.tick, 2.0, 2)] if (sleeper := self._sleeper()) else []),
         ]  # fmt: skip
+
+    def _sleeper(self) -> Sleeper | None:
+        return self.controller.at_edge.sleeper if self.controller.at_edge is not None else None
+
+    def _waker(self) -> list[Part]:
+        sleeper, edge = self._sleeper(), self.edge
+        waker = edge.settings.waker if edge is not None else None
+        return [WakeServer(waker, sleeper)] if sleeper is not None and waker is not None else []
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ A request is routed by the port it arrived on, through ``<routes>/ports/<port>/`
   request is proxied to (and the ``Reconciler-Slot`` header); the ``slot`` flip is the switch;
 - ``svc`` -> ``<releases>/<id>/tasks``: a swarm service's tasks, one file named
   ``@<addr>,<addr>,...`` (``FANOUT`` addresses, in turn), proxied to round robin;
+- ``wake`` (a file, beside ``up`` or ``svc``): the site sleeps. Each request first asks the
+  daemon's waker (a unix socket) ``GET /wake/port/<port>`` (or ``/wake/host/<host>``), which
+  answers once the site runs again; on a 2xx nothing is written and the request goes on to
+  ``up`` or ``svc``, now served; anything else (503 with ``Retry-After`` when the wake fails or
+  takes too long) is the answer. Awake sites have no such file and pay nothing;
 - nothing: ``503 no site is served here now``.
 
 Sites with domains are routed the same way by a validated Host through
@@ -63,6 +68,7 @@ class EdgeSettings:
     log_roll_keep: int = 5
     access_logs: bool = True  # one JSON line per request
     previews: PreviewAddress | None = None  # kept versions, by Host (see ``_previews``)
+    waker: Path | None = None  # the daemon's unix socket that wakes sleeping sites
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Site:
     slots: tuple[int, int] | None = None  # dynamic: the internal ports of slots a and b
     domains: tuple[str, ...] = ()
     fanout: int = 0  # service: the upstream entries its tasks are spread over
+    asleep: bool = False  # its requests wake it first (``wake``)
 
 
 def site_of(
@@ -83,6 +90,8 @@ def site_of(
     mode: ServeMode,
     spec: ProjectSpec,
     slots: tuple[int, int] | None = None,
+    *,
+    asleep: bool = False,
 ) -> Site:
     """The site a project's spec makes at ``port`` (the one place a ``Site`` is made)."""
     return Site(
@@ -92,6 +101,7 @@ def site_of(
         slots if mode == ServeMode.DYNAMIC else None,
         tuple(spec.domains),
         FANOUT if mode == ServeMode.SERVICE else 0,
+        asleep and mode in (ServeMode.DYNAMIC, ServeMode.SERVICE),
     )
 
 
@@ -134,11 +144,29 @@ def _named(pattern: str, outputs: list[str], destinations: list[str]) -> dict[st
     }
 
 
-def _site_routes(root: Path, key: str, logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _wake(root: Path, key: str, what: str, waker: Path | None) -> list[dict[str, Any]]:
+    """The waker's subrequest, for a site whose ``wake`` file says it sleeps (forward-auth
+    style: the rewrite to GET sends no body; a 2xx writes nothing, so the request goes on)."""
+    if waker is None:
+        return []
+    ask = {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": f"unix/{waker}"}],
+        "rewrite": {"method": "GET", "uri": f"/wake/{what}/{key}"},
+        "handle_response": [
+            {"match": {"status_code": [2]}, "routes": [{"handle": [{"handler": "vars"}]}]}
+        ],
+    }
+    return [{"match": [_file(root, f"{key}/wake")], "handle": [ask]}]
+
+
+def _site_routes(
+    root: Path, key: str, logged: list[dict[str, Any]], waker: Path | None = None
+) -> list[dict[str, Any]]:
     """Serve the site whose route files are under ``root/<key>/`` (``key``: the port a request
     arrived on, or its validated Host). A static site costs what a plain file server does
     (measured: the same requests per second); an app's upstream is the name of the one file in
-    its slot's dir."""
+    its slot's dir; a sleeping one is woken first."""
     proxy_service = {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": f"{{task{i}}}"} for i in range(FANOUT)],
@@ -156,6 +184,7 @@ def _site_routes(root: Path, key: str, logged: list[dict[str, Any]]) -> list[dic
                 {"handler": "file_server", "root": f"{root}/{key}/dist", "pass_thru": True},
             ]
         },
+        *_wake(root, key, "port" if key == PORT else "host", waker),
         {
             "match": [_file(root, f"{key}/up/*@*")],
             "handle": [
@@ -306,7 +335,12 @@ def _domains(settings: EdgeSettings, servers: dict[str, Any]) -> dict[str, Any]:
         "routes": [
             {
                 "match": [valid],
-                "handle": [{"handler": "subroute", "routes": _site_routes(hosts, HOST, [])}],
+                "handle": [
+                    {
+                        "handler": "subroute",
+                        "routes": _site_routes(hosts, HOST, [], settings.waker),
+                    }
+                ],
                 "terminal": True,
             },
             {"handle": [{"handler": "static_response", "status_code": 404}]},
@@ -378,7 +412,7 @@ def edge_config(
         servers["sites"] = {
             "listen": spans,
             "automatic_https": {"disable": True},
-            "routes": _site_routes(ports, PORT, logged),
+            "routes": _site_routes(ports, PORT, logged, settings.waker),
         }
         if settings.access_logs:
             servers["sites"]["logs"] = {"default_logger_name": "sites"}

@@ -6,6 +6,7 @@
     <routes>/ports/<port>/dist   -> <releases>/<id>/current/dist        and what it serves
     <routes>/ports/<port>/up     -> <releases>/<id>/slot                a dynamic site
     <routes>/ports/<port>/svc    -> <releases>/<id>/tasks               a swarm service
+    <routes>/ports/<port>/wake                                         it sleeps: a file
     <routes>/hosts/<domain>           -> ../ports/<port>                 its domains
     <releases>/<id>/slots/a/a@127.0.0.1:<port of slot a>                 the slots' upstreams
 
@@ -33,7 +34,8 @@ from reconciler.edge.config import EdgeSettings, Site
 from reconciler.stores.releases import SLOT, SLOT_NAMES, SLOTS, TASKS
 
 KIND_OF = {ServeMode.STATIC: "static", ServeMode.DYNAMIC: "up", ServeMode.SERVICE: "svc"}
-NAMES = ("static", "dist", "up", "svc")
+NAMES = ("static", "dist", "up", "svc", "wake")
+MARKERS = ("static", "wake")  # route files that are empty files, not links
 MARKER = ""  # the target of an entry that is an empty file, not a link
 
 Links = dict[Path, str]  # path -> link target (MARKER: an empty file)
@@ -62,6 +64,8 @@ class RouteFiles:
             links[here / "static"] = MARKER
         else:
             links[here / kind] = str(project / (SLOT if kind == "up" else TASKS))
+            if site.asleep:
+                links[here / "wake"] = MARKER
         for domain in site.domains:
             links[self.hosts / domain] = f"../ports/{site.port}"
         return links
@@ -191,7 +195,7 @@ class RouteFiles:
             for kind in os.scandir(port.path):
                 if kind.name in NAMES and kind.is_symlink():
                     found[Path(kind.path)] = os.readlink(kind.path)
-                elif kind.name == "static" and kind.is_file(follow_symlinks=False):
+                elif kind.name in MARKERS and kind.is_file(follow_symlinks=False):
                     found[Path(kind.path)] = MARKER
                 else:
                     _remove(Path(kind.path))

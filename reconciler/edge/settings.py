@@ -13,6 +13,7 @@ from reconciler.stores.ports import port_is_free
 from reconciler.stores.previews import PreviewAddress, choose_preview
 
 CONTROL_PORT_FILE = "control-port"
+WAKER_SOCKET = "waker.sock"  # the daemon listens here; the edge asks it to wake a site
 
 
 def control_port(config: Config, paths: Paths) -> int:
@@ -68,4 +69,5 @@ def edge_settings(config: Config) -> EdgeSettings:
         domains_tls=config.domains_tls,
         acme_email=config.acme_email,
         access_logs=config.access_logs,
+        waker=paths.root / WAKER_SOCKET,
     )

@@ -73,6 +73,7 @@ def test_schema_is_json_schema() -> None:
         "notify",
         "deploy",
         "limits",
+        "sleep",
     }
 
 

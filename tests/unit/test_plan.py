@@ -16,6 +16,7 @@ from reconciler.core.plan import (
     ObservedView,
     Record,
     RestoreCurrent,
+    Sleep,
     Step,
     StopInstances,
     plan,
@@ -234,6 +235,46 @@ EDGE_CASES = [
         *at_edge(ServeMode.DYNAMIC, routed=None, instances=()),
         [Activate(A, repair=True)],
         id="dynamic-instance-died-repair",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=A, idle=True),
+        [Sleep((A,), A)],
+        id="an-idle-dynamic-site-sleeps",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=A, idle=True, woken=True),
+        [],
+        id="an-idle-site-a-request-waits-for-stays-awake",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.STATIC, idle=True, instances=()),
+        [],
+        id="a-static-site-never-sleeps",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=(), status="sleeping"),
+        [],
+        id="a-sleeping-site-is-not-repaired",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=(), status="sleeping", recent_repairs=9),
+        [],
+        id="a-sleeping-site-is-no-flap",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=(), status="sleeping", woken=True),
+        [Activate(A, wake=True)],
+        id="a-request-wakes-a-sleeping-site",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=up(A), status="sleeping"),
+        [StopInstances((A,), final=False)],
+        id="an-instance-found-running-for-a-sleeping-site-stops",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=(), status="sleeping", latest_hash=B),
+        [Activate(B)],
+        id="a-new-version-of-a-sleeping-site-starts",
     ),
     pytest.param(
         *at_edge(ServeMode.SERVICE, instances=(ObservedInstance(A),)),

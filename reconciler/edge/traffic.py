@@ -1,0 +1,109 @@
+"""Which sites were asked for lately, from the edge's own access log (never from probes: the
+daemon's health checks go to an instance's internal port, not through the edge).
+
+Every access log line names the port its request came to (``"port":"3001"``) or, for a
+domain, its host (``"host":"www.example.com"``). ``Traffic.poll`` reads the log on from where
+it stopped (following it across Caddy's rolls) and notes, for each port and host it finds, the
+time of the poll; lines are matched as bytes, never parsed, so a busy edge costs a regex scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+# a key of the line's own objects (a header's value holding the same text is escaped: \")
+PORT_RE = re.compile(rb'[,{]"port":"(\d{1,5})"')
+HOST_RE = re.compile(rb'[,{]"host":"([a-z0-9.-]{1,253})(?::\d+)?"')
+MOST = 16 * 1024 * 1024  # bytes one poll reads at most (the rest: skipped, not queued up)
+EVERY = 0.5  # seconds: polls closer together than this read nothing
+
+
+class Traffic:
+    def __init__(self, log: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.clock = clock
+        self._file: BinaryIO | None = None
+        self._inode: int | None = None
+        self._rest = b""
+        self._seen: dict[bytes, float] = {}  # b"p3001" / b"hwww.example.com" -> when
+        self._polled = -1e9
+        self._opened = False  # the first open starts at the end: earlier lines are not news
+        self._lock = threading.Lock()
+
+    def last(self, port: int | None, domains: Iterable[str] = ()) -> float | None:
+        """When a request for this site was last seen (None: not since the daemon started)."""
+        keys = [b"p%d" % port] if port is not None else []
+        keys += [b"h" + d.encode() for d in domains]
+        with self._lock:
+            times = [t for k in keys if (t := self._seen.get(k)) is not None]
+        return max(times) if times else None
+
+    def poll(self, *, force: bool = False) -> int:
+        """Read what the log gained; returns how many lines named a site."""
+        with self._lock:
+            now = self.clock()
+            if not force and now - self._polled < EVERY:
+                return 0
+            self._polled = now
+            found = 0
+            for chunk in self._chunks():
+                found += self._note(chunk, now)
+            return found
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _note(self, chunk: bytes, now: float) -> int:
+        data = self._rest + chunk
+        end = data.rfind(b"\n") + 1
+        self._rest = data[end:][-65536:]
+        lines = data[:end]
+        found = 0
+        for port in set(PORT_RE.findall(lines)):
+            self._seen[b"p" + port] = now
+            found += 1
+        for host in set(HOST_RE.findall(lines)):
+            self._seen[b"h" + host] = now
+            found += 1
+        return found
+
+    def _chunks(self) -> Iterable[bytes]:
+        """What was written since the last read: the rest of the file read so far, and when
+        Caddy rolled it, the new one from its start."""
+        try:
+            inode = os.stat(self.log).st_ino
+        except OSError:
+            inode = None
+        if self._file is not None:
+            yield self._read(self._file)
+            if inode == self._inode:
+                return
+            self._file.close()
+            self._file, self._rest = None, b""
+        if inode is None:
+            return
+        with contextlib.suppress(OSError):
+            self._file = open(self.log, "rb")  # noqa: SIM115 - kept open between polls
+            self._inode = inode
+            if not self._opened:
+                self._file.seek(0, os.SEEK_END)
+                self._opened = True
+            yield self._read(self._file)
+
+    def _read(self, file: BinaryIO) -> bytes:
+        data = file.read(MOST)
+        if len(data) == MOST:  # a flood: what is left is skipped (its sites were just seen)
+            file.seek(0, os.SEEK_END)
+            self._rest = b""
+            return data[: data.rfind(b"\n") + 1]
+        return data
