@@ -310,6 +310,9 @@ class Snapshot:
                     "stopped; set production.state: running (or run `reconciler deploy`)"
                 )
             status = status.model_copy(update={"note": note})
+        elif status.status == Status.SLEEPING and status.note is None:
+            note = "no request for a while: stopped; its next request starts it again"
+            status = status.model_copy(update={"note": note})
         extra: dict[str, Any] = dict(self.commit or {})
         if self.row is not None and self.row.productionReplicas and status.hash:
             extra["replicas"] = self.row.productionReplicas

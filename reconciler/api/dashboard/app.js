@@ -64,6 +64,7 @@ function badge(production) {
   const { status, url, hash } = production;
   if (status === "failed" && url) return ["degraded", `failed (${hash} still serving)`];
   if (status === "error") return ["error", "error (retrying)"];
+  if (status === "sleeping") return ["sleeping", "sleeping (its next request wakes it)"];
   return [status, status];
 }
 
