@@ -197,10 +197,12 @@ class Activator:
         site = site or self.sites.reserve(run.facts.project_id)
         if site.publicPort != row.productionPort:
             return  # not yet served at the edge (e.g. before an upgrade's first activation)
+        asleep = row.productionStatus == Status.SLEEPING
         if mode == ServeMode.SERVICE and self.service is not None:
             # the tasks move (Swarm restarts, reschedules or rescales them): follow them
             tasks = self.service.tasks(run)
-            self.service.route(run, site.publicPort, tasks.upstreams if tasks else ())
+            upstreams = tasks.upstreams if tasks and not asleep else ()
+            self.service.route(run, site.publicPort, upstreams, asleep=asleep)
             replicas = tasks.replicas if tasks is not None else None
             if replicas != row.productionReplicas:
                 run.recorder.update(productionReplicas=replicas)
@@ -208,7 +210,6 @@ class Activator:
         slots = site.slots if mode == ServeMode.DYNAMIC else None
         if mode == ServeMode.DYNAMIC and slots is None:
             return
-        asleep = row.productionStatus == Status.SLEEPING
         self.edge.put(site_for(run, site.publicPort, mode, slots, asleep=asleep))
 
     def sleep(self, run: Run, keys: tuple[str, ...]) -> None:
@@ -220,6 +221,12 @@ class Activator:
         run.recorder.emit(EventType.SLEEPING, {"status": "sleeping", "message": message})
         self.serve(run)
         logger.info("%s: sleeping (stopping %s)", project_id, ", ".join(keys) or "nothing")
+        if run.mode == ServeMode.SERVICE and self.service is not None:
+            for key in keys:  # the service stays, at 0 replicas, to be scaled up again
+                if (entry := run.live.get(key)) is not None:
+                    self.service.sleep(run, entry[0])
+                    run.recorder.forget_instance(key)
+            return
         self.retire(run, keys)
 
     def unserve(self, run: Run) -> None:

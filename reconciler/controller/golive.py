@@ -340,11 +340,12 @@ class Service:
         self.edge = edge
         self.runtimes = runtimes
 
-    def route(self, run: Run, port: int, upstreams: tuple[str, ...]) -> None:
+    def route(
+        self, run: Run, port: int, upstreams: tuple[str, ...], *, asleep: bool = False
+    ) -> None:
         """Make the edge route the project's stable port to ``upstreams``: the task files
-        it reads on every request, and its site (loaded only when the site is new or its
-        replicas or domains changed)."""
-        site = site_for(run, port, ServeMode.SERVICE, None)
+        it reads on every request, and its site (``asleep``: its requests wake it first)."""
+        site = site_for(run, port, ServeMode.SERVICE, None, asleep=asleep)
         if self.releases.route_tasks(site.project_id, upstreams, site.fanout):
             logger.info("%s: routing to %s", site.project_id, ", ".join(upstreams) or "no task")
         self.edge.put(site)
@@ -403,6 +404,11 @@ class Service:
 
     def tasks(self, run: Run) -> ServiceTasks | None:
         return service_runtime(self.runtimes.for_spec(run.spec)).tasks(run.facts.project_id)
+
+    def sleep(self, run: Run, instance: Instance) -> None:
+        """The site sleeps: its service goes to 0 replicas, and the edge to no task."""
+        service_runtime(self.runtimes.for_spec(run.spec)).sleep(instance)
+        self.releases.route_tasks(run.facts.project_id, (), 0)
 
 
 def upstreams(runtime: ServiceRuntime, project_id: ProjectId) -> tuple[str, ...]:

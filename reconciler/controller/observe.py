@@ -239,7 +239,7 @@ class FactFinder:
             live = found["live"][0]
             draining = {r.key for r in rows if r.role == InstanceRole.DRAINING}
             return [
-                ObservedInstance(i.hash, i.port, key in draining, i.config)
+                ObservedInstance(i.hash, i.port, key in draining, i.config, i.asleep)
                 for key, (i, _runtime) in live.items()
             ]
 

@@ -64,7 +64,7 @@ class Run:
         """A live instance of ``version`` running with the wanted settings."""
         want = self.facts.view.config if self.facts.view is not None else None
         for instance, runtime in self.live.values():
-            if instance.hash == version and instance.config == want:
+            if instance.hash == version and instance.config == want and not instance.asleep:
                 return instance, runtime
         return None
 

@@ -61,6 +61,7 @@ class ObservedInstance:
     port: int | None = None
     draining: bool = False
     config: str | None = None
+    asleep: bool = False  # a service scaled to 0 while its site sleeps: planned around
 
     @property
     def key(self) -> str:
@@ -142,7 +143,7 @@ SLEEPS = frozenset({ServeMode.DYNAMIC, ServeMode.SERVICE})  # what may sleep: wh
 def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
     """The steps that move ``observed`` toward ``desired`` (None: the file was deleted)."""
     everything = tuple(i.key for i in observed.instances)
-    live = tuple(i for i in observed.instances if not i.draining)
+    live = tuple(i for i in observed.instances if not i.draining and not i.asleep)
 
     if desired is None or desired.spec is None:
         if desired is not None:

@@ -82,6 +82,7 @@ class Instance:
     pid_start: int | None = None
     container_id: str | None = None
     config: str | None = None
+    asleep: bool = False  # a service scaled to 0 while its site sleeps
 
     @property
     def key(self) -> str:
@@ -210,6 +211,9 @@ class ServiceRuntime(Runtime, Protocol):
 
     def tasks(self, project_id: ProjectId) -> ServiceTasks | None:
         """The service's running tasks (one read); None when the project has no service."""
+
+    def sleep(self, instance: Instance) -> None:
+        """Scale the service to 0 while its site sleeps (``start`` scales it up again)."""
 
 
 # ---------------------------------------------------------------------------------------------

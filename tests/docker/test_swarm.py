@@ -343,3 +343,37 @@ def test_adoption_drift_and_foreign_services(tmp_path: Path, swarm: docker.Docke
         finally:
             foreign.remove()
             cleanup(swarm, project, env)
+
+
+def test_a_sleeping_service_scales_to_zero_and_back(
+    tmp_path: Path, swarm: docker.DockerClient
+) -> None:
+    """Idle, the service is scaled to 0 (and left there: nothing puts it back); the first
+    request scales it up again and is served, with the requests that came meanwhile."""
+    project = f"sz{tmp_path.name[-6:].lower().replace('_', '')}"
+    source = make_project(tmp_path / "src", "swarm awake", DOCKERFILE)
+    with environment(tmp_path, runtime="swarm", edge=EdgeMode.ON) as env:
+        try:
+            env.start()
+            env.write(project, swarm_yaml(source, replicas=2) + "sleep:\n  after: 10s\n")
+            row = env.wait_serving(project, "swarm awake", timeout=120)
+            env.wait_status(project, "sleeping", timeout=60)
+            wait_for(lambda: not running_tasks(swarm, project), 30, "no task runs")
+            found = service(swarm, project)
+            assert found is not None, "the service stays"
+            assert found.attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+            env.resync_and_wait(project)  # a reconcile leaves it asleep, at 0
+            assert env.status(project) == "sleeping"
+
+            loop = Loop(f"http://127.0.0.1:{row.productionPort}/").start(clients=3, limit=90)
+            wait_for(lambda: sum(loop.bodies.values()) >= 30, 90, "the woken service answering")
+            loop.finish()
+            assert loop.failures == [], loop.failures[:5]
+            assert set(loop.bodies) == {"swarm awake"}
+            assert env.status(project) == "running"
+            assert len(running_tasks(swarm, project)) == 2
+        finally:
+            env.stop()
+            found = service(swarm, project)
+            if found is not None:
+                found.remove()

@@ -34,6 +34,7 @@ from reconciler.runtimes.docker.labels import (
 )
 from reconciler.runtimes.docker.services import (
     FAILED_TASKS,
+    LABEL_ASLEEP,
     LABEL_REPLICAS,
     POLL,
     ROLLBACK_WAIT,
@@ -180,8 +181,24 @@ class Rollouts:
             logger.info("%s: rolling service back", instance.project_id)
             self._put_spec(service, previous)
 
+    def sleep(self, instance: Instance) -> None:
+        """Scale the service that runs ``instance`` to 0 while its site sleeps (labelled so,
+        so that nothing puts it back); the next ``start`` scales it up again."""
+        service = self._service(instance.project_id)
+        if service is None or not owned_service(service, instance.project_id):
+            return
+        spec = service["Spec"]
+        labels = {**(spec.get("Labels") or {}), LABEL_ASLEEP: "1"}
+        logger.info("%s: scaling %s to 0 while it sleeps", instance.project_id, spec.get("Name"))
+        with engine_calls():
+            self._put_spec(
+                service, {**spec, "Labels": labels, "Mode": {"Replicated": {"Replicas": 0}}}
+            )
+
     def _scale_back(self, project_id: ProjectId, service: dict[str, Any]) -> None:
         spec = service["Spec"]
+        if (spec.get("Labels") or {}).get(LABEL_ASLEEP):
+            return  # asleep: 0 on purpose
         given = (spec.get("Labels") or {}).get(LABEL_REPLICAS, "")
         replicated = (spec.get("Mode") or {}).get("Replicated")
         if not given.isdigit() or replicated is None:

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 LABEL_REPLICAS = "reconciler.replicas"
+LABEL_ASLEEP = "reconciler.asleep"  # scaled to 0 while the site sleeps (not put back)
 
 
 LABEL_SERVICE_OF = "reconciler.service-of"  # on task containers (not managed-by: they are Swarm's)

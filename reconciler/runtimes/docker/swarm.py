@@ -56,6 +56,7 @@ from reconciler.runtimes.docker.rollout import Rollouts
 from reconciler.runtimes.docker.runtime import DockerRuntime
 from reconciler.runtimes.docker.services import (  # noqa: F401 - importable from here too
     FAILED_TASKS,
+    LABEL_ASLEEP,
     LABEL_REPLICAS,
     LABEL_SERVICE_OF,
     NS,
@@ -316,6 +317,7 @@ class SwarmRuntime(Rollouts, DockerRuntime):
                     str(service.get("UpdatedAt", "")),
                     container_id=str(service["ID"]),
                     config=labels.get(LABEL_CONFIG) or None,
+                    asleep=bool(labels.get(LABEL_ASLEEP)),
                 )
             )
         return found
