@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reconciler.api.app import create_app
 from reconciler.core.kinds import EdgeMode
 from tests.integration.harness import Env, desired_yaml, environment, wait_for
 
@@ -67,6 +68,8 @@ def test_an_idle_site_sleeps_and_its_requests_wake_it(env: Env, tmp_path: Path) 
     assert port is not None
     # the daemon polls its health all along (every 0.5 s here): that keeps nothing awake
     slept = env.wait_status("web", "sleeping", timeout=40)
+    scraped = create_app(env.config()).test_client().get("/metrics").get_data(as_text=True)
+    assert 'reconciler_projects{status="sleeping"} 1.0' in scraped
     assert slept.productionPort == port and slept.productionHash == row.productionHash
     wait_for(lambda: not env.instances("web"), 10, "its process gone")
     wait_for(lambda: not env.db.instances("web"), 10, "no instance recorded while it sleeps")
@@ -103,6 +106,10 @@ def test_an_idle_site_sleeps_and_its_requests_wake_it(env: Env, tmp_path: Path) 
     assert woke_in < 15
     woke = env.db.latest_deployment("web")
     assert woke is not None and woke.kind == "wake" and woke.state == "succeeded"
+    assert env.daemon is not None
+    text = env.daemon.metrics.exposition().decode()
+    assert 'reconciler_wakes_total{result="succeeded"} 1.0' in text
+    assert "reconciler_wake_duration_seconds_count 1.0" in text
 
 
 def test_many_sites_sleep_at_once_and_wake_together(env: Env, tmp_path: Path) -> None:

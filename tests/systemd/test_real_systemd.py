@@ -530,3 +530,47 @@ def test_an_upgrade_over_a_running_installation_keeps_every_site_serving(
     for unit in UNITS:
         assert box.active(unit) == "active", unit
     assert serving(box, port_of(box, "app")) == "app\n"
+
+
+SLEEPY = """\
+source: /srv/reconciler/sleepy
+build:
+  output: .
+start:
+  command: "exec python3 -m http.server $PORT --bind 127.0.0.1"
+health:
+  timeout: 60
+  interval: 0.5
+sleep:
+  after: 10s
+production:
+  state: running
+  generation: 1
+"""
+
+
+def test_a_sleeping_site_has_no_unit_and_its_request_starts_one(installed: Machine) -> None:
+    """Under systemd, with the edge its own unit: idle, the site's unit goes; the first
+    request reaches the daemon's waker through the edge, starts a unit and is answered."""
+    box = installed
+    box.sh(
+        "mkdir -p /srv/reconciler/sleepy && echo sleepy > /srv/reconciler/sleepy/index.html && "
+        "chown -R reconciler:reconciler /srv/reconciler/sleepy && "
+        f"cat > /etc/reconciler/desired/sleepy.yaml <<'EOF'\n{SLEEPY}EOF"
+    )
+    box.wait(lambda: answer(box, "sleepy") == "sleepy\n", 90, "the sleepy site")
+    port = port_of(box, "sleepy")
+
+    def status() -> str | None:
+        view = json.loads(box.sh(
+            'curl -fsS -H "Authorization: Bearer $(cat /etc/reconciler/api-token)" '
+            "http://127.0.0.1:3000/api/projects/sleepy/production"
+        ).stdout)  # fmt: skip
+        return view.get("status")  # type: ignore[no-any-return]
+
+    box.wait(lambda: status() == "sleeping", 60, "the site to sleep")
+    box.wait(lambda: not site_units(box, "sleepy"), 30, "its unit to go")
+    assert serving(box, port) == "sleepy\n", "the first request is served"
+    assert len(site_units(box, "sleepy")) == 1
+    assert status() == "running"
+    remove(box, "sleepy")
