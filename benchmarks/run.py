@@ -37,6 +37,7 @@ from benchmarks import (
     ready,
     rollback,
     scale,
+    sleep,
     sse,
     store,
     upgrade,
@@ -56,6 +57,7 @@ FULL: dict[str, dict[str, Any]] = {
     "apps": {"redeploys": 5},
     "upgrade": {"sites": 20, "seconds": 3.0},
     "many": {"sites": 10000, "idle": 60.0},
+    "sleep": {"wakes_count": 20, "sites": 1000, "awake": 50, "rounds": 4, "seconds": 15.0},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "reaction": {"writes": 5, "fallback_writes": 2},
@@ -70,6 +72,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "apps": {"redeploys": 1, "apps": "flask"},
     "upgrade": {"sites": 2, "seconds": 1.0},
     "many": {"sites": 20, "idle": 2.0},
+    "sleep": {"wakes_count": 2, "sites": 10, "awake": 5, "rounds": 2, "seconds": 3.0},
 }
 FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "reaction": reaction.run,
@@ -84,6 +87,7 @@ FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "apps": apps.run,
     "upgrade": upgrade.run,
     "many": many.run,
+    "sleep": sleep.run,
 }
 MARK_START = "<!-- results: written by `python -m benchmarks.run --write-md` -->"
 MARK_END = "<!-- end of results -->"
@@ -352,6 +356,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
             f"as browsers do: {up.get('failed_after_retry', '?')}", "0",
             "met" if up["failed"] == 0 else "**missed**")  # fmt: skip
     _many(results.get("many"), add)
+    _sleep(results.get("sleep"), add)
     for name, app in (results.get("apps") or {}).items():
         if not isinstance(app, dict) or "redeploy" not in app:
             continue  # when and at which commit it ran
@@ -377,6 +382,25 @@ def _many(figure: dict[str, Any] | None, add: Callable[..., None]) -> None:
     rss = f"daemon {figure['daemon_rss_mb']} MB, edge {figure['edge_rss_mb']} MB"
     add("12 many", f"{n} static sites: RSS", None, rss, "<= 300 MB each",
         "met" if max(figure["daemon_rss_mb"], figure["edge_rss_mb"]) <= 300 else "**missed**")  # fmt: skip
+
+
+def _sleep(figure: dict[str, Any] | None, add: Callable[..., None]) -> None:
+    if not figure or "wake" not in figure:
+        return
+    wake, many = figure["wake"], figure["many"]
+    add("13 sleep", "Flask on gunicorn asleep: a request -> its first byte", wake,
+        f"{wake['n']} wakes", "p50 <= 1 s, p99 <= 2 s",
+        _verdict(max(wake["median"] / 1000, wake["p99"] / 2000), 1))  # fmt: skip
+    n, awake = many["sites"], many["awake_at_once"]
+    add("13 sleep", f"{n} dynamic sites, {awake} awake at a time: first answer (a wake)",
+        many["first_answer"], f"{many['requests']} requests over {many['rounds']} rounds, "
+        f"{many['failed']} failed", "every request answered",
+        "met" if many["failed"] == 0 else "**missed**")  # fmt: skip
+    rss = many["daemon_rss_mb"] + many["edge_rss_mb"]
+    add("13 sleep", f"{n} dynamic sites: daemon + edge RSS; processes of sleeping sites", None,
+        f"{rss:.0f} MB (daemon {many['daemon_rss_mb']}, edge {many['edge_rss_mb']}); "
+        f"{many['processes_of_sleeping_sites']} processes", "<= 500 MB; 0",
+        "met" if rss <= 500 and many["processes_of_sleeping_sites"] == 0 else "**missed**")  # fmt: skip
 
 
 def table(results: dict[str, Any]) -> str:

@@ -226,7 +226,7 @@ class Controller:
         with self._inflight_scope(project_id, facts.digest) as cancel:
             result = self.pipeline.execute(facts, steps, cancel)
         sync_previews(self.at_edge, self.releases, facts, bool(steps))
-        tell_sleeper(sleeper, self.db, facts, bool(steps or facts.gone))
+        tell_sleeper(sleeper, self.db, self.releases, facts, bool(steps or facts.gone))
         if desired is not None and desired.settles_at is not None and isinstance(result, Done):
             # saved without a final newline: read it again once it has settled
             return RequeueAfter(max(0.05, desired.settles_at - time.time() + 0.01)), None

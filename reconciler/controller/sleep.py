@@ -27,6 +27,7 @@ from reconciler.core.plan import SLEEPS, mode_of
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.edge.traffic import Traffic
 from reconciler.stores.observation import Observation
+from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
@@ -263,10 +264,18 @@ def observed_for_sleep(sleeper: Sleeper | None, facts: F) -> F:
     return dataclasses.replace(facts, observed=changed)
 
 
-def tell_sleeper(sleeper: Sleeper | None, db: StateDB, facts: Observation, ran: bool) -> None:
-    """After a reconcile: the status it left (read again when steps ran)."""
+def tell_sleeper(
+    sleeper: Sleeper | None, db: StateDB, releases: ReleaseStore, facts: Observation, ran: bool
+) -> None:
+    """After a reconcile: the status it left (read again when steps ran), and what may sleep
+    now (a first build tells whether its release runs as an app)."""
     if sleeper is None:
         return
     row = db.project(facts.project_id) if ran else facts.row
+    if ran and facts.view is not None and row is not None and row.productionHash:
+        version = row.productionHash
+        apps = frozenset({version}) if releases.runs_app(facts.project_id, version) else None
+        mode = mode_of(facts.view.mode, version, apps or frozenset())
+        sleeper.note(facts.project_id, facts.spec, mode, row.productionPort)
     status = Status(row.productionStatus) if row is not None else None
     sleeper.reconciled(facts.project_id, status, row.productionError if row else None)

@@ -1,7 +1,7 @@
 """Which sites were asked for lately, from the edge's own access log (never from probes: the
 daemon's health checks go to an instance's internal port, not through the edge).
 
-Every access log line names the port its request came to (``"port":"3001"``) or, for a
+Every access log line names the port its request came to (``"port":3001``) or, for a
 domain, its host (``"host":"www.example.com"``). ``Traffic.poll`` reads the log on from where
 it stopped (following it across Caddy's rolls) and notes, for each port and host it finds, the
 time of the poll; lines are matched as bytes, never parsed, so a busy edge costs a regex scan.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 # a key of the line's own objects (a header's value holding the same text is escaped: \")
-PORT_RE = re.compile(rb'[,{]"port":"(\d{1,5})"')
+PORT_RE = re.compile(rb'[,{]"port":"?(\d{1,5})[",}]')
 HOST_RE = re.compile(rb'[,{]"host":"([a-z0-9.-]{1,253})(?::\d+)?"')
 MOST = 16 * 1024 * 1024  # bytes one poll reads at most (the rest: skipped, not queued up)
 EVERY = 0.5  # seconds: polls closer together than this read nothing

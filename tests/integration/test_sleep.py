@@ -66,6 +66,10 @@ def test_an_idle_site_sleeps_and_its_requests_wake_it(env: Env, tmp_path: Path) 
     row = env.wait_serving("web", "hello", timeout=60)
     port, first_pid = row.productionPort, answer(row.productionPort).text.split()[-1]
     assert port is not None
+    for _ in range(13):  # a request a second for longer than sleep.after keeps it awake
+        assert answer(port).status_code == 200
+        time.sleep(1)
+    assert env.status("web") == "running"
     # the daemon polls its health all along (every 0.5 s here): that keeps nothing awake
     slept = env.wait_status("web", "sleeping", timeout=40)
     scraped = create_app(env.config()).test_client().get("/metrics").get_data(as_text=True)

@@ -26,7 +26,7 @@ def line(port: int | None = None, host: str = "127.0.0.1:3001", **extra: object)
     entry: dict[str, object] = {"level": "info", "logger": "http.log.access",
                                 "request": {"host": host, "headers": extra}}  # fmt: skip
     if port is not None:
-        entry["port"] = str(port)
+        entry["port"] = port  # as Caddy writes it: a number
     return json.dumps(entry, separators=(",", ":")) + "\n"
 
 
