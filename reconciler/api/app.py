@@ -320,11 +320,14 @@ def _is_hook() -> bool:
     )
 
 
-def _hook_response(name: str, ref: str | None) -> Response:
+def _hook_response(name: str, ref: str | None, *, previews: bool = False) -> Response:
     config: Config = current_app.config["RECONCILER_CONFIG"]
     body = request.get_data(cache=False)
     headers = {k.lower(): v for k, v in request.headers.items()}
-    verdict = hooks.judge(hooks.read_secret(config.hook_secret_dir, name), body, headers, ref)
+    secret = hooks.read_secret(config.hook_secret_dir, name)
+    verdict = hooks.judge(secret, body, headers, ref, previews=previews)
+    if verdict.request is not None:
+        hooks.note_request(config.layout.previews / "requests", name, verdict.request)
     if verdict.nudge:
         hooks.nudge(config.nudge_dir, name)
     logger.info("webhook for %s: %s %s", name, verdict.status, verdict.message)
@@ -343,7 +346,7 @@ def git_hook(raw: str) -> Response:
     desired = ops().desired.read(project_id)
     spec = desired.spec if desired is not None else None
     ref = spec.git.ref if spec is not None and spec.git and spec.production.follow else None
-    return _hook_response(project_id, ref)
+    return _hook_response(project_id, ref, previews=spec is not None and spec.previews.wanted)
 
 
 @bp.post("/api/hooks/desired")

@@ -73,6 +73,7 @@ class Sleeper:
         enqueue: Callable[[ProjectId], None],
         on_wake: Callable[[float, bool], None] = lambda _seconds, _ok: None,
         resolve: Callable[[str, str], ProjectId | None] = lambda _what, _key: None,
+        family: Callable[[ProjectId], tuple[str, int] | None] = lambda _project: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.traffic = traffic  # None: no access log, so no way to tell idle: nothing sleeps
@@ -81,6 +82,8 @@ class Sleeper:
         self.enqueue = enqueue
         self.on_wake = on_wake
         self.resolve = resolve  # the site at a port or host, before its first reconcile
+        self.family = family  # a branch preview's parent, and how many of them may be awake
+        self._forced: set[ProjectId] = set()  # past their family's cap: put to sleep
         self.clock = clock
         self._nappers: dict[ProjectId, Napper] = {}
         self._by_key: dict[str, ProjectId] = {}  # "port:3001", "host:www.example.com"
@@ -129,6 +132,8 @@ class Sleeper:
             napper = self._nappers.get(project_id)
             if napper is None or napper.after <= 0 or project_id in self._waiting:
                 return False
+            if project_id in self._forced:
+                return True
         assert self.traffic is not None
         self.traffic.poll()
         seen = self.traffic.last(napper.port, napper.domains)
@@ -152,6 +157,8 @@ class Sleeper:
                 if status == Status.RUNNING and napper.status != Status.RUNNING:
                     napper.awake_since = now
                 napper.status = status
+                if status != Status.RUNNING:
+                    self._forced.discard(project_id)
                 if napper.after <= 0 and status != Status.SLEEPING:
                     self._forget(project_id, napper)
             waiting = self._waiting.get(project_id)
@@ -179,11 +186,21 @@ class Sleeper:
                 (p, n) for p, n in self._nappers.items() if n.status == Status.RUNNING and n.after
             ]
             waiting = set(self._waiting)
-        due = []
+        due: list[ProjectId] = []
+        families: dict[str, tuple[int, list[tuple[float, ProjectId]]]] = {}
         for project_id, napper in nappers:
             seen = self.traffic.last(napper.port, napper.domains)
             latest = max(napper.awake_since, seen if seen is not None else 0.0)
-            if project_id not in waiting and now - latest >= napper.after:
+            if project_id in waiting:
+                continue
+            if now - latest >= napper.after:
+                due.append(project_id)
+            elif (family := self.family(project_id)) is not None:
+                families.setdefault(family[0], (family[1], []))[1].append((latest, project_id))
+        for cap, awake in families.values():  # past the cap: the least recently asked for
+            for _latest, project_id in sorted(awake)[: max(0, len(awake) - cap)]:
+                with self._lock:
+                    self._forced.add(project_id)
                 due.append(project_id)
         for project_id in due:
             self.enqueue(project_id)

@@ -112,6 +112,12 @@ class DataLayout:
         return self.root / "git"
 
     @property
+    def previews(self) -> Path:
+        """Branch previews: their desired files (``desired/``, written by the daemon), the
+        open requests webhooks told of (``requests/<id>/<number>``), and ``state.json``."""
+        return self.root / "previews"
+
+    @property
     def caches(self) -> Path:
         """Each project's package caches for its builds (``<id>/pip``, ``<id>/npm``...)."""
         return self.root / "cache"

@@ -18,6 +18,7 @@ from pydantic import (
     StringConstraints,
     Tag,
     field_validator,
+    model_validator,
 )
 
 from reconciler.core.kinds import RuntimeName
@@ -368,6 +369,41 @@ class Sleep(_Model):
 MIN_SLEEP_AFTER = 10.0
 
 
+BRANCH_PATTERN_RE = re.compile(r"^[A-Za-z0-9._/*?+-]{1,200}$")
+
+
+class Previews(_Model):
+    """Branch previews of a git source: each matching branch built and served at its own
+    address (a project ``<id>--<branch>`` the daemon keeps), updated on push, removed with
+    its releases when the branch is deleted or its request closed."""
+
+    branches: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="branch name patterns (feature/*, fix-?): each matching branch is previewed",
+    )
+    requests: bool = Field(
+        default=False,
+        description="preview the branch of each open pull or merge request (told by the "
+        "forge's webhook), removed when the request is closed or merged",
+    )
+    max: int = Field(default=5, ge=1, le=50, description="previews awake at once; the ones "
+                     "asked for least recently are put to sleep first")  # fmt: skip
+
+    @field_validator("branches")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not BRANCH_PATTERN_RE.match(pattern) or ".." in pattern:
+                raise ValueError(f"branch pattern {pattern[:60]!r} may hold letters, digits, "
+                                 "'.', '_', '-', '/', '+' and the wildcards * and ?")  # fmt: skip
+        return value
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self.branches) or self.requests
+
+
 class GitSource(_Model):
     """A git repository and the ref whose commits are built."""
 
@@ -484,6 +520,9 @@ class ProjectSpec(_Model):
     sleep: Sleep = Field(
         default=Sleep(), description="dynamic sites: stop when idle, start on the next request"
     )
+    previews: Previews = Field(
+        default=Previews(), description="git sources: a preview per matching branch or request"
+    )
     keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
     env: dict[EnvName, str] = Field(default_factory=dict)
     domains: list[str] = Field(
@@ -522,6 +561,12 @@ class ProjectSpec(_Model):
         if isinstance(value, str) and not value:
             raise ValueError("source must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _previews_of_git(self) -> ProjectSpec:
+        if self.previews.wanted and not isinstance(self.source, GitSource):
+            raise ValueError("previews need a git source: source: {git: URL, ref: main}")
+        return self
 
     @property
     def git(self) -> GitSource | None:
@@ -575,6 +620,8 @@ class ProjectSpec(_Model):
             del data["start"]["writable"]
         if self.sleep == Sleep():
             del data["sleep"]
+        if self.previews == Previews():
+            del data["previews"]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         found = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         key = id(self)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import assert_never
+from typing import Any, assert_never
 
+from reconciler.controller.forget import Forget
+from reconciler.controller.observe import Runtimes
 from reconciler.controller.sleep import Sleeper
 from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, RuntimeName, ServeMode, Status
@@ -19,10 +21,12 @@ from reconciler.edge.traffic import Traffic
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.systemd import SiteUnits
 from reconciler.sources.follow import ConfigFollower
+from reconciler.sources.previews import BranchPreviews
 from reconciler.sources.watch import DesiredWatcher
 from reconciler.stores.desired import DesiredStore
 from reconciler.stores.desired.git import ConfigRepo
 from reconciler.stores.facts import serve_mode, spec_from_row
+from reconciler.stores.opened import Stores
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
 
@@ -141,7 +145,8 @@ def served_sites(
 
 
 def make_sleeper(config: Config, edge: Edge, enqueue: Callable[[ProjectId], None],
-                 on_wake: Callable[[float, bool], None]) -> Sleeper:  # fmt: skip
+                 on_wake: Callable[[float, bool], None],
+                 family: Callable[[ProjectId], tuple[str, int] | None]) -> Sleeper:  # fmt: skip
     """Sleeping sites: idle judged from the edge's access log (without it nothing sleeps)."""
     traffic = Traffic(edge.settings.access_log) if config.access_logs else None
     if traffic is None and config.sleep_after:
@@ -155,7 +160,34 @@ def make_sleeper(config: Config, edge: Edge, enqueue: Callable[[ProjectId], None
         return None
 
     return Sleeper(traffic, default_after=config.sleep_after, wake_timeout=config.wake_timeout,
-                   enqueue=enqueue, on_wake=on_wake, resolve=resolve)  # fmt: skip
+                   enqueue=enqueue, on_wake=on_wake, resolve=resolve, family=family)  # fmt: skip
+
+
+def make_previews(
+    config: Config, stores: Stores, enqueue: Callable[[ProjectId], None],
+    runtimes: Callable[[], Runtimes],
+) -> BranchPreviews:  # fmt: skip
+    """Branch previews: their files beside the desired dir's; a removed one forgotten."""
+    layout = config.layout
+
+    def purge(project_id: ProjectId) -> None:
+        Forget(stores.db, stores.releases, runtimes(), git=layout.git_caches,
+               caches=layout.caches)(project_id)  # fmt: skip
+
+    return BranchPreviews(layout.previews, stores.desired, stores.db, enqueue, purge,
+                          poll=config.git_poll)  # fmt: skip
+
+
+def each(
+    *listeners: Callable[[ProjectId, Any, Any], None],
+) -> Callable[[ProjectId, Any, Any], None]:
+    """One listener that tells each of ``listeners`` in turn."""
+
+    def told(project_id: ProjectId, spec: Any, path: Any) -> None:
+        for listener in listeners:
+            listener(project_id, spec, path)
+
+    return told
 
 
 def make_config_follower(

@@ -37,8 +37,10 @@ from reconciler.daemon.lifecycle import Lifecycle, Part, Step
 from reconciler.daemon.notifications import SECRET_NAME as NOTIFY_SECRET
 from reconciler.daemon.notifications import Notifications
 from reconciler.daemon.parts import (
+    each,
     make_config_follower,
     make_edge,
+    make_previews,
     make_runtime_factory,
     make_sleeper,
     make_watcher,
@@ -97,6 +99,7 @@ class Daemon:
             backoff=config.notify_backoff,
         )
         self.config_follower = make_config_follower(config, self.config_repo, self._desired_changed)
+        self.previews = make_previews(config, stores, self._enqueue, lambda: self.engines.runtimes)
         self.follower = Follower(
             self.db,
             self._enqueue,
@@ -106,6 +109,7 @@ class Daemon:
             watch=config.watch,
             on_check=self.metrics.source_checked,
             on_desired_nudge=self.config_follower.nudge if self.config_follower else None,
+            on_nudge=self.previews.nudge,
         )
         self.engines = Engines(
             make_runtime_factory(config, self.releases, self.site_units),
@@ -131,13 +135,14 @@ class Daemon:
             c, edge = self.config, self.edge.settings
             drainer = Drainer(self.db, drain=c.drain, grace=c.stop_grace, clock=self.clock)
             previews = PreviewLinks.of(edge)
-            sleeper = make_sleeper(c, self.edge, self._enqueue, self.metrics.woke)
+            sleeper = make_sleeper(c, self.edge, self._enqueue, self.metrics.woke,
+                                   self.previews.family)  # fmt: skip
             at_edge = AtEdge(self.edge, self.sites, drainer, edge.control_port, previews, sleeper)
         return Controller(
             self.config,
             listener=Listeners([self.metrics, self.notifications]),
             on_reconciled=self.metrics.reconciled,
-            on_spec=self.follower.track,
+            on_spec=each(self.follower.track, self.previews.track),
             last_good=self.last_good,
             desired=self.desired,
             db=self.db,
@@ -156,7 +161,8 @@ class Daemon:
         if self.controller.at_edge is not None:
             parts.append(self.controller.at_edge.drainer)
         parts.append(Step("adoption", self._adopt))
-        parts += [self.controller, self.follower, self.notifications, *self._waker()]
+        parts += [self.controller, self.follower, self.previews, self.notifications]
+        parts += self._waker()
         parts += [part for part in (self.config_follower, self.watcher) if part is not None]
         parts.append(Schedule(self._jobs()))
         return parts

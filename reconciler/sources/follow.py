@@ -120,7 +120,9 @@ class Follower:
         dir_debounce: float = 0.5,
         on_check: Callable[[str], None] = lambda _result: None,
         on_desired_nudge: Callable[[], None] | None = None,
+        on_nudge: Callable[[ProjectId], None] = lambda _project: None,
     ) -> None:
+        self.on_nudge = on_nudge  # a project's webhook (its branch previews are checked too)
         self.db = db
         self.enqueue = enqueue
         self.nudge_dir = nudge_dir
@@ -270,6 +272,7 @@ class Follower:
             with contextlib.suppress(OSError):
                 os.unlink(self.nudge_dir / name)
             self.check_soon(project_id)
+            self.on_nudge(project_id)
 
     def check_soon(self, project_id: ProjectId) -> None:
         self._checks.add(project_id)

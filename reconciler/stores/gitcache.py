@@ -129,6 +129,17 @@ def ls_remote(url: str, ref: str, *, timeout: float = LS_TIMEOUT) -> tuple[str, 
     return None
 
 
+def ls_heads(url: str, *, timeout: float = LS_TIMEOUT) -> dict[str, str]:
+    """Every branch of the remote and its commit (one ``git ls-remote --heads``)."""
+    proc = run_git(["ls-remote", "--heads", "--", url], timeout=timeout, secret_url=url)
+    found: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        sha, _, name = line.partition("\t")
+        if name.startswith("refs/heads/") and SHA_RE.fullmatch(sha):
+            found[name.removeprefix("refs/heads/")] = sha
+    return found
+
+
 def checkout_tree(git_dir: Path, sha: str, dest: Path) -> None:
     """Write the tree of commit ``sha`` from ``git_dir`` into the empty dir ``dest``, with a
     throwaway index beside it: a clean tree, no ``.git``, the repository's index untouched."""

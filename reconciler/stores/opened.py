@@ -50,7 +50,10 @@ def open_stores(config: Config, *, applies: bool = False, db: StateDB | None = N
     else:
         repo = ConfigRepo.from_data_dir(layout.root)
     desired = DesiredStore(
-        repo.current if repo else config.desired_dir, lock_dir=layout.locks, committer=repo
+        repo.current if repo else config.desired_dir,
+        lock_dir=layout.locks,
+        committer=repo,
+        derived=layout.previews / "desired",
     )
     return Stores(
         db=db if db is not None else StateDB(layout.state_db),

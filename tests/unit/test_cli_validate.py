@@ -74,6 +74,7 @@ def test_schema_is_json_schema() -> None:
         "deploy",
         "limits",
         "sleep",
+        "previews",
     }
 
 

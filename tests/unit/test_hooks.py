@@ -212,3 +212,86 @@ def test_hostile_ids_and_the_bearer_token(client: FlaskClient, config: Config) -
     assert client.post("/api/projects/nope/hooks/git", data=b"{}").status_code == 404
     # other writes still need the bearer token; the webhook has its own check
     assert client.post("/api/projects/www/deploy", json={}).status_code == 401
+
+
+PREVIEWED = """\
+source:
+  git: https://git.example.com/team/site.git
+  ref: main
+production:
+  state: running
+previews:
+  branches: [feature/*]
+  requests: true
+"""
+
+
+def github_pull(action: str, number: int = 12, branch: str = "feature/login") -> bytes:
+    """The fields of GitHub's (and Gitea's) pull_request event, in its shape."""
+    return json.dumps({
+        "action": action, "number": number,
+        "pull_request": {"number": number, "state": "closed" if action == "closed" else "open",
+                         "merged": False, "head": {"ref": branch, "sha": SHA},
+                         "base": {"ref": "main"}},
+        "repository": {"full_name": "team/site"}, "sender": {"login": "dev"},
+    }).encode()  # fmt: skip
+
+
+def gitlab_merge_request(action: str, iid: int = 4, branch: str = "fix-typo") -> bytes:
+    return json.dumps({
+        "object_kind": "merge_request", "event_type": "merge_request",
+        "project": {"path_with_namespace": "team/site"},
+        "object_attributes": {"iid": iid, "source_branch": branch, "target_branch": "main",
+                              "action": action, "state": "merged" if action == "merge" else
+                              "opened"},
+    }).encode()  # fmt: skip
+
+
+def test_requests_and_pushes_to_any_branch_reach_a_previewed_project(
+    client: FlaskClient, config: Config
+) -> None:
+    (config.desired_dir / "site.yaml").write_text(PREVIEWED)
+    secret = hooks.make_secret(config.hook_secret_dir, "site")
+    url = "/api/projects/site/hooks/git"
+    requests = config.layout.previews / "requests"
+
+    def post(body: bytes, **headers: str) -> dict[str, object]:
+        response = client.post(url, data=body, headers=headers)
+        assert response.status_code == 202, response.json
+        return response.json  # type: ignore[no-any-return]
+
+    github = {"X-Hub-Signature-256": f"sha256={sign(secret, github_pull('opened'))}"}
+    opened = post(github_pull("opened"), **{"X-GitHub-Event": "pull_request", **github})
+    assert opened["accepted"] and "request 12 (feature/login) open" in str(opened["message"])
+    assert hooks.open_requests(requests, "site") == {12: "feature/login"}
+    assert (config.nudge_dir / "site").exists()
+
+    body = github_pull("closed")
+    post(body, **{"X-Gitea-Event": "pull_request", "X-Gitea-Signature": sign(secret, body)})
+    assert hooks.open_requests(requests, "site") == {}
+
+    post(gitlab_merge_request("open"), **{"X-Gitlab-Event": "Merge Request Hook",
+                                          "X-Gitlab-Token": secret})  # fmt: skip
+    assert hooks.open_requests(requests, "site") == {4: "fix-typo"}
+    post(gitlab_merge_request("merge"), **{"X-Gitlab-Event": "Merge Request Hook",
+                                           "X-Gitlab-Token": secret})  # fmt: skip
+    assert hooks.open_requests(requests, "site") == {}
+
+    body = github_push("refs/heads/feature/other")  # not the followed ref: a preview's news
+    pushed = post(body, **{"X-GitHub-Event": "push",
+                           "X-Hub-Signature-256": f"sha256={sign(secret, body)}"})  # fmt: skip
+    assert pushed == {"accepted": True, "message":
+                      "a push to refs/heads/feature/other: previews checked now"}  # fmt: skip
+
+
+def test_a_request_event_is_ignored_where_nothing_is_previewed(
+    client: FlaskClient, config: Config
+) -> None:
+    secret = hooks.make_secret(config.hook_secret_dir, "www")
+    body = github_pull("opened")
+    response = client.post(URL, data=body, headers={
+        "X-GitHub-Event": "pull_request", "X-Hub-Signature-256": f"sha256={sign(secret, body)}",
+    })  # fmt: skip
+    assert response.status_code == 202 and not response.json["accepted"]  # type: ignore[index]
+    assert not nudged(config)
+    assert hooks.open_requests(config.layout.previews / "requests", "www") == {}

@@ -136,3 +136,19 @@ def test_a_failed_or_slow_wake_is_a_503_with_retry_after(tmp_path: Path) -> None
     assert answer.status == 503
     assert answer.message == ("the site could not be woken: Start failed: exited with code 1")
     sleeper.close()
+
+
+def test_previews_past_their_cap_sleep_least_recently_asked_first(tmp_path: Path) -> None:
+    clock, queued = Clock(), []  # type: list[str]
+    families = {ProjectId(f"web--b{i}"): ("web", 2) for i in range(3)}
+    sleeper = make(tmp_path, clock, queued, family=families.get)
+    for index, project in enumerate(families):
+        sleeper.note(project, spec("15m"), ServeMode.DYNAMIC, 3001 + index)
+        sleeper.reconciled(project, Status.RUNNING, None)
+        clock.now += 1  # b0 woke first, b2 last
+    assert sleeper.tick() == 1 and queued == ["web--b0"], "3 awake, 2 may be"
+    assert sleeper.idle(ProjectId("web--b0")) and not sleeper.idle(ProjectId("web--b1"))
+    sleeper.reconciled(ProjectId("web--b0"), Status.SLEEPING, None)
+    assert not sleeper.idle(ProjectId("web--b0"))
+    assert sleeper.tick() == 0
+    sleeper.close()

@@ -179,8 +179,12 @@ class DesiredStore:
         *,
         lock_dir: Path | None = None,
         committer: ConfigRepo | None = None,
+        derived: Path | None = None,
     ) -> None:
         self.directory = Path(directory)
+        # files the daemon writes itself (branch previews): read like the directory's, never
+        # edited through it; a file of the directory with the same name wins
+        self.derived = derived
         self.lock_dir = Path(lock_dir) if lock_dir is not None else self.directory / ".locks"
         self._memo: dict[Path, tuple[bytes, DesiredFile]] = {}
         self._memo_lock = threading.Lock()
@@ -189,14 +193,27 @@ class DesiredStore:
     # -- reading ---------------------------------------------------------------------------
 
     def _names(self) -> list[str]:
-        try:
-            return sorted(os.listdir(self.directory))
-        except FileNotFoundError:
-            return []
+        names: set[str] = set()
+        for directory in (self.directory, self.derived):
+            if directory is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    names.update(os.listdir(directory))
+        return sorted(names)
 
     def paths_for(self, project_id: ProjectId) -> list[Path]:
-        base = os.path.join(self.directory, project_id)
-        return [Path(base + suffix) for suffix in SUFFIXES if os.path.lexists(base + suffix)]
+        for directory in (self.directory, self.derived):
+            if directory is None:
+                continue
+            base = os.path.join(directory, project_id)
+            found = [Path(base + s) for s in SUFFIXES if os.path.lexists(base + s)]
+            if found:
+                return found
+        return []
+
+    def is_derived(self, project_id: ProjectId) -> bool:
+        """The project's file is one the daemon wrote (a branch preview)."""
+        path = self.path_for(project_id)
+        return path is not None and self.derived is not None and path.parent == self.derived
 
     def path_for(self, project_id: ProjectId) -> Path | None:
         found = self.paths_for(project_id)
@@ -291,7 +308,7 @@ class DesiredStore:
         its message naming ``reason``, the project and the new values.
         Raises ProjectNotFound, DesiredFileError (the file is invalid now) or EditError.
         """
-        if self.committer is not None:
+        if self.committer is not None and not self.is_derived(project_id):
             return self._commit_edit(project_id, mutate, reason)
         with self.lock(project_id):
             paths = self.paths_for(project_id)

@@ -19,6 +19,10 @@ from reconciler.stores.state.rows import (
     first_row,
 )
 
+# the tables whose rows name a project (``project``), besides ``projects`` itself
+FORGOTTEN = ("instances", "sites", "sources", "ports", "revisions", "events", "jobs",
+             "deployments")  # fmt: skip
+
 
 class StateDB(EdgeTables):
     """The state database. One instance per process; safe to use from any thread.
@@ -108,6 +112,13 @@ class StateDB(EdgeTables):
                 (project_id, rev, text, error, utcnow()),
             )
         return True
+
+    def forget_project(self, project_id: str) -> None:
+        """Every row of a project that is gone for good (a removed branch preview)."""
+        with self.write() as conn:
+            for table in FORGOTTEN:
+                conn.execute(f"DELETE FROM {table} WHERE project = ?", (project_id,))  # noqa: S608
+            conn.execute("DELETE FROM projects WHERE id = ?", (project_id,))
 
     def forget_source(self, project_id: str) -> None:
         with self.write() as conn:
