@@ -55,8 +55,9 @@ class AtEdge:
 
 
 def sync_previews(at_edge: AtEdge | None, releases: ReleaseStore, facts: Facts, ran: bool) -> None:
-    """Point the project's preview links at its kept versions that are served as files (an
-    app's files are its code: never). ``ran``: steps ran, so the store is read again."""
+    """Point the project's preview links at its kept versions that are served as files, and
+    give those that run as apps a preview dir (started on demand, ``VersionPreviews``; an
+    app's files are its code: never served). ``ran``: steps ran, so the store is read again."""
     if at_edge is None or at_edge.previews is None:
         return
     project_id = facts.project_id
@@ -68,8 +69,10 @@ def sync_previews(at_edge: AtEdge | None, releases: ReleaseStore, facts: Facts, 
         apps = frozenset(v for v in kept if releases.runs_app(project_id, v))
     else:
         kept, apps = facts.observed.releases, facts.observed.apps
-    shown = [v for v in kept if mode_of(facts.view.mode, v, apps) == ServeMode.STATIC]
-    at_edge.previews.sync(project_id, shown)
+    modes = {v: mode_of(facts.view.mode, v, apps) for v in kept}
+    shown = [v for v, mode in modes.items() if mode == ServeMode.STATIC]
+    started = [v for v, mode in modes.items() if mode == ServeMode.DYNAMIC]  # on demand
+    at_edge.previews.sync(project_id, shown, started)
 
 
 class Activator:

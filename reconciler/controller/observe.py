@@ -19,7 +19,7 @@ from pathlib import Path
 from reconciler.core.kinds import EdgeMode, InstanceRole, RuntimeName
 from reconciler.core.plan import FLAP_WINDOW, DesiredView, ObservedInstance
 from reconciler.core.spec import ProjectId, ProjectSpec
-from reconciler.runtimes.base import Instance, Runtime
+from reconciler.runtimes.base import PREVIEW_CONFIG, Instance, Runtime
 from reconciler.stores.desired import DesiredFile, DesiredStore, LastGood
 from reconciler.stores.facts import desired_view, spec_from_row
 from reconciler.stores.observation import Observation, Observe
@@ -227,7 +227,8 @@ class FactFinder:
         for name in sorted(names):
             runtime = self.runtimes.get(name)
             for instance in runtime.observe(project_id):
-                alive[instance.key] = (instance, runtime)
+                if instance.config != PREVIEW_CONFIG:  # a preview's: not production's to plan
+                    alive[instance.key] = (instance, runtime)
         return alive, [r for r in rows if r.key not in alive]
 
     def observe(self, project_id: ProjectId) -> Facts | None:

@@ -7,12 +7,15 @@ import logging
 from collections.abc import Callable
 from typing import Any, assert_never
 
+from reconciler.controller.activate import AtEdge
 from reconciler.controller.forget import Forget
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.sleep import Sleeper
+from reconciler.controller.versions import VersionPreviews
 from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, RuntimeName, ServeMode, Status
-from reconciler.core.spec import ProjectId
+from reconciler.core.spec import ProjectId, ProjectSpec
+from reconciler.daemon.waker import Wakers
 from reconciler.edge.caddy import CaddyAdmin, CaddyProcess, Paths, default_binary
 from reconciler.edge.config import Site, site_of
 from reconciler.edge.manager import Edge
@@ -210,3 +213,24 @@ def make_watcher(
     return DesiredWatcher(
         config.desired_dir, enqueue, debounce=config.debounce, max_wait=config.debounce_max_wait
     )
+
+
+def make_wakers(
+    config: Config, at_edge: AtEdge, runtimes: Runtimes, releases: ReleaseStore, db: StateDB,
+    spec_of: Callable[[ProjectId], ProjectSpec | None],
+) -> Wakers | None:  # fmt: skip
+    """The waker's socket, with what it wakes: sleeping sites, previews of app versions."""
+    edge = at_edge.edge
+    sleeper, links = at_edge.sleeper, at_edge.previews
+    if sleeper is None or links is None or not isinstance(edge, Edge):
+        return None
+    settings = edge.settings
+    if settings.waker is None or settings.previews is None:
+        return None
+    span = config.internal_port_range
+    versions = VersionPreviews(
+        links, releases, runtimes, db, spec_of, traffic=sleeper.traffic,
+        domain=settings.previews.domain,
+        ports=range(span.first, min(span.last, settings.previews.port - 1) + 1),
+    )  # fmt: skip
+    return Wakers(settings.waker, sleeper, versions)

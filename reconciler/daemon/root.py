@@ -28,7 +28,6 @@ from reconciler.controller.drain import Drainer
 from reconciler.controller.metrics import DaemonMetrics
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.recorder import Listeners
-from reconciler.controller.sleep import Sleeper
 from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, RuntimeName
 from reconciler.core.spec import NotifyTarget, ProjectId, redact
@@ -43,12 +42,12 @@ from reconciler.daemon.parts import (
     make_previews,
     make_runtime_factory,
     make_sleeper,
+    make_wakers,
     make_watcher,
     served_sites,
 )
 from reconciler.daemon.schedule import Job, Schedule
 from reconciler.daemon.sdnotify import Notifier
-from reconciler.daemon.waker import WakeServer
 from reconciler.edge.routes import PreviewLinks
 from reconciler.runtimes.base import Leftovers, Runtime
 from reconciler.runtimes.systemd import SiteUnits
@@ -177,16 +176,15 @@ class Daemon:
             Job("logs", self.controller.rotate_logs, 30, 30),
             Job("usage", self.controller.sample_usage, USAGE_INTERVAL, int(USAGE_INTERVAL)),
             Job("retention", self.db.prune, 600, 600),
-            *([Job("sleep", sleeper.tick, 2.0, 2)] if (sleeper := self._sleeper()) else []),
+            *([Job("sleep", wakers.tick, 2.0, 2)] if (wakers := self.wakers) else []),
         ]  # fmt: skip
 
-    def _sleeper(self) -> Sleeper | None:
-        return self.controller.at_edge.sleeper if self.controller.at_edge is not None else None
-
     def _waker(self) -> list[Part]:
-        sleeper, edge = self._sleeper(), self.edge
-        waker = edge.settings.waker if edge is not None else None
-        return [WakeServer(waker, sleeper)] if sleeper is not None and waker is not None else []
+        """Sleeping sites and previews of app versions, woken through the waker's socket."""
+        at_edge = self.controller.at_edge
+        self.wakers = make_wakers(self.config, at_edge, self.controller.runtimes, self.releases,
+                                  self.db, self.last_good.get) if at_edge else None  # fmt: skip
+        return [self.wakers] if self.wakers is not None else []
 
     # -- lifecycle -------------------------------------------------------------------------
 

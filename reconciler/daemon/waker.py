@@ -3,8 +3,9 @@
 ``GET /wake/port/<port>`` or ``GET /wake/host/<host>`` answers 204 once the site runs (the
 edge then serves the request as usual), else 503 with ``Retry-After`` and what went wrong (the
 edge gives that to the client). Each request is a thread of its own that waits; every request
-for the same site joins the same wake (``Sleeper.wake``). The socket sits in the edge's dir
-(0700): only the daemon and the edge reach it.
+for the same site joins the same wake (``Sleeper.wake``). ``GET /wake/preview/<id>/<version>``
+starts a preview of a kept version that runs as an app (``VersionPreviews.wake``). The socket
+sits in the edge's dir (0700): only the daemon and the edge reach it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from reconciler.controller.sleep import Answer, Sleeper
+from reconciler.controller.versions import VersionPreviews
+from reconciler.core.spec import PROJECT_ID
 
 logger = logging.getLogger(__name__)
 
-WAKE_PATH = re.compile(r"^/wake/(port)/(\d{1,5})$|^/wake/(host)/([a-z0-9.-]{1,253})$")
+WAKE_PATH = re.compile(
+    r"^/wake/(port)/(\d{1,5})$|^/wake/(host)/([a-z0-9.-]{1,253})$"
+    rf"|^/wake/(preview)/({PROJECT_ID}/[0-9a-f]{{8}})$"
+)
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
@@ -41,7 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
         if found is None:
             self._answer(Answer(404, "not a wake request"))
             return
-        what, key = (found.group(1), found.group(2)) if found.group(1) else found.group(3, 4)
+        pairs = [found.group(i, i + 1) for i in (1, 3, 5)]
+        what, key = next((w, k) for w, k in pairs if w)
         try:
             answer = self.server.wake(what, key)
         except Exception:
@@ -68,23 +75,33 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("waker: " + format, *args)
 
 
-class WakeServer:
-    """A part of the daemon: listens from start to stop."""
+class Wakers:
+    """A part of the daemon: the sleeping sites, the previews of app versions, and the socket
+    that wakes both, listening from start to stop."""
 
     name = "waker"
 
-    def __init__(self, path: Path, sleeper: Sleeper) -> None:
+    def __init__(self, path: Path, sleeper: Sleeper, versions: VersionPreviews) -> None:
         self.path = path
         self.sleeper = sleeper
+        self.versions = versions
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
+    def wake(self, what: str, key: str) -> Answer:
+        return self.versions.wake(key) if what == "preview" else self.sleeper.wake(what, key)
+
+    def tick(self) -> None:
+        self.sleeper.tick()
+        self.versions.tick()
+
     def start(self) -> None:
+        self.versions.start()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a previous daemon's
         self.path.parent.mkdir(parents=True, exist_ok=True)
         server = _Server(str(self.path), _Handler)
-        server.wake = self.sleeper.wake
+        server.wake = self.wake
         os.chmod(self.path, 0o660)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="waker", daemon=True)
@@ -97,3 +114,4 @@ class WakeServer:
             self._server.server_close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        self.versions.stop()

@@ -145,6 +145,7 @@ def _named(pattern: str, outputs: list[str], destinations: list[str]) -> dict[st
 
 
 def _wake(root: Path, key: str, what: str, waker: Path | None) -> list[dict[str, Any]]:
+    # ``what``: port, host, or preview (``key``: ``<project>/<version>``)
     """The waker's subrequest, for a site whose ``wake`` file says it sleeps (forward-auth
     style: the rewrite to GET sends no body; a 2xx writes nothing, so the request goes on)."""
     if waker is None:
@@ -290,7 +291,25 @@ def _previews(settings: EdgeSettings, previews: PreviewAddress) -> dict[str, Any
     domain = re.escape(previews.domain)
     host = {"name": "pv", "pattern": rf"^([0-9a-f]{{8}})\.({PROJECT_ID})\.{domain}$"}
     key = "{http.regexp.pv.2}/{http.regexp.pv.1}"
+    app = [  # a version that runs as an app: woken (a preview instance), then proxied to
+        *_wake(root, key, "preview", settings.waker),
+        {
+            "match": [_file(root, f"{key}/@*")],
+            "handle": [
+                _named(r"^/[^/]+/[^/]+/@(.+)$", ["${1}"], ["upstream"]),
+                {"handler": "reverse_proxy", "upstreams": [{"dial": "{upstream}"}]},
+            ],
+            "terminal": True,
+        },
+        {"handle": [{"handler": "static_response", "status_code": 503,
+                     "headers": {"Retry-After": ["5"]}, "body": "this preview is asleep\n"}]},
+    ]  # fmt: skip
     serve = [
+        {
+            "match": [_file(root, f"{key}/app")],
+            "handle": [{"handler": "subroute", "routes": app}],
+            "terminal": True,
+        },
         {
             "match": [_file(root, f"{key}/")],
             "handle": [{"handler": "file_server", "root": f"{root}/{key}"}],
@@ -318,11 +337,14 @@ def _previews(settings: EdgeSettings, previews: PreviewAddress) -> dict[str, Any
              "body": "this preview needs its link's token\n"}], "terminal": True},
         ]  # fmt: skip
     routes.append({"handle": [{"handler": "static_response", "status_code": 404}]})
-    return {
+    server: dict[str, Any] = {
         "listen": [_listen(settings.bind_host, previews.port)],
         "automatic_https": {"disable": True},
         "routes": routes,
     }
+    if settings.access_logs:  # an app version's preview sleeps when its host is not asked
+        server["logs"] = {"default_logger_name": "previews"}
+    return server
 
 
 def _domains(settings: EdgeSettings, servers: dict[str, Any]) -> dict[str, Any]:

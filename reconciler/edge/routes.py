@@ -210,8 +210,11 @@ class RouteFiles:
 
 class PreviewLinks:
     """``<routes>/previews/<id>/<version>`` -> that version's dist, for each kept version
-    served as files (the edge's preview server answers through them; see ``edge.config``).
-    Written by whoever reconciles the project; the edge's own thread never touches them."""
+    served as files; for a version that runs as an app, a dir holding ``app``, and ``wake``
+    while no preview instance runs, else ``@<address>`` of the one that does (the edge's
+    preview server answers through them; see ``edge.config``). The links are written by
+    whoever reconciles the project, an app's dir's contents by ``VersionPreviews``; the edge's
+    own thread never touches them."""
 
     def __init__(self, root: Path, releases: Path) -> None:
         self.root = root
@@ -221,24 +224,62 @@ class PreviewLinks:
     def of(cls, settings: EdgeSettings) -> PreviewLinks:
         return cls(settings.routes / "previews", settings.releases)
 
-    def sync(self, project_id: ProjectId, versions: Iterable[str]) -> int:
-        """Make the project's links name ``versions``; returns how many changed."""
+    def sync(self, project_id: ProjectId, versions: Iterable[str], apps: Iterable[str] = ()) -> int:
+        """Make the project's entries name ``versions`` (served as files) and ``apps`` (run
+        on demand); returns how many changed."""
         here = self.root / project_id
         wanted = {v: str(self.releases / project_id / v / "dist") for v in versions}
-        try:
-            present = set(os.listdir(here))
-        except FileNotFoundError:
-            present = set()
+        running = set(apps) - set(wanted)
+        present: dict[str, bool] = {}  # an entry: a link (files), else a dir (an app)
+        with contextlib.suppress(FileNotFoundError):
+            present = {e.name: e.is_symlink() for e in os.scandir(here)}
         changed = 0
-        for name in present - set(wanted):
-            _remove(here / name)
-            changed += 1
-        for version in sorted(set(wanted) - present):
+        for name, linked in list(present.items()):
+            if not ((name in wanted and linked) or (name in running and not linked)):
+                _remove(here / name)  # gone, or turned from files to an app (or back)
+                del present[name]
+                changed += 1
+        for version in sorted(set(wanted) - set(present)):
             _link(here / version, wanted[version])
             changed += 1
-        if not wanted and present:
+        for version in sorted(running - set(present)):
+            (here / version).mkdir(parents=True, exist_ok=True)
+            (here / version / "app").touch()
+            (here / version / "wake").touch()
+            changed += 1
+        if not wanted and not running:
             _prune(here, stop=(self.root,))
         return changed
+
+    def app_dir(self, project_id: ProjectId, version: str) -> Path | None:
+        """The dir of an app version's preview (None: it has none)."""
+        here = self.root / project_id / version
+        return here if (here / "app").is_file() and not here.is_symlink() else None
+
+    def awake(self, project_id: ProjectId, version: str, address: str | None) -> None:
+        """Route an app version's preview to ``address`` (None: to the waker again)."""
+        here = self.app_dir(project_id, version)
+        if here is None:
+            return
+        for entry in os.scandir(here):
+            if entry.name.startswith("@") and entry.name != f"@{address}":
+                os.unlink(entry.path)
+        if address is None:
+            (here / "wake").touch()
+        else:
+            (here / f"@{address}").touch()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(here / "wake")
+
+    def apps(self) -> list[tuple[ProjectId, str]]:
+        """Every app version that has a preview dir."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for project in os.scandir(self.root):
+                for version in os.scandir(project.path):
+                    if not version.is_symlink() and os.path.isfile(f"{version.path}/app"):
+                        found.append((ProjectId(project.name), version.name))
+        return found
 
 
 def _link(path: Path, target: str) -> None:

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 # a key of the line's own objects (a header's value holding the same text is escaped: \")
 PORT_RE = re.compile(rb'[,{]"port":"?(\d{1,5})[",}]')
-HOST_RE = re.compile(rb'[,{]"host":"([a-z0-9.-]{1,253})(?::\d+)?"')
+HOST_RE = re.compile(rb'[,{]"host":"([a-z0-9._-]{1,253})(?::\d+)?"')
 MOST = 16 * 1024 * 1024  # bytes one poll reads at most (the rest: skipped, not queued up)
 EVERY = 0.5  # seconds: polls closer together than this read nothing
 

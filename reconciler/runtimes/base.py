@@ -90,6 +90,9 @@ class Instance:
         return instance_key(self.hash, self.config)
 
 
+PREVIEW_CONFIG = "preview"  # the settings name of an instance a preview of a kept version runs
+
+
 def instance_key(version: str, config: str | None) -> str:
     return version if config is None else f"{version}-{config}"
 

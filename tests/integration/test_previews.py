@@ -66,13 +66,32 @@ def test_each_kept_static_version_answers_at_its_own_address(env: Env, tmp_path:
     assert shown(address.port, f"{v1}.www.localhost").status_code == 404
 
 
-def test_an_app_version_has_no_preview(env: Env, tmp_path: Path) -> None:
-    app = make_site(tmp_path / "app", "app code")
+def test_an_app_version_is_started_for_its_preview_and_put_back_to_sleep(
+    env: Env, tmp_path: Path
+) -> None:
+    app = make_site(tmp_path / "app", "app one")
     serve = "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n"
     env.write("api", desired_yaml(app, generation=1) + serve)
-    row = env.wait_serving("api", "app code", timeout=60)
+    first = env.wait_serving("api", "app one", timeout=60)
+    (app / "dist" / "index.html").write_text("app two")
+    env.write("api", desired_yaml(app, generation=2) + serve)
+    second = env.wait_serving("api", "app two", timeout=60)
+    v1, v2 = first.productionHash, second.productionHash
     address = read_preview(env.data / "edge", "localhost")
-    assert address is not None
-    answer = shown(address.port, f"{row.productionHash}.api.localhost")
-    assert answer.status_code == 404, "an app's files are never served as a preview"
-    assert not (env.data / "edge" / "routes" / "previews" / "api").exists()
+    assert address is not None and v1 and v2
+    entry = env.data / "edge" / "routes" / "previews" / "api" / v1
+    wait_for(lambda: (entry / "wake").exists(), 10, "v1's preview, asleep")
+
+    assert shown(address.port, f"{v1}.api.localhost").text == "app one", "started for it"
+    assert not (entry / "wake").exists() and any(n.startswith("@") for n in os.listdir(entry))
+    assert httpx.get(f"http://127.0.0.1:{second.productionPort}/").text == "app two"
+    env.resync_and_wait("api")  # production's reconcile leaves the preview's instance alone
+    assert shown(address.port, f"{v1}.api.localhost").text == "app one"
+    assert len(env.instances("api")) == 2, "production's and the preview's"
+    assert [r.hash for r in env.db.instances("api")] == [v2], "only production is recorded"
+
+    assert env.daemon is not None and env.daemon.wakers is not None
+    env.daemon.wakers.versions.idle = 1.0  # nobody asks for it any more: it sleeps
+    wait_for(lambda: (entry / "wake").exists(), 20, "the preview asleep again")
+    wait_for(lambda: len(env.instances("api")) == 1, 20, "its instance stopped")
+    assert httpx.get(f"http://127.0.0.1:{second.productionPort}/").text == "app two"
