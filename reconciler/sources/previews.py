@@ -69,15 +69,17 @@ def preview_id(parent: ProjectId, branch: str) -> ProjectId:
     return check_project_id(f"{parent}--{cut}-{tag}" if cut else f"{parent}--{tag}")
 
 
-def preview_spec(spec: ProjectSpec, branch: str) -> ProjectSpec:
+def preview_spec(spec: ProjectSpec, branch: str, location: str | None = None) -> ProjectSpec:
     """The parent's spec, for ``branch``: following it, no domains, no previews of its own,
-    asleep when idle."""
+    asleep when idle. ``location``: the repository as resolved beside the parent's file (a
+    relative path would mean another dir beside the preview's)."""
     git = spec.git
     assert git is not None
     after = spec.sleep.after if spec.sleep.after is not None else PREVIEW_SLEEP
+    source = {**git.model_dump(), "ref": branch, "git": location or git.git}
     return spec.model_copy(
         update={
-            "source": GitSource.model_validate({**git.model_dump(), "ref": branch}),
+            "source": GitSource.model_validate(source),
             "production": Production(state="running", generation=1, follow=True),
             "domains": [],
             "previews": type(spec.previews)(),
@@ -86,8 +88,10 @@ def preview_spec(spec: ProjectSpec, branch: str) -> ProjectSpec:
     )
 
 
-def preview_text(parent: ProjectId, branch: str, spec: ProjectSpec) -> str:
-    data = preview_spec(spec, branch).model_dump(mode="json", exclude_defaults=True)
+def preview_text(
+    parent: ProjectId, branch: str, spec: ProjectSpec, location: str | None = None
+) -> str:
+    data = preview_spec(spec, branch, location).model_dump(mode="json", exclude_defaults=True)
     data["production"] = {"state": "running", "generation": 1, "follow": True}
     body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     return HEADER.format(parent=parent, branch=branch) + body
@@ -204,9 +208,12 @@ class BranchPreviews:
             return
         spec = desired.spec if desired is not None else None
         wanted: dict[str, ProjectId] = {}
-        if spec is not None and spec.git is not None and spec.previews.wanted:
+        location = None
+        if desired is not None and spec is not None and spec.git is not None:
+            location = spec.git.location(desired.path)
+        if spec is not None and spec.git is not None and spec.previews.wanted and location:
             try:
-                heads = self.heads(spec.git.git)
+                heads = self.heads(location)
             except GitError as exc:
                 logger.warning("%s: previews: cannot list its branches: %s", parent, exc)
                 return
@@ -220,18 +227,18 @@ class BranchPreviews:
                     wanted[branch] = preview_id(parent, branch)
         for branch, project in wanted.items():
             assert spec is not None
-            self._write(Preview(parent, branch, project), spec)
+            self._write(Preview(parent, branch, project), spec, location)
         for preview in self.of(parent):
             if preview.branch not in wanted:
                 self._remove(preview)
 
-    def _write(self, preview: Preview, spec: ProjectSpec) -> None:
+    def _write(self, preview: Preview, spec: ProjectSpec, location: str | None) -> None:
         path = self.files / f"{preview.project}.yaml"
         if self.desired.path_for(preview.project) not in (None, path):
             logger.warning("%s: a desired file of that name exists: no preview of %s",
                            preview.project, preview.branch)  # fmt: skip
             return
-        text = preview_text(preview.parent, preview.branch, spec)
+        text = preview_text(preview.parent, preview.branch, spec, location)
         with self._lock:
             new = preview.project not in self._previews
             self._previews[preview.project] = preview

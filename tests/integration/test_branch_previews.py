@@ -46,7 +46,8 @@ def test_a_branch_preview_is_made_updated_and_removed_by_pushes(env: Env, tmp_pa
     repo = Repo(tmp_path / "repo")
     repo.site("production", "first")
     previews = "previews:\n  branches: [feature/*]\n"
-    env.write("web", git_yaml(repo.remote, extra=previews))
+    relative = os.path.relpath(repo.remote, env.desired)  # beside the project's file
+    env.write("web", git_yaml(relative, extra=previews))
     wait_for(lambda: answers(env, "web") == "<p>production</p>\n", 60, "production")
 
     push_branch(repo, "feature/login", "login form")

@@ -51,3 +51,16 @@ def test_the_preview_file_is_the_parents_spec_for_the_branch(tmp_path: Path) -> 
     assert spec.domains == [] and not spec.previews.wanted
     assert spec.env == {"MODE": "preview"}
     assert spec.sleep.after == 900
+
+
+def test_a_relative_repository_is_resolved_beside_the_parents_file(tmp_path: Path) -> None:
+    parent = ProjectSpec.model_validate({
+        "source": {"git": "../repos/site.git", "ref": "main"},
+        "previews": {"branches": ["*"]},
+    })  # fmt: skip
+    assert parent.git is not None
+    where = parent.git.location(tmp_path / "desired" / "site.yaml")
+    assert where == str(tmp_path / "repos" / "site.git")
+    text = preview_text(ProjectId("site"), "fix", parent, where)
+    spec = parse(tmp_path / "site--fix.yaml", text.encode(), settled=True)
+    assert spec.git is not None and spec.git.git == where
