@@ -35,6 +35,7 @@ WAKE_PATH = re.compile(
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024  # many sites asked for at once (5 refused the 6th connect)
     wake: Callable[[str, str], Answer]
 
 

@@ -123,6 +123,7 @@ def _writer(settings: EdgeSettings, filename: Path) -> dict[str, Any]:
     }
 
 
+WAKER_TRY = "15s"  # how long a request for a sleeping site waits for the waker to listen
 SERVICE_TRY_DURATION = "5s"  # a task that went away: the request is tried on the others
 FANOUT = 8  # a service's upstream entries: its tasks in turn (a file name holds 8 addresses)
 HOST_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
@@ -154,6 +155,8 @@ def _wake(root: Path, key: str, what: str, waker: Path | None) -> list[dict[str,
         "handler": "reverse_proxy",
         "upstreams": [{"dial": f"unix/{waker}"}],
         "rewrite": {"method": "GET", "uri": f"/wake/{what}/{key}"},
+        # a daemon restarting (its socket gone a moment): the request waits, then goes on
+        "load_balancing": {"try_duration": WAKER_TRY, "try_interval": "100ms"},
         "handle_response": [
             {"match": {"status_code": [2]}, "routes": [{"handle": [{"handler": "vars"}]}]}
         ],
