@@ -295,7 +295,8 @@ class PortCheck:
     def __init__(self, wrong_port: Callable[[], str | None], clock: Clock) -> None:
         self.wrong_port = wrong_port
         self.clock = clock
-        self.asked = -1e9
+        # first asked a second in (an app binds its port within it: no scan of /proc then)
+        self.asked = clock.monotonic()
         self.since: float | None = None
 
     def unanswered(self) -> None:

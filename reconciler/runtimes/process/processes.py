@@ -207,6 +207,8 @@ def kill_session(sid: int, start: int | None, *, timeout: float) -> list[int]:
     """SIGTERM every member of the session, wait up to ``timeout``, SIGKILL what is left.
     Returns the members it found."""
     found = session_members(sid, start)
+    if not found:
+        return found  # nothing left (each look is a scan of /proc: one is enough)
     for pid in found:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
