@@ -72,7 +72,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "apps": {"redeploys": 1, "apps": "flask"},
     "upgrade": {"sites": 2, "seconds": 1.0},
     "many": {"sites": 20, "idle": 2.0},
-    "sleep": {"wakes_count": 2, "sites": 10, "awake": 5, "rounds": 2, "seconds": 3.0},
+    "sleep": {"wakes_count": 1, "sites": 6, "awake": 3, "rounds": 1, "seconds": 3.0},
 }
 FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "reaction": reaction.run,
