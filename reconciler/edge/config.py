@@ -164,6 +164,29 @@ def _wake(root: Path, key: str, what: str, waker: Path | None) -> list[dict[str,
     return [{"match": [_file(root, f"{key}/wake")], "handle": [ask]}]
 
 
+def _asleep_errors(root: Path, key: str) -> dict[str, Any]:
+    """A sleeping site whose waker does not answer (the daemon is down past the retry window):
+    a clear 503 to try again, not a bare 502. Other errors keep Caddy's own answer. A Host is
+    validated before it becomes a path, as in the routes."""
+    valid = {"vars_regexp": {HOST: {"pattern": HOST_RE}}} if key == HOST else {}
+    return {
+        "routes": [
+            {
+                "match": [{**valid, **_file(root, f"{key}/wake")}],
+                "handle": [
+                    {
+                        "handler": "static_response",
+                        "status_code": 503,
+                        "headers": {"Retry-After": ["5"], "Cache-Control": ["no-store"]},
+                        "body": "this site is asleep and cannot be woken right now (its daemon "
+                        "is not answering); try again shortly\n",
+                    }
+                ],
+            }
+        ]
+    }
+
+
 def _site_routes(
     root: Path, key: str, logged: list[dict[str, Any]], waker: Path | None = None
 ) -> list[dict[str, Any]]:
@@ -370,6 +393,7 @@ def _domains(settings: EdgeSettings, servers: dict[str, Any]) -> dict[str, Any]:
             },
             {"handle": [{"handler": "static_response", "status_code": 404}]},
         ],
+        "errors": _asleep_errors(hosts, HOST),
         "tls_connection_policies": [{}],
     }
     if settings.access_logs:
@@ -438,6 +462,7 @@ def edge_config(
             "listen": spans,
             "automatic_https": {"disable": True},
             "routes": _site_routes(ports, PORT, logged, settings.waker),
+            "errors": _asleep_errors(ports, PORT),
         }
         if settings.access_logs:
             servers["sites"]["logs"] = {"default_logger_name": "sites"}

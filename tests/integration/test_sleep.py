@@ -153,3 +153,17 @@ def test_a_wake_that_fails_answers_503_with_retry_after(env: Env, tmp_path: Path
     again = answer(int(row.productionPort or 0))  # later requests say so too, at once
     assert again.status_code == 503 and "exited with code 1" in again.text
     assert env.status("bad") == "failed", "reported like any other failure"
+
+
+def test_a_sleeping_site_whose_waker_is_gone_answers_503(env: Env, tmp_path: Path) -> None:
+    """The daemon down past the edge's retry window: a clear 503 to try again, not a 502."""
+    env.write("nap", app_yaml(tmp_path / "nap", "napping"))
+    row = env.wait_serving("nap", "napping", timeout=60)
+    env.wait_status("nap", "sleeping", timeout=40)
+    assert env.daemon is not None and env.daemon.wakers is not None
+    env.daemon.wakers.stop()  # its socket goes, as when the daemon stops
+    started = time.monotonic()
+    got = answer(int(row.productionPort or 0))
+    assert got.status_code == 503 and got.headers.get("Retry-After") == "5"
+    assert "cannot be woken right now" in got.text
+    assert time.monotonic() - started >= 10, "the edge waited for the waker first"
