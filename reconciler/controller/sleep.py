@@ -136,9 +136,7 @@ class Sleeper:
                 return True
         assert self.traffic is not None
         self.traffic.poll()
-        seen = self.traffic.last(napper.port, napper.domains)
-        latest = max(napper.awake_since, seen if seen is not None else 0.0)
-        return self.clock() - latest >= napper.after
+        return self.clock() - self._latest(napper) >= napper.after
 
     def woken(self, project_id: ProjectId) -> bool:
         """A request waits for it, or it may no longer sleep."""
@@ -189,10 +187,9 @@ class Sleeper:
         due: list[ProjectId] = []
         families: dict[str, tuple[int, list[tuple[float, ProjectId]]]] = {}
         for project_id, napper in nappers:
-            seen = self.traffic.last(napper.port, napper.domains)
-            latest = max(napper.awake_since, seen if seen is not None else 0.0)
             if project_id in waiting:
                 continue
+            latest = self._latest(napper)
             if now - latest >= napper.after:
                 due.append(project_id)
             elif (family := self.family(project_id)) is not None:
@@ -241,10 +238,11 @@ class Sleeper:
             entry.answer = (503, "the daemon is restarting; try again shortly")
             entry.done.set()
 
-    def counts(self) -> tuple[int, int]:
-        """(projects that may sleep, requests' projects waiting to wake)."""
-        with self._lock:
-            return len(self._nappers), len(self._waiting)
+    def _latest(self, napper: Napper) -> float:
+        """When the site was last asked for, or became awake, whichever came later."""
+        assert self.traffic is not None
+        seen = self.traffic.last(napper.port, napper.domains)
+        return max(napper.awake_since, seen if seen is not None else 0.0)
 
     # -- keys --------------------------------------------------------------------------------
 
