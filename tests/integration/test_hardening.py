@@ -182,7 +182,14 @@ def test_a_build_left_by_a_killed_daemon_is_stopped_at_startup(tmp_path: Path) -
     with environment(tmp_path) as env:
         env.spawn()
         env.write("www", desired_yaml(site, extra=build))
-        first = wait_for(lambda: _ours(marker), 20, "the build runs")
+
+        # the build's shell forks `sleep 300 &` and, for a moment, the fork carries the same
+        # command line before it execs: wait for the one build process, not the first sight
+        def one_build() -> list[int] | None:
+            found = _ours(marker)
+            return found if len(found) == 1 else None
+
+        first = wait_for(one_build, 20, "the build runs")
         assert len(first) == 1
         env.kill9()
         assert _ours(marker) == first, "a killed daemon leaves its build running"
