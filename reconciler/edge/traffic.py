@@ -35,6 +35,7 @@ class Traffic:
         self._seen: dict[bytes, float] = {}  # b"p3001" / b"hwww.example.com" -> when
         self._polled = -1e9
         self._opened = False  # the first open starts at the end: earlier lines are not news
+        self._closed = False  # a poll after close (a reconcile finishing late) reads nothing
         self._lock = threading.Lock()
 
     def last(self, port: int | None, domains: Iterable[str] = ()) -> float | None:
@@ -49,7 +50,7 @@ class Traffic:
         """Read what the log gained; returns how many lines named a site."""
         with self._lock:
             now = self.clock()
-            if not force and now - self._polled < EVERY:
+            if self._closed or (not force and now - self._polled < EVERY):
                 return 0
             self._polled = now
             found = 0
@@ -59,6 +60,7 @@ class Traffic:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 self._file.close()
                 self._file = None

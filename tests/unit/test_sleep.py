@@ -53,6 +53,9 @@ def test_traffic_follows_the_log_and_its_rolls(tmp_path: Path) -> None:
     assert traffic.last(3004) == 1002 and traffic.last(3005) == 1002
     assert traffic.last(3002, ["www.example.com"]) == 1001
     traffic.close()
+    with log.open("a") as out:  # a reconcile ending after the daemon closed it: no new file
+        out.write(line(3006))
+    assert traffic.poll(force=True) == 0 and traffic._file is None
 
 
 def spec(after: str | None = "30s") -> ProjectSpec:
