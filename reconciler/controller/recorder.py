@@ -176,6 +176,8 @@ class Recorder:
             raise
         except BaseException as exc:
             self.db.finish_job(job.id, JobState.FAILED, error=describe(exc))
+            if job.hash is not None and job_type in (JobType.START, JobType.WAIT_READY):
+                self.db.version_failed(self.project_id, job.hash, describe(exc))
             self._job_heard(job_type, JobState.FAILED, started)
             raise
         self.db.finish_job(job.id, JobState.SUCCEEDED, hash=job.hash)
@@ -191,6 +193,8 @@ class Recorder:
         self.db.append_event(self.project_id, event, data, deployment=self.current)
         if event == EventType.READY:
             self._ready = data
+            if data.get("hash"):
+                self.db.version_served(self.project_id, str(data["hash"]))
 
     # -- rows ------------------------------------------------------------------------------
 

@@ -17,11 +17,11 @@ P = ProjectId("site")
 
 def test_schema_wal_and_migrations(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "data" / "state.db")
-    assert db.schema_version == len(MIGRATIONS) == 10
+    assert db.schema_version == len(MIGRATIONS) == 11
     assert db.read("PRAGMA journal_mode")[0][0] == "wal"
     db.close()
     again = StateDB(tmp_path / "data" / "state.db")  # idempotent
-    assert again.schema_version == 10
+    assert again.schema_version == 11
     again.close()
     conn = sqlite3.connect(tmp_path / "data" / "state.db")
     conn.execute("PRAGMA user_version = 99")
@@ -211,3 +211,32 @@ def test_the_bell_rings_on_a_commit_from_anywhere_and_misses_none(tmp_path: Path
     assert bell.thread is not None
     bell.thread.join(2)
     assert not bell.thread.is_alive()
+
+
+def test_what_became_of_each_version_is_kept_and_older_ones_are_found(tmp_path: Path) -> None:
+    """Migration 11 finds the versions that served in the events that said so; after it,
+    a served version stays served, a failed start is kept with its reason."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[:10]:
+        conn.executescript(statement)
+    conn.execute("PRAGMA user_version = 10")
+    conn.execute(
+        "INSERT INTO events (project, type, data, createdAt) VALUES "
+        "('site', 'production.ready', '{\"hash\": \"aaaaaaaa\"}', '2026-01-01T00:00:00Z'), "
+        "('site', 'production.error', '{\"error\": \"x\"}', '2026-01-02T00:00:00Z')"
+    )
+    conn.commit()
+    conn.close()
+    db = StateDB(path)
+    assert db.versions("site")["aaaaaaaa"].servedAt == "2026-01-01T00:00:00Z"
+    db.version_failed("site", "bbbbbbbb", "health check failed: 500")
+    db.version_failed("site", "aaaaaaaa", "a later crash")
+    db.version_served("site", "aaaaaaaa")
+    found = db.versions("site")
+    assert found["aaaaaaaa"].servedAt == "2026-01-01T00:00:00Z"  # the first time is kept
+    assert found["bbbbbbbb"].servedAt is None
+    assert found["bbbbbbbb"].error == "health check failed: 500"
+    db.forget_project(P)
+    assert db.versions("site") == {}
+    db.close()

@@ -12,6 +12,7 @@ from reconciler.stores.state.rows import (
     ProjectRow,
     SiteRow,
     SourceRow,
+    VersionRow,
 )
 from reconciler.stores.state.schema import MIGRATIONS
 
@@ -28,4 +29,5 @@ __all__ = [
     "SiteRow",
     "SourceRow",
     "StateDB",
+    "VersionRow",
 ]

@@ -8,7 +8,14 @@ from typing import Any
 from reconciler.core.kinds import DeploymentKind, DeploymentState, EventType, JobState, JobType
 from reconciler.core.timeutil import utcnow
 from reconciler.stores.state.connection import Database
-from reconciler.stores.state.rows import DeploymentRow, EventRow, JobRow, as_row, first_row
+from reconciler.stores.state.rows import (
+    DeploymentRow,
+    EventRow,
+    JobRow,
+    VersionRow,
+    as_row,
+    first_row,
+)
 
 
 class History(Database):
@@ -210,6 +217,32 @@ class History(Database):
                 "SELECT COALESCE(MAX(id), 0) FROM events WHERE project = ?", (project_id,)
             )
         return int(rows[0][0])
+
+    # -- what became of each version -------------------------------------------------------
+
+    def version_served(self, project_id: str, version: str) -> None:
+        """The version served (its first time is kept; a later failure does not undo it)."""
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO versions (project, hash, servedAt) VALUES (?, ?, ?) "
+                "ON CONFLICT (project, hash) DO UPDATE SET "
+                "servedAt = COALESCE(versions.servedAt, excluded.servedAt)",
+                (project_id, version, utcnow()),
+            )
+
+    def version_failed(self, project_id: str, version: str, error: str) -> None:
+        """A start or health check of the version failed (its last failure is kept)."""
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO versions (project, hash, failedAt, error) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (project, hash) DO UPDATE SET "
+                "failedAt = excluded.failedAt, error = excluded.error",
+                (project_id, version, utcnow(), error[:2000]),
+            )
+
+    def versions(self, project_id: str) -> dict[str, VersionRow]:
+        rows = self.read("SELECT * FROM versions WHERE project = ?", (project_id,))
+        return {row[1]: as_row(VersionRow, row) for row in rows}
 
     def prune(self, *, events_per_project: int = 5000, jobs_per_project: int = 500) -> int:
         """Bounded retention: keep the newest N events, jobs and deployments per project."""

@@ -106,6 +106,17 @@ class JobRow:
 
 
 @dataclass(frozen=True)
+class VersionRow:
+    """What became of one version: when it first served, and its last failed start."""
+
+    project: str
+    hash: str
+    servedAt: str | None
+    failedAt: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class DeploymentRow:
     id: int
     project: str

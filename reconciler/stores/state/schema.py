@@ -265,4 +265,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE instances ADD COLUMN cpu REAL;
     ALTER TABLE instances ADD COLUMN usageAt TEXT
     """,
+    # 11: what became of each version: when it first served, or why its last start failed
+    # (history tells a version that never went live from a good one); the versions that
+    # served before are found in the events that said so
+    """
+    CREATE TABLE versions (
+        project TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        servedAt TEXT,
+        failedAt TEXT,
+        error TEXT,
+        PRIMARY KEY (project, hash)
+    );
+    INSERT OR IGNORE INTO versions (project, hash, servedAt)
+        SELECT project, json_extract(data, '$.hash'), MIN(createdAt) FROM events
+        WHERE type = 'production.ready' AND json_extract(data, '$.hash') IS NOT NULL
+        GROUP BY project, json_extract(data, '$.hash');
+    INSERT OR IGNORE INTO versions (project, hash, servedAt)
+        SELECT id, productionHash, COALESCE(productionStartedAt, updatedAt) FROM projects
+        WHERE productionHash IS NOT NULL AND productionStartedAt IS NOT NULL
+    """,
 ]
