@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from reconciler.core.config import Config, DataLayout
 from reconciler.core.kinds import (
     EdgeMode,
-    JobState,
-    JobType,
     RuntimeName,
     Status,
 )
@@ -26,9 +24,7 @@ from reconciler.core.plan import deployment_of, describe
 from reconciler.core.spec import (
     InvalidProjectId,
     ProjectId,
-    ProjectSpec,
     check_project_id,
-    is_hash8,
 )
 from reconciler.readside.logs import LogReads
 from reconciler.readside.readcache import Listing, ReadCache
@@ -45,7 +41,6 @@ from reconciler.readside.terms import (  # noqa: F401 - importable from here too
     _site_lines,
 )
 from reconciler.readside.views import (
-    ActiveJob,
     AppFound,
     History,
     Plan,
@@ -53,22 +48,20 @@ from reconciler.readside.views import (
     ProjectList,
     ProjectSummary,
     Reader,
-    RollbackResult,
     Version,
-    in_progress,
-    queued,
-    stopping,
 )
-from reconciler.stores.desired import DesiredFileError, DesiredStore, EditError, ProjectNotFound
+from reconciler.readside.writes import Writes
+from reconciler.stores.desired import DesiredStore
 from reconciler.stores.facts import running_commit
 from reconciler.stores.opened import Stores
 from reconciler.stores.previews import read_preview
 from reconciler.stores.releases import ReleaseStore
-from reconciler.stores.state import StateDB
+from reconciler.stores.state import StateDB, VersionRow
+from reconciler.stores.vault import Vault
 
 
 @dataclass
-class Operations(LogReads, Streams):
+class Operations(Writes, LogReads, Streams):
     db: StateDB
     desired: DesiredStore
     releases: ReleaseStore
@@ -81,6 +74,7 @@ class Operations(LogReads, Streams):
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
     preview_domain: str = "localhost"
+    vault: Vault | None = None
     reader: Reader = field(init=False)
     cache: ReadCache[tuple[ProductionStatus, ProjectSummary | None]] = field(init=False)
     _listing: tuple[object, bytes] | None = field(init=False, default=None)
@@ -95,10 +89,13 @@ class Operations(LogReads, Streams):
             default_runtime=config.default_runtime,
             layout=config.layout,
             preview_domain=config.preview_domain,
+            vault=stores.vault,
         )
 
     def __post_init__(self) -> None:
-        self.reader = Reader(self.db, self.desired, self.releases, self.edge, self.default_runtime)
+        self.reader = Reader(
+            self.db, self.desired, self.releases, self.edge, self.default_runtime, self.vault
+        )
         self.cache = ReadCache(
             self.db,
             self.desired.directory,
@@ -197,6 +194,7 @@ class Operations(LogReads, Streams):
         active = row.productionHash if row and row.productionStatus != Status.STOPPED else ""
         config = self.status(project_id).config if active else None
         previews = self._previews(project_id)
+        outcomes = self.db.versions(project_id)
         return History(
             versions=[
                 Version(
@@ -207,6 +205,7 @@ class Operations(LogReads, Streams):
                     **running_commit(row, v.hash, self.releases.source_of(project_id, v.hash)),
                     app=AppFound.of(self.releases.app_of(project_id, v.hash)),
                     previewUrl=previews.get(v.hash),
+                    **_outcome(outcomes.get(v.hash)),
                 )
                 for v in self.releases.history(project_id, active=active or "")
             ]
@@ -223,98 +222,6 @@ class Operations(LogReads, Streams):
             return {}
         return {v: address.url(project_id, v) for v in shown} if address else {}
 
-    # -- writes ----------------------------------------------------------------------------
-
-    def _edit(
-        self,
-        project_id: ProjectId,
-        mutate: Callable[[ProjectSpec], dict[str, object]],
-        reason: str = "edit",
-    ) -> bool:
-        """Edit the desired file; True when it changed."""
-        try:
-            return self.desired.edit(project_id, mutate, reason=reason).changed
-        except ProjectNotFound:
-            raise _not_found(project_id) from None
-        except DesiredFileError as exc:
-            raise OperationError(
-                ErrorKind.CONFLICT,
-                f"the desired file is invalid; fix it first: {exc.problems[0].message}",
-            ) from None
-        except EditError as exc:
-            raise OperationError(ErrorKind.CONFLICT, self.relative(str(exc))) from None
-        finally:
-            self.cache.forget(project_id)
-
-    def deploy(self, project_id: ProjectId) -> ProductionStatus:
-        """Bump the generation unless a deploy is already in progress."""
-
-        def mutate(spec: ProjectSpec) -> dict[str, object]:
-            if in_progress(self.reader.snapshot(project_id).status()):
-                return {}
-            return {
-                "production.state": "running",
-                "production.version": "latest",
-                "production.generation": spec.production.generation + 1,
-            }
-
-        changed = self._edit(project_id, mutate, "deploy")
-        status = self.status(project_id)
-        if changed:  # answer for this request (the daemon may already have moved on)
-            return queued(status, ActiveJob(type=JobType.BUILD, state=JobState.QUEUED))
-        return status
-
-    def stop(self, project_id: ProjectId) -> ProductionStatus:
-        changed = self._edit(project_id, lambda spec: {"production.state": "stopped"}, "stop")
-        status = self.status(project_id)
-        if changed:
-            return stopping(status, ActiveJob(type=JobType.STOP, state=JobState.QUEUED))
-        return status
-
-    def rollback(self, project_id: ProjectId, target: str, *, wait: bool = True) -> RollbackResult:
-        """Pin a kept version; wait until it serves (or fails, or the wait runs out)."""
-        if not is_hash8(target):
-            raise OperationError(
-                ErrorKind.INVALID, "the version must be 8 lowercase hex characters"
-            )
-        if self.releases.get(project_id, target) is None:
-            raise OperationError(ErrorKind.NOT_FOUND, f"version {target} not found (not kept)")
-        row = self.db.project(project_id)
-        if row is not None and row.productionHash == target and row.productionStatus == "running":
-            raise OperationError(ErrorKind.REFUSED, f"version {target} is already active")
-        self._edit(
-            project_id,
-            lambda spec: {"production.state": "running", "production.version": target},
-            "rollback",
-        )
-        if not wait:
-            return RollbackResult(success=True, hash=target, message=f"Pinned version {target}")
-        spec = self.reader.snapshot(project_id).spec
-        assert spec is not None
-        digest = spec.digest()
-        budget = spec.health.timeout + self.rollback_grace
-        deadline = time.monotonic() + budget
-        bell = self.db.bell
-        while time.monotonic() < deadline:
-            rung = bell.seq()
-            snap = self.reader.snapshot(project_id)
-            row = snap.row
-            if row is not None:
-                if row.productionHash == target and row.productionStatus == Status.RUNNING:
-                    if snap.converged():
-                        return RollbackResult(
-                            success=True, hash=target, message=f"Rolled back to version {target}"
-                        )
-                elif row.productionStatus == Status.FAILED and row.failedDigest == digest:
-                    error = self.relative(row.productionError or "rollback failed")
-                    return RollbackResult(success=False, error=error)
-            bell.wait(rung, 0.25)  # the daemon's next commit (or a desired file settling)
-        return RollbackResult(
-            success=False,
-            error=f"version {target} is pinned, but the daemon did not converge within "
-            f"{int(budget)} s; is `reconciler daemon` running?",
-        )
-
     # -- events and logs -------------------------------------------------------------------
 
     def daemon(self) -> tuple[bool, str]:
@@ -328,3 +235,12 @@ class Operations(LogReads, Streams):
         if not row.alive(time.time()):
             return False, f"not running (no sign of it for {int(silence)} s)"
         return True, f"running (pid {row.pid}, since {row.startedAt})"
+
+
+def _outcome(row: VersionRow | None) -> dict[str, Any]:
+    """A version's ``served`` / ``servedAt`` / ``failure``, from what became of it."""
+    if row is None:
+        return {}
+    if row.servedAt is not None:
+        return {"served": True, "servedAt": row.servedAt}
+    return {"failure": row.error}

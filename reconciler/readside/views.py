@@ -44,6 +44,7 @@ from reconciler.stores.facts import running_commit
 from reconciler.stores.observation import Observe
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import DeploymentRow, JobRow, ProjectRow, SourceRow, StateDB
+from reconciler.stores.vault import Vault
 
 IN_PROGRESS = (Status.QUEUED, Status.BUILDING)
 
@@ -126,6 +127,14 @@ class ProductionStatus(_Out):
     app: AppFound | None = Field(
         default=None, description="the serving version's build and start, found from its files"
     )
+    pinned: str | None = Field(
+        default=None,
+        description="the version the desired file pins (production.version); None: the latest",
+    )
+    following: bool = Field(
+        default=False,
+        description="new commits deploy by themselves (production.follow, and not pinned)",
+    )
 
 
 class Version(_Out):
@@ -143,6 +152,15 @@ class Version(_Out):
     previewUrl: str | None = Field(
         default=None,
         description="where the edge shows this version on its own (versions served as files)",
+    )
+    served: bool = Field(
+        default=False, description="it went live at least once (a rollback to it is safe)"
+    )
+    servedAt: str | None = Field(default=None, description="when it first served")
+    failure: str | None = Field(
+        default=None,
+        description="never served: why its last start or health check failed (None: it was "
+        "never started)",
     )
 
 
@@ -314,6 +332,12 @@ class Snapshot:
             note = "no request for a while: stopped; its next request starts it again"
             status = status.model_copy(update={"note": note})
         extra: dict[str, Any] = dict(self.commit or {})
+        if self.spec is not None:
+            extra["pinned"] = self.spec.production.pinned
+            extra["following"] = self.spec.production.follow and not extra["pinned"]
+        if self.file is not None and not self.file.valid and not status.error:
+            held = "the last good one stays in force" if self.spec else "nothing runs"
+            extra["error"] = f"the desired file is invalid ({held}): {self.file.error}"
         if self.row is not None and self.row.productionReplicas and status.hash:
             extra["replicas"] = self.row.productionReplicas
         if self.usage is not None and status.status == Status.RUNNING:
@@ -342,10 +366,11 @@ class Reader:
     releases: ReleaseStore
     edge: EdgeMode = EdgeMode.OFF
     default_runtime: RuntimeName = RuntimeName.PROCESS
+    vault: Vault | None = None
 
     @property
     def observe(self) -> Observe:
-        return Observe(self.db, self.desired, self.releases)
+        return Observe(self.db, self.desired, self.releases, self.vault)
 
     def edge_mode(self) -> EdgeMode:
         row = self.db.edge()

@@ -82,17 +82,23 @@ def db(app: Flask) -> StateDB:
     return app.extensions["reconciler"].db  # type: ignore[no-any-return]
 
 
-def stage(config: Config, html: str, tmp_path: Path) -> str:
+def stage(config: Config, html: str, tmp_path: Path, *, served: bool = True) -> str:
+    """A kept version of www (``served``: one that went live once, as a rollback wants)."""
     store = ReleaseStore(config.releases_dir)
     dist = tmp_path / f"dist-{html}"
     dist.mkdir()
     (dist / "index.html").write_text(html)
-    return store.commit(store.begin(ProjectId("www")), dist=dist).hash
+    version = store.commit(store.begin(ProjectId("www")), dist=dist).hash
+    if served:
+        state = StateDB(config.layout.state_db)
+        state.version_served("www", version)
+        state.close()
+    return version
 
 
 STATUS_KEYS = [
     "status", "url", "port", "error", "startedAt", "activeJob", "hash", "config", "note",
-    "commit", "subject", "source", "replicas", "usage", "app",
+    "commit", "subject", "source", "replicas", "usage", "app", "pinned", "following",
 ]  # fmt: skip
 
 
@@ -105,6 +111,7 @@ def test_status_of_a_new_project(client: FlaskClient) -> None:
         "status": "stopped", "url": None, "port": None, "error": None,
         "startedAt": None, "activeJob": None, "hash": None, "config": None, "note": None,
         "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
+        "pinned": None, "following": False,
     }  # fmt: skip
 
 
@@ -138,6 +145,7 @@ def test_status_of_a_running_project(
         "status": "running", "url": "http://localhost:3001", "port": 3001, "error": None,
         "startedAt": "2025-12-27T10:30:45.000Z", "activeJob": None, "hash": version,
         "config": settings, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
+        "pinned": None, "following": False,
     }  # fmt: skip
     assert client.get("/api/projects/www/production").json == running
     # housekeeping (a job outside any deployment) is not an operator's request
@@ -197,6 +205,7 @@ def test_deploy_bumps_generation_and_reports_queued_at_once(
         "status": "queued", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.build", "state": "queued"}, "hash": None,
         "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
+        "pinned": None, "following": False,
     }  # fmt: skip
     text = (config.desired_dir / "www.yaml").read_text()
     assert text == SITE.replace("state: stopped ", "state: running ").replace(
@@ -261,6 +270,7 @@ def test_stop_production(client: FlaskClient, app: Flask, config: Config) -> Non
         "status": "stopped", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.stop", "state": "queued"}, "hash": "a1b2c3d4",
         "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
+        "pinned": None, "following": False,
     }  # fmt: skip
     assert (config.desired_dir / "www.yaml").read_text() == SITE
     db(app).update_project(
@@ -282,7 +292,8 @@ def test_history_newest_first(
     assert [(v["hash"], v["isActive"]) for v in versions] == [(new, True), (old, False)]
     assert all(
         list(v)
-        == ["hash", "isActive", "createdAt", "config", "commit", "subject", "app", "previewUrl"]
+        == ["hash", "isActive", "createdAt", "config", "commit", "subject", "app", "previewUrl",
+            "served", "servedAt", "failure"]
         and v["createdAt"].endswith("Z")
         for v in versions
     )
