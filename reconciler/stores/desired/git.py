@@ -40,6 +40,7 @@ SETTINGS = "settings.json"
 PUSH_TRIES = 4
 KEEP_TREES = 3
 _REJECTED = ("[rejected]", "non-fast-forward", "fetch first", "stale info", "failed to lock")
+REMOVE = b"\0remove"  # what a transform returns to delete the file
 
 
 class PushRefused(Exception):
@@ -181,10 +182,14 @@ class ConfigRepo:
         self,
         names: tuple[str, ...],
         transform: Callable[[str, bytes], tuple[bytes | None, str]],
+        *,
+        create: bool = False,
     ) -> bool:
         """Edit the first of ``names`` the tip holds: ``transform(name, data)`` gives the new
-        bytes (None: no change) and the commit message. Commit, push, apply. True when a
-        commit was pushed. Raises NoSuchFile, PushRefused, GitError, or what transform does."""
+        bytes (None: no change; ``REMOVE``: delete the file) and the commit message. Commit,
+        push, apply. True when a commit was pushed. ``create``: a file the tip lacks is
+        ``names[0]``, written from empty bytes. Raises NoSuchFile, PushRefused, GitError, or
+        what transform does."""
         name_, email = self.author
         identity = {
             "GIT_AUTHOR_NAME": name_, "GIT_AUTHOR_EMAIL": email,
@@ -196,16 +201,10 @@ class ConfigRepo:
                 tip = self._fetch()
                 listed = self._git("ls-tree", tip, "--", *names)
                 entries = [line.split(None, 3) for line in listed.splitlines() if line]
-                if not entries:
+                if not entries and not create:
                     self._apply(tip)
                     raise NoSuchFile(names[0])
-                mode, kind, blob, name = entries[0]
-                if kind != "blob" or mode == "120000":
-                    raise PushRefused(f"{name} is not a regular file in the repository")
-                data = run_git(
-                    [f"--git-dir={self.cache}", "cat-file", "blob", blob], text=False
-                ).stdout
-                new, message = transform(name, data)
+                new, message, mode, name = self._transformed(entries, names[0], transform)
                 if new is None:
                     self._apply(tip)
                     return False
@@ -229,17 +228,38 @@ class ConfigRepo:
                 f"the remote refused the push {PUSH_TRIES} times (it keeps moving): {reason}"
             )
 
+    def _transformed(
+        self,
+        entries: list[list[str]],
+        default: str,
+        transform: Callable[[str, bytes], tuple[bytes | None, str]],
+    ) -> tuple[bytes | None, str, str, str]:
+        """(new bytes, message, mode, name) of the file ``entries`` lists (or a new one)."""
+        if not entries:
+            new, message = transform(default, b"")
+            return new, message, "100644", default
+        mode, kind, blob, name = entries[0]
+        if kind != "blob" or mode == "120000":
+            raise PushRefused(f"{name} is not a regular file in the repository")
+        data = run_git([f"--git-dir={self.cache}", "cat-file", "blob", blob], text=False).stdout
+        new, message = transform(name, data)
+        return new, message, mode, name
+
     def _commit(
         self, tip: str, name: str, mode: str, new: bytes, message: str, identity: dict[str, str]
     ) -> str:
         work = Path(tempfile.mkdtemp(prefix=".edit-", dir=self.root))
         try:
-            content = work / "blob"
-            content.write_bytes(new)
-            blob = self._git("hash-object", "-w", "--", str(content))
             index = {"GIT_INDEX_FILE": str(work / "index")}
             self._git("read-tree", tip, env=index)
-            self._git("update-index", "--cacheinfo", f"{mode},{blob},{name}", env=index)
+            if new is REMOVE:
+                self._git("update-index", "--force-remove", "--", name, env=index)
+            else:
+                content = work / "blob"
+                content.write_bytes(new)
+                blob = self._git("hash-object", "-w", "--", str(content))
+                self._git("update-index", "--add", "--cacheinfo", f"{mode},{blob},{name}",
+                          env=index)  # fmt: skip
             tree = self._git("write-tree", env=index)
             return self._git(
                 "commit-tree", tree, "-p", tip, "-m", message, env={**index, **identity}

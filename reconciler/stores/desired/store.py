@@ -353,6 +353,76 @@ class DesiredStore:
             raise EditError(str(exc)) from None
         return found[0]
 
+    def write_text(
+        self, project_id: ProjectId, text: str, *, create: bool, reason: str = "edit"
+    ) -> bool:
+        """Replace a project's whole file with ``text`` (``create``: a new project, whose
+        file must not exist yet). The text must be a valid desired file; it is written as
+        it is (comments kept), or committed in desired-git mode. True when it changed.
+        Raises ProjectNotFound, FileExistsError, DesiredFileError or EditError."""
+        data = text.encode()
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        parse(self.directory / f"{project_id}.yaml", data)  # DesiredFileError: refused
+        if self.committer is not None:
+            return self._commit_whole(project_id, data, create=create, reason=reason)
+        with self.lock(project_id):
+            path = self._own_path(project_id, create=create)
+            if path.exists() and read_file(path) == data:
+                return False
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
+            return True
+
+    def remove(self, project_id: ProjectId, *, reason: str = "delete") -> None:
+        """Delete a project's file (the daemon then stops the project and forgets it).
+        Raises ProjectNotFound or EditError."""
+        if self.committer is not None:
+            self._commit_whole(project_id, None, create=False, reason=reason)
+            return
+        with self.lock(project_id):
+            self._own_path(project_id, create=False).unlink()
+
+    def _own_path(self, project_id: ProjectId, *, create: bool) -> Path:
+        """The operator's own file of a project, as a whole-file write may touch it."""
+        paths = self.paths_for(project_id)
+        if create:
+            if paths:
+                raise FileExistsError(f"project {project_id} exists ({paths[0].name})")
+            return self.directory / f"{project_id}.yaml"
+        if not paths:
+            raise ProjectNotFound(project_id)
+        path = paths[0]
+        if self.derived is not None and path.parent == self.derived:
+            raise EditError(f"{project_id} is a branch preview: its file is the daemon's")
+        if len(paths) > 1:
+            raise EditError(_duplicate_problem(paths).message)
+        if path.is_symlink():
+            raise EditError(f"{path.name} is a symlink; the API does not write through links")
+        return path
+
+    def _commit_whole(
+        self, project_id: ProjectId, data: bytes | None, *, create: bool, reason: str
+    ) -> bool:
+        from reconciler.stores.desired.git import REMOVE, NoSuchFile, PushRefused
+
+        assert self.committer is not None
+        names = tuple(f"{project_id}{suffix}" for suffix in SUFFIXES)
+
+        def transform(name: str, before: bytes) -> tuple[bytes | None, str]:
+            if create and before:
+                raise FileExistsError(f"project {project_id} exists ({name})")
+            if data == before:
+                return None, ""
+            return (REMOVE if data is None else data), f"{reason} {project_id}"
+
+        try:
+            return self.committer.commit_edit(names, transform, create=create)
+        except NoSuchFile:
+            raise ProjectNotFound(project_id) from None
+        except (PushRefused, GitError) as exc:
+            raise EditError(str(exc)) from None
+
 
 def _edited(
     path: Path, data: bytes, mutate: Mutation, *, settled: bool
