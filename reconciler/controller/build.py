@@ -143,7 +143,7 @@ class Builder:
             result = runtime.build(
                 BuildRequest(
                     project_id,
-                    spec,
+                    run.runtime_spec,
                     source,
                     staging.logs,
                     work,

@@ -80,7 +80,7 @@ def start_and_wait(
                 EventType.STARTING,
                 {"message": f"Starting {release.hash} on port {port}...", "port": port},
             )
-            started = runtime.start(release, spec, port=port, config=run.settings)
+            started = runtime.start(release, run.runtime_spec, port=port, config=run.settings)
             rec.put_instance(started, InstanceRole.CANDIDATE)
         instance = started
         with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
@@ -379,13 +379,13 @@ class Service:
                         "port": port,
                     },
                 )
-                instance = runtime.start(release, spec, port=port, config=run.settings)
+                instance = runtime.start(release, run.runtime_spec, port=port, config=run.settings)
                 rec.put_instance(instance, InstanceRole.CANDIDATE)
             try:
                 with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
                     runtime.rollout(
                         instance,
-                        spec,
+                        run.runtime_spec,
                         cancel=run.cancel,
                         progress=lambda message: rec.emit(
                             EventType.STARTING, {"message": message, "port": port}

@@ -49,6 +49,7 @@ from reconciler.stores.desired.parse import SETTLE
 from reconciler.stores.ports import PortAllocator
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
+from reconciler.stores.vault import Vault
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Controller:
             repairs=repairs,
             edge=config.edge,
             on_spec=on_spec,
+            vault=Vault(config.layout.vault),
         )
         self.at_edge = at_edge
         self.pipeline = Pipeline(

@@ -25,6 +25,7 @@ from reconciler.stores.facts import desired_view, spec_from_row
 from reconciler.stores.observation import Observation, Observe
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import InstanceRow, ProjectRow, StateDB
+from reconciler.stores.vault import Vault, revisions
 
 Live = dict[str, tuple[Instance, Runtime]]  # by Instance.key
 
@@ -170,6 +171,7 @@ class Facts(Observation):
 
     live: Live = field(default_factory=dict)  # instances that run, draining ones included
     gone: tuple[InstanceRow, ...] = ()  # database rows of instances that no longer run
+    vault: Vault | None = None  # the values of the secrets the spec refers to
 
     @property
     def digest(self) -> str | None:
@@ -188,6 +190,7 @@ class FactFinder:
         repairs: RepairLog,
         edge: EdgeMode = EdgeMode.OFF,
         on_spec: SpecListener | None = None,
+        vault: Vault | None = None,
     ) -> None:
         self.on_spec = on_spec  # sees each project's spec as read (the follower tracks it)
         self.desired = desired
@@ -197,15 +200,17 @@ class FactFinder:
         self.last_good = last_good
         self.repairs = repairs
         self.edge = edge
-        self._observe = Observe(db, desired, releases)
+        self.vault = vault
+        self._observe = Observe(db, desired, releases, vault)
 
     def view(self, desired: DesiredFile | None, spec: ProjectSpec | None) -> DesiredView | None:
         source = None
         if desired is not None and spec is not None and spec.production.follow:
             source = self.db.source(desired.project_id)
         return desired_view(
-            desired, spec, edge=self.edge, default_runtime=self.runtimes.default, source=source
-        )
+            desired, spec, edge=self.edge, default_runtime=self.runtimes.default, source=source,
+            secrets=revisions(spec, self.vault),
+        )  # fmt: skip
 
     def desired_now(self, project_id: ProjectId) -> DesiredView | None:
         """What the desired file asks for now (a read; remembers nothing)."""
@@ -259,7 +264,7 @@ class FactFinder:
             self.on_spec(project_id, seen.spec, path)
         live, gone = found["live"]
         taken = {f.name: getattr(seen, f.name) for f in fields(Observation)}
-        return Facts(**taken, live=live, gone=tuple(gone))
+        return Facts(**taken, live=live, gone=tuple(gone), vault=self.vault)
 
     def _last_good(self, project_id: ProjectId, row: ProjectRow | None) -> ProjectSpec | None:
         """The last good spec in memory; after a restart, before a valid read, the row's."""

@@ -12,6 +12,7 @@ from reconciler.core.kinds import ServeMode
 from reconciler.core.plan import mode_of
 from reconciler.core.spec import ProjectSpec
 from reconciler.runtimes.base import Instance, Runtime
+from reconciler.stores.vault import SecretError, resolve_env
 
 
 @dataclass
@@ -35,6 +36,14 @@ class Run:
         if spec is None:
             raise PermanentError("no valid desired spec is in force")
         return spec
+
+    @property
+    def runtime_spec(self) -> ProjectSpec:
+        """The spec a runtime is handed: ``spec`` with its secrets' values in ``env``."""
+        try:
+            return resolve_env(self.spec, self.facts.vault)
+        except SecretError as exc:
+            raise PermanentError(str(exc)) from None
 
     @property
     def mode(self) -> ServeMode:

@@ -108,6 +108,11 @@ class DataLayout:
         return self.hooks / "secrets"
 
     @property
+    def vault(self) -> Path:
+        """Secrets the desired files refer to, encrypted (``stores.vault``)."""
+        return self.root / "vault"
+
+    @property
     def git_caches(self) -> Path:
         return self.root / "git"
 

@@ -7,6 +7,7 @@ import json
 import re
 import typing
 import weakref
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, NewType
 
@@ -76,6 +77,18 @@ def is_hash8(value: object) -> bool:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+SECRET_NAME = r"[a-z0-9][a-z0-9_.-]{0,62}"  # noqa: S105 - a pattern, not a secret
+
+
+class SecretRef(_Model):
+    """An env value kept out of the file: ``{secret: db-url}`` names a secret set with
+    ``reconciler secret set db-url`` (or the API, or the dashboard)."""
+
+    secret: Annotated[str, StringConstraints(pattern=f"^{SECRET_NAME}$")] = Field(
+        description="the secret's name: lowercase letters, digits, '.', '_' and '-'"
+    )
 
 
 class Production(_Model):
@@ -524,7 +537,11 @@ class ProjectSpec(_Model):
         default=Previews(), description="git sources: a preview per matching branch or request"
     )
     keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
-    env: dict[EnvName, str] = Field(default_factory=dict)
+    env: dict[EnvName, str | SecretRef] = Field(
+        default_factory=dict,
+        description="the instance's environment: a value, or {secret: NAME} for a secret kept "
+        "outside the file (encrypted under the data dir)",
+    )
     domains: list[str] = Field(
         default_factory=list,
         max_length=100,
@@ -547,11 +564,24 @@ class ProjectSpec(_Model):
             seen.add(name)
         return value
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values(cls, value: object) -> object:
+        """One clear message for a value that is neither text nor a secret reference."""
+        if isinstance(value, dict):
+            for name, val in value.items():
+                if not isinstance(val, str | dict):
+                    raise ValueError(
+                        f"{name} must be a string (quote numbers and booleans: "
+                        f'"{val}") or {{secret: NAME}}'
+                    )
+        return value
+
     @field_validator("env")
     @classmethod
-    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env(cls, value: dict[str, str | SecretRef]) -> dict[str, str | SecretRef]:
         for name, val in value.items():
-            if "\0" in val:
+            if isinstance(val, str) and "\0" in val:
                 raise ValueError(f"env {name} holds a NUL character")
         return value
 
@@ -585,15 +615,40 @@ class ProjectSpec(_Model):
             return self.build.output
         return "dist" if runtime == RuntimeName.PROCESS else "/app/dist"
 
-    def instance_config(self, default_runtime: RuntimeName) -> str:
-        """What starts an instance besides its release: the runtime, ``start`` and ``env``.
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        """The secrets ``env`` refers to, sorted."""
+        return tuple(sorted({v.secret for v in self.env.values() if isinstance(v, SecretRef)}))
+
+    def with_env(self, values: dict[str, str]) -> ProjectSpec:
+        """This spec with every secret reference replaced by its value (``values`` by
+        secret name): what a runtime is handed, never stored or shown."""
+        env = {k: values[v.secret] if isinstance(v, SecretRef) else v for k, v in self.env.items()}
+        return self.model_copy(update={"env": env})
+
+    @property
+    def plain_env(self) -> dict[str, str]:
+        """``env`` of a spec with no secret references left (see ``with_env``)."""
+        found = {k: v for k, v in self.env.items() if isinstance(v, str)}
+        if len(found) != len(self.env):
+            raise ValueError("the spec still refers to secrets; resolve them first")
+        return found
+
+    def instance_config(
+        self, default_runtime: RuntimeName, secrets: Mapping[str, str | None] | None = None
+    ) -> str:
+        """What starts an instance besides its release: the runtime, ``start`` and ``env``
+        (with the revision of each secret it refers to: a new value is a new instance).
         An instance is a release run with these settings; when they change, a new instance of
         the same release replaces the old one (8 hex characters, shown beside the version)."""
         runtime = self.runtime or default_runtime
         start = self.start.model_dump(mode="json")
         if not self.start.writable:
             del start["writable"]  # added later: settings without it keep their digest
-        settings: dict[str, Any] = {"runtime": runtime, "start": start, "env": self.env}
+        env = {k: v if isinstance(v, str) else {"secret": v.secret} for k, v in self.env.items()}
+        settings: dict[str, Any] = {"runtime": runtime, "start": start, "env": env}
+        if self.secret_names:
+            settings["secrets"] = {name: (secrets or {}).get(name) for name in self.secret_names}
         if not self.limits.empty:
             settings["limits"] = self.limits.model_dump(mode="json")
         if runtime == RuntimeName.SWARM:  # the service's shape is part of what runs

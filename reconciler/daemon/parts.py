@@ -32,6 +32,7 @@ from reconciler.stores.facts import serve_mode, spec_from_row
 from reconciler.stores.opened import Stores
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
+from reconciler.stores.vault import Vault, resolve_env
 
 logger = logging.getLogger(__name__)
 
@@ -228,8 +229,14 @@ def make_wakers(
     if settings.waker is None or settings.previews is None:
         return None
     span = config.internal_port_range
+    vault = Vault(config.layout.vault)
+
+    def resolved(project_id: ProjectId) -> ProjectSpec | None:
+        spec = spec_of(project_id)
+        return resolve_env(spec, vault) if spec is not None else None
+
     versions = VersionPreviews(
-        links, releases, runtimes, db, spec_of, traffic=sleeper.traffic,
+        links, releases, runtimes, db, resolved, traffic=sleeper.traffic,
         domain=settings.previews.domain,
         ports=range(span.first, min(span.last, settings.previews.port - 1) + 1),
     )  # fmt: skip

@@ -54,6 +54,7 @@ def desired_view(
     edge: EdgeMode = EdgeMode.OFF,
     default_runtime: RuntimeName = RuntimeName.PROCESS,
     source: SourceRow | None = None,
+    secrets: Mapping[str, str | None] | None = None,
 ) -> DesiredView | None:
     """None when the project has no desired file (it was deleted). A following project's
     digest names the revision too: a new commit is a new desired state (a failure of the
@@ -69,7 +70,7 @@ def desired_view(
         desired.error,
         mode,
         # a static spec's release may still run as an app (``ObservedView.apps``)
-        None if in_force is None else in_force.instance_config(default_runtime),
+        None if in_force is None else in_force.instance_config(default_runtime, secrets),
         rev,
     )
 

@@ -19,6 +19,7 @@ from reconciler.stores.desired import DesiredFile, DesiredStore, spec_in_force
 from reconciler.stores.facts import desired_view, observed_view, spec_from_row
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import InstanceRow, ProjectRow, SiteRow, SourceRow, StateDB
+from reconciler.stores.vault import Vault, revisions
 
 # the instances of a project, given its spec in force and its instance rows
 Instances = Callable[[ProjectSpec | None, list[InstanceRow]], Iterable[ObservedInstance]]
@@ -65,6 +66,7 @@ class Observe:
     db: StateDB
     desired: DesiredStore
     releases: ReleaseStore
+    vault: Vault | None = None  # the revisions of the secrets a spec refers to
 
     def __call__(
         self,
@@ -85,8 +87,9 @@ class Observe:
         if desired is not None and spec is not None and spec.production.follow:
             source = self.db.source(project_id)
         view = desired_view(
-            desired, spec, edge=edge, default_runtime=default_runtime, source=source
-        )
+            desired, spec, edge=edge, default_runtime=default_runtime, source=source,
+            secrets=revisions(spec, self.vault),
+        )  # fmt: skip
         site = self.db.site(project_id)
         known = _known(desired, row, rows)
         versions = [r.hash for r in self.releases.versions(project_id)]

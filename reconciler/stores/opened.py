@@ -11,6 +11,7 @@ from reconciler.stores.desired import DesiredStore
 from reconciler.stores.desired.git import ConfigRepo, forget_settings
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
+from reconciler.stores.vault import Vault
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class Stores:
     desired: DesiredStore
     releases: ReleaseStore
     config_repo: ConfigRepo | None  # desired state from git (--desired-git), else None
+    vault: Vault  # secrets the desired files refer to
 
     def close(self) -> None:
         self.db.close()
@@ -60,4 +62,5 @@ def open_stores(config: Config, *, applies: bool = False, db: StateDB | None = N
         desired=desired,
         releases=ReleaseStore(layout.releases),
         config_repo=repo,
+        vault=Vault(layout.vault),
     )

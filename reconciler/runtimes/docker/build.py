@@ -67,7 +67,7 @@ def _stream(
                 rm=True,
                 forcerm=True,
                 decode=True,
-                buildargs=dict(spec.env) or None,
+                buildargs=dict(spec.plain_env) or None,
                 labels={LABEL_IMAGE_OF: request.project_id},
                 container_limits=build_container_limits(limits) or None,
             )

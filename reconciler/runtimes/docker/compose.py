@@ -39,7 +39,7 @@ def write_compose(
                 "container_name": name,
                 "restart": "unless-stopped",
                 "ports": [f"{bind_host}:{port}:{container_port}"],
-                "environment": {**spec.env, "PORT": str(container_port)},
+                "environment": {**spec.plain_env, "PORT": str(container_port)},
                 "labels": {
                     k: v for k, v in labels.items() if not k.startswith("com.docker.compose")
                 },

@@ -117,7 +117,7 @@ def run_container(
             name=name,
             labels=instance_labels(project_id, version, port, config),
             log_config={"type": "json-file", "config": log_limits.docker()},
-            environment={**spec.env, "PORT": str(cport)},
+            environment={**spec.plain_env, "PORT": str(cport)},
             ports={f"{cport}/tcp": (bind_host, port)},
             restart_policy={"Name": "unless-stopped"},
             volumes=writable_volumes(client, project_id, spec.start.writable),

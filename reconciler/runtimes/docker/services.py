@@ -232,7 +232,7 @@ def _container(
     test = spec.deploy.healthcheck or ["wget", "-q", "-O", "/dev/null", url]
     return ContainerSpec(
         image=image,
-        env={**spec.env, "PORT": str(cport)},
+        env={**spec.plain_env, "PORT": str(cport)},
         labels={LABEL_SERVICE_OF: project_id, LABEL_HASH: version, LABEL_CONFIG: config},
         healthcheck=Healthcheck(
             test=["CMD", *test],

@@ -121,7 +121,7 @@ class Builds:
     def _run_build(self, request: BuildRequest, command: str, tail: OutputTail) -> int:
         spec = request.spec
         caches = package_caches(request.cache_dir) if self.units is None else {}
-        env = {**base_environ(), **caches, **spec.env}
+        env = {**base_environ(), **caches, **spec.plain_env}
         env[BUILD_MARK] = build_mark(self.releases, request.project_id)
         if self.units is not None:
             return self._run_build_unit(request, command, tail, env)

@@ -104,7 +104,7 @@ class ProcessRuntime(Builds):
         """The start command runs in the release's ``dist/`` (what was built), never in the
         release root, so nothing of the release's bookkeeping is reachable by its paths."""
         release.logs.mkdir(exist_ok=True)
-        env = {**base_environ(), **spec.env, "PORT": str(port), "HOST": self.bind_host}
+        env = {**base_environ(), **spec.plain_env, "PORT": str(port), "HOST": self.bind_host}
         env[INSTANCE_MARK] = instance_mark(self.releases, release.project_id, release.hash, config)
         command = spec.start.command or app_start(self.releases, release)
         argv = instance_argv(command, self.python, release.dist, self.bind_host, port)
