@@ -156,10 +156,14 @@ def rollback(raw: str) -> Response:
     project_id = ops().project(raw)
     body = json_body(required=True)
     try:
-        target = RollbackRequest.model_validate(body).toHash
+        asked = RollbackRequest.model_validate(body)
     except ValidationError:
-        raise ApiError(400, 'send {"toHash": "<8 lowercase hex characters>"}') from None
-    result = ops().rollback(project_id, target)
+        raise ApiError(
+            400,
+            'send {"toHash": "<8 lowercase hex characters>"} (and "force": true for a '
+            "version that never served)",
+        ) from None
+    result = ops().rollback(project_id, asked.toHash, force=asked.force)
     return json_response(result, 200 if result.success else 500)
 
 
@@ -329,6 +333,8 @@ def _hook_response(name: str, ref: str | None, *, previews: bool = False) -> Res
     if verdict.request is not None:
         hooks.note_request(config.layout.previews / "requests", name, verdict.request)
     if verdict.nudge:
+        if name != hooks.DESIRED:
+            ops().db.note_trigger(name, f"webhook: {verdict.message}"[:200])
         hooks.nudge(config.nudge_dir, name)
     logger.info("webhook for %s: %s %s", name, verdict.status, verdict.message)
     return json_response(
@@ -387,7 +393,9 @@ def _check_origin() -> None:
 
 def _check_auth() -> None:
     token: str | None = current_app.config["RECONCILER_TOKEN"]
-    if token is None or request.method in ("GET", "HEAD", "OPTIONS"):
+    # reads are open, but for a project's whole file and the list of secrets (settings)
+    settings = request.path.endswith("/desired") or request.path.startswith("/api/secrets")
+    if token is None or (request.method in ("GET", "HEAD", "OPTIONS") and not settings):
         return
     header = request.headers.get("Authorization", "")
     if not header:
@@ -415,6 +423,9 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
     app.config["RECONCILER_LOOPBACK"] = is_loopback(config.listen_host)
     app.config["RECONCILER_STREAMS"] = threading.BoundedSemaphore(config.stream_cap)
     app.register_blueprint(bp)
+    from reconciler.api.manage import bp as manage
+
+    app.register_blueprint(manage)
 
     @app.before_request
     def _before() -> None:

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     toHash: str = Field(pattern=r"^[0-9a-f]{8}$", description="8 lowercase hex characters")
+    force: bool = Field(
+        default=False, description="roll back to a version that never served (refused without)"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -8,8 +8,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from reconciler import __version__
+from reconciler.api.manage_doc import manage_paths
 from reconciler.api.models import ErrorBody, Health, RollbackRequest
 from reconciler.core.spec import PROJECT_ID
+from reconciler.readside.timeline import Series, Timeline
 from reconciler.readside.views import (
     History,
     ProductionStatus,
@@ -18,6 +20,8 @@ from reconciler.readside.views import (
 )
 
 MODELS: list[type[BaseModel]] = [
+    Timeline,
+    Series,
     ProductionStatus,
     History,
     RollbackRequest,
@@ -71,24 +75,10 @@ def _hook_body() -> dict[str, Any]:
     }
 
 
-def document() -> dict[str, Any]:
-    modes: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
-        (m, "serialization") for m in MODELS
-    ]
-    _, defs = models_json_schema(modes, ref_template="#/components/schemas/{model}")
-    schemas = defs.get("$defs", {})
-    pid = {
-        "name": "id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": f"^{PROJECT_ID}$"},
-    }
-    writes = _errors(400, 401, 403, 404, 409, 413, 415)
-    body = {
-        "required": False,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
-    paths: dict[str, Any] = {
+def _project_paths(
+    pid: dict[str, Any], writes: dict[str, Any], body: dict[str, Any]
+) -> dict[str, Any]:
+    return {
         "/healthz": {
             "get": {"summary": "Liveness of the API", "responses": {"200": _json("Health", "ok")}}
         },
@@ -148,24 +138,11 @@ def document() -> dict[str, Any]:
                 },
             }
         },
-        "/api/projects/{id}/production-logs": {
-            "get": {
-                "summary": "Build or app log of the current release (tail, or from an offset)",
-                "parameters": [
-                    pid,
-                    {"name": "log", "in": "query", "schema": {"enum": ["build", "app"]}},
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                    {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "{log, hash, offset, text}; pass offset back to follow",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    **_errors(400, 404),
-                },
-            }
-        },
+    }
+
+
+def _stream_paths(pid: dict[str, Any]) -> dict[str, Any]:
+    return {
         "/api/projects/{id}/production-stream": {
             "get": {
                 "summary": "Server-Sent Events of the current deployment",
@@ -221,6 +198,29 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def _reading_paths(pid: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/api/projects/{id}/production-logs": {
+            "get": {
+                "summary": "Build or app log of the current release (tail, or from an offset)",
+                "parameters": [
+                    pid,
+                    {"name": "log", "in": "query", "schema": {"enum": ["build", "app"]}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "tail", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "{log, hash, offset, text}; pass offset back to follow",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(400, 404),
+                },
+            }
+        },
         "/api/projects/{id}/events": {
             "get": {
                 "summary": "The project's latest events, oldest first (deploy progress, "
@@ -243,6 +243,11 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def _other_paths(pid: dict[str, Any]) -> dict[str, Any]:
+    return {
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (text format 0.0.4)",
@@ -293,6 +298,33 @@ def document() -> dict[str, Any]:
             }
         },
     }
+
+
+def document() -> dict[str, Any]:
+    modes: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        (m, "serialization") for m in MODELS
+    ]
+    _, defs = models_json_schema(modes, ref_template="#/components/schemas/{model}")
+    schemas = defs.get("$defs", {})
+    pid: dict[str, Any] = {
+        "name": "id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": f"^{PROJECT_ID}$"},
+    }
+    writes = _errors(400, 401, 403, 404, 409, 413, 415)
+    body = {
+        "required": False,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    paths: dict[str, Any] = {
+        **_project_paths(pid, writes, body),
+        **_reading_paths(pid),
+        **_stream_paths(pid),
+        **_other_paths(pid),
+    }
+    for path, operations in manage_paths(pid, writes, _json, _errors).items():
+        paths.setdefault(path, {}).update(operations)
     return {
         "openapi": "3.1.0",
         "info": {"title": "reconciler API", "version": __version__},

@@ -57,6 +57,7 @@ class LocalClient:
                 f"--data {data}?",
             )
         self.ops = Operations.of(open_stores(config), config)
+        self.ops.actor = "cli"
 
     def projects(self) -> dict[str, Any]:
         return self.ops.projects().model_dump(mode="json")

@@ -58,6 +58,9 @@ class PortRange:
         return f"{self.first}-{self.last}"
 
 
+SECRETS_NUDGE = "_secrets"  # a file of the nudge dir: a secret was set or deleted
+
+
 @dataclass(frozen=True)
 class DataLayout:
     """Every path under the data dir, named once."""

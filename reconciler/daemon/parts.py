@@ -26,7 +26,7 @@ from reconciler.runtimes.systemd import SiteUnits
 from reconciler.sources.follow import ConfigFollower
 from reconciler.sources.previews import BranchPreviews
 from reconciler.sources.watch import DesiredWatcher
-from reconciler.stores.desired import DesiredStore
+from reconciler.stores.desired import DesiredStore, LastGood
 from reconciler.stores.desired.git import ConfigRepo
 from reconciler.stores.facts import serve_mode, spec_from_row
 from reconciler.stores.opened import Stores
@@ -241,3 +241,16 @@ def make_wakers(
         ports=range(span.first, min(span.last, settings.previews.port - 1) + 1),
     )  # fmt: skip
     return Wakers(settings.waker, sleeper, versions)
+
+
+def secrets_changed(
+    last_good: LastGood, enqueue: Callable[[ProjectId], None]
+) -> Callable[[], None]:
+    """A secret was set or deleted: every project that refers to one is reconciled (a new
+    value is a new instance; the others find nothing to do)."""
+
+    def changed() -> None:
+        for project_id in last_good.with_secrets():
+            enqueue(project_id)
+
+    return changed

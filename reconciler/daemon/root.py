@@ -44,8 +44,11 @@ from reconciler.daemon.parts import (
     make_sleeper,
     make_wakers,
     make_watcher,
+    secrets_changed,
     served_sites,
 )
+from reconciler.daemon.samples import INTERVAL as SAMPLES
+from reconciler.daemon.samples import Sampler, edge_socket
 from reconciler.daemon.schedule import Job, Schedule
 from reconciler.daemon.sdnotify import Notifier
 from reconciler.edge.routes import PreviewLinks
@@ -109,6 +112,7 @@ class Daemon:
             on_check=self.metrics.source_checked,
             on_desired_nudge=self.config_follower.nudge if self.config_follower else None,
             on_nudge=self.previews.nudge,
+            on_secrets=secrets_changed(self.last_good, self._enqueue),
         )
         self.engines = Engines(
             make_runtime_factory(config, self.releases, self.site_units),
@@ -176,6 +180,7 @@ class Daemon:
             Job("logs", self.controller.rotate_logs, 30, 30),
             Job("usage", self.controller.sample_usage, USAGE_INTERVAL, int(USAGE_INTERVAL)),
             Job("retention", self.db.prune, 600, 600),
+            Job("samples", Sampler(self.db, edge_socket(c)).tick, SAMPLES, int(SAMPLES)),
             *([Job("sleep", wakers.tick, 2.0, 2)] if (wakers := self.wakers) else []),
         ]  # fmt: skip
 

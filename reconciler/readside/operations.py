@@ -27,6 +27,7 @@ from reconciler.core.spec import (
     check_project_id,
 )
 from reconciler.readside.logs import LogReads
+from reconciler.readside.manage import Manage
 from reconciler.readside.readcache import Listing, ReadCache
 from reconciler.readside.streams import Streams
 from reconciler.readside.terms import (  # noqa: F401 - importable from here too
@@ -61,7 +62,7 @@ from reconciler.stores.vault import Vault
 
 
 @dataclass
-class Operations(Writes, LogReads, Streams):
+class Operations(Writes, Manage, LogReads, Streams):
     db: StateDB
     desired: DesiredStore
     releases: ReleaseStore
@@ -75,6 +76,7 @@ class Operations(Writes, LogReads, Streams):
     default_runtime: RuntimeName = RuntimeName.PROCESS
     preview_domain: str = "localhost"
     vault: Vault | None = None
+    actor: str = "api"  # who asks, as a deployment's trigger names it ("cli" for the CLI)
     reader: Reader = field(init=False)
     cache: ReadCache[tuple[ProductionStatus, ProjectSummary | None]] = field(init=False)
     _listing: tuple[object, bytes] | None = field(init=False, default=None)
@@ -105,12 +107,16 @@ class Operations(Writes, LogReads, Streams):
 
     # -- lookups ---------------------------------------------------------------------------
 
-    def project(self, raw: str) -> ProjectId:
-        """A project id that passes the allowlist and has a desired file."""
+    def check_id(self, raw: str) -> ProjectId:
+        """A project id that passes the allowlist (with a file or not)."""
         try:
-            project_id = check_project_id(raw)
+            return check_project_id(raw)
         except InvalidProjectId as exc:
             raise OperationError(ErrorKind.INVALID, str(exc)) from None
+
+    def project(self, raw: str) -> ProjectId:
+        """A project id that passes the allowlist and has a desired file."""
+        project_id = self.check_id(raw)
         if self.desired.path_for(project_id) is None:
             raise _not_found(project_id)
         return project_id

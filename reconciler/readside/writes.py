@@ -46,6 +46,7 @@ class Writes:
         reader: Reader
         cache: ReadCache[Any]
         rollback_grace: float
+        actor: str  # who asks, for the deployment's trigger: "api", "cli"
 
         def status(self, project_id: ProjectId) -> ProductionStatus: ...
         def relative(self, message: str) -> str: ...
@@ -58,7 +59,10 @@ class Writes:
     ) -> bool:
         """Edit the desired file; True when it changed."""
         try:
-            return self.desired.edit(project_id, mutate, reason=reason).changed
+            changed = self.desired.edit(project_id, mutate, reason=reason).changed
+            if changed:
+                self.db.note_trigger(project_id, f"{self.actor}: {reason}")
+            return changed
         except ProjectNotFound:
             raise _not_found(project_id) from None
         except DesiredFileError as exc:

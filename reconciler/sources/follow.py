@@ -28,7 +28,7 @@ from watchdog.observers.api import ObservedWatch
 from reconciler.core.kinds import RuntimeName
 from reconciler.core.queue import RateLimiter, WorkQueue
 from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, redact
-from reconciler.sources.hooks import DESIRED
+from reconciler.sources.hooks import DESIRED, SECRETS
 from reconciler.sources.watch import Debouncer
 from reconciler.stores.desired.git import ConfigRepo
 from reconciler.stores.gitcache import GitError, fingerprint, ls_remote
@@ -121,7 +121,9 @@ class Follower:
         on_check: Callable[[str], None] = lambda _result: None,
         on_desired_nudge: Callable[[], None] | None = None,
         on_nudge: Callable[[ProjectId], None] = lambda _project: None,
+        on_secrets: Callable[[], None] = lambda: None,
     ) -> None:
+        self.on_secrets = on_secrets  # a secret was set or deleted
         self.on_nudge = on_nudge  # a project's webhook (its branch previews are checked too)
         self.db = db
         self.enqueue = enqueue
@@ -260,6 +262,11 @@ class Follower:
         except OSError:
             return
         for name in names:
+            if name == SECRETS:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.nudge_dir / name)
+                self.on_secrets()
+                continue
             if name == DESIRED and self.on_desired_nudge is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(self.nudge_dir / name)
@@ -328,9 +335,10 @@ class Follower:
         self._checks.add(project_id, target.poll)
         self.on_check("moved" if rev != old_rev else "same")
         if moved and rev != old_rev:
-            logger.info(
-                "%s: source moved to %s", project_id, rev[:12] if target.kind == "git" else rev
-            )
+            shown = rev[:12] if target.kind == "git" else rev
+            logger.info("%s: source moved to %s", project_id, shown)
+            what = f"push: {shown}" if target.kind == "git" else f"source changed: {shown}"
+            self.db.note_trigger(project_id, what, keep=old_rev is not None)
             self.enqueue(project_id)
         elif moved:
             self.enqueue(project_id)  # an error cleared: the status says so

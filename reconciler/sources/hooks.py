@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.config import SECRETS_NUDGE
 from reconciler.stores.gitcache import candidates
 
 DESIRED = "_desired"  # the configuration repository's name here (never a project id)
+SECRETS = SECRETS_NUDGE  # a nudge: a secret changed (never a project id)
 MAX_PAYLOAD = 4 * 1024 * 1024
 
 

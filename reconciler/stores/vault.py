@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 SUFFIX = ".secret"
-MAX_VALUE = 32 * 1024
+MAX_VALUE = 4096  # characters
 KEY_ENV = "RECONCILER_VAULT_KEY_FILE"
 
 
@@ -93,8 +93,8 @@ class Vault:
     def set(self, name: str, value: str) -> bool:
         """Store a value (True: it changed; the same value again changes nothing)."""
         path = self._path(name)
-        if not isinstance(value, str) or "\0" in value or len(value.encode()) > MAX_VALUE:
-            raise SecretError(f"a secret value is text of at most {MAX_VALUE} bytes, no NUL")
+        if not isinstance(value, str) or "\0" in value or len(value) > MAX_VALUE:
+            raise SecretError(f"a secret value is text of at most {MAX_VALUE} characters, no NUL")
         cipher = self._cipher(create=True)
         with contextlib.suppress(SecretError):
             if self.value(name) == value:

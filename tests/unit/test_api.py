@@ -8,7 +8,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,67 +33,9 @@ from reconciler.core.spec import ProjectId
 from reconciler.readside.operations import Operations
 from reconciler.stores.desired import parse
 from reconciler.stores.releases import ReleaseStore
-from reconciler.stores.state import InstanceRow, StateDB
+from reconciler.stores.state import InstanceRow
 from tests.conftest import free_port
-
-SITE = """\
-# the marketing site
-source: ../site   # relative to this file
-
-production:
-  state: stopped   # flipped by the API
-  version: latest
-  generation: 3
-
-health:
-  timeout: 1
-"""
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
-    desired = tmp_path / "desired"
-    desired.mkdir()
-    (desired / "www.yaml").write_text(SITE)
-    return Config(desired_dir=desired, data_dir=tmp_path / "data", stream_cap=3, edge=EdgeMode.OFF)
-
-
-@pytest.fixture
-def app(config: Config) -> Iterator[Flask]:
-    app = create_app(config)
-    svc: Operations = app.extensions["reconciler"]
-    svc.poll_interval = 0.02
-    svc.rollback_grace = 0.0
-    # these tests write the database behind the API's back and read at once: look at it on
-    # every read (the API asks at most every 2 ms, a staleness no client can see but a test
-    # that writes and reads within 2 ms can)
-    svc.cache.db_check_every = 0.0
-    yield app
-    svc.db.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-def db(app: Flask) -> StateDB:
-    return app.extensions["reconciler"].db  # type: ignore[no-any-return]
-
-
-def stage(config: Config, html: str, tmp_path: Path, *, served: bool = True) -> str:
-    """A kept version of www (``served``: one that went live once, as a rollback wants)."""
-    store = ReleaseStore(config.releases_dir)
-    dist = tmp_path / f"dist-{html}"
-    dist.mkdir()
-    (dist / "index.html").write_text(html)
-    version = store.commit(store.begin(ProjectId("www")), dist=dist).hash
-    if served:
-        state = StateDB(config.layout.state_db)
-        state.version_served("www", version)
-        state.close()
-    return version
-
+from tests.unit.conftest import SITE, db, stage
 
 STATUS_KEYS = [
     "status", "url", "port", "error", "startedAt", "activeJob", "hash", "config", "note",
@@ -292,8 +233,19 @@ def test_history_newest_first(
     assert [(v["hash"], v["isActive"]) for v in versions] == [(new, True), (old, False)]
     assert all(
         list(v)
-        == ["hash", "isActive", "createdAt", "config", "commit", "subject", "app", "previewUrl",
-            "served", "servedAt", "failure"]
+        == [
+            "hash",
+            "isActive",
+            "createdAt",
+            "config",
+            "commit",
+            "subject",
+            "app",
+            "previewUrl",
+            "served",
+            "servedAt",
+            "failure",
+        ]
         and v["createdAt"].endswith("Z")
         for v in versions
     )
@@ -657,6 +609,10 @@ def test_healthz_and_openapi(client: FlaskClient, app: Flask) -> None:
         "/api/projects/{id}/rollback-production", "/api/projects/{id}/production-stream",
         "/api/projects/{id}/production-logs", "/api/projects/{id}/hooks/git",
         "/api/hooks/desired", "/metrics", "/api/projects/{id}/events",
+        "/api/projects/{id}/start", "/api/projects/{id}/pin", "/api/projects/{id}/unpin",
+        "/api/projects/{id}/desired", "/api/projects/{id}/env", "/api/projects/{id}",
+        "/api/drafts", "/api/actions/{action}", "/api/secrets", "/api/secrets/{name}",
+        "/api/projects/{id}/deployments", "/api/projects/{id}/series",
     }  # fmt: skip
     schemas = doc["components"]["schemas"]  # type: ignore[index]
     assert {

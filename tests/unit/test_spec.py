@@ -154,7 +154,10 @@ INVALID = [
         "source: x\nbuild:\n  command: '  '\n", 3, "command must not be empty", id="empty-cmd"
     ),
     pytest.param(
-        "source: x\nenv:\n  A: 1\n", 3, 'env: A must be a string (quote numbers and booleans: "1")', id="env-int"
+        "source: x\nenv:\n  A: 1\n",
+        3,
+        'env: A must be a string (quote numbers and booleans: "1")',
+        id="env-int",
     ),
     pytest.param(
         "source: x\nenv:\n  A: x\n  bad-name: x\n", 4, "String should match pattern", id="env-name"

@@ -108,3 +108,24 @@ def set_values(text: str, changes: Mapping[str, object], *, path: Path) -> str:
         else:
             raise EditError(f"cannot set {dotted}: {'.'.join(keys[:depth])} is not a mapping")
     return text
+
+
+def replace_block(text: str, key: str, value: Mapping[str, object] | None, *, path: Path) -> str:
+    """Return ``text`` with the top-level ``key`` replaced by ``value`` written as a block
+    (None or empty: the key goes); the rest of the file, comments included, is kept."""
+    root = compose(path, text)
+    block = ""
+    if value:
+        block = yaml.safe_dump({key: dict(value)}, sort_keys=False, allow_unicode=True,
+                               default_flow_style=False)  # fmt: skip
+    found = None
+    if isinstance(root, MappingNode):
+        found = next((pair for pair in root.value if pair[0].value == key), None)
+    if found is None:
+        if not block:
+            return text
+        return text + ("" if not text or text.endswith("\n") else "\n") + block
+    key_node, node = found
+    start = text.rfind("\n", 0, key_node.start_mark.index) + 1
+    end = _after_last_line(text, node)
+    return text[:start] + block + text[end:]

@@ -118,6 +118,11 @@ class LastGood:
         with self._lock:
             self._specs.pop(project_id, None)
 
+    def with_secrets(self) -> list[ProjectId]:
+        """The projects whose spec refers to a secret."""
+        with self._lock:
+            return [p for p, spec in self._specs.items() if spec.secret_names]
+
     def in_force(self, desired: DesiredFile) -> ProjectSpec | None:
         """The file's spec when it is valid, else the last good one."""
         return spec_in_force(desired, self.get(desired.project_id), self.default_runtime)

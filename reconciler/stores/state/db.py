@@ -21,7 +21,7 @@ from reconciler.stores.state.rows import (
 
 # the tables whose rows name a project (``project``), besides ``projects`` itself
 FORGOTTEN = ("instances", "sites", "sources", "ports", "revisions", "events", "jobs",
-             "deployments", "versions")  # fmt: skip
+             "deployments", "versions", "triggers", "samples")  # fmt: skip
 
 
 class StateDB(EdgeTables):

@@ -7,7 +7,7 @@ from typing import Any
 
 from reconciler.core.kinds import DeploymentKind, DeploymentState, EventType, JobState, JobType
 from reconciler.core.timeutil import utcnow
-from reconciler.stores.state.connection import Database
+from reconciler.stores.state.activity import Activity
 from reconciler.stores.state.rows import (
     DeploymentRow,
     EventRow,
@@ -18,7 +18,7 @@ from reconciler.stores.state.rows import (
 )
 
 
-class History(Database):
+class History(Activity):
     """Deployments, jobs and events: append-mostly, bounded by ``prune``."""
 
     # -- deployments -----------------------------------------------------------------------
@@ -32,11 +32,13 @@ class History(Database):
         digest: str | None = None,
     ) -> int:
         with self.write() as conn:
+            trigger = self.take_trigger(conn, project_id, kind)
             cur = conn.execute(
-                "INSERT INTO deployments (project, kind, generation, state, createdAt, digest) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (project_id, kind, generation, DeploymentState.RUNNING, utcnow(), digest),
-            )
+                "INSERT INTO deployments (project, kind, generation, state, createdAt, digest, "
+                "trigger) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (project_id, kind, generation, DeploymentState.RUNNING, utcnow(), digest,
+                 trigger),
+            )  # fmt: skip
             return int(cur.lastrowid or 0)
 
     def finish_deployment(
@@ -137,6 +139,24 @@ class History(Database):
             (project_id, JobType.BUILD, JobType.START, JobType.WAIT_READY),
         )
         return first_row(JobRow, rows)
+
+    def deployments(self, project_id: str, *, limit: int = 20) -> list[DeploymentRow]:
+        """The newest deployments, newest first."""
+        rows = self.read(
+            "SELECT * FROM deployments WHERE project = ? ORDER BY id DESC LIMIT ?",
+            (project_id, limit),
+        )
+        return [as_row(DeploymentRow, r) for r in rows]
+
+    def deployment_jobs(self, deployment_ids: list[int]) -> list[JobRow]:
+        if not deployment_ids:
+            return []
+        marks = ",".join("?" * len(deployment_ids))
+        rows = self.read(
+            f"SELECT * FROM jobs WHERE deployment IN ({marks}) ORDER BY id",  # noqa: S608
+            tuple(deployment_ids),
+        )
+        return [as_row(JobRow, r) for r in rows]
 
     def jobs(self, project_id: str, *, limit: int = 50) -> list[JobRow]:
         rows = self.read(

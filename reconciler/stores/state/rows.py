@@ -127,6 +127,21 @@ class DeploymentRow:
     finishedAt: str | None
     digest: str | None
     error: str | None
+    trigger: str | None = None  # what set it off: "api: deploy", "push: 1a2b3c4d5e6f", ...
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One site at one moment: its edge counters so far (requests, 5xx answers, seconds
+    spent answering) and what its serving instance used."""
+
+    project: str
+    at: float
+    requests: float | None
+    errors: float | None
+    seconds: float | None
+    memory: int | None
+    cpu: float | None
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,27 @@ MIGRATIONS: list[str] = [
         GROUP BY project, json_extract(data, '$.hash');
     INSERT OR IGNORE INTO versions (project, hash, servedAt)
         SELECT id, productionHash, COALESCE(productionStartedAt, updatedAt) FROM projects
-        WHERE productionHash IS NOT NULL AND productionStartedAt IS NOT NULL
+        WHERE productionHash IS NOT NULL AND productionStartedAt IS NOT NULL;
+    """,
+    # 12: what set each deployment off (an API call, a push, a webhook, a file edit, a
+    # repair), noted by whoever asked and taken by the deployment it caused; and samples of
+    # each site's traffic and use, a minute apart, for the dashboard's charts of the last hour
+    """
+    ALTER TABLE deployments ADD COLUMN trigger TEXT;
+    CREATE TABLE triggers (
+        project TEXT PRIMARY KEY,
+        what TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE samples (
+        project TEXT NOT NULL,
+        at REAL NOT NULL,
+        requests REAL,
+        errors REAL,
+        seconds REAL,
+        memory INTEGER,
+        cpu REAL
+    );
+    CREATE INDEX samples_by_project ON samples (project, at)
     """,
 ]
