@@ -41,7 +41,13 @@ class Client(Protocol):
     def deploy(self, project: str) -> dict[str, Any]: ...
     def stop(self, project: str) -> dict[str, Any]: ...
     def history(self, project: str) -> dict[str, Any]: ...
-    def rollback(self, project: str, version: str) -> dict[str, Any]: ...
+    def rollback(self, project: str, version: str, *, force: bool = False) -> dict[str, Any]: ...
+    def start(self, project: str) -> dict[str, Any]: ...
+    def pin(self, project: str, version: str, *, force: bool = False) -> dict[str, Any]: ...
+    def unpin(self, project: str) -> dict[str, Any]: ...
+    def secrets(self) -> list[dict[str, Any]]: ...
+    def set_secret(self, name: str, value: str) -> bool: ...
+    def delete_secret(self, name: str) -> None: ...
     def follow(self, project: str, last_id: int | None = None) -> Iterator[Event | None]: ...
     def log(self, project: str, name: str, *, offset: int | None, tail: int) -> dict[str, Any]: ...
     def close(self) -> None: ...
@@ -87,8 +93,28 @@ class LocalClient:
     def plan(self, project: str) -> dict[str, Any]:
         return self.ops.plan(self.ops.project(project)).model_dump(mode="json")
 
-    def rollback(self, project: str, version: str) -> dict[str, Any]:
-        return self.ops.rollback(self.ops.project(project), version).model_dump(mode="json")
+    def rollback(self, project: str, version: str, *, force: bool = False) -> dict[str, Any]:
+        found = self.ops.rollback(self.ops.project(project), version, force=force)
+        return found.model_dump(mode="json")
+
+    def start(self, project: str) -> dict[str, Any]:
+        return self.ops.start(self.ops.project(project)).model_dump(mode="json")
+
+    def pin(self, project: str, version: str, *, force: bool = False) -> dict[str, Any]:
+        found = self.ops.pin(self.ops.project(project), version, force=force)
+        return found.model_dump(mode="json")
+
+    def unpin(self, project: str) -> dict[str, Any]:
+        return self.ops.unpin(self.ops.project(project)).model_dump(mode="json")
+
+    def secrets(self) -> list[dict[str, Any]]:
+        return self.ops.secrets()
+
+    def set_secret(self, name: str, value: str) -> bool:
+        return self.ops.set_secret(name, value)
+
+    def delete_secret(self, name: str) -> None:
+        self.ops.delete_secret(name)
 
     def follow(self, project: str, last_id: int | None = None) -> Iterator[Event | None]:
         return self.ops.follow(self.ops.project(project), last_id)
@@ -146,13 +172,33 @@ class RemoteClient:
     def history(self, project: str) -> dict[str, Any]:
         return self._call("GET", f"/api/projects/{project}/production-history")
 
-    def rollback(self, project: str, version: str) -> dict[str, Any]:
+    def rollback(self, project: str, version: str, *, force: bool = False) -> dict[str, Any]:
         return self._call(
             "POST",
             f"/api/projects/{project}/rollback-production",
-            json={"toHash": version},
+            json={"toHash": version, "force": force},
             timeout=None,
         )
+
+    def start(self, project: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/projects/{project}/start", json={})
+
+    def pin(self, project: str, version: str, *, force: bool = False) -> dict[str, Any]:
+        body = {"version": version, "force": force}
+        return self._call("POST", f"/api/projects/{project}/pin", json=body)
+
+    def unpin(self, project: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/projects/{project}/unpin", json={})
+
+    def secrets(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self._call("GET", "/api/secrets")["secrets"]
+        return found
+
+    def set_secret(self, name: str, value: str) -> bool:
+        return bool(self._call("PUT", f"/api/secrets/{name}", json={"value": value})["changed"])
+
+    def delete_secret(self, name: str) -> None:
+        self._call("DELETE", f"/api/secrets/{name}")
 
     def log(self, project: str, name: str, *, offset: int | None, tail: int) -> dict[str, Any]:
         params: dict[str, Any] = {"log": name, "tail": tail}

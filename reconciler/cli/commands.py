@@ -1,12 +1,17 @@
-"""The operator's CLI: status, deploy, stop, history, rollback, logs.
+"""The operator's CLI: status, deploy, start, stop, pin, unpin, history, rollback, logs,
+secrets.
 
-Exit codes: 0 ok; 1 the operation failed (a failed deploy or rollback, an unknown project, an
-unreachable API, a project whose status is ``failed``); 2 usage (bad arguments or ids).
+Exit codes, the same for every command: 0 ok; 1 the operation failed or found a failure (a
+failed deploy or rollback, an unknown project, an unreachable API, a project whose status is
+``failed``, an invalid desired file, any of several projects); 2 usage (bad arguments, ids or
+hashes; and ``plan``: changes pending, as ``terraform plan -detailed-exitcode``); 130
+interrupted. A pipe closed early (``status | head``) ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -19,6 +24,7 @@ from reconciler.cli.client import Client, LocalClient, RemoteClient
 from reconciler.core.config import DataLayout, env
 from reconciler.core.spec import is_hash8
 from reconciler.readside.terms import ErrorKind, Event, OperationError
+from reconciler.readside.views import INVALID_FILE
 
 OK, FAILED, USAGE = 0, 1, 2
 PENDING = 2  # reconciler plan: changes pending (as terraform plan -detailed-exitcode)
@@ -53,17 +59,29 @@ def register(sub: Any) -> None:
     add_client_options(status)
     status.set_defaults(func=run_command(cmd_status))
 
-    deploy = sub.add_parser("deploy", help="build and deploy the latest source")
-    deploy.add_argument("project")
-    deploy.add_argument("--follow", "-f", action="store_true", help="show live progress")
-    add_client_options(deploy)
-    deploy.set_defaults(func=run_command(cmd_deploy))
+    for name, command, text in (
+        ("deploy", cmd_deploy, "build and deploy the latest source (a pin is lifted)"),
+        ("start", cmd_start, "run the version the file names, without a new build"),
+        ("stop", cmd_stop, "stop production (the version is kept)"),
+    ):
+        action = sub.add_parser(name, help=f"{text}; several ids, or --all")
+        action.add_argument("projects", nargs="*", metavar="ID")
+        action.add_argument("--all", action="store_true", help="every project")
+        action.add_argument("--follow", "-f", action="store_true", help="show live progress")
+        add_client_options(action)
+        action.set_defaults(func=run_command(command))
 
-    stop = sub.add_parser("stop", help="stop a project's production instance")
-    stop.add_argument("project")
-    stop.add_argument("--follow", "-f", action="store_true", help="wait until it is stopped")
-    add_client_options(stop)
-    stop.set_defaults(func=run_command(cmd_stop))
+    pin = sub.add_parser("pin", help="hold a project at a kept version (following stops)")
+    pin.add_argument("project", metavar="ID")
+    pin.add_argument("hash", metavar="HASH")
+    pin.add_argument("--force", action="store_true", help="a version that never served too")
+    add_client_options(pin)
+    pin.set_defaults(func=run_command(cmd_pin))
+
+    unpin = sub.add_parser("unpin", help="back to the latest version (and to following)")
+    unpin.add_argument("project", metavar="ID")
+    add_client_options(unpin)
+    unpin.set_defaults(func=run_command(cmd_unpin))
 
     plan = sub.add_parser(
         "plan",
@@ -85,6 +103,7 @@ def register(sub: Any) -> None:
     rollback = sub.add_parser("rollback", help="run a kept version (and wait until it serves)")
     rollback.add_argument("project")
     rollback.add_argument("hash", metavar="HASH")
+    rollback.add_argument("--force", action="store_true", help="a version that never served too")
     add_client_options(rollback)
     rollback.set_defaults(func=run_command(cmd_rollback))
 
@@ -102,6 +121,7 @@ def register(sub: Any) -> None:
     logs.set_defaults(func=run_command(cmd_logs))
 
     register_sources(sub)
+    register_secrets(sub)
 
 
 def register_sources(sub: Any) -> None:
@@ -323,6 +343,9 @@ def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "")
     if status.get("startedAt"):
         line += f"  since {status['startedAt']}"
     lines = [line]
+    if status.get("pinned"):
+        lines.append(f"  pinned to {status['pinned']} (not following): `reconciler unpin "
+                     f"{project}` goes back to the latest")  # fmt: skip
     if status.get("commit"):
         lines.append(f"  commit: {status['commit'][:12]} {status.get('subject') or ''}".rstrip())
     if status.get("app"):
@@ -356,7 +379,8 @@ def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             _print_json(status, out)
         else:
             print("\n".join(_status_lines(args.project, status)), file=out)
-        return FAILED if status["status"] == "failed" else OK
+        invalid = str(status.get("error") or "").startswith(INVALID_FILE)
+        return FAILED if status["status"] == "failed" or invalid else OK
     listing = client.projects()
     bad = any(
         not item["valid"]
@@ -389,32 +413,124 @@ def cmd_status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    return _write_then_follow(client.deploy(args.project), client, args, out, READY)
+    return _act(client, args, out, client.deploy, READY)
+
+
+def cmd_start(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    return _act(client, args, out, client.start, READY)
 
 
 def cmd_stop(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    return _write_then_follow(client.stop(args.project), client, args, out, STOPPED)
+    return _act(client, args, out, client.stop, STOPPED)
 
 
-def _write_then_follow(
-    status: dict[str, Any], client: Client, args: argparse.Namespace, out: TextIO, want: str
+def _targets(client: Client, args: argparse.Namespace) -> list[str]:
+    if args.all and args.projects:
+        raise OperationError(ErrorKind.INVALID, "name projects or --all, not both")
+    if args.all:
+        return [p["id"] for p in client.projects()["projects"] if p["id"] and p["valid"]]
+    if not args.projects:
+        raise OperationError(ErrorKind.INVALID, "name a project (or several, or --all)")
+    return list(dict.fromkeys(args.projects))
+
+
+def _act(
+    client: Client,
+    args: argparse.Namespace,
+    out: TextIO,
+    write: Callable[[str], dict[str, Any]],
+    want: str,
 ) -> int:
-    if args.follow:
-        return _follow(client, args, out, want)
+    """Edit every project's file first (each is a write; none waits for another), then,
+    with --follow, follow them all at once. 1 when any of them failed."""
+    targets = _targets(client, args)
+    if len(targets) == 1:
+        status = write(targets[0])
+        if args.follow:
+            return _follow(client, targets[0], args, out, want)
+        _show(targets[0], status, args, out)
+        return OK
+    result, asked = OK, []
+    for project in targets:
+        try:
+            status = write(project)
+        except OperationError as exc:
+            result = FAILED
+            print(f"{project}: {exc.message}", file=out if args.json else sys.stderr)
+            continue
+        asked.append(project)
+        if not args.follow:
+            _show(project, status, args, out)
+    if args.follow and asked:
+        result = max(result, _follow_all(client, asked, args, out, want))
+    return result
+
+
+def _show(project: str, status: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None:
     if args.json:
-        _print_json(status, out)
+        _print_json({"id": project, **status}, out)
     else:
-        print("\n".join(_status_lines(args.project, status)), file=out)
+        print("\n".join(_status_lines(project, status)), file=out)
+
+
+def _follow_all(
+    client: Client, projects: list[str], args: argparse.Namespace, out: TextIO, want: str
+) -> int:
+    """Follow several projects side by side; each line names its project."""
+    import threading
+
+    results: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Prefixed(io.TextIOBase):
+        def __init__(self, project: str) -> None:
+            self.project = project
+
+        def write(self, text: str) -> int:
+            with lock:
+                for line in text.splitlines(keepends=True):
+                    out.write(line if args.json else f"{self.project}: {line}")
+                out.flush()
+            return len(text)
+
+    def one(project: str) -> None:
+        try:
+            results[project] = _follow(client, project, args, Prefixed(project), want)  # type: ignore[arg-type]
+        except OperationError as exc:
+            Prefixed(project).write(f"{exc.message}\n")
+            results[project] = FAILED
+
+    threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in projects]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    failed = sorted(p for p, code in results.items() if code != OK)
+    if not args.json:
+        print(f"{len(projects) - len(failed)} of {len(projects)} done"
+              + (f"; failed: {', '.join(failed)}" if failed else ""), file=out)  # fmt: skip
+    return FAILED if failed else OK
+
+
+def cmd_pin(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    _check_hash(args.project, args.hash)
+    status = client.pin(args.project, args.hash, force=args.force)
+    _show(args.project, status, args, out)
     return OK
 
 
-def _follow(client: Client, args: argparse.Namespace, out: TextIO, want: str) -> int:
+def cmd_unpin(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    _show(args.project, client.unpin(args.project), args, out)
+    return OK
+
+
+def _follow(client: Client, project: str, args: argparse.Namespace, out: TextIO, want: str) -> int:
     """Print the progress of what was just asked; end with the URL or ``Stopped`` (0), or the
     error (1). The stream ends on its own when the daemon is not running or the wait is
     longer than the project's timeouts allow; that is a 1 with the reason."""
     started = said = time.monotonic()
     result = FAILED
-    for event in client.follow(args.project):
+    for event in client.follow(project):
         elapsed = time.monotonic() - started
         if event is None:  # a keep-alive; say something after 15 s of silence
             if not args.json and time.monotonic() - said >= 15:
@@ -437,7 +553,7 @@ def _follow(client: Client, args: argparse.Namespace, out: TextIO, want: str) ->
         elif event.type == STOPPED:
             result = OK if want == STOPPED else FAILED
             if not args.json:
-                print(f"Stopped {args.project}", file=out)
+                print(f"Stopped {project}", file=out)
         elif event.type == "production.error":
             result = FAILED
             if not args.json:
@@ -507,6 +623,9 @@ def cmd_history(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             else ""
         )
         app = f"  [{version['app']['kind']}]" if version.get("app") else ""
+        if not version.get("served"):
+            failure = (version.get("failure") or "").splitlines()
+            app += f"\n      never served: {failure[0]}" if failure else "\n      never served"
         preview = f"\n      preview: {version['previewUrl']}" if version.get("previewUrl") else ""
         print(
             f"{mark} {version['hash']}  {version['createdAt']}{active}{commit}{app}".rstrip()
@@ -531,14 +650,18 @@ def _app_line(app: dict[str, Any]) -> str:
     return line
 
 
-def cmd_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    if not is_hash8(args.hash):
+def _check_hash(project: str, version: str) -> None:
+    if not is_hash8(version):
         raise OperationError(
             ErrorKind.INVALID,
             f"HASH must be a version: 8 lowercase hex characters (`reconciler history "
-            f"{args.project}` lists the kept ones), not {args.hash!r}",
+            f"{project}` lists the kept ones), not {version!r}",
         )
-    result = client.rollback(args.project, args.hash)
+
+
+def cmd_rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    _check_hash(args.project, args.hash)
+    result = client.rollback(args.project, args.hash, force=args.force)
     if args.json:
         _print_json(result, out)
     elif result.get("success"):
@@ -591,3 +714,64 @@ def cmd_logs(client: Client, args: argparse.Namespace, out: TextIO) -> int:
                 print(json.dumps(chunk), file=out)
             else:
                 out.write(chunk["text"])
+
+
+def register_secrets(sub: Any) -> None:
+    """``reconciler secret set|list|rm``: values an env refers to as ``{secret: NAME}``."""
+    secret = sub.add_parser(
+        "secret", help="secrets for env: {NAME: {secret: name}} (set, list, rm)"
+    )
+    verbs = secret.add_subparsers(dest="verb", required=True, metavar="VERB")
+    put = verbs.add_parser("set", help="set a secret's value (read from stdin, or --from-file)")
+    put.add_argument("name", metavar="NAME")
+    put.add_argument("--from-file", metavar="FILE", help="the value is this file's content")
+    add_client_options(put)
+    put.set_defaults(func=run_command(cmd_secret_set))
+    listing = verbs.add_parser("list", help="every secret: name, revision, who refers to it")
+    add_client_options(listing)
+    listing.set_defaults(func=run_command(cmd_secret_list))
+    remove = verbs.add_parser("rm", help="delete a secret")
+    remove.add_argument("name", metavar="NAME")
+    add_client_options(remove)
+    remove.set_defaults(func=run_command(cmd_secret_rm))
+
+
+def cmd_secret_set(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    """The value never goes on the command line (where ``ps`` and the shell history see
+    it): stdin (a prompt without echo at a terminal), or a file."""
+    if args.from_file:
+        value = Path(args.from_file).read_text().removesuffix("\n")
+    elif sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"value of {args.name}: ")
+    else:
+        value = sys.stdin.read().removesuffix("\n")
+    changed = client.set_secret(args.name, value)
+    if args.json:
+        _print_json({"name": args.name, "changed": changed}, out)
+    else:
+        print(f"{args.name}: {'set' if changed else 'unchanged (the same value)'}", file=out)
+    return OK
+
+
+def cmd_secret_list(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    found = client.secrets()
+    if args.json:
+        _print_json({"secrets": found}, out)
+        return OK
+    if not found:
+        print("no secrets", file=out)
+    for item in found:
+        used = ", ".join(item["usedBy"]) or "nothing"
+        when = (
+            f"set {item['updatedAt']} (rev {item['revision']})" if item["revision"] else "NOT SET"
+        )
+        print(f"{item['name']}  {when}  used by {used}", file=out)
+    return FAILED if any(i["revision"] is None for i in found) else OK
+
+
+def cmd_secret_rm(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    client.delete_secret(args.name)
+    print(f"{args.name}: deleted", file=out)
+    return OK

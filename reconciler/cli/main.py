@@ -92,12 +92,26 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     return 0
 
 
-def add_server_options(parser: argparse.ArgumentParser) -> None:
-    """The options every long-running command shares, generated from ``Config``'s fields (a
-    flag wins over its ``RECONCILER_*`` variable, which wins over the field's default)."""
+# the options each command that runs a part reads (None: all of them); what a command does not
+# read it does not list, though its RECONCILER_* variable may still be set (one env file for
+# every unit)
+API_OPTIONS = {
+    "desired", "data", "listen", "runtime", "edge", "preview_domain", "stream_cap",
+    "allowed_origins", "desired_git", "desired_ref", "git_author",
+}  # fmt: skip
+EDGE_OPTIONS = {"data", "port_range", "bind_host", "preview_domain", "caddy", "edge"}
+
+
+def add_server_options(parser: argparse.ArgumentParser, only: set[str] | None = None) -> None:
+    """The options of a long-running command, generated from ``Config``'s fields (a flag
+    wins over its ``RECONCILER_*`` variable, which wins over the field's default). ``only``:
+    the options it reads (edge options too, for ``EDGE_OPTIONS``)."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     defaults = Config.__dataclass_fields__
     for f, option in options():
+        edge_part = only is EDGE_OPTIONS and bool(option.group)
+        if only is not None and option.dest not in only and not edge_part:
+            continue
         target: argparse._ActionsContainer = parser
         if option.group:
             target = groups.setdefault(option.group, parser.add_argument_group(option.group))
@@ -304,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.set_defaults(func=cmd_daemon)
 
     api = sub.add_parser("api", help="serve the HTTP API sidecar")
-    add_server_options(api)
+    add_server_options(api, API_OPTIONS)
     api.set_defaults(func=cmd_api)
 
     run = sub.add_parser("run", help="run the daemon and the HTTP API in one process")
@@ -312,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     edge = sub.add_parser("edge", help="run the edge (Caddy) in the foreground, for a unit")
-    add_server_options(edge)
+    add_server_options(edge, EDGE_OPTIONS)
     edge.set_defaults(func=cmd_edge)
 
     down = sub.add_parser(
@@ -329,5 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (``status | head``): nothing is wrong, and nothing more is said
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return code

@@ -47,6 +47,7 @@ from reconciler.stores.state import DeploymentRow, JobRow, ProjectRow, SourceRow
 from reconciler.stores.vault import Vault
 
 IN_PROGRESS = (Status.QUEUED, Status.BUILDING)
+INVALID_FILE = "the desired file is invalid"  # how a status's error says so
 
 
 class _Out(BaseModel):
@@ -337,7 +338,7 @@ class Snapshot:
             extra["following"] = self.spec.production.follow and not extra["pinned"]
         if self.file is not None and not self.file.valid and not status.error:
             held = "the last good one stays in force" if self.spec else "nothing runs"
-            extra["error"] = f"the desired file is invalid ({held}): {self.file.error}"
+            extra["error"] = f"{INVALID_FILE} ({held}): {self.file.error}"
         if self.row is not None and self.row.productionReplicas and status.hash:
             extra["replicas"] = self.row.productionReplicas
         if self.usage is not None and status.status == Status.RUNNING:

@@ -14,7 +14,7 @@ class Answers:
         return {
             "versions": [
                 {"hash": "0123abcd", "isActive": True, "createdAt": "2026-12-07T01:00:00Z",
-                 "previewUrl": "http://0123abcd.www.localhost:29998/"},
+                 "previewUrl": "http://0123abcd.www.localhost:29998/", "served": True},
                 {"hash": "89abcdef", "isActive": False, "createdAt": "2026-12-06T01:00:00Z"},
             ]
         }  # fmt: skip
@@ -28,4 +28,5 @@ def test_history_prints_the_preview_link_of_a_version() -> None:
         "* 0123abcd  2026-12-07T01:00:00Z  (active)",
         "      preview: http://0123abcd.www.localhost:29998/",
         "  89abcdef  2026-12-06T01:00:00Z",
+        "      never served",
     ]
