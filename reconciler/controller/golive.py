@@ -352,7 +352,11 @@ class Service:
 
     def follow(self, run: Run, port: int, upstreams: tuple[str, ...]) -> None:
         """``route`` during a rollout: a failure is logged (the rollout goes on; the route
-        after it says whether the edge serves)."""
+        after it says whether the edge serves). While no task runs yet (a service woken from
+        0 replicas) the route stays as it is: requests keep waiting at the waker rather than
+        meet a site with no task."""
+        if not upstreams:
+            return
         try:
             self.route(run, port, upstreams)
         except (TransientError, OSError) as exc:
