@@ -68,23 +68,27 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 
 def phases(deployment: DeploymentRow, jobs: Sequence[JobRow]) -> list[Phase]:
     """Its jobs as phases, with the gaps between them that are phases of their own: stage
-    (a build's output becomes a release) and switch (the edge turns to the new instance and
-    the old one is retired)."""
+    (a build's output becomes a release) and switch (from the new instance being ready to
+    the end: the edge turns to it and the old one is retired, its stop included)."""
     found: list[Phase] = []
     last_end: str | None = None
+    ready_end: str | None = None
     for job in jobs:
         name = PHASE_OF.get(job.type, str(job.type))
+        if ready_end is not None and name == "stop":
+            continue  # retiring the old instance: part of the switch
         start = job.startedAt or job.createdAt
         if name == "start" and found and found[-1].name == "build":
             gap = _seconds(last_end, start)
             if gap is not None:
                 found.append(Phase(name="stage", seconds=gap, state="succeeded"))
         end = job.finishedAt
-        seconds = _seconds(start, end if end is not None else None)
-        found.append(Phase(name=name, seconds=seconds or 0.0, state=str(job.state)))
+        found.append(Phase(name=name, seconds=_seconds(start, end) or 0.0, state=str(job.state)))
         last_end = end
-    if found and found[-1].name in ("start", "ready") and found[-1].state == "succeeded":
-        gap = _seconds(last_end, deployment.finishedAt)
+        if name == "ready" and str(job.state) == "succeeded":
+            ready_end = end
+    if ready_end is not None:
+        gap = _seconds(ready_end, deployment.finishedAt)
         if gap is not None:
             found.append(Phase(name="switch", seconds=gap, state=str(deployment.state)))
     return found
@@ -99,7 +103,10 @@ def timeline(db: StateDB, project_id: str, *, limit: int = 20) -> Timeline:
     items = []
     for row in rows:
         own = jobs.get(row.id, [])
-        version = next((j.hash for j in reversed(own) if j.hash), None)
+        # the version it built or started (a stop job names the old one it retired)
+        named = [j.hash for j in own if j.hash and j.type != JobType.STOP]
+        stopped = [j.hash for j in own if j.hash]
+        version = (named or stopped or [None])[-1]
         items.append(
             Deployment(
                 id=row.id,

@@ -219,3 +219,24 @@ def test_the_charts_are_rates_between_samples(client: FlaskClient, app: Flask) -
     assert series["requestsPerSecond"] == [10.0, None]  # type: ignore[index]
     assert series["errorRate"] == [0.01, None] and series["latencyMs"] == [20.0, None]  # type: ignore[index]
     assert series["memory"] == [60_000_000, 61_000_000]  # type: ignore[index]
+
+
+SCRIPTS = ("app.js", "ui.js", "project.js", "progress.js", "settings.js", "charts.js")
+
+
+def test_the_dashboard_serves_its_own_files_and_a_favicon(client: FlaskClient) -> None:
+    page = client.get("/")
+    assert (
+        page.status_code == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
+    )
+    texts = {name: client.get(f"/dashboard/{name}").text for name in SCRIPTS}
+    loaded = page.text + "".join(texts.values())
+    for name in (*SCRIPTS, "style.css", "icon.svg"):
+        assert client.get(f"/dashboard/{name}").status_code == 200, name
+        assert f"./{name}" in loaded or f"/dashboard/{name}" in loaded, f"{name} is never loaded"
+    for name, text in texts.items():
+        assert "innerHTML" not in text, name  # values from the API go in as text
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+    assert client.get("/dashboard/../app.py").status_code == 404
+    assert client.get("/dashboard/nothing.js").status_code == 404

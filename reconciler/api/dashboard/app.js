@@ -1,87 +1,32 @@
-// The dashboard: plain browser JavaScript over the JSON API, nothing loaded from elsewhere.
-// Every value from the API is put in the page as text (never as HTML). Writes carry the API
-// token, when one is entered, in the Authorization header; it is kept for this tab only
-// (sessionStorage), never in a URL or a cookie.
+// The dashboard: plain browser JavaScript modules over the JSON API, nothing loaded from
+// elsewhere, no build step. Routes: #/ (projects), #/p/ID[/tab], #/new, #/secrets. Every value
+// from the API is put in the page as text (never as HTML). Writes carry the API token, when
+// one is entered, in the Authorization header; it is kept for this tab only (sessionStorage),
+// never in a URL or a cookie.
 
-const $ = (selector) => document.querySelector(selector);
+import { badge, currentProject, deploy, refreshOpen, remove, showLog, showProject, start, stop } from "./project.js";
+import { closeStream } from "./progress.js";
+import { addEnvRow, diffView, reviewEnv, reviewText, save } from "./settings.js";
+import { $, $$, ago, api, button, confirmDialog, el, enc, firstLine, notice, writeFailed } from "./ui.js";
 
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
+function show(view) {
+  for (const section of $$("main > .view")) section.hidden = section.id !== view;
 }
 
-function token() {
-  return sessionStorage.getItem("reconciler-token") || "";
-}
-
-async function api(path, options = {}) {
-  const headers = { Accept: "application/json", ...(options.headers || {}) };
-  if (options.method && options.method !== "GET") {
-    headers["Content-Type"] = "application/json";
-    if (token()) headers.Authorization = `Bearer ${token()}`;
-  }
-  const response = await fetch(path, { ...options, headers, credentials: "same-origin" });
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    body = null;
-  }
-  if (!response.ok && !(body && "success" in body)) {
-    const message = (body && body.error) || `HTTP ${response.status}`;
-    const error = new Error(message);
-    error.status = response.status;
-    throw error;
-  }
-  return body;
-}
-
-function ago(iso) {
-  if (!iso) return "";
-  const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-  if (seconds < 60) return `${Math.round(seconds)} s ago`;
-  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
-  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
-  return `${Math.round(seconds / 86400)} d ago`;
-}
-
-function firstLine(text) {
-  return text ? String(text).split("\n")[0] : "";
-}
-
-// What a project's status amounts to, as one badge: [class, words]
-function badge(production) {
-  if (!production) return ["invalid", "invalid file"];
-  const { status, url, hash } = production;
-  if (status === "failed" && url) return ["degraded", `failed (${hash} still serving)`];
-  if (status === "error") return ["error", "error (retrying)"];
-  if (status === "sleeping") return ["sleeping", "sleeping (its next request wakes it)"];
-  return [status, status];
-}
+// -- projects ----------------------------------------------------------------------------------
 
 function version(production) {
   if (!production || !production.hash) return "";
   const commit = production.commit ? ` · ${production.commit.slice(0, 12)}` : "";
-  const replicas = production.replicas ? ` · ${production.replicas} replicas` : "";
+  const replicas = production.replicas ? ` · ${production.replicas}` : "";
   return `${production.hash}${commit}${replicas}`;
 }
 
-// -- the list ---------------------------------------------------------------------------------
+let listing = null;
 
 async function showList() {
-  $("#list-view").hidden = false;
-  $("#project-view").hidden = true;
+  show("list-view");
   closeStream();
-  let listing;
   try {
     listing = await api("/api/projects");
     $("#list-error").hidden = true;
@@ -90,256 +35,249 @@ async function showList() {
     $("#list-error").hidden = false;
     return;
   }
+  const chosen = new Set($$("#projects tbody input:checked").map((box) => box.value));
   const rows = [];
   const invalid = [];
   for (const item of listing.projects) {
-    if (item.id === null || !item.valid && !item.production) {
+    if (item.id === null) {
       invalid.push(el("li", { class: "error" }, item.error || `${item.file}: invalid`));
-      if (item.id === null) continue;
+      continue;
     }
     const production = item.production;
     const [kind, words] = item.valid ? badge(production) : ["invalid", "invalid file"];
     const url = production && production.url;
-    rows.push(
-      el("tr", { "data-project": item.id },
-        el("td", { "data-label": "Project" }, el("a", { href: `#/p/${encodeURIComponent(item.id)}` }, item.id)),
-        el("td", { "data-label": "Status" }, el("span", { class: `badge ${kind}` }, words)),
-        el("td", { "data-label": "Address" }, url ? el("a", { href: url, rel: "noopener" }, url) : ""),
-        el("td", { "data-label": "Version" }, version(production)),
-        el("td", { "data-label": "Deployed" }, production ? ago(production.startedAt) : ""),
-        el("td", { "data-label": "Error", class: "error" },
-          firstLine(item.valid ? production && production.error : item.error)),
-      ),
-    );
+    const error = firstLine(item.valid ? production && production.error : item.error);
+    const box = el("input", { type: "checkbox", value: item.id, "aria-label": `select ${item.id}`, onchange: bulkBar });
+    box.checked = chosen.has(item.id);
+    rows.push(el("tr", { "data-project": item.id },
+      el("td", { class: "pick" }, box),
+      el("td", { class: "name" }, el("a", { href: `#/p/${enc(item.id)}` }, item.id)),
+      el("td", { "data-label": "Status" }, el("span", { class: `badge ${kind}` }, words),
+        production && production.pinned ? el("span", { class: "badge pinned", title: "pinned: not following" }, "pinned") : null),
+      url ? el("td", { "data-label": "Address" }, el("a", { href: url, rel: "noopener" }, url)) : el("td", { class: "blank" }),
+      production && production.hash ? el("td", { "data-label": "Version" }, version(production)) : el("td", { class: "blank" }),
+      production && production.startedAt ? el("td", { "data-label": "Live since" }, ago(production.startedAt)) : el("td", { class: "blank" }),
+      error ? el("td", { class: "error" }, error) : el("td", { class: "blank" }),
+    ));
   }
   $("#projects tbody").replaceChildren(...rows);
+  $("#projects").hidden = rows.length === 0;
+  $("#list-empty").hidden = rows.length > 0;
   $("#invalid").replaceChildren(...invalid);
-}
-
-// -- one project ------------------------------------------------------------------------------
-
-let current = null;
-let stream = null;
-let logName = "build";
-
-function closeStream() {
-  if (stream) stream.close();
-  stream = null;
-}
-
-function notice(text) {
-  $("#notice").textContent = text || "";
-  $("#notice").hidden = !text;
-}
-
-function writeFailed(error) {
-  if (error.status === 401 || error.status === 403) {
-    notice(`${error.message}: enter the API token above`);
-  } else {
-    notice(error.message);
+  const counts = {};
+  for (const item of listing.projects) {
+    const status = item.valid && item.production ? item.production.status : "invalid";
+    counts[status] = (counts[status] || 0) + 1;
   }
+  $("#counts").textContent = Object.entries(counts).map(([k, v]) => `${v} ${k}`).join(" · ");
+  bulkBar();
 }
 
-async function showProject(id) {
-  current = id;
-  $("#list-view").hidden = true;
-  $("#project-view").hidden = false;
-  $("#title").textContent = id;
-  $("#progress").textContent = "";
-  notice("");
-  await refreshProject();
-  await showLog(logName);
-  const status = await api(`/api/projects/${encodeURIComponent(id)}/production`).catch(() => null);
-  if (status && (status.status === "building" || status.status === "queued")) follow();
+function chosenIds() {
+  return $$("#projects tbody input:checked").map((box) => box.value);
 }
 
-async function refreshProject() {
-  const id = current;
-  let status;
+function bulkBar() {
+  const ids = chosenIds();
+  $("#bulk").hidden = ids.length === 0;
+  $("#bulk-count").textContent = `${ids.length} selected`;
+}
+
+async function bulk(action) {
+  const ids = chosenIds();
+  if (!ids.length) return;
+  if (action === "stop" && !(await confirmDialog({
+    title: `Stop ${ids.length} project${ids.length === 1 ? "" : "s"}?`,
+    text: "Their sites stop answering until they are started again. Their versions are kept.",
+    details: ids.join(", "), action: "Stop", danger: true,
+  }))) return;
   try {
-    status = await api(`/api/projects/${encodeURIComponent(id)}/production`);
+    const answer = await api(`/api/actions/${action}`, { method: "POST", json: { projects: ids } });
+    const failed = answer.results.filter((r) => r.error);
+    notice(failed.length ? `${action}: ${failed.map((r) => `${r.id}: ${r.error}`).join("; ")}`
+      : `${action}: asked for ${ids.length} project${ids.length === 1 ? "" : "s"}`, failed.length ? "error" : "ok");
   } catch (error) {
-    $("#summary").textContent = error.message;
-    return;
+    writeFailed(error);
   }
-  const [kind, words] = badge(status);
-  const parts = [el("span", { class: `badge ${kind}`, id: "status" }, words), " "];
-  if (status.url) parts.push(el("a", { href: status.url, rel: "noopener", id: "url" }, status.url), " ");
-  if (status.hash) parts.push(el("span", { class: "muted" }, `version ${status.hash}`), " ");
-  if (status.replicas) parts.push(el("span", { class: "muted", id: "replicas" }, `replicas ${status.replicas}`), " ");
-  if (status.usage && status.usage.memory != null) {
-    const cpu = status.usage.cpu != null ? `, cpu ${status.usage.cpu}%` : "";
-    parts.push(el("span", { class: "muted", id: "usage" }, `memory ${Math.round(status.usage.memory / 1048576)} MiB${cpu}`), " ");
-  }
-  if (status.commit) {
-    parts.push(el("span", { class: "muted" }, `commit ${status.commit.slice(0, 12)} ${status.subject || ""}`), " ");
-  }
-  if (status.startedAt) parts.push(el("span", { class: "muted" }, `since ${ago(status.startedAt)}`));
-  if (status.app) parts.push(el("div", { class: "muted", id: "app" }, appLine(status.app)));
-  if (status.error) parts.push(el("div", { class: "error", id: "status-error" }, status.error));
-  if (status.note) parts.push(el("div", { class: "muted" }, status.note));
-  $("#summary").replaceChildren(...parts);
-  showNotifications();
-
-  const history = await api(`/api/projects/${encodeURIComponent(id)}/production-history`).catch(() => ({ versions: [] }));
-  $("#history tbody").replaceChildren(...history.versions.map((v) =>
-    el("tr", { "data-version": v.hash },
-      el("td", { "data-label": "Version" }, v.hash, v.isActive ? el("span", { class: "muted" }, " (active)") : null,
-        v.previewUrl ? el("a", { class: "preview", href: v.previewUrl, target: "_blank", rel: "noopener" }, " preview") : null),
-      el("td", { "data-label": "Commit" }, v.commit ? `${v.commit.slice(0, 12)} ${v.subject || ""}` : ""),
-      el("td", { "data-label": "App" }, v.app ? `${v.app.kind} (${v.app.seen.join(", ")})` : "as written"),
-      el("td", { "data-label": "Built" }, ago(v.createdAt)),
-      el("td", {}, v.isActive ? "" : el("button", { class: "secondary rollback", onclick: () => rollback(v.hash) }, "Roll back")),
-    )));
+  for (const box of $$("#projects tbody input:checked")) box.checked = false;
+  showList();
 }
 
-// how a version was found to build and start (its desired file named no commands)
-function appLine(app) {
-  const seen = app.seen.length ? ` from ${app.seen.join(", ")}` : "";
-  const start = app.start ? `starts: ${app.start}`
-    : app.kind === "docker" ? "the docker runtime: runs the image's command" : "a static site, served as files";
-  const release = app.release ? `; release phase: ${app.release}` : "";
-  return `detected ${app.kind}${seen}; ${start}${release}`;
-}
+// -- a new project -----------------------------------------------------------------------------
 
-async function showNotifications() {
-  const id = current;
-  const found = await api(`/api/projects/${encodeURIComponent(id)}/events?type=production.notification&limit=20`)
-    .catch(() => ({ events: [] }));
-  const items = found.events.map((e) =>
-    el("li", { class: e.data.delivered ? "" : "error" }, `${ago(e.createdAt)}: ${e.data.message} (attempt ${e.data.attempt})`));
-  $("#notifications").replaceChildren(...(items.length ? items : [el("li", {}, "none sent")]));
-}
+let draft = null;
 
-function line(text) {
-  const pre = $("#progress");
-  pre.append(`${text}\n`);
-  pre.scrollTop = pre.scrollHeight;
-}
-
-const EVENTS = ["production.building", "production.starting", "production.ready", "production.error",
-  "production.stopping", "production.stopped", "production.cancelled", "production.status",
-  "production.waiting", "stream.end"];
-
-function follow() {
+function showNew() {
+  show("new-view");
   closeStream();
-  const id = current;
-  stream = new EventSource(`/api/projects/${encodeURIComponent(id)}/production-stream`);
-  for (const type of EVENTS) {
-    stream.addEventListener(type, (event) => {
-      let data = {};
-      try {
-        data = JSON.parse(event.data);
-      } catch {
-        data = {};
-      }
-      if (type === "stream.end") {
-        if (data.message) line(data.message);
-        closeStream();
-        refreshProject();
-        showLog(logName);
-        return;
-      }
-      if (type === "production.ready") line(`Ready: ${data.url || ""} (version ${data.hash || ""})`);
-      else if (type === "production.error") line(`Failed: ${data.error || ""}`);
-      else if (type === "production.status") line(`Status: ${data.status}`);
-      else if (data.message) line(data.message);
-      else line(type);
-      if (type !== "production.building") refreshProject();
-    });
-  }
-  stream.onerror = () => {
-    if (stream && stream.readyState === EventSource.CLOSED) closeStream();
-  };
+  $("#new-review").replaceChildren();
+  $("#new-create").disabled = true;
 }
 
-async function deploy() {
+async function workOut(event) {
+  event.preventDefault();
   notice("");
-  $("#progress").textContent = "";
+  const body = { id: $("#new-id").value.trim(), source: $("#new-source").value.trim() };
+  if ($("#new-ref").value.trim()) body.ref = $("#new-ref").value.trim();
   try {
-    await api(`/api/projects/${encodeURIComponent(current)}/deploy`, { method: "POST", body: "{}" });
+    draft = await api("/api/drafts", { method: "POST", json: body });
+  } catch (error) {
+    $("#new-found").replaceChildren(el("p", { class: "error-box" }, error.message));
+    return;
+  }
+  const found = draft.detected;
+  $("#new-found").replaceChildren(found
+    ? el("dl", { class: "found" },
+      el("dt", {}, "App"), el("dd", {}, `${found.kind} (from ${(found.seen || []).join(", ") || "its files"})`),
+      el("dt", {}, "Runtime"), el("dd", {}, found.runtime),
+      el("dt", {}, "Build"), el("dd", {}, found.build || "none: the files are used as they are"),
+      el("dt", {}, "Start"), el("dd", {}, found.start || "none: a static site, served by the edge"))
+    : el("p", { class: "muted" }, "A git source: the daemon works out the build from the checkout at the first deploy."));
+  $("#new-text").value = draft.text;
+  $("#new-edit").hidden = false;
+  $("#new-review").replaceChildren();
+  $("#new-create").disabled = true;
+}
+
+function withDomains(text) {
+  const domains = $("#new-domains").value.split(/[\s,]+/).filter(Boolean);
+  if (!domains.length || /^domains:/m.test(text)) return text;
+  return `${text.replace(/\n*$/, "\n")}domains: [${domains.join(", ")}]\n`;
+}
+
+async function reviewNew() {
+  const text = withDomains($("#new-text").value);
+  try {
+    const answer = await api("/api/projects", { method: "POST", json: { id: draft.id, text, dryRun: true } });
+    $("#new-review").replaceChildren(el("h3", {}, "New file ", el("code", {}, answer.file)), diffView(answer.diff));
+    $("#new-create").disabled = false;
+  } catch (error) {
+    $("#new-review").replaceChildren(el("p", { class: "error-box" }, error.message));
+    $("#new-create").disabled = true;
+  }
+}
+
+async function createNew() {
+  const text = withDomains($("#new-text").value);
+  try {
+    await api("/api/projects", { method: "POST", json: { id: draft.id, text } });
+    if ($("#new-deploy").checked) {
+      await api(`/api/projects/${enc(draft.id)}/deploy`, { method: "POST", json: {} });
+    }
   } catch (error) {
     writeFailed(error);
     return;
   }
-  line("Deploy requested");
-  follow();
-  refreshProject();
+  notice(`Created ${draft.id}${$("#new-deploy").checked ? ": deploying" : ""}`, "ok");
+  location.hash = `#/p/${enc(draft.id)}`;
 }
 
-async function stop() {
-  notice("");
+// -- secrets -----------------------------------------------------------------------------------
+
+async function showSecrets() {
+  show("secrets-view");
+  closeStream();
+  let found;
   try {
-    await api(`/api/projects/${encodeURIComponent(current)}/stop-production`, { method: "POST", body: "{}" });
+    found = await api("/api/secrets");
   } catch (error) {
     writeFailed(error);
+    $("#secrets tbody").replaceChildren();
     return;
   }
-  line("Stop requested");
-  follow();
+  const rows = found.secrets.map((s) => el("tr", { "data-secret": s.name },
+    el("td", { class: "name" }, el("code", {}, s.name)),
+    el("td", { "data-label": "Value" }, s.revision ? el("span", { class: "masked" }, "••••••••") : el("span", { class: "badge failed" }, "not set")),
+    el("td", { "data-label": "Used by" }, s.usedBy.length ? s.usedBy.join(", ") : el("span", { class: "muted" }, "nothing")),
+    el("td", { "data-label": "Set" }, s.updatedAt ? ago(s.updatedAt) : "–"),
+    el("td", { class: "actions" }, s.revision ? button("Delete", { class: "secondary small", onclick: () => deleteSecret(s) }, "trash") : null),
+  ));
+  $("#secrets tbody").replaceChildren(...rows);
+  $("#secrets").hidden = rows.length === 0;
+  $("#secrets-empty").hidden = rows.length > 0;
 }
 
-async function rollback(hash) {
-  notice("");
-  line(`Rolling back to ${hash}...`);
-  let result;
+async function setSecret(event) {
+  event.preventDefault();
+  const name = $("#secret-name").value.trim();
   try {
-    result = await api(`/api/projects/${encodeURIComponent(current)}/rollback-production`, {
-      method: "POST", body: JSON.stringify({ toHash: hash }),
-    });
+    const answer = await api(`/api/secrets/${enc(name)}`, { method: "PUT", json: { value: $("#secret-value").value } });
+    notice(answer.changed ? `${name} set: the projects that use it restart with it` : `${name}: unchanged`, "ok");
+    $("#secret-value").value = "";
   } catch (error) {
     writeFailed(error);
-    return;
   }
-  line(result.success ? result.message : `Rollback failed: ${result.error}`);
-  refreshProject();
+  showSecrets();
 }
 
-async function showLog(name) {
-  logName = name;
-  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.log === name);
+async function deleteSecret(secret) {
+  const used = secret.usedBy.length ? ` ${secret.usedBy.join(", ")} refer${secret.usedBy.length === 1 ? "s" : ""} to it: their next start fails until it is set again.` : "";
+  if (!(await confirmDialog({ title: `Delete secret ${secret.name}?`, text: `Its value is gone for good.${used}`, action: "Delete", danger: true }))) return;
   try {
-    const log = await api(`/api/projects/${encodeURIComponent(current)}/production-logs?log=${name}&tail=200`);
-    $("#log").textContent = log.text || `(no ${name} log yet)`;
+    await api(`/api/secrets/${enc(secret.name)}`, { method: "DELETE" });
   } catch (error) {
-    $("#log").textContent = error.message;
+    writeFailed(error);
   }
+  showSecrets();
 }
 
-// -- the page ---------------------------------------------------------------------------------
+// -- the page ----------------------------------------------------------------------------------
 
 async function daemonLine() {
   try {
     const health = await api("/healthz");
-    $("#daemon").textContent = health.daemon ? `daemon ${health.daemon.message}` : "";
+    const up = health.daemon && health.daemon.running;
+    $("#daemon").className = `pill ${up ? "ok" : "bad"}`;
+    $("#daemon").textContent = health.daemon ? `daemon ${up ? "running" : "not running"}` : "";
+    $("#daemon").title = health.daemon ? health.daemon.message : "";
   } catch {
+    $("#daemon").className = "pill bad";
     $("#daemon").textContent = "API unreachable";
   }
 }
 
 function route() {
-  // any name: the API checks project ids (404 for one that is not there); URLs encode it
-  const match = location.hash.match(/^#\/p\/([^/]+)$/);
-  if (match) showProject(match[1]);
+  notice("");
+  const match = location.hash.match(/^#\/p\/([^/]+)(?:\/(overview|versions|settings|logs))?$/);
+  if (match) {
+    show("project-view");
+    showProject(decodeURIComponent(match[1]), match[2] || "overview");
+  } else if (location.hash === "#/new") showNew();
+  else if (location.hash === "#/secrets") showSecrets();
   else showList();
 }
 
 window.addEventListener("hashchange", route);
 window.addEventListener("DOMContentLoaded", () => {
-  $("#token").value = token();
+  $("#token").value = sessionStorage.getItem("reconciler-token") || "";
   $("#token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem("reconciler-token", $("#token").value.trim());
-    notice("");
+    notice("Token in use for this tab", "ok");
   });
   $("#deploy").addEventListener("click", deploy);
+  $("#start").addEventListener("click", start);
   $("#stop").addEventListener("click", stop);
-  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showLog(tab.dataset.log));
+  $("#delete").addEventListener("click", remove);
+  for (const action of ["deploy", "start", "stop"]) $(`#bulk-${action}`).addEventListener("click", () => bulk(action));
+  $("#select-all").addEventListener("change", (event) => {
+    for (const box of $$("#projects tbody input[type=checkbox]")) box.checked = event.target.checked;
+    bulkBar();
+  });
+  for (const link of $$(".log-tab")) link.addEventListener("click", () => showLog(link.dataset.log));
+  $("#review-text").addEventListener("click", reviewText);
+  $("#review-env").addEventListener("click", reviewEnv);
+  $("#add-env").addEventListener("click", addEnvRow);
+  $("#save-settings").addEventListener("click", save);
+  $("#new-form").addEventListener("submit", workOut);
+  $("#new-review-button").addEventListener("click", reviewNew);
+  $("#new-create").addEventListener("click", createNew);
+  $("#secret-form").addEventListener("submit", setSecret);
   route();
   daemonLine();
   setInterval(() => {
     daemonLine();
     if (!$("#list-view").hidden) showList();
-    else if (!stream && current) refreshProject();
+    else if (!$("#project-view").hidden && currentProject()) refreshOpen();
   }, 3000);
 });
