@@ -106,7 +106,7 @@ def timeline(db: StateDB, project_id: str, *, limit: int = 20) -> Timeline:
         # the version it built or started (a stop job names the old one it retired)
         named = [j.hash for j in own if j.hash and j.type != JobType.STOP]
         stopped = [j.hash for j in own if j.hash]
-        version = (named or stopped or [None])[-1]
+        version = (named or stopped)[-1] if named or stopped else None
         items.append(
             Deployment(
                 id=row.id,
