@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit lint format check run install-systemd clean crash hostile load faults reliability bench
+.PHONY: help install test unit lint format check run docs install-systemd clean crash hostile load faults reliability bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 check: lint test ## lint, then test
+
+docs: $(STAMP) ## the documentation (docs/) as a site in build/site; a broken link fails it
+	$(BIN)/mkdocs build --strict --quiet
 
 run: $(STAMP) ## quickstart: the daemon on ./desired and ./data (process runtime, no Docker)
 	$(BIN)/reconciler run --desired ./desired --data ./data

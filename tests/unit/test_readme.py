@@ -1,8 +1,12 @@
-"""The README's desired-file reference is checked against the schema."""
+"""The documentation: the desired-file reference is checked against the schema, the README
+starts with the two commands, the site builds with no broken link, and the documents agree."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -11,9 +15,8 @@ from tests.conftest import REPO
 
 
 def _reference() -> dict[str, object]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Desired state", 1)[1]
-    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    text = (REPO / "docs" / "desired-file.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.S)
     assert block is not None
     data = yaml.safe_load(block.group(1))
     assert isinstance(data, dict)
@@ -39,3 +42,26 @@ def test_readme_starts_with_the_two_commands() -> None:
     lines = (REPO / "README.md").read_text().splitlines()
     assert lines[2] == "```sh"
     assert lines[3].startswith("make run ") and lines[4].startswith("make test ")
+
+
+def test_the_documentation_builds_with_no_broken_link(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: a link to a page or an anchor that is not there fails it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "site" / "walkthrough" / "index.html").is_file()
+
+
+def test_the_readme_links_resolve() -> None:
+    """(A document left out of the site's nav fails the build above.)"""
+    for target in re.findall(r"\]\(([^)#]+)", (REPO / "README.md").read_text()):
+        assert "://" in target or (REPO / target).exists(), target
+
+
+def test_the_documents_agree_on_who_serves_a_static_site() -> None:
+    """The example and its desired file say what the docs say: the edge serves it."""
+    for path in (REPO / "desired" / "hello.yaml", REPO / "examples" / "hello-site" / "README.md"):
+        text = path.read_text()
+        assert "built-in static server" not in text and "edge" in text, path
