@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,14 @@ def watch(page: object) -> tuple[list[str], list[str]]:
     return errors, refused
 
 
+def open_page(env: Env, browser: object) -> tuple[ApiServer, str, Any, tuple[list[str], list[str]]]:
+    """The API on a free port, and a page with what it meets watched. ``bypass_csp``: the
+    test's own ``wait_for_function`` needs eval (the page's CSP is checked on its own)."""
+    server = serve_api(env)
+    page = browser.new_page(viewport={"width": 1200, "height": 900}, bypass_csp=True)  # type: ignore[attr-defined]
+    return server, f"http://127.0.0.1:{server.port}", page, watch(page)
+
+
 def confirm(page: object) -> None:
     """Say yes to the confirmation dialog that is open."""
     page.wait_for_selector("#confirm[open]")  # type: ignore[attr-defined]
@@ -96,11 +105,7 @@ def test_deploy_progress_rollback_failures_and_invalid_files(
         (env.desired / "typo.yaml").write_text("source: x\nproduction:\n  state: runing\n")
         first = env.wait_serving("www", "version one")
         env.wait_status("broken", "failed")
-        server = serve_api(env)
-        base = f"http://127.0.0.1:{server.port}"
-        # bypass_csp: the test's own wait_for_function needs eval; the page's CSP is checked below
-        page = browser.new_page(viewport={"width": 1200, "height": 900}, bypass_csp=True)  # type: ignore[attr-defined]
-        errors, refused = watch(page)
+        server, base, page, (errors, refused) = open_page(env, browser)
         try:
             # the list: every project, the invalid file with its path:line:col
             page.goto(f"{base}/")
@@ -253,10 +258,7 @@ def test_a_project_created_configured_with_a_secret_and_deleted_from_the_page(
     (app / "app.py").write_text(GREETER)
     with environment(tmp_path) as env:
         env.start()
-        server = serve_api(env)
-        base = f"http://127.0.0.1:{server.port}"
-        page = browser.new_page(viewport={"width": 1200, "height": 900}, bypass_csp=True)  # type: ignore[attr-defined]
-        errors, refused = watch(page)
+        server, base, page, (errors, refused) = open_page(env, browser)
         try:
             page.goto(f"{base}/")
             page.wait_for_selector("#list-empty:not([hidden])")  # nothing yet: says how to start
