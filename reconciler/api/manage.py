@@ -13,6 +13,7 @@ from reconciler.api.app import ApiError, json_body, json_response, ops
 from reconciler.core.spec import ProjectId
 from reconciler.readside.terms import OperationError
 from reconciler.readside.timeline import series, timeline
+from reconciler.stores.facts import commit_fields
 
 bp = Blueprint("manage", __name__)
 
@@ -189,7 +190,12 @@ def deployments(raw: str) -> Response:
     limit = request.args.get("limit", "20")
     if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 200:
         raise ApiError(400, "limit must be an integer from 1 to 200")
-    return json_response(timeline(ops().db, project_id, limit=int(limit)))
+    operations = ops()
+
+    def commit_of(version: str) -> dict[str, str]:
+        return commit_fields(operations.releases.source_of(project_id, version))
+
+    return json_response(timeline(operations.db, project_id, limit=int(limit), commit_of=commit_of))
 
 
 @bp.get("/api/projects/<raw>/series")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,8 @@ class Deployment(_Out):
     finishedAt: str | None
     seconds: float | None = Field(description="from start to end (None: still running)")
     version: str | None = Field(description="the version it built or started")
+    commit: str | None = Field(default=None, description="git source: the version's commit")
+    subject: str | None = Field(default=None, description="that commit's subject line")
     error: str | None
     phases: list[Phase]
 
@@ -94,7 +96,14 @@ def phases(deployment: DeploymentRow, jobs: Sequence[JobRow]) -> list[Phase]:
     return found
 
 
-def timeline(db: StateDB, project_id: str, *, limit: int = 20) -> Timeline:
+def timeline(
+    db: StateDB,
+    project_id: str,
+    *,
+    limit: int = 20,
+    commit_of: Callable[[str], dict[str, str]] = lambda _version: {},
+) -> Timeline:
+    """``commit_of``: the commit and subject a version was built from ({}: not a git one)."""
     rows = db.deployments(project_id, limit=limit)
     jobs: dict[int, list[JobRow]] = {}
     for job in db.deployment_jobs([r.id for r in rows]):
@@ -119,6 +128,7 @@ def timeline(db: StateDB, project_id: str, *, limit: int = 20) -> Timeline:
                 version=version,
                 error=row.error,
                 phases=phases(row, own),
+                **(commit_of(version) if version else {}),
             )
         )
     return Timeline(deployments=items)

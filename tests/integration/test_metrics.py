@@ -3,6 +3,7 @@ prometheus-client's own parser."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.api.app import create_app
 from reconciler.core.kinds import EdgeMode
+from reconciler.daemon.samples import Sampler, edge_socket
 from tests.integration.harness import desired_yaml, environment, make_site, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -74,6 +76,22 @@ def test_metrics_count_deploys_builds_repairs_and_edge_requests(tmp_path: Path) 
             if name == "caddy_http_requests_total" and ("server", "site-www") in labels
         ]
         assert served and sum(served) >= 5  # fmt: skip
+
+        # the dashboard's charts: two rounds of samples a little apart, with requests between
+        now = [time.time() - 60]
+        sampler = Sampler(env.db, edge_socket(env.config()), clock=lambda: now[0])
+        assert sampler.tick() >= 1
+        for _ in range(30):
+            httpx.get(f"http://127.0.0.1:{row.productionPort}/")
+        httpx.get(f"http://127.0.0.1:{row.productionPort}/nothing-here")
+        now[0] += 60
+        sampler.tick()
+        (first, second) = env.db.samples("www", since=0)
+        assert second.requests is not None and first.requests is not None
+        assert second.requests - first.requests >= 31
+        assert second.seconds is not None and first.seconds is not None
+        assert second.seconds > first.seconds
+        assert second.errors == first.errors  # a 404 is no server error
 
         # a repair: the instance of a process site is killed; the daemon puts it back
         env.write(

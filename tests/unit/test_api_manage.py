@@ -240,3 +240,42 @@ def test_the_dashboard_serves_its_own_files_and_a_favicon(client: FlaskClient) -
     assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
     assert client.get("/dashboard/../app.py").status_code == 404
     assert client.get("/dashboard/nothing.js").status_code == 404
+
+
+EXPOSITION = """\
+# HELP caddy_http_request_duration_seconds Histogram of round-trip request durations.
+# TYPE caddy_http_request_duration_seconds histogram
+caddy_http_request_duration_seconds_bucket{code="200",handler="subroute",host="127.0.0.1:3001",method="GET",server="srv0",le="0.005"} 7
+caddy_http_request_duration_seconds_sum{code="200",handler="subroute",host="127.0.0.1:3001",method="GET",server="srv0"} 0.25
+caddy_http_request_duration_seconds_count{code="200",handler="subroute",host="127.0.0.1:3001",method="GET",server="srv0"} 10
+caddy_http_request_duration_seconds_sum{code="502",handler="subroute",host="127.0.0.1:3001",method="GET",server="srv0"} 0.5
+caddy_http_request_duration_seconds_count{code="502",handler="subroute",host="127.0.0.1:3001",method="GET",server="srv0"} 2
+caddy_http_request_duration_seconds_count{code="200",handler="subroute",host="www.example.com",method="GET",server="srv1"} 3
+caddy_http_request_duration_seconds_count{code="200",handler="subroute",host="127.0.0.1:3999",method="GET",server="srv0"} 99
+caddy_http_requests_total{handler="subroute",server="srv0"} 115
+"""
+
+
+def test_site_counters_sum_each_site_over_its_ports_and_domains() -> None:
+    from reconciler.daemon.samples import site_counters
+
+    sites = {"127.0.0.1:3001": "www", "www.example.com": "www"}
+    found = site_counters(EXPOSITION, sites.get)
+    assert found == {"www": [15.0, 2.0, 0.75]}  # answers, 5xx, seconds; 3999 is no site
+
+
+def test_a_timeline_names_the_commit_of_its_version(app: Flask) -> None:
+    from reconciler.readside.timeline import timeline
+
+    state = db(app)
+    deployment = state.start_deployment(WWW, DeploymentKind.DEPLOY, generation=1)
+    job = state.create_job(WWW, JobType.BUILD, generation=1, deployment=deployment)
+    state.finish_job(job, JobState.SUCCEEDED, hash="a1b2c3d4")
+    state.finish_deployment(deployment, DeploymentState.SUCCEEDED)
+    commits = {"a1b2c3d4": {"commit": "f00d" * 10, "subject": "Fix the footer"}}
+    shown = timeline(state, "www", commit_of=lambda v: commits.get(v, {})).deployments[0]
+    assert (shown.version, shown.commit, shown.subject) == (
+        "a1b2c3d4",
+        "f00d" * 10,
+        "Fix the footer",
+    )

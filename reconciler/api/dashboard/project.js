@@ -130,6 +130,7 @@ function deployment(d) {
       el("span", { class: `badge ${d.state}` }, d.state),
       el("strong", {}, d.kind),
       d.version ? el("code", {}, d.version) : null,
+      d.commit ? el("span", { class: "muted commit" }, `${d.commit.slice(0, 12)} ${d.subject || ""}`) : null,
       el("span", { class: "muted trigger" }, d.trigger || ""),
       el("span", { class: "muted right" }, `${ago(d.createdAt)}${d.seconds != null ? ` · ${seconds(d.seconds)}` : ""}`)),
     d.phases.length ? bar : null,
