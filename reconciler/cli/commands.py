@@ -298,6 +298,10 @@ def run_command(
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         out = sys.stdout
+        if hasattr(args, "projects") and bool(args.projects) == bool(args.all):
+            # a usage error before anything is opened: no ids, or ids and --all
+            print("reconciler: name a project (or several), or --all", file=sys.stderr)
+            return USAGE
         try:
             client = make_client(args)
         except (OperationError, OSError) as exc:
@@ -425,12 +429,8 @@ def cmd_stop(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _targets(client: Client, args: argparse.Namespace) -> list[str]:
-    if args.all and args.projects:
-        raise OperationError(ErrorKind.INVALID, "name projects or --all, not both")
     if args.all:
         return [p["id"] for p in client.projects()["projects"] if p["id"] and p["valid"]]
-    if not args.projects:
-        raise OperationError(ErrorKind.INVALID, "name a project (or several, or --all)")
     return list(dict.fromkeys(args.projects))
 
 
