@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install reconciler with its dev tools
 
 test: $(STAMP) ## run the whole test suite (installs first if needed)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
 
 unit: $(STAMP) ## the unit suite alone (pure plans, stores, the API in-process: about half a minute)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)

@@ -75,15 +75,14 @@ def many(action: str) -> Response:
     body = json_body(required=True)
     _only(body, "projects", "all")
     operations = ops()
-    if _flag(body, "all"):
-        ids: list[str] = [str(p) for p in operations.desired.ids()]
-    else:
-        raw = body.get("projects")
-        if not isinstance(raw, list) or not raw or not all(isinstance(p, str) for p in raw):
-            raise ApiError(400, 'send {"projects": ["id", ...]} or {"all": true}')
-        if len(raw) > MAX_IDS:
-            raise ApiError(400, f"at most {MAX_IDS} projects at once (or all: true)")
-        ids = list(dict.fromkeys(raw))
+    every = _flag(body, "all")
+    raw = body.get("projects")
+    named = isinstance(raw, list) and raw and all(isinstance(p, str) for p in raw)
+    if ("projects" in body or not every) and not named:
+        raise ApiError(400, 'send {"projects": ["id", ...]} or {"all": true}')
+    if isinstance(raw, list) and len(raw) > MAX_IDS:
+        raise ApiError(400, f"at most {MAX_IDS} projects at once (or all: true)")
+    ids = [str(p) for p in operations.desired.ids()] if every else list(dict.fromkeys(raw or []))
     results: list[dict[str, Any]] = []
     for raw_id in ids:
         try:
