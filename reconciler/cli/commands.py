@@ -369,6 +369,10 @@ def _status_lines(project: str, status: dict[str, Any], *, file_error: str = "")
         lines.extend(f"    {extra}" for extra in rest[-10:])
     if status["status"] == "failed" and status.get("url"):
         lines.append(f"  still serving: {status['hash']} at {status['url']}")
+    for kept in status.get("standby") or []:
+        memory = f" ({kept['memory'] / 2**20:.0f}M)" if kept.get("memory") else ""
+        lines.append(f"  standby: {kept['hash']}{memory}, kept running: a rollback to it is "
+                     "a switch (rollback.window)")  # fmt: skip
     if status.get("note"):
         lines.append(f"  note: {status['note']}")
     return lines

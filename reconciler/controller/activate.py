@@ -155,20 +155,28 @@ class Activator:
             {"status": "running", "url": url, "port": port, "hash": release.hash, **commit},
         )
         others = tuple(k for k in run.live if instance is None or k != instance.key)
+        # the instance of another version the edge routed to: kept for the rollback window
+        # (an instance of this version with older settings is not: nothing rolls back to it)
+        routed = run.live.get(run.facts.observed.routed or "")
+        replaced = run.facts.observed.routed if routed and routed[0].hash != release.hash else None
         if instance is not None:
             run.live[instance.key] = (instance, self.runtimes.for_spec(run.spec))
-        self.retire(run, others)
+        self.retire(run, others, replaced=replaced)
         self._prune(run, release.hash)
 
-    def retire(self, run: Run, keys: tuple[str, ...]) -> None:
-        """Instances no longer wanted: drained at the edge, stopped at once without it."""
+    def retire(self, run: Run, keys: tuple[str, ...], *, replaced: str | None = None) -> None:
+        """Instances no longer wanted: drained at the edge, stopped at once without it. The
+        one a deploy ``replaced`` is kept for the spec's rollback window (a rollback to it is
+        a switch); a project that stops keeps none."""
         if self.drainer is None or retire_how(run.mode, drains=True) == Retire.STOP:
             self.stop(run, keys)
             return
+        window = run.spec.rollback.window if run.facts.spec is not None else 0.0
         for key in keys:
             entry = run.live.pop(key, None)
             if entry is not None:
-                self.drainer.drain(*entry)
+                keep = window if key == replaced else None
+                self.drainer.drain(*entry, standby=keep)
 
     def stop(self, run: Run, keys: tuple[str, ...]) -> None:
         """Stop instances now (inside the deployment), and free their ports."""
@@ -177,8 +185,9 @@ class Activator:
             if entry is None:
                 continue
             instance, runtime = entry
-            if self.drainer is not None and key in self.drainer.pending(run.facts.project_id):
-                self.drainer.finish(run.facts.project_id, key)
+            project_id = run.facts.project_id
+            if self.drainer is not None and key in self.drainer.out_of_service(project_id):
+                self.drainer.finish(project_id, key)
                 continue
             with run.recorder.job(JobType.STOP, hash=instance.hash):
                 logger.info("%s: stop %s (port %s)", instance.project_id, key, instance.port)
@@ -231,6 +240,9 @@ class Activator:
                     run.recorder.forget_instance(key)
             return
         self.retire(run, keys)
+        if self.drainer is not None:  # a sleeping site keeps no instance for a rollback
+            for key in self.drainer.held(project_id):
+                self.drainer.finish(project_id, key)
 
     def unserve(self, run: Run) -> None:
         """The project stops: the edge closes its port; a deleted project gives its ports back."""

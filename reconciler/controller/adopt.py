@@ -15,7 +15,7 @@ from reconciler.controller.rebuild import rebuild_record
 from reconciler.controller.recorder import Recorder
 from reconciler.core.config import Config
 from reconciler.core.errors import TransientError
-from reconciler.core.kinds import InstanceRole
+from reconciler.core.kinds import OUT_OF_SERVICE, InstanceRole
 from reconciler.core.spec import ProjectId
 from reconciler.stores.desired import DesiredStore, LastGood
 from reconciler.stores.ports import PortAllocator
@@ -63,7 +63,7 @@ class Adoption:
         for stale in gone:
             recorder.forget_instance(stale.key)
         rows = self.db.instances(project_id)
-        draining = {r.key for r in rows if r.role == InstanceRole.DRAINING}
+        draining = {r.key for r in rows if r.role in OUT_OF_SERVICE}  # a restart ends a window
         held: set[int] = set()
         for key, (instance, runtime) in alive.items():
             if key in draining and self.drainer is not None:

@@ -6,6 +6,10 @@ is serving, then stopped gracefully (``grace`` seconds before it is killed), out
 deployment. A draining instance is planned around; a new instance that needs its port or its
 version waits for its stop (``finish``). After a daemon restart, instances still marked
 draining are drained again.
+
+An instance kept for the rollback window is held the same way (marked ``standby``), for the
+window instead of the drain period, but it may be taken back (``reclaim``): a rollback to its
+version switches the edge to it, with no start. A restart ends its window.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from reconciler.controller.recorder import instance_row
-from reconciler.core.kinds import InstanceRole, JobState, JobType
+from reconciler.core.kinds import OUT_OF_SERVICE, InstanceRole, JobState, JobType
 from reconciler.core.queue import WorkQueue
 from reconciler.runtimes.base import Instance, Runtime
 from reconciler.stores.state import StateDB
@@ -35,6 +39,7 @@ class _Item:
     instance: Instance
     runtime: Runtime
     grace: float | None = None  # None: the drainer's own
+    standby: bool = False  # kept for the rollback window: it may be reclaimed
 
 
 class Drainer:
@@ -66,30 +71,67 @@ class Drainer:
     def stop(self) -> None:
         self.close()
 
-    def drain(self, instance: Instance, runtime: Runtime, *, after: float | None = None) -> None:
-        """Take ``instance`` out of service: mark it, stop it after the drain period."""
-        self.db.put_instance(instance_row(instance, InstanceRole.DRAINING))
-        delay = self.drain_seconds if after is None else after
-        item = _Item((instance.project_id, instance.key), instance, runtime)
+    def drain(
+        self,
+        instance: Instance,
+        runtime: Runtime,
+        *,
+        after: float | None = None,
+        standby: float | None = None,
+    ) -> None:
+        """Take ``instance`` out of service: mark it, stop it after the drain period (or,
+        ``standby``, keep it that long for a rollback, then stop it)."""
+        keep = standby is not None and standby > 0
+        role = InstanceRole.STANDBY if keep else InstanceRole.DRAINING
+        self.db.put_instance(instance_row(instance, role))
+        delay = standby if keep and standby is not None else (
+            self.drain_seconds if after is None else after
+        )  # fmt: skip
+        item = _Item((instance.project_id, instance.key), instance, runtime, standby=keep)
         with self._cond:
             if item.key in self._pending or item.key in self._stopping_now:
                 return
             self._pending[item.key] = item
         self._due.add(item.key, delay)
-        logger.info(
-            "%s: draining %s (port %s) for %.1f s",
-            instance.project_id,
-            instance.hash,
-            instance.port,
-            delay,
-        )
+        what = "keeping" if keep else "draining"
+        logger.info("%s: %s %s (port %s) for %.1f s", instance.project_id, what,
+                    instance.hash, instance.port, delay)  # fmt: skip
 
     def pending(self, project_id: str) -> dict[str, Instance]:
         """The project's instances being drained or stopped, by key: none of them may be
         routed to again."""
         with self._cond:
             items = [*self._pending.values(), *self._stopping.values()]
-            return {i.key[1]: i.instance for i in items if i.key[0] == project_id}
+            return {
+                i.key[1]: i.instance
+                for i in items
+                if i.key[0] == project_id and not (i.standby and i.key in self._pending)
+            }
+
+    def held(self, project_id: str) -> dict[str, Instance]:
+        """The project's instances kept for the rollback window, by key (each may be
+        reclaimed)."""
+        with self._cond:
+            return {
+                k[1]: i.instance
+                for k, i in self._pending.items()
+                if k[0] == project_id and i.standby
+            }
+
+    def out_of_service(self, project_id: str) -> dict[str, Instance]:
+        """Every instance of the project this drainer will stop: draining or held."""
+        return {**self.held(project_id), **self.pending(project_id)}
+
+    def reclaim(self, project_id: str, key: str) -> bool:
+        """Take a held instance back into service: its stop is called off."""
+        with self._cond:
+            item = self._pending.get((project_id, key))
+            if item is None or not item.standby:
+                return False
+            del self._pending[(project_id, key)]
+        self._due.discard((project_id, key))
+        logger.info("%s: %s taken back from its rollback window", project_id, key)
+        return True
 
     def finish(self, project_id: str, key: str) -> None:
         """Stop a draining instance now, without its grace period (its port or version is
@@ -152,7 +194,7 @@ class Drainer:
         else:
             self.db.finish_job(job, JobState.SUCCEEDED)
             rows = [r for r in self.db.instances(instance.project_id) if r.key == instance.key]
-            if rows and rows[0].role == InstanceRole.DRAINING:
+            if rows and rows[0].role in OUT_OF_SERVICE:
                 self.db.remove_instance(instance.project_id, instance.key)
             logger.info("%s: stopped %s after draining", instance.project_id, instance.hash)
         finally:

@@ -273,6 +273,7 @@ class Slots:
         choice = slot_choice(slots, self.releases.slot(project_id), existing)
         target = choice.slot
         if choice.reuse and found is not None:
+            self.drainer.reclaim(project_id, found[0].key)  # within its rollback window
             instance = reuse(run, release, found[0], generation)
         else:
             self._clear(run, choice.port, f"{release.hash}-{run.settings}")
@@ -305,7 +306,7 @@ class Slots:
         """Free ``port`` and the instance identity ``key`` for a new instance: a draining
         instance holding either is stopped now; a stray one too."""
         project_id = run.facts.project_id
-        for pending_key, pending in self.drainer.pending(project_id).items():
+        for pending_key, pending in self.drainer.out_of_service(project_id).items():
             if pending.port == port or pending_key == key:
                 self.drainer.finish(project_id, pending_key)
                 run.live.pop(pending_key, None)

@@ -52,6 +52,7 @@ from reconciler.stores.state import StateDB
 from reconciler.stores.vault import Vault
 
 logger = logging.getLogger(__name__)
+SAMPLED = (InstanceRole.ACTIVE, InstanceRole.STANDBY)  # what the usage job samples
 
 
 class Controller:
@@ -322,7 +323,7 @@ class Controller:
         tell. Returns how many were sampled."""
         done = 0
         for row in self.db.instances():
-            if row.role != InstanceRole.ACTIVE or not is_hash8(row.hash):
+            if row.role not in SAMPLED or not is_hash8(row.hash):
                 continue
             try:
                 found = self.runtimes.get(row.runtime).usage(instance_from_row(row))

@@ -60,6 +60,11 @@ class InstanceRole(StrEnum):
     ACTIVE = "active"  # the one serving
     CANDIDATE = "candidate"  # started, not switched to yet
     DRAINING = "draining"  # taken out of routing; stopped once in-flight requests are done
+    STANDBY = "standby"  # replaced, kept running out of routing for the rollback window
+
+
+# out of routing: planned around (never served, never counted as a stray)
+OUT_OF_SERVICE = frozenset({InstanceRole.DRAINING, InstanceRole.STANDBY})
 
 
 class RuntimeName(StrEnum):

@@ -343,9 +343,12 @@ DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``; ``"off"`` (or 0): never."""
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``; ``"off"`` (or 0): never.
+    An unquoted ``off`` (or ``no``, ``false``) is YAML's false: never, too."""
+    if value is False:
+        return 0.0
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a text such as 15m")
+        raise ValueError("a duration is a number of seconds or a text such as 15m (or off)")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and value.strip().lower() == "off":
@@ -380,6 +383,23 @@ class Sleep(_Model):
 
 
 MIN_SLEEP_AFTER = 10.0
+ROLLBACK_WINDOW = 300.0  # seconds a replaced instance is kept running by default
+
+
+class Rollback(_Model):
+    """How long a replaced instance is kept running, out of service, after a deploy: a
+    rollback within the window is a switch to it (no start), like a static site's."""
+
+    window: float = Field(
+        default=ROLLBACK_WINDOW,
+        description="dynamic sites behind the edge: keep the replaced instance this long "
+        "(e.g. 5m, 90s; off: stop it once drained); it keeps its limits and memory",
+    )
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: object) -> float:
+        return parse_duration(value)
 
 
 BRANCH_PATTERN_RE = re.compile(r"^[A-Za-z0-9._/*?+-]{1,200}$")
@@ -537,6 +557,9 @@ class ProjectSpec(_Model):
         default=Previews(), description="git sources: a preview per matching branch or request"
     )
     keep: int = Field(default=2, ge=1, le=100, description="versions kept for rollback")
+    rollback: Rollback = Field(
+        default=Rollback(), description="the window in which a rollback is a switch"
+    )
     env: dict[EnvName, str | SecretRef] = Field(
         default_factory=dict,
         description="the instance's environment: a value, or {secret: NAME} for a secret kept "
@@ -677,6 +700,8 @@ class ProjectSpec(_Model):
             del data["sleep"]
         if self.previews == Previews():
             del data["previews"]
+        if self.rollback == Rollback():
+            del data["rollback"]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         found = hashlib.sha256(canonical.encode()).hexdigest()[:16]
         key = id(self)

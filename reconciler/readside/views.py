@@ -94,6 +94,14 @@ class InstanceUsage(_Out):
     at: str | None = Field(description="when it was sampled (ISO 8601 UTC)")
 
 
+class Standby(_Out):
+    """An instance of an earlier version kept running out of service for the rollback
+    window: a rollback to it is a switch. What it uses is what the window costs."""
+
+    hash: str
+    memory: int | None = Field(description="bytes, as last sampled")
+
+
 class ProductionStatus(_Out):
     status: Status
     url: str | None
@@ -135,6 +143,10 @@ class ProductionStatus(_Out):
     following: bool = Field(
         default=False,
         description="new commits deploy by themselves (production.follow, and not pinned)",
+    )
+    standby: list[Standby] = Field(
+        default_factory=list,
+        description="earlier versions kept running for the rollback window (rollback.window)",
     )
 
 
@@ -306,6 +318,7 @@ class Snapshot:
     source: SourceRow | None = None  # a followed source's standing
     usage: InstanceUsage | None = None  # what the serving instance uses
     app: AppFound | None = None  # the row's version: its build and start, found from its files
+    standby: tuple[Standby, ...] = ()  # instances kept for the rollback window
 
     @property
     def file_spec(self) -> ProjectSpec | None:
@@ -345,6 +358,8 @@ class Snapshot:
             extra["usage"] = self.usage
         if self.app is not None:
             extra["app"] = self.app
+        if self.standby and status.status == Status.RUNNING:
+            extra["standby"] = list(self.standby)
         if self.source is not None:
             extra["source"] = SourceState(
                 tip=self.source.rev, error=self.source.error, checkedAt=self.source.checkedAt
@@ -407,4 +422,6 @@ class Reader:
             view, seen.spec, row, deployment, job, tuple(plan(view, seen.observed)),
             serving[0] if serving else None, seen.desired, commit or None, seen.source, usage,
             AppFound.of(self.releases.app_of(project_id, version)),
+            tuple(Standby(hash=r.hash, memory=r.memory) for r in instances
+                  if r.role == InstanceRole.STANDBY),
         )  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from reconciler.core.kinds import EdgeMode, InstanceRole, RuntimeName
+from reconciler.core.kinds import OUT_OF_SERVICE, EdgeMode, RuntimeName
 from reconciler.core.plan import DesiredView, ObservedInstance, ObservedView
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.stores.desired import DesiredFile, DesiredStore, spec_in_force
@@ -29,9 +29,7 @@ LastGoodOf = Callable[[ProjectId, ProjectRow | None], ProjectSpec | None]
 
 def recorded(_spec: ProjectSpec | None, rows: list[InstanceRow]) -> Iterable[ObservedInstance]:
     """The instances the state database records (the read side's view of them)."""
-    return (
-        ObservedInstance(r.hash, r.port, r.role == InstanceRole.DRAINING, r.config) for r in rows
-    )
+    return (ObservedInstance(r.hash, r.port, r.role in OUT_OF_SERVICE, r.config) for r in rows)
 
 
 def last_good_recorded(_project_id: ProjectId, row: ProjectRow | None) -> ProjectSpec | None:

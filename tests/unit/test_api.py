@@ -39,7 +39,7 @@ from tests.unit.conftest import SITE, db, stage
 
 STATUS_KEYS = [
     "status", "url", "port", "error", "startedAt", "activeJob", "hash", "config", "note",
-    "commit", "subject", "source", "replicas", "usage", "app", "pinned", "following",
+    "commit", "subject", "source", "replicas", "usage", "app", "pinned", "following", "standby",
 ]  # fmt: skip
 
 
@@ -52,7 +52,7 @@ def test_status_of_a_new_project(client: FlaskClient) -> None:
         "status": "stopped", "url": None, "port": None, "error": None,
         "startedAt": None, "activeJob": None, "hash": None, "config": None, "note": None,
         "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
-        "pinned": None, "following": False,
+        "pinned": None, "following": False, "standby": [],
     }  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def test_status_of_a_running_project(
         "status": "running", "url": "http://localhost:3001", "port": 3001, "error": None,
         "startedAt": "2025-12-27T10:30:45.000Z", "activeJob": None, "hash": version,
         "config": settings, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
-        "pinned": None, "following": False,
+        "pinned": None, "following": False, "standby": [],
     }  # fmt: skip
     assert client.get("/api/projects/www/production").json == running
     # housekeeping (a job outside any deployment) is not an operator's request
@@ -146,7 +146,7 @@ def test_deploy_bumps_generation_and_reports_queued_at_once(
         "status": "queued", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.build", "state": "queued"}, "hash": None,
         "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
-        "pinned": None, "following": False,
+        "pinned": None, "following": False, "standby": [],
     }  # fmt: skip
     text = (config.desired_dir / "www.yaml").read_text()
     assert text == SITE.replace("state: stopped ", "state: running ").replace(
@@ -211,7 +211,7 @@ def test_stop_production(client: FlaskClient, app: Flask, config: Config) -> Non
         "status": "stopped", "url": None, "port": None, "error": None, "startedAt": None,
         "activeJob": {"type": "production.stop", "state": "queued"}, "hash": "a1b2c3d4",
         "config": None, "note": None, "commit": None, "subject": None, "source": None, "replicas": None, "usage": None, "app": None,
-        "pinned": None, "following": False,
+        "pinned": None, "following": False, "standby": [],
     }  # fmt: skip
     assert (config.desired_dir / "www.yaml").read_text() == SITE
     db(app).update_project(

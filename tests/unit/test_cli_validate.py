@@ -68,6 +68,7 @@ def test_schema_is_json_schema() -> None:
         "start",
         "health",
         "keep",
+        "rollback",
         "env",
         "domains",
         "notify",

@@ -27,6 +27,7 @@ from reconciler.core.kinds import (
     DeploymentKind,
     DeploymentState,
     EdgeMode,
+    InstanceRole,
     JobState,
     JobType,
     RuntimeName,
@@ -37,6 +38,7 @@ from reconciler.core.queue import Done, Permanent, RequeueAfter, Retry
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.core.timeutil import utcnow
 from reconciler.edge.config import Site
+from reconciler.readside.views import Reader
 from reconciler.runtimes.base import BuildRequest, BuildResult, Instance
 from reconciler.runtimes.base import OnChange as Notify
 from reconciler.stores.desired import DesiredStore
@@ -64,6 +66,7 @@ class FakeRuntime:
     servers: dict[str, http.server.ThreadingHTTPServer] = field(default_factory=dict)
     instances: dict[str, Instance] = field(default_factory=dict)
     builds: int = 0
+    starts: int = 0
 
     def build(self, request: BuildRequest) -> BuildResult:
         self.builds += 1
@@ -80,6 +83,7 @@ class FakeRuntime:
         return None
 
     def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
+        self.starts += 1
         handler = functools.partial(_Quiet, directory=str(release.dist))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -566,7 +570,7 @@ def test_at_the_edge_a_dynamic_site_flips_its_slot_and_drains_the_old_instance(
     edge_world: EdgeWorld,
 ) -> None:
     world = edge_world
-    start = "start:\n  command: serve\n"
+    start = "start:\n  command: serve\nrollback:\n  window: off\n"
     world.write_site("one", extra=start)
     assert world.controller.reconcile(P) == Done()
     site = world.front.sites[P]
@@ -580,6 +584,52 @@ def test_at_the_edge_a_dynamic_site_flips_its_slot_and_drains_the_old_instance(
              len(world.runtime.instances) == 1, 10, "the old instance drained")  # fmt: skip
     stop = next(j for j in world.db.jobs(P) if j.type == JobType.STOP)
     assert stop.hash == first and stop.deployment is None, "drained outside the deployment"
+
+
+def test_within_the_rollback_window_a_rollback_is_a_switch_to_the_kept_instance(
+    edge_world: EdgeWorld,
+) -> None:
+    """A deploy keeps the instance it replaced running, out of service; a rollback within
+    the window switches the edge back to it (no start), and keeps the other one in turn; when
+    a window ends its instance stops; a stop keeps none."""
+    world = edge_world
+    start = "start:\n  command: serve\nrollback:\n  window: {window}\n"
+    world.write_site("one", extra=start.format(window="5m"))
+    assert world.controller.reconcile(P) == Done()
+    first = world.db.project(P).productionHash  # type: ignore[union-attr]
+    world.write_site("two", generation=2, extra=start.format(window="5m"))
+    assert world.controller.reconcile(P) == Done()
+    second = world.db.project(P).productionHash  # type: ignore[union-attr]
+    assert world.serving() == "two"
+    time.sleep(0.2)  # past the drain period: the old one is held, not stopped
+    kept = {i.hash for i in world.runtime.instances.values()}
+    assert kept == {first, second}
+    roles = {r.hash: r.role for r in world.db.instances(P)}
+    assert roles == {first: InstanceRole.STANDBY, second: InstanceRole.ACTIVE}
+    reader = Reader(world.db, world.controller.desired, world.releases, EdgeMode.ON)
+    assert [kept.hash for kept in reader.snapshot(P).status().standby] == [first]
+
+    starts = [j for j in world.db.jobs(P) if j.type == JobType.START]
+    world.write_site("one", generation=2, version=f'"{first}"', extra=start.format(window="5m"))
+    assert world.controller.reconcile(P) == Done()
+    assert world.serving() == "one"
+    again = [j for j in world.db.jobs(P) if j.type == JobType.START]
+    assert len(again) == len(starts) + 1  # the reuse is recorded as a start job...
+    assert world.runtime.starts == 2, "...but nothing was started"
+    time.sleep(0.2)
+    roles = {r.hash: r.role for r in world.db.instances(P)}
+    assert roles == {first: InstanceRole.ACTIVE, second: InstanceRole.STANDBY}
+
+    # a shorter window: the kept instance stops when it ends
+    world.write_site("one", generation=2, version=f'"{first}"', extra=start.format(window="1s"))
+    world.write_site("two", generation=2, extra=start.format(window="1s"))
+    assert world.controller.reconcile(P) == Done()
+    assert world.serving() == "two"
+    wait_for(lambda: {i.hash for i in world.runtime.instances.values()} == {second}, 10,
+             "the kept instance stopped at the end of its window")  # fmt: skip
+    world.write_site("two", generation=2, state="stopped", extra=start.format(window="5m"))
+    assert world.controller.reconcile(P) == Done()
+    assert world.runtime.instances == {}
 
 
 def test_at_the_edge_a_stop_drops_the_site_and_keeps_its_port(edge_world: EdgeWorld) -> None:

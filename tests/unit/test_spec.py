@@ -272,7 +272,7 @@ def test_the_shape_of_a_swarm_service_is_part_of_its_settings() -> None:
     )
     plain = ProjectSpec.model_validate({"source": "s"})
     added = {"deploy": True, "limits": True, "build": {"limits"}, "start": {"writable"},
-             "sleep": True, "previews": True}  # fmt: skip
+             "sleep": True, "previews": True, "rollback": True}  # fmt: skip
     before = json.dumps(plain.model_dump(mode="json", exclude=added), sort_keys=True,
                         separators=(",", ":"))  # fmt: skip
     assert plain.digest() == hashlib.sha256(before.encode()).hexdigest()[:16]  # as before it

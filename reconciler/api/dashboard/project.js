@@ -65,6 +65,11 @@ export async function refreshProject() {
     facts.push(el("span", { id: "usage" }, `${Math.round(status.usage.memory / 1048576)} MiB${cpu}`));
   }
   if (status.startedAt) facts.push(el("span", {}, `live since ${ago(status.startedAt)}`));
+  for (const kept of status.standby || []) {
+    const memory = kept.memory != null ? `, ${Math.round(kept.memory / 1048576)} MiB` : "";
+    facts.push(el("span", { class: "standby", title: "kept running for an instant rollback (rollback.window)" },
+      `standby ${kept.hash}${memory}`));
+  }
   const parts = [el("div", { class: "facts" }, el("span", { class: `badge ${kind}`, id: "status" }, words), ...facts)];
   if (status.pinned) {
     parts.push(el("div", { class: "banner", id: "pinned" },
