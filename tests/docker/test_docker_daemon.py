@@ -54,7 +54,7 @@ def test_docker_flow_by_file_edits(
 ) -> None:
     source = make_project(tmp_path / "src", "docker one")
     project = f"dk{tmp_path.name[-6:].lower().replace('_', '')}"
-    keep2 = "keep: 2\n"
+    keep2 = "keep: 2\nrollback: {window: off}\n"  # replaced containers go once drained
     with environment(tmp_path, runtime="docker", edge=edge) as env:
         prefix = env.config().docker_prefix
         try:
@@ -154,7 +154,7 @@ def test_docker_zero_failed_requests_through_the_edge(
     other.mkdir(parents=True)
     (other / "index.html").write_text("unrelated")
     project = f"dz{tmp_path.name[-6:].lower().replace('_', '')}"
-    keep = "keep: 5\n"
+    keep = "keep: 5\nrollback: {window: off}\n"  # replaced containers go once drained
     with environment(tmp_path, runtime="docker", edge=EdgeMode.ON) as env:
         prefix = env.config().docker_prefix
         try:
