@@ -10,8 +10,9 @@ at a random instant. After a restart the project must converge, and then:
 - ``current`` names a complete release, and every kept release's dist hashes to its
   manifest's digest (a new release shares unchanged files with the one before by hard
   links: a crash while staging must leave the older ones whole);
-- a running project has exactly one instance (none at the edge for a static site), a
-  stopped one none, and no process runs from the project's releases beside them;
+- a running project has exactly one instance (none at the edge for a static site) and,
+  recorded as such, the one a deploy replaced if it is kept for the rollback window; a
+  stopped one none; and no process runs from the project's releases beside them;
 - no build of the project runs any more, and no staging dir is left;
 - no port is reserved that no instance holds;
 - the status says what really is: running at a URL that answers with the expected page,
@@ -38,7 +39,7 @@ import docker
 import httpx
 import pytest
 
-from reconciler.core.kinds import EdgeMode
+from reconciler.core.kinds import EdgeMode, InstanceRole
 from reconciler.core.spec import ProjectId
 from reconciler.runtimes.base import Instance
 from reconciler.runtimes.docker import DockerRuntime
@@ -292,8 +293,13 @@ def check_invariants(env: Env, case: Case, site: Path) -> list[str]:
                 problems.append(f"processes run from the releases beside the instances: {stray}")
             if _processes_under(site):
                 problems.append("a build of the project still runs")
-        if len(instances) != want:
-            problems.append(f"{len(instances)} instance(s) for a {status} project, want {want}")
+        # and the instance a deploy replaced, kept for the rollback window, when it is
+        kept = 0 if status == "stopped" else sum(
+            1 for r in db.instances(P) if r.role == InstanceRole.STANDBY
+        )  # fmt: skip
+        if len(instances) != want + kept:
+            problems.append(f"{len(instances)} instance(s) for a {status} project, want "
+                            f"{want} (and {kept} kept for a rollback)")  # fmt: skip
         if any(p.name.startswith(".staging-") for p in store.project_dir(P).iterdir()):
             problems.append("a staging dir is left")
         held = {i.port for i in instances if i.port is not None}
