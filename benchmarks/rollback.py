@@ -1,6 +1,8 @@
 """Figure 3, rollback: the API's rollback call to its answer, and to the first 200 carrying the
 target's content on the stable URL, for a static site (served by the edge), a process site
-and (when an engine answers) a Docker site. Two versions, rolled back and forth.
+(within its rollback window: the replaced instance still runs, and after it, with the window
+off: the instance starts again) and (when an engine answers) a Docker site. Two versions,
+rolled back and forth.
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def run(root: Path, *, count: int = 20) -> dict[str, Any]:
         process = root / "process"
         (process / "dist").mkdir(parents=True)
         results["process"] = _rollbacks(daemon, "pr", process, PROCESS, count)
+        cold = root / "process-cold"
+        (cold / "dist").mkdir(parents=True)
+        no_window = PROCESS + "rollback: {window: off}\n"
+        results["process_after_window"] = _rollbacks(daemon, "pc", cold, no_window, count)
         if BUSYBOX and docker_ok():
             docker_src = root / "docker"
             (docker_src / "site").mkdir(parents=True)

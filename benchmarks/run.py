@@ -178,13 +178,15 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 add("2 deploy", label, d["phases"][phase])
     rb = results.get("rollback")
     if rb:
-        for kind in ("static", "process", "docker"):
+        for kind in ("static", "process", "process_after_window", "docker"):
             fig = rb.get(kind, {})
+            name = {"process": "process (within its window)",
+                    "process_after_window": "process (window off: a start)"}.get(kind, kind)  # fmt: skip
             if "answer" in fig:
-                add("3 rollback", f"{kind}: API call -> answer", fig["answer"])
+                add("3 rollback", f"{name}: API call -> answer", fig["answer"])
                 add(
                     "3 rollback",
-                    f"{kind}: API call -> first 200 with the target's content",
+                    f"{name}: API call -> first 200 with the target's content",
                     fig["served"],
                 )
             elif fig:
