@@ -71,6 +71,7 @@ def test_an_app_version_is_started_for_its_preview_and_put_back_to_sleep(
 ) -> None:
     app = make_site(tmp_path / "app", "app one")
     serve = "start:\n  command: exec python3 -m http.server $PORT --bind 127.0.0.1\n"
+    serve += "rollback: {window: off}\n"  # production's replaced instance goes: count the preview's
     env.write("api", desired_yaml(app, generation=1) + serve)
     first = env.wait_serving("api", "app one", timeout=60)
     (app / "dist" / "index.html").write_text("app two")
