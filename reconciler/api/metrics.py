@@ -105,16 +105,19 @@ def host_sites(db: StateDB) -> Callable[[str], str | None]:
     """``site_of`` for ``edge_lines``: a host with a port is the site whose public port it
     is; a bare host name, the site whose last applied spec names it as a domain."""
     ports = {site.publicPort: site.project for site in db.sites()}
-    domains: dict[str, str] = {}
-    for row in db.projects():
-        spec = spec_from_row(row)
-        for domain in spec.domains if spec is not None else ():
-            domains[domain] = row.id
+    domains: dict[str, str] | None = None  # read on the first host name (every spec parsed)
 
     def site_of(host: str) -> str | None:
+        nonlocal domains
         _name, colon, port = host.rpartition(":")
         if colon and port.isdigit() and "]" not in port:
             return ports.get(int(port))
+        if domains is None:
+            domains = {}
+            for row in db.projects():
+                spec = spec_from_row(row)
+                for domain in spec.domains if spec is not None else ():
+                    domains[domain] = row.id
         return domains.get(host.lower())
 
     return site_of
