@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 from reconciler.controller.activate import Activator, AtEdge, sync_previews
 from reconciler.controller.adopt import Adoption
@@ -44,6 +45,7 @@ from reconciler.core.logfiles import rotate
 from reconciler.core.plan import Step, deployment_of, plan, should_cancel
 from reconciler.core.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
 from reconciler.core.spec import InvalidProjectId, ProjectId, check_project_id, is_hash8
+from reconciler.core.timeutil import iso
 from reconciler.stores.desired import DesiredStore, LastGood
 from reconciler.stores.desired.parse import SETTLE
 from reconciler.stores.ports import PortAllocator
@@ -53,6 +55,7 @@ from reconciler.stores.vault import Vault
 
 logger = logging.getLogger(__name__)
 SAMPLED = (InstanceRole.ACTIVE, InstanceRole.STANDBY)  # what the usage job samples
+USAGE_FRESH = 300.0  # seconds: figures that did not move are written again after this
 
 
 class Controller:
@@ -320,20 +323,26 @@ class Controller:
 
     def sample_usage(self) -> int:
         """Record what each serving instance uses now (memory, CPU), where its runtime can
-        tell. Returns how many were sampled."""
-        done = 0
+        tell, in one write; an instance whose figures did not move is written again only
+        when its last sample is ``USAGE_FRESH`` old (each write bumps its project's revision:
+        readers' caches of it start over). Returns how many were sampled."""
+        found = []
+        stale = iso(datetime.now(UTC) - timedelta(seconds=USAGE_FRESH))
         for row in self.db.instances():
             if row.role not in SAMPLED or not is_hash8(row.hash):
                 continue
             try:
-                found = self.runtimes.get(row.runtime).usage(instance_from_row(row))
+                usage = self.runtimes.get(row.runtime).usage(instance_from_row(row))
             except Exception as exc:  # an engine away: the next sample tries again
                 logger.debug("%s: usage: %s", row.project, exc)
                 continue
-            if found is not None:
-                self.db.set_usage(row.project, row.key, found.memory, found.cpu)
-                done += 1
-        return done
+            if usage is None:
+                continue
+            moved = (usage.memory, usage.cpu) != (row.memory, row.cpu)
+            if moved or row.usageAt is None or row.usageAt < stale:
+                found.append((row.project, row.key, usage.memory, usage.cpu))
+        self.db.set_usages(found)
+        return len(found)
 
     def check_health(self) -> None:
         """Queue every project whose active instance is gone, and those of the slice whose

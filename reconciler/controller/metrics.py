@@ -11,6 +11,7 @@ written: with 10,000 projects the text is a few megabytes.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 DEPLOY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                      30, 60, 300)  # fmt: skip
+ROUTINE_EVERY = 60.0  # seconds: how stale routine figures may get in the exposition
 WAKE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 
 
@@ -106,7 +108,10 @@ class DaemonMetrics:
         self._lock = threading.Lock()
         self._depth: Callable[[], int] | None = None
         self._moves = 0  # bumped by every change; the exposition is made again only then
+        self._routine = 0  # bumped by routine figures (every reconcile, every source check)
         self._made: tuple[tuple[int, int], bytes] | None = None
+        self._made_at = -1e9
+        self._routine_made = 0
 
     # -- what the daemon hears (a recorder Listener) ----------------------------------------
 
@@ -127,7 +132,7 @@ class DaemonMetrics:
 
     def reconciled(self, seconds: float) -> None:
         self.reconcile_seconds.observe(seconds)
-        self._moved()
+        self._moved(routine=True)
 
     def woke(self, seconds: float, ok: bool) -> None:
         self.wakes.labels("succeeded" if ok else "failed").inc()
@@ -137,21 +142,29 @@ class DaemonMetrics:
 
     def source_checked(self, result: str) -> None:
         self.source_checks.labels(result).inc()
-        self._moved()
+        self._moved(routine=True)
 
     def queue(self, depth: Callable[[], int]) -> None:
         self._depth = depth
 
-    def _moved(self) -> None:
+    def _moved(self, *, routine: bool = False) -> None:
         with self._lock:
-            self._moves += 1
+            if routine:
+                self._routine += 1
+            else:
+                self._moves += 1
 
-    def exposition(self) -> bytes:
-        """The text; the same bytes object as last time when no figure moved."""
+    def exposition(self, now: float | None = None) -> bytes:
+        """The text; the same bytes object as last time when no figure moved. Routine
+        figures alone (the safety net's reconciles, source checks: they move all the time on
+        an idle host) make it again at most every ``ROUTINE_EVERY`` seconds."""
         depth = self._depth() if self._depth is not None else 0
+        now = time.monotonic() if now is None else now
         with self._lock:
             key = (self._moves, depth)
-            if self._made is None or self._made[0] != key:
+            routine = self._routine != self._routine_made and now - self._made_at >= ROUTINE_EVERY
+            if self._made is None or self._made[0] != key or routine:
                 self.queue_depth.set(depth)
                 self._made = (key, generate_latest(self.registry))
+                self._made_at, self._routine_made = now, self._routine
             return self._made[1]

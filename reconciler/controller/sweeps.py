@@ -31,10 +31,10 @@ from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
 
-SIGN_SLICE = 500
+SIGN_SLICE = 200
 CURRENT_SLICE = 200
 FULL_EVERY = 10
-FULL_BUDGET = 0.002  # of one core, averaged over the ticks
+FULL_BUDGET = 0.001  # of one core, averaged over the ticks
 
 
 class SafetyNet:

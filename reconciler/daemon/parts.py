@@ -3,7 +3,9 @@ edge manager, and the sites the edge served before a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 from collections.abc import Callable
 from typing import Any, assert_never
 
@@ -35,6 +37,15 @@ from reconciler.stores.state import StateDB
 from reconciler.stores.vault import Vault, resolve_env
 
 logger = logging.getLogger(__name__)
+
+
+def raise_open_files() -> None:
+    """The soft limit on open files up to the hard one: the daemon holds a descriptor per
+    process site it watches (``runtimes.process.exits``), past the usual soft 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def make_runtime_factory(

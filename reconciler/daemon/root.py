@@ -44,11 +44,12 @@ from reconciler.daemon.parts import (
     make_sleeper,
     make_wakers,
     make_watcher,
+    raise_open_files,
     secrets_changed,
     served_sites,
 )
 from reconciler.daemon.samples import INTERVAL as SAMPLES
-from reconciler.daemon.samples import Sampler, edge_socket
+from reconciler.daemon.samples import Sampler, access_log, edge_socket
 from reconciler.daemon.schedule import Job, Schedule
 from reconciler.daemon.sdnotify import Notifier
 from reconciler.edge.routes import PreviewLinks
@@ -63,7 +64,7 @@ from reconciler.stores.ports import PortAllocator, SiteAllocator
 
 logger = logging.getLogger(__name__)
 
-USAGE_INTERVAL = 10.0  # seconds between samples of what each serving instance uses
+USAGE_INTERVAL = 30.0  # seconds between samples of what each serving instance uses
 
 
 class Daemon:
@@ -177,10 +178,11 @@ class Daemon:
             Job("health", self.controller.check_health, c.health_interval,
                 max(1, int(c.health_interval))),
             Job("pulse", self.pulse, self.pulse_interval, 1),
-            Job("logs", self.controller.rotate_logs, 30, 30),
+            Job("logs", self.controller.rotate_logs, 60, 60),
             Job("usage", self.controller.sample_usage, USAGE_INTERVAL, int(USAGE_INTERVAL)),
             Job("retention", self.db.prune, 600, 600),
-            Job("samples", Sampler(self.db, edge_socket(c)).tick, SAMPLES, int(SAMPLES)),
+            Job("samples", Sampler(self.db, edge_socket(c), access_log=access_log(c)).tick,
+                SAMPLES, int(SAMPLES)),
             *([Job("sleep", wakers.tick, 2.0, 2)] if (wakers := self.wakers) else []),
         ]  # fmt: skip
 
@@ -200,6 +202,7 @@ class Daemon:
                 "desired state from %s (%s)", redact(self.config_repo.url), self.config_repo.ref
             )
             self.config_follower.first_sync(self.stop_requested)
+        raise_open_files()
         self._recover()
         self.lifecycle.start()
         self.resync()

@@ -79,10 +79,11 @@ class Debouncer(Generic[K]):
             self._pending[key] = (now - self.max_wait, now - self.delay)
             self._cond.notify()
 
-    def due(self, now: float) -> tuple[list[K], float]:
-        """Take the keys due at ``now``; also how long until the next one is (at most 0.5 s)."""
+    def due(self, now: float) -> tuple[list[K], float | None]:
+        """Take the keys due at ``now``; also how long until the next one is (at most 0.5 s;
+        None when nothing waits: then the thread sleeps until a touch, costing nothing)."""
         ready: list[K] = []
-        wait = 0.5
+        wait: float | None = None
         with self._cond:
             for key, (first, last) in list(self._pending.items()):
                 due = min(last + self.delay, first + self.max_wait)
@@ -90,7 +91,7 @@ class Debouncer(Generic[K]):
                     ready.append(key)
                     del self._pending[key]
                 else:
-                    wait = min(wait, due - now)
+                    wait = min(wait if wait is not None else 0.5, due - now)
         return ready, wait
 
     def _run(self) -> None:
@@ -99,7 +100,7 @@ class Debouncer(Generic[K]):
             with self._cond:
                 if self._closed:
                     return
-                if not ready:
+                if not ready and (wait is not None or not self._pending):
                     self._cond.wait(wait)
             for key in ready:
                 try:

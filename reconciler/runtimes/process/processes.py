@@ -214,7 +214,7 @@ def kill_session(sid: int, start: int | None, *, timeout: float) -> list[int]:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while found and time.monotonic() < deadline:
-        _reaper.poll()
+        _reaper.poll(sid)
         if not session_members(sid, start):
             return found
         time.sleep(0.05)
@@ -292,13 +292,20 @@ def spawn_detached(
 
 
 class _Reaper:
-    """Waits for the instances this process started, so they never linger as zombies."""
+    """Waits for the instances this process started, so they never linger as zombies.
+
+    A question about one pid polls that child alone; the others are swept at most once a
+    second (a health pass asks about every instance: polling every child for each of them
+    made it quadratic)."""
+
+    SWEEP_EVERY = 1.0
 
     def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._exit_codes: dict[int, int] = {}
         self._starts: dict[int, int] = {}
+        self._swept = 0.0
 
     def watch(self, proc: subprocess.Popen[bytes]) -> None:
         """Until it is watched nothing reaps ``proc``, so its start time is read here even
@@ -308,23 +315,31 @@ class _Reaper:
         with self._lock:
             if start is not None:
                 self._starts[proc.pid] = start
-            self._procs.append(proc)
+            self._procs[proc.pid] = proc
 
     def start_time(self, pid: int) -> int | None:
         """The start time recorded when ``pid`` was launched (None for other launchers)."""
         with self._lock:
             return self._starts.pop(pid, None)
 
-    def poll(self) -> None:
+    def poll(self, pid: int | None = None) -> None:
+        """Reap ``pid`` if it is a child that ended; every child when ``pid`` is None or
+        the last sweep is over a second old."""
+        now = time.monotonic()
         with self._lock:
-            for proc in list(self._procs):
-                code = proc.poll()
+            if pid is None or now - self._swept >= self.SWEEP_EVERY:
+                self._swept = now
+                pids = list(self._procs)
+            else:
+                pids = [pid] if pid in self._procs else []
+            for each in pids:
+                code = self._procs[each].poll()
                 if code is not None:
-                    self._exit_codes[proc.pid] = code
-                    self._procs.remove(proc)
+                    self._exit_codes[each] = code
+                    del self._procs[each]
 
     def exit_code(self, pid: int) -> int | None:
-        self.poll()
+        self.poll(pid)
         with self._lock:
             return self._exit_codes.get(pid)
 

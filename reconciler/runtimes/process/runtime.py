@@ -32,6 +32,7 @@ from reconciler.runtimes.base import (
     with_tail,
 )
 from reconciler.runtimes.process.builds import Builds
+from reconciler.runtimes.process.exits import ExitWatch
 from reconciler.runtimes.process.processes import (  # noqa: F401 - importable from here too
     BUILD_RECORD,
     INSTANCE_FILE,
@@ -91,6 +92,7 @@ class ProcessRuntime(Builds):
         self._cpu = CpuMeter()
         self._scan: tuple[float, dict[int, list[tuple[int, float, int]]]] | None = None
         self._scan_lock = threading.Lock()
+        self._exits = ExitWatch(process_start_time)
         self.bind_host = bind_host
         self.launcher = launcher
         self.python = python
@@ -205,8 +207,26 @@ class ProcessRuntime(Builds):
         return []  # a process that ended is not running: describe_exit says why
 
     def alive(self, instance: Instance) -> bool:
-        _reaper.poll()
-        return pid_alive(instance.pid, instance.pid_start)
+        """From the exit watch (no system call), else ``/proc``; a live leader is watched."""
+        pid, start = instance.pid, instance.pid_start
+        if pid is None or start is None:
+            return False
+        if self._exits.alive(pid, start):
+            return True
+        _reaper.poll(pid)
+        if not pid_alive(pid, start):
+            return False
+        self._exits.watch(pid, start, instance.project_id)
+        return True
+
+    def watch(self, changed: OnChange, stop: threading.Event) -> None:
+        """Each instance's leader that exits is reported at once (``changed(project)``)."""
+        threading.Thread(
+            target=self._exits.run, args=(changed, stop), name="exits", daemon=True
+        ).start()
+
+    def close(self) -> None:
+        self._exits.close()
 
     def describe_exit(self, instance: Instance) -> str:
         """Why an instance ended before it became ready. Raises TransientError when its
@@ -252,6 +272,8 @@ class ProcessRuntime(Builds):
                 self.units.stop(name, timeout)
             except OSError as exc:
                 raise TransientError(f"could not stop {instance.hash}: {exc}", delay=2) from None
+        if instance.pid is not None and instance.pid_start is not None:
+            self._exits.forget(instance.pid, instance.pid_start)  # a stop of ours is no news
         if instance.pid is not None and self.alive(instance):
             logger.info("stopping %s %s (pid %s)", instance.project_id, instance.hash, instance.pid)
             kill_group(instance.pid, timeout=timeout, alive=lambda: self.alive(instance))
@@ -333,12 +355,6 @@ class ProcessRuntime(Builds):
         return record
 
     def remove_version(self, project_id: ProjectId, version: str) -> None:
-        return None
-
-    def watch(self, changed: OnChange, stop: threading.Event) -> None:
-        return None  # processes report nothing by themselves: the health poll notices deaths
-
-    def close(self) -> None:
         return None
 
     def wrong_port(self, instance: Instance) -> str | None:

@@ -140,11 +140,18 @@ class StateDB(EdgeTables):
             conn.execute("DELETE FROM instances WHERE project = ? AND key = ?", (project_id, key))
 
     def set_usage(self, project_id: str, key: str, memory: int | None, cpu: float | None) -> None:
+        self.set_usages([(project_id, key, memory, cpu)])
+
+    def set_usages(self, found: list[tuple[str, str, int | None, float | None]]) -> None:
+        """(project, key, memory, cpu) of instances sampled, in one transaction."""
+        if not found:
+            return
+        now = utcnow()
         with self.write() as conn:
-            conn.execute(
+            conn.executemany(
                 "UPDATE instances SET memory = ?, cpu = ?, usageAt = ? "
                 "WHERE project = ? AND key = ?",
-                (memory, cpu, utcnow(), project_id, key),
+                [(memory, cpu, now, project, key) for project, key, memory, cpu in found],
             )
 
     def instances(self, project_id: str | None = None) -> list[InstanceRow]:

@@ -244,9 +244,15 @@ def _enum_fields(cls: type[Any]) -> dict[str, type[StrEnum]]:
     return found
 
 
+_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
 def as_row(cls: type[R], row: sqlite3.Row) -> R:
     """A row as its dataclass, with the closed-set columns as their enums."""
-    values = {f.name: row[f.name] for f in fields(cls)}  # type: ignore[arg-type]
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    values = {name: row[name] for name in names}
     for name, enum in _enum_fields(cls).items():
         values[name] = enum(values[name])
     return cls(**values)
