@@ -31,7 +31,7 @@ from benchmarks.harness import (
 )
 from reconciler.api.server import SPARE_THREADS
 
-RESYNC = re.compile(r"full resync: (\d+) projects? in ([\d.]+) s")
+RESYNC = re.compile(r"full resync: (\d+) projects? in ([\d.]+) s(?: \((\d+) unchanged)?")
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -95,7 +95,8 @@ def _resync(daemon: Daemon, timeout: float = 120) -> dict[str, float]:
         if len(lines) > before:
             match = RESYNC.search(lines[-1])
             if match:
-                return {"projects": int(match.group(1)), "seconds": float(match.group(2))}
+                return {"projects": int(match.group(1)), "seconds": float(match.group(2)),
+                        "skipped": int(match.group(3) or 0)}  # fmt: skip
         time.sleep(0.1)
     raise SystemExit("no full resync was logged after SIGHUP")
 

@@ -123,9 +123,6 @@ class Controller:
         self.refusals = Refusals()
         self._missing_since: dict[ProjectId, float] = {}
         self.clock = clock
-        # the full resync under way: (started, projects not reconciled yet, how many)
-        self._sweep: tuple[float, set[ProjectId], int] | None = None
-        self._sweep_lock = threading.Lock()
         # Observing and planning is pure Python: workers doing it at once only fight over
         # the GIL (a full resync of 300 projects took 0.8 s with 8 workers, 0.4 s with one).
         # One at a time; the steps (builds, starts, health checks) still run side by side.
@@ -138,6 +135,7 @@ class Controller:
             enqueue=self.enqueue,
             watched=config.watch,
             interval=config.resync_interval,
+            clock=clock,
         )
 
     # -- the queue -------------------------------------------------------------------------
@@ -188,23 +186,8 @@ class Controller:
         # the sign it leaves: its inputs as they were when it read them (a file saved while it
         # ran moves the sign: the next resync reconciles again)
         self.fingerprints.converged(project_id, isinstance(result, Done), sign)
-        self._swept(project_id)
+        self.net.swept(project_id)
         return result
-
-    def _swept(self, project_id: ProjectId) -> None:
-        """Tick a project off the full resync under way; log its length when it is done."""
-        with self._sweep_lock:
-            if self._sweep is None:
-                return
-            started, pending, total = self._sweep
-            pending.discard(project_id)
-            if pending:
-                return
-            self._sweep = None
-        logger.info(
-            "full resync: %d project%s in %.3f s",
-            total, "" if total == 1 else "s", self.clock() - started,
-        )  # fmt: skip
 
     def _reconcile(self, project_id: ProjectId) -> tuple[Result, Sign | None]:
         """The result, and the project's fingerprint as the reconcile found it (its release
@@ -292,21 +275,15 @@ class Controller:
             self.last_good, self.at_edge.drainer if self.at_edge is not None else None,
         ).run(self.known_projects())  # fmt: skip
 
-    def resync(self, *, full: bool = True) -> int:
-        """Queue every known project (``full``), or the periodic slice: those whose inputs
+    def resync(self, *, full: bool = True, changed_only: bool = False) -> int:
+        """Queue every known project (``full``; with ``changed_only``, those whose
+        fingerprint moved since they converged), or the periodic slice: those whose inputs
         moved, and this tick's share of full reconciles (``SafetyNet.tick``). Returns how
         many were queued."""
         if not full:
             return self.net.tick()
-        started = self.clock()
         self.refusals.orphans(self.desired.scan_names())
-        queued = self.known_projects()
-        if queued:
-            with self._sweep_lock:
-                self._sweep = (started, set(queued), len(queued))
-        for project_id in sorted(queued):
-            self.enqueue(project_id)
-        return len(queued)
+        return self.net.full(self.known_projects(), changed_only=changed_only)
 
     def rotate_logs(self) -> int:
         """Rotate the app logs of running process instances past their size limit (their

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from reconciler.controller.observe import Fingerprints
@@ -48,6 +49,7 @@ class SafetyNet:
         enqueue: Callable[[ProjectId], None],
         watched: bool,
         interval: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ids = ids
         self.fingerprints = fingerprints
@@ -62,6 +64,9 @@ class SafetyNet:
         self._current_after = ""
         self._cost: float | None = None  # CPU seconds of one reconcile, averaged
         self._lock = threading.Lock()
+        self.clock = clock
+        # the full resync under way: (started, projects not reconciled yet, how many, skipped)
+        self._sweep: tuple[float, set[ProjectId], int, int] | None = None
 
     def reconciled(self, cpu_seconds: float) -> None:
         """What one reconcile cost (its thread's CPU): the full share's measure."""
@@ -97,3 +102,38 @@ class SafetyNet:
         for project_id, version in rows:
             if not self.releases.points_at(project_id, version):
                 self.enqueue(project_id)
+
+    def full(self, projects: set[ProjectId], *, changed_only: bool) -> int:
+        """Queue every project, or (``changed_only``) those whose fingerprint moved since
+        they converged: a project that did not is skipped (what runs is watched by the
+        exit watch, the engines' events and the health tick, not by a resync). Returns how
+        many were queued; the length is logged when the last of them is reconciled."""
+        started = self.clock()
+        queued = sorted(p for p in projects if not changed_only or self.fingerprints.moved(p))
+        skipped = len(projects) - len(queued)
+        with self._lock:
+            self._sweep = (started, set(queued), len(projects), skipped)
+        if not queued:
+            self._log_sweep(started, len(projects), skipped)
+        for project_id in queued:
+            self.enqueue(project_id)
+        return len(queued)
+
+    def swept(self, project_id: ProjectId) -> None:
+        """Tick a project off the full resync under way; log its length when it is done."""
+        with self._lock:
+            if self._sweep is None:
+                return
+            started, pending, total, skipped = self._sweep
+            pending.discard(project_id)
+            if pending:
+                return
+            self._sweep = None
+        self._log_sweep(started, total, skipped)
+
+    def _log_sweep(self, started: float, total: int, skipped: int) -> None:
+        logger.info(
+            "full resync: %d project%s in %.3f s%s",
+            total, "" if total == 1 else "s", self.clock() - started,
+            f" ({skipped} unchanged since they converged: not reconciled)" if skipped else "",
+        )  # fmt: skip

@@ -335,9 +335,13 @@ class Daemon:
         signal.signal(signal.SIGHUP, self.request_resync)
 
     def request_resync(self, *_args: object) -> None:
-        """SIGHUP (``systemctl reload reconciler``): queue every project now."""
+        """SIGHUP (``systemctl reload``): every project whose inputs moved since it converged."""
         logger.info("SIGHUP: a full resync")
-        threading.Thread(target=self.resync, name="sighup-resync", daemon=True).start()
+        threading.Thread(
+            target=lambda: self.controller.resync(full=True, changed_only=True),
+            name="sighup-resync",
+            daemon=True,
+        ).start()
 
     def run(self, *, listening: Callable[[], bool] = lambda: True) -> int:
         """Start, speak to systemd, wait for a stop request, shut down. Returns the exit code."""

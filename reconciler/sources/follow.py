@@ -29,7 +29,7 @@ from reconciler.core.kinds import RuntimeName
 from reconciler.core.queue import RateLimiter, WorkQueue
 from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, redact
 from reconciler.sources.hooks import DESIRED, SECRETS
-from reconciler.sources.watch import Debouncer
+from reconciler.sources.watch import CHANGES, Debouncer
 from reconciler.stores.desired.git import ConfigRepo
 from reconciler.stores.gitcache import GitError, fingerprint, ls_remote
 from reconciler.stores.state import StateDB
@@ -157,7 +157,9 @@ class Follower:
         self._dir_events.start()
         if self.use_watch:
             self.nudge_dir.mkdir(parents=True, exist_ok=True)
-            self._observer.schedule(_Events(self, str(self.nudge_dir)), str(self.nudge_dir))
+            self._observer.schedule(
+                _Events(self, str(self.nudge_dir)), str(self.nudge_dir), event_filter=CHANGES
+            )
             self._observer.start()
         self._thread.start()
         self.take_nudges()
@@ -219,7 +221,7 @@ class Follower:
                     continue
             try:
                 handle: ObservedWatch | None = self._observer.schedule(
-                    _Events(self, path), path, recursive=recursive
+                    _Events(self, path), path, recursive=recursive, event_filter=CHANGES
                 )
             except OSError as exc:
                 logger.warning("%s: cannot watch %s (%s); polling it", project_id, path, exc)
@@ -412,7 +414,7 @@ class ConfigFollower:
                         follower.notice()
 
             observer = Observer()
-            observer.schedule(_Flip(), str(self.repo.root))
+            observer.schedule(_Flip(), str(self.repo.root), event_filter=CHANGES)
             observer.start()
             self._observer = observer
         self._thread.start()

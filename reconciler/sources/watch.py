@@ -18,7 +18,19 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 from reconciler.core.spec import InvalidProjectId, ProjectId, check_project_id
@@ -116,6 +128,14 @@ class Debouncer(Generic[K]):
             self._thread.join(2)
 
 
+# What a watch asks the kernel for: changes only. Opens and reads are left out, so the
+# daemon's own reads (every desired file on a full resync, a build reading its source) wake
+# nothing and cost nothing.
+CHANGES = [
+    FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent, FileClosedEvent,
+    DirCreatedEvent, DirModifiedEvent, DirDeletedEvent, DirMovedEvent,
+]  # fmt: skip
+
 COMPLETE = ("moved", "closed")  # a rename into place, or a writer closing the file
 
 
@@ -156,7 +176,9 @@ class DesiredWatcher:
         self.directory = Path(directory)
         self.debouncer: Debouncer[ProjectId] = Debouncer(notify, delay=debounce, max_wait=max_wait)
         self.observer = Observer()
-        self.observer.schedule(_Handler(self.debouncer), str(self.directory), recursive=False)
+        self.observer.schedule(
+            _Handler(self.debouncer), str(self.directory), recursive=False, event_filter=CHANGES
+        )
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from reconciler.controller import Controller
 from reconciler.controller.activate import AtEdge
 from reconciler.controller.drain import Drainer
 from reconciler.controller.observe import Runtimes
+from reconciler.controller.sweeps import FULL_BUDGET
 from reconciler.core.config import Config, PortRange
 from reconciler.core.errors import BuildFailed, Cancelled, TransientError
 from reconciler.core.kinds import (
@@ -377,6 +378,15 @@ def test_a_resync_queues_only_projects_whose_inputs_moved(world: World) -> None:
     assert world.controller.resync(full=False) == 1
 
 
+def test_a_reload_skips_projects_unchanged_since_they_converged(world: World) -> None:
+    world.write("one")
+    assert world.controller.reconcile(P) == Done()
+    assert world.controller.resync(full=True, changed_only=True) == 0
+    world.write("one", generation=2)
+    assert world.controller.resync(full=True, changed_only=True) == 1
+    assert world.controller.resync(full=True) == 1, "a forced one queues every project"
+
+
 def test_the_health_poll_notices_a_current_moved_by_hand(world: World) -> None:
     world.write("one")
     assert world.controller.reconcile(P) == Done()
@@ -391,7 +401,7 @@ def test_the_periodic_resync_spends_a_bounded_share_on_full_reconciles(world: Wo
     net = world.controller.net
     assert net.full_share(10_000) == 1000, "a tenth of them a tick, before any cost is known"
     net.reconciled(0.001)  # one reconcile costs 1 ms of CPU
-    assert net.full_share(10_000) == pytest.approx(0.002 * net.interval / 0.001)
+    assert net.full_share(10_000) == pytest.approx(FULL_BUDGET * net.interval / 0.001)
     assert net.full_share(10) == 1.0, "few projects: each every 10 ticks"
     world.write("one")
     assert world.controller.reconcile(P) == Done()
