@@ -102,13 +102,20 @@ def _resync(daemon: Daemon, timeout: float = 120) -> dict[str, float]:
 
 
 def _api_latency(daemon: Daemon, project: str, seconds: int) -> dict[str, Any]:
-    """wrk against the API in the daemon's process (``reconciler run``), against a separate
-    ``reconciler api`` on the same dirs (how the systemd units run it), and against the
-    floor: a one-route Flask app on waitress with as many threads."""
+    """wrk against the API in the daemon's process (``reconciler run``, waitress), against a
+    separate ``reconciler api`` on the same dirs (how the systemd units run it: granian), the
+    same app on waitress in a process of its own (the server it replaced), and the floor: a
+    one-route Flask app on waitress with as many threads."""
     port = free_port()
     api = subprocess.Popen(
         [PYTHON, "-m", "reconciler", "api", "--desired", str(daemon.desired), "--data",
          str(daemon.data), "--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    waitress_port = free_port()
+    waitress = subprocess.Popen(
+        [PYTHON, "-m", "benchmarks.api_waitress", str(daemon.desired), str(daemon.data),
+         str(waitress_port)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     floor_port = free_port()
@@ -119,13 +126,17 @@ def _api_latency(daemon: Daemon, project: str, seconds: int) -> dict[str, Any]:
     )  # fmt: skip
     try:
         results: dict[str, Any] = {}
-        for label, base in (("separate", f"http://127.0.0.1:{port}"), ("in_run", daemon.api)):
+        servers = (("separate", f"http://127.0.0.1:{port}"), ("in_run", daemon.api),
+                   ("waitress", f"http://127.0.0.1:{waitress_port}"))  # fmt: skip
+        for label, base in servers:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(f"{base}/api/projects", timeout=30).status_code == 200:
                         break  # also fills its cache
                 time.sleep(0.2)
+            for path in (f"/api/projects/{project}/production", "/api/projects"):
+                wrk_latency(f"{base}{path}", 2)  # every worker fills its cache
             results[label] = {
                 "production": wrk_latency(f"{base}/api/projects/{project}/production", seconds),
                 "projects": wrk_latency(f"{base}/api/projects", seconds),
@@ -133,7 +144,7 @@ def _api_latency(daemon: Daemon, project: str, seconds: int) -> dict[str, Any]:
         results["floor"] = wrk_latency(f"http://127.0.0.1:{floor_port}/", seconds)
         return results
     finally:
-        for proc in (api, floor):
+        for proc in (api, waitress, floor):
             proc.terminate()
             proc.wait(10)
 

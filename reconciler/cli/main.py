@@ -6,9 +6,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -223,29 +221,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    """The API sidecar alone."""
+    """The API sidecar alone (``cli.apiserve``: granian, a process per core)."""
     prepared = _prepare(args, api=True)
     if isinstance(prepared, int):
         return prepared
-    config, token = prepared
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = _start_api(config, token)
-    if server is None:
-        return 1
-    from reconciler.daemon.sdnotify import Notifier
+    from reconciler.cli.apiserve import argv_of, serve
 
-    notifier = Notifier()
-    notifier.notify("READY=1", f"STATUS=API listening on {config.listen_host}:{server.port}")
-    try:
-        while not stop.wait(min(1.0, notifier.watchdog_interval or 1.0)):
-            if notifier.watchdog_interval is not None and server.alive():
-                notifier.notify("WATCHDOG=1")
-    finally:
-        notifier.notify("STOPPING=1")
-        server.stop()
-    return 0
+    return serve(prepared[0], argv_of(args), args.log_level)
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
@@ -343,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         code: int = args.func(args)
         sys.stdout.flush()
