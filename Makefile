@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit lint format check run docs install-systemd clean crash hostile load faults reliability bench
+.PHONY: help install test unit lint format check run docs install-systemd clean crash hostile load faults reliability soak bench
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,7 +36,10 @@ load: $(STAMP) ## load, full: 50 projects at once, 200 API clients for 30 s, 100
 faults: $(STAMP) ## engine faults: a full disk while staging, dockerd stopped and started (restarts it!)
 	ENGINE_FAULTS=1 $(BIN)/pytest -q -s tests/suites/test_engine_faults.py
 
-reliability: crash hostile load faults ## every reliability suite at full size (see RELIABILITY.md)
+soak: $(STAMP) ## two processes writing the state database at once for 5 minutes (make test: 15 s)
+	RECONCILER_SOAK_SECONDS=$${RECONCILER_SOAK_SECONDS:-300} $(BIN)/pytest -q -s tests/suites/test_store_concurrency.py -k concurrently
+
+reliability: crash hostile load faults soak ## every reliability suite at full size (see RELIABILITY.md)
 
 bench: $(STAMP) ## every benchmark figure (~20 min), the table into BENCHMARKS.md, JSON into benchmarks/results/
 	@command -v wrk >/dev/null && command -v curl >/dev/null || { \

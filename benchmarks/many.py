@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Daemon, cpu_seconds, rss_mb, site_yaml
-from benchmarks.scale import _serving
+from benchmarks.scale import _resync, _serving
 
 
 def _start(root: Path, sites: int) -> Daemon:
@@ -78,6 +78,7 @@ def run(root: Path, *, sites: int = 10000, idle: float = 60.0) -> dict[str, Any]
         before = {pid: cpu_seconds(pid) for pid in (me, edge)}
         time.sleep(idle)
         cpu = {pid: round((cpu_seconds(pid) - before[pid]) / idle * 100, 2) for pid in before}
+        reloads = [_resync(daemon)["seconds"] for _ in range(3)]
         return {
             "sites": sites,
             "first_deploy": {"serving": first, "seconds": round(first_s, 1)},
@@ -90,6 +91,7 @@ def run(root: Path, *, sites: int = 10000, idle: float = 60.0) -> dict[str, Any]
             "edge_rss_mb": round(rss_mb(edge), 1),
             "idle_cpu_pct": {"daemon": cpu[me], "edge": cpu[edge], "seconds": idle},
             "processes_per_site": 0 if _no_site_processes(me, edge) else "some",
+            "reload_s": sorted(reloads),
         }
     finally:
         daemon.stop()

@@ -181,8 +181,9 @@ class Daemon:
             Job("logs", self.controller.rotate_logs, 60, 60),
             Job("usage", self.controller.sample_usage, USAGE_INTERVAL, int(USAGE_INTERVAL)),
             Job("retention", self.db.prune, 600, 600),
-            Job("samples", Sampler(self.db, edge_socket(c), access_log=access_log(c)).tick,
-                SAMPLES, int(SAMPLES)),
+            Job("samples", (sampler := Sampler(self.db, edge_socket(c), access_log=access_log(c)))
+                .tick, SAMPLES, 60, close=sampler.close),
+            Job("tally", sampler.tally, 5.0, 5),
             *([Job("sleep", wakers.tick, 2.0, 2)] if (wakers := self.wakers) else []),
         ]  # fmt: skip
 
@@ -192,8 +193,6 @@ class Daemon:
         self.wakers = make_wakers(self.config, at_edge, self.controller.runtimes, self.releases,
                                   self.db, self.last_good.get) if at_edge else None  # fmt: skip
         return [self.wakers] if self.wakers is not None else []
-
-    # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         if self.config_repo is not None and self.config_follower is not None:

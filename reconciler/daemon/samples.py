@@ -1,12 +1,16 @@
 """Samples of each site a minute apart, for the dashboard's charts of the last hour: the
-edge's counters of the site (answers, 5xx answers, seconds spent answering: Caddy's request
-duration histogram by host, mapped to sites as ``/metrics`` maps them) and what its serving
-instance used (as the usage job last sampled it).
+edge's counters of the site (answers, 5xx answers, seconds spent answering) and what its
+serving instance used (as the usage job last sampled it).
 
-The edge's exposition text holds a histogram per host (about 8 KB a site: 10 MB at 1,200
-sites), so it is asked for only when the edge's access log moved since the last round: every
-answer is logged there, so a log that did not move means counters that did not either, and an
-idle host pays nothing per site. With access logs off, every round asks."""
+The counters come from the edge's access log, tallied as it grows (``edge.traffic``): a cost
+that follows the requests, not the number of sites. With access logs off they come from the
+edge's own metrics (Caddy's request duration histogram by host, mapped to sites as
+``/metrics`` maps them): about 8 KB of text a site, so that is asked for only then.
+
+A site whose figures did not move since its last row gets no new row; when they move again
+its last figures are written once more at the round before, so that the charts' rates stay
+exact (zero over the quiet stretch) while a host of idle sites writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import httpx
 from reconciler.api.metrics import LABEL, host_sites
 from reconciler.core.config import ACCESS_LOG, Config
 from reconciler.core.kinds import EdgeMode, InstanceRole
+from reconciler.edge.traffic import Traffic
 from reconciler.stores.state import SampleRow, StateDB
 
 logger = logging.getLogger(__name__)
@@ -59,8 +64,11 @@ def edge_socket(config: Config) -> Path | None:
 
 
 def access_log(config: Config) -> Path | None:
-    """The edge's access log, when requests are logged (None: every round asks the edge)."""
+    """The edge's access log, when requests are logged (None: the edge's metrics are asked)."""
     return config.edge_dir / ACCESS_LOG if config.access_logs else None
+
+
+Figures = tuple[float | None, float | None, float | None, int | None, float | None]
 
 
 class Sampler:
@@ -75,27 +83,38 @@ class Sampler:
         self.db = db
         self.edge_socket = edge_socket
         self.clock = clock
-        self.access_log = access_log
-        self._log_seen: tuple[int, int, int] | None = None  # inode, size, mtime
-        self._counters: Counters = {}
+        self.traffic = Traffic(access_log, tally=True) if access_log is not None else None
+        self._last: dict[str, tuple[float, Figures]] = {}  # project -> its last row
+        self._previous: float | None = None  # when the last round ran
 
-    def _log_moved(self) -> bool:
-        if self.access_log is None:
-            return True
-        try:
-            st = self.access_log.stat()
-        except OSError:
-            return True
-        seen, self._log_seen = self._log_seen, (st.st_ino, st.st_size, st.st_mtime_ns)
-        return seen != self._log_seen
+    def close(self) -> None:
+        if self.traffic is not None:
+            self.traffic.close()
+
+    def tally(self) -> None:
+        """Read what the access log gained (a job of its own, every few seconds, so that a
+        busy minute is read in pieces)."""
+        if self.traffic is not None:
+            self.traffic.poll(force=True)
 
     def _edge(self) -> Counters:
-        """The edge's counters per site, asked for again only when requests were logged."""
+        """The counters per site: from the access log's tallies, or the edge's metrics."""
+        if self.traffic is not None:
+            self.traffic.poll(force=True)
+            site_of = host_sites(self.db)
+            found: Counters = {}
+            for key, (answers, failed, seconds) in self.traffic.tallies().items():
+                name = key[1:].decode()
+                site = site_of(f"port:{name}" if key.startswith(b"p") else name)
+                if site is not None:
+                    totals = found.setdefault(site, [0.0, 0.0, 0.0])
+                    totals[0] += answers
+                    totals[1] += failed
+                    totals[2] += seconds
+            return found
         if self.edge_socket is None or not self.edge_socket.exists():
             return {}
-        if self._log_moved():
-            self._counters = self._ask_edge()
-        return self._counters
+        return self._ask_edge()
 
     def _ask_edge(self) -> Counters:
         assert self.edge_socket is not None
@@ -123,5 +142,13 @@ class Sampler:
         for project in sorted(set(counters) | set(usage)):
             answers, failed, seconds = counters.get(project) or (None, None, None)
             memory, cpu = usage.get(project, (None, None))
-            rows.append(SampleRow(project, now, answers, failed, seconds, memory, cpu))
+            figures: Figures = (answers, failed, seconds, memory, cpu)
+            last = self._last.get(project)
+            if last is not None and last[1] == figures:
+                continue  # nothing moved: no row
+            if last is not None and self._previous is not None and last[0] < self._previous:
+                rows.append(SampleRow(project, self._previous, *last[1]))  # quiet until then
+            rows.append(SampleRow(project, now, *figures))
+            self._last[project] = (now, figures)
+        self._previous = now
         return self.db.add_samples(rows)

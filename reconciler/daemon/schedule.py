@@ -15,6 +15,7 @@ class Job:
     run: Callable[[], object]
     every: float  # seconds
     grace: int  # seconds a late run is still worth it
+    close: Callable[[], object] | None = None  # at the stop: what it holds open
 
 
 class Schedule:
@@ -41,3 +42,6 @@ class Schedule:
     def stop(self) -> None:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        for job in self.jobs:
+            if job.close is not None:
+                job.close()

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.api.app import create_app
 from reconciler.core.kinds import EdgeMode
-from reconciler.daemon.samples import Sampler, edge_socket
+from reconciler.daemon.samples import Sampler, access_log, edge_socket
 from tests.integration.harness import desired_yaml, environment, make_site, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -81,9 +81,15 @@ def test_metrics_count_deploys_builds_repairs_and_edge_requests(tmp_path: Path) 
         now = [time.time() - 60]
         sampler = Sampler(env.db, edge_socket(env.config()), clock=lambda: now[0])
         assert sampler.tick() >= 1
+        # the same from the edge's access log (how the daemon samples when it is on)
+        logged = Sampler(env.db, None, clock=lambda: now[0], access_log=access_log(env.config()))
+        logged.tally()
         for _ in range(30):
             httpx.get(f"http://127.0.0.1:{row.productionPort}/")
         httpx.get(f"http://127.0.0.1:{row.productionPort}/nothing-here")
+        wait_for(lambda: (logged.tally(), logged._edge().get("www", [0])[0] >= 31)[1], 10,
+                 "the requests logged")  # fmt: skip
+        logged.close()
         now[0] += 60
         sampler.tick()
         (first, second) = env.db.samples("www", since=0)

@@ -17,11 +17,11 @@ P = ProjectId("site")
 
 def test_schema_wal_and_migrations(tmp_path: Path) -> None:
     db = StateDB(tmp_path / "data" / "state.db")
-    assert db.schema_version == len(MIGRATIONS) == 12
+    assert db.schema_version == len(MIGRATIONS) == 13
     assert db.read("PRAGMA journal_mode")[0][0] == "wal"
     db.close()
     again = StateDB(tmp_path / "data" / "state.db")  # idempotent
-    assert again.schema_version == 12
+    assert again.schema_version == 13
     again.close()
     conn = sqlite3.connect(tmp_path / "data" / "state.db")
     conn.execute("PRAGMA user_version = 99")

@@ -306,4 +306,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX samples_by_project ON samples (project, at)
     """,
+    # 13: the hour's retention deletes by time alone (it scanned every sample)
+    """
+    CREATE INDEX samples_by_time ON samples (at)
+    """,
 ]
