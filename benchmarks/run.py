@@ -184,10 +184,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                     "process_after_window": "process (window off: a start)"}.get(kind, kind)  # fmt: skip
             if "answer" in fig:
                 add("3 rollback", f"{name}: API call -> answer", fig["answer"])
+                target = {"process": 50, "process_after_window": 300}.get(kind)
                 add(
                     "3 rollback",
                     f"{name}: API call -> first 200 with the target's content",
                     fig["served"],
+                    "",
+                    f"<= {target} ms" if target else "",
+                    _verdict(fig["served"]["median"], target) if target else "",
                 )
             elif fig:
                 out.append(("3 rollback", kind, "-", "-", fig.get("skipped", ""), "", ""))
