@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from reconciler.api.metrics import LABEL, host_sites
-from reconciler.core.config import ACCESS_LOG, Config
+from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, InstanceRole
 from reconciler.edge.traffic import Traffic
 from reconciler.stores.state import SampleRow, StateDB
@@ -60,12 +60,12 @@ def site_counters(text: str, site_of: Callable[[str], str | None]) -> Counters:
 
 def edge_socket(config: Config) -> Path | None:
     """Where the edge's admin API listens, when the daemon runs one (or one runs beside)."""
-    return None if config.edge == EdgeMode.OFF else config.edge_dir / "admin.sock"
+    return None if config.edge == EdgeMode.OFF else config.layout.edge_socket
 
 
 def access_log(config: Config) -> Path | None:
     """The edge's access log, when requests are logged (None: the edge's metrics are asked)."""
-    return config.edge_dir / ACCESS_LOG if config.access_logs else None
+    return config.layout.access_log if config.access_logs else None
 
 
 Figures = tuple[float | None, float | None, float | None, int | None, float | None]
@@ -103,14 +103,18 @@ class Sampler:
             self.traffic.poll(force=True)
             site_of = host_sites(self.db)
             found: Counters = {}
+            strays = []
             for key, (answers, failed, seconds) in self.traffic.tallies().items():
                 name = key[1:].decode()
                 site = site_of(f"port:{name}" if key.startswith(b"p") else name)
-                if site is not None:
-                    totals = found.setdefault(site, [0.0, 0.0, 0.0])
-                    totals[0] += answers
-                    totals[1] += failed
-                    totals[2] += seconds
+                if site is None:
+                    strays.append(key)  # a host no site names (any Host header a client sent)
+                    continue
+                totals = found.setdefault(site, [0.0, 0.0, 0.0])
+                totals[0] += answers
+                totals[1] += failed
+                totals[2] += seconds
+            self.traffic.drop(strays)  # the tallies stay as many as the sites
             return found
         if self.edge_socket is None or not self.edge_socket.exists():
             return {}

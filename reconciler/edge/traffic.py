@@ -96,6 +96,12 @@ class Traffic:
         with self._lock:
             return {key: list(totals) for key, totals in (self._tally or {}).items()}
 
+    def drop(self, keys: Iterable[bytes]) -> None:
+        """Forget the tallies of these keys (hosts no site serves)."""
+        with self._lock:
+            for key in keys:
+                (self._tally or {}).pop(key, None)
+
     def _count(self, lines: bytes) -> None:
         assert self._tally is not None
         for line in lines.splitlines():

@@ -223,6 +223,34 @@ def test_start_command_gets_port_and_stop_kills_group(
     assert all(_pgid(int(p)) is None for p in group)
 
 
+def test_an_instance_that_dies_is_reported_at_once_and_a_stop_is_not(
+    tmp_path: Path, store: ReleaseStore, runtime: ProcessRuntime
+) -> None:
+    """The exit watch: a killed instance's project is reported the moment it dies; one the
+    runtime stops itself is no news (its liveness checks while stopping do not watch it
+    again)."""
+    heard: list[ProjectId | None] = []
+    stop = threading.Event()
+    runtime.watch(heard.append, stop)
+    release = stage(store, tmp_path)
+    s = spec(start={"command": "exec sleep 600"})
+    try:
+        killed = runtime.start(release, s, port=free_port(), config="c0ffee01")
+        assert runtime.alive(killed)  # watched from now on
+        assert killed.pid is not None
+        os.kill(killed.pid, 9)
+        wait_for(lambda: heard == [killed.project_id], 5, "the exit reported")
+        assert not runtime.alive(killed)
+        stopped = runtime.start(release, s, port=free_port(), config="c0ffee02")
+        assert runtime.alive(stopped)
+        runtime.stop(stopped, timeout=5)
+        time.sleep(0.5)
+        assert heard == [killed.project_id], "a stop of the runtime's own is not reported"
+    finally:
+        stop.set()
+        runtime.close()
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid) if process_start_time(pid) is not None else None

@@ -41,9 +41,11 @@ def test_counts_come_from_the_log_and_idle_sites_write_nothing(tmp_path: Path) -
         out.write(line(3001, 502, 0.75) + "\n")
         # a header that mimics the fields is escaped inside its string: not counted as them
         out.write(line(3002, 200, 0.5, header='","status":500,"duration":9') + "\n")
+        out.write(line(3999, 200, 0.5) + "\n")  # a port no site has
     sampler.tally()
     now[0] += 60
     assert sampler.tick() == 2
+    assert sampler.traffic is not None and b"p3999" not in sampler.traffic.tallies()
     (www,) = db.samples("www", since=0)
     assert (www.requests, www.errors, www.seconds) == (2, 1, 1.0)
     (api,) = db.samples("api", since=0)

@@ -9,6 +9,7 @@ only when both still match, so a reused pid is never mistaken for ours.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -206,8 +207,8 @@ class ProcessRuntime(Builds):
     def exits(self, project_id: ProjectId) -> list[str]:
         return []  # a process that ended is not running: describe_exit says why
 
-    def alive(self, instance: Instance) -> bool:
-        """From the exit watch (no system call), else ``/proc``; a live leader is watched."""
+    def alive(self, instance: Instance, *, watch: bool = True) -> bool:
+        """From the exit watch, else ``/proc``; a live leader is watched (``watch``) from then."""
         pid, start = instance.pid, instance.pid_start
         if pid is None or start is None:
             return False
@@ -216,14 +217,13 @@ class ProcessRuntime(Builds):
         _reaper.poll(pid)
         if not pid_alive(pid, start):
             return False
-        self._exits.watch(pid, start, instance.project_id)
+        if watch:
+            self._exits.watch(pid, start, instance.project_id)
         return True
 
     def watch(self, changed: OnChange, stop: threading.Event) -> None:
         """Each instance's leader that exits is reported at once (``changed(project)``)."""
-        threading.Thread(
-            target=self._exits.run, args=(changed, stop), name="exits", daemon=True
-        ).start()
+        threading.Thread(target=self._exits.run, args=(changed, stop), daemon=True).start()
 
     def close(self) -> None:
         self._exits.close()
@@ -274,11 +274,12 @@ class ProcessRuntime(Builds):
                 raise TransientError(f"could not stop {instance.hash}: {exc}", delay=2) from None
         if instance.pid is not None and instance.pid_start is not None:
             self._exits.forget(instance.pid, instance.pid_start)  # a stop of ours is no news
-        if instance.pid is not None and self.alive(instance):
+        running = functools.partial(self.alive, instance, watch=False)
+        if instance.pid is not None and running():
             logger.info("stopping %s %s (pid %s)", instance.project_id, instance.hash, instance.pid)
-            kill_group(instance.pid, timeout=timeout, alive=lambda: self.alive(instance))
+            kill_group(instance.pid, timeout=timeout, alive=running)
             deadline = time.monotonic() + 2
-            while self.alive(instance) and time.monotonic() < deadline:
+            while running() and time.monotonic() < deadline:
                 time.sleep(0.02)
         if instance.pid is not None:
             left = kill_session(instance.pid, instance.pid_start, timeout=min(timeout, 2.0))
