@@ -31,7 +31,7 @@ WRONG_PATH_GRACE = 10.0
 # an app listening only on other ports this long does not use the port it was given
 WRONG_PORT_GRACE = 5.0
 PROBE_GROWTH = 1.2
-STARTUP_PROBE_CAP = 0.04  # while an app starts, readiness is seen within this of it
+STARTUP_PROBE_CAP = 0.02  # while an app starts, readiness is seen within this of it
 STARTUP_PROBING = 30.0  # after this long, probes slow down to ``health.interval``
 LineSink = Callable[[str], None]
 OnChange = Callable[[ProjectId | None], None]
@@ -338,7 +338,7 @@ def wait_ready(
     """Poll ``GET url`` until it answers 2xx.
 
     The first probe goes out at once; later ones follow after 5 ms, growing by a fifth each time
-    up to 40 ms, so an app is seen ready within 40 ms of its first answer (a refused connect on
+    up to 20 ms, so an app is seen ready within 20 ms of its first answer (a refused connect on
     loopback costs microseconds); after 30 s the gap grows on to ``health.interval``, so an app
     that takes minutes is not polled hard. Raises StartFailed after ``health.timeout`` or as
     soon as the instance dies, Cancelled if ``cancel`` is set.
