@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.harness import CADDY, Daemon, Loops, free_port, site_yaml
+from benchmarks.harness import CADDY, PYTHON, Daemon, Loops, free_port, site_yaml
 
 
 def _churn_cost(daemon: Daemon, root: Path, sites: int) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def run(root: Path, *, sites: int = 100, seconds: int = 10, rounds: int = 3) -> 
     app = root / "app"
     (app / "dist").mkdir(parents=True)
     (app / "dist" / "index.html").write_text("bystander app")
-    start = "start:\n  command: exec python3 -m http.server $PORT\n"
+    start = f"start:\n  command: exec {PYTHON} -m http.server $PORT\n"
     for label, (ports, internal), extra in runs:
         # a short dir name: the edge's admin socket lives under it (unix sockets: 107 bytes)
         daemon = Daemon(root / label[-3:], ports, internal, "--drain", "0", *extra)

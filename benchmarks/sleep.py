@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.harness import Daemon, rss_mb, summary
+from benchmarks.harness import PYTHON, Daemon, rss_mb, summary
 
 FLASK_APP = (
     'from flask import Flask\n\napp = Flask(__name__)\n\n\n@app.route("/")\n'
@@ -92,7 +92,7 @@ def many(root: Path, sites: int, awake: int, rounds: int, seconds: float) -> dic
         for name in names:
             daemon.write(name, (
                 f"source: {app}\nproduction:\n  state: running\n  generation: 1\n"
-                "build:\n  output: .\nstart:\n  command: exec python3 app.py\n"
+                f"build:\n  output: .\nstart:\n  command: exec {PYTHON} app.py\n"
                 f"sleep:\n  after: {AFTER}s\n"
             ))  # fmt: skip
         ports = _ports(daemon, names, 1800)
