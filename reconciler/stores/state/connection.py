@@ -2,7 +2,9 @@
 
 Shared by the daemon's threads and by the API sidecar process. Each thread has its own
 connection; every write is one short ``BEGIN IMMEDIATE`` transaction, so writers queue on
-SQLite's lock (busy timeout) instead of failing, and readers never block writers.
+SQLite's lock (busy timeout) instead of failing, and readers never block writers. The threads
+of one process queue on a lock of their own first: SQLite's busy handler polls with sleeps that
+grow to 100 ms, so eight threads writing at once waited far longer than their transactions.
 
 Event ids come from ``AUTOINCREMENT`` inside serialized write transactions: they strictly
 increase, are never reused after retention deletes old rows, and a reader that has seen id N
@@ -33,6 +35,8 @@ class Database:
         self._all_lock = threading.Lock()
         self._commits = 0  # commits through this object (see ``changed``)
         self._bell: ChangeBell | None = None
+        # this process's writers, in turn (reentrant: a nested write still gets SQLite's error)
+        self._writer = threading.RLock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._migrate()
 
@@ -69,14 +73,20 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction (BEGIN IMMEDIATE: takes the write lock up front)."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        # past the busy timeout, go on to SQLite's lock and its error rather than wait for ever
+        turn = self._writer.acquire(timeout=self.busy_timeout)
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        self._commits += 1
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            self._commits += 1
+        finally:
+            if turn:
+                self._writer.release()
 
     def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()
