@@ -150,25 +150,52 @@ class SiteAllocator:
         # with the edge: it listens on every public port, so a port is not probed; the ones
         # other processes hold (as the edge found them) are left out
         self.public_held = public_held
+        self._floors: dict[tuple[int, int], int] = {}  # per span: the ports under it are taken
 
-    def _held(self, conn: sqlite3.Connection) -> set[int]:
-        rows = conn.execute(
-            "SELECT publicPort FROM sites UNION SELECT slotA FROM sites WHERE slotA IS NOT NULL"
-            " UNION SELECT slotB FROM sites WHERE slotB IS NOT NULL"
-            " UNION SELECT port FROM ports UNION SELECT port FROM instances WHERE port IS NOT NULL"
-        )
-        return {int(r[0]) for r in rows}
+    def _taken(self, conn: sqlite3.Connection, port: int) -> bool:
+        """Whether a site, a reservation or an instance has ``port`` (indexed lookups: the
+        set of every held port cost a millisecond a pick at 1,200 sites, under the lock)."""
+        row = conn.execute(
+            "SELECT 1 FROM sites WHERE publicPort = ?1 UNION ALL "
+            "SELECT 1 FROM sites WHERE slotA = ?1 UNION ALL "
+            "SELECT 1 FROM sites WHERE slotB = ?1 UNION ALL "
+            "SELECT 1 FROM ports WHERE port = ?1 UNION ALL "
+            "SELECT 1 FROM instances WHERE port = ?1 LIMIT 1",
+            (port,),
+        ).fetchone()
+        return row is not None
 
-    def _pick(self, span: PortRange, host: str, held: set[int], count: int) -> list[int]:
-        found: list[int] = []
+    def _pick(
+        self,
+        conn: sqlite3.Connection,
+        span: PortRange,
+        host: str,
+        count: int,
+        skip: frozenset[int] = frozenset(),
+    ) -> list[int]:
+        """The ``count`` lowest free ports of ``span``. The scan starts at the span's floor:
+        every port under it was taken when last looked (a release through this allocator
+        lowers it; a port freed otherwise is found when the scan wraps around)."""
+        key = (span.first, span.last)
+        floor = min(max(self._floors.get(key, span.first), span.first), span.last)
         edge = self.public_held is not None and span == self.public
         if edge and self.public_held is not None:
-            held = held | self.public_held()
-        for port in range(span.first, span.last + 1):
-            if port in held or (not edge and not port_is_free(host, port)):
+            skip = skip | self.public_held()
+        found: list[int] = []
+        unsure: int | None = None  # the first port passed over for a while (held elsewhere)
+        order = [*range(floor, span.last + 1), *range(span.first, floor)]
+        for port in order:
+            if port in skip or self._taken(conn, port):
+                if port in skip and unsure is None:
+                    unsure = port
+                continue
+            if not edge and not port_is_free(host, port):
+                unsure = port if unsure is None else unsure
                 continue
             found.append(port)
             if len(found) == count:
+                # everything scanned before this port was taken (or ``unsure``)
+                self._floors[key] = port + 1 if unsure is None else min(port + 1, unsure)
                 return found
         raise TransientError(
             f"no free port in {span} on {host}: every port is reserved or in use by another "
@@ -184,7 +211,7 @@ class SiteAllocator:
         with self.db.write() as conn:
             row = conn.execute("SELECT * FROM sites WHERE project = ?", (project_id,)).fetchone()
             if row is None:
-                (port,) = self._pick(self.public, self.bind_host, self._held(conn), 1)
+                (port,) = self._pick(conn, self.public, self.bind_host, 1)
                 conn.execute(
                     "INSERT INTO sites (project, publicPort, reservedAt) VALUES (?, ?, ?)",
                     (project_id, port, utcnow()),
@@ -201,12 +228,11 @@ class SiteAllocator:
         if site.slots is not None:
             return site.slots
         with self.db.write() as conn:
-            held = self._held(conn)
             if adopt is not None:
-                (other,) = self._pick(self.internal, "127.0.0.1", held | {adopt}, 1)
+                (other,) = self._pick(conn, self.internal, "127.0.0.1", 1, frozenset({adopt}))
                 ports = [adopt, other]
             else:
-                ports = self._pick(self.internal, "127.0.0.1", held, 2)
+                ports = self._pick(conn, self.internal, "127.0.0.1", 2)
             conn.execute(
                 "UPDATE sites SET slotA = ?, slotB = ? WHERE project = ? AND slotA IS NULL",
                 (ports[0], ports[1], project_id),
@@ -218,7 +244,12 @@ class SiteAllocator:
 
     def release(self, project_id: ProjectId) -> None:
         """Give the project's ports back (its desired file was deleted)."""
+        site = self.db.site(project_id)
         self.db.remove_site(project_id)
+        for port in (site.publicPort, *(site.slots or ())) if site is not None else ():
+            for key, floor in list(self._floors.items()):
+                if key[0] <= port <= key[1] and port < floor:
+                    self._floors[key] = port
         (self.records / project_id / SITE_RECORD).unlink(missing_ok=True)
 
     def _record(self, site: SiteRow) -> None:
