@@ -91,10 +91,15 @@ class SecretRef(_Model):
     )
 
 
+GENERATION_MAX = (1 << 63) - 1  # what the state store keeps (a signed 64-bit integer)
+
+
 class Production(_Model):
     state: Literal["running", "stopped"] = "stopped"
     version: str = Field(default="latest", description="'latest' or an 8-hex version to pin")
-    generation: int = Field(default=0, ge=0, description="bump to ask for a fresh build")
+    generation: int = Field(
+        default=0, ge=0, le=GENERATION_MAX, description="bump to ask for a fresh build"
+    )
     follow: bool = Field(
         default=False,
         description="deploy each new commit of the git ref (or each change of a source dir) "
@@ -132,6 +137,7 @@ def _non_blank_command(value: str | None) -> str | None:
     return value
 
 
+SIZE_MAX = 1 << 50  # 1024T: sizes past it are typos, and overflow what takes them
 MEMORY_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?) *([KMGT]?)(?:i?B)?$", re.IGNORECASE)
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -146,7 +152,10 @@ def parse_memory(value: object, what: str = "memory", minimum: int = 4 << 20) ->
         found = MEMORY_RE.match(str(value).strip())
         if not found:
             raise ValueError(f"{what} {value!r} must be a size such as 512M or 1G")
-        number = int(float(found.group(1)) * UNITS[found.group(2).upper()])
+        digits, unit = found.group(1), UNITS[found.group(2).upper()]
+        number = SIZE_MAX + 1 if len(digits) > 20 else int(float(digits) * unit)
+    if number > SIZE_MAX:
+        raise ValueError(f"{what} must be at most {show_memory(SIZE_MAX)}")
     if number < minimum:
         raise ValueError(f"{what} must be at least {show_memory(minimum)}")
     return number

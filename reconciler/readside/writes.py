@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from reconciler.core.kinds import JobState, JobType, Status
-from reconciler.core.spec import ProjectId, ProjectSpec, is_hash8
+from reconciler.core.spec import GENERATION_MAX, ProjectId, ProjectSpec, is_hash8
 from reconciler.readside.terms import ErrorKind, OperationError, _not_found
 from reconciler.readside.views import (
     ActiveJob,
@@ -85,7 +85,8 @@ class Writes:
             return {
                 "production.state": "running",
                 "production.version": "latest",
-                "production.generation": spec.production.generation + 1,
+                # a change is what asks for a build: past the largest it goes round to 0
+                "production.generation": (spec.production.generation + 1) % (GENERATION_MAX + 1),
             }
 
         changed = self._edit(project_id, mutate, "deploy")

@@ -170,6 +170,19 @@ def test_deploy_while_running_bumps(
     assert "generation: 4" in (config.desired_dir / "www.yaml").read_text()
 
 
+def test_a_deploy_at_the_largest_generation_goes_round_to_zero(
+    client: FlaskClient, config: Config
+) -> None:
+    path = config.desired_dir / "www.yaml"
+    path.write_text(SITE.replace("generation: 3", f"generation: {(1 << 63) - 1}"))
+    assert client.post("/api/projects/www/deploy", json={}).status_code == 200
+    assert "generation: 0" in path.read_text()
+    path.write_text(SITE.replace("generation: 3", f"generation: {1 << 63}"))
+    refused = client.post("/api/projects/www/deploy", json={})
+    assert refused.status_code == 409
+    assert "less than or equal to 9223372036854775807" in refused.json["error"]  # type: ignore[index]
+
+
 def test_fifty_concurrent_deploys_bump_once(config: Config) -> None:
     config = Config(**{**config.__dict__, "listen_port": free_port()})
     app = create_app(config)

@@ -94,6 +94,18 @@ INVALID = [
         id="negative-generation",
     ),
     pytest.param(
+        "source: x\nproduction:\n  generation: 18446744073709551616\n",
+        3,
+        "production.generation: Input should be less than or equal to 9223372036854775807",
+        id="generation-past-64-bits",
+    ),
+    pytest.param(
+        "source: x\nlimits:\n  memory: " + "9" * 400 + "G\n",
+        3,
+        "limits.memory: memory must be at most 1024T",
+        id="memory-past-any-host",
+    ),
+    pytest.param(
         "source: x\nproduction:\n  generation: '3'\n",
         3,
         "production.generation: Input should be a valid integer",
