@@ -140,8 +140,9 @@ class Controller:
 
     # -- the queue -------------------------------------------------------------------------
 
-    def enqueue(self, project_id: ProjectId, delay: float = 0.0) -> None:
-        """Ask for a reconcile; cancels a pipeline whose desired spec just changed."""
+    def enqueue(self, project_id: ProjectId, delay: float = 0.0, *, routine: bool = False) -> None:
+        """Ask for a reconcile; cancels a pipeline whose desired spec just changed. A
+        ``routine`` ask (the safety net's) leaves a retry's backoff as it is."""
         with self._inflight_lock:
             inflight = self._inflight.get(project_id)
         if inflight is not None and delay == 0:
@@ -150,7 +151,7 @@ class Controller:
                 if should_cancel(digest, self.facts.desired_now(project_id)):
                     logger.info("%s: desired state changed; cancelling the pipeline", project_id)
                     cancel.set()
-        self.queue.add(project_id, delay)
+        self.queue.add(project_id, delay, routine=routine)
 
     def start(self) -> None:
         self.workers.start()

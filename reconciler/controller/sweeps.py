@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from reconciler.controller.observe import Fingerprints
 from reconciler.core.rotation import Credit, Rotation
@@ -31,6 +32,11 @@ from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB
 
 logger = logging.getLogger(__name__)
+
+
+class Enqueue(Protocol):
+    def __call__(self, project_id: ProjectId, *, routine: bool = False) -> None: ...
+
 
 SIGN_SLICE = 200
 CURRENT_SLICE = 200
@@ -46,7 +52,7 @@ class SafetyNet:
         fingerprints: Fingerprints,
         db: StateDB,
         releases: ReleaseStore,
-        enqueue: Callable[[ProjectId], None],
+        enqueue: Enqueue,
         watched: bool,
         interval: float,
         clock: Callable[[], float] = time.monotonic,
@@ -91,7 +97,7 @@ class SafetyNet:
         queued = {p for p in self._signs.take(keys, count) if self.fingerprints.moved(ProjectId(p))}
         queued |= set(self._full.take(keys, self._credit.add(self.full_share(len(keys)))))
         for project_id in sorted(queued):
-            self.enqueue(ProjectId(project_id))
+            self.enqueue(ProjectId(project_id), routine=True)  # a retry's backoff holds
         return len(queued)
 
     def check_current(self) -> None:
@@ -101,7 +107,7 @@ class SafetyNet:
         self._current_after = rows[-1][0] if len(rows) == CURRENT_SLICE else ""
         for project_id, version in rows:
             if not self.releases.points_at(project_id, version):
-                self.enqueue(project_id)
+                self.enqueue(project_id, routine=True)
 
     def full(self, projects: set[ProjectId], *, changed_only: bool) -> int:
         """Queue every project, or (``changed_only``) those whose fingerprint moved since

@@ -6,7 +6,9 @@ The queue holds keys (project ids, instance keys), never events: a key added whi
 is not added twice, and a key added while a worker handles it is handed out once more
 afterwards, to one worker at a time. A key waits for one time only: the earliest it was
 added for (``add(k, 1); add(k, 2)`` hands ``k`` out once, after 1 s; ``add(k)`` now
-supersedes any wait), as client-go's delaying queue does. ``discard`` drops a waiting key.
+supersedes any wait), as client-go's delaying queue does, unless it is ``routine`` (a safety
+net's check): that never cuts a wait short, so a retry's backoff holds against the periodic
+resyncs. ``discard`` drops a waiting key.
 
 A worker's handler returns a typed :data:`Result`:
 
@@ -130,9 +132,9 @@ class WorkQueue(Generic[K]):
         self._seq = 0
         self._closed = False
 
-    def add(self, key: K, delay: float = 0.0) -> None:
+    def add(self, key: K, delay: float = 0.0, *, routine: bool = False) -> None:
         with self._cond:
-            if self._closed:
+            if self._closed or (routine and key in self._waiting):
                 return
             if delay > 0:
                 due = self._clock() + delay

@@ -294,6 +294,21 @@ def test_retryable_errors_close_everything_and_show_the_error(
     assert world.serving() == "one"
 
 
+def test_a_retry_backoff_holds_against_the_periodic_resyncs(world: World) -> None:
+    world.write("one")
+    world.runtime.fail_build = OSError(errno.ENOSPC, "No space left on device")
+    result = world.controller.reconcile(P)
+    assert isinstance(result, Retry) and result.at_least == 60
+    world.controller.workers.apply(P, result)  # as a worker does: back in 60 s
+    queue = world.controller.queue
+    for _ in range(20):  # every tick asks for it (its inputs never converged)
+        world.controller.resync(full=False)
+        world.controller.net.check_current()
+    assert queue.get(timeout=0) is None, "no tick cuts the backoff short"
+    world.controller.enqueue(P)  # an edit, a deploy, an engine event: at once
+    assert queue.get(timeout=0) == P
+
+
 def test_a_stop_of_a_serving_site_waits_until_its_file_has_held(world: World) -> None:
     world.write("one")
     world.controller.reconcile(P)

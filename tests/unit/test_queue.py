@@ -251,3 +251,15 @@ def test_the_overall_bucket_bounds_retries_across_keys() -> None:
     assert waits[2] == pytest.approx(0.1) and waits[3] == pytest.approx(0.2)
     clock.now += 1
     assert limiter.when("e") == 0.001, "the bucket refills"
+
+
+def test_a_routine_add_never_cuts_a_wait_short() -> None:
+    clock = FakeClock()
+    queue = WorkQueue(clock)
+    queue.add("a", delay=60)
+    queue.add("a", routine=True)
+    assert queue.get(timeout=0) is None
+    queue.add("b", routine=True)  # nothing to wait for: at once
+    assert queue.get(timeout=0) == "b"
+    queue.add("a")
+    assert queue.get(timeout=0) == "a"
