@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reconciler.controller.observe import Runtimes
 from reconciler.controller.run import Run
-from reconciler.core.errors import DistTooLarge, PermanentError, TransientError
+from reconciler.core.errors import DistTooLarge, NoRoom, PermanentError, TransientError
 from reconciler.core.kinds import EventType, JobType, RuntimeName, Status
 from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.core.spec import GitSource, ProjectSpec, redact, show_memory
@@ -86,6 +86,7 @@ class Builder:
             max_bytes=room,
             keep_failed_log=True,
             links_out=result.runs_app,
+            room=_free_bytes(self.releases.root) - self.min_free,
             details={
                 **result.details,
                 **_found_docker(run),
@@ -165,6 +166,17 @@ class Builder:
                 raise
             runtime.finish_build(result, release)
             return release
+        except NoRoom:
+            self.releases.abort(staging)
+            free = _free_bytes(self.releases.root)
+            raise TransientError(
+                f"no room for the release on {self.releases.root}: it takes more than the "
+                f"{max(0, free - self.min_free) // 2**20} MiB free above the "
+                f"{self.min_free // 2**20} MiB kept free for the state and the logs "
+                "(--min-free-mb); nothing was kept; retried with backoff (free some space: "
+                "old releases go with a lower keep)",
+                delay=60,
+            ) from None
         except OSError as exc:
             self.releases.abort(staging)
             if exc.errno == errno.ENOSPC:

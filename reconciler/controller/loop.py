@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +44,15 @@ from reconciler.core.errors import TransientError
 from reconciler.core.kinds import DeploymentKind, InstanceRole, RuntimeName, Status
 from reconciler.core.logfiles import rotate
 from reconciler.core.plan import Step, deployment_of, plan, should_cancel
-from reconciler.core.queue import Done, RateLimiter, RequeueAfter, Result, Workers, WorkQueue
+from reconciler.core.queue import (
+    Done,
+    RateLimiter,
+    RequeueAfter,
+    Result,
+    Retry,
+    Workers,
+    WorkQueue,
+)
 from reconciler.core.spec import InvalidProjectId, ProjectId, check_project_id, is_hash8
 from reconciler.core.timeutil import iso
 from reconciler.stores.desired import DesiredStore, LastGood
@@ -180,7 +189,11 @@ class Controller:
         if self.workers.stopping:
             return Done()
         started, cpu = time.monotonic(), time.thread_time()
-        result, sign = self._reconcile(project_id)
+        try:
+            result, sign = self._reconcile(project_id)
+        except sqlite3.OperationalError as exc:  # a full disk: said in a line, retried
+            logger.error("%s: the state database cannot be written: %s; retried", project_id, exc)
+            return Retry(f"the state database cannot be written: {exc}", at_least=5)
         self.net.reconciled(time.thread_time() - cpu)
         if self.on_reconciled is not None:
             self.on_reconciled(time.monotonic() - started)

@@ -4,7 +4,8 @@
 
     ReconcilerError                 anything reconciler raises on purpose
      +-- TransientError(delay)      retry later with backoff: engine unreachable, port taken,
-     |                              database busy; nothing is wrong with the desired state
+     |    |                         database busy; nothing is wrong with the desired state
+     |    +-- NoRoom                a release would take the room the disk must keep
      +-- PermanentError             the desired state cannot be reached as it is: build exit
           |                         code, health timeout, bad dist. Recorded against the exact
           |                         desired spec and not retried until that spec changes
@@ -40,6 +41,11 @@ class ReleaseError(PermanentError):
 class DistTooLarge(ReleaseError):
     """A build's output is larger than a release may be (the release limit, or the room left
     under the project's disk quota)."""
+
+
+class NoRoom(TransientError):
+    """Staging a release would leave less free than the disk must keep (the state database
+    and the logs live there too): stopped before it does, retried when there may be room."""
 
 
 class BuildFailed(PermanentError):

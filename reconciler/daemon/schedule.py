@@ -1,12 +1,19 @@
 """The daemon's timers (APScheduler 3.x): each job coalesces and never runs twice at once; a
-job that comes late still runs within its grace time."""
+job that comes late still runs within its grace time. A job that fails is logged once per
+cause (a full disk fails every run of every job that writes: one line each, not a traceback
+every 2 s), and again when it works again."""
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class Schedule:
         self.scheduler = BackgroundScheduler(timezone="UTC")
         for job in self.jobs:
             self.scheduler.add_job(
-                job.run,
+                _Said(job).run,
                 "interval",
                 seconds=job.every,
                 id=job.name,
@@ -45,3 +52,33 @@ class Schedule:
         for job in self.jobs:
             if job.close is not None:
                 job.close()
+
+
+class _Said:
+    """Runs a job; says a failure once per cause, and its end."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.said: str | None = None
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            self.job.run()
+        except Exception as exc:
+            cause = f"{type(exc).__name__}: {exc}"
+            with self.lock:
+                if cause == self.said:
+                    return
+                self.said = cause
+            if isinstance(exc, sqlite3.OperationalError):
+                logger.error("%s: the state database cannot be written: %s; tried again "
+                             "each run", self.job.name, exc)  # fmt: skip
+            else:
+                logger.exception("%s failed (said once until it works or fails otherwise)",
+                                 self.job.name)  # fmt: skip
+            return
+        with self.lock:
+            said, self.said = self.said, None
+        if said is not None:
+            logger.info("%s works again (it failed with %s)", self.job.name, said)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from reconciler.core.config import Config, DataLayout
@@ -59,6 +60,8 @@ from reconciler.stores.previews import read_preview
 from reconciler.stores.releases import ReleaseStore
 from reconciler.stores.state import StateDB, VersionRow
 from reconciler.stores.vault import Vault
+
+FULL_BELOW = 1 << 20  # free bytes under which the disk of the state database is full
 
 
 @dataclass
@@ -239,8 +242,26 @@ class Operations(Writes, Manage, LogReads, Streams):
             return False, f"not running (it stopped at {row.stoppedAt})"
         silence = row.silence(time.time())
         if not row.alive(time.time()):
+            full = _full_disk(self.db.path.parent)
+            if full is not None and row.pid is not None and os.path.exists(f"/proc/{row.pid}"):
+                return False, (
+                    f"not answering: pid {row.pid} runs, but it cannot write its state for "
+                    f"{int(silence)} s: {full}"
+                )
             return False, f"not running (no sign of it for {int(silence)} s)"
         return True, f"running (pid {row.pid}, since {row.startedAt})"
+
+
+def _full_disk(directory: Path) -> str | None:
+    """What to say when the disk that holds ``directory`` is (nearly) full, else None."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_BELOW:
+        return None
+    return f"the disk that holds {directory} is full ({free // 1024} KiB free)"
 
 
 def _outcome(row: VersionRow | None) -> dict[str, Any]:

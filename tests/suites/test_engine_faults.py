@@ -19,6 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from reconciler.api.app import create_app
 from tests.docker.conftest import docker_client, make_project  # noqa: F401 - a fixture
 from tests.integration.harness import desired_yaml, environment, get, wait_for
 
@@ -64,7 +65,9 @@ def test_a_full_disk_while_staging_fails_cleanly_and_the_site_keeps_serving(
         (site / "dist" / "index.html").write_text("big")
         env.write("www", desired_yaml(site, generation=2))
         errored = env.wait_status("www", "error", timeout=30)
-        assert "the disk is full" in str(errored.productionError)
+        # stopped as its copies reached the free space (a disk filled by something else
+        # midway fails with ENOSPC: the same clean-up, "the disk is full")
+        assert "no room for the release" in str(errored.productionError)
         production = disk / "www"
         assert not [p for p in production.iterdir() if p.name.startswith(".staging-")]
         assert get(f"http://127.0.0.1:{row.productionPort}/") == "small"
@@ -72,6 +75,54 @@ def test_a_full_disk_while_staging_fails_cleanly_and_the_site_keeps_serving(
         (site / "dist" / "big.bin").write_bytes(b"x" * 1024)
         env.daemon.controller.enqueue("www")  # type: ignore[union-attr]
         env.wait_serving("www", "big", timeout=90)
+
+
+@pytest.mark.timeout(180)
+def test_a_release_that_would_fill_the_disk_stops_short_and_the_state_recovers(
+    tmp_path: Path,
+) -> None:
+    """The whole data dir on a 24 MiB disk that must keep 8 MiB free: an 18 MiB release is
+    stopped before it takes that room, and the daemon stays up; a disk filled by something
+    else stops the state's writes (said so by /healthz, not "not running"), and they resume
+    when there is room again."""
+    site = tmp_path / "site"
+    (site / "dist").mkdir(parents=True)
+    (site / "dist" / "index.html").write_text("small")
+    with (
+        environment(tmp_path / "run", extra_config={"min_free_bytes": 8 << 20}) as env,
+        small_disk(env.data, "24m") as disk,
+    ):
+        daemon = env.start()
+        api = create_app(env.config()).test_client()
+        env.write("www", desired_yaml(site))
+        row = env.wait_serving("www", "small")
+        (site / "dist" / "big.bin").write_bytes(os.urandom(18 << 20))
+        (site / "dist" / "index.html").write_text("big")
+        env.write("www", desired_yaml(site, generation=2))
+        errored = env.wait_status("www", "error", timeout=30)
+        assert "no room for the release" in str(errored.productionError)
+        assert shutil.disk_usage(disk).free > 7 << 20, "the room kept free was not taken"
+        assert get(f"http://127.0.0.1:{row.productionPort}/") == "small"
+        assert api.get("/healthz").json["daemon"]["running"] is True  # type: ignore[index]
+
+        filler = disk / "filler"  # something else fills the disk: the state cannot be written
+        with open(filler, "wb") as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\1" * (1 << 16))
+                fh.flush()
+        wait_for(lambda: not daemon.healthy(), 30, "the daemon's pulse stops")
+        said = api.get("/healthz").json["daemon"]  # type: ignore[index]
+        assert said["running"] is False
+        assert f"pid {os.getpid()} runs, but it cannot write its state" in said["message"]
+        assert "is full" in said["message"]
+        assert get(f"http://127.0.0.1:{row.productionPort}/") == "small", "still serving"
+
+        filler.unlink()
+        (site / "dist" / "big.bin").write_bytes(b"x" * 1024)
+        env.write("www", desired_yaml(site, generation=3))
+        env.wait_serving("www", "big", timeout=60)
+        wait_for(lambda: api.get("/healthz").json["daemon"]["running"], 30, "running again")  # type: ignore[index]
+        env.cleanup()  # its instances, while the disk that records them is mounted
 
 
 def _dockerd_command() -> list[str] | None:

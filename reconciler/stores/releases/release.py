@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from reconciler.core.errors import DistTooLarge, ReleaseError
+from reconciler.core.errors import DistTooLarge, NoRoom, ReleaseError
 from reconciler.core.fileio import fsync_dir, sync_filesystem
 from reconciler.core.spec import ProjectId
 
@@ -142,8 +142,10 @@ class _TreeHasher:
         skip_top: frozenset[str] = frozenset(),
         base: Path | None = None,
         links_out: bool = False,
+        room: int | None = None,
     ) -> None:
         self.root = root
+        self.room = room  # bytes the copies may write (None: unbounded); links take none
         # an app's release may keep links that leave it (a virtualenv's interpreter): they
         # are copied as links, never followed; a release the edge serves as files refuses them
         self.links_out = links_out
@@ -272,15 +274,18 @@ class _TreeHasher:
                     base.close()
                     base = None
                     out = open(target, "xb")  # noqa: SIM115 - closed below
+                    self._spend(copied)
                     self._copy_prefix(src.fileno(), out, copied)
                 if out is None:
                     out = open(target, "xb")  # noqa: SIM115 - closed below
+                self._spend(len(chunk))
                 _write_keeping_holes(out, chunk)
                 copied += len(chunk)
             if base is not None:  # every byte read so far matched the base's
                 if copied == size and not base.read(1) and self._link(rel, target):
                     return copied
                 out = open(target, "xb")  # noqa: SIM115 - closed below
+                self._spend(copied)
                 self._copy_prefix(src.fileno(), out, copied)
             if out is None:
                 out = open(target, "xb")  # noqa: SIM115 - closed below (an empty file)
@@ -294,6 +299,14 @@ class _TreeHasher:
                 base.close()
             if out is not None:
                 out.close()
+
+    def _spend(self, size: int) -> None:
+        """Take ``size`` bytes of the room; NoRoom before the disk runs out of it."""
+        if self.room is None:
+            return
+        self.room -= size
+        if self.room < 0:
+            raise NoRoom("the release takes more than the free disk space leaves")
 
     def _base_file(self, rel: str, size: int, executable: bool) -> BinaryIO | None:
         """The base release's file at ``rel`` when it could hold the same bytes: a regular

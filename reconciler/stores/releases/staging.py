@@ -87,6 +87,7 @@ class Stager(StoreParts):
         max_bytes: int | None = None,
         keep_failed_log: bool = False,
         links_out: bool = False,
+        room: int | None = None,
     ) -> Release:
         """Copy ``dist`` (less its top-level ``dist_exclude`` names) into staging, hash, and
         publish it as <hash8>. ``identity``: what runs besides ``dist`` (an image runtime's
@@ -105,7 +106,7 @@ class Stager(StoreParts):
             limits = self.limits
             if max_bytes is not None and max_bytes < limits.max_bytes:
                 limits = Limits(limits.max_files, max(0, max_bytes))
-            hasher = _TreeHasher(Path(dist), limits, frozenset(dist_exclude), base, links_out)
+            hasher = _TreeHasher(Path(dist), limits, frozenset(dist_exclude), base, links_out, room)
             digest = hasher.run_into(staging.path / "dist")
             copied = time.monotonic()
             version = _version(digest, identity)
