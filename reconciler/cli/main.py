@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.core.config import Config, env, options
+from reconciler.core.redact import scrub
 from reconciler.core.spec import json_schema
 from reconciler.stores.desired import SUFFIXES, DesiredFileError, Problem, load_file
 
@@ -141,11 +142,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return Config.from_options(vars(args))
 
 
+class _Scrubbed(logging.Formatter):
+    """Log lines with credentials masked (a URL's password or token, wherever it is quoted)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_Scrubbed("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -13,7 +13,8 @@ from reconciler.controller.run import Run
 from reconciler.core.errors import DistTooLarge, NoRoom, PermanentError, TransientError
 from reconciler.core.kinds import EventType, JobType, RuntimeName, Status
 from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
-from reconciler.core.spec import GitSource, ProjectSpec, redact, show_memory
+from reconciler.core.redact import redact
+from reconciler.core.spec import GitSource, ProjectSpec, show_memory
 from reconciler.runtimes.base import BuildRequest, BuildResult, Runtime
 from reconciler.stores.facts import commit_fields
 from reconciler.stores.gitcache import GitCache, GitError, fingerprint

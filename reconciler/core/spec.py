@@ -508,11 +508,6 @@ def _scp_like(value: str) -> bool:
     return bool(colon) and "/" not in head and len(head) > 1
 
 
-def redact(url: str) -> str:
-    """A URL without its password (user:secret@host -> user:***@host), for logs and records."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
-
-
 NotifyEvent = Literal[
     "deploy.succeeded", "deploy.failed", "rollback.succeeded", "rollback.failed",
     "repair.repeated",

@@ -29,7 +29,8 @@ import httpx
 
 from reconciler.controller.metrics import Finished
 from reconciler.core.kinds import DeploymentKind, EventType
-from reconciler.core.spec import NotifyTarget, ProjectId, ProjectSpec, redact
+from reconciler.core.redact import redact
+from reconciler.core.spec import NotifyTarget, ProjectId, ProjectSpec
 from reconciler.core.timeutil import utcnow
 from reconciler.stores.state import StateDB
 

@@ -30,7 +30,8 @@ from reconciler.controller.observe import Runtimes
 from reconciler.controller.recorder import Listeners
 from reconciler.core.config import Config
 from reconciler.core.kinds import EdgeMode, RuntimeName
-from reconciler.core.spec import NotifyTarget, ProjectId, redact
+from reconciler.core.redact import redact
+from reconciler.core.spec import NotifyTarget, ProjectId
 from reconciler.daemon.down import at_exit, down_mark
 from reconciler.daemon.lifecycle import Lifecycle, Part, Step
 from reconciler.daemon.notifications import SECRET_NAME as NOTIFY_SECRET

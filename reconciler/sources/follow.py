@@ -27,7 +27,8 @@ from watchdog.observers.api import ObservedWatch
 
 from reconciler.core.kinds import RuntimeName
 from reconciler.core.queue import RateLimiter, WorkQueue
-from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id, redact
+from reconciler.core.redact import redact
+from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
 from reconciler.sources.hooks import DESIRED, SECRETS
 from reconciler.sources.watch import CHANGES, Debouncer
 from reconciler.stores.desired.git import ConfigRepo

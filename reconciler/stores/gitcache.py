@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.errors import PermanentError, TransientError
-from reconciler.core.spec import GitSource, ProjectId, redact
+from reconciler.core.redact import MASK, redact, scrub, secrets_of
+from reconciler.core.spec import GitSource, ProjectId
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,12 @@ def run_git(
 
 
 def _mask(text: str, url: str | None) -> str:
-    if url is None:
-        return text
-    text = text.replace(url, redact(url))
-    match = re.search(r"://[^/@:]*:([^/@]*)@", url)
-    return text.replace(match.group(1), "***") if match and match.group(1) else text
+    """git's words with credentials masked: in every URL they quote, and bare."""
+    if url is not None:
+        text = text.replace(url, redact(url))
+        for secret in secrets_of(url):
+            text = text.replace(secret, MASK)
+    return scrub(text)
 
 
 def candidates(ref: str) -> list[str]:

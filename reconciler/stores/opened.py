@@ -32,7 +32,7 @@ def open_stores(config: Config, *, applies: bool = False, db: StateDB | None = N
     caller follows that file, so the API and the CLI write commits exactly when the daemon
     applies a configuration repository."""
     layout = config.layout
-    layout.root.mkdir(parents=True, exist_ok=True)
+    layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # made here: owner only
     repo: ConfigRepo | None
     if applies:
         repo = None

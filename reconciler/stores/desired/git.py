@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from reconciler.core.config import DataLayout, parse_author
-from reconciler.core.spec import redact
+from reconciler.core.redact import redact
 from reconciler.stores.gitcache import TIP, GitError, checkout_tree, ls_remote, run_git
 
 logger = logging.getLogger(__name__)

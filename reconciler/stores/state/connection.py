@@ -14,6 +14,7 @@ sees every later event exactly once by asking for ``id > N``.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -37,8 +38,16 @@ class Database:
         self._bell: ChangeBell | None = None
         # this process's writers, in turn (reentrant: a nested write still gets SQLite's error)
         self._writer = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._migrate()
+        self._owner_only()
+
+    def _owner_only(self) -> None:
+        """The database and its WAL files readable by their owner alone: the specs it keeps
+        name git URLs as written, credentials and all (a fetch needs them)."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):  # not there (yet), or not ours to change
+                os.chmod(f"{self.path}{suffix}", 0o600)
 
     # -- connections -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import fields
 from typing import Any, Unpack
 
+from reconciler.core.redact import scrub
 from reconciler.core.spec import ProjectId
 from reconciler.core.timeutil import utcnow
 from reconciler.stores.state.edge import EdgeTables
@@ -66,6 +67,8 @@ class StateDB(EdgeTables):
         if unknown:
             raise ValueError(f"unknown project columns: {sorted(unknown)}")
         now = utcnow()
+        if values.get("productionError"):  # an error may quote a URL that carries a token
+            values["productionError"] = scrub(str(values["productionError"]))
         with self.write() as conn:
             conn.execute(
                 "INSERT INTO projects (id, updatedAt) VALUES (?, ?) ON CONFLICT(id) DO NOTHING",

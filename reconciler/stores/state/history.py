@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from reconciler.core.kinds import DeploymentKind, DeploymentState, EventType, JobState, JobType
+from reconciler.core.redact import scrub
 from reconciler.core.timeutil import utcnow
 from reconciler.stores.state.activity import Activity
 from reconciler.stores.state.rows import (
@@ -48,7 +49,7 @@ class History(Activity):
             conn.execute(
                 "UPDATE deployments SET state = ?, error = ?, finishedAt = ? "
                 "WHERE id = ? AND finishedAt IS NULL",
-                (state, error, utcnow(), deployment_id),
+                (state, scrub(error) if error else error, utcnow(), deployment_id),
             )
 
     def latest_deployment(self, project_id: str) -> DeploymentRow | None:
@@ -113,7 +114,7 @@ class History(Activity):
             conn.execute(
                 "UPDATE jobs SET state = ?, error = ?, hash = COALESCE(?, hash), finishedAt = ? "
                 "WHERE id = ?",
-                (state, error, hash, utcnow(), job_id),
+                (state, scrub(error) if error else error, hash, utcnow(), job_id),
             )
 
     def active_job(self, project_id: str, *, deployment: int | None = None) -> JobRow | None:
@@ -198,7 +199,7 @@ class History(Activity):
                     project_id,
                     deployment,
                     event_type,
-                    json.dumps(data, separators=(",", ":")),
+                    scrub(json.dumps(data, separators=(",", ":"))),  # git's words name URLs
                     utcnow(),
                 ),
             )
