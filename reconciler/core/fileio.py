@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import stat
 import tempfile
@@ -37,6 +38,84 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         raise
     if durable:
         fsync_dir(directory)
+
+
+Identity = tuple[int, int, int, int]
+
+
+def identity(st: os.stat_result) -> Identity:
+    """What tells one version of a file from another: its inode, size and mtime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _load_renameat2() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two names atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False when the
+    system or the filesystem cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    done = _RENAMEAT2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                      ctypes.c_uint(_RENAME_EXCHANGE))  # fmt: skip
+    if done == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(error, os.strerror(error), second)
+
+
+def replace_if_unchanged(path: Path, data: bytes, seen: Identity) -> bool:
+    """Replace ``path`` with ``data`` only if it is still the version ``seen``: a
+    compare-and-swap, so a write made meanwhile (an editor's save, a ``git pull``) is never
+    overwritten. False when the file changed: nothing was written, the caller reads again.
+
+    The new file is swapped in atomically and what it replaced is checked after; a version
+    that came in between is swapped back (where exchanges are not available, the check
+    comes just before the rename)."""
+    directory = path.parent
+    mode = stat.S_IMODE(seen_mode(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+            ours = identity(os.fstat(handle.fileno()))
+        if not _exchange(tmp, str(path)):
+            if identity(os.stat(path, follow_symlinks=False)) != seen:
+                return False
+            os.replace(tmp, path)
+            fsync_dir(directory)
+            return True
+        if identity(os.stat(tmp, follow_symlinks=False)) == seen:
+            fsync_dir(directory)
+            return True
+        _exchange(tmp, str(path))  # theirs back
+        if identity(os.stat(tmp, follow_symlinks=False)) != ours:
+            _exchange(tmp, str(path))  # a later write replaced ours meanwhile: it stands
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def seen_mode(path: Path) -> int:
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return 0o644
 
 
 def fsync_dir(directory: Path) -> None:

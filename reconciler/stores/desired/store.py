@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.core.detect import DetectError, detect
-from reconciler.core.fileio import atomic_write
+from reconciler.core.fileio import atomic_write, identity, replace_if_unchanged
 from reconciler.core.kinds import RuntimeName
 from reconciler.core.spec import InvalidProjectId, ProjectId, ProjectSpec, check_project_id
 from reconciler.stores.desired.edit import EditError, set_values
@@ -43,6 +43,8 @@ from reconciler.stores.gitcache import GitError
 
 if TYPE_CHECKING:
     from reconciler.stores.desired.git import ConfigRepo
+
+EDIT_TRIES = 20  # an edit redone when the file changed under it, at most this often
 
 
 class ProjectNotFound(LookupError):
@@ -327,12 +329,17 @@ class DesiredStore:
                     f"{path.name} is a symlink (to {os.readlink(path)}); the API does not write "
                     "through links: edit the file it points to"
                 )
-            data = read_file(path)
-            settled = data.endswith(b"\n") or is_settled(path)
-            result, text, _changes = _edited(path, data, mutate, settled=settled)
-            if text is not None:
-                atomic_write(path, text.encode())
-            return result
+            for _ in range(EDIT_TRIES):
+                seen = identity(os.stat(path, follow_symlinks=False))
+                data = read_file(path)
+                settled = data.endswith(b"\n") or is_settled(path)
+                result, text, _changes = _edited(path, data, mutate, settled=settled)
+                if text is None or replace_if_unchanged(path, text.encode(), seen):
+                    return result
+                # an editor or a pull wrote it meanwhile: theirs stands, the edit is redone
+            raise EditError(
+                f"{path.name} kept changing while it was edited ({EDIT_TRIES} tries); try again"
+            )
 
     def _commit_edit(self, project_id: ProjectId, mutate: Mutation, reason: str) -> EditResult:
         from reconciler.stores.desired.git import NoSuchFile, PushRefused
