@@ -236,8 +236,9 @@ def _serving(
         case ServeMode.PORT:
             wanted = [i for i in live if i.hash == target and i.config == desired.config]
             return wanted[0].key if wanted else None
-        case ServeMode.STATIC:
-            return "" if at_edge and observed.current == target else None
+        case ServeMode.STATIC:  # served as files: no instance may be what the edge routes to
+            files = observed.routed is None  # (an app's own release: its switch is a deploy)
+            return "" if at_edge and observed.current == target and files else None
         case ServeMode.SERVICE:  # one service: it serves when its labels name target
             wanted = [i for i in live if i.hash == target and i.config == desired.config]
             return wanted[0].key if at_edge and wanted else None

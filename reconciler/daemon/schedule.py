@@ -40,6 +40,7 @@ class Schedule:
                 "interval",
                 seconds=job.every,
                 id=job.name,
+                name=job.name,
                 misfire_grace_time=job.grace,
                 coalesce=True,
                 max_instances=1,

@@ -362,3 +362,61 @@ def test_a_lost_state_database_keeps_ports_and_serving(tmp_path: Path) -> None:
         assert after.productionPort == before.productionPort, "site.json gave the port back"
         assert loop.failures == [], loop.failures[:5]
         assert set(loop.bodies) == {"survives"}
+
+
+APP = """import http.server, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"the app"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+
+
+def test_an_app_file_cut_short_never_serves_its_source_as_files(env: Env, tmp_path: Path) -> None:
+    """``production:`` first, then a write cut after ``build.output: .`` (its ``start:`` and
+    ``health:`` lost): read only once it settles, and then the switch to files is a deploy
+    like any other, checked before it goes live: ``/`` is not in the files, so the app
+    keeps serving, and its source never does."""
+    source = tmp_path / "app"
+    source.mkdir()
+    (source / "server.py").write_text(APP)
+    text = (
+        f"production:\n  state: running\n  generation: 1\nsource: {source}\nruntime: process\n"
+        "build:\n  output: .\nstart:\n  command: exec python3 server.py\n"
+        "health:\n  path: /\n  interval: 0.2\n"
+    )
+    env.write("www", text)
+    row = env.wait_serving("www", "the app")
+    answers: list[str] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(timeout=5) as client:
+            while not stop.is_set():
+                for path in ("/", "/server.py"):
+                    try:
+                        answers.append(
+                            client.get(f"http://127.0.0.1:{row.productionPort}{path}").text
+                        )
+                    except httpx.HTTPError as exc:
+                        answers.append(type(exc).__name__)
+
+    poller = threading.Thread(target=loop)
+    poller.start()
+    try:
+        cut = text[: text.index("start:")]
+        (env.desired / "www.yaml").write_text(cut)
+        failed = env.wait_status("www", "failed", timeout=30)
+    finally:
+        stop.set()
+        poller.join(10)
+    assert "GET / answered 404" in str(failed.productionError)
+    assert failed.productionHash == row.productionHash
+    others = [a for a in answers if a != "the app"]
+    assert len(answers) > 20 and not others, f"{len(others)} of {len(answers)}: {others[:3]}"

@@ -290,3 +290,22 @@ def test_an_edit_never_overwrites_an_editors_save(desired_dir: Path) -> None:
     found = store.read(SITE)
     assert found is not None and found.spec is not None
     assert 3 < found.spec.production.generation <= 3 + edits
+
+
+def test_a_file_cut_short_at_a_line_end_waits_until_it_settles(desired_dir: Path) -> None:
+    full = COMMENTED.replace("state: stopped", "state: running")
+    path = write(desired_dir / "www.yaml", full)
+    store = DesiredStore(desired_dir)
+    good = store.read(SITE)
+    assert good is not None and good.valid
+    cut = full[: full.index("health:")]  # whole lines: it parses, and says less
+    path.write_text(cut)
+    waiting = store.read(SITE)
+    assert waiting is not None and not waiting.valid and waiting.settles_at is not None
+    assert "cut short" in str(waiting.error)
+    settled = time.time() - 5
+    os.utime(path, (settled, settled))  # unchanged for longer than it takes to settle
+    read = store.read(SITE)
+    assert read is not None and read.spec is not None and read.spec.health.path == "/"
+    path.write_text(full)  # grown again: read at once
+    assert store.read(SITE) == good

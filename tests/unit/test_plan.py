@@ -215,8 +215,8 @@ EDGE_CASES = [
     ),
     pytest.param(
         *at_edge(ServeMode.STATIC, instances=up(A), routed=A, apps=frozenset({B})),
-        [StopInstances((A,), final=False)],
-        id="another-version-that-runs-an-app-leaves-a-site-served-as-files",
+        [Activate(A)],  # checked as files first (its start command gone, a file cut short)
+        id="a-site-whose-app-turns-to-files-is-switched-by-a-checked-activation",
     ),
     pytest.param(*at_edge(ServeMode.DYNAMIC, routed=A), [], id="dynamic-routed-noop"),
     pytest.param(

@@ -44,6 +44,10 @@ from reconciler.stores.gitcache import GitError
 if TYPE_CHECKING:
     from reconciler.stores.desired.git import ConfigRepo
 
+CUT_SHORT = (
+    f"the file holds the start of what it held, cut short: read when it has been unchanged "
+    f"for {SETTLE:g} s (a write may be under way)"
+)
 EDIT_TRIES = 20  # an edit redone when the file changed under it, at most this often
 
 
@@ -248,19 +252,24 @@ class DesiredStore:
         except OSError as exc:
             problem = Problem(path, 1, 1, f"cannot read: {exc.strerror}")
             return DesiredFile(project_id, path, None, (problem,))
+        with self._memo_lock:
+            memo = self._memo.get(path)
+        # being written (no final newline, or an editor that omits it), or cut short: what it
+        # held before, less its end (a write that stopped midway, or lines deleted at the end)
+        shrank = memo is not None and memo[1].valid and _cut_short(memo[0], data)
         settles_at = None
-        if not data.endswith(b"\n"):  # being written, or saved by an editor that omits it
+        if shrank or not data.endswith(b"\n"):
             try:
                 settles_at = os.stat(path, follow_symlinks=False).st_mtime + SETTLE
             except OSError:
                 return None
             if settles_at <= time.time():
                 settles_at = None  # unchanged long enough: read it as it is
-        with self._memo_lock:
-            memo = self._memo.get(path)
         if memo is not None and memo[0] == data and memo[1].settles_at == settles_at:
             return memo[1]
         try:
+            if shrank and settles_at is not None:
+                raise DesiredFileError([Problem(path, 1, 1, CUT_SHORT)])
             spec = parse(path, data, settled=settles_at is None)
             result = DesiredFile(project_id, path, spec)
         except DesiredFileError as exc:
@@ -487,3 +496,8 @@ def classify(names: Iterable[str]) -> tuple[list[ProjectId], list[tuple[str, str
 def _duplicate_problem(paths: list[Path]) -> Problem:
     names = " and ".join(p.name for p in paths)
     return Problem(paths[0], 1, 1, f"project id {paths[0].stem!r} is defined twice ({names})")
+
+
+def _cut_short(before: bytes, now: bytes) -> bool:
+    """``now`` is ``before`` less its end (and not empty: an empty file is read as it is)."""
+    return 0 < len(now) < len(before) and before.startswith(now)
