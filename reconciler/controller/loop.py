@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +58,7 @@ from reconciler.stores.desired import DesiredStore, LastGood
 from reconciler.stores.desired.parse import SETTLE
 from reconciler.stores.ports import PortAllocator
 from reconciler.stores.releases import ReleaseStore
-from reconciler.stores.state import StateDB
+from reconciler.stores.state import StateDB, StateWriteFailed
 from reconciler.stores.vault import Vault
 
 logger = logging.getLogger(__name__)
@@ -191,7 +190,7 @@ class Controller:
         started, cpu = time.monotonic(), time.thread_time()
         try:
             result, sign = self._reconcile(project_id)
-        except sqlite3.OperationalError as exc:  # a full disk: said in a line, retried
+        except StateWriteFailed as exc:  # a full disk: said in a line, retried
             logger.error("%s: the state database cannot be written: %s; retried", project_id, exc)
             return Retry(f"the state database cannot be written: {exc}", at_least=5)
         self.net.reconciled(time.thread_time() - cpu)

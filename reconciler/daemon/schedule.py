@@ -6,12 +6,13 @@ every 2 s), and again when it works again."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from apscheduler.schedulers.background import BackgroundScheduler
+
+from reconciler.stores.state import StateWriteFailed
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class _Said:
                 if cause == self.said:
                     return
                 self.said = cause
-            if isinstance(exc, sqlite3.OperationalError):
+            if isinstance(exc, StateWriteFailed):
                 logger.error("%s: the state database cannot be written: %s; tried again "
                              "each run", self.job.name, exc)  # fmt: skip
             else:

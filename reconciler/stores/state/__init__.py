@@ -1,5 +1,6 @@
 """Observed state: SQLite at ``data/state.db`` (see ``connection`` for how it is shared)."""
 
+from reconciler.stores.state.connection import StateWriteFailed
 from reconciler.stores.state.db import StateDB
 from reconciler.stores.state.rows import (
     PROJECT_COLUMNS,
@@ -31,5 +32,6 @@ __all__ = [
     "SiteRow",
     "SourceRow",
     "StateDB",
+    "StateWriteFailed",
     "VersionRow",
 ]

@@ -24,6 +24,10 @@ from typing import Any
 
 from reconciler.stores.state.schema import MIGRATIONS
 
+# what a write that failed in SQLite raises (a full disk, a lock held past the busy timeout):
+# for the parts that may not speak SQL to catch
+StateWriteFailed = sqlite3.OperationalError
+
 
 class Database:
     """Connections (one per thread), short write transactions, and the migrations."""
