@@ -64,7 +64,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "deploy": {"deploys": 2, "files": 200, "size": 2_000},
     "rollback": {"count": 2},
     "ready": {"deploys": 2},
-    "scale": {"sites": 10, "apps": 3, "idle": 2, "api_seconds": 2},
+    "scale": {"sites": 10, "apps": 3, "idle": 2, "api_seconds": 1},
     "store": {"runs": 1, "small": 500, "large": 4},
     "sse": {"deploys": 2},
     "edge": {"sites": 3, "seconds": 1, "rounds": 1},
@@ -72,7 +72,14 @@ QUICK: dict[str, dict[str, Any]] = {
     "apps": {"redeploys": 1, "apps": "flask"},
     "upgrade": {"sites": 2, "seconds": 1.0},
     "many": {"sites": 20, "idle": 2.0},
-    "sleep": {"wakes_count": 1, "sites": 6, "awake": 3, "rounds": 1, "seconds": 3.0},
+    "sleep": {
+        "wakes_count": 1,
+        "sites": 6,
+        "awake": 3,
+        "rounds": 1,
+        "seconds": 3.0,
+        "together": True,
+    },
 }
 FIGURES: dict[str, Callable[..., dict[str, Any]]] = {
     "reaction": reaction.run,

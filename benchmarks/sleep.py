@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -205,12 +206,19 @@ def _site_processes(root: Path) -> int:
 
 def run(
     root: Path, *, wakes_count: int = 10, sites: int = 1000, awake: int = 50, rounds: int = 4,
-    seconds: float = 15.0,
+    seconds: float = 15.0, together: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    return {
-        "wake": wakes(root, wakes_count),
-        "many": many(root, sites, awake, rounds, seconds),
-    }
+    """Both parts, one after the other; ``together`` (the smoke run, whose figures are not
+    measurements) runs them at once, so their waits for sleep overlap."""
+    if not together:
+        return {
+            "wake": wakes(root, wakes_count),
+            "many": many(root, sites, awake, rounds, seconds),
+        }
+    with ThreadPoolExecutor(2) as pool:
+        wake = pool.submit(wakes, root, wakes_count)
+        lots = pool.submit(many, root, sites, awake, rounds, seconds)
+        return {"wake": wake.result(), "many": lots.result()}
 
 
 if __name__ == "__main__":
