@@ -12,8 +12,10 @@ import hmac
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from reconciler.stores.state import StateDB
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
+EDGE_STALE = 90.0  # the edge's status unwritten this long while the daemon runs: stale
 HTTP_STATUS = {
     ErrorKind.INVALID: 400,
     ErrorKind.REFUSED: 400,
@@ -90,12 +93,19 @@ def healthz() -> Response:
     try:
         ops().db.read("SELECT 1")
         row = ops().db.edge()
-        if row is not None:
-            edge = EdgeHealth(
-                mode=row.mode, status=row.status, pid=row.pid, version=row.version,
-                sites=row.sites, error=row.error, checkedAt=row.updatedAt,
-            )  # fmt: skip
         running, message = ops().daemon()
+        if row is not None:
+            status, error = row.status, row.error
+            age = time.time() - datetime.fromisoformat(row.updatedAt).timestamp()
+            if running and age > EDGE_STALE:  # written every 30 s while the daemon checks it
+                status = "down"
+                error = f"not checked for {age:.0f} s (its last check said {row.status}): " + (
+                    "the daemon's edge loop is stuck"
+                )
+            edge = EdgeHealth(
+                mode=row.mode, status=status, pid=row.pid, version=row.version,
+                sites=row.sites, error=error, checkedAt=row.updatedAt,
+            )  # fmt: skip
         daemon = DaemonHealth(running=running, message=message)
     except Exception:
         ok = False
@@ -405,8 +415,11 @@ def _check_origin() -> None:
 
 def _check_auth() -> None:
     token: str | None = current_app.config["RECONCILER_TOKEN"]
-    # reads are open, but for a project's whole file and the list of secrets (settings)
-    settings = request.path.endswith("/desired") or request.path.startswith("/api/secrets")
+    # reads are open, but for a project's whole file, the list of secrets (settings) and the
+    # build and app logs (a build prints its environment, an app its configuration)
+    settings = request.path.endswith(("/desired", "/production-logs")) or request.path.startswith(
+        "/api/secrets"
+    )
     if token is None or (request.method in ("GET", "HEAD", "OPTIONS") and not settings):
         return
     header = request.headers.get("Authorization", "")
@@ -462,7 +475,7 @@ def create_app(config: Config, *, token: str | None = None, db: StateDB | None =
         messages = {
             404: "not found",
             405: f"method {request.method} is not allowed here",
-            413: f"the body is larger than {MAX_BODY} bytes",
+            413: f"the body is larger than {request.max_content_length} bytes (this path's limit)",
         }
         code = exc.code or 500
         response = json_response({"error": messages.get(code, exc.name.lower())}, code)

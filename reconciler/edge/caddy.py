@@ -28,6 +28,7 @@ from reconciler.core.errors import TransientError
 from reconciler.core.fileio import atomic_write
 
 ADMIN_TIMEOUT = 30.0
+ALIVE_TIMEOUT = 5.0  # a liveness question unanswered this long: the edge hangs (or is stopped)
 # Edge processes this process started: kept referenced (and reaped by ``poll``) for as long as
 # they run, so one that exits is never left a zombie and one that outlives us is not warned of.
 _children: list[subprocess.Popen[bytes]] = []
@@ -84,10 +85,12 @@ class CaddyAdmin:
         self.socket = socket_path
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def _call(
+        self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None
+    ) -> tuple[int, bytes]:
         if not self.socket.exists():
             raise EdgeUnavailable(f"the edge's admin socket {self.socket} does not exist")
-        connection = _UnixConnection(self.socket, self.timeout)
+        connection = _UnixConnection(self.socket, timeout or self.timeout)
         try:
             headers = {"Content-Type": "application/json"} if body is not None else {}
             connection.request(method, path, body=body, headers=headers)
@@ -99,8 +102,10 @@ class CaddyAdmin:
             connection.close()
 
     def alive(self) -> bool:
+        """Whether the edge answers a small question within ALIVE_TIMEOUT (a hung or
+        stopped process accepts the connection and never answers)."""
         try:
-            return self._call("GET", "/config/admin")[0] == 200
+            return self._call("GET", "/config/admin", timeout=ALIVE_TIMEOUT)[0] == 200
         except EdgeUnavailable:
             return False
 
@@ -266,6 +271,7 @@ class CaddyProcess:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a stopped process takes its TERM now
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and _start_time(pid) is not None:
             for child in _children:

@@ -67,6 +67,7 @@ class EdgeSettings:
     log_roll_mb: int = 10
     log_roll_keep: int = 5
     access_logs: bool = True  # one JSON line per request
+    dotfiles: bool = False  # a static site's dotfiles served (off: 404, but .well-known)
     previews: PreviewAddress | None = None  # kept versions, by Host (see ``_previews``)
     waker: Path | None = None  # the daemon's unix socket that wakes sleeping sites
 
@@ -188,7 +189,11 @@ def _asleep_errors(root: Path, key: str) -> dict[str, Any]:
 
 
 def _site_routes(
-    root: Path, key: str, logged: list[dict[str, Any]], waker: Path | None = None
+    root: Path,
+    key: str,
+    logged: list[dict[str, Any]],
+    waker: Path | None = None,
+    dotfiles: bool = False,
 ) -> list[dict[str, Any]]:
     """Serve the site whose route files are under ``root/<key>/`` (``key``: the port a request
     arrived on, or its validated Host). A static site costs what a plain file server does
@@ -204,7 +209,28 @@ def _site_routes(
         },
     }
     tasks = ",".join(["([^,]+)"] * FANOUT)
+    hidden = (
+        []
+        if dotfiles
+        else [
+            {  # a static site's dotfiles (.env, .git/config) are not served; /.well-known/ is
+                "match": [
+                    {
+                        "path_regexp": {"pattern": r"/\."},
+                        "not": [{"path": ["/.well-known/*"]}],
+                        **_file(root, f"{key}/dist/"),
+                    }
+                ],
+                "handle": [
+                    *logged,
+                    {"handler": "static_response", "status_code": 404, "body": "not found"},
+                ],
+                "terminal": True,
+            }
+        ]
+    )
     return [
+        *hidden,
         {  # a static site: its files, straight away (a file it does not have goes on below)
             "handle": [
                 *logged,
@@ -386,7 +412,7 @@ def _domains(settings: EdgeSettings, servers: dict[str, Any]) -> dict[str, Any]:
                 "handle": [
                     {
                         "handler": "subroute",
-                        "routes": _site_routes(hosts, HOST, [], settings.waker),
+                        "routes": _site_routes(hosts, HOST, [], settings.waker, settings.dotfiles),
                     }
                 ],
                 "terminal": True,
@@ -461,7 +487,7 @@ def edge_config(
         servers["sites"] = {
             "listen": spans,
             "automatic_https": {"disable": True},
-            "routes": _site_routes(ports, PORT, logged, settings.waker),
+            "routes": _site_routes(ports, PORT, logged, settings.waker, settings.dotfiles),
             "errors": _asleep_errors(ports, PORT),
         }
         if settings.access_logs:

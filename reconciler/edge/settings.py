@@ -69,5 +69,6 @@ def edge_settings(config: Config) -> EdgeSettings:
         domains_tls=config.domains_tls,
         acme_email=config.acme_email,
         access_logs=config.access_logs,
+        dotfiles=config.dotfiles,
         waker=paths.root / WAKER_SOCKET,
     )
