@@ -320,6 +320,12 @@ class Config:
                "line naming its site)", on_off,
                show=lambda v: "on" if v else "off", choices=("on", "off"), group=EDGE),
     )  # fmt: skip
+    dotfiles: bool = opt(
+        False,
+        Option("--dotfiles", "serve a static site's dotfiles (.env, .git/...); off: 404 for "
+               "them, but for /.well-known/", on_off,
+               show=lambda v: "on" if v else "off", choices=("on", "off"), group=EDGE),
+    )  # fmt: skip
     preview_domain: str = opt(
         "localhost",
         Option("--preview-domain", "previews of kept versions answer at "

@@ -62,7 +62,14 @@ def test_the_admin_socket_the_check_listener_and_one_server_on_the_whole_range()
 def test_requests_are_routed_by_their_port_through_the_route_files() -> None:
     routes = servers(edge_config(SETTINGS))["sites"]["routes"]
     port = "{http.request.local.port}"
-    static, up, svc, missing, nothing = routes
+    hidden, static, up, svc, missing, nothing = routes
+    (dotted,) = hidden["match"]  # a static site's dotfiles: 404, but for /.well-known/
+    assert dotted["path_regexp"] == {"pattern": r"/\."}
+    assert dotted["not"] == [{"path": ["/.well-known/*"]}]
+    assert dotted["file"]["try_files"] == [f"{port}/dist/"]
+    assert hidden["handle"][-1]["status_code"] == 404 and hidden["terminal"]
+    shown = EdgeSettings(**{**SETTINGS.__dict__, "dotfiles": True})
+    assert len(servers(edge_config(shown))["sites"]["routes"]) == len(routes) - 1
     assert "match" not in static, "a static site's files are served with no matcher"
     assert static["handle"] == [
         {"handler": "log_append", "key": "port", "value": port},
@@ -103,7 +110,8 @@ def test_domains_route_by_a_validated_host_with_certificates_on_demand() -> None
     (valid,) = domains["routes"][0]["match"]
     assert set(valid["vars_regexp"]) == {"{http.request.host}"}
     inner = domains["routes"][0]["handle"][0]["routes"]
-    assert inner[0]["handle"] == [
+    assert inner[0]["handle"][-1]["status_code"] == 404, "dotfiles, as by port"
+    assert inner[1]["handle"] == [
         {"handler": "file_server", "root": "/d/edge/routes/hosts/{http.request.host}/dist",
          "pass_thru": True}
     ]  # fmt: skip
