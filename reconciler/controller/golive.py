@@ -96,6 +96,9 @@ def start_and_wait(
                     else (lambda: None)
                 ),
             )
+            other = runtime.foreign(instance) if isinstance(runtime, Ports) else None
+            if other is not None:  # the answer was not the instance's own
+                raise StartFailed(f"Start failed: {other}")
     except BaseException as exc:
         if started is not None:
             with contextlib.suppress(Exception):

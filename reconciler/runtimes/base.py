@@ -172,6 +172,11 @@ class Ports(Protocol):
         listens on it, on nothing yet, or this cannot be seen)."""
         ...
 
+    def foreign(self, instance: Instance) -> str | None:
+        """Who holds the instance's port when it is not the instance (its health check was
+        answered by another process); None when it is, or this cannot be seen."""
+        ...
+
 
 @runtime_checkable
 class Leftovers(Protocol):

@@ -163,6 +163,9 @@ class DockerRuntime:
     def alive(self, instance: Instance) -> bool:
         return containers.is_running(self.engine, instance)
 
+    def foreign(self, instance: Instance) -> str | None:
+        return None  # the engine maps the port to the container alone
+
     def wrong_port(self, instance: Instance) -> str | None:
         with engine_calls():
             container = containers.find(self.engine, instance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -47,9 +48,12 @@ from reconciler.runtimes.process.processes import (
     kill_session,
     limited,
     process_start_time,
+    stop_build_leftovers,
 )
 from reconciler.runtimes.systemd import SiteUnits
 from reconciler.stores.releases import Release, ReleaseStore
+
+logger = logging.getLogger(__name__)
 
 
 class Builds:
@@ -141,10 +145,17 @@ class Builds:
         start = process_start_time(proc.pid)
         atomic_write(record, json.dumps({"pid": proc.pid, "pidStart": start}).encode() + b"\n")
         try:
-            return self._wait_build(request, tail, proc, stdout, command)
+            return self._wait_build(request, tail, proc, stdout, command, start)
         finally:
-            kill_session(proc.pid, start, timeout=KILL_GRACE)  # what the build left running
+            self._leftovers(request, proc.pid, start)
             record.unlink(missing_ok=True)
+
+    def _leftovers(self, request: BuildRequest, pid: int, start: int | None) -> None:
+        """Stop what the build left running: in its session, and outside it (``setsid``)
+        carrying its mark. Before its output is closed: a leftover holds the pipe open."""
+        kill_session(pid, start, timeout=KILL_GRACE)
+        if stop_build_leftovers(self.releases, request.project_id):
+            logger.info("%s: stopped what its build left running", request.project_id)
 
     def _run_build_unit(
         self, request: BuildRequest, command: str, tail: OutputTail, env: dict[str, str]
@@ -186,6 +197,7 @@ class Builds:
         proc: subprocess.Popen[bytes],
         stdout: IO[bytes],
         command: str,
+        start: int | None,
     ) -> int:
         spec = request.spec
 
@@ -220,11 +232,14 @@ class Builds:
                     tail.text(),
                 )
             )
-        # The shell is gone; anything it left in the group is killed with the group.
+        # The shell is gone; anything it left in the group is killed with the group, and
+        # what left the group too (the reader ends when the last writer of the pipe goes)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+        self._leftovers(request, proc.pid, start)
         reader.join(5)
-        stdout.close()
+        if not reader.is_alive():  # a close while it reads would wait for its lock
+            stdout.close()
         return proc.returncode
 
     def finish_build(self, result: BuildResult, release: Release) -> None:

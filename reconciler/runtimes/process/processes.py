@@ -20,7 +20,9 @@ from pathlib import Path, PurePosixPath
 from reconciler.core.errors import BuildFailed
 from reconciler.core.kinds import RuntimeName
 from reconciler.core.spec import Limits, ProjectSpec
-from reconciler.runtimes.sockets import ports_of
+from reconciler.runtimes.base import Instance
+from reconciler.runtimes.sockets import listens_on, ports_of
+from reconciler.stores.ports import holder
 from reconciler.stores.releases import ReleaseStore
 
 logger = logging.getLogger(__name__)
@@ -360,3 +362,69 @@ def session_port_mismatch(sid: int | None, start: int | None, port: int | None) 
         "the port in its $PORT; make it listen on $PORT (the start command gets it in its "
         "environment)"
     )
+
+
+def instance_processes(releases: ReleaseStore, instance: Instance) -> list[int]:
+    """Every live process of an instance: the members of the session its leader made, and
+    any that left it (a double fork and ``setsid``, as daemonizing servers do) but carry its
+    mark in their environment. What it started, wherever it went."""
+    found = set(session_members(instance.pid, instance.pid_start)) if instance.pid else set()
+    mark = instance_mark(releases, instance.project_id, instance.hash, instance.config or "")
+    entry = f"{INSTANCE_MARK}={mark}".encode()
+    found.update(pid for pid, _fields, seen in marked_processes(entry) if seen == entry)
+    return sorted(found)
+
+
+def kill_processes(pids: Sequence[int], *, timeout: float) -> None:
+    """SIGTERM each, wait up to ``timeout`` for them to go, SIGKILL what is left."""
+    starts = {pid: process_start_time(pid) for pid in pids}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if starts[p] is not None and process_start_time(p) == starts[p]]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def stop_everything(releases: ReleaseStore, instance: Instance, *, timeout: float) -> int:
+    """Stop whatever of the instance is left after its group: its session's members and the
+    processes that left the session carrying its mark. Returns how many there were."""
+    left = instance_processes(releases, instance)
+    if left:
+        kill_processes(left, timeout=timeout)
+    return len(left)
+
+
+def foreign_listener(releases: ReleaseStore, instance: Instance) -> str | None:
+    """Who answers on the instance's port when it is none of the instance's processes (an
+    earlier version's leftover, another program): the health check's answer was not its
+    own. None when one of its processes listens there, or no listener can be seen."""
+    if instance.port is None:
+        return None
+    session = session_members(instance.pid, instance.pid_start) if instance.pid else []
+    if listens_on(session, instance.port):
+        return None  # the common case, without reading every process's environment
+    if listens_on(instance_processes(releases, instance), instance.port):
+        return None
+    who = holder(instance.port)
+    if who is None:
+        return None
+    return (
+        f"port {instance.port} answers, but not from this instance of {instance.hash}: "
+        f"{who} holds it, and the instance cannot listen there"
+    )
+
+
+def stop_build_leftovers(releases: ReleaseStore, project_id: str) -> int:
+    """Stop what a finished build left that escaped its session (``setsid``, a double fork)
+    but carries its mark. Returns how many there were."""
+    entry = f"{BUILD_MARK}={build_mark(releases, project_id)}".encode()
+    left = [pid for pid, _fields, seen in marked_processes(entry) if seen == entry]
+    if left:
+        kill_processes(left, timeout=KILL_GRACE)
+    return len(left)

@@ -52,8 +52,10 @@ from reconciler.runtimes.process.processes import (  # noqa: F401 - importable f
     _store_tag,
     base_environ,
     build_instance,
+    foreign_listener,
     instance_file,
     instance_mark,
+    instance_processes,
     kill_group,
     kill_orphan_builds,
     kill_session,
@@ -67,6 +69,7 @@ from reconciler.runtimes.process.processes import (  # noqa: F401 - importable f
     session_port_mismatch,
     site_instance,
     spawn_detached,
+    stop_everything,
 )
 from reconciler.runtimes.systemd import SiteUnits
 from reconciler.stores.releases import Release, ReleaseStore
@@ -249,7 +252,7 @@ class ProcessRuntime(Builds):
                 f"busy: it was still open for writing somewhere); starting it again",
                 delay=0.2,
             )
-        left = session_members(instance.pid, instance.pid_start) if instance.pid else []
+        left = instance_processes(self.releases, instance)  # a daemonizing start command
         if left:
             return with_tail(
                 f"Start failed: the start command of {instance.hash} {how} and left "
@@ -281,15 +284,10 @@ class ProcessRuntime(Builds):
             deadline = time.monotonic() + 2
             while running() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        if instance.pid is not None:
-            left = kill_session(instance.pid, instance.pid_start, timeout=min(timeout, 2.0))
-            if left:
-                logger.info(
-                    "%s: stopped %d process(es) of %s left in its session",
-                    instance.project_id,
-                    len(left),
-                    instance.hash,
-                )
+        left = stop_everything(self.releases, instance, timeout=min(timeout, 2.0))
+        if left:
+            logger.info("%s: stopped %d process(es) of %s left behind (its session, or its mark)",
+                        instance.project_id, left, instance.hash)  # fmt: skip
         record = self.releases.logs_dir(instance.project_id, instance.hash) / instance_file(
             instance.config
         )
@@ -362,6 +360,9 @@ class ProcessRuntime(Builds):
         if self.units is not None:
             return None  # a site unit's processes are its own user's
         return session_port_mismatch(instance.pid, instance.pid_start, instance.port)
+
+    def foreign(self, instance: Instance) -> str | None:
+        return None if self.units is not None else foreign_listener(self.releases, instance)
 
     def stop_leftover_builds(self) -> list[str]:
         """Builds a killed daemon left running (and, with site users, their units)."""
