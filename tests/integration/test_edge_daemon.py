@@ -4,7 +4,9 @@ from a data dir that ran without the edge, domains with Caddy's internal CA, acc
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import ssl
 import subprocess
 import threading
@@ -420,3 +422,49 @@ def test_an_app_file_cut_short_never_serves_its_source_as_files(env: Env, tmp_pa
     assert failed.productionHash == row.productionHash
     others = [a for a in answers if a != "the app"]
     assert len(answers) > 20 and not others, f"{len(others)} of {len(answers)}: {others[:3]}"
+
+
+def test_a_hung_edge_is_reported_and_restarted(env: Env, tmp_path: Path) -> None:
+    """Caddy stopped (SIGSTOP): it still accepts connections and answers nothing. The daemon
+    reports it down within the liveness deadline and restarts it; the site serves again."""
+    site = make_site(tmp_path / "site", "steady")
+    env.write("www", desired_yaml(site))
+    row = env.wait_serving("www", "steady")
+    edge = env.db.edge()
+    assert edge is not None and edge.status == "up" and edge.pid is not None
+    hung = edge.pid
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        down = wait_for(
+            lambda: (e := env.db.edge()) is not None and e.status == "down" and e,
+            20,
+            "the hung edge reported down",
+        )
+        assert "has not answered" in str(down.error)
+        again = wait_for(
+            lambda: (e := env.db.edge()) is not None and e.status == "up" and e.pid != hung and e,
+            40,
+            "the edge restarted",
+        )
+        assert again.pid != hung
+        assert get(f"http://127.0.0.1:{row.productionPort}/") == "steady"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+
+
+def test_a_static_sites_dotfiles_are_not_served_but_well_known(env: Env, tmp_path: Path) -> None:
+    site = make_site(tmp_path / "site", "home")
+    dist = site / "dist"
+    for path, text in ((".env", "SECRET=1"), (".git/config", "[remote]"),
+                       ("assets/.hidden", "hid"), (".well-known/security.txt", "Contact: x")):  # fmt: skip
+        (dist / path).parent.mkdir(parents=True, exist_ok=True)
+        (dist / path).write_text(text)
+    env.write("www", desired_yaml(site))
+    row = env.wait_serving("www", "home")
+    base = f"http://127.0.0.1:{row.productionPort}"
+    for path in ("/.env", "/.git/config", "/assets/.hidden", "/%2eenv", "/assets/%2Ehidden"):
+        answer = httpx.get(base + path)
+        assert answer.status_code == 404 and "SECRET" not in answer.text, path
+    assert httpx.get(base + "/.well-known/security.txt").text == "Contact: x"
+    assert httpx.get(base + "/").text == "home"

@@ -98,6 +98,58 @@ def test_a_start_command_that_forks_and_exits_is_refused_and_leaves_nothing(
         assert _ours(marker) == []
 
 
+DAEMONIZE = """import os, sys
+if os.fork():
+    sys.exit(0)
+os.setsid()
+if os.fork():
+    sys.exit(0)
+os.execvp("python3", ["python3", "server.py", *sys.argv[1:]])
+"""
+ESCAPE = """import os, subprocess, sys
+subprocess.Popen(["python3", "-c", "import time; time.sleep(600)", *sys.argv[1:]],
+                 start_new_session=True)
+os.execvp("python3", ["python3", "server.py"])
+"""
+
+
+def test_a_start_command_that_daemonizes_with_setsid_is_refused_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A double fork and ``setsid`` (as ``gunicorn --daemon``, nginx and php-fpm do) leaves
+    the instance's session: its server is found by the instance's mark all the same, the
+    start is refused, and nothing of it is left to answer the next version's health check;
+    a helper that leaves the session of an app in the foreground is stopped with it."""
+    site = app_site(tmp_path / "app")
+    (site / "dist" / "daemonize.py").write_text(DAEMONIZE)
+    (site / "dist" / "escape.py").write_text(ESCAPE)
+    marker = f"setsid-{tmp_path.parent.name}-{tmp_path.name}"
+    with environment(tmp_path) as env:
+        env.start()
+        env.write("app", app_yaml(site, "one"))
+        good = env.wait_serving("app", "one")
+        command = f"exec python3 daemonize.py {marker}"
+        env.write("app", app_yaml(site, "two", generation=2, command=command))
+        failed = env.wait_status("app", "failed")
+        error = str(failed.productionError)
+        assert "a start command must stay in the foreground" in error, error
+        assert f"version {good.productionHash} keeps serving" in error
+        wait_for(lambda: not _ours(marker), 10, "the daemonized server stopped")
+        assert httpx.get(f"http://127.0.0.1:{good.productionPort}/").text == "one"
+
+        env.write("app", app_yaml(site, "three", generation=3))
+        env.wait_serving("app", "three")  # its own answer, nobody else's
+
+        env.write(
+            "app", app_yaml(site, "four", generation=4, command=f"exec python3 escape.py {marker}")
+        )
+        env.wait_serving("app", "four")
+        assert _ours(marker), "the helper runs, in a session of its own"
+        env.write("app", app_yaml(site, "four", generation=4).replace("running", "stopped"))
+        env.wait_status("app", "stopped")
+        wait_for(lambda: not _ours(marker), 10, "the helper stopped with its instance")
+
+
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 def test_a_lost_state_database_is_rebuilt_from_disk_without_an_outage(
     tmp_path: Path, kind: str
@@ -267,3 +319,20 @@ def test_a_restored_older_backup_of_the_state_database_keeps_serving(tmp_path: P
         assert failures == []
         assert again.productionHash == row.productionHash
         wait_for(lambda: len(env.instances("app")) == 1, 20, "one instance")
+
+
+def test_what_a_build_leaves_running_outside_its_session_is_stopped(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "dist").mkdir(parents=True)
+    (site / "dist" / "index.html").write_text("built")
+    marker = f"build-setsid-{tmp_path.parent.name}-{tmp_path.name}"
+    (site / "linger.py").write_text(
+        "import os, sys, time\nif os.fork():\n    sys.exit(0)\nos.setsid()\nif os.fork():\n"
+        "    sys.exit(0)\ntime.sleep(600)\n"
+    )
+    build = f"build:\n  command: python3 linger.py {marker}\n  output: dist\n"
+    with environment(tmp_path / "run") as env:
+        env.start()
+        env.write("www", desired_yaml(site, extra=build))
+        env.wait_serving("www", "built")
+        wait_for(lambda: not _ours(marker), 10, "the build's leftover stopped with the build")

@@ -295,3 +295,12 @@ def test_a_request_event_is_ignored_where_nothing_is_previewed(
     assert response.status_code == 202 and not response.json["accepted"]  # type: ignore[index]
     assert not nudged(config)
     assert hooks.open_requests(config.layout.previews / "requests", "www") == {}
+
+
+def test_a_payload_over_the_webhook_limit_is_refused_with_that_limit(client: FlaskClient) -> None:
+    body = b"{" + b" " * hooks.MAX_PAYLOAD + b"}"
+    response = client.post(URL, data=body, headers={"X-Hub-Signature-256": "sha256=00"})
+    assert response.status_code == 413
+    assert response.json["error"].startswith(  # type: ignore[index]
+        f"the body is larger than {hooks.MAX_PAYLOAD} bytes"
+    )
