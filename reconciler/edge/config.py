@@ -188,6 +188,24 @@ def _asleep_errors(root: Path, key: str) -> dict[str, Any]:
     }
 
 
+def _dotfiles(root: Path, key: str, logged: list[dict[str, Any]]) -> dict[str, Any]:
+    """A static site's dotfiles (.env, .git/config) are not served; /.well-known/ is."""
+    return {
+        "match": [
+            {
+                "path_regexp": {"pattern": r"/\."},
+                "not": [{"path": ["/.well-known/*"]}],
+                **_file(root, f"{key}/dist/"),
+            }
+        ],
+        "handle": [
+            *logged,
+            {"handler": "static_response", "status_code": 404, "body": "not found"},
+        ],
+        "terminal": True,
+    }
+
+
 def _site_routes(
     root: Path,
     key: str,
@@ -209,26 +227,7 @@ def _site_routes(
         },
     }
     tasks = ",".join(["([^,]+)"] * FANOUT)
-    hidden = (
-        []
-        if dotfiles
-        else [
-            {  # a static site's dotfiles (.env, .git/config) are not served; /.well-known/ is
-                "match": [
-                    {
-                        "path_regexp": {"pattern": r"/\."},
-                        "not": [{"path": ["/.well-known/*"]}],
-                        **_file(root, f"{key}/dist/"),
-                    }
-                ],
-                "handle": [
-                    *logged,
-                    {"handler": "static_response", "status_code": 404, "body": "not found"},
-                ],
-                "terminal": True,
-            }
-        ]
-    )
+    hidden = [] if dotfiles else [_dotfiles(root, key, logged)]
     return [
         *hidden,
         {  # a static site: its files, straight away (a file it does not have goes on below)
