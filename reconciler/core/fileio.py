@@ -18,12 +18,25 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     Readers see the old content or the new, never a mix; the file keeps its mode.
     ``durable=False`` leaves out the fsyncs (for what is worked out again after a crash).
     """
-    directory = path.parent
+    tmp, _ours = _temp_beside(path, data, durable=durable)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def _temp_beside(path: Path, data: bytes, *, durable: bool) -> tuple[str, Identity]:
+    """``data`` in a new temp file beside ``path``, with its mode (0644 for a new file):
+    the temp file's name and identity."""
     try:
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -31,13 +44,11 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
             os.fchmod(handle.fileno(), mode)
             if durable:
                 os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            return tmp, identity(os.fstat(handle.fileno()))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if durable:
-        fsync_dir(directory)
 
 
 Identity = tuple[int, int, int, int]
@@ -84,15 +95,8 @@ def replace_if_unchanged(path: Path, data: bytes, seen: Identity) -> bool:
     that came in between is swapped back (where exchanges are not available, the check
     comes just before the rename)."""
     directory = path.parent
-    mode = stat.S_IMODE(seen_mode(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    tmp, ours = _temp_beside(path, data, durable=True)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-            ours = identity(os.fstat(handle.fileno()))
         if not _exchange(tmp, str(path)):
             if identity(os.stat(path, follow_symlinks=False)) != seen:
                 return False
@@ -109,13 +113,6 @@ def replace_if_unchanged(path: Path, data: bytes, seen: Identity) -> bool:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def seen_mode(path: Path) -> int:
-    try:
-        return os.stat(path).st_mode
-    except FileNotFoundError:
-        return 0o644
 
 
 def fsync_dir(directory: Path) -> None:

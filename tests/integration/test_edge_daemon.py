@@ -22,6 +22,7 @@ from reconciler.core.kinds import EdgeMode
 from reconciler.core.spec import ProjectId
 from tests.conftest import PYTHON, REPO, free_port
 from tests.integration.harness import Env, desired_yaml, environment, get, make_site, wait_for
+from tests.integration.test_truthful import SERVER
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -366,20 +367,6 @@ def test_a_lost_state_database_keeps_ports_and_serving(tmp_path: Path) -> None:
         assert set(loop.bodies) == {"survives"}
 
 
-APP = """import http.server, os
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"the app"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
-"""
-
-
 def test_an_app_file_cut_short_never_serves_its_source_as_files(env: Env, tmp_path: Path) -> None:
     """``production:`` first, then a write cut after ``build.output: .`` (its ``start:`` and
     ``health:`` lost): read only once it settles, and then the switch to files is a deploy
@@ -387,9 +374,10 @@ def test_an_app_file_cut_short_never_serves_its_source_as_files(env: Env, tmp_pa
     keeps serving, and its source never does."""
     source = tmp_path / "app"
     source.mkdir()
-    (source / "server.py").write_text(APP)
+    (source / "server.py").write_text(SERVER)
     text = (
         f"production:\n  state: running\n  generation: 1\nsource: {source}\nruntime: process\n"
+        "env:\n  GREETING: the app\n"
         "build:\n  output: .\nstart:\n  command: exec python3 server.py\n"
         "health:\n  path: /\n  interval: 0.2\n"
     )
