@@ -85,6 +85,31 @@ def docker_ok() -> bool:
         return False
 
 
+def kill_edge(daemon: Daemon) -> None:
+    """SIGKILL the daemon's edge, as a reboot would, and wait until it is gone."""
+    pid = daemon.edge_pid()
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            break
+        time.sleep(0.05)
+
+
+def kill_sites(data: Path) -> int:
+    """SIGKILL every process that runs in a release under ``data`` (its sites), as a reboot
+    would. Returns how many."""
+    killed = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry.name}/cwd").startswith(f"{data}/"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+    return killed
+
+
 class Daemon:
     """`reconciler run` (daemon, API, edge) on ``root``, with its own port ranges."""
 

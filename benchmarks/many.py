@@ -11,7 +11,6 @@ CPU of both over IDLE seconds once the first pass is done.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Daemon, cpu_seconds, rss_mb, site_yaml
+from benchmarks.harness import Daemon, cpu_seconds, kill_edge, rss_mb, site_yaml
 from benchmarks.scale import _resync, _serving
 
 
@@ -40,17 +39,6 @@ def _first_pass(daemon: Daemon, before: int, timeout: float = 900) -> float:
     return time.monotonic() - daemon.started
 
 
-def _kill_edge(daemon: Daemon) -> None:
-    pid = daemon.edge_pid()
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            break
-        time.sleep(0.05)
-
-
 def run(root: Path, *, sites: int = 10000, idle: float = 60.0) -> dict[str, Any]:
     source = root / "static-src"
     (source / "dist").mkdir(parents=True)
@@ -65,7 +53,7 @@ def run(root: Path, *, sites: int = 10000, idle: float = 60.0) -> dict[str, Any]
         first, first_s = len(ports), last - daemon.started
         daemon.proc.send_signal(signal.SIGTERM)  # the sites keep serving ...
         daemon.proc.wait(120)
-        _kill_edge(daemon)  # ... until the edge goes too: a reboot
+        kill_edge(daemon)  # ... until the edge goes too: a reboot
         passes = len(daemon.log_lines("full resync:"))
         daemon.log.close()
         daemon = _start(root / "many", sites)

@@ -227,6 +227,20 @@ def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 _verdict(sc["all_serving_s"], 30.0),
             )
         )
+        if "cold_start" in sc:
+            cold = sc["cold_start"]
+            out.append(
+                (
+                    "5 scale",
+                    f"{label}, deployed: cold start as after a reboot (daemon stopped, edge "
+                    "and sites killed) -> all serving",
+                    f"{cold['all_serving_s']} s",
+                    "",
+                    f"{cold['serving']} serving; {cold['processes_killed']} processes killed",
+                    "<= 30 s (1,200)",
+                    _verdict(cold["all_serving_s"], 30.0),
+                )
+            )
         out.append(
             (
                 "5 scale",

@@ -27,6 +27,8 @@ from benchmarks.harness import (
     Daemon,
     cpu_seconds,
     free_port,
+    kill_edge,
+    kill_sites,
     rss_mb,
     site_yaml,
 )
@@ -162,6 +164,24 @@ def _api_latency(daemon: Daemon, project: str, seconds: int) -> dict[str, Any]:
             proc.wait(10)
 
 
+def _reboot(
+    daemon: Daemon, public: str, internal: str, count: int
+) -> tuple[Daemon, dict[str, Any]]:
+    """A cold start, as after a reboot: the daemon stopped, the edge and every site's process
+    killed, ``reconciler run`` again on the same dirs: the seconds to every site serving
+    (no build: each release is there; the edge brought up once, the apps started again)."""
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.proc.wait(120)
+    kill_edge(daemon)
+    killed = kill_sites(daemon.data)
+    daemon.log.close()
+    again = Daemon(daemon.root, public, internal, "--drain", "0", wait_ready=False)
+    again.wait_api()
+    ports, last = _serving(again, count, time.monotonic() + 900)
+    return again, {"serving": len(ports), "all_serving_s": round(last - again.started, 1),
+                   "processes_killed": killed}  # fmt: skip
+
+
 def run(
     root: Path, *, sites: int = 1000, apps: int = 200, idle: int = 30, api_seconds: int = 10
 ) -> dict[str, Any]:
@@ -200,13 +220,16 @@ def run(
         idle_cpu = {pid: round((cpu_seconds(pid) - cpu[pid]) / idle * 100, 2) for pid in (edge, me)}
         resyncs = [_resync(daemon) for _ in range(3)]
         api = _api_latency(daemon, f"s{sites // 2:05d}", api_seconds) if shutil.which("wrk") else {}
+        rss = {"daemon": round(rss_mb(me), 1), "edge": round(rss_mb(edge), 1)}
+        daemon, reboot = _reboot(daemon, public, internal, sites + apps)
         return {
             "static_sites": sites,
             "process_sites": apps,
             "serving": len(ports),
             "all_serving_s": round(all_serving, 1),
-            "daemon_rss_mb": round(rss_mb(me), 1),
-            "edge_rss_mb": round(rss_mb(edge), 1),
+            "cold_start": reboot,
+            "daemon_rss_mb": rss["daemon"],
+            "edge_rss_mb": rss["edge"],
             "idle_cpu_pct": {"daemon": idle_cpu[me], "edge": idle_cpu[edge], "seconds": idle},
             "full_resync_s": sorted(r["seconds"] for r in resyncs),
             "api": api,

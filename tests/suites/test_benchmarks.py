@@ -54,6 +54,9 @@ def test_every_figure_runs_and_reports(tmp_path: Path) -> None:
     assert scale["serving"] == scale["static_sites"] + scale["process_sites"]
     assert len(scale["full_resync_s"]) == 3 and all(s >= 0 for s in scale["full_resync_s"])
     assert scale["daemon_rss_mb"] > 0 and scale["edge_rss_mb"] > 0
+    cold = scale["cold_start"]  # as after a reboot: every site serving again, apps restarted
+    assert cold["serving"] == scale["serving"] and cold["all_serving_s"] > 0
+    assert cold["processes_killed"] >= scale["process_sites"]
     if shutil.which("wrk"):
         for where in ("separate", "in_run", "waitress"):
             for route in ("production", "projects"):
