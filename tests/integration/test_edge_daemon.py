@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -462,3 +463,31 @@ def test_a_static_sites_dotfiles_are_not_served_but_well_known(env: Env, tmp_pat
         assert answer.status_code == 404 and "SECRET" not in answer.text, path
     assert httpx.get(base + "/.well-known/security.txt").text == "Contact: x"
     assert httpx.get(base + "/").text == "home"
+
+
+def test_an_app_turned_static_on_purpose_switches_once_and_stays(env: Env, tmp_path: Path) -> None:
+    """The same release, its start command dropped on purpose: a checked switch to its files,
+    the app drained and stopped, and nothing more (no activation after it)."""
+    site = make_site(tmp_path / "site", "as files")
+    (site / "dist" / "server.py").write_text(SERVER)
+    app = desired_yaml(site, extra="env:\n  GREETING: as an app\n" + "start:\n  command: "
+                       "exec python3 server.py\n")  # fmt: skip
+    env.write("www", app)
+
+    def app_serves() -> Any:
+        row = env.row("www")
+        answer = (
+            get(f"http://127.0.0.1:{row.productionPort}/") if row and row.productionPort else None
+        )
+        return row if answer == "as an app" else None
+
+    row = wait_for(app_serves, 30, "the app serving")
+    env.write("www", desired_yaml(site))
+    files = env.wait_serving("www", "as files")
+    assert files.productionPort == row.productionPort
+    wait_for(lambda: env.instances("www") == [], 15, "the app stopped")
+    settled = len(env.db.deployments("www"))
+    time.sleep(2)
+    env.resync_and_wait("www")
+    assert len(env.db.deployments("www")) == settled, "no activation after the switch"
+    assert get(f"http://127.0.0.1:{row.productionPort}/") == "as files"
