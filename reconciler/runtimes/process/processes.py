@@ -367,12 +367,30 @@ def session_port_mismatch(sid: int | None, start: int | None, port: int | None) 
 def instance_processes(releases: ReleaseStore, instance: Instance) -> list[int]:
     """Every live process of an instance: the members of the session its leader made, and
     any that left it (a double fork and ``setsid``, as daemonizing servers do) but carry its
-    mark in their environment. What it started, wherever it went."""
-    found = set(session_members(instance.pid, instance.pid_start)) if instance.pid else set()
+    mark in their environment. What it started, wherever it went. One pass over /proc; only
+    processes started after the instance's leader are looked at, and only those outside its
+    session have their environment read."""
+    sid, start = instance.pid, instance.pid_start
+    if sid is None or start is None:
+        return []
+    leader = process_start_time(sid)
+    ours = leader is None or leader == start  # a reused pid's session is someone else's
     mark = instance_mark(releases, instance.project_id, instance.hash, instance.config or "")
     entry = f"{INSTANCE_MARK}={mark}".encode()
-    found.update(pid for pid, _fields, seen in marked_processes(entry) if seen == entry)
-    return sorted(found)
+    found: list[int] = []
+    for pid, fields in live_processes():
+        if int(fields[STAT_START]) < start:
+            continue
+        if ours and int(fields[STAT_SESSION]) == sid:
+            found.append(pid)
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if entry in environ.split(b"\0"):
+            found.append(pid)
+    return found
 
 
 def kill_processes(pids: Sequence[int], *, timeout: float) -> None:
