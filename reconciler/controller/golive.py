@@ -205,7 +205,10 @@ class Static:
                 {"message": f"Checking {release.hash} through the edge (no process needed)"},
             )
         with rec.job(JobType.WAIT_READY, hash=release.hash, generation=generation):
-            check_static(self.edge, self.preview_url(run), release, spec, run)
+            try:
+                check_static(self.edge, self.preview_url(run), release, spec, run)
+            finally:
+                self.releases.unpreview(project_id)
         self.releases.switch(project_id, release.hash)
         self.edge.put(site_for(run, site.publicPort, ServeMode.STATIC, None))
         check_through_edge(

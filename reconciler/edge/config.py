@@ -297,6 +297,23 @@ def listen_spans(settings: EdgeSettings, held: frozenset[int]) -> list[str]:
     return spans
 
 
+def _hidden_in_check(dotfiles: bool) -> list[dict[str, Any]]:
+    """The check route hides a release's dotfiles as its site does (but /.well-known/)."""
+    if dotfiles:
+        return []
+    hidden = {
+        "match": [
+            {
+                "path_regexp": {"pattern": r"/preview/dist/(.*/)?\."},
+                "not": [{"path_regexp": {"pattern": r"/preview/dist/\.well-known/"}}],
+            }
+        ],
+        "handle": [{"handler": "static_response", "status_code": 404, "body": "not found"}],
+        "terminal": True,
+    }
+    return [{"handler": "subroute", "routes": [hidden]}]
+
+
 def _control(settings: EdgeSettings) -> dict[str, Any]:
     hosts = settings.routes / "hosts"
     return {
@@ -305,7 +322,10 @@ def _control(settings: EdgeSettings) -> dict[str, Any]:
         "routes": [
             {
                 "match": [{"path_regexp": {"pattern": PREVIEW_PATTERN}}],
-                "handle": [{"handler": "file_server", "root": str(settings.releases)}],
+                "handle": [
+                    *_hidden_in_check(settings.dotfiles),
+                    {"handler": "file_server", "root": str(settings.releases)},
+                ],
                 "terminal": True,
             },
             {  # Caddy asks before it gets a certificate: only for names a site claims

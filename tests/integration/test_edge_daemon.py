@@ -463,6 +463,17 @@ def test_a_static_sites_dotfiles_are_not_served_but_well_known(env: Env, tmp_pat
         assert answer.status_code == 404 and "SECRET" not in answer.text, path
     assert httpx.get(base + "/.well-known/security.txt").text == "Contact: x"
     assert httpx.get(base + "/").text == "home"
+    # the check route served the release only while it was checked, and never its dotfiles
+    assert env.daemon is not None and env.daemon.edge is not None
+    check = f"http://127.0.0.1:{env.daemon.edge.settings.control_port}/www/preview/dist"
+    assert not (env.data / "production" / "www" / "preview").is_symlink()
+    assert httpx.get(check + "/index.html").status_code == 404
+    env.releases().preview(ProjectId("www"), str(row.productionHash))  # as during a check
+    assert httpx.get(check + "/index.html").text == "home"
+    for path in ("/.env", "/.git/config", "/assets/.hidden", "/%2eenv"):
+        answer = httpx.get(check + path)
+        assert answer.status_code == 404 and "SECRET" not in answer.text, path
+    assert httpx.get(check + "/.well-known/security.txt").text == "Contact: x"
 
 
 def test_an_app_turned_static_on_purpose_switches_once_and_stays(env: Env, tmp_path: Path) -> None:

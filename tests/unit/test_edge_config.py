@@ -51,7 +51,8 @@ def test_the_admin_socket_the_check_listener_and_one_server_on_the_whole_range()
     control = servers(config)["control"]
     assert control["listen"] == ["127.0.0.1:29999"]
     assert control["routes"][0]["match"] == [{"path_regexp": {"pattern": PREVIEW_PATTERN}}]
-    assert control["routes"][0]["handle"] == [{"handler": "file_server", "root": "/d/production"}]
+    assert control["routes"][0]["handle"][-1] == {"handler": "file_server", "root": "/d/production"}
+    assert control["routes"][0]["handle"][0]["handler"] == "subroute"  # its dotfiles hidden
     sites = servers(config)["sites"]
     assert sites["listen"] == ["127.0.0.1:3001-3999"]
     assert sites["automatic_https"] == {"disable": True}

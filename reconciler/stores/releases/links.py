@@ -37,6 +37,12 @@ class SiteLinks(StoreParts):
             raise ReleaseError(f"version {version} of {project_id} is not a complete release")
         self._point(project_id, PREVIEW, version)
 
+    def unpreview(self, project_id: ProjectId) -> None:
+        """Drop the ``preview`` link once its check is over: the check route then answers
+        404, so a stopped site's kept releases are reachable through no listener."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.project_dir(project_id) / PREVIEW).unlink()
+
     def slot(self, project_id: ProjectId) -> str | None:
         """The slot the edge routes to (``a`` or ``b``), None when there is none yet."""
         try:

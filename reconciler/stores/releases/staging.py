@@ -19,6 +19,7 @@ from reconciler.core.spec import ProjectId
 from reconciler.core.timeutil import utcnow
 from reconciler.stores.releases.release import (
     MANIFEST,
+    PREVIEW,
     STAGING_PREFIX,
     TRASH_PREFIX,
     Limits,
@@ -45,7 +46,9 @@ class Stager(StoreParts):
                 if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
-                elif entry.name.startswith((".current-", ".link-")):
+                elif entry.name.startswith((".current-", ".link-")) or (
+                    entry.name == PREVIEW and entry.is_symlink()  # a check that never ended
+                ):
                     entry.unlink(missing_ok=True)
                     removed.append(entry)
         return removed
