@@ -297,21 +297,28 @@ def listen_spans(settings: EdgeSettings, held: frozenset[int]) -> list[str]:
     return spans
 
 
-def _hidden_in_check(dotfiles: bool) -> list[dict[str, Any]]:
-    """The check route hides a release's dotfiles as its site does (but /.well-known/)."""
+def _hidden(dotfiles: bool, base: str = "/") -> list[dict[str, Any]]:
+    """Routes that hide a release's dotfiles below ``base`` as its site does (but
+    /.well-known/): the check route's and the previews'."""
     if dotfiles:
         return []
-    hidden = {
-        "match": [
-            {
-                "path_regexp": {"pattern": r"/preview/dist/(.*/)?\."},
-                "not": [{"path_regexp": {"pattern": r"/preview/dist/\.well-known/"}}],
-            }
-        ],
-        "handle": [{"handler": "static_response", "status_code": 404, "body": "not found"}],
-        "terminal": True,
-    }
-    return [{"handler": "subroute", "routes": [hidden]}]
+    return [
+        {
+            "match": [
+                {
+                    "path_regexp": {"pattern": rf"{base}(.*/)?\."},
+                    "not": [{"path_regexp": {"pattern": rf"{base}\.well-known/"}}],
+                }
+            ],
+            "handle": [{"handler": "static_response", "status_code": 404, "body": "not found"}],
+            "terminal": True,
+        }
+    ]
+
+
+def _hidden_in_check(dotfiles: bool) -> list[dict[str, Any]]:
+    routes = _hidden(dotfiles, "/preview/dist/")
+    return [{"handler": "subroute", "routes": routes}] if routes else []
 
 
 def _control(settings: EdgeSettings) -> dict[str, Any]:
@@ -381,6 +388,7 @@ def _previews(settings: EdgeSettings, previews: PreviewAddress) -> dict[str, Any
             "handle": [{"handler": "subroute", "routes": app}],
             "terminal": True,
         },
+        *_hidden(settings.dotfiles, "^/"),
         {
             "match": [_file(root, f"{key}/")],
             "handle": [{"handler": "file_server", "root": f"{root}/{key}"}],

@@ -33,6 +33,9 @@ def shown(port: int, host: str) -> httpx.Response:
 
 def test_each_kept_static_version_answers_at_its_own_address(env: Env, tmp_path: Path) -> None:
     site = make_site(tmp_path / "site", "one")
+    (site / "dist" / ".env").write_text("SECRET=1")
+    (site / "dist" / ".well-known").mkdir()
+    (site / "dist" / ".well-known" / "security.txt").write_text("Contact: x")
     env.write("www", desired_yaml(site, generation=1))
     first = env.wait_serving("www", "one")
     (site / "dist" / "index.html").write_text("two")
@@ -47,6 +50,12 @@ def test_each_kept_static_version_answers_at_its_own_address(env: Env, tmp_path:
     wait_for(lambda: sorted(os.listdir(links)) == sorted([v1, v2]), 10, "both versions linked")
     assert shown(address.port, f"{v1}.www.localhost").text == "one", "the old version, as kept"
     assert shown(address.port, f"{v2}.www.localhost").text == "two"
+    dotfile = httpx.get(f"http://127.0.0.1:{address.port}/.env",
+                        headers={"Host": f"{v1}.www.localhost"}, timeout=5)  # fmt: skip
+    assert dotfile.status_code == 404 and "SECRET" not in dotfile.text, "as on its site"
+    known = httpx.get(f"http://127.0.0.1:{address.port}/.well-known/security.txt",
+                      headers={"Host": f"{v1}.www.localhost"}, timeout=5)  # fmt: skip
+    assert known.text == "Contact: x"
     assert httpx.get(f"http://127.0.0.1:{second.productionPort}/").text == "two", "live: v2"
     missing = shown(address.port, "00000000.www.localhost")
     assert missing.status_code == 404 and "no preview of this version" in missing.text
