@@ -30,8 +30,8 @@ crash: $(STAMP) ## crash injection, full: 200 SIGKILLs over the process runtime,
 hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 examples each
 	HOSTILE_EXAMPLES=$${HOSTILE_EXAMPLES:-500} $(BIN)/pytest -q -s tests/suites/test_hostile_input.py
 
-load: $(STAMP) ## load, full: 50 projects at once, 200 API clients for 30 s, 100 concurrent writes
-	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 $(BIN)/pytest -q -s tests/suites/test_load.py
+load: $(STAMP) ## load, full: 50 projects at once, 200 API clients for 30 s, 100 concurrent writes, 1,000 deploys
+	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 LOAD_DEPLOYS=1000 $(BIN)/pytest -q -s tests/suites/test_load.py
 
 faults: $(STAMP) ## engine faults: a full disk while staging, dockerd stopped and started (restarts it!)
 	ENGINE_FAULTS=1 $(BIN)/pytest -q -s tests/suites/test_engine_faults.py

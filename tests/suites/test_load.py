@@ -172,3 +172,70 @@ def test_a_storm_of_writes_ends_consistent_with_the_last_desired_write(tmp_path:
             assert get(f"http://127.0.0.1:{row.productionPort}/") in ("one", "two")
         print(f"\nload: {CALLS} concurrent writes on one project: {sorted(set(codes))}; "
               f"ended {'stopped' if stopped else 'running'} as the file says")  # fmt: skip
+
+
+DEPLOYS = int(os.environ.get("LOAD_DEPLOYS", "100"))
+
+
+@pytest.mark.timeout(300)
+def test_concurrent_deploys_coalesce_into_the_one_queued_or_under_way(tmp_path: Path) -> None:
+    """Every deploy asked while one is queued or building joins it: one generation bump and
+    one build for any number of concurrent asks (before the edits were compare-and-swaps,
+    1,000 gave 103 of each); a deploy asked after it ended builds again."""
+    with environment(tmp_path) as env:
+        env.start()
+        site = make_site(tmp_path / "site", "one")
+        gate = tmp_path / "gate"
+        gate.touch()
+        build = f"build:\n  command: while [ ! -e {gate} ]; do sleep 0.05; done\n  output: dist\n"
+        env.write("www", desired_yaml(site, extra=build))
+        env.wait_serving("www", "one")
+        config = dataclasses.replace(env.config(), listen_port=0)
+        server = ApiServer(create_app(config), config)
+        server.start()
+        url = f"http://127.0.0.1:{server.port}/api/projects/www/deploy"
+        gate.unlink()  # the build a deploy starts waits until every ask is in
+        answers: list[str] = []
+        lock = threading.Lock()
+        clients = min(DEPLOYS, 50)
+        barrier = threading.Barrier(clients)
+
+        def client(n: int) -> None:
+            mine = []
+            barrier.wait()
+            with httpx.Client(timeout=60) as http:
+                for _ in range(n, DEPLOYS, clients):
+                    response = http.post(url, json={})
+                    mine.append(f"{response.status_code} {response.json().get('status')}")
+            with lock:
+                answers.extend(mine)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            took = time.monotonic() - started
+            generation = yaml.safe_load((env.desired / "www.yaml").read_text())["production"]
+            builds = [d for d in env.db.deployments("www") if d.kind == "deploy"]
+            print(f"\nload: {DEPLOYS} concurrent deploys in {took:.1f} s: generation "
+                  f"{generation['generation']}, {len(builds) - 1} build(s) beside the first deploy's; "
+                  f"answers {sorted(set(answers))}")  # fmt: skip
+            assert len(answers) == DEPLOYS
+            assert {a.split()[0] for a in answers} == {"200"}
+            assert {a.split()[1] for a in answers} <= {"queued", "building"}, answers
+            assert generation["generation"] == 2, "one bump for every ask"
+            gate.touch()
+            wait_for(lambda: env.db.open_deployment("www") is None, 60, "the deploy ends")
+            assert [d.generation for d in env.db.deployments("www") if d.kind == "deploy"] == [
+                2, 1
+            ]  # fmt: skip
+            again = httpx.post(url, json={}, timeout=30)
+            assert again.json()["status"] == "queued"
+            generation = yaml.safe_load((env.desired / "www.yaml").read_text())["production"]
+            assert generation["generation"] == 3, "a deploy after it ended builds again"
+        finally:
+            gate.touch()
+            server.stop()
