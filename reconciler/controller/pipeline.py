@@ -92,6 +92,7 @@ class Pipeline:
             digest=facts.digest,
             listener=self.listener,
             pinned=facts.spec.production.pinned if facts.spec else None,
+            keep=self.releases.keep_record,
         )
         run = Run(facts, recorder, cancel, dict(facts.live))
         if facts.spec is not None:

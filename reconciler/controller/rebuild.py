@@ -1,9 +1,10 @@
 """A project's record rebuilt from what is on disk and what runs, when the state database
 has none (it was lost, or restored from an older backup): the version ``current`` names or
-the one instance that runs, the newest release and the generation it was built for, the
-address it is served at. With that record the planner sees a converged project, so nothing
-is stopped as a stray and nothing is rebuilt; without it, every site would be torn down and
-built again.
+the one instance that runs, the newest release, the generation last built and a failure
+(both kept beside the releases, ``record.json``), the address it is served at. With that
+record the planner sees a converged (or failed) project, so nothing is stopped as a stray,
+nothing is rebuilt and no failed start is tried again; without it, every site would be torn
+down and built again.
 """
 
 from __future__ import annotations
@@ -32,14 +33,28 @@ def rebuild_record(
     alive: Live,
 ) -> bool:
     """Write the project's row from the disk and the live instances; True when it did."""
-    versions = releases.versions(project_id)
-    if spec is None or not versions:
+    if spec is None:
         return False
+    versions = releases.versions(project_id)
+    kept = releases.kept_record(project_id)  # the last build's generation, a failure
+    failed = kept.get("failedDigest")
+    error = kept.get("productionError")
+    failed = failed if isinstance(failed, str) else None
+    error = error if isinstance(error, str) and failed else None
+    built = kept.get("observedGeneration")
     current = releases.current(project_id)
     running = sorted({instance.hash for instance, _runtime in alive.values()})
     serving = current if current is not None else (running[0] if len(running) == 1 else None)
-    if serving is None:
-        return False
+    if serving is None or not versions:
+        if failed is None:
+            return False
+        db.update_project(project_id, productionStatus=Status.FAILED,  # a first deploy failed
+                          observedGeneration=built if isinstance(built, int) else None,
+                          lastGoodSpec=spec.model_dump_json(), failedDigest=failed,
+                          productionError=error)  # fmt: skip
+        logger.info("%s: no record in the state database; rebuilt its failure from disk",
+                    project_id)  # fmt: skip
+        return True
     latest = versions[0].hash
     mode = serve_mode(
         config.edge, spec, config.default_runtime,
@@ -56,17 +71,22 @@ def rebuild_record(
     source = releases.source_of(project_id, latest)  # a git build: its commit is its revision
     if source is not None and not isinstance(source.get("commit"), str):
         source = None
+    status = Status.RUNNING if live else Status.STOPPED
     db.update_project(
         project_id,
-        productionStatus=Status.RUNNING if live else Status.STOPPED,
+        productionStatus=Status.FAILED if failed else status,
         productionHash=serving,
         productionPort=port if live else None,
         productionUrl=config.site_url(port, spec.domains) if live else None,
         productionStartedAt=utcnow() if live else None,
         latestHash=latest,
-        observedGeneration=releases.generation(project_id, latest),
+        observedGeneration=built
+        if isinstance(built, int)
+        else releases.generation(project_id, latest),
         lastGoodSpec=spec.model_dump_json(),
         latestSource=json.dumps({"rev": source["commit"], **source}) if source else None,
+        failedDigest=failed,
+        productionError=error,
     )
     logger.info(
         "%s: no record in the state database; rebuilt it from disk (serving %s%s)",

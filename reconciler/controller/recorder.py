@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, Unpack
 
@@ -108,8 +108,10 @@ class Recorder:
         digest: str | None,
         listener: Listener | None = None,
         pinned: str | None = None,
+        keep: Callable[[ProjectId, dict[str, object]], None] | None = None,
     ) -> None:
         self.db = db
+        self.keep = keep  # the spare record beside the releases (``SiteLinks.keep_record``)
         self.project_id = project_id
         self.digest = digest
         self.listener = listener
@@ -199,7 +201,10 @@ class Recorder:
     # -- rows ------------------------------------------------------------------------------
 
     def update(self, **changes: Unpack[ProjectChanges]) -> ProjectRow:
-        return self.db.update_project(self.project_id, **changes)
+        row = self.db.update_project(self.project_id, **changes)
+        if self.keep is not None and ("observedGeneration" in changes or "failedDigest" in changes):
+            self.keep(self.project_id, dict(changes))
+        return row
 
     def put_instance(self, instance: Instance, role: InstanceRole) -> None:
         self.db.put_instance(instance_row(instance, role))

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.harness import desired_yaml, environment, wait_for
+from tests.integration.harness import Env, desired_yaml, environment, wait_for
 from tests.integration.test_truthful import app_site, app_yaml
 
 pytestmark = pytest.mark.timeout(180)
@@ -183,6 +183,54 @@ def test_a_lost_state_database_is_rebuilt_from_disk_without_an_outage(
         assert builds == [], "nothing was rebuilt"
         if kind == "dynamic":
             assert [i.hash for i in env.instances("app")] == [row.productionHash]
+
+
+def _lose_state(env: Env) -> None:
+    env.stop()
+    env.db.close()
+    env._db = None  # the test's own connection must not keep the lost file alive
+    for suffix in ("", "-wal", "-shm"):
+        (env.data / f"state.db{suffix}").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("kind", ["redeployed", "failed start", "failed first build"])
+def test_a_lost_state_database_neither_builds_again_nor_retries_a_failure(
+    tmp_path: Path, kind: str
+) -> None:
+    """A deploy whose content was kept already (the same release, made for an older
+    generation), a start that failed, a first build that failed: after the state database
+    is lost, the record rebuilt from disk says the same, and no job runs (before: the
+    first two built again and the start was tried again)."""
+    site = app_site(tmp_path / "app")
+    (site / "dist" / "index.html").write_text("kept")
+    with environment(tmp_path) as env:
+        env.start()
+        if kind == "failed first build":
+            env.write("app", desired_yaml(site, extra="build:\n  command: exit 3\n"))
+        else:
+            env.write("app", app_yaml(site, "kept"))
+            env.wait_serving("app", "kept")
+            command = "exit 3" if kind == "failed start" else ""
+            env.write("app", app_yaml(site, "kept", generation=2, command=command))
+        if kind == "redeployed":
+            wait_for(lambda: (r := env.row("app")) is not None and r.observedGeneration == 2
+                     and env.db.open_deployment("app") is None, 30, "generation 2 deployed")  # fmt: skip
+        else:
+            env.wait_status("app", "failed")
+        before = env.row("app")
+        assert before is not None
+        _lose_state(env)
+        env.start()
+        env.resync_and_wait("app")
+        env.resync_and_wait("app")
+        after = env.row("app")
+        assert after is not None
+        assert env.db.jobs("app", limit=100) == [], "nothing built or started again"
+        assert (after.productionStatus, after.observedGeneration, after.failedDigest) == (
+            before.productionStatus, before.observedGeneration, before.failedDigest)  # fmt: skip
+        assert after.productionError == before.productionError
+        if kind != "failed first build":
+            assert httpx.get(f"http://127.0.0.1:{after.productionPort}/").status_code == 200
 
 
 def test_a_torn_write_never_stops_a_running_site(tmp_path: Path) -> None:

@@ -5,20 +5,25 @@ dynamic site (``slot``), a preview link, and the addresses of a swarm service's 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
 from reconciler.core.errors import ReleaseError
 from reconciler.core.fileio import atomic_write
+from reconciler.core.redact import scrub
 from reconciler.core.spec import ProjectId
 from reconciler.stores.releases.release import (
     PREVIEW,
+    RECORD,
     SLOT,
     SLOT_NAMES,
     SLOTS,
     TASKS,
     StoreParts,
 )
+
+RECORDED = ("observedGeneration", "failedDigest", "productionError")
 
 
 class SiteLinks(StoreParts):
@@ -42,6 +47,36 @@ class SiteLinks(StoreParts):
         404, so a stopped site's kept releases are reachable through no listener."""
         with contextlib.suppress(FileNotFoundError):
             (self.project_dir(project_id) / PREVIEW).unlink()
+
+    def keep_record(self, project_id: ProjectId, changes: dict[str, object]) -> None:
+        """Keep beside the releases what the state database says that the releases cannot:
+        the generation last built (a build whose content was kept already reuses a release
+        made for an older one) and a failure with the desired digest it failed for. A
+        record rebuilt after the database is lost then neither builds again nor retries
+        a start that failed."""
+        before = self.kept_record(project_id)
+        record = dict(before)
+        if "observedGeneration" in changes:
+            record["observedGeneration"] = changes["observedGeneration"]
+        if "failedDigest" in changes:  # a failure's error goes with it (others are passing)
+            record.pop("productionError", None)
+            record["failedDigest"] = changes["failedDigest"]
+            if changes["failedDigest"] is not None:
+                error = changes.get("productionError")
+                record["productionError"] = scrub(error) if isinstance(error, str) else None
+        record = {k: v for k, v in record.items() if v is not None}
+        if record == before or not self.project_dir(project_id).is_dir():
+            return
+        data = json.dumps(record, sort_keys=True).encode() + b"\n"
+        with contextlib.suppress(OSError):  # the database is the record; this is its spare
+            atomic_write(self.project_dir(project_id) / RECORD, data, durable=False)
+
+    def kept_record(self, project_id: ProjectId) -> dict[str, object]:
+        try:
+            found = json.loads((self.project_dir(project_id) / RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in found.items() if k in RECORDED} if isinstance(found, dict) else {}
 
     def slot(self, project_id: ProjectId) -> str | None:
         """The slot the edge routes to (``a`` or ``b``), None when there is none yet."""

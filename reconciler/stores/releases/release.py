@@ -47,6 +47,9 @@ TASKS = "tasks"
 ACTIVATIONS = "activations.json"
 
 
+RECORD = "record.json"  # what a lost state database cannot be rebuilt without (``links``)
+
+
 STAGING_PREFIX = ".staging-"
 
 
