@@ -265,9 +265,13 @@ def _remove_docker_leftovers(prefix: str) -> None:
         client.close()
 
 
-def check_invariants(env: Env, case: Case, site: Path) -> list[str]:
+def check_invariants(
+    env: Env, case: Case, site: Path, expected: tuple[str, str | None] | None = None
+) -> list[str]:
+    """What must hold once the project converged on ``expected`` (status, page); the
+    case's own change by default."""
     problems: list[str] = []
-    status, page = _expected(case)
+    status, page = expected or _expected(case)
     db = StateDB(env.data / "state.db")
     try:
         row = db.project(P)
