@@ -18,6 +18,7 @@ old instance -> prune. A failure before the switch leaves the old version servin
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 from typing import assert_never
@@ -168,13 +169,28 @@ class Pipeline:
             logger.warning("%s: %s (will retry)", project_id, exc)
             run.recorder.update(productionStatus=Status.ERROR, productionError=str(exc))
             raise
-        except Exception as exc:
-            logger.exception("%s: unexpected error", project_id)
-            run.recorder.update(
-                productionStatus=Status.ERROR,
-                productionError=f"unexpected error (will retry): {describe(exc)}",
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._unexpected(run, exc)
+                raise
+            full = TransientError(
+                f"the disk is full ({exc.filename or self.releases.root}): the deploy stopped "
+                "where it was and is retried with backoff; free some space (old releases: "
+                "lower keep)"
             )
+            logger.warning("%s: %s", project_id, full)
+            run.recorder.update(productionStatus=Status.ERROR, productionError=str(full))
+            raise full from exc
+        except Exception as exc:
+            self._unexpected(run, exc)
             raise
+
+    def _unexpected(self, run: Run, exc: Exception) -> None:
+        logger.exception("%s: unexpected error", run.facts.project_id)
+        run.recorder.update(
+            productionStatus=Status.ERROR,
+            productionError=f"unexpected error (will retry): {describe(exc)}",
+        )
 
     def run(self, run: Run, step: Step) -> None:
         match step:

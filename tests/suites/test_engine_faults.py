@@ -224,3 +224,123 @@ def test_the_engine_restarted_while_idle_and_during_a_deploy(tmp_path: Path) -> 
                         client.images.remove(tag, force=True)
             client.close()
             shutil.rmtree(tmp_path / "src", ignore_errors=True)
+
+
+SERVER = """\
+import http.server, os
+page = open("index.html", "rb").read()
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"""
+STAGES = {"build": "production.build", "start": "production.start",
+          "probe": "production.waitReady"}  # fmt: skip
+
+
+FILLS = [(stage, kind, where) for stage in STAGES for kind in ("static", "dynamic")
+         for where in ("data", "releases")]  # fmt: skip
+SLICE = [("build", "static", "releases"), ("probe", "dynamic", "data")]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("stage", "kind", "where"), FILLS if ENGINE_FAULTS else SLICE)
+def test_a_disk_filled_at_each_stage_of_a_deploy(
+    tmp_path: Path, stage: str, kind: str, where: str
+) -> None:
+    """A 24 MiB disk, holding the whole data dir or only the releases, that something else
+    fills the moment a deploy reaches its build, its start or its first probe: the deploy
+    ends (done, or retried or failed with a message that says why), or /healthz says the
+    state cannot be written; what is served is what the status names, and once there is
+    room again the new version serves. (``make test``: two of the twelve.)"""
+    site = tmp_path / "site"
+    (site / "dist").mkdir(parents=True)
+    (site / "dist" / "index.html").write_text("one")
+    (site / "dist" / "server.py").write_text(SERVER)
+    extra = "build:\n  command: sleep 0.5\n  output: dist\n"
+    if kind == "dynamic":
+        extra += "start:\n  command: exec python3 server.py\n"
+    with environment(tmp_path / "run", extra_config={"min_free_bytes": 0}) as env:
+        if where == "releases":
+            env.data.mkdir(parents=True)
+        mount = env.data if where == "data" else env.data / "production"
+        with small_disk(mount, "24m") as disk:
+            try:
+                _fill_at(env, site, disk, STAGES[stage], extra)
+            finally:
+                env.cleanup()
+
+
+def _serves_what_it_says(env: Env) -> str | None:
+    """The page the status's address answers, when it is the page of the version the status
+    names (None otherwise)."""
+    row = env.row("www")
+    if row is None or row.productionPort is None or row.productionHash is None:
+        return None
+    named = env.data / "production" / "www" / row.productionHash / "dist" / "index.html"
+    answer = get(f"http://127.0.0.1:{row.productionPort}/")
+    return answer if answer is not None and named.read_text() == answer else None
+
+
+def _fill_at(env: Env, site: Path, disk: Path, job_type: str, extra: str) -> None:
+    env.start()
+    api = create_app(env.config()).test_client()
+    env.write("www", desired_yaml(site, extra=extra))
+    env.wait_serving("www", "one")
+    (site / "dist" / "index.html").write_text("two")
+    with contextlib.closing(sqlite3.connect(env.data / "state.db", timeout=30)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no room left in SQLite's own log
+    env.write("www", desired_yaml(site, generation=2, extra=extra))
+    production = env.data / "production" / "www"
+    kept = {p.name for p in production.iterdir() if len(p.name) == 8}
+
+    def reached() -> bool:
+        if job_type == "production.start":  # the moment its release is complete
+            return len({p.name for p in production.iterdir() if len(p.name) == 8} - kept) > 0
+        job = env.db.active_job("www")
+        return job is not None and job.type == job_type
+
+    deadline = time.monotonic() + 30
+    while not reached():
+        assert time.monotonic() < deadline, f"the deploy never reached {job_type}"
+        time.sleep(0.001)
+    filler = disk / "filler"
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\1" * (1 << 16))
+            fh.flush()
+
+    # the deploy ends (done, or a retry waits), or its end cannot be written down and
+    # /healthz says so; it never hangs unsaid
+    def settled() -> str | None:
+        if env.db.open_deployment("www") is None:
+            return "ended"
+        message = api.get("/healthz").json["daemon"]["message"]  # type: ignore[index]
+        return "state unwritable" if "cannot write its state" in message else None
+
+    how = wait_for(settled, 60, "the deploy ends, or /healthz says the state cannot be written")
+    assert _serves_what_it_says(env) in ("one", "two"), "what is served is what status names"
+    row = env.row("www")
+    assert row is not None
+    if row.productionStatus in ("error", "failed"):
+        assert row.productionError, "a deploy that did not go through says why"
+    said = (row.productionError or "").splitlines()[0][:120] if row.productionError else ""
+    print(f"\ndisk full at {job_type}: {how}, status {row.productionStatus} {said}")
+    filler.unlink()
+    wait_for(lambda: api.get("/healthz").json["daemon"]["running"], 40, "running")  # type: ignore[index]
+    env.daemon.controller.enqueue("www")  # type: ignore[union-attr]
+    try:
+        env.wait_serving("www", "two", timeout=60)
+    except AssertionError:  # a failure is final for its generation: a new deploy
+        env.write("www", desired_yaml(site, generation=3, extra=extra))
+        env.wait_serving("www", "two", timeout=60)
+    assert _serves_what_it_says(env) == "two"
+    assert not [p for p in production.iterdir() if p.name.startswith(".staging-")]

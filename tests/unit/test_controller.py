@@ -13,6 +13,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -450,6 +451,27 @@ def test_a_build_is_refused_early_when_the_disk_is_nearly_full(world: World) -> 
     row = world.db.project(P)
     assert row is not None and row.productionStatus == Status.ERROR
     assert world.db.open_deployment(P) is None
+
+
+def test_a_full_disk_anywhere_in_a_deploy_is_said_so_and_retried(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(The build has its own words for it; here the start meets the full disk.)"""
+    start = world.runtime.start
+
+    def full(*args: Any, **kwargs: Any) -> Instance:
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/logs/app.log")
+
+    monkeypatch.setattr(world.runtime, "start", full)
+    world.write("one")
+    result = world.controller.reconcile(P)
+    assert isinstance(result, Retry), result
+    assert "the disk is full (/data/logs/app.log)" in result.reason
+    row = world.db.project(P)
+    assert row is not None and row.productionStatus == Status.ERROR
+    assert "unexpected" not in str(row.productionError)
+    monkeypatch.setattr(world.runtime, "start", start)
+    assert isinstance(world.controller.reconcile(P), Done)
 
 
 def test_a_stopped_status_carries_no_old_error(world: World) -> None:

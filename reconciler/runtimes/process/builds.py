@@ -143,7 +143,13 @@ class Builds:
         stdout = proc.stdout
         record = request.work_dir.parent / BUILD_RECORD
         start = process_start_time(proc.pid)
-        atomic_write(record, json.dumps({"pid": proc.pid, "pidStart": start}).encode() + b"\n")
+        try:
+            atomic_write(record, json.dumps({"pid": proc.pid, "pidStart": start}).encode() + b"\n")
+        except OSError:  # a full disk: the build is not left running unwatched
+            kill_session(proc.pid, start, timeout=KILL_GRACE)
+            proc.wait()
+            stdout.close()
+            raise
         try:
             return self._wait_build(request, tail, proc, stdout, command, start)
         finally:

@@ -238,7 +238,12 @@ class ReleaseStore(Stager, SiteLinks):
         directory = self.project_dir(project_id)
         activations = self._activations(project_id)
         activations[version] = utcnow()
-        atomic_write(directory / ACTIVATIONS, json.dumps(activations, indent=2).encode() + b"\n")
+        try:  # after the switch, history only: a full disk must not make it look undone
+            atomic_write(
+                directory / ACTIVATIONS, json.dumps(activations, indent=2).encode() + b"\n"
+            )
+        except OSError as exc:
+            logger.warning("%s: the activation of %s is not recorded: %s", project_id, version, exc)
 
     def usage(self, project_id: ProjectId) -> int:
         """Bytes the project's dir holds on disk (a file hard-linked between releases counts
