@@ -24,8 +24,9 @@ test: $(STAMP) ## run the whole test suite (installs first if needed)
 unit: $(STAMP) ## the unit suite alone (pure plans, stores, the API in-process: about half a minute)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-crash: $(STAMP) ## crash injection, full: 200 SIGKILLs over the process runtime, 50 over Docker (~25 min)
-	CRASH_RUNS=$${CRASH_RUNS:-200} CRASH_DOCKER_RUNS=$${CRASH_DOCKER_RUNS:-50} $(BIN)/pytest -q -s tests/suites/test_crash_injection.py
+crash: $(STAMP) ## crash injection, full: 200 daemon SIGKILLs (process), 50 (Docker), 50 edge and 50 API faults (~40 min)
+	CRASH_RUNS=$${CRASH_RUNS:-200} CRASH_DOCKER_RUNS=$${CRASH_DOCKER_RUNS:-50} CRASH_PART_RUNS=$${CRASH_PART_RUNS:-50} \
+	  $(BIN)/pytest -q -s tests/suites/test_crash_injection.py tests/suites/test_crash_parts.py
 
 hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 examples each
 	HOSTILE_EXAMPLES=$${HOSTILE_EXAMPLES:-500} $(BIN)/pytest -q -s tests/suites/test_hostile_input.py
@@ -33,7 +34,7 @@ hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 e
 load: $(STAMP) ## load, full: 50 projects at once, 200 API clients for 30 s, 100 concurrent writes, 1,000 deploys
 	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 LOAD_DEPLOYS=1000 $(BIN)/pytest -q -s tests/suites/test_load.py
 
-faults: $(STAMP) ## engine faults: a full disk while staging, dockerd stopped and started (restarts it!)
+faults: $(STAMP) ## engine faults: a disk full at each stage of a deploy, dockerd stopped and started (restarts it!)
 	ENGINE_FAULTS=1 $(BIN)/pytest -q -s tests/suites/test_engine_faults.py
 
 soak: $(STAMP) ## two processes writing the state database at once for 5 minutes (make test: 15 s)
