@@ -419,16 +419,22 @@ def stop_everything(releases: ReleaseStore, instance: Instance, *, timeout: floa
 
 
 def foreign_listener(releases: ReleaseStore, instance: Instance) -> str | None:
-    """Who answers on the instance's port when it is none of the instance's processes (an
-    earlier version's leftover, another program): the health check's answer was not its
-    own. None when one of its processes listens there, or no listener can be seen."""
+    """Who answers on the instance's port when it is none of the processes of the
+    instance's session (an earlier version's leftover, another program, or one of its own
+    that left the session and so outlives its leader's watch): the health check's answer
+    was not its own. None when its session listens there, or no listener can be seen."""
     if instance.port is None:
         return None
     session = session_members(instance.pid, instance.pid_start) if instance.pid else []
     if listens_on(session, instance.port):
         return None  # the common case, without reading every process's environment
-    if listens_on(instance_processes(releases, instance), instance.port):
-        return None
+    escaped = [p for p in instance_processes(releases, instance) if p not in session]
+    if listens_on(escaped, instance.port):  # its own, but out of its leader's sight
+        return (
+            f"port {instance.port} answers from a process that left the instance's session "
+            "(setsid, a double fork): a start command must stay in the foreground (use "
+            "exec; drop '&', nohup and daemon options)"
+        )
     who = holder(instance.port)
     if who is None:
         return None
