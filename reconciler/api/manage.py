@@ -108,10 +108,13 @@ def save_desired(raw: str) -> Response:
     request.max_content_length = MAX_TEXT_BODY
     project_id = ops().project(raw)
     body = json_body(required=True)
-    _only(body, "text", "dryRun")
+    _only(body, "text", "dryRun", "base")
     text = _text(body, "text")
+    base = body.get("base")
+    if base is not None and (not isinstance(base, str) or len(base) > 64):
+        raise ApiError(400, "base: the digest GET /desired answered")
     return json_response(
-        ops().save_text(project_id, text, create=False, dry_run=_flag(body, "dryRun"))
+        ops().save_text(project_id, text, create=False, dry_run=_flag(body, "dryRun"), base=base)
     )
 
 

@@ -57,12 +57,14 @@ def _project_writes(pid: dict[str, Any], writes: dict[str, Any], json: Json) -> 
             "get": {
                 "summary": "The project's desired file as text (a bearer token when set)",
                 "parameters": [pid],
-                "responses": {"200": _object("{file, text, valid, error, derived}")},
+                "responses": {"200": _object("{file, text, digest, valid, error, derived}")},
             },
             "put": _write(
-                "Replace the file's text (dryRun: only check it and show the diff)", pid,
+                "Replace the file's text (dryRun: only check it and show the diff; base: the "
+                "digest GET answered, so that a file saved since is refused with 409)", pid,
                 _object("the diff and whether it was saved", TEXT_RESULT), writes,
-                _body({"text": {"type": "string"}, "dryRun": {"type": "boolean"}}, ["text"])),
+                _body({"text": {"type": "string"}, "dryRun": {"type": "boolean"},
+                       "base": {"type": "string", "maxLength": 64}}, ["text"])),
         },
         "/api/projects/{id}/env": {"put": _write(
             "Replace the file's env block: values, or {secret: NAME}", pid,

@@ -23,7 +23,9 @@ from reconciler.stores.desired import (
     DesiredStore,
     EditError,
     ProjectNotFound,
+    Rewrite,
     parse,
+    text_digest,
 )
 from reconciler.stores.desired.edit import replace_block
 from reconciler.stores.desired.parse import decode
@@ -70,16 +72,26 @@ class Manage:
         return {
             "file": path.name,
             "text": text,
+            "digest": text_digest(text.encode()),  # send it back as ``base`` to save
             "valid": bool(read and read.valid),
             "error": self.relative(read.error) if read and read.error else None,
             "derived": self.desired.is_derived(project_id),
         }
 
     def save_text(
-        self, project_id: ProjectId, text: str, *, create: bool, dry_run: bool
+        self,
+        project_id: ProjectId,
+        text: str,
+        *,
+        create: bool,
+        dry_run: bool,
+        base: str | None = None,
+        rewrite: Rewrite | None = None,
     ) -> dict[str, Any]:
         """Check ``text`` as the project's file; unless ``dry_run``, write it. Answers the
-        diff against what the file says now (empty: the same), and ``saved``."""
+        diff against what the file says now (empty: the same), and ``saved``. ``base``: the
+        digest of the text it was made from (a file changed since is refused);
+        ``rewrite``: how ``text`` was made from the file, redone on a file saved meanwhile."""
         if not isinstance(text, str) or len(text.encode()) > MAX_TEXT:
             raise OperationError(ErrorKind.INVALID, f"text: at most {MAX_TEXT} bytes of YAML")
         name = f"{project_id}.yaml"
@@ -98,13 +110,17 @@ class Manage:
         changes = diff(before, text, name)
         saved = False
         if not dry_run and changes:
-            saved = self._write(project_id, text, create=create)
+            saved = self._write(project_id, rewrite or text, create=create, base=base)
         return {"file": name, "diff": changes, "saved": saved}
 
-    def _write(self, project_id: ProjectId, text: str, *, create: bool) -> bool:
+    def _write(
+        self, project_id: ProjectId, text: str | Rewrite, *, create: bool, base: str | None
+    ) -> bool:
         reason = "create" if create else "settings"
         try:
-            saved = self.desired.write_text(project_id, text, create=create, reason=reason)
+            saved = self.desired.write_text(
+                project_id, text, create=create, reason=reason, base=base
+            )
         except ProjectNotFound:
             raise _not_found(project_id) from None
         except FileExistsError as exc:
@@ -126,11 +142,16 @@ class Manage:
         if not isinstance(env, dict):
             raise OperationError(ErrorKind.INVALID, "env: an object of NAME: value")
         current = self.desired_text(project_id)
+        path = Path(current["file"])
+
+        def rewrite(text: str) -> str:  # redone on the file as it is at the write
+            return replace_block(text, "env", env, path=path)
+
         try:
-            text = replace_block(current["text"], "env", env, path=Path(current["file"]))
+            text = rewrite(current["text"])
         except DesiredFileError as exc:
             raise OperationError(ErrorKind.CONFLICT, exc.problems[0].message) from None
-        return self.save_text(project_id, text, create=False, dry_run=dry_run)
+        return self.save_text(project_id, text, create=False, dry_run=dry_run, rewrite=rewrite)
 
     def delete_project(self, project_id: ProjectId) -> None:
         """Its file goes: the daemon stops it, and keeps its versions until pruned."""

@@ -117,6 +117,30 @@ def test_settings_as_text_with_the_diff_before_saving(client: FlaskClient, confi
     assert unknown.status_code == 400 and "bogus" in unknown.json["error"]  # type: ignore[index]
 
 
+def test_a_text_saved_from_a_stale_read_is_refused_with_its_base(
+    client: FlaskClient, config: Config
+) -> None:
+    """The dashboard sends the digest of the text it loaded: an editor's save in between is
+    not written over (409), and the text saved from a fresh read goes through."""
+    shown = client.get("/api/projects/www/desired").json
+    assert shown is not None and len(shown["digest"]) == 16
+    path = config.desired_dir / "www.yaml"
+    path.write_text(path.read_text() + "# saved by an editor meanwhile\n")
+    edited = shown["text"].replace("timeout: 1", "timeout: 5")
+    stale = client.put("/api/projects/www/desired", json={"text": edited, "base": shown["digest"]})
+    assert stale.status_code == 409 and "changed since it was read" in stale.json["error"]  # type: ignore[index]
+    assert "saved by an editor meanwhile" in desired(config)
+    fresh = client.get("/api/projects/www/desired").json
+    assert fresh is not None and fresh["digest"] != shown["digest"]
+    again = fresh["text"].replace("timeout: 1", "timeout: 5")
+    saved = client.put("/api/projects/www/desired", json={"text": again, "base": fresh["digest"]})
+    assert saved.status_code == 200 and "timeout: 5" in desired(config)
+    assert "saved by an editor meanwhile" in desired(config)
+    assert (
+        client.put("/api/projects/www/desired", json={"text": again, "base": 7}).status_code == 400
+    )
+
+
 def test_env_is_edited_as_one_block_and_secrets_never_come_back(
     client: FlaskClient, config: Config
 ) -> None:

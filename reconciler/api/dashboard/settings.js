@@ -6,6 +6,7 @@ import { $, api, button, el, enc, notice, writeFailed } from "./ui.js";
 
 let project = null;
 let pending = null; // what Save sends: {path, body}
+let loaded = null; // the digest of the file's text as loaded: a file saved since is refused
 
 export function diffView(text) {
   if (!text) return el("p", { class: "muted" }, "No change.");
@@ -30,6 +31,7 @@ export async function settingsTab(id) {
     return;
   }
   $("#editor").value = file.text;
+  loaded = file.digest;
   $("#editor").readOnly = file.derived;
   $("#settings-file").textContent = file.derived
     ? `${file.file}: a branch preview's file, written by the daemon (read only)` : file.file;
@@ -125,7 +127,7 @@ async function review(path, body) {
 }
 
 export function reviewText() {
-  return review(`/api/projects/${enc(project)}/desired`, { text: $("#editor").value });
+  return review(`/api/projects/${enc(project)}/desired`, { text: $("#editor").value, base: loaded });
 }
 
 export function reviewEnv() {

@@ -16,10 +16,12 @@ from reconciler.stores.desired.store import (
     EditResult,
     LastGood,
     ProjectNotFound,
+    Rewrite,
     Scan,
     classify,
     keep_production,
     spec_in_force,
+    text_digest,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "LastGood",
     "Problem",
     "ProjectNotFound",
+    "Rewrite",
     "Scan",
     "classify",
     "keep_production",
@@ -40,4 +43,5 @@ __all__ = [
     "parse",
     "set_values",
     "spec_in_force",
+    "text_digest",
 ]

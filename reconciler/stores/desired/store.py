@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import threading
 import time
@@ -48,6 +49,7 @@ CUT_SHORT = (
     f"the file holds the start of what it held, cut short: read when it has been unchanged "
     f"for {SETTLE:g} s (a write may be under way)"
 )
+Rewrite = Callable[[str], str]  # a file's text -> its new text (``write_text``)
 EDIT_TRIES = 20  # an edit redone when the file changed under it, at most this often
 
 
@@ -375,25 +377,40 @@ class DesiredStore:
         return found[0]
 
     def write_text(
-        self, project_id: ProjectId, text: str, *, create: bool, reason: str = "edit"
+        self,
+        project_id: ProjectId,
+        text: str | Rewrite,
+        *,
+        create: bool,
+        reason: str = "edit",
+        base: str | None = None,
     ) -> bool:
         """Replace a project's whole file with ``text`` (``create``: a new project, whose
-        file must not exist yet). The text must be a valid desired file; it is written as
-        it is (comments kept), or committed in desired-git mode. True when it changed.
+        file must not exist yet), or with what ``text(file's text)`` makes of it: an edit of
+        its text, redone on a save made meanwhile (a compare-and-swap, as ``edit``).
+        ``base``: the ``text_digest`` of the text the new one was made from; a file that
+        changed since is refused. The result must be a valid desired file; it is written
+        as it is (comments kept), or committed in desired-git mode. True when it changed.
         Raises ProjectNotFound, FileExistsError, DesiredFileError or EditError."""
-        data = text.encode()
-        if not data.endswith(b"\n"):
-            data += b"\n"
-        parse(self.directory / f"{project_id}.yaml", data)  # DesiredFileError: refused
         if self.committer is not None:
-            return self._commit_whole(project_id, data, create=create, reason=reason)
+            return self._commit_whole(project_id, text, create=create, reason=reason, base=base)
         with self.lock(project_id):
             path = self._own_path(project_id, create=create)
-            if path.exists() and read_file(path) == data:
-                return False
-            self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, data)
-            return True
+            for _ in range(EDIT_TRIES):
+                seen = identity(os.stat(path, follow_symlinks=False)) if path.exists() else None
+                before = read_file(path) if seen is not None else b""
+                data = _whole(path, before, text, base)
+                if data == before and seen is not None:
+                    return False
+                if seen is None:
+                    self.directory.mkdir(parents=True, exist_ok=True)
+                    atomic_write(path, data)
+                    return True
+                if replace_if_unchanged(path, data, seen):
+                    return True
+            raise EditError(
+                f"{path.name} kept changing while it was written ({EDIT_TRIES} tries); try again"
+            )
 
     def remove(self, project_id: ProjectId, *, reason: str = "delete") -> None:
         """Delete a project's file (the daemon then stops the project and forgets it).
@@ -423,7 +440,13 @@ class DesiredStore:
         return path
 
     def _commit_whole(
-        self, project_id: ProjectId, data: bytes | None, *, create: bool, reason: str
+        self,
+        project_id: ProjectId,
+        text: str | Rewrite | None,
+        *,
+        create: bool,
+        reason: str,
+        base: str | None = None,
     ) -> bool:
         from reconciler.stores.desired.git import REMOVE, NoSuchFile, PushRefused
 
@@ -433,6 +456,7 @@ class DesiredStore:
         def transform(name: str, before: bytes) -> tuple[bytes | None, str]:
             if create and before:
                 raise FileExistsError(f"project {project_id} exists ({name})")
+            data = None if text is None else _whole(Path(name), before, text, base)
             if data == before:
                 return None, ""
             return (REMOVE if data is None else data), f"{reason} {project_id}"
@@ -443,6 +467,27 @@ class DesiredStore:
             raise ProjectNotFound(project_id) from None
         except (PushRefused, GitError) as exc:
             raise EditError(str(exc)) from None
+
+
+def text_digest(data: bytes) -> str:
+    """What a client names the text it edited by (``write_text(base=...)``)."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _whole(path: Path, before: bytes, text: str | Rewrite, base: str | None) -> bytes:
+    """The new bytes of a whole-file write, checked (DesiredFileError: refused)."""
+    if base is not None and text_digest(before) != base:
+        raise EditError(
+            f"{path.name} changed since it was read (by an editor, a pull or another "
+            "client); load it again and redo the change"
+        )
+    if callable(text):
+        text = text(before.decode("utf-8", errors="replace"))
+    data = text.encode()
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    parse(path, data)
+    return data
 
 
 def _edited(
