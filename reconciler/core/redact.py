@@ -19,17 +19,21 @@ _SCP = re.compile(r"(?<![\w/.:-])(?P<user>[\w.+-]+):(?P<password>[^\s@/'\"]+)@(?
 _QUERY_VALUE = re.compile(r"(?P<name>[?&;][^=&#\s]*)=(?P<value>[^&#\s]*)")
 # a user alone carries no secret in these (ssh's user names the account, never a token)
 _PLAIN_USER_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git", "sftp"})
+# passwords that say the user is the token (``https://<token>:x-oauth-basic@github.com``)
+_PLACEHOLDERS = frozenset({"", "x", "x-oauth", "x-oauth-basic"})
 
 
 def redact(url: str) -> str:
     """``url`` with its credentials masked: ``user:***@``, a token given as the user of an
-    http(s) URL (``https://***@host``), every query value (``?token=***``); an scp-style
+    http(s) URL (``https://***@host``, ``https://***:***@host`` with a placeholder password
+    such as ``x-oauth-basic``), every query value (``?token=***``); an scp-style
     ``user:password@host:path`` as ``user:***@host:path``."""
     found = _USERINFO.match(url)
     if found is not None:
         user = found.group("user")
         if ":" in user:
-            shown = f"{user.split(':', 1)[0]}:{MASK}"
+            name, _colon, password = user.partition(":")
+            shown = f"{MASK if password.lower() in _PLACEHOLDERS else name}:{MASK}"
         elif user and found.group("scheme").lower() not in _PLAIN_USER_SCHEMES:
             shown = MASK
         else:
@@ -66,6 +70,8 @@ def secrets_of(url: str) -> list[str]:
         name, colon, password = user.group("user").partition(":")
         scheme = user.group("scheme").lower()
         found.append(password if colon else name if scheme not in _PLAIN_USER_SCHEMES else "")
+        if colon and password.lower() in _PLACEHOLDERS:
+            found.append(name)
     elif (scp := _SCP.search(url)) is not None:
         found.append(scp.group("password"))
     _head, _mark, tail = url.partition("?")

@@ -22,6 +22,18 @@ SECRETS = {
     "query": ("https://127.0.0.1:9/r.git?token=tok-Secret2x", "tok-Secret2x"),
     "token-user": ("https://tok-Secret3x@127.0.0.1:9/r.git", "tok-Secret3x"),
     "scp": ("bob:pw-Secret4x@127.0.0.1:r.git", "pw-Secret4x"),
+    "ssh": ("ssh://carol:pw-Secret5x@127.0.0.1:9/r.git", "pw-Secret5x"),
+    "encoded": ("https://dave:pw%40Secret6x@127.0.0.1:9/r.git", "Secret6x"),
+    "query-among-others": (
+        "https://127.0.0.1:9/r.git?a=1&private_token=tok-Secret7x&b=2",
+        "tok-Secret7x",
+    ),  # fmt: skip
+    "git-protocol": ("git://eve:pw-Secret8x@127.0.0.1:9/r.git", "pw-Secret8x"),
+    "plain-http": ("http://frank:pw-Secret9x@127.0.0.1:9/r.git", "pw-Secret9x"),
+    "token-then-placeholder": (
+        "https://tok-Secret10x:x-oauth-basic@127.0.0.1:9/r.git",
+        "tok-Secret10x",
+    ),  # fmt: skip
 }
 
 
@@ -41,9 +53,10 @@ def test_no_credential_form_is_shown_or_kept_in_the_clear(tmp_path: Path) -> Non
         for name in SECRETS:
             env.wait_status(name, "error", timeout=60)
         api = create_app(env.config()).test_client()
-        said = [api.get("/api/projects").get_data(as_text=True)]
+        said = [api.get(path).get_data(as_text=True) for path in ("/api/projects", "/metrics")]
         for name in SECRETS:
-            for path in ("production", "deployments", "history", "production-history"):
+            for path in ("production", "deployments", "history", "production-history",
+                         "events", "production-logs?log=build"):  # fmt: skip
                 said.append(api.get(f"/api/projects/{name}/{path}").get_data(as_text=True))
         db = env.db
         for table in ("projects", "events", "jobs", "deployments", "sources"):
