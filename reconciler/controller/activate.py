@@ -210,6 +210,8 @@ class Activator:
         if site.publicPort != row.productionPort:
             return  # not yet served at the edge (e.g. before an upgrade's first activation)
         asleep = row.productionStatus == Status.SLEEPING
+        if not changed and not asleep and _kind_changes(mode, run.facts.observed.routed):
+            return  # files to an app or back: the activation's checked switch, not this
         if mode == ServeMode.SERVICE and self.service is not None:
             # the tasks move (Swarm restarts, reschedules or rescales them): follow them
             tasks = self.service.tasks(run)
@@ -269,3 +271,12 @@ class Activator:
             logger.info("%s: pruned %s", project_id, version)
             with contextlib.suppress(Exception):
                 runtime.remove_version(project_id, version)
+
+
+def _kind_changes(mode: ServeMode, routed: str | None) -> bool:
+    """Whether serving the spec's ``mode`` would change what kind the edge serves now: an
+    instance of an app (``routed``) as files, or files as an app (a spec whose checked
+    switch failed stays in force; what is served stays as it was)."""
+    return (mode == ServeMode.STATIC and routed is not None) or (
+        mode == ServeMode.DYNAMIC and routed is None
+    )
