@@ -243,10 +243,12 @@ class CaddyProcess:
             )
         self._proc = proc
         _children.append(proc)
-        start = None
+        start = _start_time(proc.pid)
+        # recorded at once: a daemon killed while the edge starts must find it again
+        record = {"pid": proc.pid, "start": start, "binary": str(self.binary)}
+        atomic_write(self.paths.record, json.dumps(record).encode() + b"\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            start = start or _start_time(proc.pid)
             if proc.poll() is not None:
                 raise EdgeUnavailable(
                     f"the edge ({self.binary}) exited with code {proc.returncode} at start; "
@@ -260,8 +262,6 @@ class CaddyProcess:
             raise EdgeUnavailable(f"the edge did not answer within {timeout:.0f} s of starting")
         with contextlib.suppress(OSError):
             os.chmod(self.paths.socket, 0o600)
-        record = {"pid": proc.pid, "start": start, "binary": str(self.binary)}
-        atomic_write(self.paths.record, json.dumps(record).encode() + b"\n")
         return proc.pid
 
     def kill(self, pid: int | None = None, *, grace: float = 5.0) -> None:
