@@ -31,8 +31,8 @@ crash: $(STAMP) ## crash injection, full: 200 daemon SIGKILLs (process), 50 (Doc
 hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 examples each, every daemonizing app
 	HOSTILE_EXAMPLES=$${HOSTILE_EXAMPLES:-500} HOSTILE_FULL=1 $(BIN)/pytest -q -s tests/suites/test_hostile_input.py tests/suites/test_hostile_apps.py
 
-load: $(STAMP) ## load, full: 50 projects at once, 200 API clients for 30 s, 100 concurrent writes, 1,000 deploys
-	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 LOAD_DEPLOYS=1000 $(BIN)/pytest -q -s tests/suites/test_load.py
+load: $(STAMP) ## load, full: 50 projects, 200 API clients 30 s, 100 writes, 1,000 deploys, an editor vs 4 clients, 40 sites under keep-alive
+	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 LOAD_DEPLOYS=1000 LOAD_EDITOR_SAVES=200 LOAD_EDGE_CHANGES=40 $(BIN)/pytest -q -s tests/suites/test_load.py
 
 faults: $(STAMP) ## engine faults: a disk full at each stage of a deploy, dockerd stopped and started (restarts it!)
 	ENGINE_FAULTS=1 $(BIN)/pytest -q -s tests/suites/test_engine_faults.py

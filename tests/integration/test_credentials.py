@@ -27,13 +27,13 @@ SECRETS = {
     "query-among-others": (
         "https://127.0.0.1:9/r.git?a=1&private_token=tok-Secret7x&b=2",
         "tok-Secret7x",
-    ),  # fmt: skip
+    ),
     "git-protocol": ("git://eve:pw-Secret8x@127.0.0.1:9/r.git", "pw-Secret8x"),
     "plain-http": ("http://frank:pw-Secret9x@127.0.0.1:9/r.git", "pw-Secret9x"),
     "token-then-placeholder": (
         "https://tok-Secret10x:x-oauth-basic@127.0.0.1:9/r.git",
         "tok-Secret10x",
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -46,8 +46,8 @@ STARTS = {
     "setsid-f": "setsid -f python3 server.py {marker}",
     "double-fork": "exec python3 daemonize.py {marker}",
     "subshell": "(python3 server.py {marker} &)",
-    "start-stop-daemon": "start-stop-daemon --start --background --chdir \"$PWD\" "
-    "--startas \"$(command -v python3)\" -- server.py {marker}",
+    "start-stop-daemon": 'start-stop-daemon --start --background --chdir "$PWD" '
+    '--startas "$(command -v python3)" -- server.py {marker}',
     "classic-daemon": "exec python3 daemonize.py --chdir {marker}",
 }
 BUILDS = {
@@ -103,8 +103,8 @@ def test_a_start_command_that_leaves_the_foreground(tmp_path: Path, style: str) 
         # down when it ends: never "running" while another version answers
         row = env.wait_status("app", "failed", timeout=90)
         error = str(row.productionError)
-        assert "must stay in the foreground" in error or "keeps dying" in error or (
-            "exited" in error
+        assert (
+            "must stay in the foreground" in error or "keeps dying" in error or ("exited" in error)
         ), error
         wait_for(lambda: not _ours(marker), 15, "nothing of the refused start left")
         assert _answer(env) == ("failed", "one"), "the version before serves, said as failed"

@@ -309,3 +309,52 @@ def test_an_editor_and_api_clients_never_lose_each_others_writes(tmp_path: Path)
         # an env PUT replaces the whole env (and an editor's save may put back the one it
         # read): one client's is left
         assert len(env_block) == 1 and next(iter(env_block)) in landed
+
+
+EDGE_CHANGES = int(os.environ.get("LOAD_EDGE_CHANGES", "10"))
+
+
+@pytest.mark.timeout(400)
+def test_keep_alive_clients_lose_nothing_while_sites_come_and_go(tmp_path: Path) -> None:
+    """Persistent connections to three sites while other sites are added and removed
+    through their desired files (each was a configuration load of the edge, which dropped
+    nearly every persistent connection: 226 failures of 47,623 requests over 40 loads):
+    no request fails, and the edge loads no configuration."""
+    from reconciler.core.kinds import EdgeMode
+    from tests.integration.test_edge_daemon import Loop
+
+    with environment(tmp_path, edge=EdgeMode.ON) as env:
+        env.start()
+        assert env.daemon is not None and env.daemon.edge is not None
+        loops = []
+        for n in range(3):
+            site = make_site(tmp_path / f"kept{n}", f"kept {n}")
+            env.write(f"kept{n}", desired_yaml(site))
+            row = env.wait_serving(f"kept{n}", f"kept {n}")
+            loop = Loop(f"http://127.0.0.1:{row.productionPort}/")
+            for _ in range(2):  # keep-alive clients only
+                thread = threading.Thread(target=loop._run, args=(True, 300))
+                thread.start()
+                loop.threads.append(thread)
+            loops.append(loop)
+        loads = env.daemon.edge.loads
+        try:
+            for n in range(EDGE_CHANGES // 2):
+                site = make_site(tmp_path / f"new{n}", f"new {n}")
+                env.write(f"new{n}", desired_yaml(site))
+                env.wait_serving(f"new{n}", f"new {n}")
+            for n in range(EDGE_CHANGES // 2):
+                (env.desired / f"new{n}.yaml").unlink()
+                wait_for(lambda n=n: (r := env.row(f"new{n}")) is None
+                         or r.productionStatus == "stopped", 30, f"new{n} stopped")  # fmt: skip
+        finally:
+            for loop in loops:
+                loop.finish()
+        requests = sum(sum(loop.bodies.values()) for loop in loops)
+        failures = [f for loop in loops for f in loop.failures]
+        print(f"\nload: {EDGE_CHANGES} sites added and removed under 6 keep-alive clients: "
+              f"{requests} requests, {len(failures)} failed, "
+              f"{env.daemon.edge.loads - loads} configuration loads")  # fmt: skip
+        assert failures == []
+        assert env.daemon.edge.loads == loads, "no configuration load for a site"
+        assert requests > 100
