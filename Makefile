@@ -28,8 +28,8 @@ crash: $(STAMP) ## crash injection, full: 200 daemon SIGKILLs (process), 50 (Doc
 	CRASH_RUNS=$${CRASH_RUNS:-200} CRASH_DOCKER_RUNS=$${CRASH_DOCKER_RUNS:-50} CRASH_PART_RUNS=$${CRASH_PART_RUNS:-50} \
 	  $(BIN)/pytest -q -s tests/suites/test_crash_injection.py tests/suites/test_crash_parts.py
 
-hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis with 500 examples each, every daemonizing app
-	HOSTILE_EXAMPLES=$${HOSTILE_EXAMPLES:-500} HOSTILE_FULL=1 $(BIN)/pytest -q -s tests/suites/test_hostile_input.py tests/suites/test_hostile_apps.py
+hostile: $(STAMP) ## hostile input, full: schemathesis and hypothesis 500 examples each, every daemonizing app, files cut at every line
+	HOSTILE_EXAMPLES=$${HOSTILE_EXAMPLES:-500} HOSTILE_FULL=1 $(BIN)/pytest -q -s tests/suites/test_hostile_input.py tests/suites/test_hostile_apps.py tests/suites/test_hostile_files.py
 
 load: $(STAMP) ## load, full: 50 projects, 200 API clients 30 s, 100 writes, 1,000 deploys, an editor vs 4 clients, 40 sites under keep-alive
 	LOAD_PROJECTS=50 LOAD_CLIENTS=200 LOAD_SECONDS=30 LOAD_CALLS=100 LOAD_DEPLOYS=1000 LOAD_EDITOR_SAVES=200 LOAD_EDGE_CHANGES=40 $(BIN)/pytest -q -s tests/suites/test_load.py
