@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit lint format check run docs install-systemd clean crash hostile load faults reliability soak bench
+.PHONY: help install test unit lint format check run docs install-systemd clean crash hostile load faults reliability soak bench multinode
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,11 @@ soak: $(STAMP) ## two processes writing the state database at once for 5 minutes
 	RECONCILER_SOAK_SECONDS=$${RECONCILER_SOAK_SECONDS:-300} $(BIN)/pytest -q -s tests/suites/test_store_concurrency.py -k concurrently
 
 reliability: crash hostile load faults soak ## every reliability suite at full size (see RELIABILITY.md)
+
+multinode: $(STAMP) ## (root) the swarm runtime on a real three-node swarm made on this machine (~2 min)
+	@command -v docker-registry >/dev/null || { \
+	  echo "multinode: installing docker-registry"; apt-get install -y -qq docker-registry >/dev/null; }
+	MULTINODE=1 $(BIN)/pytest -q -s tests/multinode
 
 bench: $(STAMP) ## every benchmark figure (~20 min), the table into BENCHMARKS.md, JSON into benchmarks/results/
 	@command -v wrk >/dev/null && command -v curl >/dev/null || { \

@@ -220,6 +220,11 @@ class Activator:
             replicas = tasks.replicas if tasks is not None else None
             if replicas != row.productionReplicas:
                 run.recorder.update(productionReplicas=replicas)
+                if tasks is not None and tasks.down:
+                    message = (f"node {', '.join(tasks.down)} is down: {replicas} replicas "
+                               "serve; Swarm reschedules its tasks")  # fmt: skip
+                    logger.warning("%s: %s", run.facts.project_id, message)
+                    run.recorder.emit(EventType.EXITED, {"message": message})
             return
         slots = site.slots if mode == ServeMode.DYNAMIC else None
         if mode == ServeMode.DYNAMIC and slots is None:

@@ -194,6 +194,7 @@ class ServiceTasks:
     upstreams: tuple[str, ...]  # host:port of each task that runs
     running: int
     wanted: int
+    down: tuple[str, ...] = ()  # "name (address)" of each node gone down under its tasks
 
     @property
     def replicas(self) -> str:

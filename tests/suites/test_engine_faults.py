@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import time
@@ -142,23 +143,28 @@ def _fill_and_recover(env: Env, site: Path, disk: Path) -> None:
     wait_for(lambda: api.get("/healthz").json["daemon"]["running"], 30, "running again")  # type: ignore[index]
 
 
-def _dockerd_command() -> list[str] | None:
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                argv = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-                if argv and argv[0].endswith(b"dockerd"):
-                    return [a.decode() for a in argv if a]
+PIDFILE = Path("/var/run/docker.pid")
+
+
+def _dockerd() -> tuple[int, list[str]] | None:
+    """The machine's engine (its pid file's process, a dockerd): pid and command line. Other
+    engines on the machine (the multi-node suite's) are not it."""
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(PIDFILE.read_text().strip())
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        if argv and argv[0].endswith("dockerd"):
+            return pid, argv
     return None
 
 
 def _restart_engine(down: float) -> None:
-    """Stop dockerd (its containers stop with it), wait ``down`` seconds, start it again
-    with the same command line, and wait until it answers."""
-    argv = _dockerd_command()
-    assert argv is not None, "no dockerd process to restart"
-    subprocess.run(["pkill", "-TERM", "-x", "dockerd"], check=False)
-    wait_for(lambda: _dockerd_command() is None, 60, "dockerd stopped")
+    """Stop the machine's dockerd (its containers stop with it), wait ``down`` seconds, start
+    it again with the same command line, and wait until it answers."""
+    found = _dockerd()
+    assert found is not None, f"no dockerd process to restart ({PIDFILE})"
+    pid, argv = found
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 60, "dockerd stopped")
     time.sleep(down)
     with open("/tmp/dockerd-faults.log", "ab") as log:  # setsid -f: not our child
         subprocess.run(["setsid", "-f", *argv], stdout=log, stderr=subprocess.STDOUT, check=True)

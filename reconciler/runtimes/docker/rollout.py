@@ -250,14 +250,18 @@ class Rollouts:
                 with engine_calls():
                     services = self.api.services(filters={"label": f"{MANAGED_BY}={MANAGER}"})
                     raw = self.api.tasks(filters={"desired-state": "running"})
+                    ready = {  # a node that goes down under its tasks is a change too
+                        str(n.get("ID")): (n.get("Status") or {}).get("State") == "ready"
+                        for n in self.api.nodes()
+                    }
             except Exception as exc:  # the engine is away: the event watch reconnects
                 logger.debug("swarm poll: %s", exc)
                 continue
-            by_service: dict[str, list[tuple[str, str, int | None]]] = {}
+            by_service: dict[str, list[tuple[str, str, int | None, bool]]] = {}
             for item in raw:
                 task = _task(item)
                 by_service.setdefault(str(item.get("ServiceID")), []).append(
-                    (task.node, task.state, task.port)
+                    (task.node, task.state, task.port, ready.get(task.node, True))
                 )
             now: dict[str, tuple[Any, ...]] = {}
             for service in services:

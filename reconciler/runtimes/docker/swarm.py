@@ -22,6 +22,7 @@ runs as one Swarm service, ``doce_prod_<id>``, which Swarm itself rolls from ima
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from typing import Any
 
@@ -145,7 +146,7 @@ class SwarmRuntime(Rollouts, DockerRuntime):
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             raise StartFailed(
                 "Start failed: the Docker engine is not a swarm manager (runtime: swarm needs "
-                "one: 'docker swarm init' on a single host, or point --docker-host at a manager)"
+                "one: 'docker swarm init' on a single host, or point DOCKER_HOST at a manager)"
             )
         return dict(swarm)
 
@@ -164,36 +165,58 @@ class SwarmRuntime(Rollouts, DockerRuntime):
                 return []
         return [_task(t) for t in raw]
 
-    def _addresses(self) -> dict[str, str]:
-        """Each node's address for the edge: 127.0.0.1 for this node, else its own."""
+    def _nodes(self) -> dict[str, tuple[str, str, bool]]:
+        """Each node's (address for the edge, hostname, ready): the address is its own, or
+        127.0.0.1 for the engine's node when that is this host (its address is one of this
+        host's, or it has none); a manager reached from another host (or another network
+        namespace) is reached by its address."""
         with engine_calls():
             if self._node is None:  # this node's id: fixed while it is in the swarm
                 self._node = (self.engine.client.info().get("Swarm") or {}).get("NodeID")
             nodes = self.api.nodes()
         found = {}
         for node in nodes:
-            addr = str((node.get("Status") or {}).get("Addr") or "")
-            if node.get("ID") == self._node or addr in ("", "0.0.0.0"):
+            status = node.get("Status") or {}
+            addr = str(status.get("Addr") or "")
+            if addr in ("", "0.0.0.0") or (node.get("ID") == self._node and is_local(addr)):
                 addr = "127.0.0.1"
-            found[str(node.get("ID"))] = addr
+            name = str((node.get("Description") or {}).get("Hostname") or node.get("ID"))
+            found[str(node.get("ID"))] = (addr, name, status.get("State") == "ready")
         return found
 
     def tasks(self, project_id: ProjectId) -> ServiceTasks | None:
-        """Where the project's service's running tasks answer, and how many of how many
-        wanted run (one read of the service and its tasks); None without a service."""
+        """Where the project's service's running tasks answer, how many of how many wanted
+        run, and the nodes that went down under its tasks (a task Swarm is taking off a down
+        node still reads running there; one read of the service, its tasks and the nodes);
+        None without a service."""
         service = self._service(project_id)
         if service is None or not owned_service(service, project_id):
             return None
         tasks = self._tasks(service["ID"])
-        upstreams = self._upstreams(tasks)
-        return ServiceTasks(upstreams, len(upstreams), _wanted_replicas(service))
+        nodes = self._nodes()
+        upstreams = self._upstreams(tasks, nodes)
+        down = sorted(
+            {f"{nodes[t.node][1]} ({nodes[t.node][0]})" for t in tasks
+             if "running" in (t.desired, t.state) and t.node in nodes and not nodes[t.node][2]}
+        )  # fmt: skip
+        return ServiceTasks(upstreams, len(upstreams), _wanted_replicas(service), tuple(down))
 
-    def _upstreams(self, tasks: list[Task]) -> tuple[str, ...]:
+    def _upstreams(
+        self, tasks: list[Task], nodes: dict[str, tuple[str, str, bool]] | None = None
+    ) -> tuple[str, ...]:
+        """``address:port`` of the tasks that serve, but those on a node that is down (its
+        tasks may still read running until Swarm reschedules them)."""
         serving = [t for t in tasks if t.serving]
         if not serving:
             return ()
-        addresses = self._addresses()
-        return tuple(sorted(f"{addresses.get(t.node, '127.0.0.1')}:{t.port}" for t in serving))
+        nodes = nodes if nodes is not None else self._nodes()
+        return tuple(
+            sorted(
+                f"{nodes[t.node][0] if t.node in nodes else '127.0.0.1'}:{t.port}"
+                for t in serving
+                if t.node not in nodes or nodes[t.node][2]
+            )
+        )
 
     # -- instances -------------------------------------------------------------------------
 
@@ -321,3 +344,14 @@ class SwarmRuntime(Rollouts, DockerRuntime):
                 )
             )
         return found
+
+
+def is_local(addr: str) -> bool:
+    """Whether ``addr`` is one of this host's addresses (it can be bound here)."""
+    try:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((addr, 0))
+    except OSError:
+        return False
+    return True
