@@ -230,6 +230,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def cmd_edge_node(args: argparse.Namespace) -> int:
+    """An edge on another node of a swarm: it serves the daemon's services from here."""
+    import signal
+    import threading
+
+    from reconciler.daemon.edgenode import EdgeNode
+
+    prepared = _prepare(args, api=False)
+    if isinstance(prepared, int):
+        return prepared
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return EdgeNode(prepared[0]).run(stop)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     """The API sidecar alone (``cli.apiserve``: granian, a process per core)."""
     prepared = _prepare(args, api=True)
@@ -320,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge = sub.add_parser("edge", help="run the edge (Caddy) in the foreground, for a unit")
     add_server_options(edge, EDGE_OPTIONS)
     edge.set_defaults(func=cmd_edge)
+
+    node = sub.add_parser(
+        "edge-node", help="serve a swarm's services from another node (DOCKER_HOST: a manager)"
+    )
+    add_server_options(node, EDGE_OPTIONS | {"internal_port_range"})
+    node.set_defaults(func=cmd_edge_node)
 
     down = sub.add_parser(
         "down", help="stop every site and the edge and end the daemon (desired files unchanged)"

@@ -31,6 +31,7 @@ from reconciler.controller.sleep import Sleeper
 from reconciler.core.config import Config
 from reconciler.core.kinds import EventType, InstanceRole, JobType, ServeMode, Status
 from reconciler.core.plan import mode_of
+from reconciler.core.spec import ProjectId
 from reconciler.core.timeutil import utcnow
 from reconciler.edge.routes import PreviewLinks
 from reconciler.stores.facts import commit_fields
@@ -99,6 +100,7 @@ class Activator:
             ServeMode.SERVICE: NoEdge(),
         }
         self.service: Service | None = None
+        self._down: dict[ProjectId, tuple[str, ...]] = {}  # the nodes last said to be down
         if at_edge is not None:
             self.ways[ServeMode.STATIC] = Static(
                 config, releases=releases, sites=at_edge.sites, edge=at_edge.edge,
@@ -220,16 +222,24 @@ class Activator:
             replicas = tasks.replicas if tasks is not None else None
             if replicas != row.productionReplicas:
                 run.recorder.update(productionReplicas=replicas)
-                if tasks is not None and tasks.down:
-                    message = (f"node {', '.join(tasks.down)} is down: {replicas} replicas "
-                               "serve; Swarm reschedules its tasks")  # fmt: skip
-                    logger.warning("%s: %s", run.facts.project_id, message)
-                    run.recorder.emit(EventType.EXITED, {"message": message})
+            self._say_down(run, tasks.down if tasks is not None else (), replicas)
             return
         slots = site.slots if mode == ServeMode.DYNAMIC else None
         if mode == ServeMode.DYNAMIC and slots is None:
             return
         self.edge.put(site_for(run, site.publicPort, mode, slots, asleep=asleep))
+
+    def _say_down(self, run: Run, down: tuple[str, ...], replicas: str | None) -> None:
+        """An event when nodes go down under the project's tasks (once for each)."""
+        project_id = run.facts.project_id
+        if down == self._down.get(project_id, ()):
+            return
+        self._down[project_id] = down
+        if down:
+            message = (f"node {', '.join(down)} is down: {replicas} replicas serve; Swarm "
+                       "reschedules its tasks")  # fmt: skip
+            logger.warning("%s: %s", project_id, message)
+            run.recorder.emit(EventType.EXITED, {"message": message})
 
     def sleep(self, run: Run, keys: tuple[str, ...]) -> None:
         """An idle site sleeps: first its requests go to the waker, then its instances stop

@@ -125,6 +125,7 @@ def _writer(settings: EdgeSettings, filename: Path) -> dict[str, Any]:
 
 
 WAKER_TRY = "15s"  # how long a request for a sleeping site waits for the waker to listen
+SERVICE_DIAL_TIMEOUT = "1s"  # a task's node that does not answer a connection at all
 SERVICE_TRY_DURATION = "5s"  # a task that went away: the request is tried on the others
 FANOUT = 8  # a service's upstream entries: its tasks in turn (a file name holds 8 addresses)
 HOST_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
@@ -225,6 +226,9 @@ def _site_routes(
             "try_duration": SERVICE_TRY_DURATION,
             "try_interval": "10ms",
         },
+        # a task on a node that went away: its packets are dropped, not refused; the request
+        # is tried on another task after this, not after the default 3 s
+        "transport": {"protocol": "http", "dial_timeout": SERVICE_DIAL_TIMEOUT},
     }
     tasks = ",".join(["([^,]+)"] * FANOUT)
     hidden = [] if dotfiles else [_dotfiles(root, key, logged)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from reconciler.core.kinds import EdgeMode
+from tests.conftest import PYTHON, REPO
 from tests.docker.conftest import BUSYBOX, make_project
 from tests.docker.test_swarm import DOCKERFILE
 from tests.integration.harness import Env, environment, get, wait_for
@@ -203,3 +205,58 @@ def test_a_lost_node_has_its_tasks_rescheduled(env: Env, cluster: Cluster, tmp_p
     )
     assert "rcn3" in events, "the events say which node went away"
     assert len(loop.failures) <= 4, loop.failures[:8]  # at most those in flight to rcn3
+
+
+def test_an_edge_on_another_node_serves_and_a_lost_node_loses_only_its_requests(
+    env: Env, cluster: Cluster, tmp_path: Path
+) -> None:
+    """``reconciler edge-node`` on node 2 (in its namespace, through its own engine) serves
+    the service at the port the daemon gave it: requests through either edge are answered,
+    through a rolling update too; then node 2 is lost, edge and all: the daemon's edge
+    loses nothing (node 2's tasks are taken out of its routes), node 2's edge is gone."""
+    source = make_project(tmp_path / "src", "one", DOCKERFILE)
+    env.write(P, desired(source))
+    row = serving(env, "one", 3, cluster)
+    second = cluster.nodes[1]
+    first_port = env.first_port
+    log = open(tmp_path / "edge-node.log", "wb")  # noqa: SIM115 - the process's
+    node = subprocess.Popen(
+        ["nsenter", f"--net=/var/run/netns/{second.name}", PYTHON, "-m", "reconciler",
+         "edge-node", "--data", str(tmp_path / "edge-node"), "--bind-host", "0.0.0.0",
+         "--port-range", f"{first_port}-{first_port + 199}",
+         "--internal-port-range", f"{first_port + 200}-{first_port + 399}"],
+        cwd=REPO, env={**os.environ, "DOCKER_HOST": second.host},
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    there = f"http://{second.addr}:{row.productionPort}/"
+    try:
+        wait_for(lambda: get(there) == "one", 60, "node 2's edge serves the service")
+        here = Loop(f"http://127.0.0.1:{row.productionPort}/").start(clients=2, limit=400)
+        away = Loop(there).start(clients=2, limit=400)
+        (source / "site" / "index.html").write_text("two")
+        env.write(P, desired(source, generation=2))
+        serving(env, "two", 3, cluster)
+        wait_for(lambda: get(there) == "two", 30, "node 2's edge follows the update")
+        time.sleep(1)
+        away.finish()
+        steady = (sum(here.bodies.values()), len(here.failures))
+        lost = time.monotonic()
+        cluster.lose(second)
+        wait_for(lambda: cluster.ready() == ["rcn1", "rcn3"], 120, "rcn2 seen down")
+        serving(env, "two", 3, cluster)
+        back = time.monotonic() - lost
+        time.sleep(2)
+        here.finish()
+    finally:
+        node.kill()
+        node.wait(10)
+    FIGURES.append(
+        f"edge per node: {sum(away.bodies.values())} requests through node 2's edge during a "
+        f"rolling update, {len(away.failures)} failed; through the daemon's edge "
+        f"{steady[0]} then {sum(here.bodies.values()) - steady[0]} while node 2 was lost "
+        f"(3/3 again after {back:.1f} s), {len(here.failures)} failed"
+    )
+    assert away.failures == [], away.failures[:5]
+    assert steady[1] == 0, here.failures[:5]
+    assert len(here.failures) <= 4, here.failures[:8]  # at most those in flight to node 2

@@ -35,6 +35,7 @@ from reconciler.runtimes.docker.containers import volume_name
 from reconciler.runtimes.docker.labels import (
     LABEL_CONFIG,
     LABEL_HASH,
+    LABEL_PORT,
     LABEL_PROJECT,
     MANAGED_BY,
     MANAGER,
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 
 LABEL_REPLICAS = "reconciler.replicas"
+LABEL_DOMAINS = "reconciler.domains"  # the site's domains, for an edge on another node
 LABEL_ASLEEP = "reconciler.asleep"  # scaled to 0 while the site sleeps (not put back)
 
 
@@ -171,8 +173,11 @@ def service_spec(
     stop_grace: float,
     limits: Limits,
     log_limits: LogLimits,
+    port: int | None = None,
 ) -> dict[str, Any]:
-    """The whole service, as ``create_service`` and ``update_service`` take it (pure)."""
+    """The whole service, as ``create_service`` and ``update_service`` take it (pure).
+    ``port``: the site's public port, and its domains, as labels (an edge on another node
+    serves the service there: ``reconciler edge-node``)."""
     project_id, version = release.project_id, release.hash
     health = spec.health
     container = _container(release, spec, image=image, cport=cport, config=config,
@@ -198,6 +203,8 @@ def service_spec(
             LABEL_HASH: version,
             LABEL_CONFIG: config,
             LABEL_REPLICAS: str(spec.deploy.replicas),
+            **({LABEL_PORT: str(port)} if port is not None else {}),
+            **({LABEL_DOMAINS: ",".join(spec.domains)} if spec.domains else {}),
         },
         "mode": ServiceMode("replicated", replicas=spec.deploy.replicas),
         "update_config": UpdateConfig(

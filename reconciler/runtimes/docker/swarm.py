@@ -222,7 +222,8 @@ class SwarmRuntime(Rollouts, DockerRuntime):
 
     def start(self, release: Release, spec: ProjectSpec, *, port: int, config: str) -> Instance:
         """Create the project's service, or update it to ``release``; returns at once (the
-        rollout is ``rollout``'s to watch). ``port`` is not used: tasks get their own."""
+        rollout is ``rollout``'s to watch). ``port``, the site's, is a label (tasks get
+        ports of their own)."""
         self._manager()
         project_id = release.project_id
         image = self.release_image(release)
@@ -235,6 +236,7 @@ class SwarmRuntime(Rollouts, DockerRuntime):
             stop_grace=self.stop_grace,
             limits=self.limits,
             log_limits=self.log_limits,
+            port=port,
         )
         existing = self._service(project_id)
         with engine_calls():
