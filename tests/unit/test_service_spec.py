@@ -35,3 +35,35 @@ def test_a_release_becomes_a_start_first_service_that_rolls_back() -> None:
     assert [m["Target"] for m in container["Mounts"]] == ["/tmp", "/data"]
     assert task["Resources"]["Limits"] == {"NanoCPUs": 500_000_000, "MemoryBytes": 128 << 20}
     assert task["LogDriver"]["Options"] == {"max-size": "1000", "max-file": "2"}
+
+
+def test_an_edge_on_another_node_serves_what_the_labels_say_and_nothing_hostile(
+    tmp_path: Path,
+) -> None:
+    """The site's port and domains travel as the service's labels; an edge node serves a
+    service only at a port of its range, with an id and domains that pass the checks."""
+    from reconciler.core.config import Config, PortRange
+    from reconciler.daemon.edgenode import EdgeNode
+
+    release = Release(ProjectId("api"), "1a2b3c4d", "f" * 64, Path("/x"), "2026-01-01T00:00:00Z")
+    spec = ProjectSpec.model_validate(
+        {"source": "x", "runtime": "swarm", "domains": ["api.example.com"]}
+    )
+    kwargs = service_spec(
+        release, spec, image="i", cport=8080, config="c", stop_grace=1.0, limits=Limits(),
+        log_limits=LogLimits(1000, 2), port=3005,
+    )  # fmt: skip
+    labels = kwargs["labels"]
+    assert (labels["reconciler.port"], labels["reconciler.domains"]) == ("3005", "api.example.com")
+    node = EdgeNode.__new__(EdgeNode)
+    node.config = Config(desired_dir=tmp_path, data_dir=tmp_path, port_range=PortRange(3001, 3099))
+
+    def site(**extra: str) -> object:
+        return node._site({"Spec": {"Labels": {**labels, **extra}}})
+
+    found = site()
+    assert found is not None
+    assert (found.project_id, found.port, found.domains) == ("api", 3005, ("api.example.com",))  # type: ignore[attr-defined]
+    for hostile in ({"reconciler.project": "../etc"}, {"reconciler.port": "80"},
+                    {"reconciler.port": "x"}, {"reconciler.domains": "evil.com/../x"}):  # fmt: skip
+        assert site(**hostile) is None, hostile
