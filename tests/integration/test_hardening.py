@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.harness import Env, desired_yaml, environment, wait_for
 from tests.integration.test_truthful import app_site, app_yaml
+from tests.suites.test_hostile_apps import DAEMONIZE
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,14 +99,6 @@ def test_a_start_command_that_forks_and_exits_is_refused_and_leaves_nothing(
         assert _ours(marker) == []
 
 
-DAEMONIZE = """import os, sys
-if os.fork():
-    sys.exit(0)
-os.setsid()
-if os.fork():
-    sys.exit(0)
-os.execvp("python3", ["python3", "server.py", *sys.argv[1:]])
-"""
 ESCAPE = """import os, subprocess, sys
 subprocess.Popen(["python3", "-c", "import time; time.sleep(600)", *sys.argv[1:]],
                  start_new_session=True)
@@ -121,7 +114,7 @@ def test_a_start_command_that_daemonizes_with_setsid_is_refused_and_leaves_nothi
     start is refused, and nothing of it is left to answer the next version's health check;
     a helper that leaves the session of an app in the foreground is stopped with it."""
     site = app_site(tmp_path / "app")
-    (site / "dist" / "daemonize.py").write_text(DAEMONIZE)
+    (site / "dist" / "daemonize.py").write_text(DAEMONIZE)  # a double fork and setsid
     (site / "dist" / "escape.py").write_text(ESCAPE)
     marker = f"setsid-{tmp_path.parent.name}-{tmp_path.name}"
     with environment(tmp_path) as env:

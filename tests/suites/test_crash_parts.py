@@ -44,7 +44,9 @@ from tests.suites.test_crash_injection import (
     SERVER,
     Case,
     P,
+    _change,
     _desired,
+    _expected,
     _page,
     check_invariants,
     serves,
@@ -148,28 +150,6 @@ def _edges(env: Env) -> list[int]:
     return found
 
 
-def _change_by_file(env: Env, site: Path, case: Case, first: str) -> None:
-    match case.change:
-        case "deploy":
-            (site / "page.html").write_text("v3")
-            env.write(P, _desired(site, case, generation=3))
-        case "rollback":
-            env.write(P, _desired(site, case, generation=2, version=first))
-        case "settings":
-            env.write(P, _desired(site, case, generation=2, greeting="two"))
-        case "stop":
-            env.write(P, _desired(site, case, generation=2, state="stopped"))
-
-
-def _expected_of(case: Case) -> tuple[str, str | None]:
-    return {
-        "deploy": ("running", _page(case, "v3")),
-        "rollback": ("running", _page(case, "v1")),
-        "settings": ("running", _page(case, "v2", "two")),
-        "stop": ("stopped", None),
-    }[case.change]
-
-
 def run_edge(tmp_path: Path, fault: Fault) -> list[str]:
     site = _site(tmp_path)
     case = fault.case
@@ -177,10 +157,10 @@ def run_edge(tmp_path: Path, fault: Fault) -> list[str]:
         first = _first_two(env, site, case)
         row = env.db.edge()
         assert row is not None and row.pid is not None
-        _change_by_file(env, site, case, first)
+        _change(env, site, case, first)
         time.sleep(case.delay)
         _signal(row.pid, fault)
-        problems = _converged(env, case, site, _expected_of(case))
+        problems = _converged(env, case, site, _expected(case))
         try:
             wait_for(lambda: (e := env.db.edge()) is not None and e.status == "up"
                      and len(_edges(env)) == 1, 40, "the edge up, once")  # fmt: skip
@@ -308,7 +288,7 @@ def _api_run(env: Env, api: Api, site: Path, fault: Fault, first: str) -> list[s
     if fault.signal == "stop" and not answer:
         problems.append("a request to a stopped API was never answered after it went on")
     want = _wanted_by_file(env, case, first, problems)
-    if answer and 200 <= answer[0] < 300 and want != _expected_of(case):
+    if answer and 200 <= answer[0] < 300 and want != _expected(case):
         problems.append(f"answered {answer[0]} but the file asks for {want}")
     problems += _converged(env, case, site, want)
     status = httpx.get(f"{api.base}/api/projects/{P}/production", timeout=10).json()

@@ -22,12 +22,25 @@ import yaml
 from reconciler.api.app import create_app
 from reconciler.api.server import ApiServer
 from tests.conftest import PYTHON, REPO, free_port
-from tests.integration.harness import desired_yaml, environment, get, make_site, wait_for
+from tests.integration.harness import Env, desired_yaml, environment, get, make_site, wait_for
 
 PROJECTS = int(os.environ.get("LOAD_PROJECTS", "10"))
 CLIENTS = int(os.environ.get("LOAD_CLIENTS", "20"))
 SECONDS = float(os.environ.get("LOAD_SECONDS", "3"))
 CALLS = int(os.environ.get("LOAD_CALLS", "20"))
+
+
+def api_process(env: Env) -> tuple[subprocess.Popen[bytes], str]:
+    """``reconciler api`` on the environment's files, in its own process; once it answers."""
+    port = free_port()
+    api = subprocess.Popen(
+        [PYTHON, "-m", "reconciler", "api", "--listen", f"127.0.0.1:{port}",
+         "--desired", str(env.desired), "--data", str(env.data), "--edge", "off"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 20, "API")
+    return api, base
 
 
 @pytest.mark.timeout(300)
@@ -54,14 +67,7 @@ def test_many_api_clients_at_once_get_no_errors(tmp_path: Path) -> None:
         env.write("www", desired_yaml(site))
         env.wait_serving("www", "busy")
         env.stop()  # the sites keep serving; the API runs alone, in its own process
-        port = free_port()
-        api = subprocess.Popen(
-            [PYTHON, "-m", "reconciler", "api", "--listen", f"127.0.0.1:{port}",
-             "--desired", str(env.desired), "--data", str(env.data), "--edge", "off"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 20, "API")
+        api, base = api_process(env)
         paths = ["/healthz", "/api/projects", "/api/projects/www/production",
                  "/api/projects/www/production-history"]  # fmt: skip
         latencies: list[float] = []
@@ -255,16 +261,9 @@ def test_an_editor_and_api_clients_never_lose_each_others_writes(tmp_path: Path)
         site = make_site(tmp_path / "site", "busy")
         env.desired.mkdir(parents=True)
         env.write("www", desired_yaml(site, state="stopped"))
-        port = free_port()
-        api = subprocess.Popen(
-            [PYTHON, "-m", "reconciler", "api", "--listen", f"127.0.0.1:{port}",
-             "--desired", str(env.desired), "--data", str(env.data), "--edge", "off"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
+        api, base = api_process(env)
         path = env.desired / "www.yaml"
         try:
-            wait_for(lambda: httpx.get(f"{base}/healthz", timeout=1).status_code == 200, 20)
             landed: dict[str, str] = {}
             errors: list[str] = []
             lock = threading.Lock()
