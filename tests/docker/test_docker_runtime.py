@@ -12,7 +12,7 @@ import pytest
 from reconciler.core.errors import BuildFailed, Cancelled, StartFailed, TransientError
 from reconciler.core.spec import Limits, ProjectId, ProjectSpec
 from reconciler.runtimes.base import BuildRequest, wait_ready
-from reconciler.runtimes.docker import DockerRuntime, container_name
+from reconciler.runtimes.docker import DockerRuntime, container_name, containers
 from reconciler.stores.releases import Release, ReleaseStore
 from tests.conftest import free_port
 from tests.docker.conftest import make_project
@@ -253,16 +253,23 @@ def test_unreachable_engine_is_transient(tmp_path: Path) -> None:
 
 
 def test_a_stopped_or_never_started_container_of_ours_is_removed_on_observe(
-    tmp_path: Path, docker_runtime: DockerRuntime, docker_client: docker.DockerClient
+    tmp_path: Path,
+    docker_runtime: DockerRuntime,
+    docker_client: docker.DockerClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A daemon killed between stopping a container and removing it (or between creating
-    and starting one) leaves it behind; the next observation removes it."""
+    and starting one) leaves it behind; an observation once it is older than a start's
+    steps removes it (a younger one may be a start under way's: it is left alone)."""
     store = ReleaseStore(tmp_path / "production")
     release = build_release(docker_runtime, store, make_project(tmp_path / "src"), spec())
     inst = docker_runtime.start(release, spec(), port=free_port(), config="c0ffee00")
     name = container_name("dsite", release.hash, "c0ffee00")
     docker_client.containers.get(name).stop(timeout=1)
     assert docker_client.containers.get(name).status == "exited"
+    assert docker_runtime.observe(P) == []
+    assert docker_client.containers.get(name).status == "exited", "just ended: left alone"
+    monkeypatch.setattr(containers, "LEFTOVER_AGE", 0.0)  # as if 10 s had gone by
     assert docker_runtime.observe(P) == []
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(name)

@@ -184,61 +184,6 @@ def _engine_answers() -> bool:
         client.close()
 
 
-@pytest.mark.docker
-# docker-py leaks the socket of a connect() that fails while the engine's socket goes away
-# (its UnixHTTPConnection never closes it); the daemon survives it, the warning is theirs.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.skipif(not ENGINE_FAULTS, reason="restarts the machine's dockerd: make faults")
-@pytest.mark.timeout(400)
-@pytest.mark.usefixtures("docker_client")
-def test_the_engine_restarted_while_idle_and_during_a_deploy(tmp_path: Path) -> None:
-    source = make_project(tmp_path / "src", "engine one")
-    project = "engineflt"
-    with environment(tmp_path, runtime="docker") as env:
-        prefix = env.config().docker_prefix
-        try:
-            env.start()
-            env.write(project, desired_yaml(source, runtime="docker"))
-            env.wait_serving(project, "engine one", timeout=120)
-
-            # idle: the engine goes away and comes back; the site is served again
-            _restart_engine(down=2)
-            env.wait_serving(project, "engine one", timeout=120)
-
-            # during a deploy: the build or start fails transiently and is retried
-            (source / "site" / "index.html").write_text("engine two")
-            env.write(project, desired_yaml(source, runtime="docker", generation=2))
-            wait_for(lambda: env.db.active_job(project) is not None, 30, "the deploy runs")
-            _restart_engine(down=2)
-            env.wait_serving(project, "engine two", timeout=180)
-
-            # the event stream reconnected: a container removed by hand comes back fast
-            client = docker.from_env()
-
-            def ours() -> list[str]:
-                found = client.containers.list(filters={"label": f"reconciler.project={project}"})
-                return [c.name for c in found]
-
-            (name,) = wait_for(lambda: len(ours()) == 1 and ours(), 30, "one container")
-            client.containers.get(name).remove(force=True)
-            client.close()
-            env.wait_serving(project, "engine two", timeout=30)
-        finally:
-            env.stop()
-            client = docker.from_env()
-            for c in client.containers.list(
-                all=True, filters={"label": f"reconciler.project={project}"}
-            ):
-                c.remove(force=True)
-            for image in client.images.list():
-                for tag in image.tags:
-                    if tag.startswith(prefix):
-                        client.images.remove(tag, force=True)
-            client.close()
-            shutil.rmtree(tmp_path / "src", ignore_errors=True)
-            gc.collect()  # docker-py's leaked sockets warn here (ignored), not in a later test
-
-
 SERVER = """\
 import http.server, os
 page = open("index.html", "rb").read()
@@ -357,3 +302,60 @@ def _fill_at(env: Env, site: Path, disk: Path, job_type: str, extra: str) -> Non
         env.wait_serving("www", "two", timeout=60)
     assert _serves_what_it_says(env) == "two"
     assert not [p for p in production.iterdir() if p.name.startswith(".staging-")]
+
+
+# last in the file: the sockets docker-py leaks while the engine restarts are collected after it,
+# and no test after it is charged with them
+@pytest.mark.docker
+# docker-py leaks the socket of a connect() that fails while the engine's socket goes away
+# (its UnixHTTPConnection never closes it); the daemon survives it, the warning is theirs.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.skipif(not ENGINE_FAULTS, reason="restarts the machine's dockerd: make faults")
+@pytest.mark.timeout(400)
+@pytest.mark.usefixtures("docker_client")
+def test_the_engine_restarted_while_idle_and_during_a_deploy(tmp_path: Path) -> None:
+    source = make_project(tmp_path / "src", "engine one")
+    project = "engineflt"
+    with environment(tmp_path, runtime="docker") as env:
+        prefix = env.config().docker_prefix
+        try:
+            env.start()
+            env.write(project, desired_yaml(source, runtime="docker"))
+            env.wait_serving(project, "engine one", timeout=120)
+
+            # idle: the engine goes away and comes back; the site is served again
+            _restart_engine(down=2)
+            env.wait_serving(project, "engine one", timeout=120)
+
+            # during a deploy: the build or start fails transiently and is retried
+            (source / "site" / "index.html").write_text("engine two")
+            env.write(project, desired_yaml(source, runtime="docker", generation=2))
+            wait_for(lambda: env.db.active_job(project) is not None, 30, "the deploy runs")
+            _restart_engine(down=2)
+            env.wait_serving(project, "engine two", timeout=180)
+
+            # the event stream reconnected: a container removed by hand comes back fast
+            client = docker.from_env()
+
+            def ours() -> list[str]:
+                found = client.containers.list(filters={"label": f"reconciler.project={project}"})
+                return [c.name for c in found]
+
+            (name,) = wait_for(lambda: len(ours()) == 1 and ours(), 30, "one container")
+            client.containers.get(name).remove(force=True)
+            client.close()
+            env.wait_serving(project, "engine two", timeout=30)
+        finally:
+            env.stop()
+            client = docker.from_env()
+            for c in client.containers.list(
+                all=True, filters={"label": f"reconciler.project={project}"}
+            ):
+                c.remove(force=True)
+            for image in client.images.list():
+                for tag in image.tags:
+                    if tag.startswith(prefix):
+                        client.images.remove(tag, force=True)
+            client.close()
+            shutil.rmtree(tmp_path / "src", ignore_errors=True)
+            gc.collect()  # docker-py's leaked sockets warn here (ignored), not in a later test

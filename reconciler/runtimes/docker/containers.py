@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import docker.errors
@@ -208,6 +209,7 @@ def stop_container(engine: Engine, instance: Instance, *, timeout: float) -> Non
 
 
 LEFTOVER_STATES = ("created", "exited", "dead")  # never started, or stopped by us
+LEFTOVER_AGE = 10.0  # seconds a leftover is left alone: a start may be between two calls
 # why containers that ended by themselves ended, kept from their removal until asked
 _ENDED: dict[tuple[str, str, str | None], str] = {}
 ENDED_KEPT = 1000
@@ -236,6 +238,11 @@ def running_instances(engine: Engine, project_id: ProjectId) -> list[Instance]:
             continue
         if container.status in LEFTOVER_STATES:
             state = container.attrs.get("State") or {}
+            since = container.attrs.get("Created") if container.status == "created" else (
+                state.get("FinishedAt")
+            )  # fmt: skip
+            if _age(since) < LEFTOVER_AGE:
+                continue  # a start under way may be about to start it, or to read its logs
             if container.status != "created":
                 _ENDED[(project_id, version, labels.get(LABEL_CONFIG) or None)] = ended(state)
                 while len(_ENDED) > ENDED_KEPT:  # the oldest go: bounded however many end
@@ -275,3 +282,16 @@ def started_instance(
         container_id=container.id,
         config=config,
     )
+
+
+def _age(stamp: object) -> float:
+    """Seconds since an engine timestamp (RFC 3339, nanoseconds); unknown: very old."""
+    if not isinstance(stamp, str) or not stamp or stamp.startswith("0001-"):
+        return float("inf")
+    head, _dot, tail = stamp.rstrip("Z").partition(".")
+    try:
+        when = datetime.fromisoformat(head).replace(tzinfo=UTC)
+    except ValueError:
+        return float("inf")
+    fraction = float(f"0.{tail}") if tail.isdigit() else 0.0
+    return (datetime.now(UTC) - when).total_seconds() - fraction
