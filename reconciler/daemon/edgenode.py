@@ -19,9 +19,9 @@ from typing import Any
 
 from reconciler.core.config import Config
 from reconciler.core.errors import TransientError
-from reconciler.core.kinds import ServeMode
+from reconciler.core.kinds import RuntimeName, ServeMode
 from reconciler.core.spec import InvalidProjectId, ProjectId, check_hostname, check_project_id
-from reconciler.daemon.parts import make_edge
+from reconciler.daemon.parts import make_edge, make_runtime_factory
 from reconciler.edge.config import FANOUT, Site
 from reconciler.runtimes.docker.labels import LABEL_PORT, LABEL_PROJECT, MANAGED_BY, MANAGER
 from reconciler.runtimes.docker.services import LABEL_DOMAINS
@@ -40,9 +40,9 @@ class EdgeNode:
         self.db = StateDB(config.state_db)
         self.releases = ReleaseStore(config.releases_dir)
         self.edge = make_edge(config, self.db)
-        self.swarm = SwarmRuntime(image_prefix=config.docker_prefix, stop_grace=config.stop_grace,
-                                  log_limits=config.logs, limits=config.limits,
-                                  build_limits=config.build_limits)  # fmt: skip
+        swarm = make_runtime_factory(config, self.releases)(RuntimeName.SWARM)
+        assert isinstance(swarm, SwarmRuntime)
+        self.swarm = swarm
         self.changed = threading.Event()
         self.served: set[ProjectId] = set()
 

@@ -66,13 +66,14 @@ class Manage:
             raise _not_found(project_id)
         read = self.desired.read(project_id)
         try:
-            text = decode(path, path.read_bytes(), settled=True)
+            data = path.read_bytes()
+            text = decode(path, data, settled=True)
         except (OSError, DesiredFileError) as exc:
             raise OperationError(ErrorKind.CONFLICT, f"{path.name} cannot be read: {exc}") from None
         return {
             "file": path.name,
             "text": text,
-            "digest": text_digest(text.encode()),  # send it back as ``base`` to save
+            "digest": text_digest(data),  # of the bytes: send it back as ``base`` to save
             "valid": bool(read and read.valid),
             "error": self.relative(read.error) if read and read.error else None,
             "derived": self.desired.is_derived(project_id),

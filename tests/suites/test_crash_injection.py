@@ -378,15 +378,20 @@ def _run(env: Env, site: Path, case: Case) -> list[str]:
     env.kill9()
     TALLY.faults += 1
     env.spawn()
-    status, page = _expected(case)
+    return converged(env, case, site, _expected(case))
+
+
+def converged(env: Env, case: Case, site: Path, want: tuple[str, str | None]) -> list[str]:
+    """The problems left once the project converged on ``want`` (status, page): none when
+    every invariant holds."""
     try:
-        wait_for(lambda: serves(env, status, page), 60, f"{case} converges")
+        wait_for(lambda: serves(env, *want), 60, f"{case} converges")
     except AssertionError as exc:
-        return [str(exc), *check_invariants(env, case, site)]
+        return [str(exc), *check_invariants(env, case, site, want)]
     # a replaced instance drains and stops in the background (--drain, --stop-grace)
     with contextlib.suppress(AssertionError):
-        wait_for(lambda: not check_invariants(env, case, site), 15, "invariants hold")
-    return check_invariants(env, case, site)
+        wait_for(lambda: not check_invariants(env, case, site, want), 15, "invariants hold")
+    return check_invariants(env, case, site, want)
 
 
 @pytest.mark.timeout(120)

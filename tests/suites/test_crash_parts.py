@@ -48,7 +48,7 @@ from tests.suites.test_crash_injection import (
     _desired,
     _expected,
     _page,
-    check_invariants,
+    converged,
     serves,
 )
 
@@ -120,16 +120,6 @@ def _signal(pid: int, fault: Fault) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-def _converged(env: Env, case: Case, site: Path, want: tuple[str, str | None]) -> list[str]:
-    try:
-        wait_for(lambda: serves(env, *want), 60, f"{case} converges")
-    except AssertionError as exc:
-        return [str(exc), *check_invariants(env, case, site, want)]
-    with contextlib.suppress(AssertionError):  # a replaced instance drains in the background
-        wait_for(lambda: not check_invariants(env, case, site, want), 15, "invariants hold")
-    return check_invariants(env, case, site, want)
-
-
 # -- the edge ---------------------------------------------------------------------------------
 
 
@@ -160,7 +150,7 @@ def run_edge(tmp_path: Path, fault: Fault) -> list[str]:
         _change(env, site, case, first)
         time.sleep(case.delay)
         _signal(row.pid, fault)
-        problems = _converged(env, case, site, _expected(case))
+        problems = converged(env, case, site, _expected(case))
         try:
             wait_for(lambda: (e := env.db.edge()) is not None and e.status == "up"
                      and len(_edges(env)) == 1, 40, "the edge up, once")  # fmt: skip
@@ -290,7 +280,7 @@ def _api_run(env: Env, api: Api, site: Path, fault: Fault, first: str) -> list[s
     want = _wanted_by_file(env, case, first, problems)
     if answer and 200 <= answer[0] < 300 and want != _expected(case):
         problems.append(f"answered {answer[0]} but the file asks for {want}")
-    problems += _converged(env, case, site, want)
+    problems += converged(env, case, site, want)
     status = httpx.get(f"{api.base}/api/projects/{P}/production", timeout=10).json()
     if status.get("status") != want[0]:
         problems.append(f"the API says {status.get('status')}, the project is {want[0]}")

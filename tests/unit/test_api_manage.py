@@ -303,3 +303,15 @@ def test_a_timeline_names_the_commit_of_its_version(app: Flask) -> None:
         "f00d" * 10,
         "Fix the footer",
     )
+
+
+def test_the_digest_names_the_files_bytes_so_a_bom_does_not_make_every_save_stale(
+    client: FlaskClient, config: Config
+) -> None:
+    path = config.desired_dir / "www.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # saved by an editor that writes a BOM
+    shown = client.get("/api/projects/www/desired").json
+    assert shown is not None
+    edited = shown["text"].replace("timeout: 1", "timeout: 5")
+    saved = client.put("/api/projects/www/desired", json={"text": edited, "base": shown["digest"]})
+    assert saved.status_code == 200 and "timeout: 5" in desired(config)
