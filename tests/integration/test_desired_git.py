@@ -17,6 +17,7 @@ import pytest
 from reconciler.api.app import create_app
 from reconciler.cli.client import LocalClient
 from reconciler.readside.operations import ErrorKind, OperationError
+from reconciler.readside.views import in_progress
 from reconciler.sources import hooks
 from reconciler.stores.desired.git import ConfigRepo
 from tests.integration.gitrepo import Repo, git
@@ -155,6 +156,15 @@ def test_a_concurrent_push_is_rebased_over_and_a_refusal_is_409(tmp_path: Path) 
             "blog by hand",
         ]  # neither write is lost
         committer._fetch = original  # type: ignore[method-assign]
+        # that deploy ends first: a deploy asked while one is queued or building joins it
+        wait_for(
+            lambda: (
+                (row := env.row("www")) is not None
+                and row.observedGeneration == 2
+                and not in_progress(ops.status_of("www"))
+            ),
+            what="the deploy applied",
+        )
 
         # a remote that refuses every push: 409 with git's reason; nothing changes here
         hook = repo.remote / "hooks" / "pre-receive"
