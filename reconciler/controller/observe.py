@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from reconciler.core.kinds import OUT_OF_SERVICE, EdgeMode, RuntimeName
+from reconciler.core.kinds import OUT_OF_SERVICE, EdgeMode, InstanceRole, RuntimeName
 from reconciler.core.plan import FLAP_WINDOW, DesiredView, ObservedInstance
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.runtimes.base import PREVIEW_CONFIG, Instance, Runtime
@@ -243,9 +243,16 @@ class FactFinder:
         def instances(spec: ProjectSpec | None, rows: list[InstanceRow]) -> list[ObservedInstance]:
             found["live"] = self.live(project_id, spec, rows)
             live = found["live"][0]
-            draining = {r.key for r in rows if r.role in OUT_OF_SERVICE}  # planned around
+            out = {r.key: r.role for r in rows if r.role in OUT_OF_SERVICE}  # planned around
             return [
-                ObservedInstance(i.hash, i.port, key in draining, i.config, i.asleep)
+                ObservedInstance(
+                    i.hash,
+                    i.port,
+                    key in out,
+                    i.config,
+                    i.asleep,
+                    standby=out.get(key) == InstanceRole.STANDBY,
+                )
                 for key, (i, _runtime) in live.items()
             ]
 

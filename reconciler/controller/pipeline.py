@@ -47,10 +47,14 @@ from reconciler.core.timeutil import utcnow
 from reconciler.runtimes.base import Instance, Runtime, wait_ready
 from reconciler.stores.gitcache import GitCache
 from reconciler.stores.ports import PortAllocator
-from reconciler.stores.releases import ReleaseStore
+from reconciler.stores.releases import Release, ReleaseStore
 from reconciler.stores.state import InstanceRow, StateDB
 
 logger = logging.getLogger(__name__)
+
+
+class FellBack(PermanentError):
+    """A deploy failed after it went live: the version before it serves again."""
 
 
 class Pipeline:
@@ -140,6 +144,7 @@ class Pipeline:
         except Exception as exc:
             why = describe(exc)
         message = why.removeprefix("Start failed: ").split("\n", 1)[0]
+        message = message.replace(" before it became ready", "")  # it had served
         logger.warning("%s: %s", row.project, message)
         recorder.emit(EventType.EXITED, {"message": message, "hash": row.hash})
 
@@ -153,10 +158,10 @@ class Pipeline:
             logger.info("%s: pipeline cancelled; applying the new desired state", project_id)
             raise
         except PermanentError as exc:
-            message = _with_serving(str(exc), run)
+            message = str(exc) if isinstance(exc, FellBack) else _with_serving(str(exc), run)
             exc.args = (message,)  # the deployment's error event says it too
             logger.warning("%s: failed: %s", project_id, message.splitlines()[0])
-            if not _serving(run):  # no address that answers is shown
+            if not _serving(run) and not isinstance(exc, FellBack):  # no dead address shown
                 run.recorder.update(productionUrl=None, productionPort=None)
             run.recorder.update(
                 productionStatus=Status.FAILED,
@@ -242,6 +247,9 @@ class Pipeline:
         release = self.releases.get(project_id, step.hash)
         if release is None:
             raise PermanentError(f"version {step.hash} is not kept")
+        if step.after is not None:
+            self.fall_back(run, release, step.after)
+            return
         if step.repair:
             self.repairs.note(project_id)
             message = f"The instance of {step.hash} is not running; starting it again"
@@ -250,6 +258,22 @@ class Pipeline:
         elif row is None or row.productionStatus in (Status.STOPPED, Status.FAILED):
             rec.update(productionStatus=Status.QUEUED, productionError=None)
         self.activator.activate(run, release, generation=None, built=False)
+
+    def fall_back(self, run: Run, release: Release, died: str) -> None:
+        """The version that went live died within its rollback window: the instance it
+        replaced (kept running for that window) serves again, with no start, and the deploy
+        is failed (not retried until the desired file changes or a deploy is asked)."""
+        project_id = run.facts.project_id
+        logger.warning("%s: %s died after it went live; back to %s", project_id, died,
+                       release.hash)  # fmt: skip
+        held = [r.key for r in self.db.instances(project_id) if r.role == InstanceRole.STANDBY]
+        run.taken = next((k for k in held if k in run.live and k.startswith(release.hash)), None)
+        self.activator.activate(run, release, generation=None, built=False)
+        raise FellBack(
+            f"{died} went live, then stopped running (its last lines: logs/app.log); "
+            f"{release.hash}, the version it replaced, kept for the rollback window, serves "
+            "again. Deploy again (or edit the desired file) to try once more"
+        )
 
     def record(self, run: Run, step: Record) -> None:
         if step.status != Status.RUNNING or step.hash is None:

@@ -26,6 +26,7 @@ class Run:
     built_from: dict[str, object] | None = None  # set by a build: its source's revision
     version: str | None = None  # the release the run brings live (None: the one serving)
     apps: set[str] = field(default_factory=set)  # releases that run as apps (see ObservedView)
+    taken: str | None = None  # an instance taken back as it runs, whatever its settings
 
     def __post_init__(self) -> None:
         self.apps |= self.facts.observed.apps
@@ -72,6 +73,9 @@ class Run:
     def find(self, version: str) -> tuple[Instance, Runtime] | None:
         """A live instance of ``version`` running with the wanted settings."""
         want = self.facts.view.config if self.facts.view is not None else None
+        for key, (instance, runtime) in self.live.items():
+            if key == self.taken and instance.hash == version:
+                return instance, runtime
         for instance, runtime in self.live.values():
             if instance.hash == version and instance.config == want and not instance.asleep:
                 return instance, runtime

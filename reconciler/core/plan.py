@@ -62,6 +62,7 @@ class ObservedInstance:
     draining: bool = False
     config: str | None = None
     asleep: bool = False  # a service scaled to 0 while its site sleeps: planned around
+    standby: bool = False  # kept for the rollback window (out of service, draining too)
 
     @property
     def key(self) -> str:
@@ -116,6 +117,9 @@ class Activate:
     hash: str
     repair: bool = False
     wake: bool = False  # a sleeping site's version, for the request that waits
+    # the version that went live and died within its rollback window: ``hash`` is the kept
+    # version it replaced, served again (no start); the deploy of ``after`` is failed
+    after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,9 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
             and observed.active_hash == target
             and observed.status in (Status.RUNNING, Status.ERROR)
         )
+        standby = [i for i in observed.instances if i.standby and not i.asleep and not pinned]
+        if repair and standby:  # it died within its rollback window: back to the one it replaced
+            return _after_strays(live, observed, Activate(standby[0].hash, after=target))
         if repair and observed.recent_repairs >= FLAP_LIMIT:
             return [
                 Fail(
@@ -321,8 +328,8 @@ def deciding(steps: Sequence[Step]) -> Step | None:
 def deployment_of(steps: Sequence[Step]) -> DeploymentKind | None:
     """What a run of ``steps`` is, as an operator would name it (None: housekeeping)."""
     match deciding(steps):
-        case Build() | Fail():
-            return DeploymentKind.DEPLOY
+        case Build() | Fail() | Activate(after=str()):
+            return DeploymentKind.DEPLOY  # a version that died after it went live: failed
         case Activate(repair=True):
             return DeploymentKind.REPAIR
         case Activate(wake=True):
@@ -347,7 +354,12 @@ def describe(step: Step) -> str:
             return f"mark the project failed: {error}"
         case Build(generation=generation):
             return f"build generation {generation}, start it, check its health, switch to it"
-        case Activate(hash=version, repair=repair, wake=wake):
+        case Activate(hash=version, repair=repair, wake=wake, after=after):
+            if after is not None:
+                return (
+                    f"roll back to {version} (kept for the rollback window): {after} died "
+                    "after it went live; its deploy is failed"
+                )
             if wake:
                 return f"wake: start {version} for the request that waits, switch to it"
             if repair:

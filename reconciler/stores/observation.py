@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from reconciler.core.kinds import OUT_OF_SERVICE, EdgeMode, RuntimeName
+from reconciler.core.kinds import OUT_OF_SERVICE, EdgeMode, InstanceRole, RuntimeName
 from reconciler.core.plan import DesiredView, ObservedInstance, ObservedView
 from reconciler.core.spec import ProjectId, ProjectSpec
 from reconciler.stores.desired import DesiredFile, DesiredStore, spec_in_force
@@ -29,7 +29,16 @@ LastGoodOf = Callable[[ProjectId, ProjectRow | None], ProjectSpec | None]
 
 def recorded(_spec: ProjectSpec | None, rows: list[InstanceRow]) -> Iterable[ObservedInstance]:
     """The instances the state database records (the read side's view of them)."""
-    return (ObservedInstance(r.hash, r.port, r.role in OUT_OF_SERVICE, r.config) for r in rows)
+    return (
+        ObservedInstance(
+            r.hash,
+            r.port,
+            r.role in OUT_OF_SERVICE,
+            r.config,
+            standby=r.role == InstanceRole.STANDBY,
+        )
+        for r in rows
+    )
 
 
 def last_good_recorded(_project_id: ProjectId, row: ProjectRow | None) -> ProjectSpec | None:
@@ -85,9 +94,13 @@ class Observe:
         if desired is not None and spec is not None and spec.production.follow:
             source = self.db.source(project_id)
         view = desired_view(
-            desired, spec, edge=edge, default_runtime=default_runtime, source=source,
+            desired,
+            spec,
+            edge=edge,
+            default_runtime=default_runtime,
+            source=source,
             secrets=revisions(spec, self.vault),
-        )  # fmt: skip
+        )
         site = self.db.site(project_id)
         known = _known(desired, row, rows)
         versions = [r.hash for r in self.releases.versions(project_id)]

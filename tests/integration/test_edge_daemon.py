@@ -502,3 +502,36 @@ def test_an_app_turned_static_on_purpose_switches_once_and_stays(env: Env, tmp_p
     env.resync_and_wait("www")
     assert len(env.db.deployments("www")) == settled, "no activation after the switch"
     assert get(f"http://127.0.0.1:{row.productionPort}/") == "as files"
+
+
+def test_a_version_that_dies_after_it_went_live_falls_back_to_the_kept_one(
+    env: Env, tmp_path: Path
+) -> None:
+    """A new version passes its health check, goes live, then dies within the rollback
+    window: the instance it replaced (kept running for the window) serves again at once, with
+    no start; the deploy is failed and the dead version is not started again until an edit."""
+    site = make_site(tmp_path / "site", "v1")
+    env.write("www", desired_yaml(site, generation=1, extra=SERVE_DIST))
+    v1 = env.wait_serving("www", "v1")
+    (kept,) = env.instances("www")
+    (site / "dist" / "index.html").write_text("v2")
+    dies = "start:\n  command: exec timeout 8 python3 -m http.server $PORT --bind 127.0.0.1\n"
+    env.write("www", desired_yaml(site, generation=2, extra=dies))
+    v2 = env.wait_serving("www", "v2")
+    assert v2.productionHash != v1.productionHash
+    row = env.wait_status("www", "failed", timeout=30)
+    assert (row.productionHash, row.productionPort) == (v1.productionHash, v1.productionPort)
+    assert row.productionError is not None and "went live, then stopped running" in (
+        row.productionError
+    )
+    assert f"{v1.productionHash}, the version it replaced" in row.productionError
+    assert get(f"http://127.0.0.1:{row.productionPort}/") == "v1"
+    time.sleep(2)  # the dead version is not put back: the deploy failed
+    (again,) = env.instances("www")
+    assert (again.hash, again.pid) == (v1.productionHash, kept.pid), "the kept one, no start"
+    assert {r.hash: r.role for r in env.db.instances("www")} == {v1.productionHash: "active"}
+    assert env.status("www") == "failed"
+    # an edit tries again: a v2 that lives is deployed
+    env.write("www", desired_yaml(site, generation=3, extra=SERVE_DIST))
+    fixed = env.wait_serving("www", "v2")
+    assert fixed.productionStatus == "running" and fixed.productionError is None

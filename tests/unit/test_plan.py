@@ -44,6 +44,8 @@ def up(*hashes: str) -> tuple[ObservedInstance, ...]:
     return tuple(ObservedInstance(h, 3000 + i) for i, h in enumerate(hashes))
 
 
+KEPT_B = ObservedInstance(B, 9, draining=True, standby=True)  # kept for the rollback window
+
 RUNNING_A = ObservedView(
     status="running",
     port=3000,
@@ -235,6 +237,32 @@ EDGE_CASES = [
         *at_edge(ServeMode.DYNAMIC, routed=None, instances=()),
         [Activate(A, repair=True)],
         id="dynamic-instance-died-repair",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=(KEPT_B,)),
+        [Activate(B, after=A)],
+        id="a-version-that-died-within-its-rollback-window-falls-back-to-the-kept-one",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=(KEPT_B,), recent_repairs=9),
+        [Activate(B, after=A)],
+        id="falling-back-comes-before-the-flap-limit",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=None, instances=(ObservedInstance(B, 9, True),)),
+        [Activate(A, repair=True)],
+        id="a-draining-instance-is-no-fallback",
+    ),
+    pytest.param(
+        DesiredView(want(version=A).spec, want(version=A).digest, mode=ServeMode.DYNAMIC),
+        at_edge(ServeMode.DYNAMIC, routed=None, instances=(KEPT_B,))[1],
+        [Activate(A, repair=True)],
+        id="a-pinned-version-that-died-is-repaired-not-left",
+    ),
+    pytest.param(
+        *at_edge(ServeMode.DYNAMIC, routed=A, instances=(*up(A), KEPT_B)),
+        [],
+        id="a-kept-instance-is-planned-around-while-the-new-one-serves",
     ),
     pytest.param(
         *at_edge(ServeMode.DYNAMIC, routed=A, idle=True),
