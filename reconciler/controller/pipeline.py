@@ -270,7 +270,7 @@ class Pipeline:
         run.taken = next((k for k in held if k in run.live and k.startswith(release.hash)), None)
         self.activator.activate(run, release, generation=None, built=False)
         raise FellBack(
-            f"{died} went live, then stopped running (its last lines: logs/app.log); "
+            f"{died} went live, then stopped running (why: its events, `reconciler logs`); "
             f"{release.hash}, the version it replaced, kept for the rollback window, serves "
             "again. Deploy again (or edit the desired file) to try once more"
         )

@@ -531,6 +531,8 @@ def test_a_version_that_dies_after_it_went_live_falls_back_to_the_kept_one(
     assert (again.hash, again.pid) == (v1.productionHash, kept.pid), "the kept one, no start"
     assert {r.hash: r.role for r in env.db.instances("www")} == {v1.productionHash: "active"}
     assert env.status("www") == "failed"
+    latest = env.db.latest_deployment("www")
+    assert latest is not None and (latest.kind, latest.state) == ("deploy", "failed")
     # an edit tries again: a v2 that lives is deployed
     env.write("www", desired_yaml(site, generation=3, extra=SERVE_DIST))
     fixed = env.wait_serving("www", "v2")
