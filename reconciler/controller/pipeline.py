@@ -269,10 +269,13 @@ class Pipeline:
         held = [r.key for r in self.db.instances(project_id) if r.role == InstanceRole.STANDBY]
         run.taken = next((k for k in held if k in run.live and k.startswith(release.hash)), None)
         self.activator.activate(run, release, generation=None, built=False)
+        kept = "its instance with the settings before" if died == release.hash else (
+            f"{release.hash}, the version it replaced"
+        )  # fmt: skip
         raise FellBack(
             f"{died} went live, then stopped running (why: its events, `reconciler logs`); "
-            f"{release.hash}, the version it replaced, kept for the rollback window, serves "
-            "again. Deploy again (or edit the desired file) to try once more"
+            f"{kept}, kept for the rollback window, serves again. Deploy again (or edit the "
+            "desired file) to try once more"
         )
 
     def record(self, run: Run, step: Record) -> None:
