@@ -240,3 +240,50 @@ def test_an_app_that_only_a_dockerfile_builds_takes_the_docker_runtime(
             assert app is not None and app["kind"] == "docker" and app["seen"] == ["Dockerfile"]
         finally:
             _clean(env, docker_client, project, prefix)
+
+
+def _running(client: docker.DockerClient, project: str) -> dict[str, str]:
+    """The project's running containers: version -> container id."""
+    filters = {"label": ["reconciler.managed-by=reconciler", f"reconciler.project={project}"]}
+    return {
+        c.labels["reconciler.hash"]: c.id
+        for c in client.containers.list(filters=filters)  # running ones only
+    }
+
+
+@pytest.mark.timeout(240)
+def test_a_container_that_dies_after_it_went_live_falls_back_to_the_kept_one(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    """The new version's container is killed (as the kernel's OOM killer would) within the
+    rollback window: the kept container of the version before serves again, as it ran; the
+    deploy is failed and nothing starts the dead version again."""
+    source = make_project(tmp_path / "src", "docker 1")
+    project = f"df{tmp_path.name[-6:].lower().replace('_', '')}"
+    with environment(tmp_path, runtime="docker", edge=EdgeMode.ON) as env:
+        prefix = env.config().docker_prefix
+        try:
+            env.start()
+            env.write(project, desired_yaml(source, runtime="docker"))
+            first = env.wait_serving(project, "docker 1", timeout=120)
+            (source / "site" / "index.html").write_text("docker 2")
+            env.write(project, desired_yaml(source, runtime="docker", generation=2))
+            second = env.wait_serving(project, "docker 2", timeout=120)
+            running = _running(docker_client, project)
+            assert set(running) == {first.productionHash, second.productionHash}
+            docker_client.containers.get(running[str(second.productionHash)]).kill()
+            row = env.wait_status(project, "failed", timeout=60)
+            assert (row.productionHash, row.productionPort) == (
+                first.productionHash,
+                first.productionPort,
+            )
+            assert "went live, then stopped running" in str(row.productionError)
+            assert get(f"http://127.0.0.1:{row.productionPort}/") == "docker 1"
+            kept = running[str(first.productionHash)]
+            wait_for(
+                lambda: _running(docker_client, project) == {first.productionHash: kept},
+                10,
+                "only the kept container runs",
+            )
+        finally:
+            _clean(env, docker_client, project, prefix)
