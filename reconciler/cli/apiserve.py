@@ -34,8 +34,11 @@ from reconciler.core.config import Config
 logger = logging.getLogger(__name__)
 
 ARGV = "RECONCILER_API_ARGV"  # the command line, for the workers
+MAIN = "RECONCILER_API_MAIN"  # the main process's pid: a worker ends when it is gone
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 HEADER_TIMEOUT = 20_000  # ms a request's headers may take (slowloris)
+PARENT_POLL = 0.5  # seconds between a worker's looks at whether the main process is there
+PORT_WAIT = 3.0  # seconds a start waits for its port to be free
 
 
 def make_app() -> Any:
@@ -43,12 +46,25 @@ def make_app() -> Any:
     from reconciler.api.app import create_app
     from reconciler.cli.main import _prepare, build_parser
 
+    _exit_with(int(os.environ.get(MAIN, "0")) or os.getppid())
     args = build_parser().parse_args(json.loads(os.environ[ARGV]))
     prepared = _prepare(args, api=True)
     if isinstance(prepared, int):
         raise SystemExit(prepared)
     config, token = prepared
     return create_app(config, token=token)
+
+
+def _exit_with(parent: int) -> None:
+    """A worker ends when the main process is gone (SIGKILLed, as without systemd's cgroup
+    nothing else stops it): an orphan would hold the port against the API started again."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def serve(config: Config, argv: list[str], log_level: str) -> int:
@@ -62,7 +78,7 @@ def serve(config: Config, argv: list[str], log_level: str) -> int:
     from reconciler.api.server import SPARE_THREADS
     from reconciler.daemon.sdnotify import Notifier
 
-    if not _free(config):
+    if not _free_within(config, PORT_WAIT):
         print(
             f"reconciler: cannot listen on {config.listen_host}:{config.listen_port}: "
             "address already in use",
@@ -70,6 +86,7 @@ def serve(config: Config, argv: list[str], log_level: str) -> int:
         )
         return 1
     os.environ[ARGV] = json.dumps(argv)
+    os.environ[MAIN] = str(os.getpid())
     # fresh interpreters, not forks: a fork while another thread holds a lock (an import,
     # logging) leaves that lock held for ever in the child
     multiprocessing.set_start_method("spawn", force=True)
@@ -100,6 +117,17 @@ def serve(config: Config, argv: list[str], log_level: str) -> int:
 
 def _severity(level: Any) -> int:
     return int(logging.getLevelName(str(level.value).upper()))
+
+
+def _free_within(config: Config, seconds: float) -> bool:
+    """The port is free, or frees up within ``seconds`` (the workers of an API killed just
+    before end within ``PARENT_POLL``)."""
+    deadline = time.monotonic() + seconds
+    while not _free(config):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _free(config: Config) -> bool:

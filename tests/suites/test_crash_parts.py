@@ -188,9 +188,15 @@ class Api:
             [PYTHON, "-m", "reconciler", "api", "--listen", f"127.0.0.1:{self.port}",
              "--desired", str(self.env.desired), "--data", str(self.env.data),
              "--edge", self.env.edge.value],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=(log := self.log()),
         )  # fmt: skip
+        os.close(log)
         wait_for(self.answers, 30, "the API answers")
+        assert self.proc.poll() is None, "the API started (nothing else holds its port)"
+
+    def log(self) -> int:
+        """The API's log file (appended to by each start), for a failing run's reader."""
+        return os.open(self.env.root / "api.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 
     def answers(self) -> bool:
         try:
@@ -204,6 +210,7 @@ class Api:
                 os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(10)
+            wait_for(lambda: not self.answers(), 10, "the killed API's workers end with it")
 
 
 def _ask(api: Api, case: Case, first: str) -> tuple[str, str, dict[str, object]]:
@@ -272,6 +279,7 @@ def _api_run(env: Env, api: Api, site: Path, fault: Fault, first: str) -> list[s
     _signal(api.proc.pid, fault)
     if fault.signal == "kill":
         api.proc.wait(10)
+        wait_for(lambda: not api.answers(), 10, "the killed API's workers end with it")
         api.start()
     caller.join(130)
     problems: list[str] = []
