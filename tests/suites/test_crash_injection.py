@@ -378,6 +378,10 @@ def _run(env: Env, site: Path, case: Case) -> list[str]:
     env.kill9()
     TALLY.faults += 1
     env.spawn()
+    try:  # the restarted daemon has adopted what runs and reconciled once (READY=1)
+        env.wait_ready(60)
+    except AssertionError as exc:
+        return [str(exc), *check_invariants(env, case, site, _expected(case))]
     return converged(env, case, site, _expected(case))
 
 
