@@ -250,14 +250,20 @@ class Pipeline:
         if step.after is not None:
             self.fall_back(run, release, step.after)
             return
+        # the version a failed deploy left serving, put back: the deploy stays failed
+        failed = step.repair and row is not None and row.productionStatus == Status.FAILED
         if step.repair:
             self.repairs.note(project_id)
             message = f"The instance of {step.hash} is not running; starting it again"
             logger.warning("%s: %s", project_id, message)
-            rec.update(productionStatus=Status.ERROR, productionError=message)
+            if not failed:
+                rec.update(productionStatus=Status.ERROR, productionError=message)
         elif row is None or row.productionStatus in (Status.STOPPED, Status.FAILED):
             rec.update(productionStatus=Status.QUEUED, productionError=None)
         self.activator.activate(run, release, generation=None, built=False)
+        if failed and row is not None:
+            rec.update(productionStatus=Status.FAILED, productionError=row.productionError,
+                       failedDigest=row.failedDigest)  # fmt: skip
 
     def fall_back(self, run: Run, release: Release, died: str) -> None:
         """The version that went live died within its rollback window: the instance it

@@ -158,7 +158,7 @@ def plan(desired: DesiredView | None, observed: ObservedView) -> list[Step]:
         return _stop(everything, observed)
 
     if observed.failed_digest is not None and observed.failed_digest == desired.digest:
-        return []  # this exact spec failed: wait for an edit or a new generation
+        return _still_failed(desired, observed, live)
 
     pinned = spec.production.pinned
     if pinned is not None:
@@ -255,6 +255,26 @@ def _serving(
             return routed[0].key if at_edge and fits else None
         case _:
             assert_never(mode)
+
+
+def _still_failed(
+    desired: DesiredView, observed: ObservedView, live: tuple[ObservedInstance, ...]
+) -> list[Step]:
+    """This exact spec failed: nothing is tried again until an edit or a new generation, but
+    the version that kept serving is put back when its instance died (the flap limit holds).
+    A project that serves nothing (no port: its own version kept dying) stays as it is."""
+    version = observed.active_hash
+    if (
+        observed.status not in (Status.FAILED, Status.ERROR)
+        or version is None
+        or observed.port is None
+        or version not in observed.releases
+        or observed.recent_repairs >= FLAP_LIMIT
+        or mode_of(desired.mode, version, observed.apps) in (ServeMode.STATIC, ServeMode.SERVICE)
+        or any(i.hash == version for i in live)
+    ):
+        return []
+    return [Activate(version, repair=True)]
 
 
 def _after_strays(

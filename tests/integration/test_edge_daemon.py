@@ -533,6 +533,20 @@ def test_a_version_that_dies_after_it_went_live_falls_back_to_the_kept_one(
     assert env.status("www") == "failed"
     latest = env.db.latest_deployment("www")
     assert latest is not None and (latest.kind, latest.state) == ("deploy", "failed")
+    # the version that serves dies too: it is put back, and the deploy stays failed
+    error = env.row("www").productionError  # type: ignore[union-attr]
+    os.kill(kept.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    wait_for(
+        lambda: (
+            [(i.hash, i.pid != kept.pid) for i in env.instances("www")]
+            == [(v1.productionHash, True)]
+        ),
+        30,
+        "v1 started again",
+    )
+    wait_for(lambda: get(f"http://127.0.0.1:{v1.productionPort}/") == "v1", 10, "v1 serves")
+    row = env.wait_status("www", "failed")
+    assert (row.productionHash, row.productionError) == (v1.productionHash, error)
     # an edit tries again: a v2 that lives is deployed
     env.write("www", desired_yaml(site, generation=3, extra=SERVE_DIST))
     fixed = env.wait_serving("www", "v2")

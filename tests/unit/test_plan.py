@@ -121,6 +121,32 @@ CASES = [
         [Build(3)],
         id="failed-then-new-generation",
     ),
+    pytest.param(
+        want(generation=2),
+        seen(failed_digest=want(generation=2).digest, status="failed", instances=()),
+        [Activate(A, repair=True)],
+        id="the-version-a-failed-deploy-left-serving-is-put-back-when-it-dies",
+    ),
+    pytest.param(
+        want(generation=2),
+        seen(failed_digest=want(generation=2).digest, status="error", instances=()),
+        [Activate(A, repair=True)],
+        id="and-again-after-a-transient-error-of-that-repair",
+    ),
+    pytest.param(
+        want(generation=2),
+        seen(failed_digest=want(generation=2).digest, status="failed", instances=(), port=None),
+        [],
+        id="a-failed-project-that-serves-nothing-stays-as-it-is",
+    ),
+    pytest.param(
+        want(generation=2),
+        seen(
+            failed_digest=want(generation=2).digest, status="failed", instances=(), recent_repairs=5
+        ),
+        [],
+        id="the-flap-limit-holds-for-a-failed-project",
+    ),
     pytest.param(want(), seen(instances=()), [Activate(A, repair=True)], id="instance-died-repair"),
     pytest.param(
         want(),
