@@ -26,6 +26,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -196,7 +197,17 @@ class Api:
 
     def log(self) -> int:
         """The API's log file (appended to by each start), for a failing run's reader."""
-        return os.open(self.env.root / "api.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        return os.open(self.env.root / "api.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def listens(self) -> bool:
+        """Something listens at the API's port (a refused connection is definite: none)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return True  # a timeout: something is there, too slow to accept
 
     def answers(self) -> bool:
         try:
@@ -210,7 +221,7 @@ class Api:
                 os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(10)
-            wait_for(lambda: not self.answers(), 10, "the killed API's workers end with it")
+            wait_for(lambda: not self.listens(), 10, "the killed API's workers end with it")
 
 
 def _ask(api: Api, case: Case, first: str) -> tuple[str, str, dict[str, object]]:
@@ -279,7 +290,7 @@ def _api_run(env: Env, api: Api, site: Path, fault: Fault, first: str) -> list[s
     _signal(api.proc.pid, fault)
     if fault.signal == "kill":
         api.proc.wait(10)
-        wait_for(lambda: not api.answers(), 10, "the killed API's workers end with it")
+        wait_for(lambda: not api.listens(), 10, "the killed API's workers end with it")
         api.start()
     caller.join(130)
     problems: list[str] = []
@@ -289,6 +300,7 @@ def _api_run(env: Env, api: Api, site: Path, fault: Fault, first: str) -> list[s
     if answer and 200 <= answer[0] < 300 and want != _expected(case):
         problems.append(f"answered {answer[0]} but the file asks for {want}")
     problems += converged(env, case, site, want)
+    wait_for(api.answers, 30, "the API answers")
     status = httpx.get(f"{api.base}/api/projects/{P}/production", timeout=10).json()
     if status.get("status") != want[0]:
         problems.append(f"the API says {status.get('status')}, the project is {want[0]}")
