@@ -248,10 +248,10 @@ class Pipeline:
         if release is None:
             raise PermanentError(f"version {step.hash} is not kept")
         if step.after is not None:
-            self.fall_back(run, release, step.after)
+            fall_back(self.db, self.activator, run, release, step.after)
             return
         # the version a failed deploy left serving, put back: the deploy stays failed
-        failed = step.repair and row is not None and row.productionStatus == Status.FAILED
+        failed = step.repair and row is not None and row.failedDigest == run.facts.digest
         if step.repair:
             self.repairs.note(project_id)
             message = f"The instance of {step.hash} is not running; starting it again"
@@ -262,27 +262,12 @@ class Pipeline:
             rec.update(productionStatus=Status.QUEUED, productionError=None)
         self.activator.activate(run, release, generation=None, built=False)
         if failed and row is not None:
-            rec.update(productionStatus=Status.FAILED, productionError=row.productionError,
+            error = row.productionError if row.productionStatus == Status.FAILED else (
+                f"this desired file's deploy failed; {step.hash} serves (started again after "
+                "its instance died)"
+            )  # fmt: skip
+            rec.update(productionStatus=Status.FAILED, productionError=error,
                        failedDigest=row.failedDigest)  # fmt: skip
-
-    def fall_back(self, run: Run, release: Release, died: str) -> None:
-        """The version that went live died within its rollback window: the instance it
-        replaced (kept running for that window) serves again, with no start, and the deploy
-        is failed (not retried until the desired file changes or a deploy is asked)."""
-        project_id = run.facts.project_id
-        logger.warning("%s: %s died after it went live; back to %s", project_id, died,
-                       release.hash)  # fmt: skip
-        held = [r.key for r in self.db.instances(project_id) if r.role == InstanceRole.STANDBY]
-        run.taken = next((k for k in held if k in run.live and k.startswith(release.hash)), None)
-        self.activator.activate(run, release, generation=None, built=False)
-        kept = "its instance with the settings before" if died == release.hash else (
-            f"{release.hash}, the version it replaced"
-        )  # fmt: skip
-        raise FellBack(
-            f"{died} went live, then stopped running (why: its events, `reconciler logs`); "
-            f"{kept}, kept for the rollback window, serves again. Deploy again (or edit the "
-            "desired file) to try once more"
-        )
 
     def record(self, run: Run, step: Record) -> None:
         if step.status != Status.RUNNING or step.hash is None:
@@ -361,6 +346,25 @@ class Pipeline:
             and row.failedDigest is None
         ):
             run.recorder.update(productionError=None)
+
+
+def fall_back(db: StateDB, activator: Activator, run: Run, release: Release, died: str) -> None:
+    """The version that went live died within its rollback window: the instance it replaced
+    (kept running for that window) serves again, with no start, and the deploy is failed
+    (not retried until the desired file changes or a deploy is asked)."""
+    project_id = run.facts.project_id
+    logger.warning("%s: %s died after it went live; back to %s", project_id, died, release.hash)
+    held = [r.key for r in db.instances(project_id) if r.role == InstanceRole.STANDBY]
+    run.taken = next((k for k in held if k in run.live and k.startswith(release.hash)), None)
+    activator.activate(run, release, generation=None, built=False)
+    kept = "its instance with the settings before" if died == release.hash else (
+        f"{release.hash}, the version it replaced"
+    )  # fmt: skip
+    raise FellBack(
+        f"{died} went live, then stopped running (why: its events, `reconciler logs`); "
+        f"{kept}, kept for the rollback window, serves again. Deploy again (or edit the "
+        "desired file) to try once more"
+    )
 
 
 def _serving(run: Run) -> bool:
