@@ -248,7 +248,7 @@ class Pipeline:
         if release is None:
             raise PermanentError(f"version {step.hash} is not kept")
         if step.after is not None:
-            fall_back(self.db, self.activator, run, release, step.after)
+            fall_back(self.activator, run, release, step.after)
             return
         # the version a failed deploy left serving, put back: the deploy stays failed
         failed = step.repair and row is not None and row.failedDigest == run.facts.digest
@@ -348,14 +348,14 @@ class Pipeline:
             run.recorder.update(productionError=None)
 
 
-def fall_back(db: StateDB, activator: Activator, run: Run, release: Release, died: str) -> None:
+def fall_back(activator: Activator, run: Run, release: Release, died: str) -> None:
     """The version that went live died within its rollback window: the instance it replaced
     (kept running for that window) serves again, with no start, and the deploy is failed
     (not retried until the desired file changes or a deploy is asked)."""
     project_id = run.facts.project_id
     logger.warning("%s: %s died after it went live; back to %s", project_id, died, release.hash)
-    held = [r.key for r in db.instances(project_id) if r.role == InstanceRole.STANDBY]
-    run.taken = next((k for k in held if k in run.live and k.startswith(release.hash)), None)
+    # the one live instance of that version is the one kept (the dead one is gone)
+    run.taken = next((k for k, (i, _rt) in run.live.items() if i.hash == release.hash), None)
     activator.activate(run, release, generation=None, built=False)
     kept = "its instance with the settings before" if died == release.hash else (
         f"{release.hash}, the version it replaced"

@@ -19,7 +19,7 @@ from reconciler.core.errors import StartFailed, TransientError
 from reconciler.core.kinds import RuntimeName
 from reconciler.core.logfiles import DEFAULT_LIMITS, LogLimits
 from reconciler.core.spec import Limits, ProjectId, ProjectSpec, is_hash8
-from reconciler.core.timeutil import utcnow
+from reconciler.core.timeutil import parse_iso, utcnow
 from reconciler.runtimes.base import Instance, with_tail
 from reconciler.runtimes.docker.engine import Engine, engine_calls
 from reconciler.runtimes.docker.labels import (
@@ -285,13 +285,10 @@ def started_instance(
 
 
 def _age(stamp: object) -> float:
-    """Seconds since an engine timestamp (RFC 3339, nanoseconds); unknown: very old."""
+    """Seconds since an engine timestamp; unknown (or the engine's zero time): very old."""
     if not isinstance(stamp, str) or not stamp or stamp.startswith("0001-"):
         return float("inf")
-    head, _dot, tail = stamp.rstrip("Z").partition(".")
     try:
-        when = datetime.fromisoformat(head).replace(tzinfo=UTC)
+        return (datetime.now(UTC) - parse_iso(stamp)).total_seconds()
     except ValueError:
         return float("inf")
-    fraction = float(f"0.{tail}") if tail.isdigit() else 0.0
-    return (datetime.now(UTC) - when).total_seconds() - fraction
